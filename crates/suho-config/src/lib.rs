@@ -1,0 +1,444 @@
+//! suho's configuration.
+//!
+//! One optional TOML file (`suho.toml` in the working directory, or the path in
+//! `SUHO_CONFIG`) layered under environment overrides spelled `SUHO__SECTION__KEY`
+//! (for example `SUHO__HTTP__ADDR=127.0.0.1:9000`). Every field has a default that
+//! works on a laptop with no configuration at all. The result is validated once,
+//! here; the rest of the code receives typed, checked values.
+//!
+//! Secrets are [`secrecy::SecretString`]: their `Debug` prints `[REDACTED]`, so a
+//! logged or printed config never shows them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// The file read when `SUHO_CONFIG` is not set (relative to the working directory).
+pub const DEFAULT_FILE: &str = "suho.toml";
+
+/// Why configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or an environment override could not be parsed.
+    #[error("configuration: {0}")]
+    Parse(#[from] Box<figment::Error>),
+    /// A value parsed but is not acceptable.
+    #[error("configuration: `{field}` {problem}")]
+    Invalid {
+        /// Dotted path of the offending field, e.g. `kafka.bootstrap`.
+        field: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct Config {
+    /// The local Kafka / NATS / PostgreSQL stack that suho can install and run.
+    pub stack: StackConfig,
+    /// NATS, the market-data bus.
+    pub nats: NatsConfig,
+    /// Kafka, the user-event log.
+    pub kafka: KafkaConfig,
+    /// PostgreSQL.
+    pub database: DatabaseConfig,
+    /// HTTP API, WebSocket and dashboard.
+    pub http: HttpConfig,
+    /// Passwords and tokens.
+    pub auth: AuthConfig,
+    /// The market-data services.
+    pub market: MarketConfig,
+    /// The trading engine.
+    pub trading: TradingConfig,
+    /// Logs, metrics, heartbeats.
+    pub telemetry: TelemetryConfig,
+}
+
+/// Where and how the local stack lives.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct StackConfig {
+    /// Every byte of broker and database data, logs and downloaded jars lives here.
+    pub dir: PathBuf,
+    /// `suho up` starts the stack when it is not already running (and stops what it started).
+    pub manage: bool,
+    /// Apache Kafka version fetched from Maven Central.
+    pub kafka_version: String,
+    /// Kafka's KRaft controller listener port (the client port comes from `kafka.bootstrap`).
+    pub kafka_controller_port: u16,
+    /// Kafka JVM heap, e.g. `512m`.
+    pub kafka_heap: String,
+    /// NATS HTTP monitoring port.
+    pub nats_monitor_port: u16,
+}
+
+impl Default for StackConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from(".suho"),
+            manage: true,
+            kafka_version: "4.1.1".into(),
+            kafka_controller_port: 9093,
+            kafka_heap: "512m".into(),
+            nats_monitor_port: 8222,
+        }
+    }
+}
+
+/// NATS connection settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct NatsConfig {
+    /// Server URL.
+    pub url: String,
+    /// Prepended to every subject (empty in production; unique per test).
+    pub subject_prefix: String,
+    /// Request/reply timeout in milliseconds.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".into(),
+            subject_prefix: String::new(),
+            request_timeout_ms: 1000,
+        }
+    }
+}
+
+/// Kafka connection settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct KafkaConfig {
+    /// `host:port[,host:port...]`.
+    pub bootstrap: String,
+    /// Prepended to every topic name (empty in production; unique per test).
+    pub topic_prefix: String,
+    /// Prepended to every consumer group id.
+    pub group_prefix: String,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            bootstrap: "127.0.0.1:9092".into(),
+            topic_prefix: String::new(),
+            group_prefix: String::new(),
+        }
+    }
+}
+
+/// PostgreSQL settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct DatabaseConfig {
+    /// Connection URL; may carry a password, so it is a secret.
+    pub url: SecretString,
+    /// Pool size.
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: SecretString::from("postgres://suho@127.0.0.1:5432/suho"),
+            max_connections: 10,
+        }
+    }
+}
+
+/// HTTP server settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct HttpConfig {
+    /// Listen address; loopback unless configured otherwise.
+    pub addr: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+/// Authentication settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct AuthConfig {
+    /// HMAC key for JWTs. When unset, a random key is generated on first start and
+    /// kept in `<stack.dir>/secrets/jwt.key` so tokens survive a restart.
+    pub jwt_secret: Option<SecretString>,
+    /// Lifetime of an access token, seconds.
+    pub token_ttl_s: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwt_secret: None,
+            token_ttl_s: 3600,
+        }
+    }
+}
+
+/// Market-data settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct MarketConfig {
+    /// Which feed publishes ticks: `synthetic` (the default, offline).
+    pub feed: String,
+    /// Symbols the platform quotes and trades (canonical or display form).
+    pub symbols: Vec<String>,
+    /// Synthetic feed: ticks per second per symbol.
+    pub ticks_per_second: f64,
+    /// Synthetic feed: seed of its random walk, so a run is reproducible.
+    pub seed: u64,
+    /// The price service answers `stale` for a quote older than this.
+    pub max_quote_age_ms: u64,
+}
+
+impl Default for MarketConfig {
+    fn default() -> Self {
+        Self {
+            feed: "synthetic".into(),
+            symbols: [
+                "EURUSD", "GBPUSD", "USDJPY", "USDCHF", "AUDUSD", "USDCAD", "NZDUSD", "EURGBP",
+                "EURJPY", "GBPJPY", "EURCHF", "AUDJPY", "EURAUD", "GBPCHF",
+            ]
+            .map(String::from)
+            .to_vec(),
+            ticks_per_second: 30.0,
+            seed: 42,
+            max_quote_age_ms: 5000,
+        }
+    }
+}
+
+/// Trading-engine settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct TradingConfig {
+    /// Run the trading engine inside `suho up`.
+    pub engine_enabled: bool,
+    /// First retry delay for transient failures (no price, broker down), milliseconds.
+    pub retry_initial_ms: u64,
+    /// Retry delay ceiling, milliseconds.
+    pub retry_max_ms: u64,
+}
+
+impl Default for TradingConfig {
+    fn default() -> Self {
+        Self {
+            engine_enabled: true,
+            retry_initial_ms: 100,
+            retry_max_ms: 5000,
+        }
+    }
+}
+
+/// Telemetry settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct TelemetryConfig {
+    /// `pretty` or `json`.
+    pub log_format: String,
+    /// Default filter when `RUST_LOG` is unset.
+    pub log_filter: String,
+    /// Interval of `system.health.{service}` heartbeats, milliseconds.
+    pub heartbeat_interval_ms: u64,
+    /// How often consumer lag is sampled into `kafka_consumer_lag`, milliseconds.
+    pub lag_interval_ms: u64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            log_format: "pretty".into(),
+            log_filter: "info,rdkafka=warn,async_nats=warn".into(),
+            heartbeat_interval_ms: 5000,
+            lag_interval_ms: 5000,
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then the file (if it exists), then `SUHO__*` environment overrides.
+    ///
+    /// `file` of `None` means `SUHO_CONFIG`, else `suho.toml` in the working directory.
+    ///
+    /// # Errors
+    /// A malformed file or override, or a value that fails validation.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let path = file
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os("SUHO_CONFIG").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_FILE));
+        Self::figment(&path, Env::prefixed("SUHO__").split("__"))
+    }
+
+    fn figment(path: &Path, env: Env) -> Result<Config, ConfigError> {
+        let config: Config = Figment::new()
+            .merge(Toml::file(path))
+            .merge(env)
+            .extract()
+            .map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks cross-field and range constraints.
+    ///
+    /// # Errors
+    /// The first field that is not acceptable, by its dotted name.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(field: &'static str, problem: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid {
+                field,
+                problem: problem.into(),
+            }
+        }
+        self.nats_port()?;
+        self.kafka_port()?;
+        self.database_port()?;
+        if self.market.symbols.is_empty() {
+            return Err(invalid("market.symbols", "must name at least one symbol"));
+        }
+        if !(self.market.ticks_per_second > 0.0 && self.market.ticks_per_second.is_finite()) {
+            return Err(invalid(
+                "market.ticks_per_second",
+                "must be a positive number",
+            ));
+        }
+        if self.auth.token_ttl_s == 0 {
+            return Err(invalid("auth.token_ttl_s", "must be at least 1"));
+        }
+        if self.trading.retry_initial_ms == 0
+            || self.trading.retry_max_ms < self.trading.retry_initial_ms
+        {
+            return Err(invalid(
+                "trading.retry_max_ms",
+                "must be at least trading.retry_initial_ms, which must be positive",
+            ));
+        }
+        if !matches!(self.telemetry.log_format.as_str(), "pretty" | "json") {
+            return Err(invalid(
+                "telemetry.log_format",
+                "must be `pretty` or `json`",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The NATS port named by `nats.url`.
+    ///
+    /// # Errors
+    /// `nats.url` is not a URL with a port.
+    pub fn nats_port(&self) -> Result<u16, ConfigError> {
+        url_port(&self.nats.url, "nats.url", 4222)
+    }
+
+    /// The Kafka port of the first `kafka.bootstrap` address.
+    ///
+    /// # Errors
+    /// `kafka.bootstrap` is not `host:port`.
+    pub fn kafka_port(&self) -> Result<u16, ConfigError> {
+        let first = self.kafka.bootstrap.split(',').next().unwrap_or_default();
+        first
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .ok_or(ConfigError::Invalid {
+                field: "kafka.bootstrap",
+                problem: format!("`{first}` is not host:port"),
+            })
+    }
+
+    /// The PostgreSQL port named by `database.url`.
+    ///
+    /// # Errors
+    /// `database.url` is not a URL.
+    pub fn database_port(&self) -> Result<u16, ConfigError> {
+        use secrecy::ExposeSecret;
+        url_port(self.database.url.expose_secret(), "database.url", 5432)
+    }
+}
+
+fn url_port(raw: &str, field: &'static str, default: u16) -> Result<u16, ConfigError> {
+    let parsed = url::Url::parse(raw).map_err(|e| ConfigError::Invalid {
+        field,
+        problem: format!("is not a URL: {e}"),
+    })?;
+    Ok(parsed.port().unwrap_or(default))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    fn load(toml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("suho.toml");
+        std::fs::write(&path, toml).unwrap();
+        figment::Jail::expect_with(|jail| {
+            for (k, v) in env {
+                jail.set_env(k, v);
+            }
+            let got = Config::figment(&path, Env::prefixed("SUHO__").split("__"));
+            Ok(got)
+        })
+    }
+
+    #[test]
+    fn defaults_need_no_file() {
+        let c = Config::figment(Path::new("/nonexistent/suho.toml"), Env::raw().only(&[])).unwrap();
+        assert_eq!(c.http.addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.kafka_port().unwrap(), 9092);
+        assert_eq!(c.nats_port().unwrap(), 4222);
+        assert_eq!(c.database_port().unwrap(), 5432);
+        assert_eq!(c.market.symbols.len(), 14);
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let c = load(
+            "[http]\naddr = \"127.0.0.1:9000\"\n[kafka]\nbootstrap = \"127.0.0.1:19092\"\n",
+            &[("SUHO__HTTP__ADDR", "127.0.0.1:9100")],
+        )
+        .unwrap();
+        assert_eq!(c.http.addr.port(), 9100);
+        assert_eq!(c.kafka_port().unwrap(), 19092);
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let c = load(
+            "[auth]\njwt_secret = \"hunter2-very-secret\"\n[database]\nurl = \"postgres://u:pw-secret@127.0.0.1:5432/db\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.auth.jwt_secret.as_ref().unwrap().expose_secret(),
+            "hunter2-very-secret"
+        );
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(!shown.contains("pw-secret"), "{shown}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_field() {
+        let err = load("[market]\nticks_per_second = -1.0\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("market.ticks_per_second"), "{err}");
+        let err = load("[kafka]\nbootstrap = \"nohost\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("kafka.bootstrap"), "{err}");
+    }
+}

@@ -1,0 +1,879 @@
+//! Kafka payloads of the user / trading domain.
+//!
+//! Every event carries the common header `event_id` (unique and stable across retries; for a
+//! command it is the idempotency key), `event_type`, `user_id`, `timestamp` (epoch ms) and
+//! `schema_version` (defaults to 1 on input, always written). Each event is a plain struct with
+//! an `event_type` enum field rather than an internally tagged enum, so exact decimals never
+//! pass through serde's buffering. Secrets (passwords, tokens, broker credentials) have no field
+//! in any event.
+
+use std::fmt;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+pub use crate::envelope::{KafkaEnvelope, NatsEnvelope};
+use crate::symbol::Symbol;
+use crate::topic::UserTopic;
+
+/// The schema version this crate writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+fn one() -> u32 {
+    1
+}
+
+/// A fresh unique event id: `prefix` + `_` + a UUID v4 in simple form, e.g.
+/// `cmd_0f8a...`. A prefix already ending in `_` is used as is; an empty prefix gives the bare
+/// UUID.
+#[must_use]
+pub fn new_event_id(prefix: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple();
+    if prefix.is_empty() || prefix.ends_with('_') {
+        format!("{prefix}{id}")
+    } else {
+        format!("{prefix}_{id}")
+    }
+}
+
+/// A user id, the key of every Kafka record in the user domain.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct UserId(String);
+
+impl UserId {
+    /// Wraps an id.
+    #[must_use]
+    pub fn new(id: impl Into<String>) -> UserId {
+        UserId(id.into())
+    }
+
+    /// The id text.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The id text, owned.
+    #[must_use]
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for UserId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for UserId {
+    fn from(s: String) -> Self {
+        UserId(s)
+    }
+}
+
+impl From<&str> for UserId {
+    fn from(s: &str) -> Self {
+        UserId(s.to_owned())
+    }
+}
+
+/// The header every user event shares, whatever its type.
+pub trait UserEvent {
+    /// Unique event id.
+    fn event_id(&self) -> &str;
+    /// The user the event belongs to (also the record key).
+    fn user_id(&self) -> &UserId;
+    /// The `event_type` wire string, e.g. `TRADE_EXECUTED`.
+    fn event_type_str(&self) -> &'static str;
+    /// Epoch milliseconds.
+    fn timestamp(&self) -> i64;
+    /// The payload's schema version.
+    fn schema_version(&self) -> u32;
+    /// The topic this kind of event is published on.
+    fn topic(&self) -> UserTopic;
+}
+
+macro_rules! wire_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $variant:ident => $wire:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name {
+            $($(#[$vm])* #[serde(rename = $wire)] $variant),+
+        }
+
+        impl $name {
+            /// The wire string.
+            #[must_use]
+            pub const fn as_str(&self) -> &'static str {
+                match self {
+                    $($name::$variant => $wire),+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+macro_rules! user_event {
+    ($ty:ty, $topic:expr) => {
+        impl UserEvent for $ty {
+            fn event_id(&self) -> &str {
+                &self.event_id
+            }
+            fn user_id(&self) -> &UserId {
+                &self.user_id
+            }
+            fn event_type_str(&self) -> &'static str {
+                self.event_type.as_str()
+            }
+            fn timestamp(&self) -> i64 {
+                self.timestamp
+            }
+            fn schema_version(&self) -> u32 {
+                self.schema_version
+            }
+            fn topic(&self) -> UserTopic {
+                $topic
+            }
+        }
+    };
+}
+
+wire_enum! {
+    /// Order side.
+    Side { /// Buy.
+    Buy => "BUY", /// Sell.
+    Sell => "SELL" }
+}
+
+wire_enum! {
+    /// `event_type` of a [`TradeCommand`].
+    CommandType { /// Open a position.
+    OpenTrade => "OPEN_TRADE", /// Close a position.
+    CloseTrade => "CLOSE_TRADE", /// Change stop loss / take profit.
+    ModifyTrade => "MODIFY_TRADE" }
+}
+
+wire_enum! {
+    /// `event_type` of a [`TradeEvent`].
+    TradeEventType { /// A position was opened.
+    TradeExecuted => "TRADE_EXECUTED", /// A position was closed.
+    TradeClosed => "TRADE_CLOSED", /// Stops were changed.
+    TradeModified => "TRADE_MODIFIED", /// The command was not executed.
+    TradeRejected => "TRADE_REJECTED" }
+}
+
+wire_enum! {
+    /// Outcome carried by a [`TradeEvent`].
+    TradeStatus { /// Done.
+    Success => "SUCCESS", /// Not done; see `reason`.
+    Rejected => "REJECTED" }
+}
+
+wire_enum! {
+    /// `event_type` of an [`AccountStatus`].
+    AccountStatusType { /// An account snapshot.
+    AccountStatus => "ACCOUNT_STATUS" }
+}
+
+wire_enum! {
+    /// `event_type` of a [`RiskAlert`].
+    RiskAlertType { /// Margin level fell below the call level.
+    MarginCall => "MARGIN_CALL", /// Positions were closed by the broker.
+    StopOut => "STOP_OUT", /// A user risk limit was breached.
+    RiskLimitBreach => "RISK_LIMIT_BREACH" }
+}
+
+wire_enum! {
+    /// `event_type` of a [`Transaction`].
+    TransactionType { /// Money in.
+    Deposit => "DEPOSIT", /// Money out.
+    Withdrawal => "WITHDRAWAL" }
+}
+
+wire_enum! {
+    /// `event_type` of an [`AuthEvent`].
+    AuthEventType { /// A new account.
+    UserRegistered => "USER_REGISTERED", /// A successful login.
+    UserLogin => "USER_LOGIN", /// A failed login.
+    UserLoginFailed => "USER_LOGIN_FAILED", /// A logout.
+    UserLogout => "USER_LOGOUT" }
+}
+
+wire_enum! {
+    /// `event_type` of a [`SettingsEvent`].
+    SettingsEventType { /// Settings changed.
+    SettingsUpdated => "SETTINGS_UPDATED", /// An MT5 account was linked.
+    Mt5AccountLinked => "MT5_ACCOUNT_LINKED", /// An MT5 account was unlinked.
+    Mt5AccountUnlinked => "MT5_ACCOUNT_UNLINKED" }
+}
+
+/// Where a command came from, when a strategy sent it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandMetadata {
+    /// Strategy name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<String>,
+    /// Signal id the command follows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal_id: Option<String>,
+}
+
+/// The order of an `OPEN_TRADE` command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    /// The pair (canonical form).
+    pub symbol: Symbol,
+    /// Buy or sell (`type` on the wire).
+    #[serde(rename = "type")]
+    pub side: Side,
+    /// Lots.
+    #[serde(with = "crate::num")]
+    pub volume: Decimal,
+    /// Stop-loss price.
+    #[serde(
+        default,
+        with = "crate::num::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stop_loss: Option<Decimal>,
+    /// Take-profit price.
+    #[serde(
+        default,
+        with = "crate::num::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub take_profit: Option<Decimal>,
+}
+
+/// A command that is structurally incomplete for its type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// A required field is missing.
+    #[error("{event_type} command is missing `{field}`")]
+    Missing {
+        /// Command type.
+        event_type: CommandType,
+        /// Field name.
+        field: &'static str,
+    },
+    /// Volume is zero or negative.
+    #[error("volume {0} must be positive")]
+    NonPositiveVolume(Decimal),
+    /// A price is zero or negative.
+    #[error("`{field}` {value} must be positive")]
+    NonPositivePrice {
+        /// Field name.
+        field: &'static str,
+        /// The value.
+        value: Decimal,
+    },
+}
+
+/// A trade command on `user.commands` (seed Appendix B "User Trade Command").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TradeCommand {
+    /// Unique id; the idempotency key.
+    pub event_id: String,
+    /// Open, close or modify.
+    pub event_type: CommandType,
+    /// The user.
+    pub user_id: UserId,
+    /// The MT5 account to trade on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mt5_account: Option<String>,
+    /// The order (`OPEN_TRADE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<Order>,
+    /// The position (`CLOSE_TRADE`, `MODIFY_TRADE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trade_id: Option<String>,
+    /// New stop loss (`MODIFY_TRADE`).
+    #[serde(
+        default,
+        with = "crate::num::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stop_loss: Option<Decimal>,
+    /// New take profit (`MODIFY_TRADE`).
+    #[serde(
+        default,
+        with = "crate::num::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub take_profit: Option<Decimal>,
+    /// The client's own id for de-duplication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_order_id: Option<String>,
+    /// Epoch ms.
+    pub timestamp: i64,
+    /// Strategy / signal provenance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<CommandMetadata>,
+    /// Schema version (1 when absent).
+    #[serde(default = "one")]
+    pub schema_version: u32,
+}
+
+impl TradeCommand {
+    fn base(event_type: CommandType, user_id: UserId, now_ms: i64) -> TradeCommand {
+        TradeCommand {
+            event_id: new_event_id("cmd"),
+            event_type,
+            user_id,
+            mt5_account: None,
+            order: None,
+            trade_id: None,
+            stop_loss: None,
+            take_profit: None,
+            client_order_id: None,
+            timestamp: now_ms,
+            metadata: None,
+            schema_version: SCHEMA_VERSION,
+        }
+    }
+
+    /// A new `OPEN_TRADE` command with a fresh `cmd_` id.
+    #[must_use]
+    pub fn open(
+        user_id: UserId,
+        order: Order,
+        client_order_id: Option<String>,
+        now_ms: i64,
+    ) -> TradeCommand {
+        TradeCommand {
+            order: Some(order),
+            client_order_id,
+            ..TradeCommand::base(CommandType::OpenTrade, user_id, now_ms)
+        }
+    }
+
+    /// A new `CLOSE_TRADE` command with a fresh `cmd_` id.
+    #[must_use]
+    pub fn close(user_id: UserId, trade_id: impl Into<String>, now_ms: i64) -> TradeCommand {
+        TradeCommand {
+            trade_id: Some(trade_id.into()),
+            ..TradeCommand::base(CommandType::CloseTrade, user_id, now_ms)
+        }
+    }
+
+    /// A new `MODIFY_TRADE` command with a fresh `cmd_` id.
+    #[must_use]
+    pub fn modify(
+        user_id: UserId,
+        trade_id: impl Into<String>,
+        stop_loss: Option<Decimal>,
+        take_profit: Option<Decimal>,
+        now_ms: i64,
+    ) -> TradeCommand {
+        TradeCommand {
+            trade_id: Some(trade_id.into()),
+            stop_loss,
+            take_profit,
+            ..TradeCommand::base(CommandType::ModifyTrade, user_id, now_ms)
+        }
+    }
+
+    /// Checks that the fields its type needs are present and positive: an order with a
+    /// positive volume for `OPEN_TRADE`, a `trade_id` for close / modify, and at least one stop
+    /// for modify. Market-dependent checks (lot step, stop side) belong to the trading service.
+    ///
+    /// # Errors
+    /// The first [`CommandError`] found.
+    pub fn validate(&self) -> Result<(), CommandError> {
+        let missing = |field| CommandError::Missing {
+            event_type: self.event_type,
+            field,
+        };
+        let positive = |field, value: Option<Decimal>| match value {
+            Some(v) if v <= Decimal::ZERO => {
+                Err(CommandError::NonPositivePrice { field, value: v })
+            }
+            _ => Ok(()),
+        };
+        match self.event_type {
+            CommandType::OpenTrade => {
+                let order = self.order.as_ref().ok_or_else(|| missing("order"))?;
+                if order.volume <= Decimal::ZERO {
+                    return Err(CommandError::NonPositiveVolume(order.volume));
+                }
+                positive("stop_loss", order.stop_loss)?;
+                positive("take_profit", order.take_profit)?;
+            }
+            CommandType::CloseTrade => {
+                self.trade_id.as_ref().ok_or_else(|| missing("trade_id"))?;
+            }
+            CommandType::ModifyTrade => {
+                self.trade_id.as_ref().ok_or_else(|| missing("trade_id"))?;
+                if self.stop_loss.is_none() && self.take_profit.is_none() {
+                    return Err(missing("stop_loss or take_profit"));
+                }
+                positive("stop_loss", self.stop_loss)?;
+                positive("take_profit", self.take_profit)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+user_event!(TradeCommand, UserTopic::Commands);
+
+/// A trade execution result on `user.trades` (seed Appendix B "Trade Execution Result").
+///
+/// A rejection has `event_type: TRADE_REJECTED`, `status: REJECTED` and a human-readable
+/// `reason`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TradeEvent {
+    /// Unique id.
+    pub event_id: String,
+    /// What happened.
+    pub event_type: TradeEventType,
+    /// The command this answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_id: Option<String>,
+    /// The user.
+    pub user_id: UserId,
+    /// The MT5 account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mt5_account: Option<String>,
+    /// The position.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trade_id: Option<String>,
+    /// The pair (canonical form).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub symbol: Option<Symbol>,
+    /// Buy or sell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<Side>,
+    /// Lots.
+    #[serde(
+        default,
+        with = "crate::num::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub volume: Option<Decimal>,
+    /// Opening price.
+    #[serde(
+        default,
+        with = "crate::num::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub open_price: Option<Decimal>,
+    /// Fill price of this execution.
+    #[serde(
+        default,
+        with = "crate::num::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub execution_price: Option<Decimal>,
+    /// Closing price.
+    #[serde(
+        default,
+        with = "crate::num::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub close_price: Option<Decimal>,
+    /// Realised profit, account currency.
+    #[serde(
+        default,
+        with = "crate::num::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub profit: Option<Decimal>,
+    /// Stop loss.
+    #[serde(
+        default,
+        with = "crate::num::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stop_loss: Option<Decimal>,
+    /// Take profit.
+    #[serde(
+        default,
+        with = "crate::num::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub take_profit: Option<Decimal>,
+    /// Success or rejection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<TradeStatus>,
+    /// Why it was rejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Epoch ms.
+    pub timestamp: i64,
+    /// Command-to-result latency, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<i64>,
+    /// Strategy / signal provenance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<CommandMetadata>,
+    /// Schema version (1 when absent).
+    #[serde(default = "one")]
+    pub schema_version: u32,
+}
+
+impl TradeEvent {
+    /// An event of `event_type` answering `command`, with the command's user, account, symbol,
+    /// side, volume, stops and metadata copied and every result field empty.
+    #[must_use]
+    pub fn for_command(
+        command: &TradeCommand,
+        event_type: TradeEventType,
+        event_id: String,
+        now_ms: i64,
+    ) -> TradeEvent {
+        let order = command.order.as_ref();
+        TradeEvent {
+            event_id,
+            event_type,
+            command_id: Some(command.event_id.clone()),
+            user_id: command.user_id.clone(),
+            mt5_account: command.mt5_account.clone(),
+            trade_id: command.trade_id.clone(),
+            symbol: order.map(|o| o.symbol),
+            action: order.map(|o| o.side),
+            volume: order.map(|o| o.volume),
+            open_price: None,
+            execution_price: None,
+            close_price: None,
+            profit: None,
+            stop_loss: order.and_then(|o| o.stop_loss).or(command.stop_loss),
+            take_profit: order.and_then(|o| o.take_profit).or(command.take_profit),
+            status: Some(TradeStatus::Success),
+            reason: None,
+            timestamp: now_ms,
+            latency_ms: Some(now_ms.saturating_sub(command.timestamp).max(0)),
+            metadata: command.metadata.clone(),
+            schema_version: SCHEMA_VERSION,
+        }
+    }
+
+    /// The `TRADE_REJECTED` event for `command`. Its `event_id` is `rej_` + the command's
+    /// `event_id`, so a retried rejection of the same command has the same id.
+    #[must_use]
+    pub fn rejected(command: &TradeCommand, reason: impl Into<String>, now_ms: i64) -> TradeEvent {
+        TradeEvent {
+            status: Some(TradeStatus::Rejected),
+            reason: Some(reason.into()),
+            ..TradeEvent::for_command(
+                command,
+                TradeEventType::TradeRejected,
+                format!("rej_{}", command.event_id),
+                now_ms,
+            )
+        }
+    }
+}
+
+user_event!(TradeEvent, UserTopic::Trades);
+
+/// An account snapshot on `user.mt5_status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountStatus {
+    /// Unique id.
+    pub event_id: String,
+    /// Always `ACCOUNT_STATUS`.
+    pub event_type: AccountStatusType,
+    /// The user.
+    pub user_id: UserId,
+    /// The MT5 account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mt5_account: Option<String>,
+    /// Balance.
+    #[serde(with = "crate::num")]
+    pub balance: Decimal,
+    /// Equity.
+    #[serde(with = "crate::num")]
+    pub equity: Decimal,
+    /// Used margin.
+    #[serde(with = "crate::num")]
+    pub margin: Decimal,
+    /// Free margin.
+    #[serde(with = "crate::num")]
+    pub free_margin: Decimal,
+    /// Margin level in percent; `None` (`null`) with no open positions.
+    #[serde(default, with = "crate::num::option")]
+    pub margin_level: Option<Decimal>,
+    /// Account currency, e.g. `USD`.
+    pub currency: String,
+    /// Number of open positions.
+    pub open_positions: u32,
+    /// Epoch ms.
+    pub timestamp: i64,
+    /// Schema version (1 when absent).
+    #[serde(default = "one")]
+    pub schema_version: u32,
+}
+
+user_event!(AccountStatus, UserTopic::Mt5Status);
+
+/// A risk alert on `user.risk_alerts`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RiskAlert {
+    /// Unique id.
+    pub event_id: String,
+    /// Kind of alert.
+    pub event_type: RiskAlertType,
+    /// The user.
+    pub user_id: UserId,
+    /// The MT5 account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mt5_account: Option<String>,
+    /// Margin level in percent when relevant.
+    #[serde(
+        default,
+        with = "crate::num::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub margin_level: Option<Decimal>,
+    /// Human-readable message.
+    pub message: String,
+    /// Positions concerned.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trade_ids: Vec<String>,
+    /// Epoch ms.
+    pub timestamp: i64,
+    /// Schema version (1 when absent).
+    #[serde(default = "one")]
+    pub schema_version: u32,
+}
+
+user_event!(RiskAlert, UserTopic::RiskAlerts);
+
+/// A deposit or withdrawal on `user.transactions`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transaction {
+    /// Unique id.
+    pub event_id: String,
+    /// Deposit or withdrawal.
+    pub event_type: TransactionType,
+    /// The user.
+    pub user_id: UserId,
+    /// Amount (positive).
+    #[serde(with = "crate::num")]
+    pub amount: Decimal,
+    /// Currency, e.g. `USD`.
+    pub currency: String,
+    /// Balance after the transaction.
+    #[serde(
+        default,
+        with = "crate::num::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub balance_after: Option<Decimal>,
+    /// External reference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// Epoch ms.
+    pub timestamp: i64,
+    /// Schema version (1 when absent).
+    #[serde(default = "one")]
+    pub schema_version: u32,
+}
+
+user_event!(Transaction, UserTopic::Transactions);
+
+/// An authentication event on `user.auth`. Never carries a password or token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthEvent {
+    /// Unique id.
+    pub event_id: String,
+    /// What happened.
+    pub event_type: AuthEventType,
+    /// The user.
+    pub user_id: UserId,
+    /// E-mail address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// Client IP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_address: Option<String>,
+    /// Client user agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    /// Why a login failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Epoch ms.
+    pub timestamp: i64,
+    /// Schema version (1 when absent).
+    #[serde(default = "one")]
+    pub schema_version: u32,
+}
+
+user_event!(AuthEvent, UserTopic::Auth);
+
+/// A settings change on `user.settings` (compacted: the latest per user is kept).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettingsEvent {
+    /// Unique id.
+    pub event_id: String,
+    /// What changed.
+    pub event_type: SettingsEventType,
+    /// The user.
+    pub user_id: UserId,
+    /// The full settings object after the change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<serde_json::Value>,
+    /// The MT5 account linked or unlinked (never its password).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mt5_account: Option<String>,
+    /// Epoch ms.
+    pub timestamp: i64,
+    /// Schema version (1 when absent).
+    #[serde(default = "one")]
+    pub schema_version: u32,
+}
+
+user_event!(SettingsEvent, UserTopic::Settings);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::str::FromStr;
+
+    fn dec(s: &str) -> Decimal {
+        Decimal::from_str(s).expect("test decimal")
+    }
+
+    fn order() -> Order {
+        Order {
+            symbol: Symbol::parse("EURUSD").expect("sym"),
+            side: Side::Buy,
+            volume: dec("0.1"),
+            stop_loss: None,
+            take_profit: None,
+        }
+    }
+
+    #[test]
+    fn event_ids() {
+        let a = new_event_id("cmd");
+        let b = new_event_id("cmd_");
+        assert!(a.starts_with("cmd_") && a.len() == 36, "{a}");
+        assert!(b.starts_with("cmd_") && !b.starts_with("cmd__"), "{b}");
+        assert_ne!(a, new_event_id("cmd"));
+        assert_eq!(new_event_id("").len(), 32);
+    }
+
+    #[test]
+    fn open_command_shape() {
+        let cmd = TradeCommand::open(UserId::new("u1"), order(), Some("c1".into()), 10);
+        assert!(cmd.event_id.starts_with("cmd_"));
+        cmd.validate().expect("valid");
+        let v = serde_json::to_value(&cmd).expect("write");
+        assert_eq!(
+            v,
+            json!({"event_id": cmd.event_id, "event_type":"OPEN_TRADE","user_id":"u1",
+                "order":{"symbol":"EURUSD","type":"BUY","volume":0.1},
+                "client_order_id":"c1","timestamp":10,"schema_version":1})
+        );
+        assert_eq!(cmd.topic(), UserTopic::Commands);
+        assert_eq!(cmd.event_type_str(), "OPEN_TRADE");
+    }
+
+    #[test]
+    fn command_validation() {
+        let mut bad = TradeCommand::open(UserId::new("u1"), order(), None, 1);
+        if let Some(o) = bad.order.as_mut() {
+            o.volume = Decimal::ZERO;
+        }
+        assert!(matches!(
+            bad.validate(),
+            Err(CommandError::NonPositiveVolume(_))
+        ));
+        let close = TradeCommand::close(UserId::new("u1"), "t1", 1);
+        close.validate().expect("close ok");
+        let m = TradeCommand::modify(UserId::new("u1"), "t1", None, None, 1);
+        assert!(m.validate().is_err());
+        let m = TradeCommand::modify(UserId::new("u1"), "t1", Some(dec("1.08")), None, 1);
+        m.validate().expect("modify ok");
+        let mut c = close.clone();
+        c.trade_id = None;
+        let err = c.validate().expect_err("missing");
+        assert_eq!(err.to_string(), "CLOSE_TRADE command is missing `trade_id`");
+    }
+
+    #[test]
+    fn rejection_is_stable_and_explained() {
+        let cmd = TradeCommand::open(UserId::new("u1"), order(), None, 100);
+        let r1 = TradeEvent::rejected(&cmd, "market closed", 150);
+        let r2 = TradeEvent::rejected(&cmd, "market closed", 160);
+        assert_eq!(r1.event_id, r2.event_id);
+        assert_eq!(r1.event_type, TradeEventType::TradeRejected);
+        assert_eq!(r1.status, Some(TradeStatus::Rejected));
+        assert_eq!(r1.command_id.as_deref(), Some(cmd.event_id.as_str()));
+        assert_eq!(r1.latency_ms, Some(50));
+        let v = serde_json::to_value(&r1).expect("write");
+        assert_eq!(v["status"], "REJECTED");
+        assert_eq!(v["reason"], "market closed");
+        assert_eq!(v["volume"], 0.1);
+    }
+
+    #[test]
+    fn other_events_round_trip() {
+        let cases = [
+            json!({"event_id":"a1","event_type":"ACCOUNT_STATUS","user_id":"u","mt5_account":"1",
+                "balance":10000.5,"equity":10010.25,"margin":100.0,"free_margin":9910.25,
+                "margin_level":10010.25,"currency":"USD","open_positions":2,"timestamp":1,"schema_version":1}),
+            json!({"event_id":"r1","event_type":"MARGIN_CALL","user_id":"u","margin_level":80.5,
+                "message":"low","trade_ids":["t1"],"timestamp":1,"schema_version":1}),
+            json!({"event_id":"x1","event_type":"WITHDRAWAL","user_id":"u","amount":250.75,
+                "currency":"USD","balance_after":1000.01,"timestamp":1,"schema_version":1}),
+            json!({"event_id":"l1","event_type":"USER_LOGIN","user_id":"u","ip_address":"127.0.0.1",
+                "user_agent":"curl","timestamp":1,"schema_version":1}),
+            json!({"event_id":"s1","event_type":"SETTINGS_UPDATED","user_id":"u",
+                "settings":{"watchlist":["EURUSD"]},"timestamp":1,"schema_version":1}),
+        ];
+        let a: AccountStatus = serde_json::from_value(cases[0].clone()).expect("account");
+        assert_eq!(serde_json::to_value(&a).expect("w"), cases[0]);
+        assert_eq!(a.free_margin, dec("9910.25"));
+        let r: RiskAlert = serde_json::from_value(cases[1].clone()).expect("risk");
+        assert_eq!(serde_json::to_value(&r).expect("w"), cases[1]);
+        let t: Transaction = serde_json::from_value(cases[2].clone()).expect("tx");
+        assert_eq!(serde_json::to_value(&t).expect("w"), cases[2]);
+        let l: AuthEvent = serde_json::from_value(cases[3].clone()).expect("auth");
+        assert_eq!(serde_json::to_value(&l).expect("w"), cases[3]);
+        let s: SettingsEvent = serde_json::from_value(cases[4].clone()).expect("settings");
+        assert_eq!(serde_json::to_value(&s).expect("w"), cases[4]);
+
+        let topics: Vec<UserTopic> = vec![a.topic(), r.topic(), t.topic(), l.topic(), s.topic()];
+        assert_eq!(
+            topics,
+            vec![
+                UserTopic::Mt5Status,
+                UserTopic::RiskAlerts,
+                UserTopic::Transactions,
+                UserTopic::Auth,
+                UserTopic::Settings
+            ]
+        );
+    }
+
+    #[test]
+    fn account_status_without_margin_level_writes_null() {
+        let v = json!({"event_id":"a1","event_type":"ACCOUNT_STATUS","user_id":"u",
+            "balance":1,"equity":1,"margin":0,"free_margin":1,"currency":"USD",
+            "open_positions":0,"timestamp":1});
+        let a: AccountStatus = serde_json::from_value(v).expect("account");
+        assert_eq!(a.margin_level, None);
+        assert_eq!(a.schema_version, 1);
+        let out = serde_json::to_value(&a).expect("w");
+        assert!(out["margin_level"].is_null());
+    }
+}

@@ -1,0 +1,37 @@
+//! The suho domain model and wire contract, with no I/O.
+//!
+//! This crate knows the shapes that cross the process boundary (NATS market payloads, Kafka user
+//! events, envelopes) and the small value types they are built from ([`Symbol`], [`Timeframe`],
+//! exact [`rust_decimal::Decimal`] prices). It deliberately knows nothing about brokers,
+//! networks, databases or async runtimes: no tokio, rdkafka, async-nats, sqlx or axum.
+//!
+//! Map:
+//! - [`num`]: serde helpers writing `Decimal` as a JSON number and reading it back exactly.
+//! - [`symbol`]: the validated six-letter [`Symbol`].
+//! - [`market`]: NATS market-data payloads (ticks, candles, price replies, signals...).
+//! - [`subject`]: NATS subject builders.
+//! - [`topic`]: the Kafka user topics and their settings.
+//! - [`event`]: Kafka user/trading events.
+//! - [`envelope`]: the `{subject, data}` and `{topic, key, partition, value}` envelopes.
+
+pub mod envelope;
+pub mod event;
+pub mod market;
+pub mod num;
+pub mod subject;
+pub mod symbol;
+pub mod topic;
+
+pub use envelope::{KafkaEnvelope, NatsEnvelope};
+pub use event::{
+    new_event_id, AccountStatus, AccountStatusType, AuthEvent, AuthEventType, CommandError,
+    CommandMetadata, CommandType, Order, RiskAlert, RiskAlertType, SettingsEvent,
+    SettingsEventType, Side, TradeCommand, TradeEvent, TradeEventType, TradeStatus, Transaction,
+    TransactionType, UserEvent, UserId, SCHEMA_VERSION,
+};
+pub use market::{
+    Candle, Direction, HealthStatus, Heartbeat, IndicatorValue, MarketAlert, MarketError,
+    PriceError, PriceErrorKind, PriceQuote, PriceReply, Signal, Tick, Timeframe, TimeframeError,
+};
+pub use symbol::{major_fx, Symbol, SymbolError, MAJOR_FX};
+pub use topic::UserTopic;

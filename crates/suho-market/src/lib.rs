@@ -1,0 +1,35 @@
+//! The market-data domain: feeds publish `market.{SYM}.tick` on NATS; the price service
+//! answers `market.{SYM}.price` from the latest quotes it has heard.
+//!
+//! Nothing here touches Kafka: market data never goes to the user-event log.
+
+pub mod price;
+pub mod synthetic;
+
+pub use price::{run_price_service, PriceServiceConfig};
+pub use synthetic::{run_feed, SyntheticFeed};
+
+/// A market service stopped for a reason other than shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum MarketServiceError {
+    /// The bus failed.
+    #[error(transparent)]
+    Bus(#[from] suho_messaging::MessagingError),
+    /// A configured symbol is not a symbol.
+    #[error("market.symbols: {0}")]
+    Symbol(#[from] suho_domain::SymbolError),
+}
+
+/// The configured symbols, validated.
+///
+/// # Errors
+/// A configured symbol does not parse.
+pub fn configured_symbols(
+    config: &suho_config::MarketConfig,
+) -> Result<Vec<suho_domain::Symbol>, MarketServiceError> {
+    config
+        .symbols
+        .iter()
+        .map(|s| suho_domain::Symbol::parse(s).map_err(MarketServiceError::from))
+        .collect()
+}

@@ -1,0 +1,123 @@
+//! The market services against a real NATS server: tick shape on `market.{SYM}.tick`, and
+//! the price service's replies (a quote for a known symbol, an error reply, not a timeout,
+//! for an unknown one).
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use rust_decimal::Decimal;
+use suho_domain::{PriceErrorKind, PriceReply, Symbol};
+use suho_market::{run_feed, run_price_service, PriceServiceConfig, SyntheticFeed};
+use suho_messaging::MarketBus;
+use suho_testkit::TestEnv;
+use tokio_util::sync::CancellationToken;
+
+async fn start(env: &TestEnv, shutdown: &CancellationToken) -> MarketBus {
+    let bus = MarketBus::connect(&env.config.nats, "test").await.unwrap();
+    let symbols = suho_domain::major_fx();
+    tokio::spawn(run_price_service(
+        bus.clone(),
+        PriceServiceConfig {
+            symbols: symbols.iter().copied().collect(),
+            max_age_ms: 5000,
+        },
+        shutdown.clone(),
+    ));
+    // Let the price service subscribe before the feed starts.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::spawn(run_feed(
+        bus.clone(),
+        SyntheticFeed::new(&symbols, 42),
+        symbols.len(),
+        50.0,
+        shutdown.clone(),
+    ));
+    bus
+}
+
+#[tokio::test]
+async fn ticks_have_the_contract_shape() {
+    let env = TestEnv::new().await;
+    let shutdown = CancellationToken::new();
+    let bus = MarketBus::connect(&env.config.nats, "test-sub")
+        .await
+        .unwrap();
+    let mut sub = bus
+        .subscribe(format!("{}market.EURUSD.tick", env.prefix))
+        .await
+        .unwrap();
+    let _ = start(&env, &shutdown).await;
+    for _ in 0..5 {
+        let msg = tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+        let obj = v.as_object().unwrap();
+        let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "ask",
+                "bid",
+                "mid",
+                "source",
+                "spread",
+                "symbol",
+                "timestamp"
+            ]
+        );
+        assert_eq!(v["symbol"], "EUR/USD");
+        let d = |k: &str| Decimal::from_str_exact(&v[k].to_string()).unwrap();
+        assert_eq!(d("spread"), d("ask") - d("bid"));
+        assert_eq!(d("mid") * Decimal::TWO, d("ask") + d("bid"));
+        assert!(v["timestamp"].as_i64().unwrap() > 1_700_000_000_000);
+    }
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn price_service_answers_known_and_unknown_symbols() {
+    let env = TestEnv::new().await;
+    let shutdown = CancellationToken::new();
+    let bus = start(&env, &shutdown).await;
+    let ask = |sym: &'static str| {
+        let bus = bus.clone();
+        let subject = format!("{}market.{sym}.price", env.prefix);
+        async move {
+            let bytes = bus.request(subject, bytes::Bytes::new()).await.unwrap();
+            serde_json::from_slice::<PriceReply>(&bytes).unwrap()
+        }
+    };
+    // Known symbol: a quote once the first tick has arrived.
+    let mut quote = None;
+    for _ in 0..50 {
+        match ask("EURUSD").await {
+            PriceReply::Quote(q) => {
+                quote = Some(q);
+                break;
+            }
+            PriceReply::Error(e) => {
+                assert_eq!(e.error, PriceErrorKind::NoQuote);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let quote = quote.expect("a quote for EURUSD");
+    assert_eq!(quote.symbol, Symbol::parse("EURUSD").unwrap());
+    assert!(quote.ask > quote.bid);
+    assert!(quote.age_ms >= 0 && quote.age_ms < 5000);
+
+    // Unknown and malformed symbols: an error reply, promptly.
+    for sym in ["XXXYYY", "FOO"] {
+        let reply = tokio::time::timeout(Duration::from_millis(500), ask(sym))
+            .await
+            .expect("a reply, not a timeout");
+        match reply {
+            PriceReply::Error(e) => assert_eq!(e.error, PriceErrorKind::UnknownSymbol),
+            PriceReply::Quote(q) => panic!("quote for unknown symbol: {q:?}"),
+        }
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,54 @@
+//! `nats-server` with JetStream enabled, listening on loopback; ready when it greets a
+//! client with `INFO`.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::process::{wait_ready, ManagedProcess};
+use crate::{Service, StackError, StackSpec, Tools};
+
+pub(crate) fn start(spec: &StackSpec, tools: &Tools) -> Result<ManagedProcess, StackError> {
+    let home = spec.dir.join("nats");
+    let store = home.join("jetstream");
+    std::fs::create_dir_all(&store).map_err(|e| StackError::io(&store, e))?;
+    let conf = home.join("nats.conf");
+    let text = format!(
+        "# Written by suho-stack on every start.\n\
+         listen: 127.0.0.1:{port}\n\
+         http: 127.0.0.1:{monitor}\n\
+         server_name: suho\n\
+         max_payload: 1MB\n\
+         jetstream {{\n  store_dir: \"{store}\"\n}}\n",
+        port = spec.nats_port,
+        monitor = spec.nats_monitor_port,
+        store = store.display(),
+    );
+    std::fs::write(&conf, text).map_err(|e| StackError::io(&conf, e))?;
+    let mut cmd = Command::new(&tools.nats_server);
+    cmd.arg("-c").arg(&conf);
+    tracing::info!(port = spec.nats_port, "starting nats-server");
+    let mut proc = ManagedProcess::spawn(spec, Service::Nats, cmd)?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], spec.nats_port));
+    wait_ready(spec, &mut proc, Duration::from_secs(20), || greets(addr))?;
+    Ok(proc)
+}
+
+/// Connects and reads the server's first line, which must be `INFO {...}`.
+fn greets(addr: SocketAddr) -> Result<(), String> {
+    let stream =
+        TcpStream::connect_timeout(&addr, Duration::from_millis(500)).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    BufReader::new(stream)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    if line.starts_with("INFO ") {
+        Ok(())
+    } else {
+        Err(format!("unexpected greeting: {line:?}"))
+    }
+}

@@ -1,0 +1,238 @@
+//! Server processes: spawned in their own process group with output to a log file and a
+//! pid file beside it, found again from that pid file, stopped with the signal each server
+//! treats as a fast, clean shutdown.
+
+use std::fs::OpenOptions;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{Service, StackError, StackSpec};
+
+/// A server process of the stack.
+#[derive(Debug)]
+pub struct ManagedProcess {
+    /// Which server.
+    pub service: Service,
+    /// Its pid.
+    pub pid: u32,
+    child: Option<Child>,
+    pid_file: PathBuf,
+}
+
+impl ManagedProcess {
+    /// Spawns `cmd` for `service`: stdin closed, stdout and stderr appended to the
+    /// service's log, its own process group (a terminal's Ctrl-C reaches suho, which then
+    /// stops the servers in order), and a pid file.
+    pub(crate) fn spawn(
+        spec: &StackSpec,
+        service: Service,
+        mut cmd: Command,
+    ) -> Result<ManagedProcess, StackError> {
+        let log = spec.log_file(service);
+        let out = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(|e| StackError::io(&log, e))?;
+        let err = out.try_clone().map_err(|e| StackError::io(&log, e))?;
+        cmd.stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
+        if spec.die_with_parent {
+            // SAFETY: prctl is async-signal-safe; it runs in the child between fork and
+            // exec (after any uid change, which would otherwise clear the setting).
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let program = cmd.get_program().to_string_lossy().into_owned();
+        let child = cmd.spawn().map_err(|e| StackError::Command {
+            command: program,
+            detail: e.to_string(),
+        })?;
+        let pid = child.id();
+        let pid_file = spec.pid_file(service);
+        std::fs::write(&pid_file, format!("{pid}\n")).map_err(|e| StackError::io(&pid_file, e))?;
+        Ok(ManagedProcess {
+            service,
+            pid,
+            child: Some(child),
+            pid_file,
+        })
+    }
+
+    /// A running server this process did not start (found through its pid file).
+    pub(crate) fn adopt(spec: &StackSpec, service: Service, pid: u32) -> ManagedProcess {
+        ManagedProcess {
+            service,
+            pid,
+            child: None,
+            pid_file: spec.pid_file(service),
+        }
+    }
+
+    /// Whether the process is still running (not exited, not a zombie).
+    pub fn is_alive(&mut self) -> bool {
+        if let Some(child) = self.child.as_mut() {
+            return matches!(child.try_wait(), Ok(None));
+        }
+        pid_alive(self.pid)
+    }
+
+    /// Asks the server to shut down: SIGINT (fast shutdown) for PostgreSQL, SIGTERM
+    /// for the others.
+    pub fn signal_stop(&self) {
+        let sig = match self.service {
+            Service::Postgres => libc::SIGINT,
+            Service::Nats | Service::Kafka => libc::SIGTERM,
+        };
+        send(self.pid, sig);
+    }
+
+    /// Waits for the process to exit; after `grace`, kills it. Removes the pid file.
+    pub fn wait_or_kill(&mut self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        while self.is_alive() {
+            if Instant::now() >= deadline {
+                tracing::warn!(service = %self.service, pid = self.pid, "did not stop in {grace:?}, killing it");
+                send(self.pid, libc::SIGKILL);
+                let hard = Instant::now() + Duration::from_secs(2);
+                while self.is_alive() && Instant::now() < hard {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = std::fs::remove_file(&self.pid_file);
+        tracing::info!(service = %self.service, "stopped");
+    }
+}
+
+fn send(pid: u32, sig: libc::c_int) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    // SAFETY: kill(2) with a pid we spawned or read from our own pid file.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+/// Whether `pid` names a live (non-zombie) process.
+fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state is the first field after the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// The pid of `service` from its pid file, when that process is alive and is the
+/// server the file claims (a recycled pid is not taken for ours).
+pub(crate) fn running_pid(spec: &StackSpec, service: Service) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(spec.pid_file(service))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    if !pid_alive(pid) {
+        return None;
+    }
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    let marker = match service {
+        Service::Nats => "nats-server",
+        Service::Postgres => "postgres",
+        Service::Kafka => "kafka.Kafka",
+    };
+    cmdline.contains(marker).then_some(pid)
+}
+
+/// Polls `ready` every 100 ms until it answers `Ok`, the process dies, or `limit` passes.
+pub(crate) fn wait_ready(
+    spec: &StackSpec,
+    proc: &mut ManagedProcess,
+    limit: Duration,
+    mut ready: impl FnMut() -> Result<(), String>,
+) -> Result<(), StackError> {
+    let started = Instant::now();
+    loop {
+        let last = match ready() {
+            Ok(()) => {
+                tracing::info!(service = %proc.service, pid = proc.pid, elapsed = ?started.elapsed(), "ready");
+                return Ok(());
+            }
+            Err(e) => e,
+        };
+        let log = spec.log_file(proc.service);
+        if !proc.is_alive() {
+            let _ = std::fs::remove_file(&proc.pid_file);
+            return Err(StackError::NotReady {
+                service: proc.service,
+                waited: started.elapsed(),
+                detail: format!("it exited; last log lines:\n{}", crate::tail(&log, 15)),
+                log: log.display().to_string(),
+            });
+        }
+        if started.elapsed() > limit {
+            proc.signal_stop();
+            proc.wait_or_kill(Duration::from_secs(5));
+            return Err(StackError::NotReady {
+                service: proc.service,
+                waited: started.elapsed(),
+                detail: last,
+                log: log.display().to_string(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Runs a short command to completion; a failure carries the tail of its output.
+pub(crate) fn run(cmd: &mut Command) -> Result<String, StackError> {
+    let shown = format!(
+        "{} {}",
+        cmd.get_program().to_string_lossy(),
+        cmd.get_args()
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| StackError::Command {
+            command: shown.clone(),
+            detail: e.to_string(),
+        })?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok(text)
+    } else {
+        let lines: Vec<&str> = text.lines().collect();
+        Err(StackError::Command {
+            command: shown,
+            detail: format!(
+                "{}\n{}",
+                out.status,
+                lines[lines.len().saturating_sub(20)..].join("\n")
+            ),
+        })
+    }
+}

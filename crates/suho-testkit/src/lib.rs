@@ -1,0 +1,199 @@
+//! The test harness. Integration tests talk to real servers:
+//!
+//! - [`stack`] starts, once per test binary, a throwaway Apache Kafka, NATS and PostgreSQL on
+//!   free ports under `target/suho-test-stacks/<pid>` (killed when the test process exits),
+//!   or, with `SUHO_TEST_REUSE=1`, uses the running stack that the normal configuration names
+//!   (for example one started by `suho stack up`).
+//! - [`TestEnv::new`] gives each test its own world on that stack: a unique topic, group and
+//!   subject prefix, its own topics, and its own database, so tests run in parallel and in any
+//!   order.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use secrecy::SecretString;
+use sqlx::Connection;
+use suho_config::Config;
+
+/// Addresses of the stack the tests use.
+#[derive(Debug, Clone)]
+pub struct TestStack {
+    /// Kafka bootstrap `host:port`.
+    pub kafka_bootstrap: String,
+    /// NATS URL.
+    pub nats_url: String,
+    /// URL of a database on the server that may create databases.
+    pub admin_database_url: String,
+    /// Directory of the stack's data and logs (`None` when reusing one).
+    pub dir: Option<PathBuf>,
+}
+
+/// The workspace root (two levels above this crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// The stack for this test binary, started on first use.
+///
+/// # Panics
+/// When the stack cannot be installed or started: the tests cannot run without it.
+pub fn stack() -> &'static TestStack {
+    static STACK: OnceLock<TestStack> = OnceLock::new();
+    STACK.get_or_init(|| {
+        suho_telemetry::init_tracing("pretty", "warn,suho=info,suho_stack=info");
+        if std::env::var("SUHO_TEST_REUSE").is_ok_and(|v| v == "1") {
+            return reuse();
+        }
+        // The servers die with the thread that spawned them (PR_SET_PDEATHSIG), so spawn
+        // them from a thread that lives as long as the process.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("suho-test-stack".into())
+            .spawn(move || {
+                let started = start_throwaway();
+                let ok = started.is_ok();
+                let _ = tx.send(started);
+                while ok {
+                    std::thread::park();
+                }
+            })
+            .expect("spawning the stack thread");
+        match rx.recv().expect("stack thread answered") {
+            Ok(s) => s,
+            Err(e) => panic!("could not start the test stack: {e}"),
+        }
+    })
+}
+
+fn reuse() -> TestStack {
+    use secrecy::ExposeSecret;
+    let config = Config::load(None).expect("SUHO_TEST_REUSE=1: the configuration must load");
+    let url = config.database.url.expose_secret().to_string();
+    let admin = match url.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/postgres"),
+        None => url,
+    };
+    TestStack {
+        kafka_bootstrap: config.kafka.bootstrap.clone(),
+        nats_url: config.nats.url.clone(),
+        admin_database_url: admin,
+        dir: None,
+    }
+}
+
+fn start_throwaway() -> Result<TestStack, suho_stack::StackError> {
+    let root = workspace_root();
+    let stacks = root.join("target").join("suho-test-stacks");
+    remove_dead_stacks(&stacks);
+    let dir = stacks.join(std::process::id().to_string());
+    let port = || suho_stack::free_port().expect("a free port");
+    let spec = suho_stack::StackSpec {
+        dir: dir.clone(),
+        cache_dir: root.join(".suho").join("cache"),
+        kafka_version: Config::default().stack.kafka_version,
+        kafka_heap: "512m".into(),
+        kafka_port: port(),
+        kafka_controller_port: port(),
+        nats_port: port(),
+        nats_monitor_port: port(),
+        pg_port: port(),
+        pg_database: "suho".into(),
+        pg_user: "suho".into(),
+        ephemeral: true,
+        die_with_parent: true,
+    };
+    let tools = suho_stack::install(&spec)?;
+    let started = suho_stack::start(&spec, &tools)?;
+    // The processes are ours until the test binary exits; PR_SET_PDEATHSIG ends them then.
+    std::mem::forget(started);
+    Ok(TestStack {
+        kafka_bootstrap: spec.kafka_bootstrap(),
+        nats_url: spec.nats_url(),
+        admin_database_url: spec.database_url("postgres"),
+        dir: Some(dir),
+    })
+}
+
+/// Deletes the directories of earlier test runs whose process is gone.
+fn remove_dead_stacks(stacks: &Path) {
+    let Ok(entries) = std::fs::read_dir(stacks) else {
+        let _ = std::fs::create_dir_all(stacks);
+        return;
+    };
+    for e in entries.flatten() {
+        let alive = e
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        if !alive {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// One test's isolated world on the shared stack.
+pub struct TestEnv {
+    /// A configuration pointing at the stack with this test's prefixes and database.
+    pub config: Config,
+    /// The unique prefix (`t<hex>.`) of this test's topics, groups and subjects.
+    pub prefix: String,
+    /// This test's database name.
+    pub database: String,
+}
+
+impl TestEnv {
+    /// A fresh environment: unique prefixes, the contract's topics created under the
+    /// prefix, and an empty database.
+    ///
+    /// # Panics
+    /// When the stack is unusable: the test cannot run.
+    pub async fn new() -> TestEnv {
+        let stack = stack();
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let prefix = format!("t{}.", &id[..12]);
+        let database = format!("suho_test_{}", &id[..16]);
+
+        let mut admin = sqlx::PgConnection::connect(&stack.admin_database_url)
+            .await
+            .expect("connecting to the test PostgreSQL");
+        sqlx::query(&format!("CREATE DATABASE \"{database}\""))
+            .execute(&mut admin)
+            .await
+            .expect("creating the test database");
+        let _ = admin.close().await;
+        let base = stack
+            .admin_database_url
+            .rsplit_once('/')
+            .map_or(stack.admin_database_url.as_str(), |(b, _)| b);
+
+        let mut config = Config::default();
+        config.stack.manage = false;
+        config.kafka.bootstrap.clone_from(&stack.kafka_bootstrap);
+        config.kafka.topic_prefix.clone_from(&prefix);
+        config.kafka.group_prefix.clone_from(&prefix);
+        config.nats.url.clone_from(&stack.nats_url);
+        config.nats.subject_prefix.clone_from(&prefix);
+        config.database.url = SecretString::from(format!("{base}/{database}"));
+        config.http.addr = "127.0.0.1:0".parse().expect("loopback address");
+        config.auth.jwt_secret = Some(SecretString::from(format!("test-secret-{id}")));
+        config.telemetry.heartbeat_interval_ms = 500;
+        config.telemetry.lag_interval_ms = 1000;
+
+        let report = suho_messaging::topics::apply(&config.kafka, false)
+            .await
+            .expect("creating this test's topics");
+        assert_eq!(
+            report.created.len(),
+            suho_messaging::topics::desired(&prefix).len()
+        );
+        TestEnv {
+            config,
+            prefix,
+            database,
+        }
+    }
+}
