@@ -384,17 +384,21 @@ mod tests {
     use super::*;
     use secrecy::ExposeSecret;
 
+    // figment's own test helper dictates the closure's error type.
+    #[allow(clippy::result_large_err)]
     fn load(toml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("suho.toml");
         std::fs::write(&path, toml).unwrap();
+        let mut out = None;
         figment::Jail::expect_with(|jail| {
             for (k, v) in env {
                 jail.set_env(k, v);
             }
-            let got = Config::figment(&path, Env::prefixed("SUHO__").split("__"));
-            Ok(got)
-        })
+            out = Some(Config::figment(&path, Env::prefixed("SUHO__").split("__")));
+            Ok(())
+        });
+        out.expect("the jail ran")
     }
 
     #[test]

@@ -56,8 +56,10 @@ pub fn stack() -> &'static TestStack {
                 let started = start_throwaway();
                 let ok = started.is_ok();
                 let _ = tx.send(started);
-                while ok {
-                    std::thread::park();
+                if ok {
+                    loop {
+                        std::thread::park();
+                    }
                 }
             })
             .expect("spawning the stack thread");
@@ -190,10 +192,37 @@ impl TestEnv {
             report.created.len(),
             suho_messaging::topics::desired(&prefix).len()
         );
+        wait_for_topics(&config.kafka, &prefix);
         TestEnv {
             config,
             prefix,
             database,
         }
     }
+}
+
+/// Waits until the broker's metadata lists every topic of `prefix` (creation reaches the
+/// metadata cache asynchronously).
+fn wait_for_topics(kafka: &suho_config::KafkaConfig, prefix: &str) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = suho_messaging::kafka::base_config(kafka)
+        .create()
+        .expect("a metadata client");
+    let want = suho_messaging::topics::desired(prefix);
+    for _ in 0..200 {
+        if let Ok(md) = consumer.fetch_metadata(None, std::time::Duration::from_secs(5)) {
+            let ready = want.iter().all(|w| {
+                md.topics().iter().any(|t| {
+                    t.name() == w.name
+                        && t.error().is_none()
+                        && i32::try_from(t.partitions().len()).is_ok_and(|n| n == w.partitions)
+                })
+            });
+            if ready {
+                return;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("topics of {prefix} did not appear in the broker's metadata");
 }

@@ -21,6 +21,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the platform: starts the local stack if needed (and stops it on Ctrl-C),
+    /// provisions the topics, then runs the feed, price service, trading engine and HTTP API.
+    Up,
+    /// Kafka topic provisioning.
+    Topics {
+        #[command(subcommand)]
+        action: TopicsAction,
+    },
     /// The local Kafka, NATS and PostgreSQL.
     Stack {
         #[command(subcommand)]
@@ -28,6 +36,16 @@ enum Command {
     },
     /// Print the effective configuration (secrets redacted).
     Config,
+}
+
+#[derive(Subcommand)]
+enum TopicsAction {
+    /// Create the contract's topics where missing and report drift on existing ones.
+    Apply {
+        /// Repair drift where Kafka allows it (configs; partitions can only grow).
+        #[arg(long)]
+        fix: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -58,6 +76,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let config = suho_config::Config::load(cli.config.as_deref())?;
     suho_telemetry::init_tracing(&config.telemetry.log_format, &config.telemetry.log_filter);
     match cli.command {
+        Command::Up => runtime()?.block_on(up(config)),
+        Command::Topics {
+            action: TopicsAction::Apply { fix },
+        } => runtime()?.block_on(async {
+            let report = suho_messaging::topics::apply(&config.kafka, fix).await?;
+            print!("{report}");
+            let unresolved = report.unresolved().count();
+            if unresolved > 0 {
+                anyhow::bail!("{unresolved} setting(s) differ from the contract; `suho topics apply --fix` repairs what Kafka allows");
+            }
+            Ok(())
+        }),
         Command::Stack { action } => stack(&config, action),
         Command::Config => {
             println!("{config:#?}");
@@ -104,4 +134,71 @@ fn stack(config: &suho_config::Config, action: StackAction) -> anyhow::Result<()
         }
     }
     Ok(())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// `suho up`: the stack (if managed and not running), topics, then the platform until
+/// Ctrl-C or SIGTERM; then the platform stops, then the stack servers this run started.
+async fn up(config: suho_config::Config) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let mut started = Vec::new();
+    if config.stack.manage {
+        let spec = suho_stack::StackSpec::from_config(&config)?;
+        let s = tokio::task::spawn_blocking(move || {
+            let tools = suho_stack::install(&spec)?;
+            suho_stack::start(&spec, &tools)
+        })
+        .await??;
+        started = s.started;
+    }
+    let result = platform(config).await;
+    if !started.is_empty() {
+        tracing::info!("stopping the stack servers this run started");
+        tokio::task::spawn_blocking(move || suho_stack::stop_processes(&mut started))
+            .await
+            .context("stopping the stack")?;
+    }
+    result
+}
+
+async fn platform(config: suho_config::Config) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let report = suho_messaging::topics::apply(&config.kafka, false)
+        .await
+        .context("provisioning Kafka topics")?;
+    for t in &report.created {
+        tracing::info!(topic = %t, "topic created");
+    }
+    for d in report.unresolved() {
+        tracing::warn!(topic = %d.topic, setting = %d.setting, want = %d.want, have = %d.have, "topic drift (`suho topics apply --fix` repairs it)");
+    }
+    let app = suho::Application::build(config.clone()).await?;
+    let addr = app.http_addr();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down (press Ctrl-C again to exit at once)");
+        signal.cancel();
+        wait_for_signal().await;
+        std::process::exit(130);
+    });
+    println!(
+        "suho is up: HTTP API http://{addr} | NATS {} | Kafka {} | Ctrl-C stops it",
+        config.nats.url, config.kafka.bootstrap
+    );
+    app.run(shutdown).await
+}
+
+async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        Some(()) = async { match term.as_mut() { Some(t) => t.recv().await, None => std::future::pending().await } } => {}
+    }
 }

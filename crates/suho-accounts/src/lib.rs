@@ -1,0 +1,378 @@
+//! User accounts: registration with argon2id password hashes in PostgreSQL, login that
+//! issues a short-lived HS256 JWT, and logout that revokes that token.
+//!
+//! This crate knows nothing of HTTP or Kafka: the gateway calls it and publishes the
+//! resulting `user.auth` events. A password or token never leaves this crate in a log
+//! line or an error message.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
+use argon2::Argon2;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use suho_domain::UserId;
+
+/// The embedded schema migrations.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Why an account operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    /// The e-mail address is not one.
+    #[error("email: {0}")]
+    InvalidEmail(&'static str),
+    /// The password is too weak or too long.
+    #[error("password: {0}")]
+    WeakPassword(&'static str),
+    /// An account with this address exists.
+    #[error("email: an account with this address already exists")]
+    DuplicateEmail,
+    /// Unknown address or wrong password (deliberately indistinguishable).
+    #[error("invalid email or password")]
+    InvalidCredentials {
+        /// The account, when the address was known (for the audit event only).
+        user_id: Option<UserId>,
+    },
+    /// The token is missing, malformed, expired, forged or revoked.
+    #[error("invalid token: {0}")]
+    InvalidToken(String),
+    /// The database failed.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Migrations failed.
+    #[error("database migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Hashing failed (should not happen with valid parameters).
+    #[error("password hashing failed")]
+    Hash,
+}
+
+/// A registered user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// Stable id (`usr_<hex>`), the Kafka key of every event of this user.
+    pub user_id: UserId,
+    /// E-mail address as registered.
+    pub email: String,
+}
+
+/// The claims inside an access token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    /// The user id.
+    pub sub: String,
+    /// Issued at, seconds since the epoch.
+    pub iat: u64,
+    /// Expiry, seconds since the epoch.
+    pub exp: u64,
+    /// Token id, for revocation.
+    pub jti: String,
+}
+
+impl Claims {
+    /// The user this token speaks for.
+    pub fn user_id(&self) -> UserId {
+        UserId::new(self.sub.clone())
+    }
+}
+
+/// An issued access token.
+pub struct AccessToken {
+    /// The JWT; a secret.
+    pub token: SecretString,
+    /// Seconds until it expires.
+    pub expires_in: u64,
+}
+
+/// Account operations over a PostgreSQL pool.
+#[derive(Clone)]
+pub struct Accounts {
+    pool: PgPool,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    ttl: Duration,
+}
+
+impl std::fmt::Debug for Accounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Accounts")
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Accounts {
+    /// Connects a pool to `database_url`.
+    ///
+    /// # Errors
+    /// The database is unreachable.
+    pub async fn connect(
+        database_url: &SecretString,
+        max_connections: u32,
+        jwt_secret: &SecretString,
+        token_ttl: Duration,
+    ) -> Result<Accounts, AccountError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(database_url.expose_secret())
+            .await?;
+        Ok(Self::with_pool(pool, jwt_secret, token_ttl))
+    }
+
+    /// Uses an existing pool.
+    pub fn with_pool(pool: PgPool, jwt_secret: &SecretString, token_ttl: Duration) -> Accounts {
+        let key = jwt_secret.expose_secret().as_bytes();
+        Accounts {
+            pool,
+            encoding: EncodingKey::from_secret(key),
+            decoding: DecodingKey::from_secret(key),
+            ttl: token_ttl,
+        }
+    }
+
+    /// Applies pending schema migrations.
+    ///
+    /// # Errors
+    /// A migration failed.
+    pub async fn migrate(&self) -> Result<(), AccountError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Whether the database answers a trivial query within a second.
+    pub async fn ping(&self) -> bool {
+        let q = sqlx::query("SELECT 1").execute(&self.pool);
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), q).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// Registers a user.
+    ///
+    /// # Errors
+    /// An invalid address, a weak password, a taken address, or a database failure.
+    pub async fn register(
+        &self,
+        email: &str,
+        password: &SecretString,
+    ) -> Result<User, AccountError> {
+        let email = validate_email(email)?;
+        validate_password(password.expose_secret())?;
+        let hash = hash_password(password.clone()).await?;
+        let user_id = UserId::new(format!("usr_{}", uuid::Uuid::new_v4().simple()));
+        let inserted =
+            sqlx::query("INSERT INTO users (user_id, email, password_hash) VALUES ($1, $2, $3)")
+                .bind(user_id.as_str())
+                .bind(&email)
+                .bind(&hash)
+                .execute(&self.pool)
+                .await;
+        match inserted {
+            Ok(_) => Ok(User { user_id, email }),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                Err(AccountError::DuplicateEmail)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Checks the credentials and issues an access token.
+    ///
+    /// # Errors
+    /// [`AccountError::InvalidCredentials`] for an unknown address or a wrong password
+    /// (the same answer and about the same time for both), or a database failure.
+    pub async fn login(
+        &self,
+        email: &str,
+        password: &SecretString,
+    ) -> Result<(User, AccessToken), AccountError> {
+        let row: Option<(String, String, String)> = sqlx::query_as(
+            "SELECT user_id, email, password_hash FROM users WHERE lower(email) = lower($1)",
+        )
+        .bind(email.trim())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some((user_id, email, hash)) = row else {
+            // Spend the time a real check would, so timing does not reveal unknown addresses.
+            let _ = verify_password(password.clone(), dummy_hash().to_string()).await;
+            return Err(AccountError::InvalidCredentials { user_id: None });
+        };
+        let user_id = UserId::new(user_id);
+        if !verify_password(password.clone(), hash).await? {
+            return Err(AccountError::InvalidCredentials {
+                user_id: Some(user_id),
+            });
+        }
+        let token = self.issue(&user_id)?;
+        Ok((User { user_id, email }, token))
+    }
+
+    fn issue(&self, user_id: &UserId) -> Result<AccessToken, AccountError> {
+        let iat = now_s();
+        let claims = Claims {
+            sub: user_id.as_str().to_string(),
+            iat,
+            exp: iat + self.ttl.as_secs(),
+            jti: uuid::Uuid::new_v4().simple().to_string(),
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|e| AccountError::InvalidToken(e.to_string()))?;
+        Ok(AccessToken {
+            token: SecretString::from(token),
+            expires_in: self.ttl.as_secs(),
+        })
+    }
+
+    /// Verifies a bearer token: signature, expiry, and that it was not logged out.
+    ///
+    /// # Errors
+    /// [`AccountError::InvalidToken`] with the reason, or a database failure.
+    pub async fn authenticate(&self, token: &str) -> Result<Claims, AccountError> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation).map_err(|e| {
+                AccountError::InvalidToken(match e.kind() {
+                    jsonwebtoken::errors::ErrorKind::ExpiredSignature => "expired".to_string(),
+                    jsonwebtoken::errors::ErrorKind::InvalidSignature => {
+                        "bad signature".to_string()
+                    }
+                    _ => "malformed".to_string(),
+                })
+            })?;
+        let revoked: Option<(String,)> =
+            sqlx::query_as("SELECT jti FROM revoked_tokens WHERE jti = $1")
+                .bind(&data.claims.jti)
+                .fetch_optional(&self.pool)
+                .await?;
+        if revoked.is_some() {
+            return Err(AccountError::InvalidToken("logged out".into()));
+        }
+        Ok(data.claims)
+    }
+
+    /// Ends the token's session: it is refused from now on.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn logout(&self, claims: &Claims) -> Result<(), AccountError> {
+        sqlx::query(
+            "INSERT INTO revoked_tokens (jti, user_id, expires_at) VALUES ($1, $2, to_timestamp($3)) ON CONFLICT DO NOTHING",
+        )
+        .bind(&claims.jti)
+        .bind(&claims.sub)
+        .bind(i64::try_from(claims.exp).unwrap_or(i64::MAX) as f64)
+        .execute(&self.pool)
+        .await?;
+        sqlx::query("DELETE FROM revoked_tokens WHERE expires_at < now()")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+fn validate_email(raw: &str) -> Result<String, AccountError> {
+    let email = raw.trim();
+    if email.is_empty() {
+        return Err(AccountError::InvalidEmail("is required"));
+    }
+    if email.len() > 254 {
+        return Err(AccountError::InvalidEmail("is longer than 254 characters"));
+    }
+    let valid = email.split_once('@').is_some_and(|(local, domain)| {
+        !local.is_empty()
+            && domain.contains('.')
+            && !domain.starts_with('.')
+            && !domain.ends_with('.')
+            && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+            && email.matches('@').count() == 1
+    });
+    if valid {
+        Ok(email.to_string())
+    } else {
+        Err(AccountError::InvalidEmail("is not an e-mail address"))
+    }
+}
+
+fn validate_password(password: &str) -> Result<(), AccountError> {
+    let chars = password.chars().count();
+    if chars < 8 {
+        return Err(AccountError::WeakPassword("must be at least 8 characters"));
+    }
+    if chars > 256 {
+        return Err(AccountError::WeakPassword("must be at most 256 characters"));
+    }
+    Ok(())
+}
+
+/// argon2id with the crate's default (OWASP) parameters, on a blocking thread.
+async fn hash_password(password: SecretString) -> Result<String, AccountError> {
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::generate(&mut OsRng);
+        Argon2::default()
+            .hash_password(password.expose_secret().as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|_| AccountError::Hash)
+    })
+    .await
+    .map_err(|_| AccountError::Hash)?
+}
+
+async fn verify_password(password: SecretString, hash: String) -> Result<bool, AccountError> {
+    tokio::task::spawn_blocking(move || {
+        let parsed = PasswordHash::new(&hash).map_err(|_| AccountError::Hash)?;
+        Ok(Argon2::default()
+            .verify_password(password.expose_secret().as_bytes(), &parsed)
+            .is_ok())
+    })
+    .await
+    .map_err(|_| AccountError::Hash)?
+}
+
+/// A valid argon2id hash of a random password, to verify against for unknown addresses.
+fn dummy_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| {
+        let salt = SaltString::generate(&mut OsRng);
+        let random: [u8; 16] = rand::random();
+        Argon2::default()
+            .hash_password(&random, &salt)
+            .map(|h| h.to_string())
+            .unwrap_or_default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails() {
+        assert!(validate_email("a@b.co").is_ok());
+        assert!(validate_email("  Trader@Example.com ").is_ok());
+        for bad in ["", "nope", "a@b", "@b.co", "a@.co", "a b@c.de", "a@@b.co"] {
+            assert!(validate_email(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn passwords() {
+        assert!(validate_password("short").is_err());
+        assert!(validate_password("long enough").is_ok());
+    }
+}

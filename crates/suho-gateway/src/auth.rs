@@ -1,0 +1,160 @@
+//! Register, login and logout, and the bearer-token extractor. Each publishes its
+//! `user.auth` event (ids, address, IP and user agent; never a password or token).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use secrecy::{ExposeSecret, SecretString};
+use suho_accounts::{AccountError, Claims};
+use suho_domain::{new_event_id, AuthEvent, AuthEventType, UserId, SCHEMA_VERSION};
+use suho_messaging::now_ms;
+
+use crate::input::Body;
+use crate::{ApiError, AppState};
+
+/// The authenticated caller, from `Authorization: Bearer <jwt>`.
+pub struct AuthUser(pub Claims);
+
+impl FromRequestParts<Arc<AppState>> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| ApiError::Unauthorized("missing Authorization: Bearer token".into()))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                ApiError::Unauthorized("the Authorization header must be `Bearer <token>`".into())
+            })?;
+        Ok(AuthUser(state.accounts.authenticate(token).await?))
+    }
+}
+
+fn auth_event(
+    event_type: AuthEventType,
+    user_id: UserId,
+    email: Option<String>,
+    addr: SocketAddr,
+    headers: &HeaderMap,
+) -> AuthEvent {
+    AuthEvent {
+        event_id: new_event_id("auth"),
+        event_type,
+        user_id,
+        email,
+        ip_address: Some(addr.ip().to_string()),
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        reason: None,
+        timestamp: now_ms(),
+        schema_version: SCHEMA_VERSION,
+    }
+}
+
+pub async fn register(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let body = Body::parse(&body)?;
+    let email = body.string("email")?;
+    let password = SecretString::from(body.string("password")?.to_string());
+    let user = state.accounts.register(email, &password).await?;
+    let event = auth_event(
+        AuthEventType::UserRegistered,
+        user.user_id.clone(),
+        Some(user.email.clone()),
+        addr,
+        &headers,
+    );
+    state.producer.send(&event).await?;
+    tracing::info!(user_id = %user.user_id, "user registered");
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "user_id": user.user_id, "email": user.email })),
+    ))
+}
+
+pub async fn login(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let body = Body::parse(&body)?;
+    let email = body.string("email")?;
+    let password = SecretString::from(body.string("password")?.to_string());
+    match state.accounts.login(email, &password).await {
+        Ok((user, token)) => {
+            let event = auth_event(
+                AuthEventType::UserLogin,
+                user.user_id.clone(),
+                Some(user.email.clone()),
+                addr,
+                &headers,
+            );
+            state.producer.send(&event).await?;
+            Ok(Json(serde_json::json!({
+                "access_token": token.token.expose_secret(),
+                "token_type": "Bearer",
+                "expires_in": token.expires_in,
+                "user_id": user.user_id,
+                "email": user.email,
+            })))
+        }
+        Err(AccountError::InvalidCredentials {
+            user_id: Some(user_id),
+        }) => {
+            let mut event = auth_event(
+                AuthEventType::UserLoginFailed,
+                user_id,
+                None,
+                addr,
+                &headers,
+            );
+            event.reason = Some("wrong password".into());
+            state.producer.send(&event).await?;
+            Err(ApiError::Unauthorized("invalid email or password".into()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn logout(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    AuthUser(claims): AuthUser,
+) -> Result<impl IntoResponse, ApiError> {
+    state.accounts.logout(&claims).await?;
+    let event = auth_event(
+        AuthEventType::UserLogout,
+        claims.user_id(),
+        None,
+        addr,
+        &headers,
+    );
+    state.producer.send(&event).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

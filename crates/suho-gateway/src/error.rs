@@ -1,0 +1,119 @@
+//! The one HTTP error type: every failure becomes a status and `{error, message}` (plus
+//! `field` for validation errors). Internal details are logged once here, never sent.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+/// An API failure.
+#[derive(Debug)]
+pub enum ApiError {
+    /// The body is not JSON (400).
+    MalformedJson(String),
+    /// A field is missing or invalid (422).
+    Invalid {
+        /// The field, as named in the request.
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// No or bad credentials (401).
+    Unauthorized(String),
+    /// The token is valid but not for this resource (403).
+    Forbidden,
+    /// The resource exists already (409).
+    Conflict(String),
+    /// No such route (404).
+    NotFound,
+    /// A dependency (Kafka, the database) is down (503).
+    Unavailable(&'static str),
+    /// A bug or an unexpected failure (500).
+    Internal,
+}
+
+impl ApiError {
+    /// A validation failure of `field`.
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::Invalid {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, error, message, field) = match self {
+            ApiError::MalformedJson(m) => (StatusCode::BAD_REQUEST, "malformed_json", m, None),
+            ApiError::Invalid { field, message } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_field",
+                format!("{field}: {message}"),
+                Some(field),
+            ),
+            ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, "unauthorized", m, None),
+            ApiError::Forbidden => (
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this token may not access that user's data".into(),
+                None,
+            ),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m, None),
+            ApiError::NotFound => (
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such route".into(),
+                None,
+            ),
+            ApiError::Unavailable(what) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!("{what} is unavailable; try again"),
+                None,
+            ),
+            ApiError::Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error".into(),
+                None,
+            ),
+        };
+        let mut body = serde_json::json!({ "error": error, "message": message });
+        if let Some(f) = field {
+            body["field"] = f.into();
+        }
+        (status, Json(body)).into_response()
+    }
+}
+
+impl From<suho_accounts::AccountError> for ApiError {
+    fn from(e: suho_accounts::AccountError) -> Self {
+        use suho_accounts::AccountError as E;
+        match e {
+            E::InvalidEmail(m) => ApiError::invalid("email", m),
+            E::WeakPassword(m) => ApiError::invalid("password", m),
+            E::DuplicateEmail => {
+                ApiError::Conflict("an account with this email already exists".into())
+            }
+            E::InvalidCredentials { .. } => {
+                ApiError::Unauthorized("invalid email or password".into())
+            }
+            E::InvalidToken(r) => ApiError::Unauthorized(format!("invalid token: {r}")),
+            E::Database(e) => {
+                tracing::error!(error = %e, "database failure");
+                ApiError::Unavailable("the database")
+            }
+            other => {
+                tracing::error!(error = %other, "account failure");
+                ApiError::Internal
+            }
+        }
+    }
+}
+
+impl From<suho_messaging::MessagingError> for ApiError {
+    fn from(e: suho_messaging::MessagingError) -> Self {
+        tracing::error!(error = %e, "event log failure");
+        ApiError::Unavailable("the event log")
+    }
+}

@@ -1,0 +1,108 @@
+//! Trade commands: validated here, queued on `user.commands` keyed by the caller's id,
+//! answered `202 {status: "queued", command_id}`. Execution is the trading engine's.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use rust_decimal::Decimal;
+use suho_domain::{Order, Side, Symbol, TradeCommand};
+use suho_messaging::now_ms;
+
+use crate::auth::AuthUser;
+use crate::input::Body;
+use crate::{ApiError, AppState};
+
+/// Smallest volume step and the largest order, in lots.
+const LOT_STEP: Decimal = Decimal::from_parts(1, 0, 0, false, 2);
+const MAX_VOLUME: Decimal = Decimal::from_parts(100, 0, 0, false, 0);
+
+pub async fn open(
+    State(state): State<Arc<AppState>>,
+    AuthUser(claims): AuthUser,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let body = Body::parse(&body)?;
+    let order = parse_order(&body, &state)?;
+    let client_order_id = body.opt_string("client_order_id")?.map(str::to_string);
+    if client_order_id
+        .as_ref()
+        .is_some_and(|c| c.is_empty() || c.len() > 64)
+    {
+        return Err(ApiError::invalid(
+            "client_order_id",
+            "must be 1 to 64 characters",
+        ));
+    }
+    let command = TradeCommand::open(claims.user_id(), order, client_order_id, now_ms());
+    let delivery = state.producer.send(&command).await?;
+    tracing::info!(user_id = %command.user_id, command_id = %command.event_id, partition = delivery.partition, "OPEN_TRADE queued");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "status": "queued", "command_id": command.event_id })),
+    ))
+}
+
+fn parse_order(body: &Body, state: &AppState) -> Result<Order, ApiError> {
+    let symbol = Symbol::parse(body.string("symbol")?)
+        .map_err(|e| ApiError::invalid("symbol", e.to_string()))?;
+    if !state.symbols.contains(&symbol) {
+        return Err(ApiError::invalid(
+            "symbol",
+            format!("{symbol} is not traded here"),
+        ));
+    }
+    let side = match body.string("type")?.to_ascii_uppercase().as_str() {
+        "BUY" => Side::Buy,
+        "SELL" => Side::Sell,
+        _ => return Err(ApiError::invalid("type", "must be BUY or SELL")),
+    };
+    let volume = body.decimal("volume")?;
+    if volume <= Decimal::ZERO {
+        return Err(ApiError::invalid("volume", "must be positive"));
+    }
+    if volume > MAX_VOLUME {
+        return Err(ApiError::invalid(
+            "volume",
+            format!("must be at most {MAX_VOLUME} lots"),
+        ));
+    }
+    if !(volume % LOT_STEP).is_zero() {
+        return Err(ApiError::invalid(
+            "volume",
+            format!("must be a multiple of the lot step {LOT_STEP}"),
+        ));
+    }
+    let positive = |field: &'static str| -> Result<Option<Decimal>, ApiError> {
+        match body.opt_decimal(field)? {
+            Some(p) if p <= Decimal::ZERO => {
+                Err(ApiError::invalid(field, "must be a positive price"))
+            }
+            other => Ok(other),
+        }
+    };
+    let stop_loss = positive("stop_loss")?;
+    let take_profit = positive("take_profit")?;
+    if let (Some(sl), Some(tp)) = (stop_loss, take_profit) {
+        let wrong = match side {
+            Side::Buy => sl >= tp,
+            Side::Sell => sl <= tp,
+        };
+        if wrong {
+            return Err(ApiError::invalid(
+                "stop_loss",
+                "must be below take_profit for a BUY and above it for a SELL",
+            ));
+        }
+    }
+    Ok(Order {
+        symbol,
+        side,
+        volume,
+        stop_loss,
+        take_profit,
+    })
+}

@@ -1,0 +1,418 @@
+//! The consume - decide - publish - commit loop.
+//!
+//! One record of `user.commands` at a time: plan it ([`crate::plan`]), carry the plan out
+//! (a dead-letter record, a rejection, or a price request on NATS and an execution), and only
+//! once Kafka has acknowledged the outcome store and commit the record's offset. A transient
+//! failure (no quote yet, a stale quote, NATS unreachable, a retryable Kafka error) retries the
+//! same record with exponential backoff and never skips it; a shutdown during that wait leaves
+//! the record uncommitted, so it is delivered again on the next start and, because every
+//! outcome id is derived from the command, answered with the same event.
+//!
+//! Records are handled strictly in order, one after another, across all assigned partitions.
+//! This keeps a user's commands ordered; it also means one stuck record holds back every
+//! partition this instance owns (later work can split per-partition queues).
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::types::RDKafkaErrorCode;
+use suho_domain::{PriceReply, TradeEvent, UserEvent, UserTopic};
+use suho_messaging::kafka::{self, UserConsumer};
+use suho_messaging::{now_ms, MarketBus, UserEventProducer};
+use tokio_util::sync::CancellationToken;
+
+use crate::plan::{self, Plan, Pricing};
+use crate::{EngineError, GROUP};
+
+/// The trading engine: consumes `user.commands` in the consumer group [`GROUP`] and answers
+/// every command on `user.trades` (or dead-letters an unreadable record).
+pub struct Engine {
+    consumer: UserConsumer,
+    bus: MarketBus,
+    producer: UserEventProducer,
+    backoff: Backoff,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("group", &GROUP)
+            .field("bus_prefix", &self.bus.prefix())
+            .field("backoff", &self.backoff)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long to wait before the next try of a transient failure.
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    initial: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(config: &suho_config::TradingConfig) -> Backoff {
+        let initial = Duration::from_millis(config.retry_initial_ms.max(1));
+        Backoff {
+            initial,
+            max: Duration::from_millis(config.retry_max_ms).max(initial),
+        }
+    }
+
+    fn next(&self, current: Duration) -> Duration {
+        current.saturating_mul(2).min(self.max)
+    }
+}
+
+/// The result of one try at carrying out a plan.
+enum Attempt {
+    /// The outcome is acknowledged by Kafka; the record may be committed.
+    Done,
+    /// Nothing final happened; try the same record again later, for this reason.
+    Retry(String),
+}
+
+/// How handling a record ended.
+enum Settled {
+    /// The outcome is acknowledged.
+    Done,
+    /// Shutdown came first; the record stays uncommitted.
+    Interrupted,
+}
+
+impl Engine {
+    /// Creates the engine and its consumer, subscribed to `user.commands` in the group
+    /// [`GROUP`] (the configured group prefix is prepended), with manual commits.
+    ///
+    /// # Errors
+    /// The Kafka consumer cannot be created or subscribed.
+    pub fn new(
+        config: &suho_config::Config,
+        bus: MarketBus,
+        producer: UserEventProducer,
+    ) -> Result<Engine, EngineError> {
+        let consumer = kafka::consumer(
+            &config.kafka,
+            &config.telemetry,
+            GROUP,
+            &[UserTopic::Commands],
+        )?;
+        Ok(Engine {
+            consumer,
+            bus,
+            producer,
+            backoff: Backoff::new(&config.trading),
+        })
+    }
+
+    /// Runs until `shutdown` is cancelled, then commits what it has stored and returns.
+    ///
+    /// # Errors
+    /// Only a fatal error: Kafka refuses this consumer for good (authorization, a fatal
+    /// client error), or an outcome cannot be published and retrying cannot help (the
+    /// topic does not exist, the record is too large). Transient failures are retried.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), EngineError> {
+        tracing::info!(
+            group = GROUP,
+            topic = %self.producer.topic_name(UserTopic::Commands),
+            "trading engine consuming"
+        );
+        let result = self.consume(&shutdown).await;
+        self.final_commit();
+        tracing::info!(group = GROUP, "trading engine stopped");
+        result
+    }
+
+    async fn consume(&self, shutdown: &CancellationToken) -> Result<(), EngineError> {
+        let mut recv_delay = self.backoff.initial;
+        loop {
+            let received = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Ok(()),
+                r = self.consumer.recv() => r,
+            };
+            let msg = match received {
+                Ok(msg) => msg,
+                Err(e) if is_fatal_consume_error(&e) => return Err(e.into()),
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = millis(recv_delay), "reading user.commands failed; retrying");
+                    if !wait(recv_delay, shutdown).await {
+                        return Ok(());
+                    }
+                    recv_delay = self.backoff.next(recv_delay);
+                    continue;
+                }
+            };
+            recv_delay = self.backoff.initial;
+            kafka::count_consumed(UserTopic::Commands, GROUP);
+            let plan = plan::plan(msg.key(), msg.payload());
+            match self.settle(&msg, &plan, shutdown).await? {
+                Settled::Done => self.commit(&msg),
+                Settled::Interrupted => return Ok(()),
+            }
+        }
+    }
+
+    /// Carries out `plan`, retrying transient failures until it is done or shutdown comes.
+    async fn settle(
+        &self,
+        msg: &BorrowedMessage<'_>,
+        plan: &Plan,
+        shutdown: &CancellationToken,
+    ) -> Result<Settled, EngineError> {
+        let mut delay = self.backoff.initial;
+        let mut tries: u32 = 1;
+        loop {
+            match self.attempt(msg, plan).await? {
+                Attempt::Done => return Ok(Settled::Done),
+                Attempt::Retry(reason) => {
+                    tracing::warn!(
+                        partition = msg.partition(),
+                        offset = msg.offset(),
+                        tries,
+                        retry_in_ms = millis(delay),
+                        reason = %reason,
+                        "transient failure; retrying the same command"
+                    );
+                    if !wait(delay, shutdown).await {
+                        tracing::info!(
+                            partition = msg.partition(),
+                            offset = msg.offset(),
+                            "shutdown while retrying; the record stays uncommitted"
+                        );
+                        return Ok(Settled::Interrupted);
+                    }
+                    delay = self.backoff.next(delay);
+                    tries = tries.saturating_add(1);
+                }
+            }
+        }
+    }
+
+    async fn attempt(
+        &self,
+        msg: &BorrowedMessage<'_>,
+        plan: &Plan,
+    ) -> Result<Attempt, EngineError> {
+        match plan {
+            Plan::DeadLetter { reason } => self.dead_letter(msg, reason).await,
+            Plan::Reject { command, reason } => {
+                self.publish(&TradeEvent::rejected(command, reason.as_str(), now_ms()))
+                    .await
+            }
+            Plan::Open { command, order } => {
+                let subject = suho_domain::subject::price(self.bus.prefix(), order.symbol);
+                let payload = match self.bus.request(subject, Bytes::new()).await {
+                    Ok(p) => p,
+                    Err(e) if e.is_retryable() => {
+                        return Ok(Attempt::Retry(format!("price request: {e}")))
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                let reply: PriceReply = match serde_json::from_slice(&payload) {
+                    Ok(r) => r,
+                    // A price service that breaks the contract is our own bug; wait for a
+                    // fixed one rather than reject orders on its account.
+                    Err(e) => return Ok(Attempt::Retry(format!("unreadable price reply: {e}"))),
+                };
+                let event = match plan::price(order, reply) {
+                    Pricing::Fill(price) => plan::executed(command, price, now_ms()),
+                    Pricing::Reject(reason) => TradeEvent::rejected(command, reason, now_ms()),
+                    Pricing::Retry(reason) => return Ok(Attempt::Retry(reason)),
+                };
+                self.publish(&event).await
+            }
+        }
+    }
+
+    /// Publishes an outcome on `user.trades` and logs it once acknowledged.
+    async fn publish(&self, event: &TradeEvent) -> Result<Attempt, EngineError> {
+        match self.producer.send(event).await {
+            Ok(delivery) => {
+                tracing::info!(
+                    user_id = %event.user_id,
+                    command_id = event.command_id.as_deref().unwrap_or_default(),
+                    outcome = event.event_type_str(),
+                    trade_id = event.trade_id.as_deref().unwrap_or_default(),
+                    symbol = event.symbol.as_ref().map(ToString::to_string).unwrap_or_default(),
+                    price = event.execution_price.map(|p| p.to_string()).unwrap_or_default(),
+                    reason = event.reason.as_deref().unwrap_or_default(),
+                    partition = delivery.partition,
+                    offset = delivery.offset,
+                    "command answered"
+                );
+                Ok(Attempt::Done)
+            }
+            Err(e) if e.is_retryable() => Ok(Attempt::Retry(format!(
+                "publishing {}: {e}",
+                event.event_type_str()
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Sends the record, byte for byte and with its own headers, to `user.commands.dlq`
+    /// under its original key, adding `dlq.reason`, `dlq.topic`, `dlq.partition` and
+    /// `dlq.offset`.
+    async fn dead_letter(
+        &self,
+        msg: &BorrowedMessage<'_>,
+        reason: &str,
+    ) -> Result<Attempt, EngineError> {
+        let key = msg
+            .key()
+            .map_or(Cow::Borrowed("unknown"), String::from_utf8_lossy);
+        let mut headers = OwnedHeaders::new();
+        if let Some(original) = msg.headers() {
+            for h in original.iter().filter(|h| !h.key.starts_with("dlq.")) {
+                headers = headers.insert(Header {
+                    key: h.key,
+                    value: h.value,
+                });
+            }
+        }
+        let partition = msg.partition().to_string();
+        let offset = msg.offset().to_string();
+        for (k, v) in [
+            ("dlq.reason", reason),
+            ("dlq.topic", msg.topic()),
+            ("dlq.partition", partition.as_str()),
+            ("dlq.offset", offset.as_str()),
+        ] {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v),
+            });
+        }
+        let sent = self
+            .producer
+            .send_raw(
+                UserTopic::CommandsDlq,
+                &key,
+                msg.payload().unwrap_or_default(),
+                Some(headers),
+            )
+            .await;
+        match sent {
+            Ok(delivery) => {
+                metrics::counter!(
+                    suho_telemetry::names::KAFKA_DEAD_LETTERS,
+                    "topic" => UserTopic::Commands.name()
+                )
+                .increment(1);
+                tracing::warn!(
+                    key = %key,
+                    partition = msg.partition(),
+                    offset = msg.offset(),
+                    reason,
+                    dlq_partition = delivery.partition,
+                    dlq_offset = delivery.offset,
+                    "unreadable command record dead-lettered"
+                );
+                Ok(Attempt::Done)
+            }
+            Err(e) if e.is_retryable() => Ok(Attempt::Retry(format!("dead-lettering: {e}"))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Stores the record's offset and commits asynchronously. A failure here is not fatal:
+    /// the record is redelivered and answered with the same event ids.
+    fn commit(&self, msg: &BorrowedMessage<'_>) {
+        if let Err(e) = self.consumer.store_offset_from_message(msg) {
+            tracing::warn!(
+                partition = msg.partition(),
+                offset = msg.offset(),
+                error = %e,
+                "offset not stored (partition revoked?); the record may be redelivered"
+            );
+            return;
+        }
+        if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Async) {
+            if !is_nothing_to_commit(&e) {
+                tracing::warn!(error = %e, "offset commit failed; will be retried with the next one");
+            }
+        }
+    }
+
+    /// Synchronously commits the stored offsets on the way out.
+    fn final_commit(&self) {
+        if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
+            if !is_nothing_to_commit(&e) {
+                tracing::warn!(error = %e, "final offset commit failed; the last records may be redelivered");
+            }
+        }
+    }
+}
+
+/// Waits `delay`; `false` when shutdown came first.
+async fn wait(delay: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        biased;
+        () = shutdown.cancelled() => false,
+        () = tokio::time::sleep(delay) => true,
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn is_nothing_to_commit(e: &KafkaError) -> bool {
+    e.rdkafka_error_code() == Some(RDKafkaErrorCode::NoOffset)
+}
+
+/// A consumer error that retrying cannot cure.
+fn is_fatal_consume_error(e: &KafkaError) -> bool {
+    matches!(e, KafkaError::MessageConsumptionFatal(_))
+        || matches!(
+            e.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::Fatal
+                    | RDKafkaErrorCode::TopicAuthorizationFailed
+                    | RDKafkaErrorCode::GroupAuthorizationFailed
+                    | RDKafkaErrorCode::SaslAuthenticationFailed
+            )
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_ceiling() {
+        let b = Backoff::new(&suho_config::TradingConfig {
+            engine_enabled: true,
+            retry_initial_ms: 100,
+            retry_max_ms: 350,
+        });
+        let mut d = b.initial;
+        let mut seen = vec![millis(d)];
+        for _ in 0..4 {
+            d = b.next(d);
+            seen.push(millis(d));
+        }
+        assert_eq!(seen, [100, 200, 350, 350, 350]);
+    }
+
+    #[test]
+    fn fatal_consumer_errors() {
+        assert!(is_fatal_consume_error(
+            &KafkaError::MessageConsumptionFatal(RDKafkaErrorCode::Fatal)
+        ));
+        assert!(is_fatal_consume_error(&KafkaError::MessageConsumption(
+            RDKafkaErrorCode::TopicAuthorizationFailed
+        )));
+        assert!(!is_fatal_consume_error(&KafkaError::MessageConsumption(
+            RDKafkaErrorCode::BrokerTransportFailure
+        )));
+        assert!(is_nothing_to_commit(&KafkaError::ConsumerCommit(
+            RDKafkaErrorCode::NoOffset
+        )));
+    }
+}

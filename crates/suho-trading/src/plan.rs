@@ -1,0 +1,327 @@
+//! The engine's decisions, with no I/O: what a `user.commands` record asks for, and what a
+//! price reply means for an `OPEN_TRADE`.
+//!
+//! Everything here is a pure function of its inputs (plus the `now_ms` it is given), so the
+//! rules can be tested without a broker and a redelivered record is always decided the same
+//! way. Ids of outcome events are derived from the command's `event_id` for the same reason.
+
+use rust_decimal::Decimal;
+use suho_domain::{
+    CommandType, Order, PriceErrorKind, PriceReply, Side, TradeCommand, TradeEvent, TradeEventType,
+    SCHEMA_VERSION,
+};
+
+/// The reason given when a record's key is not the command's `user_id`.
+pub const KEY_MISMATCH: &str = "record key does not match user_id";
+
+/// What to do with one `user.commands` record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// The record is not a command at all: send it to the dead-letter topic with `reason`.
+    DeadLetter {
+        /// Why it could not be read, for the `dlq.reason` header.
+        reason: String,
+    },
+    /// A readable command that will not be executed: answer `TRADE_REJECTED` with `reason`.
+    Reject {
+        /// The command.
+        command: TradeCommand,
+        /// Human-readable reason (the event's `reason`).
+        reason: String,
+    },
+    /// A valid `OPEN_TRADE`: price it, then fill it.
+    Open {
+        /// The command.
+        command: TradeCommand,
+        /// Its order (present, validated).
+        order: Order,
+    },
+}
+
+/// Decides what a record with `key` and `payload` asks for.
+///
+/// A record that is not a JSON [`TradeCommand`] (no value, not JSON, wrong shape, empty
+/// `user_id`) is dead-lettered: there is no user to answer. A readable command is rejected
+/// when its record key is not its `user_id`, when its `schema_version` is newer than this
+/// engine understands, when it fails [`TradeCommand::validate`], or when it is a
+/// `CLOSE_TRADE` / `MODIFY_TRADE` (this engine keeps no positions yet).
+#[must_use]
+pub fn plan(key: Option<&[u8]>, payload: Option<&[u8]>) -> Plan {
+    let Some(payload) = payload else {
+        return Plan::DeadLetter {
+            reason: "record has no value".into(),
+        };
+    };
+    let command: TradeCommand = match serde_json::from_slice(payload) {
+        Ok(c) => c,
+        Err(e) => {
+            return Plan::DeadLetter {
+                reason: format!("not a trade command: {e}"),
+            }
+        }
+    };
+    if command.user_id.as_str().is_empty() {
+        return Plan::DeadLetter {
+            reason: "not a trade command: `user_id` is empty".into(),
+        };
+    }
+    let reject = |command: TradeCommand, reason: String| Plan::Reject { command, reason };
+    if key != Some(command.user_id.as_str().as_bytes()) {
+        return reject(command, KEY_MISMATCH.into());
+    }
+    if command.schema_version > SCHEMA_VERSION {
+        let reason = format!(
+            "schema_version {} is newer than this engine understands ({SCHEMA_VERSION})",
+            command.schema_version
+        );
+        return reject(command, reason);
+    }
+    if let Err(e) = command.validate() {
+        let reason = e.to_string();
+        return reject(command, reason);
+    }
+    match (command.event_type, command.order.clone()) {
+        (CommandType::OpenTrade, Some(order)) => Plan::Open { command, order },
+        // `validate` guarantees an order for OPEN_TRADE; answer rather than panic if not.
+        (CommandType::OpenTrade, None) => reject(command, "OPEN_TRADE command has no order".into()),
+        (other @ (CommandType::CloseTrade | CommandType::ModifyTrade), _) => reject(
+            command,
+            format!("{other} is not supported by this engine yet"),
+        ),
+    }
+}
+
+/// What a price reply means for an `OPEN_TRADE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pricing {
+    /// Fill at this price.
+    Fill(Decimal),
+    /// The order can never be priced here: reject with this reason.
+    Reject(String),
+    /// No usable price right now: try again later (the reason is logged).
+    Retry(String),
+}
+
+/// Prices `order` from `reply`: a BUY fills at the ask, a SELL at the bid. `unknown_symbol`
+/// is final; `no_quote`, `stale`, or a quote for another symbol are transient.
+#[must_use]
+pub fn price(order: &Order, reply: PriceReply) -> Pricing {
+    match reply {
+        PriceReply::Quote(q) if q.symbol != order.symbol => Pricing::Retry(format!(
+            "price service answered for {} when asked for {}",
+            q.symbol, order.symbol
+        )),
+        PriceReply::Quote(q) => {
+            let fill = match order.side {
+                Side::Buy => q.ask,
+                Side::Sell => q.bid,
+            };
+            if fill > Decimal::ZERO {
+                Pricing::Fill(fill)
+            } else {
+                Pricing::Retry(format!("{} quote has a non-positive price", order.symbol))
+            }
+        }
+        PriceReply::Error(e) => match e.error {
+            PriceErrorKind::UnknownSymbol => Pricing::Reject(format!(
+                "symbol {} is not quoted{}",
+                order.symbol,
+                e.message.map(|m| format!(": {m}")).unwrap_or_default()
+            )),
+            PriceErrorKind::NoQuote => Pricing::Retry(format!("no quote for {} yet", order.symbol)),
+            PriceErrorKind::Stale => Pricing::Retry(format!(
+                "quote for {} is stale ({} ms old)",
+                order.symbol,
+                e.age_ms.unwrap_or_default()
+            )),
+        },
+    }
+}
+
+/// The position id an `OPEN_TRADE` creates: `trd_` + the command's `event_id` without its
+/// `cmd_` prefix, so a redelivered command names the same position.
+#[must_use]
+pub fn trade_id(command: &TradeCommand) -> String {
+    let id = command.event_id.as_str();
+    format!("trd_{}", id.strip_prefix("cmd_").unwrap_or(id))
+}
+
+/// The `TRADE_EXECUTED` event for `command` filled at `price` (event id `exec_` + command id).
+#[must_use]
+pub fn executed(command: &TradeCommand, price: Decimal, now_ms: i64) -> TradeEvent {
+    TradeEvent {
+        trade_id: Some(trade_id(command)),
+        execution_price: Some(price),
+        open_price: Some(price),
+        ..TradeEvent::for_command(
+            command,
+            TradeEventType::TradeExecuted,
+            format!("exec_{}", command.event_id),
+            now_ms,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use suho_domain::{PriceError, PriceQuote, Symbol, TradeStatus, UserId};
+
+    fn eur() -> Symbol {
+        Symbol::parse("EURUSD").expect("symbol")
+    }
+
+    fn order(side: Side) -> Order {
+        Order {
+            symbol: eur(),
+            side,
+            volume: Decimal::new(1, 1),
+            stop_loss: None,
+            take_profit: None,
+        }
+    }
+
+    fn open(user: &str, side: Side) -> TradeCommand {
+        TradeCommand::open(UserId::new(user), order(side), None, 1_000)
+    }
+
+    fn bytes(cmd: &TradeCommand) -> Vec<u8> {
+        serde_json::to_vec(cmd).expect("encode")
+    }
+
+    fn quote(symbol: Symbol) -> PriceReply {
+        PriceReply::Quote(PriceQuote {
+            symbol,
+            bid: Decimal::new(108_500, 5),
+            ask: Decimal::new(108_510, 5),
+            mid: Decimal::new(1_085_050, 6),
+            timestamp: 1,
+            age_ms: 2,
+        })
+    }
+
+    #[test]
+    fn unreadable_records_are_dead_lettered() {
+        for payload in [
+            None,
+            Some(&b"\x00not json"[..]),
+            Some(&br#"{"event_type":"OPEN_TRADE"}"#[..]),
+            Some(&br#"[1,2]"#[..]),
+        ] {
+            assert!(
+                matches!(plan(Some(b"u1"), payload), Plan::DeadLetter { .. }),
+                "{payload:?}"
+            );
+        }
+        let mut cmd = open("u1", Side::Buy);
+        cmd.user_id = UserId::new("");
+        assert!(matches!(
+            plan(Some(b""), Some(&bytes(&cmd))),
+            Plan::DeadLetter { .. }
+        ));
+    }
+
+    #[test]
+    fn a_mis_keyed_record_is_rejected() {
+        let cmd = open("u1", Side::Buy);
+        for key in [Some(&b"u2"[..]), None] {
+            match plan(key, Some(&bytes(&cmd))) {
+                Plan::Reject { command, reason } => {
+                    assert_eq!(command, cmd);
+                    assert_eq!(reason, KEY_MISMATCH);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn invalid_newer_and_unsupported_commands_are_rejected() {
+        let mut bad = open("u1", Side::Buy);
+        if let Some(o) = bad.order.as_mut() {
+            o.volume = Decimal::ZERO;
+        }
+        let mut newer = open("u1", Side::Buy);
+        newer.schema_version = SCHEMA_VERSION + 1;
+        let close = TradeCommand::close(UserId::new("u1"), "trd_1", 1);
+        let modify = TradeCommand::modify(UserId::new("u1"), "trd_1", Some(Decimal::ONE), None, 1);
+        for (cmd, want) in [
+            (bad, "must be positive"),
+            (newer, "schema_version 2"),
+            (close, "CLOSE_TRADE is not supported"),
+            (modify, "MODIFY_TRADE is not supported"),
+        ] {
+            match plan(Some(b"u1"), Some(&bytes(&cmd))) {
+                Plan::Reject { reason, .. } => assert!(reason.contains(want), "{reason}"),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_valid_open_is_planned() {
+        let cmd = open("u1", Side::Sell);
+        assert_eq!(
+            plan(Some(b"u1"), Some(&bytes(&cmd))),
+            Plan::Open {
+                command: cmd.clone(),
+                order: order(Side::Sell)
+            }
+        );
+    }
+
+    #[test]
+    fn buy_fills_at_ask_sell_at_bid() {
+        assert_eq!(
+            price(&order(Side::Buy), quote(eur())),
+            Pricing::Fill(Decimal::new(108_510, 5))
+        );
+        assert_eq!(
+            price(&order(Side::Sell), quote(eur())),
+            Pricing::Fill(Decimal::new(108_500, 5))
+        );
+    }
+
+    #[test]
+    fn price_errors_are_final_or_transient() {
+        let o = order(Side::Buy);
+        assert!(matches!(
+            price(&o, PriceReply::Error(PriceError::unknown_symbol("not here"))),
+            Pricing::Reject(r) if r.contains("EURUSD") && r.contains("not here")
+        ));
+        assert!(matches!(
+            price(&o, PriceReply::Error(PriceError::no_quote())),
+            Pricing::Retry(_)
+        ));
+        assert!(matches!(
+            price(&o, PriceReply::Error(PriceError::stale(9000))),
+            Pricing::Retry(r) if r.contains("9000")
+        ));
+        let gbp = Symbol::parse("GBPUSD").expect("symbol");
+        assert!(matches!(price(&o, quote(gbp)), Pricing::Retry(_)));
+    }
+
+    #[test]
+    fn execution_is_derived_from_the_command() {
+        let cmd = open("u1", Side::Buy);
+        let a = executed(&cmd, Decimal::new(108_510, 5), 1_050);
+        let b = executed(&cmd, Decimal::new(108_510, 5), 1_090);
+        assert_eq!(a.event_id, b.event_id);
+        assert_eq!(a.trade_id, b.trade_id);
+        assert_eq!(a.event_id, format!("exec_{}", cmd.event_id));
+        let suffix = cmd.event_id.strip_prefix("cmd_").expect("cmd_ id");
+        assert_eq!(
+            a.trade_id.as_deref(),
+            Some(format!("trd_{suffix}").as_str())
+        );
+        assert_eq!(a.event_type, TradeEventType::TradeExecuted);
+        assert_eq!(a.status, Some(TradeStatus::Success));
+        assert_eq!(a.command_id.as_deref(), Some(cmd.event_id.as_str()));
+        assert_eq!(a.execution_price, Some(Decimal::new(108_510, 5)));
+        assert_eq!(a.open_price, a.execution_price);
+        assert_eq!(a.latency_ms, Some(50));
+        let mut odd = cmd.clone();
+        odd.event_id = "abc".into();
+        assert_eq!(trade_id(&odd), "trd_abc");
+    }
+}

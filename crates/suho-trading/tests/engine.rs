@@ -1,0 +1,408 @@
+//! The trading engine against real Kafka and NATS: commands produced on `user.commands` are
+//! answered on `user.trades` at a real quote, unreadable records land in `user.commands.dlq`
+//! without stalling their partition, unsupported or mis-keyed commands are rejected with a
+//! reason, and a command with no price yet waits (across a restart) and is executed once.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rust_decimal::Decimal;
+use suho_domain::{
+    Order, Side, Symbol, Tick, TradeCommand, TradeEvent, TradeEventType, TradeStatus, UserId,
+    UserTopic,
+};
+use suho_market::{run_feed, run_price_service, PriceServiceConfig, SyntheticFeed};
+use suho_messaging::{now_ms, MarketBus, UserEventProducer};
+use suho_testkit::TestEnv;
+use suho_trading::{Engine, EngineError};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn sym(s: &str) -> Symbol {
+    Symbol::parse(s).unwrap()
+}
+
+fn open(user: &str, symbol: &str, side: Side) -> TradeCommand {
+    let order = Order {
+        symbol: sym(symbol),
+        side,
+        volume: Decimal::new(1, 1),
+        stop_loss: None,
+        take_profit: None,
+    };
+    TradeCommand::open(UserId::new(user), order, None, now_ms())
+}
+
+/// The bids and the asks published for one symbol.
+type BidsAndAsks = (HashSet<Decimal>, HashSet<Decimal>);
+
+/// Every bid and ask the feed published, per symbol.
+#[derive(Clone, Default)]
+struct SeenQuotes(Arc<Mutex<HashMap<Symbol, BidsAndAsks>>>);
+
+impl SeenQuotes {
+    fn had(&self, symbol: Symbol, side: Side, price: Decimal) -> bool {
+        let seen = self.0.lock().unwrap();
+        seen.get(&symbol).is_some_and(|(bids, asks)| match side {
+            Side::Buy => asks.contains(&price),
+            Side::Sell => bids.contains(&price),
+        })
+    }
+}
+
+/// Starts the price service, and (with `feed`) the synthetic feed; returns what the feed
+/// published, as seen by a subscriber started before it.
+async fn start_market(env: &TestEnv, shutdown: &CancellationToken, feed: bool) -> SeenQuotes {
+    let bus = MarketBus::connect(&env.config.nats, "test-market")
+        .await
+        .unwrap();
+    let symbols = suho_domain::major_fx();
+    let seen = SeenQuotes::default();
+    let mut ticks = bus
+        .subscribe(suho_domain::subject::all_ticks(&env.prefix))
+        .await
+        .unwrap();
+    let record = seen.clone();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            let msg = tokio::select! {
+                () = stop.cancelled() => return,
+                m = ticks.next() => match m { Some(m) => m, None => return },
+            };
+            let tick: Tick = serde_json::from_slice(&msg.payload).unwrap();
+            let mut seen = record.0.lock().unwrap();
+            let entry = seen.entry(tick.symbol).or_default();
+            entry.0.insert(tick.bid);
+            entry.1.insert(tick.ask);
+        }
+    });
+    tokio::spawn(run_price_service(
+        bus.clone(),
+        PriceServiceConfig {
+            symbols: symbols.iter().copied().collect(),
+            max_age_ms: 5000,
+        },
+        shutdown.clone(),
+    ));
+    if feed {
+        // Let the price service and the recorder subscribe before the first tick.
+        bus.client().flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::spawn(run_feed(
+            bus,
+            SyntheticFeed::new(&symbols, 42),
+            symbols.len(),
+            50.0,
+            shutdown.clone(),
+        ));
+    }
+    seen
+}
+
+async fn start_engine(
+    env: &TestEnv,
+    shutdown: &CancellationToken,
+) -> JoinHandle<Result<(), EngineError>> {
+    let bus = MarketBus::connect(&env.config.nats, "trading-engine")
+        .await
+        .unwrap();
+    let producer = UserEventProducer::new(&env.config.kafka).unwrap();
+    let engine = Engine::new(&env.config, bus, producer).unwrap();
+    tokio::spawn(engine.run(shutdown.clone()))
+}
+
+async fn stop_engine(shutdown: &CancellationToken, engine: JoinHandle<Result<(), EngineError>>) {
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), engine)
+        .await
+        .expect("the engine stops promptly on shutdown")
+        .expect("the engine task did not panic")
+        .expect("the engine stops without error");
+}
+
+/// A plain consumer of one topic, in its own group, reading only committed records.
+fn reader(env: &TestEnv, topic: UserTopic) -> StreamConsumer {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &env.config.kafka.bootstrap)
+        .set(
+            "group.id",
+            format!("{}test-reader-{}", env.prefix, topic.name()),
+        )
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer
+        .subscribe(&[topic.full_name(&env.prefix).as_str()])
+        .unwrap();
+    consumer
+}
+
+struct Record {
+    key: String,
+    value: Vec<u8>,
+    headers: HashMap<String, String>,
+}
+
+async fn next_record(consumer: &StreamConsumer, within: Duration) -> Option<Record> {
+    let msg = tokio::time::timeout(within, consumer.recv()).await.ok()?;
+    let msg = msg.unwrap();
+    let headers = msg
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|hd| {
+                    (
+                        hd.key.to_string(),
+                        String::from_utf8_lossy(hd.value.unwrap_or_default()).into_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(Record {
+        key: String::from_utf8(msg.key().unwrap_or_default().to_vec()).unwrap(),
+        value: msg.payload().unwrap_or_default().to_vec(),
+        headers,
+    })
+}
+
+/// The next `n` trade events (with their record keys), failing after [`WAIT`].
+async fn trades(consumer: &StreamConsumer, n: usize) -> Vec<(String, TradeEvent)> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let r = next_record(consumer, WAIT)
+            .await
+            .unwrap_or_else(|| panic!("only {} of {n} trade events within {WAIT:?}", out.len()));
+        assert!(r.headers.contains_key("event_type"), "event_type header");
+        out.push((r.key, serde_json::from_slice(&r.value).unwrap()));
+    }
+    out
+}
+
+fn find<'a>(events: &'a [(String, TradeEvent)], cmd: &TradeCommand) -> &'a (String, TradeEvent) {
+    let mut matching = events
+        .iter()
+        .filter(|(_, e)| e.command_id.as_deref() == Some(cmd.event_id.as_str()));
+    let found = matching
+        .next()
+        .unwrap_or_else(|| panic!("no event for {}", cmd.event_id));
+    assert!(matching.next().is_none(), "one event per command");
+    found
+}
+
+fn assert_executed(found: &(String, TradeEvent), cmd: &TradeCommand, quotes: &SeenQuotes) {
+    let (key, event) = found;
+    let order = cmd.order.as_ref().unwrap();
+    assert_eq!(key, cmd.user_id.as_str(), "record key is the user id");
+    assert_eq!(event.event_type, TradeEventType::TradeExecuted, "{event:?}");
+    assert_eq!(event.status, Some(TradeStatus::Success));
+    assert_eq!(event.user_id, cmd.user_id);
+    assert_eq!(event.event_id, format!("exec_{}", cmd.event_id));
+    assert_eq!(
+        event.trade_id.as_deref(),
+        Some(format!("trd_{}", &cmd.event_id["cmd_".len()..]).as_str())
+    );
+    assert_eq!(event.symbol, Some(order.symbol));
+    assert_eq!(event.action, Some(order.side));
+    assert_eq!(event.volume, Some(order.volume));
+    let price = event.execution_price.expect("an execution price");
+    assert!(price > Decimal::ZERO);
+    assert_eq!(event.open_price, Some(price));
+    assert!(
+        quotes.had(order.symbol, order.side, price),
+        "{} {} filled at {price}, which the feed never quoted on that side",
+        order.side,
+        order.symbol
+    );
+}
+
+#[tokio::test]
+async fn open_trades_execute_at_the_quote_keyed_by_user() {
+    let env = TestEnv::new().await;
+    let shutdown = CancellationToken::new();
+    let quotes = start_market(&env, &shutdown, true).await;
+    let engine = start_engine(&env, &shutdown).await;
+    let out = reader(&env, UserTopic::Trades);
+
+    let producer = UserEventProducer::new(&env.config.kafka).unwrap();
+    let commands = [
+        open("alice", "EURUSD", Side::Buy),
+        open("bob", "GBPUSD", Side::Sell),
+        open("alice", "USDJPY", Side::Sell),
+        open("bob", "EURUSD", Side::Buy),
+    ];
+    let started = std::time::Instant::now();
+    for cmd in &commands {
+        producer.send(cmd).await.unwrap();
+    }
+    let events = trades(&out, commands.len()).await;
+    eprintln!(
+        "{} commands answered in {:?}",
+        commands.len(),
+        started.elapsed()
+    );
+    for cmd in &commands {
+        assert_executed(find(&events, cmd), cmd, &quotes);
+    }
+    assert!(
+        next_record(&out, Duration::from_millis(500))
+            .await
+            .is_none(),
+        "no extra trade events"
+    );
+    stop_engine(&shutdown, engine).await;
+}
+
+#[tokio::test]
+async fn garbage_is_dead_lettered_and_the_partition_keeps_flowing() {
+    let env = TestEnv::new().await;
+    let shutdown = CancellationToken::new();
+    let quotes = start_market(&env, &shutdown, true).await;
+    let engine = start_engine(&env, &shutdown).await;
+    let trades_out = reader(&env, UserTopic::Trades);
+    let dlq = reader(&env, UserTopic::CommandsDlq);
+
+    let producer = UserEventProducer::new(&env.config.kafka).unwrap();
+    let garbage = b"\x00not json";
+    let at = producer
+        .send_raw(UserTopic::Commands, "carol", garbage, None)
+        .await
+        .unwrap();
+    // Same key, so the same partition, right behind the bad record.
+    let cmd = open("carol", "EURUSD", Side::Buy);
+    let after = producer.send(&cmd).await.unwrap();
+    assert_eq!(after.partition, at.partition);
+
+    let dead = next_record(&dlq, WAIT).await.expect("a dead-letter record");
+    assert_eq!(dead.key, "carol");
+    assert_eq!(dead.value, garbage);
+    let reason = dead.headers.get("dlq.reason").expect("dlq.reason header");
+    assert!(reason.contains("not a trade command"), "{reason}");
+    assert_eq!(
+        dead.headers.get("dlq.topic"),
+        Some(&UserTopic::Commands.full_name(&env.prefix))
+    );
+    assert_eq!(
+        dead.headers.get("dlq.partition"),
+        Some(&at.partition.to_string())
+    );
+    assert_eq!(dead.headers.get("dlq.offset"), Some(&at.offset.to_string()));
+
+    let events = trades(&trades_out, 1).await;
+    assert_executed(find(&events, &cmd), &cmd, &quotes);
+    assert!(next_record(&dlq, Duration::from_millis(300))
+        .await
+        .is_none());
+    stop_engine(&shutdown, engine).await;
+}
+
+#[tokio::test]
+async fn close_and_mis_keyed_commands_are_rejected_with_a_reason() {
+    let env = TestEnv::new().await;
+    let shutdown = CancellationToken::new();
+    let _quotes = start_market(&env, &shutdown, true).await;
+    let engine = start_engine(&env, &shutdown).await;
+    let out = reader(&env, UserTopic::Trades);
+
+    let producer = UserEventProducer::new(&env.config.kafka).unwrap();
+    let close = TradeCommand::close(UserId::new("dave"), "trd_123", now_ms());
+    producer.send(&close).await.unwrap();
+    let mis_keyed = open("erin", "EURUSD", Side::Buy);
+    producer
+        .send_raw(
+            UserTopic::Commands,
+            "mallory",
+            &serde_json::to_vec(&mis_keyed).unwrap(),
+            None,
+        )
+        .await
+        .unwrap();
+
+    let events = trades(&out, 2).await;
+    for (cmd, want) in [
+        (&close, "CLOSE_TRADE is not supported"),
+        (&mis_keyed, "record key does not match user_id"),
+    ] {
+        let (key, event) = find(&events, cmd);
+        assert_eq!(key, cmd.user_id.as_str());
+        assert_eq!(event.event_type, TradeEventType::TradeRejected);
+        assert_eq!(event.status, Some(TradeStatus::Rejected));
+        assert_eq!(event.event_id, format!("rej_{}", cmd.event_id));
+        let reason = event.reason.as_deref().unwrap_or_default();
+        assert!(reason.contains(want), "{reason}");
+        assert!(event.execution_price.is_none());
+    }
+    stop_engine(&shutdown, engine).await;
+}
+
+/// Waits for `n` price requests seen by `sub` (a silent listener on the price subject).
+async fn price_requests(sub: &mut async_nats::Subscriber, n: usize) {
+    for i in 0..n {
+        tokio::time::timeout(WAIT, sub.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {i} of {n} price requests within {WAIT:?}"))
+            .expect("subscription open");
+    }
+}
+
+#[tokio::test]
+async fn a_command_without_a_price_waits_across_a_restart_and_executes_once() {
+    let env = TestEnv::new().await;
+    let out = reader(&env, UserTopic::Trades);
+    let producer = UserEventProducer::new(&env.config.kafka).unwrap();
+    let cmd = open("frank", "EURUSD", Side::Sell);
+    producer.send(&cmd).await.unwrap();
+
+    // A listener on the price subject that never answers: every request times out, and the
+    // engine asks again and again for the same command without answering it.
+    let watcher = MarketBus::connect(&env.config.nats, "test-watcher")
+        .await
+        .unwrap();
+    let mut requests = watcher
+        .subscribe(suho_domain::subject::price(&env.prefix, sym("EURUSD")))
+        .await
+        .unwrap();
+    watcher.client().flush().await.unwrap();
+    let first = CancellationToken::new();
+    let engine = start_engine(&env, &first).await;
+    price_requests(&mut requests, 2).await;
+    assert!(
+        next_record(&out, Duration::from_millis(200))
+            .await
+            .is_none(),
+        "no outcome without a price"
+    );
+    // Shutdown during the retry wait: the command stays uncommitted.
+    stop_engine(&first, engine).await;
+
+    // After a restart, a price service with no quote yet (`no_quote`): still retried.
+    let second = CancellationToken::new();
+    let _no_feed = start_market(&env, &second, false).await;
+    let engine = start_engine(&env, &second).await;
+    price_requests(&mut requests, 2).await;
+    assert!(next_record(&out, Duration::from_millis(200))
+        .await
+        .is_none());
+
+    // Then the feed starts: the redelivered command is executed, once.
+    let quotes = start_market(&env, &second, true).await;
+    let events = trades(&out, 1).await;
+    assert_executed(find(&events, &cmd), &cmd, &quotes);
+    assert!(
+        next_record(&out, Duration::from_millis(500))
+            .await
+            .is_none(),
+        "executed exactly once"
+    );
+    stop_engine(&second, engine).await;
+}

@@ -1,0 +1,236 @@
+//! The suho platform in one process: the market services on NATS, the trading engine on
+//! Kafka, and the HTTP gateway, wired from one [`Config`] and stopped by one
+//! [`CancellationToken`].
+//!
+//! [`Application::build`] connects everything and binds the HTTP port (port 0 works, for
+//! tests); [`Application::run`] runs every service as a named task until shutdown, and stops
+//! them all if any one of them fails.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use secrecy::SecretString;
+use suho_accounts::Accounts;
+use suho_config::Config;
+use suho_market::{
+    configured_symbols, run_feed, run_price_service, PriceServiceConfig, SyntheticFeed,
+};
+use suho_messaging::{MarketBus, UserEventProducer};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// A built platform, ready to run.
+pub struct Application {
+    config: Config,
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+    bus: MarketBus,
+    producer: UserEventProducer,
+    accounts: Accounts,
+}
+
+impl Application {
+    /// Connects to NATS, Kafka and PostgreSQL (migrating it), and binds the HTTP port.
+    ///
+    /// # Errors
+    /// A service is unreachable, the schema cannot be migrated, the port is taken, or the
+    /// configuration is unusable; each message says which.
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        let bus = MarketBus::connect(&config.nats, "suho")
+            .await
+            .context("connecting to NATS")?;
+        let producer =
+            UserEventProducer::new(&config.kafka).context("creating the Kafka producer")?;
+        let secret = jwt_secret(&config).context("loading the JWT key")?;
+        let accounts = Accounts::connect(
+            &config.database.url,
+            config.database.max_connections,
+            &secret,
+            Duration::from_secs(config.auth.token_ttl_s),
+        )
+        .await
+        .context("connecting to PostgreSQL")?;
+        accounts.migrate().await.context("migrating the database")?;
+        let listener = tokio::net::TcpListener::bind(config.http.addr)
+            .await
+            .with_context(|| format!("binding the HTTP API to {} (http.addr)", config.http.addr))?;
+        let addr = listener.local_addr()?;
+        Ok(Application {
+            config,
+            listener,
+            addr,
+            bus,
+            producer,
+            accounts,
+        })
+    }
+
+    /// Where the HTTP API listens.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Runs every service until `shutdown` is cancelled or one of them fails; then stops
+    /// the rest and waits (at most 5 s) for them to finish.
+    ///
+    /// # Errors
+    /// The first service that failed, by name.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Application {
+            config,
+            listener,
+            addr: _,
+            bus,
+            producer,
+            accounts,
+        } = self;
+        let symbols = configured_symbols(&config.market)?;
+        let stop = shutdown.child_token();
+        let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
+        let every = Duration::from_millis(config.telemetry.heartbeat_interval_ms);
+
+        // Market domain: the price service listens before the feed speaks.
+        let price = run_price_service(
+            bus.clone(),
+            PriceServiceConfig {
+                symbols: symbols.iter().copied().collect(),
+                max_age_ms: i64::try_from(config.market.max_quote_age_ms).unwrap_or(i64::MAX),
+            },
+            stop.clone(),
+        );
+        tasks.spawn(async move { ("price-service", price.await.map_err(Into::into)) });
+        if config.market.feed != "synthetic" {
+            anyhow::bail!(
+                "market.feed `{}` is not available; use `synthetic`",
+                config.market.feed
+            );
+        }
+        let feed = run_feed(
+            bus.clone(),
+            SyntheticFeed::new(&symbols, config.market.seed),
+            symbols.len(),
+            config.market.ticks_per_second,
+            stop.clone(),
+        );
+        tasks.spawn(async move { ("market-feed", feed.await.map_err(Into::into)) });
+
+        // User domain.
+        if config.trading.engine_enabled {
+            let engine = suho_trading::Engine::new(&config, bus.clone(), producer.clone())
+                .context("creating the trading engine")?;
+            let token = stop.clone();
+            tasks.spawn(async move {
+                (
+                    "trading-engine",
+                    engine.run(token).await.map_err(Into::into),
+                )
+            });
+        }
+
+        // Gateway.
+        let state = Arc::new(suho_gateway::AppState {
+            accounts,
+            producer,
+            symbols: symbols.iter().copied().collect(),
+            metrics: suho_telemetry::metrics(),
+            started: Instant::now(),
+        });
+        let token = stop.clone();
+        tasks.spawn(async move {
+            let served = suho_gateway::serve(listener, state, token).await;
+            ("gateway", served.map_err(Into::into))
+        });
+
+        // Heartbeats of every service in this process.
+        let mut services = vec!["market-feed", "price-service", "gateway"];
+        if config.trading.engine_enabled {
+            services.push("trading-engine");
+        }
+        for service in services {
+            let beat = suho_messaging::health::heartbeat(
+                bus.clone(),
+                service.to_string(),
+                every,
+                stop.clone(),
+            );
+            tasks.spawn(async move {
+                beat.await;
+                ("heartbeat", Ok(()))
+            });
+        }
+
+        let mut failure = None;
+        tokio::select! {
+            () = stop.cancelled() => {}
+            Some(joined) = tasks.join_next() => {
+                failure = Some(describe(joined));
+                stop.cancel();
+            }
+        }
+        let drained = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(joined) = tasks.join_next().await {
+                if let (name, Err(e)) = describe(joined) {
+                    tracing::error!(service = name, error = %format!("{e:#}"), "stopped with an error");
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("some services did not stop within 5 s; abandoning them");
+            tasks.abort_all();
+        }
+        match failure {
+            Some((name, Err(e))) => Err(e.context(format!("service `{name}` failed"))),
+            Some((name, Ok(()))) if !shutdown.is_cancelled() => {
+                Err(anyhow::anyhow!("service `{name}` stopped unexpectedly"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn describe(
+    joined: Result<(&'static str, anyhow::Result<()>), tokio::task::JoinError>,
+) -> (&'static str, anyhow::Result<()>) {
+    joined.unwrap_or_else(|e| ("a service task", Err(anyhow::anyhow!("panicked: {e}"))))
+}
+
+/// The JWT key: `auth.jwt_secret` if configured, else a random key generated once and
+/// kept (mode 0600) in `<stack.dir>/secrets/jwt.key` so tokens survive restarts.
+///
+/// # Errors
+/// The key file cannot be read or written.
+pub fn jwt_secret(config: &Config) -> anyhow::Result<SecretString> {
+    if let Some(s) = &config.auth.jwt_secret {
+        return Ok(s.clone());
+    }
+    let path = config.stack.dir.join("secrets").join("jwt.key");
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        if existing.trim().len() >= 32 {
+            return Ok(SecretString::from(existing.trim().to_string()));
+        }
+    }
+    write_secret_file(&path)
+}
+
+fn write_secret_file(path: &Path) -> anyhow::Result<SecretString> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let bytes: [u8; 32] = rand::random();
+    let key: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(key.as_bytes())?;
+    Ok(SecretString::from(key))
+}

@@ -1,0 +1,523 @@
+//! The walking skeleton end to end, on real Kafka, NATS and PostgreSQL: the HTTP API,
+//! the trading engine, the feed and the price service in one `Application`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures::StreamExt;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::{ClientConfig, Message};
+use serde_json::{json, Value};
+use suho_domain::UserTopic;
+use suho_testkit::TestEnv;
+use tokio_util::sync::CancellationToken;
+
+struct Running {
+    env: TestEnv,
+    addr: SocketAddr,
+    http: reqwest::Client,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    async fn start() -> Running {
+        let env = TestEnv::new().await;
+        let app = suho::Application::build(env.config.clone())
+            .await
+            .expect("the platform builds");
+        let addr = app.http_addr();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(app.run(shutdown.clone()));
+        Running {
+            env,
+            addr,
+            http: reqwest::Client::new(),
+            shutdown,
+            task,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        let mut req = self.http.post(self.url(path)).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("HTTP request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Registers and logs in a user; returns (user_id, token).
+    async fn user(&self, email: &str) -> (String, String) {
+        let creds = json!({"email": email, "password": "correct horse battery"});
+        let (status, body) = self.post("/api/auth/register", None, creds.clone()).await;
+        assert_eq!(status, 201, "{body}");
+        let (status, body) = self.post("/api/auth/login", None, creds).await;
+        assert_eq!(status, 200, "{body}");
+        (
+            body["user_id"].as_str().unwrap().to_string(),
+            body["access_token"].as_str().unwrap().to_string(),
+        )
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        let result = tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("the platform stops within 10 s")
+            .expect("no panic");
+        result.expect("the platform stops cleanly");
+    }
+}
+
+/// Reads `topic` from the beginning until `done` says so or `limit` passes.
+async fn consume(
+    env: &TestEnv,
+    topic: UserTopic,
+    limit: Duration,
+    mut done: impl FnMut(&[(String, i32, Value)]) -> bool,
+) -> Vec<(String, i32, Value)> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &env.config.kafka.bootstrap)
+        .set("group.id", format!("{}reader-{}", env.prefix, uuid_like()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    consumer
+        .subscribe(&[&topic.full_name(&env.prefix)])
+        .unwrap();
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut stream = consumer.stream();
+    while !done(&seen) {
+        let Ok(Some(msg)) = tokio::time::timeout_at(deadline, stream.next()).await else {
+            break;
+        };
+        let msg = msg.unwrap();
+        let key = String::from_utf8(msg.key().unwrap_or_default().to_vec()).unwrap();
+        let value =
+            serde_json::from_slice(msg.payload().unwrap_or_default()).unwrap_or(Value::Null);
+        seen.push((key, msg.partition(), value));
+    }
+    seen
+}
+
+fn uuid_like() -> String {
+    format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+#[tokio::test]
+async fn register_login_open_yields_trade_executed_keyed_by_user() {
+    let p = Running::start().await;
+    let (user_id, token) = p.user("alice@example.com").await;
+    let (status, body) = p
+        .post(
+            "/api/trade/open",
+            Some(&token),
+            json!({"symbol": "EURUSD", "type": "BUY", "volume": 0.1}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["status"], "queued");
+    let command_id = body["command_id"].as_str().unwrap().to_string();
+
+    let trades = consume(&p.env, UserTopic::Trades, Duration::from_secs(30), |s| {
+        !s.is_empty()
+    })
+    .await;
+    let (key, _, event) = trades.first().expect("a TRADE_EXECUTED within 30 s");
+    assert_eq!(key, &user_id);
+    assert_eq!(event["event_type"], "TRADE_EXECUTED");
+    assert_eq!(event["user_id"], user_id.as_str());
+    assert_eq!(event["command_id"], command_id.as_str());
+    assert_eq!(event["symbol"], "EURUSD");
+    assert_eq!(event["status"], "SUCCESS");
+    assert!(event["execution_price"].as_f64().unwrap() > 0.5);
+    assert!(event["trade_id"].as_str().unwrap().starts_with("trd_"));
+
+    // The auth events are on user.auth, keyed by the user, with no secret in them.
+    let auth = consume(&p.env, UserTopic::Auth, Duration::from_secs(10), |s| {
+        s.len() >= 2
+    })
+    .await;
+    let types: Vec<&str> = auth
+        .iter()
+        .map(|(_, _, v)| v["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["USER_REGISTERED", "USER_LOGIN"]);
+    for (key, _, v) in &auth {
+        assert_eq!(key, &user_id);
+        let text = v.to_string();
+        assert!(
+            !text.contains("correct horse") && !text.contains(&token),
+            "{text}"
+        );
+    }
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn one_users_commands_land_in_one_partition_in_order() {
+    let p = Running::start().await;
+    let users = 12;
+    let per_user = 8;
+    let mut sent: HashMap<String, Vec<String>> = HashMap::new();
+    let mut logins = Vec::new();
+    for i in 0..users {
+        logins.push(p.user(&format!("u{i}@example.com")).await);
+    }
+    // Users in parallel, each user's commands one after another.
+    let results = futures::future::join_all(logins.iter().map(|(user_id, token)| {
+        let p = &p;
+        async move {
+            let mut ids = Vec::new();
+            for n in 0..per_user {
+                let side = if n % 2 == 0 { "BUY" } else { "SELL" };
+                let (status, body) = p
+                    .post(
+                        "/api/trade/open",
+                        Some(token),
+                        json!({"symbol": "GBPUSD", "type": side, "volume": 0.01}),
+                    )
+                    .await;
+                assert_eq!(status, 202, "{body}");
+                ids.push(body["command_id"].as_str().unwrap().to_string());
+            }
+            (user_id.clone(), ids)
+        }
+    }))
+    .await;
+    sent.extend(results);
+
+    let total = users * per_user;
+    let records = consume(&p.env, UserTopic::Commands, Duration::from_secs(30), |s| {
+        s.len() >= total
+    })
+    .await;
+    assert_eq!(records.len(), total);
+    let mut by_user: BTreeMap<String, (Vec<i32>, Vec<String>)> = BTreeMap::new();
+    for (key, partition, v) in records {
+        assert_eq!(v["user_id"].as_str().unwrap(), key, "key = user_id");
+        let entry = by_user.entry(key).or_default();
+        entry.0.push(partition);
+        entry.1.push(v["event_id"].as_str().unwrap().to_string());
+    }
+    let mut partitions_used = std::collections::HashSet::new();
+    for (user, (partitions, ids)) in &by_user {
+        assert!(
+            partitions.windows(2).all(|w| w[0] == w[1]),
+            "{user} spread over partitions {partitions:?}"
+        );
+        partitions_used.insert(partitions[0]);
+        assert_eq!(ids, &sent[user], "{user}'s commands out of order");
+    }
+    assert!(
+        partitions_used.len() > 1,
+        "12 users should spread over more than one of 6 partitions"
+    );
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn no_market_data_ever_appears_in_kafka() {
+    let p = Running::start().await;
+    let (_, token) = p.user("bob@example.com").await;
+    // Let the feed run (14 symbols x 30 ticks/s) and trade once.
+    let nats = async_nats_sub(&p.env).await;
+    let (status, _) = p
+        .post(
+            "/api/trade/open",
+            Some(&token),
+            json!({"symbol": "USDJPY", "type": "SELL", "volume": 1}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let ticks = nats.await;
+    assert!(ticks > 50, "the feed published only {ticks} ticks in 3 s");
+    let _ = consume(&p.env, UserTopic::Trades, Duration::from_secs(30), |s| {
+        !s.is_empty()
+    })
+    .await;
+
+    // No topic anywhere on the broker is a market-data topic.
+    let admin: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &p.env.config.kafka.bootstrap)
+        .set("group.id", "metadata-only")
+        .create()
+        .unwrap();
+    let md = admin.fetch_metadata(None, Duration::from_secs(10)).unwrap();
+    for t in md.topics() {
+        let name = t.name();
+        for forbidden in ["market.", "signals.", "indicators.", "alerts.", ".tick"] {
+            assert!(
+                !name.contains(forbidden),
+                "market-data topic on Kafka: {name}"
+            );
+        }
+    }
+    // Every record in this test's topics is a user event, none a tick or candle.
+    let allowed = [
+        "USER_REGISTERED",
+        "USER_LOGIN",
+        "USER_LOGIN_FAILED",
+        "USER_LOGOUT",
+        "OPEN_TRADE",
+        "CLOSE_TRADE",
+        "MODIFY_TRADE",
+        "TRADE_EXECUTED",
+        "TRADE_CLOSED",
+        "TRADE_MODIFIED",
+        "TRADE_REJECTED",
+    ];
+    let mut records = 0;
+    for topic in UserTopic::ALL {
+        for (key, _, v) in consume(&p.env, topic, Duration::from_secs(3), |_| false).await {
+            records += 1;
+            assert!(
+                allowed.contains(&v["event_type"].as_str().unwrap_or("")),
+                "{topic}: {v}"
+            );
+            assert_eq!(v["user_id"].as_str(), Some(key.as_str()));
+            for market_field in ["bid", "ask", "spread", "mid"] {
+                assert!(
+                    v.get(market_field).is_none(),
+                    "{topic} carries market data: {v}"
+                );
+            }
+        }
+    }
+    assert!(
+        records >= 4,
+        "expected the auth, command and trade records, saw {records}"
+    );
+    p.stop().await;
+}
+
+/// Counts ticks on every `market.*.tick` of this test for 3 s.
+async fn async_nats_sub(env: &TestEnv) -> impl std::future::Future<Output = usize> {
+    let bus = suho_messaging::MarketBus::connect(&env.config.nats, "test")
+        .await
+        .unwrap();
+    let mut sub = bus
+        .subscribe(format!("{}market.*.tick", env.prefix))
+        .await
+        .unwrap();
+    async move {
+        let mut n = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while let Ok(Some(_)) = tokio::time::timeout_at(deadline, sub.next()).await {
+            n += 1;
+        }
+        n
+    }
+}
+
+#[tokio::test]
+async fn bad_requests_name_the_field_and_queue_nothing() {
+    let p = Running::start().await;
+    let (_, token) = p.user("carol@example.com").await;
+    let cases = [
+        (
+            json!({"symbol": "EURUSD", "type": "BUY", "volume": 0}),
+            "volume",
+        ),
+        (
+            json!({"symbol": "EURUSD", "type": "BUY", "volume": 0.015}),
+            "volume",
+        ),
+        (
+            json!({"symbol": "EURUSD", "type": "BUY", "volume": -1}),
+            "volume",
+        ),
+        (json!({"symbol": "EURUSD", "type": "BUY"}), "volume"),
+        (
+            json!({"symbol": "XAUXAG", "type": "BUY", "volume": 0.1}),
+            "symbol",
+        ),
+        (
+            json!({"symbol": "EU", "type": "BUY", "volume": 0.1}),
+            "symbol",
+        ),
+        (
+            json!({"symbol": "EURUSD", "type": "HOLD", "volume": 0.1}),
+            "type",
+        ),
+        (
+            json!({"symbol": "EURUSD", "type": "BUY", "volume": 0.1, "stop_loss": 1.2, "take_profit": 1.1}),
+            "stop_loss",
+        ),
+        (
+            json!({"symbol": "EURUSD", "type": "BUY", "volume": "lots"}),
+            "volume",
+        ),
+    ];
+    for (body, field) in cases {
+        let (status, answer) = p.post("/api/trade/open", Some(&token), body.clone()).await;
+        assert_eq!(status, 422, "{body} -> {answer}");
+        assert_eq!(answer["field"], field, "{body} -> {answer}");
+        assert!(
+            answer["message"].as_str().unwrap().starts_with(field),
+            "{answer}"
+        );
+    }
+    // Malformed JSON.
+    let resp = p
+        .http
+        .post(p.url("/api/trade/open"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    // No token, a bad token.
+    let (status, _) = p
+        .post(
+            "/api/trade/open",
+            None,
+            json!({"symbol": "EURUSD", "type": "BUY", "volume": 0.1}),
+        )
+        .await;
+    assert_eq!(status, 401);
+    let (status, _) = p
+        .post(
+            "/api/trade/open",
+            Some("not.a.token"),
+            json!({"symbol": "EURUSD", "type": "BUY", "volume": 0.1}),
+        )
+        .await;
+    assert_eq!(status, 401);
+    // Duplicate e-mail, wrong password.
+    let (status, _) = p
+        .post(
+            "/api/auth/register",
+            None,
+            json!({"email": "carol@example.com", "password": "whatever123"}),
+        )
+        .await;
+    assert_eq!(status, 409);
+    let (status, _) = p
+        .post(
+            "/api/auth/login",
+            None,
+            json!({"email": "carol@example.com", "password": "wrong password"}),
+        )
+        .await;
+    assert_eq!(status, 401);
+    // Logout ends the token.
+    let resp = p
+        .http
+        .post(p.url("/api/auth/logout"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    let (status, _) = p
+        .post(
+            "/api/trade/open",
+            Some(&token),
+            json!({"symbol": "EURUSD", "type": "BUY", "volume": 0.1}),
+        )
+        .await;
+    assert_eq!(status, 401);
+
+    let commands = consume(&p.env, UserTopic::Commands, Duration::from_secs(3), |_| {
+        false
+    })
+    .await;
+    assert!(
+        commands.is_empty(),
+        "nothing is queued for invalid requests: {commands:?}"
+    );
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn health_metrics_and_heartbeats() {
+    let p = Running::start().await;
+    let bus = suho_messaging::MarketBus::connect(&p.env.config.nats, "test")
+        .await
+        .unwrap();
+    let mut beats = bus
+        .subscribe(format!("{}system.health.*", p.env.prefix))
+        .await
+        .unwrap();
+    let (_, token) = p.user("dave@example.com").await;
+    let (status, _) = p
+        .post(
+            "/api/trade/open",
+            Some(&token),
+            json!({"symbol": "EURUSD", "type": "BUY", "volume": 0.1}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let _ = consume(&p.env, UserTopic::Trades, Duration::from_secs(30), |s| {
+        !s.is_empty()
+    })
+    .await;
+
+    let health: Value = p
+        .http
+        .get(p.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+
+    let mut services = std::collections::HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while services.len() < 4 {
+        let Ok(Some(msg)) = tokio::time::timeout_at(deadline, beats.next()).await else {
+            break;
+        };
+        let v: Value = serde_json::from_slice(&msg.payload).unwrap();
+        assert_eq!(v["status"], "ok");
+        assert!(v["uptime_s"].is_u64());
+        services.insert(v["service"].as_str().unwrap().to_string());
+    }
+    for s in ["market-feed", "price-service", "gateway", "trading-engine"] {
+        assert!(services.contains(s), "no heartbeat from {s}: {services:?}");
+    }
+
+    // Lag is sampled every second in tests.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let metrics = p
+        .http
+        .get(p.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "nats_messages_published_total{subject=",
+        "nats_publish_latency_seconds",
+        "kafka_messages_produced_total{topic=\"user.commands\"}",
+        "kafka_messages_consumed_total{",
+        "kafka_consumer_lag{",
+    ] {
+        assert!(metrics.contains(name), "/metrics lacks {name}");
+    }
+    p.stop().await;
+}
