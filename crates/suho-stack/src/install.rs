@@ -91,14 +91,7 @@ fn apt_install(packages: &[&str]) -> Result<(), StackError> {
     }
     tracing::info!(packages = %packages.join(" "), "installing missing packages with apt-get");
     if packages.contains(&"postgresql") {
-        // suho runs its own PostgreSQL under the stack directory; keep the package from
-        // creating and starting a system cluster that would take port 5432.
-        let conf = Path::new("/etc/postgresql-common/createcluster.conf");
-        if !conf.exists() {
-            let _ = std::fs::create_dir_all("/etc/postgresql-common");
-            std::fs::write(conf, "create_main_cluster = false\n")
-                .map_err(|e| StackError::io(conf, e))?;
-        }
+        keep_apt_from_creating_a_cluster()?;
     }
     run(Command::new("apt-get")
         .args(["-q", "update"])
@@ -117,6 +110,24 @@ fn apt_install(packages: &[&str]) -> Result<(), StackError> {
         .args(packages)
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
     Ok(())
+}
+
+/// suho runs its own PostgreSQL under the stack directory: keep the package from creating
+/// (and starting) a system cluster that would take port 5432.
+fn keep_apt_from_creating_a_cluster() -> Result<(), StackError> {
+    let conf = Path::new("/etc/postgresql-common/createcluster.conf");
+    let current = std::fs::read_to_string(conf).unwrap_or_default();
+    let decided = current
+        .lines()
+        .any(|l| l.trim_start().starts_with("create_main_cluster"));
+    if decided {
+        return Ok(());
+    }
+    std::fs::create_dir_all("/etc/postgresql-common").map_err(|e| StackError::io(conf, e))?;
+    let text = format!(
+        "{current}\n# Added by suho: it runs its own cluster.\ncreate_main_cluster = false\n"
+    );
+    std::fs::write(conf, text).map_err(|e| StackError::io(conf, e))
 }
 
 /// Fetches Apache Kafka's jars with Maven unless a previous fetch completed.
