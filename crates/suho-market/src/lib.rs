@@ -3,9 +3,18 @@
 //!
 //! Nothing here touches Kafka: market data never goes to the user-event log.
 
+pub mod analytics;
+pub mod candles;
+pub mod indicators;
 pub mod price;
 pub mod synthetic;
 
+pub use analytics::{run_analytics, run_analytics_with, AnalyticsConfig};
+pub use candles::{CandleAggregator, CandleUpdates, TickDisposition};
+pub use indicators::{
+    Atr, Bollinger, BollingerValue, Ema, IndicatorParams, IndicatorReadings, IndicatorSet, Macd,
+    MacdValue, Rsi, Sma,
+};
 pub use price::{run_price_service, PriceServiceConfig};
 pub use synthetic::{run_feed, SyntheticFeed};
 

@@ -1,4 +1,5 @@
-//! The suho platform in one process: the market services on NATS, the trading engine on
+//! The suho platform in one process: the market services on NATS (feed, price service,
+//! candles and indicators), the trading engine on
 //! Kafka, and the HTTP gateway, wired from one [`Config`] and stopped by one
 //! [`CancellationToken`].
 //!
@@ -102,6 +103,8 @@ impl Application {
             stop.clone(),
         );
         tasks.spawn(async move { ("price-service", price.await.map_err(Into::into)) });
+        let analytics = suho_market::run_analytics(bus.clone(), symbols.clone(), stop.clone());
+        tasks.spawn(async move { ("market-analytics", analytics.await.map_err(Into::into)) });
         if config.market.feed != "synthetic" {
             anyhow::bail!(
                 "market.feed `{}` is not available; use `synthetic`",
@@ -145,7 +148,12 @@ impl Application {
         });
 
         // Heartbeats of every service in this process.
-        let mut services = vec!["market-feed", "price-service", "gateway"];
+        let mut services = vec![
+            "market-feed",
+            "price-service",
+            "market-analytics",
+            "gateway",
+        ];
         if config.trading.engine_enabled {
             services.push("trading-engine");
         }

@@ -486,7 +486,7 @@ async fn health_metrics_and_heartbeats() {
 
     let mut services = std::collections::HashSet::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while services.len() < 4 {
+    while services.len() < 5 {
         let Ok(Some(msg)) = tokio::time::timeout_at(deadline, beats.next()).await else {
             break;
         };
@@ -495,7 +495,13 @@ async fn health_metrics_and_heartbeats() {
         assert!(v["uptime_s"].is_u64());
         services.insert(v["service"].as_str().unwrap().to_string());
     }
-    for s in ["market-feed", "price-service", "gateway", "trading-engine"] {
+    for s in [
+        "market-feed",
+        "price-service",
+        "market-analytics",
+        "gateway",
+        "trading-engine",
+    ] {
         assert!(services.contains(s), "no heartbeat from {s}: {services:?}");
     }
 

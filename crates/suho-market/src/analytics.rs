@@ -1,0 +1,274 @@
+//! The analytics service: listens to every `market.*.tick`, builds candles per symbol
+//! ([`crate::candles`]) and publishes every candle update on `market.{SYM}.{tf}`; each closed
+//! candle of the indicator timeframe (`1m`) feeds that symbol's indicators
+//! ([`crate::indicators`]), whose readings go out on `indicators.{type}.{SYM}`.
+//!
+//! - Indicator types on the wire: `sma`, `ema`, `rsi`, `atr` (a number), `macd`
+//!   (`{macd, signal, histogram}`) and `bollinger` (`{upper, middle, lower}`). An indicator
+//!   publishes nothing while it warms up. `timestamp` is the `start` of the candle it was
+//!   computed from.
+//! - A timer (every second by default) closes candles whose window has ended by the service
+//!   clock, so a quiet symbol still gets its closed candles. A closed candle is published
+//!   once.
+//! - Late ticks are dropped (see [`crate::candles`]), logged at debug and counted in the
+//!   [`LATE_TICKS_METRIC`] counter (label `symbol`). Ticks stamped more than
+//!   [`AnalyticsConfig::max_future_ms`] ahead of the service clock are dropped and counted in
+//!   [`FUTURE_TICKS_METRIC`]: one tick from a feed with a wrong clock would otherwise push the
+//!   watermark ahead and make every later tick of that symbol late.
+//! - Ticks of symbols that are not configured are ignored.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::json;
+use suho_domain::{subject, Candle, IndicatorValue, Symbol, Tick, Timeframe};
+use suho_messaging::{now_ms, MarketBus};
+use tokio_util::sync::CancellationToken;
+
+use crate::candles::{CandleAggregator, TickDisposition};
+use crate::indicators::{IndicatorParams, IndicatorReadings, IndicatorSet};
+use crate::MarketServiceError;
+
+/// Counter of ticks dropped as late, label `symbol`.
+pub const LATE_TICKS_METRIC: &str = "market_late_ticks_total";
+/// Counter of ticks dropped for being stamped too far in the future, label `symbol`.
+pub const FUTURE_TICKS_METRIC: &str = "market_future_ticks_total";
+
+/// What the analytics service computes.
+#[derive(Debug, Clone)]
+pub struct AnalyticsConfig {
+    /// Symbols to build candles for; ticks of other symbols are ignored.
+    pub symbols: Vec<Symbol>,
+    /// Candle timeframes (the indicator timeframe is always added).
+    pub timeframes: Vec<Timeframe>,
+    /// Timeframe whose closed candles feed the indicators.
+    pub indicator_timeframe: Timeframe,
+    /// Indicator periods.
+    pub indicators: IndicatorParams,
+    /// How often due candles are closed by the clock.
+    pub close_interval: Duration,
+    /// A candle closes by the clock once `now >= end + close_grace_ms`, leaving time for ticks
+    /// delayed in transit.
+    pub close_grace_ms: i64,
+    /// Ticks stamped more than this ahead of the service clock are dropped; `None` accepts
+    /// any timestamp.
+    pub max_future_ms: Option<i64>,
+}
+
+impl AnalyticsConfig {
+    /// Every timeframe, indicators on `1m` with the classic periods, a 1 s close timer with no
+    /// grace, ticks at most 60 s in the future.
+    #[must_use]
+    pub fn new(symbols: Vec<Symbol>) -> Self {
+        Self {
+            symbols,
+            timeframes: Timeframe::ALL.to_vec(),
+            indicator_timeframe: Timeframe::M1,
+            indicators: IndicatorParams::default(),
+            close_interval: Duration::from_secs(1),
+            close_grace_ms: 0,
+            max_future_ms: Some(60_000),
+        }
+    }
+}
+
+/// The indicator messages for one candle's readings (warming-up indicators left out), in the
+/// order `sma ema rsi macd bollinger atr`.
+#[must_use]
+pub fn indicator_values(
+    symbol: Symbol,
+    timeframe: Timeframe,
+    timestamp: i64,
+    readings: &IndicatorReadings,
+) -> Vec<IndicatorValue> {
+    let number = |v: Option<f64>| v.map(|x| json!(x));
+    let values = [
+        ("sma", number(readings.sma)),
+        ("ema", number(readings.ema)),
+        ("rsi", number(readings.rsi)),
+        (
+            "macd",
+            readings
+                .macd
+                .map(|m| json!({"macd": m.macd, "signal": m.signal, "histogram": m.histogram})),
+        ),
+        (
+            "bollinger",
+            readings
+                .bollinger
+                .map(|b| json!({"upper": b.upper, "middle": b.middle, "lower": b.lower})),
+        ),
+        ("atr", number(readings.atr)),
+    ];
+    values
+        .into_iter()
+        .filter_map(|(name, value)| {
+            Some(IndicatorValue {
+                symbol,
+                indicator: name.to_string(),
+                timeframe,
+                value: value?,
+                timestamp,
+            })
+        })
+        .collect()
+}
+
+struct SymbolState {
+    candles: CandleAggregator,
+    indicators: IndicatorSet,
+}
+
+struct Service {
+    bus: MarketBus,
+    config: AnalyticsConfig,
+    states: HashMap<Symbol, SymbolState>,
+}
+
+impl Service {
+    async fn on_tick(&mut self, tick: &Tick) -> Result<(), MarketServiceError> {
+        let Some(state) = self.states.get_mut(&tick.symbol) else {
+            tracing::trace!(symbol = %tick.symbol, "tick of an unconfigured symbol ignored");
+            return Ok(());
+        };
+        if let Some(max) = self.config.max_future_ms {
+            let now = now_ms();
+            if tick.timestamp > now.saturating_add(max) {
+                metrics::counter!(FUTURE_TICKS_METRIC, "symbol" => tick.symbol.to_string())
+                    .increment(1);
+                tracing::debug!(symbol = %tick.symbol, timestamp = tick.timestamp, now, "tick from the future dropped");
+                return Ok(());
+            }
+        }
+        let updates = state.candles.on_tick(tick);
+        if updates.disposition == TickDisposition::Late {
+            metrics::counter!(LATE_TICKS_METRIC, "symbol" => tick.symbol.to_string()).increment(1);
+            tracing::debug!(
+                symbol = %tick.symbol,
+                timestamp = tick.timestamp,
+                watermark = ?state.candles.watermark(),
+                late_total = state.candles.late_ticks(),
+                "late tick dropped"
+            );
+            return Ok(());
+        }
+        let candles: Vec<Candle> = updates.iter().cloned().collect();
+        self.publish(tick.symbol, &candles).await
+    }
+
+    async fn close_due(&mut self) -> Result<(), MarketServiceError> {
+        let due = now_ms().saturating_sub(self.config.close_grace_ms);
+        let mut closed = Vec::new();
+        for (&symbol, state) in &mut self.states {
+            let candles = state.candles.close_due(due);
+            if !candles.is_empty() {
+                closed.push((symbol, candles));
+            }
+        }
+        for (symbol, candles) in closed {
+            self.publish(symbol, &candles).await?;
+        }
+        Ok(())
+    }
+
+    /// Publishes candles, and the indicators of the closed indicator-timeframe ones.
+    async fn publish(
+        &mut self,
+        symbol: Symbol,
+        candles: &[Candle],
+    ) -> Result<(), MarketServiceError> {
+        let prefix = self.bus.prefix().to_string();
+        for candle in candles {
+            self.bus
+                .publish(subject::candle(&prefix, symbol, candle.timeframe), candle)
+                .await?;
+            if !(candle.closed && candle.timeframe == self.config.indicator_timeframe) {
+                continue;
+            }
+            let Some(state) = self.states.get_mut(&symbol) else {
+                continue;
+            };
+            let readings = state.indicators.update(candle);
+            for value in indicator_values(symbol, candle.timeframe, candle.start, &readings) {
+                self.bus
+                    .publish(
+                        subject::indicator(&prefix, &value.indicator, symbol),
+                        &value,
+                    )
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs the analytics service with [`AnalyticsConfig::new`] until `shutdown`.
+///
+/// # Errors
+/// The NATS connection is gone for good.
+pub async fn run_analytics(
+    bus: MarketBus,
+    symbols: Vec<Symbol>,
+    shutdown: CancellationToken,
+) -> Result<(), MarketServiceError> {
+    run_analytics_with(bus, AnalyticsConfig::new(symbols), shutdown).await
+}
+
+/// Runs the analytics service with an explicit configuration until `shutdown`.
+///
+/// # Errors
+/// The NATS connection is gone for good.
+pub async fn run_analytics_with(
+    bus: MarketBus,
+    config: AnalyticsConfig,
+    shutdown: CancellationToken,
+) -> Result<(), MarketServiceError> {
+    let mut timeframes = config.timeframes.clone();
+    timeframes.push(config.indicator_timeframe);
+    timeframes.sort_unstable();
+    timeframes.dedup();
+    let states = config
+        .symbols
+        .iter()
+        .map(|&symbol| {
+            (
+                symbol,
+                SymbolState {
+                    candles: CandleAggregator::with_timeframes(symbol, &timeframes),
+                    indicators: IndicatorSet::new(&config.indicators),
+                },
+            )
+        })
+        .collect();
+    let mut ticks = bus.subscribe(subject::all_ticks(bus.prefix())).await?;
+    let mut timer = tokio::time::interval(config.close_interval.max(Duration::from_millis(1)));
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tracing::info!(
+        symbols = config.symbols.len(),
+        timeframes = timeframes.len(),
+        indicator_timeframe = %config.indicator_timeframe,
+        "analytics service building candles"
+    );
+    let mut service = Service {
+        bus,
+        config,
+        states,
+    };
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            msg = ticks.next() => {
+                let Some(msg) = msg else {
+                    tracing::warn!("tick subscription ended; analytics service stopping");
+                    return Ok(());
+                };
+                match serde_json::from_slice::<Tick>(&msg.payload) {
+                    Ok(tick) => service.on_tick(&tick).await?,
+                    Err(e) => tracing::warn!(subject = %msg.subject, error = %e, "ignoring a malformed tick"),
+                }
+            }
+            _ = timer.tick() => service.close_due().await?,
+        }
+    }
+}
