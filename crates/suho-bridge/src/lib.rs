@@ -1,0 +1,230 @@
+//! The data bridge: stores the market feed (`market.{SYM}.tick`) and closed candles
+//! (`market.{SYM}.{tf}`) in PostgreSQL, and answers the dashboard's candle history query.
+//!
+//! # Data flow
+//!
+//! ```text
+//! feed / analytics --core publish--> NATS --(JetStream stream captures the subjects)-->
+//!   durable pull consumer --batch (<= batch_max msgs or batch_wait)--> parse -->
+//!   one transaction: COPY into temp staging tables, INSERT .. ON CONFLICT DO NOTHING -->
+//!   commit --> ack
+//! ```
+//!
+//! - The broadcast path is untouched: publishers keep using core NATS; a JetStream stream
+//!   ([`BridgeConfig::subjects`]) captures the same subjects, giving the bridge a durable,
+//!   replayable view. `market.{SYM}.price` (request/reply) is deliberately not captured.
+//! - Messages are acknowledged only after the transaction that stores them has committed, so a
+//!   crash loses nothing: unacknowledged messages are redelivered to the next bridge that uses
+//!   the same durable consumer.
+//! - Replays are idempotent: every row has a natural key (ticks:
+//!   `(symbol, ts, source, bid, ask)`; candles: `(symbol, timeframe, start_ts)`) and rows are
+//!   inserted with `ON CONFLICT DO NOTHING`, so a redelivered batch inserts nothing twice.
+//! - A message that cannot be parsed is counted, logged and terminated (never redelivered),
+//!   so it cannot block the stream. Candles that are not `closed` are acknowledged and skipped.
+//! - On a database error nothing is acknowledged: the batch is negatively acknowledged with a
+//!   delay and the bridge backs off; the messages come back.
+//!
+//! # Invariants
+//! - This crate knows nothing of HTTP: the gateway calls [`candle_history`].
+//! - It never publishes on the market subjects and never writes to Kafka.
+//! - It owns only the `market_ticks` / `market_candles` tables (and their partitions); it does
+//!   not use `sqlx::migrate!` (another crate owns `_sqlx_migrations`).
+
+mod bridge;
+mod parse;
+mod query;
+mod schema;
+mod store;
+
+use std::time::Duration;
+
+pub use bridge::{run_bridge, Bridge, BridgeStats, StatsSnapshot};
+pub use parse::{classify, Classified};
+pub use query::{candle_count, candle_history, tick_count, MAX_HISTORY_LIMIT};
+pub use schema::StorageMode;
+pub use store::{Store, StoreReport};
+
+/// Counter of rows inserted, label `table` (`market_ticks` / `market_candles`).
+pub const ROWS_WRITTEN_METRIC: &str = "bridge_rows_written_total";
+/// Counter of rows skipped as already stored (replays), label `table`.
+pub const DUPLICATES_METRIC: &str = "bridge_duplicate_rows_total";
+/// Counter of messages that could not be parsed (terminated, never redelivered).
+pub const INVALID_METRIC: &str = "bridge_invalid_messages_total";
+/// Counter of batches that failed to be stored (they are redelivered).
+pub const BATCH_ERRORS_METRIC: &str = "bridge_batch_errors_total";
+/// Histogram of the time to store and acknowledge one batch, seconds.
+pub const BATCH_SECONDS_METRIC: &str = "bridge_batch_seconds";
+
+/// Why the bridge or a query failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    /// PostgreSQL failed (retryable in the run loop; fatal at start-up).
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A JetStream operation failed.
+    #[error("jetstream {op}: {detail}")]
+    JetStream {
+        /// What was being done, e.g. `create stream`.
+        op: &'static str,
+        /// The client's error.
+        detail: String,
+    },
+    /// The configuration cannot work.
+    #[error("invalid bridge configuration: {0}")]
+    Config(String),
+}
+
+impl BridgeError {
+    fn jetstream(op: &'static str, e: impl std::fmt::Display) -> Self {
+        BridgeError::JetStream {
+            op,
+            detail: e.to_string(),
+        }
+    }
+}
+
+/// How the bridge consumes and stores.
+#[derive(Debug, Clone)]
+pub struct BridgeConfig {
+    /// Prefix of every subject (`""` outside tests).
+    pub subject_prefix: String,
+    /// JetStream stream capturing the market subjects.
+    pub stream_name: String,
+    /// Durable pull consumer of the bridge; a restarted bridge resumes from it.
+    pub consumer_name: String,
+    /// Most messages stored in one transaction.
+    pub batch_max: usize,
+    /// Longest wait for a batch to fill.
+    pub batch_wait: Duration,
+    /// How long the stream keeps messages (the longest bridge outage that loses nothing).
+    pub max_age: Duration,
+    /// Size cap of the stream in bytes (oldest dropped first); `None` for no cap.
+    pub max_bytes: Option<i64>,
+    /// How long a delivered message may stay unacknowledged before JetStream redelivers it.
+    pub ack_wait: Duration,
+    /// First back-off after a failed batch; doubled up to [`BridgeConfig::retry_max`].
+    pub retry_initial: Duration,
+    /// Longest back-off.
+    pub retry_max: Duration,
+}
+
+/// Stream name without a prefix.
+pub const DEFAULT_STREAM: &str = "MARKET";
+/// Consumer name without a prefix.
+pub const DEFAULT_CONSUMER: &str = "data-bridge";
+
+impl BridgeConfig {
+    /// Defaults for `subject_prefix`: stream `MARKET`, consumer `data-bridge` (each with
+    /// `_{prefix}` appended when the prefix is not empty, non-alphanumerics as `_`), batches of
+    /// up to 5 000 messages or 100 ms, 1 h retention capped at 1 GiB, 30 s ack wait, back-off
+    /// 200 ms .. 5 s.
+    #[must_use]
+    pub fn new(subject_prefix: impl Into<String>) -> Self {
+        let subject_prefix = subject_prefix.into();
+        let suffix = name_suffix(&subject_prefix);
+        let named = |base: &str| {
+            if suffix.is_empty() {
+                base.to_string()
+            } else {
+                format!("{base}_{suffix}")
+            }
+        };
+        Self {
+            stream_name: named(DEFAULT_STREAM),
+            consumer_name: named(DEFAULT_CONSUMER),
+            subject_prefix,
+            batch_max: 5_000,
+            batch_wait: Duration::from_millis(100),
+            // The stream is the bridge's outage buffer, not an archive (PostgreSQL is): it holds
+            // every tick and every candle update (about 8 messages per tick), so it is capped.
+            max_age: Duration::from_secs(3600),
+            max_bytes: Some(1 << 30),
+            ack_wait: Duration::from_secs(30),
+            retry_initial: Duration::from_millis(200),
+            retry_max: Duration::from_secs(5),
+        }
+    }
+
+    /// The defaults for the configuration's NATS subject prefix.
+    #[must_use]
+    pub fn from_config(config: &suho_config::Config) -> Self {
+        Self::new(config.nats.subject_prefix.clone())
+    }
+
+    /// The subjects the stream captures: `{prefix}market.*.tick` and `{prefix}market.*.{tf}`
+    /// for every timeframe (not `market.*.price`).
+    #[must_use]
+    pub fn subjects(&self) -> Vec<String> {
+        let p = &self.subject_prefix;
+        std::iter::once(suho_domain::subject::all_ticks(p))
+            .chain(
+                suho_domain::Timeframe::ALL
+                    .iter()
+                    .map(|tf| suho_domain::subject::all_candles(p, *tf)),
+            )
+            .collect()
+    }
+
+    fn validate(&self) -> Result<(), BridgeError> {
+        let bad_name = |n: &str| {
+            n.is_empty()
+                || n.chars()
+                    .any(|c| c.is_whitespace() || matches!(c, '.' | '*' | '>' | '/' | '\\'))
+        };
+        if bad_name(&self.stream_name) || bad_name(&self.consumer_name) {
+            return Err(BridgeError::Config(format!(
+                "stream {:?} / consumer {:?}: names must be non-empty without . * > / \\ or spaces",
+                self.stream_name, self.consumer_name
+            )));
+        }
+        if self.batch_max == 0 || self.batch_wait.is_zero() {
+            return Err(BridgeError::Config(
+                "batch_max and batch_wait must be positive".into(),
+            ));
+        }
+        if self.max_age.is_zero() || self.ack_wait.is_zero() {
+            return Err(BridgeError::Config(
+                "max_age and ack_wait must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `t1a2b3.` -> `t1a2b3`: the prefix's alphanumerics, anything else as `_`, trimmed of `_`.
+fn name_suffix(prefix: &str) -> String {
+    let s: String = prefix
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    s.trim_matches('_').to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_derive_from_the_prefix() {
+        let c = BridgeConfig::new("t1a2b3c4d5e6.");
+        assert_eq!(c.stream_name, "MARKET_t1a2b3c4d5e6");
+        assert_eq!(c.consumer_name, "data-bridge_t1a2b3c4d5e6");
+        assert!(c.validate().is_ok());
+        let c = BridgeConfig::new("");
+        assert_eq!(c.stream_name, "MARKET");
+        assert_eq!(c.consumer_name, "data-bridge");
+        let c = BridgeConfig::new("a.b*c.");
+        assert_eq!(c.stream_name, "MARKET_a_b_c");
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn subjects_exclude_price_requests() {
+        let s = BridgeConfig::new("p.").subjects();
+        assert_eq!(s.len(), 8);
+        assert_eq!(s[0], "p.market.*.tick");
+        assert!(s.contains(&"p.market.*.1m".to_string()));
+        assert!(s.contains(&"p.market.*.1d".to_string()));
+        assert!(!s.iter().any(|x| x.ends_with(".price") || x.ends_with('>')));
+    }
+}

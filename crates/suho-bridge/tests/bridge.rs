@@ -1,0 +1,554 @@
+//! The data bridge against real NATS (JetStream) and PostgreSQL: ticks and closed candles are
+//! stored exactly, a crashed bridge loses nothing and duplicates nothing after a restart,
+//! replays insert nothing twice, and a malformed message does not block the stream.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rust_decimal::Decimal;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::Row;
+use suho_bridge::{
+    candle_count, candle_history, tick_count, Bridge, BridgeConfig, BridgeStats, Store,
+};
+use suho_domain::{subject, Candle, Symbol, Tick, Timeframe};
+use suho_market::SyntheticFeed;
+use suho_testkit::TestEnv;
+use tokio_util::sync::CancellationToken;
+
+/// 2024-01-10T00:00:00Z: synthetic tick times count up from here, one per millisecond.
+const BASE_MS: i64 = 1_704_844_800_000;
+
+async fn pool(env: &TestEnv) -> PgPool {
+    use secrecy::ExposeSecret;
+    PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(env.config.database.url.expose_secret())
+        .await
+        .expect("connecting to the test database")
+}
+
+async fn nats(env: &TestEnv) -> async_nats::Client {
+    suho_messaging::nats::connect(&env.config.nats, "bridge-test")
+        .await
+        .expect("connecting to NATS")
+}
+
+fn config(env: &TestEnv) -> BridgeConfig {
+    let mut c = BridgeConfig::from_config(&env.config);
+    // Short enough that the messages of a killed bridge come back quickly.
+    c.ack_wait = Duration::from_secs(2);
+    c.batch_max = 500;
+    c
+}
+
+/// Polls `check` every 50 ms until it is true, panicking with `what` after `timeout`.
+async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Starts a bridge (schema, stream, consumer ready on return) and runs it in a task.
+async fn spawn_bridge(
+    config: BridgeConfig,
+    nats: async_nats::Client,
+    pool: PgPool,
+    shutdown: &CancellationToken,
+) -> (tokio::task::JoinHandle<()>, Arc<BridgeStats>) {
+    let bridge = tokio::time::timeout(Duration::from_secs(20), Bridge::start(config, nats, pool))
+        .await
+        .expect("bridge start timed out")
+        .expect("bridge start");
+    let stats = bridge.stats();
+    let shutdown = shutdown.clone();
+    let task = tokio::spawn(async move {
+        bridge.run(shutdown).await.expect("bridge run");
+    });
+    (task, stats)
+}
+
+/// `n` ticks stamped `start`, `start + 1` ... ms (distinct stamps, so distinct rows).
+fn ticks_from(start: i64, n: usize, seed: u64) -> Vec<Tick> {
+    let mut feed = SyntheticFeed::new(&suho_domain::major_fx(), seed);
+    (0..n)
+        .map(|i| {
+            feed.next_tick(start + i64::try_from(i).expect("small"))
+                .expect("a tick")
+        })
+        .collect()
+}
+
+fn ticks(n: usize, seed: u64) -> Vec<Tick> {
+    ticks_from(BASE_MS, n, seed)
+}
+
+async fn publish_tick(client: &async_nats::Client, prefix: &str, t: &Tick) {
+    let payload = serde_json::to_vec(t).expect("encode");
+    client
+        .publish(subject::tick(prefix, t.symbol), payload.into())
+        .await
+        .expect("publish");
+}
+
+fn closed_candle(symbol: Symbol, tf: Timeframe, start: i64, k: i64) -> Candle {
+    let p = |x: i64| Decimal::new(108_500 + x, 5);
+    Candle {
+        symbol,
+        timeframe: tf,
+        open: p(k),
+        high: p(k + 7),
+        low: p(k - 3),
+        close: p(k + 2),
+        volume: Decimal::from(10 + k),
+        start,
+        end: start + tf.duration_ms(),
+        closed: true,
+    }
+}
+
+type TickKey = (String, i64, String, String, String);
+
+fn key_of(t: &Tick) -> TickKey {
+    (
+        t.symbol.to_string(),
+        t.timestamp,
+        t.bid.normalize().to_string(),
+        t.ask.normalize().to_string(),
+        t.source.clone(),
+    )
+}
+
+/// Every stored tick, prices as normalized exact decimals (JSON numbers on the wire do not
+/// keep trailing zeros, so the scale is not part of the comparison; the value is, exactly).
+async fn stored_ticks(pool: &PgPool) -> Vec<TickKey> {
+    sqlx::query(
+        "SELECT symbol, (extract(epoch FROM ts) * 1000)::bigint AS ms, bid::text AS bid, \
+         ask::text AS ask, source FROM market_ticks",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("reading ticks")
+    .iter()
+    .map(|r| {
+        (
+            r.get("symbol"),
+            r.get("ms"),
+            exact(r.get("bid")),
+            exact(r.get("ask")),
+            r.get("source"),
+        )
+    })
+    .collect()
+}
+
+fn exact(text: String) -> String {
+    Decimal::from_str_exact(&text)
+        .expect("a decimal")
+        .normalize()
+        .to_string()
+}
+
+async fn count(pool: &PgPool) -> i64 {
+    tick_count(pool, None).await.expect("count")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_ticks_and_closed_candles_exactly() {
+    let env = TestEnv::new().await;
+    let pool = pool(&env).await;
+    let client = nats(&env).await;
+    let shutdown = CancellationToken::new();
+    let (task, stats) = spawn_bridge(config(&env), client.clone(), pool.clone(), &shutdown).await;
+
+    let published = ticks(2_000, 42);
+    for t in &published {
+        publish_tick(&client, &env.prefix, t).await;
+    }
+    let eur = Symbol::parse("EURUSD").expect("sym");
+    let m1_start = Timeframe::M1.align(BASE_MS);
+    let candles: Vec<Candle> = (0..30)
+        .map(|k| closed_candle(eur, Timeframe::M1, m1_start + k * 60_000, k))
+        .collect();
+    for c in &candles {
+        // A forming update first (not stored), then the closed candle.
+        let mut open = c.clone();
+        open.closed = false;
+        for v in [&open, c] {
+            let payload = serde_json::to_vec(v).expect("encode");
+            client
+                .publish(
+                    subject::candle(&env.prefix, eur, Timeframe::M1),
+                    payload.into(),
+                )
+                .await
+                .expect("publish");
+        }
+    }
+    let h1 = closed_candle(eur, Timeframe::H1, Timeframe::H1.align(BASE_MS), 99);
+    client
+        .publish(
+            subject::candle(&env.prefix, eur, Timeframe::H1),
+            serde_json::to_vec(&h1).expect("encode").into(),
+        )
+        .await
+        .expect("publish");
+    client.flush().await.expect("flush");
+
+    wait_until(Duration::from_secs(30), "2000 ticks and 31 candles", || {
+        let pool = pool.clone();
+        async move {
+            count(&pool).await == 2_000 && candle_count(&pool, None).await.expect("count") == 31
+        }
+    })
+    .await;
+
+    let stored: HashSet<TickKey> = stored_ticks(&pool).await.into_iter().collect();
+    let want: HashSet<TickKey> = published.iter().map(key_of).collect();
+    assert_eq!(want.len(), 2_000, "the published ticks are distinct");
+    assert_eq!(
+        stored, want,
+        "stored ticks equal published ones, digit for digit"
+    );
+    assert_eq!(
+        tick_count(&pool, Some(eur)).await.expect("count"),
+        i64::try_from(published.iter().filter(|t| t.symbol == eur).count()).expect("small")
+    );
+
+    // History: candles 5..20 in [from, to), in order, exactly as published.
+    let from = m1_start + 5 * 60_000;
+    let to = m1_start + 20 * 60_000;
+    let history = candle_history(&pool, eur, Timeframe::M1, from, to, 1_000)
+        .await
+        .expect("history");
+    assert_eq!(history, candles[5..20].to_vec());
+    let limited = candle_history(&pool, eur, Timeframe::M1, from, to, 3)
+        .await
+        .expect("history");
+    assert_eq!(limited, candles[5..8].to_vec());
+    let hourly = candle_history(&pool, eur, Timeframe::H1, 0, i64::MAX / 2, 10)
+        .await
+        .expect("history");
+    assert_eq!(hourly, vec![h1]);
+    assert!(
+        candle_history(&pool, eur, Timeframe::M5, 0, i64::MAX / 2, 10)
+            .await
+            .expect("history")
+            .is_empty()
+    );
+
+    let s = stats.snapshot();
+    assert_eq!(s.open_candles, 30, "{s:?}");
+    assert_eq!(s.invalid, 0, "{s:?}");
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("bridge stops on shutdown")
+        .expect("bridge task");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_bridge_restarts_without_loss_or_duplicates() {
+    const N: usize = 5_000;
+    const PER_TICK_MS: u64 = 2; // steady pace: ~500 ticks per second (10 every 20 ms)
+    let env = TestEnv::new().await;
+    let cfg = config(&env);
+    let client = nats(&env).await;
+    let published_ticks = ticks(N, 7);
+
+    // Bridge 1, with its own NATS connection and pool, as a separate process would have.
+    let shutdown = CancellationToken::new();
+    let (task1, stats1) =
+        spawn_bridge(cfg.clone(), nats(&env).await, pool(&env).await, &shutdown).await;
+
+    // The publisher: steady pace, counts what it has published.
+    let published = Arc::new(AtomicU64::new(0));
+    let publisher = {
+        let client = client.clone();
+        let prefix = env.prefix.clone();
+        let published = Arc::clone(&published);
+        let ticks = published_ticks.clone();
+        tokio::spawn(async move {
+            let mut pace = tokio::time::interval(Duration::from_millis(10 * PER_TICK_MS));
+            for chunk in ticks.chunks(10) {
+                pace.tick().await;
+                for t in chunk {
+                    publish_tick(&client, &prefix, t).await;
+                    published.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            client.flush().await.expect("flush");
+        })
+    };
+    let observer = pool(&env).await;
+
+    // Crash 1 mid-stream, after the bridge has stored some rows.
+    wait_until(Duration::from_secs(30), "bridge 1 stores rows", || {
+        let p = observer.clone();
+        let published = published.load(Ordering::SeqCst);
+        async move { published >= 1_200 && count(&p).await > 0 }
+    })
+    .await;
+    task1.abort();
+    let _ = task1.await;
+    let down1 = Instant::now();
+    let at_kill1 = published.load(Ordering::SeqCst);
+    let stored_at_kill1 = count(&observer).await;
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let at_restart1 = published.load(Ordering::SeqCst);
+    let outage1 = down1.elapsed();
+    let (task2, stats2) =
+        spawn_bridge(cfg.clone(), nats(&env).await, pool(&env).await, &shutdown).await;
+
+    // Crash 2, again mid-stream, once bridge 2 has stored something of its own.
+    let stored_at_restart1 = count(&observer).await;
+    wait_until(Duration::from_secs(30), "bridge 2 stores rows", || {
+        let p = observer.clone();
+        let published = published.load(Ordering::SeqCst);
+        async move { published >= 2_800 && count(&p).await > stored_at_restart1 }
+    })
+    .await;
+    task2.abort();
+    let _ = task2.await;
+    let down2 = Instant::now();
+    let at_kill2 = published.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let at_restart2 = published.load(Ordering::SeqCst);
+    let outage2 = down2.elapsed();
+    let (task3, stats3) = spawn_bridge(cfg, nats(&env).await, pool(&env).await, &shutdown).await;
+
+    tokio::time::timeout(Duration::from_secs(60), publisher)
+        .await
+        .expect("publisher finishes")
+        .expect("publisher task");
+    let n = i64::try_from(N).expect("small");
+    wait_until(Duration::from_secs(60), "all ticks stored", || {
+        let p = observer.clone();
+        async move { count(&p).await >= n }
+    })
+    .await;
+    // Let redeliveries of the last acknowledgements settle, then check nothing was added.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let rows = stored_ticks(&observer).await;
+    let distinct: HashSet<&TickKey> = rows.iter().collect();
+    let want: HashSet<TickKey> = published_ticks.iter().map(key_of).collect();
+    let missing = want.iter().filter(|k| !distinct.contains(k)).count();
+    let (s1, s2, s3) = (stats1.snapshot(), stats2.snapshot(), stats3.snapshot());
+    println!(
+        "restart test: published {N} ticks at ~{} per second\n  \
+         crash 1: killed at {at_kill1} published ({stored_at_kill1} stored), outage {outage1:?}, \
+         {} published during the outage\n  \
+         crash 2: killed at {at_kill2} published, outage {outage2:?}, {} published during the \
+         outage\n  \
+         stored rows {}, distinct {}, missing {missing}\n  \
+         bridge 1 {s1:?}\n  bridge 2 {s2:?}\n  bridge 3 {s3:?}",
+        1_000 / PER_TICK_MS,
+        at_restart1 - at_kill1,
+        at_restart2 - at_kill2,
+        rows.len(),
+        distinct.len(),
+    );
+    assert!(
+        at_restart1 > at_kill1,
+        "ticks were published during outage 1"
+    );
+    assert!(
+        at_restart2 > at_kill2,
+        "ticks were published during outage 2"
+    );
+    assert_eq!(missing, 0, "every published tick is stored");
+    assert_eq!(rows.len(), distinct.len(), "no duplicate rows");
+    assert_eq!(rows.len(), N, "stored rows equal published messages");
+    let dup_count: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT symbol, ts, source FROM market_ticks \
+         GROUP BY 1, 2, 3 HAVING count(*) > 1) d",
+    )
+    .fetch_one(&observer)
+    .await
+    .expect("duplicate check");
+    assert_eq!(dup_count, 0);
+    let inserted = s1.ticks_inserted + s2.ticks_inserted + s3.ticks_inserted;
+    assert_eq!(
+        inserted, N as u64,
+        "each tick inserted exactly once across bridges"
+    );
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task3)
+        .await
+        .expect("bridge stops")
+        .expect("bridge task");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_batches_insert_nothing_twice() {
+    let env = TestEnv::new().await;
+    let pool = pool(&env).await;
+
+    // Store level: the same batch twice (a crash after commit, before the ack).
+    let store = Store::open(pool.clone()).await.expect("store");
+    let batch = ticks(300, 3);
+    let eur = Symbol::parse("EURUSD").expect("sym");
+    let candles: Vec<Candle> = (0..5)
+        .map(|k| {
+            closed_candle(
+                eur,
+                Timeframe::M5,
+                Timeframe::M5.align(BASE_MS) + k * 300_000,
+                k,
+            )
+        })
+        .collect();
+    let first = store.write(&batch, &candles).await.expect("write");
+    assert_eq!((first.ticks_inserted, first.candles_inserted), (300, 5));
+    let again = store.write(&batch, &candles).await.expect("rewrite");
+    assert_eq!((again.ticks_inserted, again.candles_inserted), (0, 0));
+    assert_eq!(again.duplicates(), 305);
+    // Duplicates inside one batch collapse too.
+    let doubled: Vec<Tick> = batch.iter().chain(batch.iter()).cloned().collect();
+    assert_eq!(
+        store
+            .write(&doubled, &[])
+            .await
+            .expect("write")
+            .ticks_inserted,
+        0
+    );
+
+    // Stream level: a second consumer on the same stream redelivers every message.
+    let client = nats(&env).await;
+    let shutdown = CancellationToken::new();
+    let cfg = config(&env);
+    let (task, stats) = spawn_bridge(cfg.clone(), client.clone(), pool.clone(), &shutdown).await;
+    let more = ticks_from(BASE_MS + 3_600_000, 1_000, 4);
+    for t in &more {
+        publish_tick(&client, &env.prefix, t).await;
+    }
+    client.flush().await.expect("flush");
+    wait_until(Duration::from_secs(30), "1300 ticks", || {
+        let p = pool.clone();
+        async move { count(&p).await == 1_300 }
+    })
+    .await;
+    let mut replay = cfg.clone();
+    replay.consumer_name = format!("{}-replay", cfg.consumer_name);
+    let (task2, stats2) = spawn_bridge(replay, client.clone(), pool.clone(), &shutdown).await;
+    wait_until(
+        Duration::from_secs(30),
+        "the replay consumer reads everything",
+        || {
+            let s = stats2.snapshot();
+            async move { s.messages >= 1_000 }
+        },
+    )
+    .await;
+    let s2 = stats2.snapshot();
+    assert_eq!(s2.ticks_inserted, 0, "{s2:?}");
+    assert_eq!(s2.duplicates, 1_000, "{s2:?}");
+    assert_eq!(count(&pool).await, 1_300);
+    assert_eq!(stats.snapshot().ticks_inserted, 1_000);
+    shutdown.cancel();
+    for t in [task, task2] {
+        tokio::time::timeout(Duration::from_secs(10), t)
+            .await
+            .expect("bridge stops")
+            .expect("bridge task");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_messages_are_skipped_and_do_not_block() {
+    let env = TestEnv::new().await;
+    let pool = pool(&env).await;
+    let client = nats(&env).await;
+    let shutdown = CancellationToken::new();
+    let cfg = config(&env);
+    let (task, stats) = spawn_bridge(cfg.clone(), client.clone(), pool.clone(), &shutdown).await;
+    let eur = Symbol::parse("EURUSD").expect("sym");
+    let good = ticks(60, 9);
+
+    let tick_subject = subject::tick(&env.prefix, eur);
+    let bad: Vec<(String, Vec<u8>)> = vec![
+        (tick_subject.clone(), b"\x00\xffnot json".to_vec()),
+        (
+            tick_subject.clone(),
+            br#"{"symbol":"EUR/USD","bid":1.2,"ask":1.1,"timestamp":1704844800000,"source":"x"}"#
+                .to_vec(),
+        ),
+        (
+            subject::tick(&env.prefix, Symbol::parse("GBPUSD").expect("sym")),
+            serde_json::to_vec(&good[0]).expect("encode"),
+        ),
+        (
+            subject::candle(&env.prefix, eur, Timeframe::M1),
+            b"[]".to_vec(),
+        ),
+        (
+            format!("{}market.eurusd.tick", env.prefix),
+            serde_json::to_vec(&good[0]).expect("encode"),
+        ),
+    ];
+    for (i, t) in good.iter().enumerate() {
+        if let Some((subj, payload)) = bad.get(i) {
+            client
+                .publish(subj.clone(), payload.clone().into())
+                .await
+                .expect("publish");
+        }
+        publish_tick(&client, &env.prefix, t).await;
+    }
+    client.flush().await.expect("flush");
+    wait_until(Duration::from_secs(30), "the good ticks", || {
+        let p = pool.clone();
+        async move { count(&p).await == 60 }
+    })
+    .await;
+    wait_until(Duration::from_secs(10), "the bad ones counted", || {
+        let s = stats.snapshot();
+        async move { s.invalid == 5 }
+    })
+    .await;
+
+    // Nothing is left pending on the consumer: the bad messages were terminated, not parked.
+    let js = async_nats::jetstream::new(client.clone());
+    let stream = js.get_stream(&cfg.stream_name).await.expect("stream");
+    wait_until(Duration::from_secs(10), "no pending acks", || {
+        let stream = stream.clone();
+        let name = cfg.consumer_name.clone();
+        async move {
+            let info = stream.consumer_info(name).await.expect("consumer info");
+            info.num_ack_pending == 0 && info.num_pending == 0
+        }
+    })
+    .await;
+
+    // And a later good tick still gets through.
+    let late = ticks(61, 9).pop().expect("tick");
+    publish_tick(&client, &env.prefix, &late).await;
+    wait_until(Duration::from_secs(10), "a later tick", || {
+        let p = pool.clone();
+        async move { count(&p).await == 61 }
+    })
+    .await;
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("bridge stops")
+        .expect("bridge task");
+}
