@@ -152,6 +152,11 @@ impl Accounts {
         Ok(())
     }
 
+    /// The connection pool, shared with the other stores of the same database.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// Whether the database answers a trivial query within a second.
     pub async fn ping(&self) -> bool {
         let q = sqlx::query("SELECT 1").execute(&self.pool);

@@ -1,5 +1,5 @@
-//! The HTTP API of `../shared/CONTRACT.md`: register, login, logout, trade commands, plus
-//! `/health` and `/metrics`.
+//! The HTTP API of `../shared/CONTRACT.md`: register, login, logout, trade commands, the
+//! candle history for charts, plus `/health` and `/metrics`.
 //!
 //! Handlers validate input at the edge (errors name the field), turn it into domain
 //! values, and hand commands to Kafka keyed by the authenticated user. The gateway never
@@ -9,6 +9,7 @@
 mod auth;
 mod error;
 mod input;
+mod market;
 mod trade;
 
 use std::collections::HashSet;
@@ -50,6 +51,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/auth/login", post(auth::login))
         .route("/api/auth/logout", post(auth::logout))
         .route("/api/trade/open", post(trade::open))
+        .route("/api/market/{symbol}/candles", get(market::candles))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::NotFound })

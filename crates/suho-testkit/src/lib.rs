@@ -174,6 +174,13 @@ impl TestEnv {
 
         let mut config = Config::default();
         config.stack.manage = false;
+        // Files the platform keeps (the JWT key, model state) go to this test's own directory.
+        config.stack.dir = stack
+            .dir
+            .clone()
+            .unwrap_or_else(std::env::temp_dir)
+            .join("envs")
+            .join(&prefix[..prefix.len() - 1]);
         config.kafka.bootstrap.clone_from(&stack.kafka_bootstrap);
         config.kafka.topic_prefix.clone_from(&prefix);
         config.kafka.group_prefix.clone_from(&prefix);

@@ -1,5 +1,5 @@
 //! The suho platform in one process: the market services on NATS (feed, price service,
-//! candles and indicators), the trading engine on
+//! candles and indicators, signals and alerts, the data bridge into PostgreSQL), the trading engine on
 //! Kafka, and the HTTP gateway, wired from one [`Config`] and stopped by one
 //! [`CancellationToken`].
 //!
@@ -93,7 +93,21 @@ impl Application {
         let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
         let every = Duration::from_millis(config.telemetry.heartbeat_interval_ms);
 
-        // Market domain: the price service listens before the feed speaks.
+        // Market domain. The bridge's JetStream stream and the listeners exist before the feed
+        // speaks, so the store misses nothing from the first tick on.
+        let bridge = suho_bridge::Bridge::start(
+            suho_bridge::BridgeConfig::from_config(&config),
+            bus.client().clone(),
+            accounts.pool().clone(),
+        )
+        .await
+        .context("starting the data bridge")?;
+        let token = stop.clone();
+        tasks.spawn(async move { ("data-bridge", bridge.run(token).await.map_err(Into::into)) });
+        let mut signals = suho_signals::SignalsConfig::new(symbols.clone());
+        signals.state_dir = Some(config.stack.dir.join("signals"));
+        let signals = suho_signals::run_signals(bus.clone(), signals, stop.clone());
+        tasks.spawn(async move { ("signals", signals.await.map_err(Into::into)) });
         let price = run_price_service(
             bus.clone(),
             PriceServiceConfig {

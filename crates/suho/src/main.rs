@@ -188,17 +188,31 @@ async fn platform(config: suho_config::Config) -> anyhow::Result<()> {
         wait_for_signal().await;
         std::process::exit(130);
     });
-    println!(
+    tracing::info!(
         "suho is up: HTTP API http://{addr} | NATS {} | Kafka {} | Ctrl-C stops it",
-        config.nats.url, config.kafka.bootstrap
+        config.nats.url,
+        config.kafka.bootstrap
     );
     app.run(shutdown).await
 }
 
+/// Waits for Ctrl-C (SIGINT), SIGTERM, or SIGHUP (the terminal closed): each one means
+/// "stop cleanly", so the servers this run started are stopped too.
 async fn wait_for_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let mut hangup = signal(SignalKind::hangup()).ok();
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
-        Some(()) = async { match term.as_mut() { Some(t) => t.recv().await, None => std::future::pending().await } } => {}
+        Some(()) = recv(term.as_mut()) => {}
+        Some(()) = recv(hangup.as_mut()) => {}
+    }
+}
+
+/// The next delivery of `signal`, or never when it could not be installed.
+async fn recv(signal: Option<&mut tokio::signal::unix::Signal>) -> Option<()> {
+    match signal {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
     }
 }

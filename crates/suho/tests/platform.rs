@@ -486,7 +486,7 @@ async fn health_metrics_and_heartbeats() {
 
     let mut services = std::collections::HashSet::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while services.len() < 5 {
+    while services.len() < 7 {
         let Ok(Some(msg)) = tokio::time::timeout_at(deadline, beats.next()).await else {
             break;
         };
@@ -526,4 +526,55 @@ async fn health_metrics_and_heartbeats() {
         assert!(metrics.contains(name), "/metrics lacks {name}");
     }
     p.stop().await;
+}
+
+#[tokio::test]
+async fn the_bridge_stores_ticks_and_the_history_route_validates() {
+    let p = Running::start().await;
+    let pool = sqlx_pool(&p.env).await;
+    let eurusd = suho_domain::Symbol::parse("EURUSD").unwrap();
+    let mut stored = 0;
+    for _ in 0..50 {
+        // The bridge creates its tables as the platform starts: until then, nothing is stored.
+        stored = suho_bridge::tick_count(&pool, Some(eurusd))
+            .await
+            .unwrap_or(0);
+        if stored > 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(stored > 10, "the data bridge stored {stored} EURUSD ticks");
+
+    let get = |path: String| {
+        let http = p.http.clone();
+        let url = p.url(&path);
+        async move {
+            let resp = http.get(url).send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (status, body) = get("/api/market/EURUSD/candles?tf=1m".into()).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.is_array());
+    for (query, field) in [
+        ("/api/market/EURUSD/candles?tf=2m", "tf"),
+        ("/api/market/XAUXAG/candles?tf=1m", "symbol"),
+        ("/api/market/EURUSD/candles?tf=1m&from=yesterday", "from"),
+        ("/api/market/EURUSD/candles?tf=1m&from=10&to=5", "from"),
+        ("/api/market/EURUSD/candles?tf=1m&limit=0", "limit"),
+    ] {
+        let (status, body) = get(query.into()).await;
+        assert_eq!(status, 422, "{query} -> {body}");
+        assert_eq!(body["field"], field, "{query} -> {body}");
+    }
+    p.stop().await;
+}
+
+async fn sqlx_pool(env: &TestEnv) -> sqlx::PgPool {
+    use secrecy::ExposeSecret;
+    sqlx::PgPool::connect(env.config.database.url.expose_secret())
+        .await
+        .unwrap()
 }

@@ -1,0 +1,66 @@
+//! `GET /api/market/{SYM}/candles?tf=&from=&to=&limit=`: the stored, closed candles of one
+//! symbol and timeframe (written by the data bridge), oldest first, for the dashboard's chart.
+//! Market data is shared by every user, so this route needs no token.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use suho_domain::{Candle, Symbol, Timeframe};
+use suho_messaging::now_ms;
+
+use crate::{ApiError, AppState};
+
+/// Candles returned when `limit` is not given.
+const DEFAULT_LIMIT: i64 = 500;
+
+pub async fn candles(
+    State(state): State<Arc<AppState>>,
+    Path(symbol): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Vec<Candle>>, ApiError> {
+    let symbol = Symbol::parse(&symbol).map_err(|e| ApiError::invalid("symbol", e.to_string()))?;
+    if !state.symbols.contains(&symbol) {
+        return Err(ApiError::invalid(
+            "symbol",
+            format!("{symbol} is not quoted here"),
+        ));
+    }
+    let tf = Timeframe::parse(params.get("tf").map_or("1m", String::as_str))
+        .map_err(|_| ApiError::invalid("tf", "must be one of 1m 5m 15m 30m 1h 4h 1d"))?;
+    let millis = |field: &'static str| -> Result<Option<i64>, ApiError> {
+        params
+            .get(field)
+            .map(|v| {
+                v.parse::<i64>()
+                    .map_err(|_| ApiError::invalid(field, "must be epoch milliseconds"))
+            })
+            .transpose()
+    };
+    let limit = match params.get("limit") {
+        None => DEFAULT_LIMIT,
+        Some(v) => v
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=suho_bridge::MAX_HISTORY_LIMIT).contains(n))
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "limit",
+                    format!("must be between 1 and {}", suho_bridge::MAX_HISTORY_LIMIT),
+                )
+            })?,
+    };
+    let to = millis("to")?.unwrap_or_else(|| now_ms() + 1);
+    let from = millis("from")?.unwrap_or_else(|| to - tf.duration_ms() * limit);
+    if from >= to {
+        return Err(ApiError::invalid("from", "must be before `to`"));
+    }
+    let candles = suho_bridge::candle_history(state.accounts.pool(), symbol, tf, from, to, limit)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "candle history query failed");
+            ApiError::Unavailable("the market data store")
+        })?;
+    Ok(Json(candles))
+}
