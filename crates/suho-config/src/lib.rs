@@ -194,8 +194,16 @@ impl Default for AuthConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct MarketConfig {
-    /// Which feed publishes ticks: `synthetic` (the default, offline).
+    /// Which feed publishes ticks: `synthetic` (the default, offline) or `replay` (a recorded
+    /// CSV file of ticks or bars, see `replay_file`).
     pub feed: String,
+    /// The file the `replay` feed plays.
+    pub replay_file: Option<PathBuf>,
+    /// Replay speed factor: 1.0 keeps the recorded gaps, 10.0 plays ten times faster, 0.0
+    /// plays as fast as possible.
+    pub replay_speed: f64,
+    /// Stamp replayed records from "now" on (keeping their gaps) instead of their recorded times.
+    pub replay_rebase: bool,
     /// Symbols the platform quotes and trades (canonical or display form).
     pub symbols: Vec<String>,
     /// Synthetic feed: ticks per second per symbol.
@@ -210,6 +218,9 @@ impl Default for MarketConfig {
     fn default() -> Self {
         Self {
             feed: "synthetic".into(),
+            replay_file: None,
+            replay_speed: 1.0,
+            replay_rebase: true,
             symbols: [
                 "EURUSD", "GBPUSD", "USDJPY", "USDCHF", "AUDUSD", "USDCAD", "NZDUSD", "EURGBP",
                 "EURJPY", "GBPJPY", "EURCHF", "AUDJPY", "EURAUD", "GBPCHF",
@@ -316,6 +327,28 @@ impl Config {
             return Err(invalid(
                 "market.ticks_per_second",
                 "must be a positive number",
+            ));
+        }
+        match self.market.feed.as_str() {
+            "synthetic" => {}
+            "replay" if self.market.replay_file.is_none() => {
+                return Err(invalid(
+                    "market.replay_file",
+                    "is required when market.feed is `replay`",
+                ))
+            }
+            "replay" => {}
+            other => {
+                return Err(invalid(
+                    "market.feed",
+                    format!("`{other}` is not a feed; use `synthetic` or `replay`"),
+                ))
+            }
+        }
+        if !(self.market.replay_speed >= 0.0 && self.market.replay_speed.is_finite()) {
+            return Err(invalid(
+                "market.replay_speed",
+                "must be 0 or a positive number",
             ));
         }
         if self.auth.token_ttl_s == 0 {
@@ -442,6 +475,10 @@ mod tests {
     fn invalid_values_name_the_field() {
         let err = load("[market]\nticks_per_second = -1.0\n", &[]).unwrap_err();
         assert!(err.to_string().contains("market.ticks_per_second"), "{err}");
+        let err = load("[market]\nfeed = \"polygon-live\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("market.feed"), "{err}");
+        let err = load("[market]\nfeed = \"replay\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("market.replay_file"), "{err}");
         let err = load("[kafka]\nbootstrap = \"nohost\"\n", &[]).unwrap_err();
         assert!(err.to_string().contains("kafka.bootstrap"), "{err}");
     }

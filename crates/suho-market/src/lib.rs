@@ -1,5 +1,6 @@
-//! The market-data domain: feeds publish `market.{SYM}.tick` on NATS; the price service
-//! answers `market.{SYM}.price` from the latest quotes it has heard.
+//! The market-data domain: feeds (synthetic, or a recorded file replayed) publish
+//! `market.{SYM}.tick` on NATS; the price service answers `market.{SYM}.price` from the
+//! latest quotes it has heard; analytics turns ticks into candles and indicators.
 //!
 //! Nothing here touches Kafka: market data never goes to the user-event log.
 
@@ -7,6 +8,7 @@ pub mod analytics;
 pub mod candles;
 pub mod indicators;
 pub mod price;
+pub mod replay;
 pub mod synthetic;
 
 pub use analytics::{run_analytics, run_analytics_with, AnalyticsConfig};
@@ -16,6 +18,7 @@ pub use indicators::{
     MacdValue, Rsi, Sma,
 };
 pub use price::{run_price_service, PriceServiceConfig};
+pub use replay::{run_replay, Recording, ReplayError, ReplayOptions, ReplayRecord};
 pub use synthetic::{run_feed, SyntheticFeed};
 
 /// A market service stopped for a reason other than shutdown.

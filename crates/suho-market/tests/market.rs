@@ -121,3 +121,88 @@ async fn price_service_answers_known_and_unknown_symbols() {
     }
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn a_recorded_file_replays_in_order_at_the_chosen_speed() {
+    use suho_market::{run_replay, Recording, ReplayOptions};
+    let env = TestEnv::new().await;
+    let bus = MarketBus::connect(&env.config.nats, "test").await.unwrap();
+    let mut sub = bus
+        .subscribe(format!("{}market.*.tick", env.prefix))
+        .await
+        .unwrap();
+    let mut bars = bus
+        .subscribe(format!("{}market.GBPUSD.1m", env.prefix))
+        .await
+        .unwrap();
+    let mut csv = String::from("timestamp,symbol,bid,ask\n");
+    for i in 0..10 {
+        csv.push_str(&format!(
+            "{},EUR/USD,1.08{:02},1.09{:02}\n",
+            1_704_931_200_000_i64 + i * 1000,
+            i,
+            i
+        ));
+    }
+    let recording = Recording::parse(&csv).unwrap();
+    // 10 ticks one second apart, played 20x faster: about 450 ms from first to last.
+    let started = std::time::Instant::now();
+    let sent = run_replay(
+        bus.clone(),
+        recording,
+        ReplayOptions {
+            speed: 20.0,
+            rebase: false,
+        },
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(sent, 10);
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(400),
+        "played too fast: {elapsed:?}"
+    );
+    let mut previous = 0;
+    for i in 0..10 {
+        let msg = tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+        assert_eq!(v["source"], "replay");
+        let ts = v["timestamp"].as_i64().unwrap();
+        assert_eq!(
+            ts,
+            1_704_931_200_000 + i * 1000,
+            "recorded times kept without rebase"
+        );
+        assert!(ts > previous);
+        previous = ts;
+    }
+    // Bars go out as closed candles, as fast as possible with speed 0.
+    let bar_file = "start,symbol,timeframe,open,high,low,close,volume\n1704931200000,GBPUSD,1m,1.27,1.2705,1.2695,1.2701,42\n";
+    run_replay(
+        bus.clone(),
+        Recording::parse(bar_file).unwrap(),
+        ReplayOptions {
+            speed: 0.0,
+            rebase: true,
+        },
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let msg = tokio::time::timeout(Duration::from_secs(5), bars.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+    assert_eq!(v["closed"], true);
+    assert_eq!(v["close"].to_string(), "1.2701");
+    assert!(
+        v["start"].as_i64().unwrap() > 1_704_931_200_000,
+        "rebased to now"
+    );
+}

@@ -119,19 +119,31 @@ impl Application {
         tasks.spawn(async move { ("price-service", price.await.map_err(Into::into)) });
         let analytics = suho_market::run_analytics(bus.clone(), symbols.clone(), stop.clone());
         tasks.spawn(async move { ("market-analytics", analytics.await.map_err(Into::into)) });
-        if config.market.feed != "synthetic" {
-            anyhow::bail!(
-                "market.feed `{}` is not available; use `synthetic`",
-                config.market.feed
-            );
-        }
-        let feed = run_feed(
-            bus.clone(),
-            SyntheticFeed::new(&symbols, config.market.seed),
-            symbols.len(),
-            config.market.ticks_per_second,
-            stop.clone(),
-        );
+        let feed: FeedTask = match config.market.replay_file.as_ref() {
+            Some(path) if config.market.feed == "replay" => {
+                let recording = suho_market::Recording::load(path)
+                    .with_context(|| format!("market.replay_file {}", path.display()))?;
+                let options = suho_market::ReplayOptions {
+                    speed: config.market.replay_speed,
+                    rebase: config.market.replay_rebase,
+                };
+                let token = stop.clone();
+                let replay = suho_market::run_replay(bus.clone(), recording, options, stop.clone());
+                Box::pin(async move {
+                    replay.await?;
+                    // A finished recording is not a failure: the platform stays up.
+                    token.cancelled().await;
+                    Ok(())
+                })
+            }
+            _ => Box::pin(run_feed(
+                bus.clone(),
+                SyntheticFeed::new(&symbols, config.market.seed),
+                symbols.len(),
+                config.market.ticks_per_second,
+                stop.clone(),
+            )),
+        };
         tasks.spawn(async move { ("market-feed", feed.await.map_err(Into::into)) });
 
         // User domain.
@@ -213,6 +225,11 @@ impl Application {
         }
     }
 }
+
+/// The running feed, whichever one `market.feed` names.
+type FeedTask = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(), suho_market::MarketServiceError>> + Send>,
+>;
 
 fn describe(
     joined: Result<(&'static str, anyhow::Result<()>), tokio::task::JoinError>,

@@ -578,3 +578,56 @@ async fn sqlx_pool(env: &TestEnv) -> sqlx::PgPool {
         .await
         .unwrap()
 }
+
+#[tokio::test]
+async fn the_replay_feed_plays_a_file_and_the_platform_stays_up() {
+    let mut env = TestEnv::new().await;
+    let file = std::env::temp_dir().join(format!("{}replay.csv", env.prefix));
+    let mut csv = String::from("timestamp,symbol,bid,ask\n");
+    for i in 0..20 {
+        csv.push_str(&format!(
+            "{},USDJPY,148.{:03},148.{:03}\n",
+            1_704_931_200_000_i64 + i * 100,
+            100 + i,
+            112 + i
+        ));
+    }
+    std::fs::write(&file, csv).unwrap();
+    env.config.market.feed = "replay".into();
+    env.config.market.replay_file = Some(file.clone());
+    env.config.market.replay_speed = 0.0;
+    env.config.validate().unwrap();
+    let bus = suho_messaging::MarketBus::connect(&env.config.nats, "test")
+        .await
+        .unwrap();
+    let mut ticks = bus
+        .subscribe(format!("{}market.*.tick", env.prefix))
+        .await
+        .unwrap();
+    let app = suho::Application::build(env.config.clone()).await.unwrap();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(app.run(shutdown.clone()));
+    let mut seen = 0;
+    while seen < 20 {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ticks.next())
+            .await
+            .expect("replayed ticks")
+            .unwrap();
+        let v: Value = serde_json::from_slice(&msg.payload).unwrap();
+        assert_eq!(v["source"], "replay");
+        assert_eq!(v["symbol"], "USD/JPY");
+        seen += 1;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !task.is_finished(),
+        "the platform keeps running after the recording ends"
+    );
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let _ = std::fs::remove_file(file);
+}
