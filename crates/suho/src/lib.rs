@@ -93,8 +93,8 @@ impl Application {
         let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
         let every = Duration::from_millis(config.telemetry.heartbeat_interval_ms);
 
-        // Market domain. The bridge's JetStream stream and the listeners exist before the feed
-        // speaks, so the store misses nothing from the first tick on.
+        // Market domain. The bridge's JetStream stream exists before the feed speaks, so the
+        // store misses nothing from the first tick on.
         let bridge = suho_bridge::Bridge::start(
             suho_bridge::BridgeConfig::from_config(&config),
             bus.client().clone(),
