@@ -36,6 +36,28 @@ enum Command {
     },
     /// Print the effective configuration (secrets redacted).
     Config,
+    /// Benchmarks (open loop, HdrHistogram, beside the raw broker baseline of the same run).
+    Bench {
+        #[command(subcommand)]
+        target: BenchTarget,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchTarget {
+    /// Ticks through NATS into the real in-process subscribers (candles, indicators, price
+    /// cache) against a raw async-nats publish/subscribe baseline, at a sweep of rates.
+    Market {
+        /// Tick rates to sweep, ticks/s over all symbols (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        rates: Option<Vec<u32>>,
+        /// Seconds of publishing per path and rate.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// An existing NATS server to use (default: a throwaway one on a free port).
+        #[arg(long)]
+        nats_url: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -89,6 +111,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }),
         Command::Stack { action } => stack(&config, action),
+        Command::Bench {
+            target:
+                BenchTarget::Market {
+                    rates,
+                    seconds,
+                    nats_url,
+                },
+        } => runtime()?.block_on(async {
+            let mut opts = suho_bench::MarketBenchOptions::default();
+            if let Some(r) = rates {
+                opts.rates = r;
+            }
+            opts.duration = std::time::Duration::from_secs(seconds);
+            opts.nats_url = nats_url;
+            let report = suho_bench::bench_market(opts).await?;
+            println!("{report}");
+            Ok(())
+        }),
         Command::Config => {
             println!("{config:#?}");
             Ok(())

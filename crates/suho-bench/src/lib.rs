@@ -1,0 +1,316 @@
+//! Benchmarks of suho's hot paths against the bare infrastructure under them.
+//!
+//! [`bench_market`] sweeps tick rates, open loop, through feed -> NATS -> the real in-process
+//! market subscribers (the analytics service's candles and indicators, the price service's
+//! cache, and a probe that applies each tick the same way before taking its time), and, in the
+//! same run, through a raw async-nats publisher -> subscriber with the same payloads and the
+//! same schedule. The report gives delivered messages/s, latency percentiles, slow-consumer
+//! events and lost messages for both, and their ratios.
+//!
+//! Measurement rules:
+//! - Open loop: message `i` of a phase is due at `start + i / rate`; the publisher never waits
+//!   for the subscribers, and latency is `receive time - due time` (the `t_ns` header, a
+//!   monotonic clock shared by publisher and subscribers in this process), so a publisher that
+//!   falls behind shows up as latency instead of hiding it (no coordinated omission).
+//! - Each path of each rate runs alone (raw first, then ours), on fresh connections and a fresh
+//!   subject prefix, so counters and histograms belong to one phase.
+//! - This crate knows nothing of the CLI: `suho bench market` calls [`bench_market`].
+
+mod phase;
+mod server;
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use hdrhistogram::Histogram;
+use suho_domain::Symbol;
+
+/// What [`bench_market`] runs.
+#[derive(Debug, Clone)]
+pub struct MarketBenchOptions {
+    /// Tick rates to sweep, ticks per second over all symbols.
+    pub rates: Vec<u32>,
+    /// How long each path publishes at each rate.
+    pub duration: Duration,
+    /// NATS to use; `None` starts a throwaway `nats-server` on a free port for the run.
+    pub nats_url: Option<String>,
+    /// Prefix of every subject of the run (a unique suffix per phase is added).
+    pub subject_prefix: String,
+    /// Symbols the ticks rotate through.
+    pub symbols: Vec<Symbol>,
+    /// After publishing, how long to wait at most for stragglers.
+    pub drain_timeout: Duration,
+    /// Seed of the synthetic feed.
+    pub seed: u64,
+}
+
+impl Default for MarketBenchOptions {
+    /// 1,000 to 100,000 ticks/s (five rates) for 5 s each over the major FX pairs, on a
+    /// throwaway NATS: about a minute in all.
+    fn default() -> Self {
+        Self {
+            rates: vec![1_000, 10_000, 30_000, 60_000, 100_000],
+            duration: Duration::from_secs(5),
+            nats_url: None,
+            subject_prefix: "bench.".into(),
+            symbols: suho_domain::major_fx(),
+            drain_timeout: Duration::from_secs(5),
+            seed: 42,
+        }
+    }
+}
+
+/// One path's figures at one rate.
+#[derive(Debug, Clone)]
+pub struct PathResult {
+    /// Ticks published.
+    pub published: u64,
+    /// Ticks that reached the measuring subscriber (parsed and applied, for ours).
+    pub delivered: u64,
+    /// `published - delivered`: lost on the way to the measuring subscriber only; drops at
+    /// the other subscribers of the connection show in `slow_consumer_events`.
+    pub lost: u64,
+    /// Deliveries without a readable tick or send time (not counted as delivered).
+    pub malformed: u64,
+    /// `SlowConsumer` events of the subscribing connection: async-nats raises one per message
+    /// it drops because a subscription's buffer is full, on any subscription of the connection
+    /// (for ours: the analytics and price services as well as the probe). A lower bound, since
+    /// the client drops events too when its event queue is full.
+    pub slow_consumer_events: u64,
+    /// Times the subscribing connection was lost (the server cuts slow consumers off).
+    pub disconnects: u64,
+    /// Delivered ticks per second, from the first due time to the last delivery.
+    pub delivered_per_sec: f64,
+    /// Latency from due time to delivery, nanoseconds.
+    pub latency_ns: Histogram<u64>,
+}
+
+impl PathResult {
+    /// The latency at `quantile` (0..=1), microseconds; `None` when nothing was delivered.
+    #[must_use]
+    pub fn latency_us(&self, quantile: f64) -> Option<f64> {
+        #[allow(clippy::cast_precision_loss)]
+        (!self.latency_ns.is_empty())
+            .then(|| self.latency_ns.value_at_quantile(quantile) as f64 / 1_000.0)
+    }
+
+    /// Nothing lost at any subscriber: no loss at the probe, no slow-consumer event, no
+    /// disconnect.
+    #[must_use]
+    pub fn lossless(&self) -> bool {
+        self.lost == 0 && self.slow_consumer_events == 0 && self.disconnects == 0
+    }
+}
+
+/// Both paths at one rate.
+#[derive(Debug, Clone)]
+pub struct RateResult {
+    /// Ticks per second scheduled.
+    pub rate: u32,
+    /// Feed -> NATS -> the in-process market subscribers.
+    pub ours: PathResult,
+    /// Raw async-nats publisher -> subscriber.
+    pub raw: PathResult,
+}
+
+impl RateResult {
+    /// p99 latency, ours / raw.
+    #[must_use]
+    pub fn p99_ratio(&self) -> Option<f64> {
+        ratio(self.ours.latency_us(0.99)?, self.raw.latency_us(0.99)?)
+    }
+
+    /// Delivered messages/s, ours / raw.
+    #[must_use]
+    pub fn throughput_ratio(&self) -> Option<f64> {
+        ratio(self.ours.delivered_per_sec, self.raw.delivered_per_sec)
+    }
+}
+
+fn ratio(a: f64, b: f64) -> Option<f64> {
+    (b > 0.0).then(|| a / b)
+}
+
+/// What [`bench_market`] measured.
+#[derive(Debug, Clone)]
+pub struct MarketBenchReport {
+    /// One entry per rate, in the order of the options.
+    pub rates: Vec<RateResult>,
+    /// Publishing time per path and rate.
+    pub duration: Duration,
+    /// Symbols the ticks rotated through.
+    pub symbols: usize,
+    /// Size of a typical tick payload (JSON), bytes.
+    pub payload_bytes: usize,
+    /// Whether the run started its own NATS server.
+    pub throwaway_nats: bool,
+    /// Wall time of the whole run.
+    pub elapsed: Duration,
+}
+
+impl MarketBenchReport {
+    /// The highest rate at which our path lost nothing.
+    #[must_use]
+    pub fn highest_lossless_ours(&self) -> Option<u32> {
+        self.rates
+            .iter()
+            .filter(|r| r.ours.lossless())
+            .map(|r| r.rate)
+            .max()
+    }
+
+    /// The highest rate at which the raw baseline lost nothing.
+    #[must_use]
+    pub fn highest_lossless_raw(&self) -> Option<u32> {
+        self.rates
+            .iter()
+            .filter(|r| r.raw.lossless())
+            .map(|r| r.rate)
+            .max()
+    }
+}
+
+/// Runs the market benchmark: for each rate, the raw baseline and then our path.
+///
+/// # Errors
+/// Invalid options (no rates, a zero rate or duration, no symbols), NATS unreachable or a
+/// throwaway `nats-server` that does not start, or a market service that fails.
+pub async fn bench_market(opts: MarketBenchOptions) -> anyhow::Result<MarketBenchReport> {
+    if opts.rates.is_empty() || opts.rates.contains(&0) {
+        bail!("bench market: rates must be non-empty and positive");
+    }
+    if opts.duration.is_zero() {
+        bail!("bench market: duration must be positive");
+    }
+    if opts.symbols.is_empty() {
+        bail!("bench market: at least one symbol is needed");
+    }
+    let began = Instant::now();
+    let server = match &opts.nats_url {
+        Some(_) => None,
+        None => Some(
+            tokio::task::spawn_blocking(server::ThrowawayNats::start)
+                .await
+                .context("the nats-server starter panicked")??,
+        ),
+    };
+    let url = match (&opts.nats_url, &server) {
+        (Some(url), _) => url.clone(),
+        (None, Some(s)) => s.url().to_string(),
+        (None, None) => unreachable!("a server is started when no URL is given"),
+    };
+    let run_id = std::process::id();
+    let epoch = Instant::now();
+    let mut rates = Vec::with_capacity(opts.rates.len());
+    for &rate in &opts.rates {
+        let phase = |path: &str| phase::Phase {
+            url: &url,
+            prefix: format!("{}{path}{run_id}r{rate}.", opts.subject_prefix),
+            symbols: &opts.symbols,
+            rate,
+            duration: opts.duration,
+            drain_timeout: opts.drain_timeout,
+            seed: opts.seed,
+            epoch,
+        };
+        tracing::info!(rate, "bench market: raw baseline");
+        let raw = phase::run(&phase("raw"), phase::Path::Raw).await?;
+        tracing::info!(rate, "bench market: our path");
+        let ours = phase::run(&phase("ours"), phase::Path::Ours).await?;
+        rates.push(RateResult { rate, ours, raw });
+    }
+    drop(server);
+    Ok(MarketBenchReport {
+        rates,
+        duration: opts.duration,
+        symbols: opts.symbols.len(),
+        payload_bytes: phase::typical_payload_bytes(&opts.symbols, opts.seed),
+        throwaway_nats: opts.nats_url.is_none(),
+        elapsed: began.elapsed(),
+    })
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "-".into(), |x| format!("{x:.digits$}"))
+}
+
+impl fmt::Display for MarketBenchReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "market bench: open loop, {:.1} s per path and rate, {} symbols, ~{} B tick JSON, {} NATS, {:.1} s in all",
+            self.duration.as_secs_f64(),
+            self.symbols,
+            self.payload_bytes,
+            if self.throwaway_nats { "throwaway" } else { "given" },
+            self.elapsed.as_secs_f64(),
+        )?;
+        writeln!(
+            f,
+            "{:>8}  {:<5} {:>9} {:>9} {:>7} {:>5} {:>5} {:>10} {:>9} {:>9} {:>9}",
+            "rate/s",
+            "path",
+            "published",
+            "delivered",
+            "lost",
+            "slow",
+            "disc",
+            "msg/s",
+            "p50 µs",
+            "p99 µs",
+            "p99.9 µs"
+        )?;
+        for r in &self.rates {
+            for (name, p) in [("ours", &r.ours), ("raw", &r.raw)] {
+                writeln!(
+                    f,
+                    "{:>8}  {:<5} {:>9} {:>9} {:>7} {:>5} {:>5} {:>10.0} {:>9} {:>9} {:>9}",
+                    if name == "ours" {
+                        r.rate.to_string()
+                    } else {
+                        String::new()
+                    },
+                    name,
+                    p.published,
+                    p.delivered,
+                    p.lost,
+                    p.slow_consumer_events,
+                    p.disconnects,
+                    p.delivered_per_sec,
+                    opt(p.latency_us(0.5), 0),
+                    opt(p.latency_us(0.99), 0),
+                    opt(p.latency_us(0.999), 0),
+                )?;
+            }
+            writeln!(
+                f,
+                "{:>8}  {:<5} {:>39} {:>10} {:>9} {:>9}",
+                "",
+                "ratio",
+                "",
+                format!("{}x", opt(r.throughput_ratio(), 2)),
+                "",
+                format!("{}x", opt(r.p99_ratio(), 2)),
+            )?;
+        }
+        // Lossless at the top of the sweep: the limit lies above it.
+        let top = self.rates.iter().map(|r| r.rate).max();
+        let show = |v: Option<u32>| match v {
+            None => "none".to_string(),
+            Some(r) if Some(r) == top => format!(">= {r}/s (the top of the sweep)"),
+            Some(r) => format!("{r}/s"),
+        };
+        let (ours, raw) = (self.highest_lossless_ours(), self.highest_lossless_raw());
+        write!(
+            f,
+            "highest rate with zero loss: ours {}, raw {}",
+            show(ours),
+            show(raw)
+        )?;
+        if let (Some(o), Some(r)) = (ours, raw) {
+            write!(f, " ({:.0}% of raw)", f64::from(o) / f64::from(r) * 100.0)?;
+        }
+        writeln!(f)
+    }
+}

@@ -1,0 +1,389 @@
+//! One measured phase: an open-loop publisher at a fixed rate and the subscribers of one path
+//! ("ours" or the raw baseline), on fresh connections so every counter belongs to the phase.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use async_nats::{Client, ConnectOptions, Event, HeaderMap, Subscriber};
+use bytes::Bytes;
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use suho_domain::{subject, Symbol, Tick, Timeframe};
+use suho_market::{
+    run_analytics_with, run_price_service, AnalyticsConfig, CandleAggregator, IndicatorParams,
+    IndicatorSet, PriceServiceConfig, SyntheticFeed, TickDisposition,
+};
+use suho_messaging::{now_ms, MarketBus};
+use tokio_util::sync::CancellationToken;
+
+use crate::PathResult;
+
+/// Header carrying the message's sequence number.
+const SEQ_HEADER: &str = "seq";
+/// Header carrying the intended send time, nanoseconds since the run's epoch.
+const SENT_HEADER: &str = "t_ns";
+/// Largest latency the histograms hold (longer ones are clamped to it).
+const MAX_LATENCY_NS: u64 = 60_000_000_000;
+
+/// Which subscribers receive the ticks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Path {
+    /// The real analytics and price services plus a probe that parses each tick and applies
+    /// it to candles, indicators and a price cache before taking the time.
+    Ours,
+    /// One plain subscriber that only takes the time.
+    Raw,
+}
+
+/// What one phase runs.
+pub(crate) struct Phase<'a> {
+    pub(crate) url: &'a str,
+    /// Subject prefix of this phase (unique, ends with `.` or is empty).
+    pub(crate) prefix: String,
+    pub(crate) symbols: &'a [Symbol],
+    pub(crate) rate: u32,
+    pub(crate) duration: Duration,
+    pub(crate) drain_timeout: Duration,
+    pub(crate) seed: u64,
+    /// The run's clock origin, shared by publisher and subscribers.
+    pub(crate) epoch: Instant,
+}
+
+/// Client events of one connection that the report counts.
+#[derive(Default)]
+struct EventCounts {
+    slow_consumer: AtomicU64,
+    disconnected: AtomicU64,
+}
+
+async fn connect(
+    url: &str,
+    name: &str,
+    counts: Option<Arc<EventCounts>>,
+) -> anyhow::Result<Client> {
+    let mut options = ConnectOptions::new()
+        .name(name)
+        .connection_timeout(Duration::from_secs(5));
+    if let Some(counts) = counts {
+        options = options.event_callback(move |event| {
+            let counts = Arc::clone(&counts);
+            async move {
+                match event {
+                    Event::SlowConsumer(_) => {
+                        counts.slow_consumer.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Event::Disconnected => {
+                        counts.disconnected.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {}
+                }
+            }
+        });
+    }
+    tokio::time::timeout(Duration::from_secs(6), options.connect(url))
+        .await
+        .with_context(|| format!("connecting to {url}: timed out"))?
+        .with_context(|| format!("connecting to {url}"))
+}
+
+/// What a probe shares with the driver while it runs.
+#[derive(Default)]
+struct Progress {
+    delivered: AtomicU64,
+    malformed: AtomicU64,
+}
+
+/// What a probe hands back when it stops.
+struct ProbeOutcome {
+    latency_ns: Histogram<u64>,
+    last_receive: Option<Instant>,
+}
+
+fn new_histogram() -> anyhow::Result<Histogram<u64>> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_NS, 3).context("creating a latency histogram")
+}
+
+fn sent_ns(headers: Option<&HeaderMap>) -> Option<u64> {
+    headers?.get(SENT_HEADER)?.as_str().parse().ok()
+}
+
+/// The in-process state a tick is applied to: the same candles, indicators and price cache the
+/// services keep.
+struct Applied {
+    candles: HashMap<Symbol, (CandleAggregator, IndicatorSet)>,
+    prices: HashMap<Symbol, Tick>,
+}
+
+impl Applied {
+    fn new(symbols: &[Symbol]) -> Self {
+        let params = IndicatorParams::default();
+        let candles = symbols
+            .iter()
+            .map(|&s| {
+                (
+                    s,
+                    (
+                        CandleAggregator::with_timeframes(s, &Timeframe::ALL),
+                        IndicatorSet::new(&params),
+                    ),
+                )
+            })
+            .collect();
+        Self {
+            candles,
+            prices: HashMap::new(),
+        }
+    }
+
+    fn apply(&mut self, tick: Tick) {
+        if let Some((candles, indicators)) = self.candles.get_mut(&tick.symbol) {
+            let updates = candles.on_tick(&tick);
+            if updates.disposition != TickDisposition::Late {
+                for candle in updates.iter() {
+                    if candle.closed && candle.timeframe == Timeframe::M1 {
+                        let _ = indicators.update(candle);
+                    }
+                }
+            }
+        }
+        let newer = self
+            .prices
+            .get(&tick.symbol)
+            .is_none_or(|old| old.timestamp <= tick.timestamp);
+        if newer {
+            self.prices.insert(tick.symbol, tick);
+        }
+    }
+}
+
+async fn probe(
+    mut sub: Subscriber,
+    path: Path,
+    symbols: Vec<Symbol>,
+    epoch: Instant,
+    progress: Arc<Progress>,
+    stop: CancellationToken,
+) -> anyhow::Result<ProbeOutcome> {
+    let mut latency_ns = new_histogram()?;
+    let mut last_receive = None;
+    let mut applied = (path == Path::Ours).then(|| Applied::new(&symbols));
+    loop {
+        let msg = tokio::select! {
+            m = sub.next() => match m { Some(m) => m, None => break },
+            () = stop.cancelled() => break,
+        };
+        if let Some(state) = applied.as_mut() {
+            match serde_json::from_slice::<Tick>(&msg.payload) {
+                Ok(tick) => state.apply(tick),
+                Err(_) => {
+                    progress.malformed.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            }
+        }
+        let Some(sent) = sent_ns(msg.headers.as_ref()) else {
+            progress.malformed.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let now = Instant::now();
+        #[allow(clippy::cast_possible_truncation)]
+        let now_ns = now.duration_since(epoch).as_nanos() as u64;
+        latency_ns.saturating_record(now_ns.saturating_sub(sent).clamp(1, MAX_LATENCY_NS));
+        last_receive = Some(now);
+        progress.delivered.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(ProbeOutcome {
+        latency_ns,
+        last_receive,
+    })
+}
+
+/// Publishes `rate` ticks/s for `duration` on an open-loop schedule: message `i` is due at
+/// `start + i / rate`, whatever happened to message `i - 1`. Runs on a blocking thread so the
+/// schedule does not wait for the async workers (which the subscribers keep busy).
+fn publish_schedule(
+    handle: &tokio::runtime::Handle,
+    client: &Client,
+    phase: &PhaseSchedule,
+) -> anyhow::Result<u64> {
+    let subjects: HashMap<Symbol, String> = phase
+        .symbols
+        .iter()
+        .map(|&s| (s, subject::tick(&phase.prefix, s)))
+        .collect();
+    let mut feed = SyntheticFeed::new(&phase.symbols, phase.seed);
+    let total = u64::from(phase.rate) * phase.duration.as_millis() as u64 / 1000;
+    let mut published = 0;
+    for i in 0..total {
+        #[allow(clippy::cast_possible_truncation)]
+        let offset =
+            Duration::from_nanos((u128::from(i) * 1_000_000_000 / u128::from(phase.rate)) as u64);
+        let due = phase.start + offset;
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        let Some(tick) = feed.next_tick(now_ms()) else {
+            bail!("the synthetic feed has no symbols");
+        };
+        let payload = Bytes::from(serde_json::to_vec(&tick).context("encoding a tick")?);
+        let mut headers = HeaderMap::new();
+        headers.insert(SEQ_HEADER, i.to_string());
+        #[allow(clippy::cast_possible_truncation)]
+        let sent = due.duration_since(phase.epoch).as_nanos() as u64;
+        headers.insert(SENT_HEADER, sent.to_string());
+        let subject = subjects[&tick.symbol].clone();
+        handle
+            .block_on(client.publish_with_headers(subject, headers, payload))
+            .context("publishing a tick")?;
+        published += 1;
+    }
+    handle
+        .block_on(tokio::time::timeout(
+            Duration::from_secs(10),
+            client.flush(),
+        ))
+        .context("flushing the publisher: timed out")?
+        .context("flushing the publisher")?;
+    Ok(published)
+}
+
+/// The publisher's part of a phase, owned so it can move to a blocking thread.
+struct PhaseSchedule {
+    prefix: String,
+    symbols: Vec<Symbol>,
+    rate: u32,
+    duration: Duration,
+    seed: u64,
+    epoch: Instant,
+    start: Instant,
+}
+
+/// The payload size of a typical tick, for the report.
+pub(crate) fn typical_payload_bytes(symbols: &[Symbol], seed: u64) -> usize {
+    SyntheticFeed::new(symbols, seed)
+        .next_tick(now_ms())
+        .and_then(|t| serde_json::to_vec(&t).ok())
+        .map_or(0, |v| v.len())
+}
+
+/// Runs one phase and measures it.
+pub(crate) async fn run(phase: &Phase<'_>, path: Path) -> anyhow::Result<PathResult> {
+    let counts = Arc::new(EventCounts::default());
+    let subscriber_client = connect(
+        phase.url,
+        match path {
+            Path::Ours => "suho-bench-services",
+            Path::Raw => "suho-bench-raw-subscriber",
+        },
+        Some(Arc::clone(&counts)),
+    )
+    .await?;
+    let publisher = connect(phase.url, "suho-bench-publisher", None).await?;
+
+    let stop = CancellationToken::new();
+    let mut services = Vec::new();
+    if path == Path::Ours {
+        let bus = MarketBus::new(subscriber_client.clone(), phase.prefix.clone());
+        let analytics = AnalyticsConfig::new(phase.symbols.to_vec());
+        let prices = PriceServiceConfig {
+            symbols: phase.symbols.iter().copied().collect(),
+            max_age_ms: 10_000,
+        };
+        services.push(tokio::spawn(run_analytics_with(
+            bus.clone(),
+            analytics,
+            stop.child_token(),
+        )));
+        services.push(tokio::spawn(run_price_service(
+            bus,
+            prices,
+            stop.child_token(),
+        )));
+    }
+    let sub = subscriber_client
+        .subscribe(subject::all_ticks(&phase.prefix))
+        .await
+        .context("subscribing the probe")?;
+    let progress = Arc::new(Progress::default());
+    let probe_task = tokio::spawn(probe(
+        sub,
+        path,
+        phase.symbols.to_vec(),
+        phase.epoch,
+        Arc::clone(&progress),
+        stop.child_token(),
+    ));
+    // Let the services subscribe, then make sure the server has every subscription.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::timeout(Duration::from_secs(5), subscriber_client.flush())
+        .await
+        .context("flushing the subscribers: timed out")?
+        .context("flushing the subscribers")?;
+
+    let schedule = PhaseSchedule {
+        prefix: phase.prefix.clone(),
+        symbols: phase.symbols.to_vec(),
+        rate: phase.rate,
+        duration: phase.duration,
+        seed: phase.seed,
+        epoch: phase.epoch,
+        start: Instant::now() + Duration::from_millis(10),
+    };
+    let start = schedule.start;
+    let handle = tokio::runtime::Handle::current();
+    let published =
+        tokio::task::spawn_blocking(move || publish_schedule(&handle, &publisher, &schedule))
+            .await
+            .context("the publisher thread panicked")??;
+
+    // Drain: until everything arrived, nothing arrived for a second, or the timeout.
+    let drain_end = Instant::now() + phase.drain_timeout;
+    let mut last = progress.delivered.load(Ordering::Relaxed);
+    let mut last_change = Instant::now();
+    loop {
+        let delivered = progress.delivered.load(Ordering::Relaxed);
+        if delivered >= published || Instant::now() > drain_end {
+            break;
+        }
+        if delivered != last {
+            last = delivered;
+            last_change = Instant::now();
+        } else if last_change.elapsed() > Duration::from_secs(1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.cancel();
+    let outcome = probe_task.await.context("the probe panicked")??;
+    for service in services {
+        match tokio::time::timeout(Duration::from_secs(5), service).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => return Err(e).context("a market service failed"),
+            Ok(Err(e)) => return Err(e).context("a market service panicked"),
+            Err(_) => bail!("a market service did not stop within 5 s"),
+        }
+    }
+    drop(subscriber_client);
+
+    let delivered = progress.delivered.load(Ordering::Relaxed);
+    let elapsed = outcome
+        .last_receive
+        .map_or(phase.duration, |t| t.saturating_duration_since(start))
+        .max(Duration::from_millis(1));
+    #[allow(clippy::cast_precision_loss)]
+    let delivered_per_sec = delivered as f64 / elapsed.as_secs_f64();
+    Ok(PathResult {
+        published,
+        delivered,
+        lost: published.saturating_sub(delivered),
+        malformed: progress.malformed.load(Ordering::Relaxed),
+        slow_consumer_events: counts.slow_consumer.load(Ordering::Relaxed),
+        disconnects: counts.disconnected.load(Ordering::Relaxed),
+        delivered_per_sec,
+        latency_ns: outcome.latency_ns,
+    })
+}

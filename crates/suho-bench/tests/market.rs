@@ -1,0 +1,34 @@
+//! Smoke test of the market benchmark at tiny settings on the test stack's NATS: the report is
+//! well formed. No performance assertions.
+
+use std::time::Duration;
+
+use suho_bench::{bench_market, MarketBenchOptions};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiny_market_bench_gives_a_well_formed_report() {
+    let stack = suho_testkit::stack();
+    let opts = MarketBenchOptions {
+        rates: vec![500],
+        duration: Duration::from_secs(1),
+        nats_url: Some(stack.nats_url.clone()),
+        subject_prefix: format!("t{}.", std::process::id()),
+        ..MarketBenchOptions::default()
+    };
+    let report = bench_market(opts).await.expect("the bench runs");
+    assert_eq!(report.rates.len(), 1);
+    let r = &report.rates[0];
+    assert_eq!(r.rate, 500);
+    for p in [&r.ours, &r.raw] {
+        assert_eq!(p.published, 500);
+        assert!(p.delivered <= p.published);
+        assert_eq!(p.lost, p.published - p.delivered);
+        assert!(p.delivered > 0, "something is delivered");
+        assert!(!p.latency_ns.is_empty());
+        assert_eq!(p.latency_ns.len(), p.delivered);
+        assert!(p.latency_us(0.5) <= p.latency_us(0.99));
+    }
+    assert!(report.payload_bytes > 0);
+    let table = report.to_string();
+    assert!(table.contains("ours") && table.contains("raw") && table.contains("ratio"));
+}
