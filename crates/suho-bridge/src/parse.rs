@@ -101,12 +101,7 @@ fn classify_inner(
             candle.start, candle.end
         ));
     }
-    if candle.low > candle.high {
-        return Err(format!(
-            "candle low {} above high {}",
-            candle.low, candle.high
-        ));
-    }
+    candle.check().map_err(|e| format!("candle {e}"))?;
     Ok(Classified::Candle(candle))
 }
 

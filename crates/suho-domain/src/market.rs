@@ -14,9 +14,27 @@ use serde::{Deserialize, Serialize};
 pub use crate::envelope::NatsEnvelope;
 use crate::symbol::Symbol;
 
-/// A tick that cannot exist.
+/// A tick or bar that cannot exist.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MarketError {
+    /// The prices of a bar contradict each other.
+    #[error("inconsistent OHLC: open {open} high {high} low {low} close {close} (needs 0 < low <= open, close <= high)")]
+    InconsistentBar {
+        /// Open.
+        open: Decimal,
+        /// High.
+        high: Decimal,
+        /// Low.
+        low: Decimal,
+        /// Close.
+        close: Decimal,
+    },
+    /// A bar's volume is below zero.
+    #[error("volume {volume} is negative")]
+    NegativeVolume {
+        /// The volume.
+        volume: Decimal,
+    },
     /// The bid is zero or negative.
     #[error("bid {bid} must be positive")]
     NonPositiveBid {
@@ -314,6 +332,56 @@ impl Candle {
         }
     }
 
+    /// A finished bar of the bucket containing `start_ms`, from a feed or a file.
+    ///
+    /// # Errors
+    /// The prices contradict each other or the volume is negative (see [`Candle::check`]).
+    pub fn closed_bar(
+        symbol: Symbol,
+        timeframe: Timeframe,
+        start_ms: i64,
+        [open, high, low, close]: [Decimal; 4],
+        volume: Decimal,
+    ) -> Result<Candle, MarketError> {
+        let start = timeframe.align(start_ms);
+        let bar = Candle {
+            symbol,
+            timeframe,
+            open,
+            high,
+            low,
+            close,
+            volume,
+            start,
+            end: start + timeframe.duration_ms(),
+            closed: true,
+        };
+        bar.check()?;
+        Ok(bar)
+    }
+
+    /// Checks that the bar can exist: `0 < low <= open, close <= high` and `volume >= 0`.
+    ///
+    /// # Errors
+    /// The first rule broken.
+    pub fn check(&self) -> Result<(), MarketError> {
+        let (open, high, low, close) = (self.open, self.high, self.low, self.close);
+        if low <= Decimal::ZERO || low > open.min(close) || high < open.max(close) {
+            return Err(MarketError::InconsistentBar {
+                open,
+                high,
+                low,
+                close,
+            });
+        }
+        if self.volume < Decimal::ZERO {
+            return Err(MarketError::NegativeVolume {
+                volume: self.volume,
+            });
+        }
+        Ok(())
+    }
+
     /// Whether `ts_ms` falls into this candle's `[start, end)` bucket.
     #[must_use]
     pub fn contains(&self, ts_ms: i64) -> bool {
@@ -587,6 +655,38 @@ pub struct Heartbeat {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn closed_bars_are_checked() {
+        let eur = Symbol::parse("EURUSD").unwrap();
+        let d = |v: i64| Decimal::new(v, 4);
+        let bar = Candle::closed_bar(
+            eur,
+            Timeframe::M5,
+            1_704_931_234_567,
+            [d(10850), d(10860), d(10840), d(10855)],
+            d(10),
+        )
+        .unwrap();
+        assert_eq!(bar.start, 1_704_931_200_000);
+        assert_eq!(bar.end - bar.start, 300_000);
+        assert!(bar.closed);
+        for ohlc in [
+            [d(10850), d(10849), d(10840), d(10845)], // high below open
+            [d(10850), d(10860), d(10852), d(10855)], // low above open
+            [d(10850), d(10860), d(0), d(10855)],     // low not positive
+        ] {
+            assert!(matches!(
+                Candle::closed_bar(eur, Timeframe::M1, 0, ohlc, d(1)),
+                Err(MarketError::InconsistentBar { .. })
+            ));
+        }
+        assert!(matches!(
+            Candle::closed_bar(eur, Timeframe::M1, 0, [d(1), d(1), d(1), d(1)], d(-1)),
+            Err(MarketError::NegativeVolume { .. })
+        ));
+    }
+
     use super::*;
     use serde_json::json;
 

@@ -237,25 +237,16 @@ fn parse_bar(line: usize, f: &[&str]) -> Result<ReplayRecord, ReplayError> {
     let low = decimal(line, field(line, f, 5, "low")?, "low")?;
     let close = decimal(line, field(line, f, 6, "close")?, "close")?;
     let volume = decimal(line, field(line, f, 7, "volume")?, "volume")?;
-    if !(low <= open.min(close) && high >= open.max(close) && low > Decimal::ZERO) {
-        return Err(ReplayError::Field {
+    Candle::closed_bar(sym, timeframe, start, [open, high, low, close], volume)
+        .map(ReplayRecord::Bar)
+        .map_err(|e| ReplayError::Field {
             line,
-            column: "high",
-            problem: "needs 0 < low <= open, close <= high".into(),
-        });
-    }
-    Ok(ReplayRecord::Bar(Candle {
-        symbol: sym,
-        timeframe,
-        open,
-        high,
-        low,
-        close,
-        volume,
-        start,
-        end: start + timeframe.duration_ms(),
-        closed: true,
-    }))
+            column: match e {
+                suho_domain::MarketError::NegativeVolume { .. } => "volume",
+                _ => "high",
+            },
+            problem: e.to_string(),
+        })
 }
 
 /// How to play a recording.

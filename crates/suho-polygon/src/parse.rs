@@ -258,33 +258,10 @@ fn candle(
     symbol: Symbol,
     timeframe: Timeframe,
     start_ms: i64,
-    [open, high, low, close]: [Decimal; 4],
+    ohlc: [Decimal; 4],
     volume: Decimal,
 ) -> Result<Candle, String> {
-    if low <= Decimal::ZERO {
-        return Err(format!("low {low} must be positive"));
-    }
-    if high < open.max(close) || low > open.min(close) || high < low {
-        return Err(format!(
-            "inconsistent OHLC: open {open} high {high} low {low} close {close}"
-        ));
-    }
-    if volume < Decimal::ZERO {
-        return Err(format!("volume {volume} is negative"));
-    }
-    let start = timeframe.align(start_ms);
-    Ok(Candle {
-        symbol,
-        timeframe,
-        open,
-        high,
-        low,
-        close,
-        volume,
-        start,
-        end: start + timeframe.duration_ms(),
-        closed: true,
-    })
+    Candle::closed_bar(symbol, timeframe, start_ms, ohlc, volume).map_err(|e| e.to_string())
 }
 
 /// One decoded page of REST aggregates.
