@@ -18,7 +18,7 @@
 use std::collections::HashSet;
 use std::sync::Mutex;
 
-use sqlx::{Connection, PgPool};
+use sqlx::PgPool;
 
 use crate::BridgeError;
 
@@ -54,13 +54,7 @@ const CANDLES_COLUMNS: &str = "symbol text NOT NULL, timeframe text NOT NULL, \
 impl Schema {
     /// Creates the tables if missing and finds out their layout.
     pub(crate) async fn ensure(pool: &PgPool) -> Result<Schema, BridgeError> {
-        let mut conn = pool.acquire().await?;
-        let mut tx = conn.begin().await?;
-        exec(&mut tx, "SET LOCAL client_min_messages TO warning").await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(DDL_LOCK)
-            .execute(&mut *tx)
-            .await?;
+        let mut tx = ddl_transaction(pool).await?;
         let existing: Option<String> = sqlx::query_scalar(
             "SELECT c.relkind::text FROM pg_class c \
              WHERE c.oid = to_regclass('market_ticks')",
@@ -151,13 +145,7 @@ impl Schema {
         if wanted.is_empty() {
             return Ok(());
         }
-        let mut conn = pool.acquire().await?;
-        let mut tx = conn.begin().await?;
-        exec(&mut tx, "SET LOCAL client_min_messages TO warning").await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(DDL_LOCK)
-            .execute(&mut *tx)
-            .await?;
+        let mut tx = ddl_transaction(pool).await?;
         for (_, ddl) in &wanted {
             exec(&mut tx, ddl).await?;
         }
@@ -175,6 +163,20 @@ impl Schema {
 }
 
 /// Runs `sql` (one or more statements, no parameters) with the simple query protocol.
+/// A transaction holding the DDL advisory lock (so bridges starting together do not race on
+/// the same `CREATE`), with notices about existing objects silenced.
+async fn ddl_transaction(
+    pool: &PgPool,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    exec(&mut tx, "SET LOCAL client_min_messages TO warning").await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(DDL_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
 pub(crate) async fn exec(conn: &mut sqlx::PgConnection, sql: &str) -> Result<(), sqlx::Error> {
     sqlx::Executor::execute(conn, sql).await.map(|_| ())
 }

@@ -71,6 +71,13 @@ fn auth_event(
     }
 }
 
+/// The `{email, password}` of a register or login body.
+fn credentials(body: &Body) -> Result<(&str, SecretString), ApiError> {
+    let email = body.string("email")?;
+    let password = SecretString::from(body.string("password")?.to_string());
+    Ok((email, password))
+}
+
 pub async fn register(
     State(state): State<Arc<AppState>>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
@@ -78,8 +85,7 @@ pub async fn register(
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
     let body = Body::parse(&body)?;
-    let email = body.string("email")?;
-    let password = SecretString::from(body.string("password")?.to_string());
+    let (email, password) = credentials(&body)?;
     let user = state.accounts.register(email, &password).await?;
     let event = auth_event(
         AuthEventType::UserRegistered,
@@ -103,8 +109,7 @@ pub async fn login(
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
     let body = Body::parse(&body)?;
-    let email = body.string("email")?;
-    let password = SecretString::from(body.string("password")?.to_string());
+    let (email, password) = credentials(&body)?;
     match state.accounts.login(email, &password).await {
         Ok((user, token)) => {
             let event = auth_event(
