@@ -138,7 +138,15 @@ impl Bridge {
         };
         js.create_or_update_stream(stream_config)
             .await
-            .map_err(|e| BridgeError::jetstream("create stream", e))?;
+            .map_err(|e| {
+                // JetStream reserves max_bytes up front, out of 75 % of the disk it found free.
+                let detail = format!(
+                    "{e} (stream {}, capped at {} bytes: market.bridge_buffer_bytes)",
+                    config.stream_name,
+                    config.max_bytes.unwrap_or(-1)
+                );
+                BridgeError::jetstream("create stream", detail)
+            })?;
         let stream = js
             .get_stream(&config.stream_name)
             .await

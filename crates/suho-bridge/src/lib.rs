@@ -145,10 +145,13 @@ impl BridgeConfig {
         }
     }
 
-    /// The defaults for the configuration's NATS subject prefix.
+    /// The defaults for the configuration's NATS subject prefix, with the stream capped at
+    /// `market.bridge_buffer_bytes`.
     #[must_use]
     pub fn from_config(config: &suho_config::Config) -> Self {
-        Self::new(config.nats.subject_prefix.clone())
+        let mut bridge = Self::new(config.nats.subject_prefix.clone());
+        bridge.max_bytes = i64::try_from(config.market.bridge_buffer_bytes).ok();
+        bridge
     }
 
     /// The subjects the stream captures: `{prefix}market.*.tick` and `{prefix}market.*.{tf}`

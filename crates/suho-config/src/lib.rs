@@ -212,6 +212,10 @@ pub struct MarketConfig {
     pub seed: u64,
     /// The price service answers `stale` for a quote older than this.
     pub max_quote_age_ms: u64,
+    /// Size cap, in bytes, of the JetStream stream that buffers market data for the data
+    /// bridge (oldest dropped first). JetStream reserves it on disk up front, so a stream
+    /// larger than the server's free store is refused.
+    pub bridge_buffer_bytes: u64,
 }
 
 impl Default for MarketConfig {
@@ -230,6 +234,7 @@ impl Default for MarketConfig {
             ticks_per_second: 30.0,
             seed: 42,
             max_quote_age_ms: 5000,
+            bridge_buffer_bytes: 1 << 30,
         }
     }
 }
@@ -349,6 +354,14 @@ impl Config {
             return Err(invalid(
                 "market.replay_speed",
                 "must be 0 or a positive number",
+            ));
+        }
+        if self.market.bridge_buffer_bytes < 1 << 20
+            || self.market.bridge_buffer_bytes > i64::MAX as u64
+        {
+            return Err(invalid(
+                "market.bridge_buffer_bytes",
+                "must be at least 1048576 (1 MiB)",
             ));
         }
         if self.auth.token_ttl_s == 0 {

@@ -191,6 +191,9 @@ impl TestEnv {
         config.auth.jwt_secret = Some(SecretString::from(format!("test-secret-{id}")));
         config.telemetry.heartbeat_interval_ms = 500;
         config.telemetry.lag_interval_ms = 1000;
+        // JetStream reserves a stream's cap on disk up front; many platforms at once under
+        // the default 1 GiB would exhaust a small disk's store.
+        config.market.bridge_buffer_bytes = 32 << 20;
 
         let report = suho_messaging::topics::apply(&config.kafka, false)
             .await

@@ -31,10 +31,12 @@ pub struct Application {
     bus: MarketBus,
     producer: UserEventProducer,
     accounts: Accounts,
+    bridge: suho_bridge::Bridge,
 }
 
 impl Application {
-    /// Connects to NATS, Kafka and PostgreSQL (migrating it), and binds the HTTP port.
+    /// Connects to NATS, Kafka and PostgreSQL (migrating it), creates the data bridge's
+    /// JetStream stream and tables, and binds the HTTP port.
     ///
     /// # Errors
     /// A service is unreachable, the schema cannot be migrated, the port is taken, or the
@@ -55,6 +57,15 @@ impl Application {
         .await
         .context("connecting to PostgreSQL")?;
         accounts.migrate().await.context("migrating the database")?;
+        // The bridge's JetStream stream exists before the feed speaks, so the store misses
+        // nothing from the first tick on.
+        let bridge = suho_bridge::Bridge::start(
+            suho_bridge::BridgeConfig::from_config(&config),
+            bus.client().clone(),
+            accounts.pool().clone(),
+        )
+        .await
+        .context("starting the data bridge (its JetStream stream and tables)")?;
         let listener = tokio::net::TcpListener::bind(config.http.addr)
             .await
             .with_context(|| format!("binding the HTTP API to {} (http.addr)", config.http.addr))?;
@@ -66,6 +77,7 @@ impl Application {
             bus,
             producer,
             accounts,
+            bridge,
         })
     }
 
@@ -87,21 +99,14 @@ impl Application {
             bus,
             producer,
             accounts,
+            bridge,
         } = self;
         let symbols = configured_symbols(&config.market)?;
         let stop = shutdown.child_token();
         let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
         let every = Duration::from_millis(config.telemetry.heartbeat_interval_ms);
 
-        // Market domain. The bridge's JetStream stream exists before the feed speaks, so the
-        // store misses nothing from the first tick on.
-        let bridge = suho_bridge::Bridge::start(
-            suho_bridge::BridgeConfig::from_config(&config),
-            bus.client().clone(),
-            accounts.pool().clone(),
-        )
-        .await
-        .context("starting the data bridge")?;
+        // Market domain.
         let token = stop.clone();
         tasks.spawn(async move { ("data-bridge", bridge.run(token).await.map_err(Into::into)) });
         let mut signals = suho_signals::SignalsConfig::new(symbols.clone());

@@ -29,7 +29,15 @@ impl Running {
             .expect("the platform builds");
         let addr = app.http_addr();
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(app.run(shutdown.clone()));
+        let run = app.run(shutdown.clone());
+        let task = tokio::spawn(async move {
+            let result = run.await;
+            if let Err(e) = &result {
+                // Otherwise a test sees only a refused or reset connection.
+                eprintln!("the platform failed: {e:#}");
+            }
+            result
+        });
         Running {
             env,
             addr,
@@ -630,4 +638,19 @@ async fn the_replay_feed_plays_a_file_and_the_platform_stays_up() {
         .unwrap()
         .unwrap();
     let _ = std::fs::remove_file(file);
+}
+
+#[tokio::test]
+async fn a_bridge_buffer_larger_than_the_store_fails_the_build_naming_the_field() {
+    let mut env = TestEnv::new().await;
+    // JetStream reserves a stream's cap up front; no test machine has 1 EiB free.
+    env.config.market.bridge_buffer_bytes = 1 << 60;
+    let Err(err) = suho::Application::build(env.config.clone()).await else {
+        panic!("a 1 EiB stream cap was accepted");
+    };
+    let message = format!("{err:#}");
+    assert!(
+        message.contains("market.bridge_buffer_bytes") && message.contains("data bridge"),
+        "{message}"
+    );
 }
