@@ -35,9 +35,10 @@ pub(crate) fn start(spec: &StackSpec, tools: &Tools) -> Result<ManagedProcess, S
                 "kafka.tools.StorageTool",
                 "format",
                 "-g",
-                "-t",
             ])
-            .arg(cluster_id())
+            // `--cluster-id=ID`, not `-t ID`: an id starting with '-' (1 in 64) would be
+            // parsed as an option.
+            .arg(format!("--cluster-id={}", cluster_id()))
             .arg("-c")
             .arg(&props))?;
     }
