@@ -1,8 +1,12 @@
 //! The analytics service: listens to every `market.*.tick`, builds candles per symbol
-//! ([`crate::candles`]) and publishes every candle update on `market.{SYM}.{tf}`; each closed
-//! candle of the indicator timeframe (`1m`) feeds that symbol's indicators
-//! ([`crate::indicators`]), whose readings go out on `indicators.{type}.{SYM}`.
+//! ([`crate::candles`]) and publishes them on `market.{SYM}.{tf}`; each closed candle of the
+//! indicator timeframe (`1m`) feeds that symbol's indicators ([`crate::indicators`]), whose
+//! readings go out on `indicators.{type}.{SYM}`.
 //!
+//! - A closed candle is published at once. The forming candle of each symbol and timeframe is
+//!   published at most once per [`AnalyticsConfig::update_interval`] (its latest state), so
+//!   the candle traffic does not grow with the tick rate: every tick would otherwise become
+//!   seven candle messages. A forming candle is never published after its own closed one.
 //! - Indicator types on the wire: `sma`, `ema`, `rsi`, `atr` (a number), `macd`
 //!   (`{macd, signal, histogram}`) and `bollinger` (`{upper, middle, lower}`). An indicator
 //!   publishes nothing while it warms up. `timestamp` is the `start` of the candle it was
@@ -54,11 +58,14 @@ pub struct AnalyticsConfig {
     /// Ticks stamped more than this ahead of the service clock are dropped; `None` accepts
     /// any timestamp.
     pub max_future_ms: Option<i64>,
+    /// The forming candles are published (latest state) at most this often; `None` publishes
+    /// every update, one message per tick and timeframe.
+    pub update_interval: Option<Duration>,
 }
 
 impl AnalyticsConfig {
     /// Every timeframe, indicators on `1m` with the classic periods, a 1 s close timer with no
-    /// grace, ticks at most 60 s in the future.
+    /// grace, ticks at most 60 s in the future, forming candles at most every 100 ms.
     #[must_use]
     pub fn new(symbols: Vec<Symbol>) -> Self {
         Self {
@@ -69,6 +76,7 @@ impl AnalyticsConfig {
             close_interval: Duration::from_secs(1),
             close_grace_ms: 0,
             max_future_ms: Some(60_000),
+            update_interval: Some(Duration::from_millis(100)),
         }
     }
 }
@@ -118,6 +126,8 @@ pub fn indicator_values(
 struct SymbolState {
     candles: CandleAggregator,
     indicators: IndicatorSet,
+    /// Forming candles not yet published, at most one per timeframe.
+    pending: Vec<Candle>,
 }
 
 struct Service {
@@ -153,8 +163,35 @@ impl Service {
             );
             return Ok(());
         }
-        let candles: Vec<Candle> = updates.iter().cloned().collect();
-        self.publish(tick.symbol, &candles).await
+        if self.config.update_interval.is_none() {
+            let candles: Vec<Candle> = updates.iter().cloned().collect();
+            return self.publish(tick.symbol, &candles).await;
+        }
+        for open in updates.current {
+            match state
+                .pending
+                .iter_mut()
+                .find(|c| c.timeframe == open.timeframe)
+            {
+                Some(slot) => *slot = open,
+                None => state.pending.push(open),
+            }
+        }
+        self.publish(tick.symbol, &updates.closed).await
+    }
+
+    /// Publishes the forming candles that changed since the last flush.
+    async fn flush_forming(&mut self) -> Result<(), MarketServiceError> {
+        let mut forming = Vec::new();
+        for (&symbol, state) in &mut self.states {
+            if !state.pending.is_empty() {
+                forming.push((symbol, std::mem::take(&mut state.pending)));
+            }
+        }
+        for (symbol, candles) in forming {
+            self.publish(symbol, &candles).await?;
+        }
+        Ok(())
     }
 
     async fn close_due(&mut self) -> Result<(), MarketServiceError> {
@@ -172,7 +209,8 @@ impl Service {
         Ok(())
     }
 
-    /// Publishes candles, and the indicators of the closed indicator-timeframe ones.
+    /// Publishes candles, and the indicators of the closed indicator-timeframe ones. A closed
+    /// candle first drops its own forming state from the pending ones.
     async fn publish(
         &mut self,
         symbol: Symbol,
@@ -180,6 +218,13 @@ impl Service {
     ) -> Result<(), MarketServiceError> {
         let prefix = self.bus.prefix().to_string();
         for candle in candles {
+            if candle.closed {
+                if let Some(state) = self.states.get_mut(&symbol) {
+                    state
+                        .pending
+                        .retain(|p| !(p.timeframe == candle.timeframe && p.start <= candle.start));
+                }
+            }
             self.bus
                 .publish(subject::candle(&prefix, symbol, candle.timeframe), candle)
                 .await?;
@@ -237,6 +282,7 @@ pub async fn run_analytics_with(
                 SymbolState {
                     candles: CandleAggregator::with_timeframes(symbol, &timeframes),
                     indicators: IndicatorSet::new(&config.indicators),
+                    pending: Vec::new(),
                 },
             )
         })
@@ -244,6 +290,14 @@ pub async fn run_analytics_with(
     let mut ticks = bus.subscribe(subject::all_ticks(bus.prefix())).await?;
     let mut timer = tokio::time::interval(config.close_interval.max(Duration::from_millis(1)));
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Without an update interval nothing is ever pending; the flush timer then idles.
+    let mut flush = tokio::time::interval(
+        config
+            .update_interval
+            .unwrap_or(Duration::from_secs(3600))
+            .max(Duration::from_millis(1)),
+    );
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(
         symbols = config.symbols.len(),
         timeframes = timeframes.len(),
@@ -269,6 +323,7 @@ pub async fn run_analytics_with(
                 }
             }
             _ = timer.tick() => service.close_due().await?,
+            _ = flush.tick() => service.flush_forming().await?,
         }
     }
 }

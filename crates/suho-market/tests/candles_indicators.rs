@@ -882,3 +882,86 @@ async fn analytics_publishes_indicators_for_closed_candles() {
     assert!((last_sma - want).abs() < 1e-12, "{last_sma} vs {want}");
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn forming_candles_are_coalesced_and_never_follow_their_closed_candle() {
+    let env = TestEnv::new().await;
+    let shutdown = CancellationToken::new();
+    let bus = MarketBus::connect(&env.config.nats, "test-coalesce")
+        .await
+        .unwrap();
+    let mut sub = bus
+        .subscribe(format!("{}market.EURUSD.1m", env.prefix))
+        .await
+        .unwrap();
+    let config = AnalyticsConfig {
+        timeframes: vec![Timeframe::M1],
+        max_future_ms: None,
+        update_interval: Some(Duration::from_millis(200)),
+        ..AnalyticsConfig::new(vec![eur()])
+    };
+    tokio::spawn(run_analytics_with(bus.clone(), config, shutdown.clone()));
+    // Two days ahead, so the service's close timer (wall clock) leaves the minutes alone.
+    let base = Timeframe::D1.align(suho_messaging::now_ms()) + 2 * Timeframe::D1.duration_ms();
+    let send = |ts: i64, pipettes: i64| {
+        let bus = bus.clone();
+        let t = Tick::new(
+            eur(),
+            Decimal::new(pipettes, 5),
+            Decimal::new(pipettes + 10, 5),
+            ts,
+            "test",
+        )
+        .unwrap();
+        async move {
+            bus.publish(suho_domain::subject::tick(bus.prefix(), eur()), &t)
+                .await
+                .unwrap();
+        }
+    };
+    // Minute 0 until the service answers, so it is known to listen.
+    let mut warm = 0;
+    loop {
+        send(base + warm, 108_000).await;
+        warm += 1;
+        if tokio::time::timeout(Duration::from_millis(300), sub.next())
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(warm < 40, "the analytics service never answered");
+    }
+    // 2,000 ticks in minute 1, then one in minute 2 that closes it.
+    for i in 0..2_000 {
+        send(base + MIN + i, 108_000 + i % 50).await;
+    }
+    send(base + 2 * MIN, 108_100).await;
+    let mut minute_one = Vec::new();
+    let mut after_close = Vec::new();
+    let mut closed_seen = false;
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(800), sub.next()).await {
+        let c: Candle = serde_json::from_slice(&msg.payload).unwrap();
+        if c.start == base + MIN {
+            if closed_seen {
+                after_close.push(c);
+            } else {
+                closed_seen = c.closed;
+                minute_one.push(c);
+            }
+        }
+    }
+    let last = minute_one.last().expect("minute 1 published");
+    assert!(last.closed, "minute 1 ends with its closed candle");
+    assert_eq!(last.volume, Decimal::from(2_000));
+    assert!(
+        after_close.is_empty(),
+        "forming minute-1 candles after its close: {after_close:?}"
+    );
+    // The forming updates are the latest state at each flush, far fewer than the ticks.
+    let forming = minute_one.len() - 1;
+    assert!(forming < 100, "{forming} forming updates for 2,000 ticks");
+    let volumes: Vec<Decimal> = minute_one.iter().map(|c| c.volume).collect();
+    assert!(volumes.windows(2).all(|w| w[0] < w[1]), "{volumes:?}");
+    shutdown.cancel();
+}
