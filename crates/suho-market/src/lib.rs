@@ -19,7 +19,7 @@ pub use indicators::{
 };
 pub use price::{run_price_service, PriceServiceConfig};
 pub use replay::{run_replay, Recording, ReplayError, ReplayOptions, ReplayRecord};
-pub use synthetic::{run_feed, SyntheticFeed};
+pub use synthetic::{run_feed, Regime, Session, SyntheticFeed, TradingHours};
 
 /// A market service stopped for a reason other than shutdown.
 #[derive(Debug, thiserror::Error)]
