@@ -29,13 +29,7 @@ pub(crate) fn start(spec: &StackSpec, tools: &Tools) -> Result<ManagedProcess, S
         tracing::info!(dir = %data.display(), "formatting Kafka's log directory");
         run(Command::new(&tools.java)
             .arg(format!("-Dlog4j2.configurationFile={}", log4j.display()))
-            .args([
-                "-cp",
-                &classpath,
-                "kafka.tools.StorageTool",
-                "format",
-                "-g",
-            ])
+            .args(["-cp", &classpath, "kafka.tools.StorageTool", "format", "-g"])
             // `--cluster-id=ID`, not `-t ID`: an id starting with '-' (1 in 64) would be
             // parsed as an option.
             .arg(format!("--cluster-id={}", cluster_id()))
