@@ -15,9 +15,18 @@
 //! - Each path of each rate runs alone (raw first, then ours), on fresh connections and a fresh
 //!   subject prefix, so counters and histograms belong to one phase.
 //! - This crate knows nothing of the CLI: `suho bench market` calls [`bench_market`].
+//!
+//! [`bench_bridge`] (module `bridge`) measures the data bridge's sustained rows/s into
+//! PostgreSQL beside a raw `COPY` of the same rows into the same table; `suho bench bridge`.
 
+mod bridge;
 mod phase;
 mod server;
+
+pub use bridge::{
+    bench_bridge, BridgeBenchOptions, BridgeBenchReport, BridgePhaseResult, BridgeRunResult,
+    BRIDGE_GOAL_RATIO,
+};
 
 use std::fmt;
 use std::time::{Duration, Instant};

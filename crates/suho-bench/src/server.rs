@@ -1,7 +1,10 @@
-//! A bare, throwaway `nats-server` on a free loopback port, for runs that name no server.
-//! Killed when the guard drops.
+//! Throwaway servers on free loopback ports, for runs that name no server: a bare
+//! `nats-server` (optionally with JetStream, its store in a temporary directory) and a
+//! PostgreSQL cluster in a temporary directory. Stopped, and their files removed, when the
+//! guard drops.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -11,18 +14,35 @@ use anyhow::{bail, Context};
 pub(crate) struct ThrowawayNats {
     child: Child,
     url: String,
+    /// The JetStream store, removed after the server.
+    _store: Option<tempfile::TempDir>,
 }
 
 impl ThrowawayNats {
     /// Starts `nats-server` (from `PATH`) on a free port and waits until it accepts
     /// connections (at most 10 s).
     pub(crate) fn start() -> anyhow::Result<Self> {
-        let port = TcpListener::bind(("127.0.0.1", 0))
-            .and_then(|l| l.local_addr())
-            .context("finding a free port for nats-server")?
-            .port();
-        let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        Self::start_with(None)
+    }
+
+    /// Like [`ThrowawayNats::start`], with JetStream enabled and its store in a fresh
+    /// temporary directory.
+    pub(crate) fn start_jetstream() -> anyhow::Result<Self> {
+        let store = tempfile::Builder::new()
+            .prefix("suho-bench-js-")
+            .tempdir()
+            .context("creating a JetStream store directory")?;
+        Self::start_with(Some(store))
+    }
+
+    fn start_with(store: Option<tempfile::TempDir>) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let mut cmd = Command::new("nats-server");
+        cmd.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
+        if let Some(dir) = &store {
+            cmd.arg("-js").arg("-sd").arg(dir.path());
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -31,21 +51,10 @@ impl ThrowawayNats {
         let mut server = Self {
             child,
             url: format!("nats://127.0.0.1:{port}"),
+            _store: store,
         };
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return Ok(server);
-            }
-            if let Some(status) = server.child.try_wait()? {
-                bail!("nats-server exited before listening: {status}");
-            }
-            if Instant::now() > deadline {
-                bail!("nats-server did not listen on {addr} within 10 s");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_listening(&mut server.child, "nats-server", port)?;
+        Ok(server)
     }
 
     /// The server's URL.
@@ -59,4 +68,191 @@ impl Drop for ThrowawayNats {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .context("finding a free port")?
+        .port())
+}
+
+/// Waits until `port` accepts connections (at most 10 s), failing early if `child` exits.
+fn wait_listening(child: &mut Child, what: &str, port: u16) -> anyhow::Result<()> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("{what} exited before listening: {status}");
+        }
+        if Instant::now() > deadline {
+            bail!("{what} did not listen on {addr} within 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A PostgreSQL cluster of its own (`initdb` in a temporary directory, trust authentication,
+/// loopback only, no Unix socket), with the server's default settings (`fsync` and
+/// `synchronous_commit` on). Runs as the `postgres` system user when we are root, since
+/// PostgreSQL refuses to run as root. Fast shutdown, then removal of the files, on drop.
+pub(crate) struct ThrowawayPostgres {
+    child: Child,
+    url: String,
+    dir: Option<tempfile::TempDir>,
+}
+
+/// The superuser `initdb` creates.
+const PG_USER: &str = "suho";
+
+impl ThrowawayPostgres {
+    /// Initialises a cluster and starts it on a free port; waits until it accepts connections.
+    pub(crate) fn start() -> anyhow::Result<Self> {
+        let bin = pg_bin().context(
+            "PostgreSQL binaries not found under /usr/lib/postgresql (`suho stack install` installs them)",
+        )?;
+        let dir = tempfile::Builder::new()
+            .prefix("suho-bench-pg-")
+            .tempdir()
+            .context("creating a PostgreSQL directory")?;
+        let owner = server_user()?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
+                .context("handing the PostgreSQL directory to the postgres user")?;
+        }
+        let data = dir.path().join("data");
+        let out = as_owner(Command::new(bin.join("initdb")), owner)
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-U",
+                PG_USER,
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "--no-sync",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .context("running initdb")?;
+        if !out.status.success() {
+            bail!(
+                "initdb failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let port = free_port()?;
+        let child = as_owner(Command::new(bin.join("postgres")), owner)
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string()])
+            .args([
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "unix_socket_directories=",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting postgres")?;
+        let mut server = Self {
+            child,
+            url: format!("postgres://{PG_USER}@127.0.0.1:{port}/postgres"),
+            dir: Some(dir),
+        };
+        wait_listening(&mut server.child, "postgres", port)?;
+        // It listens before it accepts sessions ("the database system is starting up").
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = Command::new(bin.join("pg_isready"))
+                .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
+                .args(["-U", PG_USER, "-d", "postgres"])
+                .status()
+                .context("running pg_isready")?;
+            if ready.success() {
+                return Ok(server);
+            }
+            if let Some(status) = server.child.try_wait()? {
+                bail!("postgres exited while starting: {status}");
+            }
+            if Instant::now() > deadline {
+                bail!("postgres did not accept connections within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// URL of the `postgres` database, as the superuser.
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for ThrowawayPostgres {
+    fn drop(&mut self) {
+        // SIGINT is PostgreSQL's fast shutdown: backends end, then the postmaster.
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(dir) = self.dir.take() {
+            let _ = dir.close();
+        }
+    }
+}
+
+/// The newest `/usr/lib/postgresql/<major>/bin` holding a server.
+fn pg_bin() -> Option<PathBuf> {
+    std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let major: u32 = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("postgres").exists().then_some((major, bin))
+        })
+        .max_by_key(|(major, _)| *major)
+        .map(|(_, bin)| bin)
+}
+
+/// `(uid, gid)` of the `postgres` system user when we are root; `None` runs as ourselves.
+fn server_user() -> anyhow::Result<Option<(u32, u32)>> {
+    use std::os::unix::fs::MetadataExt;
+    // `/proc/self` belongs to the effective user of this process.
+    let euid = std::fs::metadata("/proc/self")
+        .context("reading /proc/self")?
+        .uid();
+    if euid != 0 {
+        return Ok(None);
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").context("reading /etc/passwd")?;
+    passwd
+        .lines()
+        .find_map(|line| {
+            let mut f = line.split(':');
+            (f.next()? == "postgres").then_some(())?;
+            let (_, uid, gid) = (f.next()?, f.next()?.parse().ok()?, f.next()?.parse().ok()?);
+            Some(Some((uid, gid)))
+        })
+        .context("PostgreSQL refuses to run as root and there is no `postgres` system user")
+}
+
+fn as_owner(mut cmd: Command, owner: Option<(u32, u32)>) -> Command {
+    use std::os::unix::process::CommandExt;
+    if let Some((uid, gid)) = owner {
+        cmd.uid(uid).gid(gid);
+    }
+    cmd
 }
