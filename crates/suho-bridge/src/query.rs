@@ -11,7 +11,7 @@ use crate::BridgeError;
 pub const MAX_HISTORY_LIMIT: i64 = 10_000;
 
 /// 9999-12-31T00:00:00Z in epoch ms: query bounds are clamped to `[0, this]`.
-const MAX_QUERY_MS: i64 = 253_402_214_400_000;
+pub(crate) const MAX_QUERY_MS: i64 = 253_402_214_400_000;
 
 /// Stored (closed) candles of `symbol` and `tf` whose start lies in `[from_ms, to_ms)`,
 /// oldest first, at most `limit` of them (clamped to `1..=`[`MAX_HISTORY_LIMIT`]); when the

@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use std::future::Future;
 
 use sqlx::{Connection, PgPool};
-use suho_domain::{Candle, Tick};
+use suho_domain::{Candle, Symbol, Tick, Timeframe};
 
 use crate::schema::{exec, Schema, StorageMode};
 use crate::BridgeError;
@@ -94,6 +94,39 @@ impl Store {
         candles: &'a [Candle],
     ) -> impl Future<Output = Result<StoreReport, BridgeError>> + Send + 'a {
         self.write_inner(ticks, candles)
+    }
+
+    /// Start (epoch ms) of the latest stored candle of `symbol` at `timeframe` whose start lies
+    /// in `[from_ms, to_ms]` (both inclusive, clamped to `[0, 9999-12-31]`), if any: where a
+    /// download of that range resumes. Storing the bars themselves is [`Store::write`], which
+    /// skips bars already stored, so a rerun never duplicates one.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn last_candle_start(
+        &self,
+        symbol: Symbol,
+        timeframe: Timeframe,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Option<i64>, BridgeError> {
+        let max = crate::query::MAX_QUERY_MS;
+        let (from_ms, to_ms) = (from_ms.clamp(0, max), to_ms.clamp(0, max));
+        if from_ms > to_ms {
+            return Ok(None);
+        }
+        Ok(sqlx::query_scalar(
+            "SELECT (extract(epoch FROM max(start_ts)) * 1000)::bigint FROM market_candles \
+             WHERE symbol = $1 AND timeframe = $2 \
+               AND start_ts >= timestamptz 'epoch' + $3 * interval '1 millisecond' \
+               AND start_ts <= timestamptz 'epoch' + $4 * interval '1 millisecond'",
+        )
+        .bind(symbol.as_str())
+        .bind(timeframe.as_str())
+        .bind(from_ms)
+        .bind(to_ms)
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     async fn write_inner(

@@ -54,6 +54,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The market-data services.
     pub market: MarketConfig,
+    /// Polygon.io: the live feed (`market.feed = "polygon"`) and `suho backfill`.
+    pub polygon: PolygonConfig,
     /// The trading engine.
     pub trading: TradingConfig,
     /// Logs, metrics, heartbeats.
@@ -194,8 +196,9 @@ impl Default for AuthConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct MarketConfig {
-    /// Which feed publishes ticks: `synthetic` (the default, offline) or `replay` (a recorded
-    /// CSV file of ticks or bars, see `replay_file`).
+    /// Which feed publishes ticks: `synthetic` (the default, offline), `replay` (a recorded
+    /// CSV file of ticks or bars, see `replay_file`) or `polygon` (Polygon.io's forex
+    /// WebSocket, see `[polygon]`).
     pub feed: String,
     /// The file the `replay` feed plays.
     pub replay_file: Option<PathBuf>,
@@ -210,6 +213,9 @@ pub struct MarketConfig {
     pub ticks_per_second: f64,
     /// Synthetic feed: seed of its random walk, so a run is reproducible.
     pub seed: u64,
+    /// Synthetic feed: `always` (the default; the intraday session profile applies but the
+    /// market never closes) or `fx` (also closed from Friday 22:00 to Sunday 22:00 UTC).
+    pub trading_hours: String,
     /// The price service answers `stale` for a quote older than this.
     pub max_quote_age_ms: u64,
     /// Size cap, in bytes, of the JetStream stream that buffers market data for the data
@@ -233,9 +239,56 @@ impl Default for MarketConfig {
             .to_vec(),
             ticks_per_second: 30.0,
             seed: 42,
+            trading_hours: "always".into(),
             max_quote_age_ms: 5000,
             bridge_buffer_bytes: 1 << 30,
         }
+    }
+}
+
+/// Polygon.io settings, for the live feed and the historical backfill.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct PolygonConfig {
+    /// The API key (`SUHO__POLYGON__API_KEY`); required when `market.feed` is `polygon` and
+    /// for `suho backfill`.
+    pub api_key: Option<SecretString>,
+    /// The forex WebSocket; `wss://delayed.polygon.io/forex` is the delayed cluster.
+    pub ws_url: String,
+    /// The REST API's base URL (scheme, host, port).
+    pub rest_url: String,
+    /// Timeout of each network await (connect, handshake step, HTTP request), milliseconds.
+    pub request_timeout_ms: u64,
+    /// A live connection silent for this long is dropped and reconnected, milliseconds.
+    pub idle_timeout_ms: u64,
+    /// First reconnect / retry delay, doubled per consecutive failure, milliseconds.
+    pub backoff_initial_ms: u64,
+    /// Reconnect / retry delay ceiling, milliseconds.
+    pub backoff_max_ms: u64,
+}
+
+impl Default for PolygonConfig {
+    fn default() -> Self {
+        Self {
+            api_key: None,
+            ws_url: "wss://socket.polygon.io/forex".into(),
+            rest_url: "https://api.polygon.io".into(),
+            request_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            backoff_initial_ms: 500,
+            backoff_max_ms: 30_000,
+        }
+    }
+}
+
+impl PolygonConfig {
+    /// The API key, when one is configured and not blank.
+    #[must_use]
+    pub fn key(&self) -> Option<&SecretString> {
+        use secrecy::ExposeSecret;
+        self.api_key
+            .as_ref()
+            .filter(|k| !k.expose_secret().trim().is_empty())
     }
 }
 
@@ -343,12 +396,29 @@ impl Config {
                 ))
             }
             "replay" => {}
+            "polygon" if self.polygon.key().is_none() => {
+                return Err(invalid(
+                    "polygon.api_key",
+                    "is required when market.feed is `polygon` (set SUHO__POLYGON__API_KEY)",
+                ))
+            }
+            "polygon" => {}
             other => {
                 return Err(invalid(
                     "market.feed",
-                    format!("`{other}` is not a feed; use `synthetic` or `replay`"),
+                    format!("`{other}` is not a feed; use `synthetic`, `replay` or `polygon`"),
                 ))
             }
+        }
+        self.validate_polygon()?;
+        if !matches!(self.market.trading_hours.as_str(), "always" | "fx") {
+            return Err(invalid(
+                "market.trading_hours",
+                format!(
+                    "`{}` is not a schedule; use `always` or `fx`",
+                    self.market.trading_hours
+                ),
+            ));
         }
         if !(self.market.replay_speed >= 0.0 && self.market.replay_speed.is_finite()) {
             return Err(invalid(
@@ -380,6 +450,40 @@ impl Config {
                 "telemetry.log_format",
                 "must be `pretty` or `json`",
             ));
+        }
+        Ok(())
+    }
+
+    fn validate_polygon(&self) -> Result<(), ConfigError> {
+        let p = &self.polygon;
+        let scheme_of =
+            |field: &'static str, raw: &str, schemes: &[&str]| match url::Url::parse(raw) {
+                Ok(u) if schemes.contains(&u.scheme()) && u.host().is_some() => Ok(()),
+                _ => Err(ConfigError::Invalid {
+                    field,
+                    problem: format!("`{raw}` is not a {} URL", schemes.join(" or ")),
+                }),
+            };
+        scheme_of("polygon.ws_url", &p.ws_url, &["ws", "wss"])?;
+        scheme_of("polygon.rest_url", &p.rest_url, &["http", "https"])?;
+        let positive = |field: &'static str, v: u64| {
+            if v == 0 {
+                Err(ConfigError::Invalid {
+                    field,
+                    problem: "must be at least 1".into(),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        positive("polygon.request_timeout_ms", p.request_timeout_ms)?;
+        positive("polygon.idle_timeout_ms", p.idle_timeout_ms)?;
+        positive("polygon.backoff_initial_ms", p.backoff_initial_ms)?;
+        if p.backoff_max_ms < p.backoff_initial_ms {
+            return Err(ConfigError::Invalid {
+                field: "polygon.backoff_max_ms",
+                problem: "must be at least polygon.backoff_initial_ms".into(),
+            });
         }
         Ok(())
     }
@@ -455,6 +559,7 @@ mod tests {
         assert_eq!(c.nats_port().unwrap(), 4222);
         assert_eq!(c.database_port().unwrap(), 5432);
         assert_eq!(c.market.symbols.len(), 14);
+        assert_eq!(c.market.trading_hours, "always");
     }
 
     #[test]
@@ -492,7 +597,56 @@ mod tests {
         assert!(err.to_string().contains("market.feed"), "{err}");
         let err = load("[market]\nfeed = \"replay\"\n", &[]).unwrap_err();
         assert!(err.to_string().contains("market.replay_file"), "{err}");
+        let err = load("[market]\ntrading_hours = \"weekdays\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("market.trading_hours"), "{err}");
         let err = load("[kafka]\nbootstrap = \"nohost\"\n", &[]).unwrap_err();
         assert!(err.to_string().contains("kafka.bootstrap"), "{err}");
+    }
+
+    #[test]
+    fn the_polygon_feed_needs_a_key_from_the_file_or_the_environment() {
+        let err = load("[market]\nfeed = \"polygon\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("polygon.api_key"), "{err}");
+        let err = load(
+            "[market]\nfeed = \"polygon\"\n[polygon]\napi_key = \"  \"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("polygon.api_key"), "{err}");
+        let c = load(
+            "[market]\nfeed = \"polygon\"\n",
+            &[("SUHO__POLYGON__API_KEY", "pk-from-env-123")],
+        )
+        .unwrap();
+        assert_eq!(c.polygon.key().unwrap().expose_secret(), "pk-from-env-123");
+        assert!(!format!("{c:?}").contains("pk-from-env-123"));
+        let c = load(
+            "[polygon]\nws_url = \"wss://delayed.polygon.io/forex\"\n",
+            &[("SUHO__POLYGON__REST_URL", "http://127.0.0.1:9999")],
+        )
+        .unwrap();
+        assert_eq!(c.polygon.ws_url, "wss://delayed.polygon.io/forex");
+        assert_eq!(c.polygon.rest_url, "http://127.0.0.1:9999");
+        // Without the polygon feed, no key is needed.
+        assert!(c.polygon.key().is_none());
+    }
+
+    #[test]
+    fn polygon_urls_and_timings_name_the_field() {
+        let err = load("[polygon]\nws_url = \"https://x\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("polygon.ws_url"), "{err}");
+        let err = load("[polygon]\nrest_url = \"nope\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("polygon.rest_url"), "{err}");
+        let err = load("[polygon]\nrequest_timeout_ms = 0\n", &[]).unwrap_err();
+        assert!(
+            err.to_string().contains("polygon.request_timeout_ms"),
+            "{err}"
+        );
+        let err = load(
+            "[polygon]\nbackoff_initial_ms = 10\nbackoff_max_ms = 5\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("polygon.backoff_max_ms"), "{err}");
     }
 }

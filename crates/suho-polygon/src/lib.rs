@@ -14,6 +14,8 @@
 //!   exponential backoff and resubscribe, cancellation.
 //! - [`http`]: [`PolygonHistory`], `/v2/aggs` paging through `next_url`, 429 / 5xx backoff,
 //!   resume from the last stored bar, progress bar.
+//! - `fake` (cargo feature `fake`): local fakes of Polygon's WebSocket and REST servers, for
+//!   the adapter's tests and the platform's.
 //!
 //! Invariants:
 //! - The API key never appears in a log line or an error: URLs are logged through
@@ -23,6 +25,8 @@
 //!   exact digits of the JSON number.
 
 pub mod config;
+#[cfg(feature = "fake")]
+pub mod fake;
 pub mod http;
 pub mod parse;
 pub mod websocket;

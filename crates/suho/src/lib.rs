@@ -6,6 +6,12 @@
 //! [`Application::build`] connects everything and binds the HTTP port (port 0 works, for
 //! tests); [`Application::run`] runs every service as a named task until shutdown, and stops
 //! them all if any one of them fails.
+//!
+//! The feed is chosen in one place (`feed_task`, by `market.feed`): the synthetic random walk,
+//! a replayed recording, or Polygon.io's live forex stream ([`polygon`], which also holds the
+//! historical backfill behind `suho backfill`).
+
+pub mod polygon;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -16,8 +22,10 @@ use anyhow::Context;
 use secrecy::SecretString;
 use suho_accounts::Accounts;
 use suho_config::Config;
+use suho_domain::Symbol;
 use suho_market::{
     configured_symbols, run_feed, run_price_service, PriceServiceConfig, SyntheticFeed,
+    TradingHours,
 };
 use suho_messaging::{MarketBus, UserEventProducer};
 use tokio::task::JoinSet;
@@ -124,32 +132,8 @@ impl Application {
         tasks.spawn(async move { ("price-service", price.await.map_err(Into::into)) });
         let analytics = suho_market::run_analytics(bus.clone(), symbols.clone(), stop.clone());
         tasks.spawn(async move { ("market-analytics", analytics.await.map_err(Into::into)) });
-        let feed: FeedTask = match config.market.replay_file.as_ref() {
-            Some(path) if config.market.feed == "replay" => {
-                let recording = suho_market::Recording::load(path)
-                    .with_context(|| format!("market.replay_file {}", path.display()))?;
-                let options = suho_market::ReplayOptions {
-                    speed: config.market.replay_speed,
-                    rebase: config.market.replay_rebase,
-                };
-                let token = stop.clone();
-                let replay = suho_market::run_replay(bus.clone(), recording, options, stop.clone());
-                Box::pin(async move {
-                    replay.await?;
-                    // A finished recording is not a failure: the platform stays up.
-                    token.cancelled().await;
-                    Ok(())
-                })
-            }
-            _ => Box::pin(run_feed(
-                bus.clone(),
-                SyntheticFeed::new(&symbols, config.market.seed),
-                symbols.len(),
-                config.market.ticks_per_second,
-                stop.clone(),
-            )),
-        };
-        tasks.spawn(async move { ("market-feed", feed.await.map_err(Into::into)) });
+        let feed = feed_task(&config, &bus, &symbols, &stop)?;
+        tasks.spawn(async move { ("market-feed", feed.await) });
 
         // User domain.
         if config.trading.engine_enabled {
@@ -183,6 +167,8 @@ impl Application {
             "market-feed",
             "price-service",
             "market-analytics",
+            "signals",
+            "data-bridge",
             "gateway",
         ];
         if config.trading.engine_enabled {
@@ -232,9 +218,64 @@ impl Application {
 }
 
 /// The running feed, whichever one `market.feed` names.
-type FeedTask = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<(), suho_market::MarketServiceError>> + Send>,
->;
+type FeedTask = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>;
+
+/// The one place a feed is chosen: `market.feed` names it, and every feed publishes on the same
+/// `market.{SYM}.tick` / `market.{SYM}.{tf}` subjects (so the price service, analytics and the
+/// data bridge do not know which one runs).
+///
+/// # Errors
+/// The chosen feed's settings are unusable (a replay file that does not load, a missing
+/// `polygon.api_key`...), each naming its field.
+fn feed_task(
+    config: &Config,
+    bus: &MarketBus,
+    symbols: &[Symbol],
+    stop: &CancellationToken,
+) -> anyhow::Result<FeedTask> {
+    let bus = bus.clone();
+    Ok(match config.market.feed.as_str() {
+        "replay" => {
+            let path = config
+                .market
+                .replay_file
+                .as_ref()
+                .context("market.replay_file is required when market.feed is `replay`")?;
+            let recording = suho_market::Recording::load(path)
+                .with_context(|| format!("market.replay_file {}", path.display()))?;
+            let options = suho_market::ReplayOptions {
+                speed: config.market.replay_speed,
+                rebase: config.market.replay_rebase,
+            };
+            let token = stop.clone();
+            let replay = suho_market::run_replay(bus, recording, options, stop.clone());
+            Box::pin(async move {
+                replay.await?;
+                // A finished recording is not a failure: the platform stays up.
+                token.cancelled().await;
+                Ok(())
+            })
+        }
+        "polygon" => {
+            let live = suho_polygon::PolygonLive::new(polygon::adapter_config(config)?)
+                .context("[polygon] settings")?;
+            Box::pin(polygon::run_live(bus, live, symbols.to_vec(), stop.clone()))
+        }
+        "synthetic" => {
+            let hours = TradingHours::from_name(&config.market.trading_hours)
+                .context("market.trading_hours: use `always` or `fx`")?;
+            let feed = run_feed(
+                bus,
+                SyntheticFeed::new(symbols, config.market.seed).with_hours(hours),
+                symbols.len(),
+                config.market.ticks_per_second,
+                stop.clone(),
+            );
+            Box::pin(async move { Ok(feed.await?) })
+        }
+        other => anyhow::bail!("market.feed: `{other}` is not a feed"),
+    })
+}
 
 fn describe(
     joined: Result<(&'static str, anyhow::Result<()>), tokio::task::JoinError>,

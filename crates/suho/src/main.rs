@@ -36,6 +36,25 @@ enum Command {
     },
     /// Print the effective configuration (secrets redacted).
     Config,
+    /// Download historical bars from Polygon.io's REST API into the candle store (and publish
+    /// each on `market.{SYM}.{tf}`); a rerun resumes after the last stored bar of the range.
+    Backfill {
+        /// Pairs to download (comma-separated; default: `market.symbols`).
+        #[arg(long, value_delimiter = ',')]
+        symbols: Option<Vec<String>>,
+        /// Bar length: 1m, 5m, 15m, 30m, 1h, 4h or 1d.
+        #[arg(long, default_value = "1m")]
+        timeframe: String,
+        /// First day (YYYY-MM-DD, UTC) or epoch milliseconds.
+        #[arg(long)]
+        from: String,
+        /// Last day, included (YYYY-MM-DD, UTC), or epoch milliseconds (default: now).
+        #[arg(long)]
+        to: Option<String>,
+        /// Only store the bars; do not publish them on NATS.
+        #[arg(long)]
+        no_publish: bool,
+    },
     /// Benchmarks (open loop, HdrHistogram, beside the raw broker baseline of the same run).
     Bench {
         #[command(subcommand)]
@@ -55,6 +74,27 @@ enum BenchTarget {
         #[arg(long, default_value_t = 5)]
         seconds: u64,
         /// An existing NATS server to use (default: a throwaway one on a free port).
+        #[arg(long)]
+        nats_url: Option<String>,
+    },
+    /// The data bridge's sustained rows/s into PostgreSQL (ticks published on NATS, through
+    /// JetStream, stored by the real bridge) against a raw COPY of the same rows into the same
+    /// table, in the same run.
+    Bridge {
+        /// Ticks stored per phase.
+        #[arg(long, default_value_t = 200_000)]
+        rows: usize,
+        /// Rows per raw COPY and the bridge's batch_max.
+        #[arg(long, default_value_t = 5_000)]
+        batch: usize,
+        /// How many times both phases run.
+        #[arg(long, default_value_t = 2)]
+        runs: u32,
+        /// A PostgreSQL server to use; the role must be allowed to create databases (the run
+        /// creates and drops its own). Default: a throwaway cluster.
+        #[arg(long)]
+        database_url: Option<String>,
+        /// A NATS server with JetStream to use (default: a throwaway `nats-server -js`).
         #[arg(long)]
         nats_url: Option<String>,
     },
@@ -95,6 +135,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    use anyhow::Context;
     let config = suho_config::Config::load(cli.config.as_deref())?;
     suho_telemetry::init_tracing(&config.telemetry.log_format, &config.telemetry.log_filter);
     match cli.command {
@@ -129,11 +170,83 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{report}");
             Ok(())
         }),
+        Command::Bench {
+            target:
+                BenchTarget::Bridge {
+                    rows,
+                    batch,
+                    runs,
+                    database_url,
+                    nats_url,
+                },
+        } => runtime()?.block_on(async {
+            let opts = suho_bench::BridgeBenchOptions {
+                rows,
+                batch,
+                runs,
+                database_url,
+                nats_url,
+                ..suho_bench::BridgeBenchOptions::default()
+            };
+            let report = suho_bench::bench_bridge(opts).await?;
+            println!("{report}");
+            Ok(())
+        }),
         Command::Config => {
             println!("{config:#?}");
             Ok(())
         }
+        Command::Backfill {
+            symbols,
+            timeframe,
+            from,
+            to,
+            no_publish,
+        } => {
+            let symbols = symbols.unwrap_or_else(|| config.market.symbols.clone());
+            let request = suho::polygon::BackfillRequest {
+                symbols: symbols
+                    .iter()
+                    .map(|s| suho_domain::Symbol::parse(s))
+                    .collect::<Result<_, _>>()
+                    .context("--symbols")?,
+                timeframe: suho_domain::Timeframe::parse(&timeframe).context("--timeframe")?,
+                from_ms: suho::polygon::parse_bound(&from, false).context("--from")?,
+                to_ms: match to {
+                    Some(to) => suho::polygon::parse_bound(&to, true).context("--to")?,
+                    None => suho_messaging::now_ms(),
+                },
+                publish: !no_publish,
+                progress: true,
+            };
+            runtime()?.block_on(backfill(config, request))
+        }
     }
+}
+
+/// `suho backfill`: the download, stopped cleanly by Ctrl-C (what was stored stays stored).
+async fn backfill(
+    config: suho_config::Config,
+    request: suho::polygon::BackfillRequest,
+) -> anyhow::Result<()> {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        signal.cancel();
+    });
+    let summaries = suho::polygon::backfill(&config, &request, &shutdown).await?;
+    for s in summaries {
+        println!(
+            "{} {}: {} bars stored in {} pages{}",
+            s.symbol,
+            s.timeframe,
+            s.bars_stored,
+            s.pages,
+            if s.resumed { " (resumed)" } else { "" }
+        );
+    }
+    Ok(())
 }
 
 fn stack(config: &suho_config::Config, action: StackAction) -> anyhow::Result<()> {

@@ -13,6 +13,9 @@ use suho_domain::UserTopic;
 use suho_testkit::TestEnv;
 use tokio_util::sync::CancellationToken;
 
+/// The Polygon feed and backfill (in `tests/polygon/`).
+mod polygon;
+
 struct Running {
     env: TestEnv,
     addr: SocketAddr,
@@ -494,7 +497,7 @@ async fn health_metrics_and_heartbeats() {
 
     let mut services = std::collections::HashSet::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while services.len() < 7 {
+    while services.len() < 7 + 2 {
         let Ok(Some(msg)) = tokio::time::timeout_at(deadline, beats.next()).await else {
             break;
         };
@@ -507,6 +510,8 @@ async fn health_metrics_and_heartbeats() {
         "market-feed",
         "price-service",
         "market-analytics",
+        "signals",
+        "data-bridge",
         "gateway",
         "trading-engine",
     ] {
@@ -653,4 +658,240 @@ async fn a_bridge_buffer_larger_than_the_store_fails_the_build_naming_the_field(
         message.contains("market.bridge_buffer_bytes") && message.contains("data bridge"),
         "{message}"
     );
+}
+
+/// Exact decimal of a JSON number (the wire writes each price's shortest form).
+fn exact(v: &Value) -> rust_decimal::Decimal {
+    assert!(v.is_number(), "a number: {v}");
+    v.to_string().parse().unwrap_or_else(|e| panic!("{v}: {e}"))
+}
+
+fn sorted_keys(v: &Value) -> Vec<&str> {
+    let mut k: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    k.sort_unstable();
+    k
+}
+
+/// A recorded hour of EURUSD ticks shaped so that every market service has something to say:
+/// a slow decline then a rise (EMA crosses, a breakout above the previous 20 highs), four
+/// ticks a minute (open, high, low, close); GBPUSD calm then one spike.
+fn shaped_recording(base: i64) -> String {
+    const MIN: i64 = 60_000;
+    let mut closes: Vec<i64> = (0..40)
+        .map(|i| 110_000 - 10 * i + if i % 2 == 0 { 6 } else { 0 })
+        .collect();
+    let last = closes[39];
+    closes.extend((1..=25).map(|i| last + 15 * i));
+    let price = |p: i64| rust_decimal::Decimal::new(p, 5);
+    let mut rows: Vec<(i64, String)> = Vec::new();
+    let mut prev = closes[0];
+    for (i, &c) in closes.iter().enumerate() {
+        let start = base + MIN * i64::try_from(i).unwrap();
+        for (offset, p) in [(5, prev), (20, prev.max(c)), (35, prev.min(c)), (50, c)] {
+            let ts = start + offset * 1_000;
+            rows.push((ts, format!("{ts},EURUSD,{},{}", price(p), price(p + 10))));
+        }
+        prev = c;
+    }
+    for i in 0..30 {
+        let ts = base + i * 1_000 + 500;
+        let bid = 127_000 + (i % 2) * 10;
+        rows.push((
+            ts,
+            format!("{ts},GBPUSD,{},{}", price(bid), price(bid + 14)),
+        ));
+    }
+    let ts = base + 30_700;
+    rows.push((ts, format!("{ts},GBPUSD,1.27500,1.27514")));
+    rows.sort_by_key(|(ts, _)| *ts);
+    let mut csv = String::from("timestamp,symbol,bid,ask\n");
+    for (_, row) in rows {
+        csv.push_str(&row);
+        csv.push('\n');
+    }
+    csv
+}
+
+#[tokio::test]
+async fn every_market_subject_carries_contract_messages() {
+    let mut env = TestEnv::new().await;
+    let file = std::env::temp_dir().join(format!("suho-shaped-{}.csv", uuid_like()));
+    // 2024-01-10 00:00 UTC, recorded times kept: the candles' alignment is checkable.
+    let base = 1_704_844_800_000_i64;
+    std::fs::write(&file, shaped_recording(base)).unwrap();
+    env.config.market.feed = "replay".into();
+    env.config.market.replay_file = Some(file.clone());
+    env.config.market.replay_speed = 0.0;
+    env.config.market.replay_rebase = false;
+    // The recording is years old; the price service must still answer from it.
+    env.config.market.max_quote_age_ms = 1 << 50;
+    env.config.validate().unwrap();
+    let bus = suho_messaging::MarketBus::connect(&env.config.nats, "test")
+        .await
+        .unwrap();
+    let mut all = bus.subscribe(format!("{}>", env.prefix)).await.unwrap();
+    let p = env.prefix.clone();
+    let app = suho::Application::build(env.config.clone()).await.unwrap();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(app.run(shutdown.clone()));
+
+    let timeframes = ["1m", "5m", "15m", "30m", "1h", "4h", "1d"];
+    let indicators = ["sma", "ema", "rsi", "macd", "bollinger", "atr"];
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let complete = |seen: &BTreeMap<String, usize>| {
+        let has = |k: &str| seen.contains_key(k);
+        has("tick")
+            && timeframes.iter().all(|tf| has(&format!("candle {tf}")))
+            && indicators.iter().all(|i| has(&format!("indicator {i}")))
+            && seen.keys().any(|k| k.starts_with("signal "))
+            && has("alert breakout")
+            && has("alert spike")
+            && has("health signals")
+            && has("health data-bridge")
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    while !complete(&seen) {
+        let Ok(Some(msg)) = tokio::time::timeout_at(deadline, all.next()).await else {
+            panic!("not every market subject spoke within 40 s: {seen:?}");
+        };
+        let subject = msg.subject.as_str().strip_prefix(p.as_str()).unwrap();
+        let tokens: Vec<&str> = subject.split('.').collect();
+        let Ok(v) = serde_json::from_slice::<Value>(&msg.payload) else {
+            continue; // price requests of this test carry no JSON
+        };
+        let key = match tokens.as_slice() {
+            ["market", sym, "tick"] => {
+                assert_eq!(
+                    sorted_keys(&v),
+                    [
+                        "ask",
+                        "bid",
+                        "mid",
+                        "source",
+                        "spread",
+                        "symbol",
+                        "timestamp"
+                    ]
+                );
+                assert_eq!(v["symbol"], format!("{}/{}", &sym[..3], &sym[3..]));
+                assert_eq!(v["source"], "replay");
+                let (bid, ask) = (exact(&v["bid"]), exact(&v["ask"]));
+                assert_eq!(
+                    exact(&v["mid"]) * rust_decimal::Decimal::TWO,
+                    bid + ask,
+                    "{v}"
+                );
+                assert_eq!(exact(&v["spread"]), ask - bid, "{v}");
+                "tick".to_string()
+            }
+            ["market", _, "price"] => continue,
+            ["market", sym, tf] => {
+                assert_eq!(
+                    sorted_keys(&v),
+                    [
+                        "close",
+                        "closed",
+                        "end",
+                        "high",
+                        "low",
+                        "open",
+                        "start",
+                        "symbol",
+                        "timeframe",
+                        "volume"
+                    ]
+                );
+                assert_eq!(v["symbol"], *sym);
+                assert_eq!(v["timeframe"], *tf);
+                let timeframe: suho_domain::Timeframe = tf.parse().unwrap();
+                let start = v["start"].as_i64().unwrap();
+                assert_eq!(timeframe.align(start), start, "UTC-aligned start: {v}");
+                assert_eq!(v["end"].as_i64().unwrap(), start + timeframe.duration_ms());
+                let (o, h, l, c) = (
+                    exact(&v["open"]),
+                    exact(&v["high"]),
+                    exact(&v["low"]),
+                    exact(&v["close"]),
+                );
+                assert!(l <= o && o <= h && l <= c && c <= h, "OHLC: {v}");
+                assert!(exact(&v["volume"]) >= rust_decimal::Decimal::ONE);
+                format!("candle {tf}")
+            }
+            ["indicators", kind, sym] => {
+                assert_eq!(
+                    sorted_keys(&v),
+                    ["indicator", "symbol", "timeframe", "timestamp", "value"]
+                );
+                assert_eq!(
+                    (v["indicator"].as_str(), v["symbol"].as_str()),
+                    (Some(*kind), Some(*sym))
+                );
+                assert!(v["value"].is_number() || v["value"].is_object(), "{v}");
+                format!("indicator {kind}")
+            }
+            ["signals", strategy, sym] => {
+                assert_eq!(
+                    sorted_keys(&v),
+                    [
+                        "confidence",
+                        "direction",
+                        "model",
+                        "price",
+                        "signal_id",
+                        "strategy",
+                        "symbol",
+                        "timestamp"
+                    ]
+                );
+                assert_eq!(
+                    (v["strategy"].as_str(), v["symbol"].as_str()),
+                    (Some(*strategy), Some(*sym))
+                );
+                assert!(["BUY", "SELL", "FLAT"].contains(&v["direction"].as_str().unwrap()));
+                assert!((0.0..=1.0).contains(&v["confidence"].as_f64().unwrap()));
+                format!("signal {strategy}")
+            }
+            ["alerts", "market", kind] => {
+                assert_eq!(v["type"], *kind);
+                for k in ["symbol", "message", "timestamp"] {
+                    assert!(v.get(k).is_some(), "{k} in {v}");
+                }
+                format!("alert {kind}")
+            }
+            ["system", "health", service] => {
+                assert_eq!(v["service"], *service);
+                assert!(["ok", "degraded", "down"].contains(&v["status"].as_str().unwrap()));
+                assert!(v["uptime_s"].is_u64() && v["timestamp"].is_i64(), "{v}");
+                format!("health {service}")
+            }
+            _ => panic!("a subject outside the contract: {subject}"),
+        };
+        *seen.entry(key).or_default() += 1;
+    }
+
+    eprintln!("market messages seen, by kind: {seen:?}");
+    // The price service answers from the replayed quotes.
+    let reply = bus
+        .client()
+        .request(format!("{p}market.EURUSD.price"), "".into())
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(
+        sorted_keys(&v),
+        ["age_ms", "ask", "bid", "mid", "symbol", "timestamp"],
+        "{v}"
+    );
+    assert_eq!(
+        exact(&v["bid"]) + exact(&v["ask"]),
+        exact(&v["mid"]) * rust_decimal::Decimal::TWO
+    );
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let _ = std::fs::remove_file(file);
 }

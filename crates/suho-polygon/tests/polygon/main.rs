@@ -1,9 +1,8 @@
 //! Integration tests of the Polygon adapters against local fakes that speak Polygon's
-//! protocol: a WebSocket server ([`fake_ws`]) and a REST aggregates server ([`fake_rest`]).
-//! One test binary; shared helpers live here.
+//! protocol: a WebSocket server ([`fake_ws`]) and a REST aggregates server ([`fake_rest`]),
+//! both from `suho_polygon::fake` (shared with the platform's tests). One test binary; shared
+//! helpers live here.
 
-mod fake_rest;
-mod fake_ws;
 mod history;
 mod live;
 
@@ -12,10 +11,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use rust_decimal::Decimal;
+pub use suho_polygon::fake::KEY;
+use suho_polygon::fake::{rest as fake_rest, ws as fake_ws};
 use suho_polygon::PolygonConfig;
-
-/// The key the fakes accept.
-pub const KEY: &str = "test-key-0123456789";
 
 /// A config pointing at the fakes, with short delays.
 pub fn config(ws_url: &str, rest_url: &str) -> PolygonConfig {

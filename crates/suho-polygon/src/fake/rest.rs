@@ -16,7 +16,7 @@ use axum::routing::get;
 use axum::Router;
 use rust_decimal::Decimal;
 
-use crate::KEY;
+use super::KEY;
 
 /// First bar start.
 pub const BASE: i64 = 1_704_931_200_000;
