@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -11,10 +11,10 @@ use async_nats::{Client, ConnectOptions, Event, HeaderMap, Subscriber};
 use bytes::Bytes;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
-use suho_domain::{subject, Symbol, Tick, Timeframe};
+use suho_domain::{subject, Symbol};
 use suho_market::{
-    run_analytics_with, run_price_service, AnalyticsConfig, CandleAggregator, IndicatorParams,
-    IndicatorSet, PriceServiceConfig, SyntheticFeed, TickDisposition,
+    run_analytics_with, run_price_service, AnalyticsConfig, PriceServiceConfig, SyntheticFeed,
+    TickObserver,
 };
 use suho_messaging::{now_ms, MarketBus};
 use tokio_util::sync::CancellationToken;
@@ -31,8 +31,9 @@ const MAX_LATENCY_NS: u64 = 60_000_000_000;
 /// Which subscribers receive the ticks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Path {
-    /// The real analytics and price services plus a probe that parses each tick and applies
-    /// it to candles, indicators and a price cache before taking the time.
+    /// The real analytics and price services on one connection, as in the service process;
+    /// each takes the time of a tick once it has applied it (candles, indicators and their
+    /// publications; the price cache).
     Ours,
     /// One plain subscriber that only takes the time.
     Raw,
@@ -89,17 +90,45 @@ async fn connect(
         .with_context(|| format!("connecting to {url}"))
 }
 
-/// What a probe shares with the driver while it runs.
-#[derive(Default)]
-struct Progress {
+/// Where one measuring subscriber records each tick it has handled: the probe of the raw path,
+/// or the observer of a real service on ours.
+struct Recorder {
+    epoch: Instant,
+    latency_ns: Mutex<Histogram<u64>>,
     delivered: AtomicU64,
     malformed: AtomicU64,
+    last_receive: Mutex<Option<Instant>>,
 }
 
-/// What a probe hands back when it stops.
-struct ProbeOutcome {
-    latency_ns: Histogram<u64>,
-    last_receive: Option<Instant>,
+impl Recorder {
+    fn new(epoch: Instant) -> anyhow::Result<Self> {
+        Ok(Self {
+            epoch,
+            latency_ns: Mutex::new(new_histogram()?),
+            delivered: AtomicU64::new(0),
+            malformed: AtomicU64::new(0),
+            last_receive: Mutex::new(None),
+        })
+    }
+
+    /// Takes the time of one handled tick: now minus the time it was due.
+    fn record(&self, headers: Option<&HeaderMap>) {
+        let Some(sent) = sent_ns(headers) else {
+            self.malformed.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let now = Instant::now();
+        #[allow(clippy::cast_possible_truncation)]
+        let now_ns = now.duration_since(self.epoch).as_nanos() as u64;
+        lock(&self.latency_ns)
+            .saturating_record(now_ns.saturating_sub(sent).clamp(1, MAX_LATENCY_NS));
+        *lock(&self.last_receive) = Some(now);
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn new_histogram() -> anyhow::Result<Histogram<u64>> {
@@ -110,95 +139,15 @@ fn sent_ns(headers: Option<&HeaderMap>) -> Option<u64> {
     headers?.get(SENT_HEADER)?.as_str().parse().ok()
 }
 
-/// The in-process state a tick is applied to: the same candles, indicators and price cache the
-/// services keep.
-struct Applied {
-    candles: HashMap<Symbol, (CandleAggregator, IndicatorSet)>,
-    prices: HashMap<Symbol, Tick>,
-}
-
-impl Applied {
-    fn new(symbols: &[Symbol]) -> Self {
-        let params = IndicatorParams::default();
-        let candles = symbols
-            .iter()
-            .map(|&s| {
-                (
-                    s,
-                    (
-                        CandleAggregator::with_timeframes(s, &Timeframe::ALL),
-                        IndicatorSet::new(&params),
-                    ),
-                )
-            })
-            .collect();
-        Self {
-            candles,
-            prices: HashMap::new(),
-        }
-    }
-
-    fn apply(&mut self, tick: Tick) {
-        if let Some((candles, indicators)) = self.candles.get_mut(&tick.symbol) {
-            let updates = candles.on_tick(&tick);
-            if updates.disposition != TickDisposition::Late {
-                for candle in updates.iter() {
-                    if candle.closed && candle.timeframe == Timeframe::M1 {
-                        let _ = indicators.update(candle);
-                    }
-                }
-            }
-        }
-        let newer = self
-            .prices
-            .get(&tick.symbol)
-            .is_none_or(|old| old.timestamp <= tick.timestamp);
-        if newer {
-            self.prices.insert(tick.symbol, tick);
-        }
-    }
-}
-
-async fn probe(
-    mut sub: Subscriber,
-    path: Path,
-    symbols: Vec<Symbol>,
-    epoch: Instant,
-    progress: Arc<Progress>,
-    stop: CancellationToken,
-) -> anyhow::Result<ProbeOutcome> {
-    let mut latency_ns = new_histogram()?;
-    let mut last_receive = None;
-    let mut applied = (path == Path::Ours).then(|| Applied::new(&symbols));
+/// The raw path's subscriber: takes the time of each message and does nothing else.
+async fn probe(mut sub: Subscriber, recorder: Arc<Recorder>, stop: CancellationToken) {
     loop {
         let msg = tokio::select! {
             m = sub.next() => match m { Some(m) => m, None => break },
             () = stop.cancelled() => break,
         };
-        if let Some(state) = applied.as_mut() {
-            match serde_json::from_slice::<Tick>(&msg.payload) {
-                Ok(tick) => state.apply(tick),
-                Err(_) => {
-                    progress.malformed.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-            }
-        }
-        let Some(sent) = sent_ns(msg.headers.as_ref()) else {
-            progress.malformed.fetch_add(1, Ordering::Relaxed);
-            continue;
-        };
-        let now = Instant::now();
-        #[allow(clippy::cast_possible_truncation)]
-        let now_ns = now.duration_since(epoch).as_nanos() as u64;
-        latency_ns.saturating_record(now_ns.saturating_sub(sent).clamp(1, MAX_LATENCY_NS));
-        last_receive = Some(now);
-        progress.delivered.fetch_add(1, Ordering::Relaxed);
+        recorder.record(msg.headers.as_ref());
     }
-    Ok(ProbeOutcome {
-        latency_ns,
-        last_receive,
-    })
 }
 
 /// Publishes `rate` ticks/s for `duration` on an open-loop schedule: message `i` is due at
@@ -286,37 +235,62 @@ pub(crate) async fn run(phase: &Phase<'_>, path: Path) -> anyhow::Result<PathRes
 
     let stop = CancellationToken::new();
     let mut services = Vec::new();
-    if path == Path::Ours {
-        let bus = MarketBus::new(subscriber_client.clone(), phase.prefix.clone());
-        let analytics = AnalyticsConfig::new(phase.symbols.to_vec());
-        let prices = PriceServiceConfig {
-            symbols: phase.symbols.iter().copied().collect(),
-            max_age_ms: 10_000,
-        };
-        services.push(tokio::spawn(run_analytics_with(
-            bus.clone(),
-            analytics,
-            stop.child_token(),
-        )));
-        services.push(tokio::spawn(run_price_service(
-            bus,
-            prices,
-            stop.child_token(),
-        )));
+    let mut recorders = Vec::new();
+    let mut probe_task = None;
+    match path {
+        Path::Ours => {
+            let bus = MarketBus::new(subscriber_client.clone(), phase.prefix.clone());
+            let analytics = Arc::new(Recorder::new(phase.epoch)?);
+            let prices = Arc::new(Recorder::new(phase.epoch)?);
+            let observer = |recorder: &Arc<Recorder>| {
+                let recorder = Arc::clone(recorder);
+                Some(TickObserver::new(move |msg| {
+                    recorder.record(msg.headers.as_ref());
+                }))
+            };
+            let analytics_config = AnalyticsConfig {
+                observer: observer(&analytics),
+                ..AnalyticsConfig::new(phase.symbols.to_vec())
+            };
+            let prices_config = PriceServiceConfig {
+                symbols: phase.symbols.iter().copied().collect(),
+                max_age_ms: 10_000,
+                observer: observer(&prices),
+            };
+            services.push(tokio::spawn(run_analytics_with(
+                bus.clone(),
+                analytics_config,
+                stop.child_token(),
+            )));
+            services.push(tokio::spawn(run_price_service(
+                bus,
+                prices_config,
+                stop.child_token(),
+            )));
+            recorders.extend([analytics, prices]);
+        }
+        Path::Raw => {
+            let sub = subscriber_client
+                .subscribe(subject::all_ticks(&phase.prefix))
+                .await
+                .context("subscribing the probe")?;
+            let recorder = Arc::new(Recorder::new(phase.epoch)?);
+            probe_task = Some(tokio::spawn(probe(
+                sub,
+                Arc::clone(&recorder),
+                stop.child_token(),
+            )));
+            recorders.push(recorder);
+        }
     }
-    let sub = subscriber_client
-        .subscribe(subject::all_ticks(&phase.prefix))
-        .await
-        .context("subscribing the probe")?;
-    let progress = Arc::new(Progress::default());
-    let probe_task = tokio::spawn(probe(
-        sub,
-        path,
-        phase.symbols.to_vec(),
-        phase.epoch,
-        Arc::clone(&progress),
-        stop.child_token(),
-    ));
+    // A tick is delivered once every measuring subscriber has handled it.
+    let delivered = || {
+        recorders
+            .iter()
+            .map(|r| r.delivered.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(0)
+    };
     // Let the services subscribe, then make sure the server has every subscription.
     tokio::time::sleep(Duration::from_millis(300)).await;
     tokio::time::timeout(Duration::from_secs(5), subscriber_client.flush())
@@ -342,15 +316,15 @@ pub(crate) async fn run(phase: &Phase<'_>, path: Path) -> anyhow::Result<PathRes
 
     // Drain: until everything arrived, nothing arrived for a second, or the timeout.
     let drain_end = Instant::now() + phase.drain_timeout;
-    let mut last = progress.delivered.load(Ordering::Relaxed);
+    let mut last = delivered();
     let mut last_change = Instant::now();
     loop {
-        let delivered = progress.delivered.load(Ordering::Relaxed);
-        if delivered >= published || Instant::now() > drain_end {
+        let now_delivered = delivered();
+        if now_delivered >= published || Instant::now() > drain_end {
             break;
         }
-        if delivered != last {
-            last = delivered;
+        if now_delivered != last {
+            last = now_delivered;
             last_change = Instant::now();
         } else if last_change.elapsed() > Duration::from_secs(1) {
             break;
@@ -358,7 +332,9 @@ pub(crate) async fn run(phase: &Phase<'_>, path: Path) -> anyhow::Result<PathRes
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     stop.cancel();
-    let outcome = probe_task.await.context("the probe panicked")??;
+    if let Some(task) = probe_task {
+        task.await.context("the probe panicked")?;
+    }
     for service in services {
         match tokio::time::timeout(Duration::from_secs(5), service).await {
             Ok(Ok(Ok(()))) => {}
@@ -369,9 +345,18 @@ pub(crate) async fn run(phase: &Phase<'_>, path: Path) -> anyhow::Result<PathRes
     }
     drop(subscriber_client);
 
-    let delivered = progress.delivered.load(Ordering::Relaxed);
-    let elapsed = outcome
-        .last_receive
+    let delivered = delivered();
+    let mut latency_ns = new_histogram()?;
+    let mut last_receive: Option<Instant> = None;
+    let mut malformed = 0;
+    for r in &recorders {
+        latency_ns
+            .add(&*lock(&r.latency_ns))
+            .context("merging latency histograms")?;
+        last_receive = last_receive.max(*lock(&r.last_receive));
+        malformed += r.malformed.load(Ordering::Relaxed);
+    }
+    let elapsed = last_receive
         .map_or(phase.duration, |t| t.saturating_duration_since(start))
         .max(Duration::from_millis(1));
     #[allow(clippy::cast_precision_loss)]
@@ -380,10 +365,10 @@ pub(crate) async fn run(phase: &Phase<'_>, path: Path) -> anyhow::Result<PathRes
         published,
         delivered,
         lost: published.saturating_sub(delivered),
-        malformed: progress.malformed.load(Ordering::Relaxed),
+        malformed,
         slow_consumer_events: counts.slow_consumer.load(Ordering::Relaxed),
         disconnects: counts.disconnected.load(Ordering::Relaxed),
         delivered_per_sec,
-        latency_ns: outcome.latency_ns,
+        latency_ns,
     })
 }

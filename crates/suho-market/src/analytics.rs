@@ -61,6 +61,8 @@ pub struct AnalyticsConfig {
     /// The forming candles are published (latest state) at most this often; `None` publishes
     /// every update, one message per tick and timeframe.
     pub update_interval: Option<Duration>,
+    /// Told of every tick once it is applied (benchmarks).
+    pub observer: Option<crate::TickObserver>,
 }
 
 impl AnalyticsConfig {
@@ -77,6 +79,7 @@ impl AnalyticsConfig {
             close_grace_ms: 0,
             max_future_ms: Some(60_000),
             update_interval: Some(Duration::from_millis(100)),
+            observer: None,
         }
     }
 }
@@ -320,6 +323,9 @@ pub async fn run_analytics_with(
                 match serde_json::from_slice::<Tick>(&msg.payload) {
                     Ok(tick) => service.on_tick(&tick).await?,
                     Err(e) => tracing::warn!(subject = %msg.subject, error = %e, "ignoring a malformed tick"),
+                }
+                if let Some(observer) = &service.config.observer {
+                    observer.observe(&msg);
                 }
             }
             _ = timer.tick() => service.close_due().await?,

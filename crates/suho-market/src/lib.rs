@@ -21,6 +21,29 @@ pub use price::{run_price_service, PriceServiceConfig};
 pub use replay::{run_replay, Recording, ReplayError, ReplayOptions, ReplayRecord};
 pub use synthetic::{run_feed, Regime, Session, SyntheticFeed, TradingHours};
 
+/// Called by a market service with each tick message once the service has applied it: the
+/// market benchmark measures latency through the real services with it.
+#[derive(Clone)]
+pub struct TickObserver(std::sync::Arc<dyn Fn(&async_nats::Message) + Send + Sync>);
+
+impl TickObserver {
+    /// An observer calling `f`.
+    pub fn new(f: impl Fn(&async_nats::Message) + Send + Sync + 'static) -> Self {
+        Self(std::sync::Arc::new(f))
+    }
+
+    /// Reports one applied tick.
+    pub fn observe(&self, msg: &async_nats::Message) {
+        (self.0)(msg);
+    }
+}
+
+impl std::fmt::Debug for TickObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TickObserver")
+    }
+}
+
 /// A market service stopped for a reason other than shutdown.
 #[derive(Debug, thiserror::Error)]
 pub enum MarketServiceError {

@@ -19,6 +19,8 @@ pub struct PriceServiceConfig {
     pub symbols: HashSet<Symbol>,
     /// Older quotes are answered with `stale`.
     pub max_age_ms: i64,
+    /// Told of every tick once it is cached (benchmarks).
+    pub observer: Option<crate::TickObserver>,
 }
 
 /// The reply to a price request for the symbol spelled `requested`.
@@ -84,6 +86,9 @@ pub async fn run_price_service(
                     }
                     Err(e) => tracing::warn!(subject = %msg.subject, error = %e, "ignoring a malformed tick"),
                 }
+                if let Some(observer) = &config.observer {
+                    observer.observe(&msg);
+                }
             }
             Some(msg) = requests.next() => {
                 let Some(reply_to) = msg.reply else { continue };
@@ -115,6 +120,7 @@ mod tests {
         PriceServiceConfig {
             symbols: [Symbol::parse("EURUSD").unwrap()].into_iter().collect(),
             max_age_ms: 1000,
+            observer: None,
         }
     }
 

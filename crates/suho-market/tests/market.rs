@@ -20,6 +20,7 @@ async fn start(env: &TestEnv, shutdown: &CancellationToken) -> MarketBus {
         PriceServiceConfig {
             symbols: symbols.iter().copied().collect(),
             max_age_ms: 5000,
+            observer: None,
         },
         shutdown.clone(),
     ));

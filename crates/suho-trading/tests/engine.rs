@@ -89,6 +89,7 @@ async fn start_market(env: &TestEnv, shutdown: &CancellationToken, feed: bool) -
         PriceServiceConfig {
             symbols: symbols.iter().copied().collect(),
             max_age_ms: 5000,
+            observer: None,
         },
         shutdown.clone(),
     ));

@@ -126,6 +126,7 @@ impl Application {
             PriceServiceConfig {
                 symbols: symbols.iter().copied().collect(),
                 max_age_ms: i64::try_from(config.market.max_quote_age_ms).unwrap_or(i64::MAX),
+                observer: None,
             },
             stop.clone(),
         );
