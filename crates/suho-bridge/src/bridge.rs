@@ -1,12 +1,25 @@
 //! The bridge's run loop: ensures the JetStream stream and durable pull consumer, then
 //! fetches batches, stores them ([`crate::Store`]) and acknowledges them only after the commit.
+//!
+//! The loop is pipelined: while batch N is stored and committed, the pull for batch N+1 runs
+//! and its messages are parsed, and the acknowledgements of batch N-1 (committed already) are
+//! sent. Batches are stored one at a time, in the order they were fetched, and each batch is
+//! acknowledged only after its own commit. All of it runs in the bridge's one task: the stages
+//! advance while the store waits for PostgreSQL.
+//!
+//! Acknowledgements stay explicit, one per message (`AckPolicy::Explicit`). `AckPolicy::All`
+//! (one ack for a batch's last message) was considered and rejected: an ack there also
+//! acknowledges every lower stream sequence delivered to the consumer, including messages
+//! still held, unstored, by a crashed bridge (pending until `ack_wait`), by a concurrent
+//! bridge on the same durable consumer, or handed back by a failed batch (negative ack with a
+//! delay) that later batches overtake. Any of these would be lost.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream, AckKind};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use sqlx::PgPool;
 use suho_domain::{Candle, Tick};
 use tokio_util::sync::CancellationToken;
@@ -17,6 +30,28 @@ use crate::{
     BridgeConfig, BridgeError, BATCH_ERRORS_METRIC, BATCH_SECONDS_METRIC, DUPLICATES_METRIC,
     INVALID_METRIC, ROWS_WRITTEN_METRIC,
 };
+
+/// How long after a pull request's expiry (`batch_wait`) the bridge stops waiting for it.
+const FETCH_GRACE: Duration = Duration::from_millis(200);
+
+/// A fetched batch, classified and ready to store.
+struct Parsed {
+    messages: Vec<jetstream::Message>,
+    ticks: Vec<Tick>,
+    candles: Vec<Candle>,
+    /// Per message: whether it could not be parsed (terminated, not stored).
+    invalid: Vec<bool>,
+    open_candles: u64,
+    parse_time: Duration,
+}
+
+/// A stored batch waiting for its acknowledgements.
+struct Committed {
+    messages: Vec<jetstream::Message>,
+    invalid: Vec<bool>,
+    /// Parse, store and commit time.
+    work: Duration,
+}
 
 /// Counters of one bridge instance (also exported as metrics).
 #[derive(Debug, Default)]
@@ -36,7 +71,7 @@ pub struct BridgeStats {
 pub struct StatsSnapshot {
     /// Messages received (redeliveries included).
     pub messages: u64,
-    /// Batches stored and acknowledged.
+    /// Batches stored (committed; their acknowledgements follow).
     pub batches: u64,
     /// Tick rows inserted.
     pub ticks_inserted: u64,
@@ -193,31 +228,68 @@ impl Bridge {
         Arc::clone(&self.stats)
     }
 
-    /// Consumes until `shutdown`: fetch a batch, store it in one transaction, acknowledge it.
+    /// Consumes until `shutdown`: fetch a batch, store it in one transaction, acknowledge it,
+    /// with the next batch fetched while the current one is stored (see the module docs).
     /// A batch that cannot be stored is handed back (negative acknowledgement with a delay)
     /// and the loop backs off; a stop between commit and acknowledgement only causes a
-    /// harmless redelivery.
+    /// harmless redelivery. A stop ends the pull in progress; what it had received, and a
+    /// batch fetched but not yet stored, come back (to the next bridge) after `ack_wait`.
     ///
     /// # Errors
     /// None at present: every failure is retried; the `Result` is kept for fatal conditions.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), BridgeError> {
         let mut backoff = self.config.retry_initial;
+        // A batch pulled (and parsed) while the previous one was being stored.
+        let mut prefetched: Option<Result<Parsed, BridgeError>> = None;
+        // A committed batch whose acknowledgements are still to be sent.
+        let mut to_ack: Option<Committed> = None;
         loop {
-            let fetched = tokio::select! {
-                r = self.fetch() => r,
-                () = shutdown.cancelled() => break,
+            let fetched = match prefetched.take() {
+                Some(fetched) => fetched,
+                None => {
+                    // Nothing else to do meanwhile: acknowledge before waiting for messages.
+                    if let Some(committed) = to_ack.take() {
+                        self.acknowledge(committed).await;
+                    }
+                    tokio::select! {
+                        biased;
+                        () = shutdown.cancelled() => break,
+                        r = self.fetch_parsed() => r,
+                    }
+                }
             };
             let failed = match fetched {
-                Ok(messages) if messages.is_empty() => false,
-                Ok(messages) => match self.process(messages, backoff).await {
-                    Ok(()) => false,
-                    Err(e) => {
-                        self.stats.batch_errors.fetch_add(1, Ordering::Relaxed);
-                        metrics::counter!(BATCH_ERRORS_METRIC).increment(1);
-                        tracing::warn!(error = %e, retry_in = ?backoff, "batch not stored; it will be redelivered");
-                        true
+                Ok(batch) if batch.messages.is_empty() => false,
+                Ok(batch) => {
+                    let next = async {
+                        tokio::select! {
+                            biased;
+                            () = shutdown.cancelled() => None,
+                            r = self.fetch_parsed() => Some(r),
+                        }
+                    };
+                    let previous = to_ack.take();
+                    let acks = async {
+                        if let Some(committed) = previous {
+                            self.acknowledge(committed).await;
+                        }
+                    };
+                    let (stored, (), next) =
+                        tokio::join!(self.store_batch(batch, backoff), acks, next);
+                    prefetched = next;
+                    match stored {
+                        Ok(committed) => {
+                            to_ack = Some(committed);
+                            false
+                        }
+                        Err(e) => {
+                            self.stats.batch_errors.fetch_add(1, Ordering::Relaxed);
+                            metrics::counter!(BATCH_ERRORS_METRIC).increment(1);
+                            tracing::warn!(error = %e, retry_in = ?backoff, "batch not stored; it will be redelivered");
+                            true
+                        }
                     }
-                },
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in = ?backoff, "fetching from JetStream failed");
                     true
@@ -233,41 +305,69 @@ impl Bridge {
                 backoff = self.config.retry_initial;
             }
         }
+        if let Some(committed) = to_ack.take() {
+            self.acknowledge(committed).await;
+        }
         tracing::info!(stats = ?self.stats.snapshot(), "data bridge stopped");
         Ok(())
     }
 
-    /// Up to `batch_max` messages, waiting at most `batch_wait` for them.
+    /// Up to `batch_max` messages, waiting about `batch_wait` for them.
+    ///
+    /// The pull request expires on the server after `batch_wait`, which normally ends it with
+    /// a timeout status. The bridge does not rely on that status: it stops reading at
+    /// `batch_wait` + [`FETCH_GRACE`] and keeps what has arrived (nats-server 2.9 was seen not
+    /// to send it after a partial batch, leaving the client's own 5 s fallback to end it).
     async fn fetch(&self) -> Result<Vec<jetstream::Message>, BridgeError> {
-        let mut batch = self
-            .consumer
-            .batch()
-            .max_messages(self.config.batch_max)
-            .expires(self.config.batch_wait)
-            .messages()
-            .await
-            .map_err(|e| BridgeError::jetstream("fetch", e))?;
+        let deadline = tokio::time::sleep(self.config.batch_wait + FETCH_GRACE);
+        tokio::pin!(deadline);
+        let mut batch = tokio::select! {
+            r = self.consumer
+                .batch()
+                .max_messages(self.config.batch_max)
+                .expires(self.config.batch_wait)
+                .messages() => r.map_err(|e| BridgeError::jetstream("fetch", e))?,
+            () = &mut deadline => return Ok(Vec::new()),
+        };
         let mut out = Vec::new();
-        while let Some(m) = batch.next().await {
-            match m {
-                Ok(m) => out.push(m),
+        loop {
+            let next = tokio::select! {
+                biased;
+                m = batch.next() => m,
+                () = &mut deadline => {
+                    // Take what is already buffered; later deliveries of this pull (the
+                    // server expired it, so there should be none) come back after ack_wait.
+                    while let Some(Some(Ok(m))) = batch.next().now_or_never() {
+                        out.push(m);
+                    }
+                    if !out.is_empty() {
+                        tracing::debug!(messages = out.len(), "pull ended by the bridge's deadline");
+                    }
+                    break;
+                }
+            };
+            match next {
+                None => break,
+                Some(Ok(m)) => out.push(m),
                 // Keep what arrived; the next fetch reports a lasting problem.
-                Err(e) if !out.is_empty() => {
+                Some(Err(e)) if !out.is_empty() => {
                     tracing::debug!(error = %e, "batch ended early");
                     break;
                 }
-                Err(e) => return Err(BridgeError::jetstream("fetch", e)),
+                Some(Err(e)) => return Err(BridgeError::jetstream("fetch", e)),
             }
         }
         Ok(out)
     }
 
-    /// Parses, stores and acknowledges one batch; on a store failure hands it back.
-    async fn process(
-        &self,
-        messages: Vec<jetstream::Message>,
-        retry_delay: Duration,
-    ) -> Result<(), BridgeError> {
+    /// [`Bridge::fetch`], then [`Bridge::parse`].
+    async fn fetch_parsed(&self) -> Result<Parsed, BridgeError> {
+        let messages = self.fetch().await?;
+        Ok(self.parse(messages))
+    }
+
+    /// Classifies every message of a batch.
+    fn parse(&self, messages: Vec<jetstream::Message>) -> Parsed {
         let started = Instant::now();
         let now = suho_messaging::now_ms();
         let mut ticks: Vec<Tick> = Vec::new();
@@ -285,6 +385,33 @@ impl Bridge {
                 }
             }
         }
+        Parsed {
+            messages,
+            ticks,
+            candles,
+            invalid,
+            open_candles,
+            parse_time: started.elapsed(),
+        }
+    }
+
+    /// Stores one parsed batch in one transaction and counts it; on a failure hands it back
+    /// (negative acknowledgement with `retry_delay`). The caller acknowledges what this
+    /// returns ([`Bridge::acknowledge`]).
+    async fn store_batch(
+        &self,
+        batch: Parsed,
+        retry_delay: Duration,
+    ) -> Result<Committed, BridgeError> {
+        let started = Instant::now();
+        let Parsed {
+            messages,
+            ticks,
+            candles,
+            invalid,
+            open_candles,
+            parse_time,
+        } = batch;
         let report = match self.store.write(&ticks, &candles).await {
             Ok(r) => r,
             Err(e) => {
@@ -296,26 +423,42 @@ impl Bridge {
             }
         };
         let invalid_n = invalid.iter().filter(|b| **b).count() as u64;
-        for (m, bad) in messages.iter().zip(&invalid) {
+        self.record(&report, messages.len() as u64, open_candles, invalid_n);
+        let store_time = started.elapsed();
+        tracing::debug!(
+            messages = messages.len(),
+            ?report,
+            invalid = invalid_n,
+            ?parse_time,
+            ?store_time,
+            "batch stored"
+        );
+        Ok(Committed {
+            messages,
+            invalid,
+            work: parse_time + store_time,
+        })
+    }
+
+    /// Acknowledges a committed batch: `Ack` for every message, `Term` for the unparseable
+    /// ones. An acknowledgement that does not arrive only causes a redelivery, skipped as a
+    /// duplicate.
+    async fn acknowledge(&self, committed: Committed) {
+        let started = Instant::now();
+        for (m, bad) in committed.messages.iter().zip(&committed.invalid) {
             let kind = if *bad { AckKind::Term } else { AckKind::Ack };
             if let Err(e) = m.ack_with(kind).await {
-                // The message will be redelivered and skipped as a duplicate.
                 tracing::debug!(error = %e, "acknowledgement not sent");
             }
         }
         if let Err(e) = tokio::time::timeout(Duration::from_secs(5), self.client.flush()).await {
             tracing::debug!(error = %e, "flushing acknowledgements timed out");
         }
-        self.record(&report, messages.len() as u64, open_candles, invalid_n);
-        metrics::histogram!(BATCH_SECONDS_METRIC).record(started.elapsed().as_secs_f64());
-        tracing::debug!(
-            messages = messages.len(),
-            ?report,
-            invalid = invalid_n,
-            elapsed = ?started.elapsed(),
-            "batch stored"
-        );
-        Ok(())
+        // The batch's own work: parsing, store and commit, acknowledgements (each overlapped
+        // with other batches' stages, so this is not the time from fetch to acknowledgement).
+        let work = committed.work + started.elapsed();
+        metrics::histogram!(BATCH_SECONDS_METRIC).record(work.as_secs_f64());
+        tracing::debug!(messages = committed.messages.len(), ack_time = ?started.elapsed(), "batch acknowledged");
     }
 
     fn record(&self, report: &StoreReport, messages: u64, open_candles: u64, invalid: u64) {

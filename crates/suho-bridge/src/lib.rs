@@ -6,9 +6,12 @@
 //! ```text
 //! feed / analytics --core publish--> NATS --(JetStream stream captures the subjects)-->
 //!   durable pull consumer --batch (<= batch_max msgs or batch_wait)--> parse -->
-//!   one transaction: COPY into temp staging tables, INSERT .. ON CONFLICT DO NOTHING -->
-//!   commit --> ack
+//!   one transaction: COPY into the tables (or, if the batch holds a stored row: COPY into
+//!   temp staging tables, INSERT .. ON CONFLICT DO NOTHING) --> commit --> ack
 //! ```
+//!
+//! The stages are pipelined (the next batch is fetched and parsed, and the previous one
+//! acknowledged, while a batch is stored); see the `bridge` module.
 //!
 //! - The broadcast path is untouched: publishers keep using core NATS; a JetStream stream
 //!   ([`BridgeConfig::subjects`]) captures the same subjects, giving the bridge a durable,
@@ -17,8 +20,11 @@
 //!   crash loses nothing: unacknowledged messages are redelivered to the next bridge that uses
 //!   the same durable consumer.
 //! - Replays are idempotent: every row has a natural key (ticks:
-//!   `(symbol, ts, source, bid, ask)`; candles: `(symbol, timeframe, start_ts)`) and rows are
-//!   inserted with `ON CONFLICT DO NOTHING`, so a redelivered batch inserts nothing twice.
+//!   `(symbol, ts, source, bid, ask)`; candles: `(symbol, timeframe, start_ts)`), the tables'
+//!   primary keys. A batch is first copied straight into the tables; if any row is already
+//!   stored, that transaction fails on the key and is rolled back whole, and the batch is
+//!   stored again through staging with `ON CONFLICT DO NOTHING`. So a redelivered batch
+//!   inserts nothing twice.
 //! - A message that cannot be parsed is counted, logged and terminated (never redelivered),
 //!   so it cannot block the stream. Candles that are not `closed` are acknowledged and skipped.
 //! - On a database error nothing is acknowledged: the batch is negatively acknowledged with a
@@ -52,7 +58,9 @@ pub const DUPLICATES_METRIC: &str = "bridge_duplicate_rows_total";
 pub const INVALID_METRIC: &str = "bridge_invalid_messages_total";
 /// Counter of batches that failed to be stored (they are redelivered).
 pub const BATCH_ERRORS_METRIC: &str = "bridge_batch_errors_total";
-/// Histogram of the time to store and acknowledge one batch, seconds.
+/// Histogram of the bridge's own work on one batch, seconds: parsing, store and commit, and
+/// acknowledgements (the three are overlapped with other batches, so this is not the time from
+/// fetch to acknowledgement).
 pub const BATCH_SECONDS_METRIC: &str = "bridge_batch_seconds";
 
 /// Why the bridge or a query failed.

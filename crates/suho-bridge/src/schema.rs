@@ -24,7 +24,7 @@ use crate::BridgeError;
 
 /// Advisory lock key for schema and partition DDL ("suhobrdg").
 const DDL_LOCK: i64 = 0x7375_686f_6272_6467;
-const DAY_MS: i64 = 86_400_000;
+pub(crate) const DAY_MS: i64 = 86_400_000;
 
 /// How the time-series tables are laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,7 +236,7 @@ fn month_of_ms(ms: i64) -> i64 {
 }
 
 /// Proleptic Gregorian `(year, month, day)` of days since 1970-01-01 (H. Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
+pub(crate) fn civil_from_days(z: i64) -> (i64, i64, i64) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);

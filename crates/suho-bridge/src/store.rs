@@ -1,19 +1,31 @@
-//! Writes a batch of ticks and closed candles in one transaction: `COPY` (CSV) into temporary
-//! staging tables, then `INSERT .. SELECT .. ON CONFLICT DO NOTHING` into the real tables, so
-//! storing the same batch twice inserts nothing the second time.
+//! Writes a batch of ticks and closed candles in one transaction, so that storing the same
+//! batch twice inserts nothing the second time. Two paths:
 //!
-//! Times travel as epoch milliseconds and become `timestamptz` inside PostgreSQL
-//! (`'epoch' + ms * 1 ms`), prices as the exact decimal text of the [`Decimal`]s.
+//! - **Direct** (the common case): `COPY` (CSV) straight into `market_ticks` /
+//!   `market_candles` in one transaction. Every row has a unique key (the tables' primary keys,
+//!   which include the partitioning time column, so they hold across partitions and chunks), so
+//!   a batch holding any row already stored fails with a unique violation (SQLSTATE 23505) and
+//!   its transaction is rolled back whole: nothing of it stays.
+//! - **Staging** (after such a conflict: a batch redelivered after a crash or an ack timeout,
+//!   or a duplicate inside the batch): `COPY` into temporary staging tables, then
+//!   `INSERT .. SELECT .. ON CONFLICT DO NOTHING` into the real tables. It writes every row
+//!   twice, hence only the fallback. Rows with a time outside 1970..9999 also take it.
+//!
+//! Both paths store the same values: on the direct path times travel as UTC text with
+//! millisecond precision (`2024-01-10 00:00:00.001+00`), on the staging path as epoch
+//! milliseconds that become `timestamptz` inside PostgreSQL (`'epoch' + ms * 1 ms`); prices
+//! travel as the exact decimal text of the [`Decimal`]s. Partitions are created before either
+//! path runs (see [`crate::StorageMode`]).
 //!
 //! [`Decimal`]: rust_decimal::Decimal
 
 use std::fmt::Write as _;
 use std::future::Future;
 
-use sqlx::{Connection, PgPool};
+use sqlx::{Connection, PgConnection, PgPool};
 use suho_domain::{Candle, Symbol, Tick, Timeframe};
 
-use crate::schema::{exec, Schema, StorageMode};
+use crate::schema::{civil_from_days, exec, Schema, StorageMode, DAY_MS};
 use crate::BridgeError;
 
 /// What one write did.
@@ -27,6 +39,9 @@ pub struct StoreReport {
     pub candles: u64,
     /// Candles newly inserted.
     pub candles_inserted: u64,
+    /// Whether the batch went through the staging path (`ON CONFLICT DO NOTHING`): it held
+    /// rows already stored, or times the direct path does not take.
+    pub staged: bool,
 }
 
 impl StoreReport {
@@ -148,6 +163,26 @@ impl Store {
             .ensure_partitions(&self.pool, &tick_times, &candle_times)
             .await?;
         let mut conn = self.pool.acquire().await?;
+        if direct_times(ticks, candles) {
+            match write_direct(&mut conn, ticks, candles).await {
+                Ok(()) => {
+                    report.ticks_inserted = report.ticks;
+                    report.candles_inserted = report.candles;
+                    return Ok(report);
+                }
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                    // Rolled back whole: the batch holds rows already stored (a replay).
+                    tracing::debug!(
+                        error = %e,
+                        ticks = ticks.len(),
+                        candles = candles.len(),
+                        "batch conflicts with stored rows; storing it through staging"
+                    );
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        report.staged = true;
         let mut tx = conn.begin().await?;
         exec(&mut tx, STAGING).await?;
         if !ticks.is_empty() {
@@ -182,6 +217,105 @@ impl Store {
         tx.commit().await?;
         Ok(report)
     }
+}
+
+/// The direct path: one transaction, `COPY` straight into the real tables. On any error the
+/// transaction is rolled back before returning, so nothing of the batch is stored.
+async fn write_direct(
+    conn: &mut PgConnection,
+    ticks: &[Tick],
+    candles: &[Candle],
+) -> Result<(), sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    let copied = async {
+        if !ticks.is_empty() {
+            let mut copy = tx
+                .copy_in_raw(
+                    "COPY market_ticks (symbol, ts, bid, ask, source) FROM STDIN WITH (FORMAT csv)",
+                )
+                .await?;
+            copy.send(ticks_csv_direct(ticks).into_bytes()).await?;
+            copy.finish().await?;
+        }
+        if !candles.is_empty() {
+            let mut copy = tx
+                .copy_in_raw(
+                    "COPY market_candles \
+                     (symbol, timeframe, start_ts, end_ts, open, high, low, close, volume) \
+                     FROM STDIN WITH (FORMAT csv)",
+                )
+                .await?;
+            copy.send(candles_csv_direct(candles).into_bytes()).await?;
+            copy.finish().await?;
+        }
+        Ok::<(), sqlx::Error>(())
+    }
+    .await;
+    match copied {
+        Ok(()) => tx.commit().await,
+        Err(e) => {
+            if let Err(rollback) = tx.rollback().await {
+                tracing::debug!(error = %rollback, "rolling back the direct copy failed");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Epoch milliseconds the direct path writes as text: 1970-01-01 ..= 9999-12-31T23:59:59.999Z.
+const DIRECT_MS: std::ops::RangeInclusive<i64> = 0..=253_402_300_799_999;
+
+/// Whether every time of the batch can travel as text on the direct path.
+fn direct_times(ticks: &[Tick], candles: &[Candle]) -> bool {
+    ticks.iter().all(|t| DIRECT_MS.contains(&t.timestamp))
+        && candles
+            .iter()
+            .all(|c| DIRECT_MS.contains(&c.start) && DIRECT_MS.contains(&c.end))
+}
+
+/// Epoch milliseconds (in [`DIRECT_MS`]) as a UTC `timestamptz` literal,
+/// `YYYY-MM-DD HH:MM:SS.mmm+00`: ISO order, read the same under every `DateStyle`.
+fn push_utc(out: &mut String, ms: i64) {
+    let (y, mo, d) = civil_from_days(ms.div_euclid(DAY_MS));
+    let in_day = ms.rem_euclid(DAY_MS);
+    let (h, mi, s, milli) = (
+        in_day / 3_600_000,
+        in_day / 60_000 % 60,
+        in_day / 1_000 % 60,
+        in_day % 1_000,
+    );
+    let _ = write!(
+        out,
+        "{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}.{milli:03}+00"
+    );
+}
+
+fn ticks_csv_direct(ticks: &[Tick]) -> String {
+    let mut out = String::with_capacity(ticks.len() * 80);
+    for t in ticks {
+        let _ = write!(out, "{},", t.symbol);
+        push_utc(&mut out, t.timestamp);
+        let _ = write!(out, ",{},{},", t.bid, t.ask);
+        quoted(&mut out, &t.source);
+        out.push('\n');
+    }
+    out
+}
+
+fn candles_csv_direct(candles: &[Candle]) -> String {
+    let mut out = String::with_capacity(candles.len() * 128);
+    for c in candles {
+        let _ = write!(out, "{},{},", c.symbol, c.timeframe);
+        push_utc(&mut out, c.start);
+        out.push(',');
+        push_utc(&mut out, c.end);
+        let _ = writeln!(
+            out,
+            ",{},{},{},{},{}",
+            c.open, c.high, c.low, c.close, c.volume
+        );
+    }
+    out
 }
 
 /// A CSV field: quoted, inner quotes doubled (handles commas, quotes and newlines).
@@ -236,8 +370,30 @@ mod tests {
         )
         .expect("tick");
         assert_eq!(
-            ticks_csv(&[t]),
+            ticks_csv(std::slice::from_ref(&t)),
             "EURUSD,7,1.08500,1.08512,\"a\"\"b,c\nd\"\n"
         );
+        assert_eq!(
+            ticks_csv_direct(&[t]),
+            "EURUSD,1970-01-01 00:00:00.007+00,1.08500,1.08512,\"a\"\"b,c\nd\"\n"
+        );
+    }
+
+    #[test]
+    fn direct_times_are_exact_utc_text() {
+        let text = |ms: i64| {
+            let mut s = String::new();
+            push_utc(&mut s, ms);
+            s
+        };
+        assert_eq!(text(0), "1970-01-01 00:00:00.000+00");
+        assert_eq!(text(1_704_844_800_001), "2024-01-10 00:00:00.001+00");
+        assert_eq!(text(1_709_251_199_999), "2024-02-29 23:59:59.999+00");
+        assert_eq!(text(*DIRECT_MS.end()), "9999-12-31 23:59:59.999+00");
+        let s = Symbol::parse("EURUSD").expect("sym");
+        let at = |ms: i64| Tick::new(s, Decimal::ONE, Decimal::ONE, ms, "x").expect("tick");
+        assert!(direct_times(&[at(0), at(*DIRECT_MS.end())], &[]));
+        assert!(!direct_times(&[at(-1)], &[]));
+        assert!(!direct_times(&[at(*DIRECT_MS.end() + 1)], &[]));
     }
 }

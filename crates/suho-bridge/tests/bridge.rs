@@ -1,6 +1,8 @@
 //! The data bridge against real NATS (JetStream) and PostgreSQL: ticks and closed candles are
 //! stored exactly, a crashed bridge loses nothing and duplicates nothing after a restart,
-//! replays insert nothing twice, and a malformed message does not block the stream.
+//! replays insert nothing twice (a conflicting batch falls back from the direct COPY to the
+//! staging path), batches that fail to be stored come back while the next one is being
+//! fetched, and a malformed message does not block the stream.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -550,5 +552,144 @@ async fn malformed_messages_are_skipped_and_do_not_block() {
     tokio::time::timeout(Duration::from_secs(10), task)
         .await
         .expect("bridge stops")
+        .expect("bridge task");
+}
+
+/// The direct path (COPY into the tables) takes fresh batches, across a day's partition
+/// boundary; a batch holding any stored row, or a duplicate inside itself, is rolled back
+/// whole and stored through staging, which inserts only the new rows; a candle already stored
+/// keeps its first content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicting_batches_fall_back_to_staging_without_duplicates() {
+    let env = TestEnv::new().await;
+    let pool = pool(&env).await;
+    let store = Store::open(pool.clone()).await.expect("store");
+    let eur = Symbol::parse("EURUSD").expect("sym");
+
+    // Fresh ticks spanning midnight (two daily partitions, the second created on demand) and
+    // fresh candles spanning a month boundary: direct.
+    let day_end = BASE_MS + 86_400_000;
+    let first = ticks_from(day_end - 200, 400, 11);
+    let month_end = 1_706_745_600_000; // 2024-02-01T00:00:00Z
+    let candles: Vec<Candle> = (-2..2)
+        .map(|k| closed_candle(eur, Timeframe::H1, month_end + k * 3_600_000, k))
+        .collect();
+    let r = store.write(&first, &candles).await.expect("write");
+    assert_eq!((r.ticks_inserted, r.candles_inserted), (400, 4), "{r:?}");
+    assert!(!r.staged, "a fresh batch takes the direct path: {r:?}");
+
+    // Half stored, half new: the direct copy conflicts and is rolled back; staging inserts
+    // the new half only.
+    let second: Vec<Tick> = first[200..]
+        .iter()
+        .cloned()
+        .chain(ticks_from(day_end + 200, 200, 14))
+        .collect();
+    let r = store.write(&second, &[]).await.expect("write");
+    assert!(r.staged, "{r:?}");
+    assert_eq!(r.ticks_inserted, 200, "{r:?}");
+    assert_eq!(r.duplicates(), 200, "{r:?}");
+
+    // A candle's key already stored with other values: nothing inserted, the first kept,
+    // and the new ticks of the same batch are stored.
+    let mut changed = candles[1].clone();
+    changed.close += Decimal::new(1, 5);
+    let more = ticks_from(day_end + 1_000, 50, 12);
+    let r = store
+        .write(&more, std::slice::from_ref(&changed))
+        .await
+        .expect("write");
+    assert!(r.staged, "{r:?}");
+    assert_eq!((r.ticks_inserted, r.candles_inserted), (50, 0), "{r:?}");
+    let history = candle_history(&pool, eur, Timeframe::H1, 0, i64::MAX / 2, 10)
+        .await
+        .expect("history");
+    assert_eq!(history, candles, "stored candles keep their first content");
+
+    // A duplicate inside one fresh batch.
+    let fresh = ticks_from(BASE_MS + 7_200_000, 30, 13);
+    let doubled: Vec<Tick> = fresh.iter().chain(&fresh[..10]).cloned().collect();
+    let r = store.write(&doubled, &[]).await.expect("write");
+    assert!(r.staged, "{r:?}");
+    assert_eq!(r.ticks_inserted, 30, "{r:?}");
+
+    // Every tick exactly once, times to the millisecond, on either path.
+    let rows = stored_ticks(&pool).await;
+    let distinct: HashSet<&TickKey> = rows.iter().collect();
+    assert_eq!(rows.len(), distinct.len(), "no duplicate rows");
+    let want: HashSet<TickKey> = first
+        .iter()
+        .chain(&second)
+        .chain(&more)
+        .chain(&fresh)
+        .map(key_of)
+        .collect();
+    assert_eq!(rows.iter().cloned().collect::<HashSet<_>>(), want);
+    let partitions: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_inherits WHERE inhparent = 'market_ticks'::regclass",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("partitions");
+    assert_eq!(partitions, 2, "the ticks span two daily partitions");
+}
+
+/// Batches that fail to be stored (PostgreSQL refuses every row for a while) are handed back
+/// while the next batch is already being fetched; once the database accepts rows again, every
+/// tick is stored exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_batches_are_redelivered_while_the_next_is_prefetched() {
+    const N: usize = 3_000;
+    let env = TestEnv::new().await;
+    let pool = pool(&env).await;
+    let client = nats(&env).await;
+    let mut cfg = config(&env);
+    cfg.retry_max = Duration::from_millis(800);
+    let shutdown = CancellationToken::new();
+    let (task, stats) = spawn_bridge(cfg, client.clone(), pool.clone(), &shutdown).await;
+    for sql in [
+        "CREATE FUNCTION bridge_test_refuse() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$",
+        "CREATE TRIGGER bridge_test_refuse BEFORE INSERT ON market_ticks \
+         FOR EACH ROW EXECUTE FUNCTION bridge_test_refuse()",
+    ] {
+        sqlx::query(sql).execute(&pool).await.expect(sql);
+    }
+
+    let published = ticks(N, 21);
+    for t in &published {
+        publish_tick(&client, &env.prefix, t).await;
+    }
+    client.flush().await.expect("flush");
+    wait_until(Duration::from_secs(30), "failed batches", || {
+        let s = stats.snapshot();
+        async move { s.batch_errors >= 3 }
+    })
+    .await;
+    assert_eq!(count(&pool).await, 0, "nothing stored while refused");
+
+    sqlx::query("DROP TRIGGER bridge_test_refuse ON market_ticks")
+        .execute(&pool)
+        .await
+        .expect("drop trigger");
+    let n = i64::try_from(N).expect("small");
+    wait_until(Duration::from_secs(60), "every tick stored", || {
+        let p = pool.clone();
+        async move { count(&p).await >= n }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rows = stored_ticks(&pool).await;
+    let distinct: HashSet<&TickKey> = rows.iter().collect();
+    let want: HashSet<TickKey> = published.iter().map(key_of).collect();
+    assert_eq!(rows.len(), N, "stored rows equal published messages");
+    assert_eq!(distinct.len(), N, "no duplicate rows");
+    assert!(want.iter().all(|k| distinct.contains(k)), "no tick lost");
+    let s = stats.snapshot();
+    assert_eq!(s.ticks_inserted, N as u64, "{s:?}");
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("bridge stops on shutdown")
         .expect("bridge task");
 }
