@@ -10,7 +10,8 @@
 //!   the role may), so no phase inherits the other's dirty pages.
 //! - **Raw.** One connection runs `COPY market_ticks (symbol, ts, bid, ask, source) FROM STDIN
 //!   (FORMAT csv)` for `batch` rows at a time, back to back, each COPY its own transaction. The
-//!   CSV encoding is inside the timing. Batch latency = one COPY, commit included.
+//!   CSV is the bridge's own ([`suho_bridge::ticks_copy_csv`], the text its direct path sends),
+//!   encoded inside the timing. Batch latency = one COPY, commit included.
 //! - **Ours.** The real [`Bridge`] (JetStream stream, durable pull consumer, batches of up to
 //!   `batch`, one COPY into the table (staging and `INSERT .. ON CONFLICT DO NOTHING` only
 //!   after a conflict), commit, then one ack per message) is started and idle; then the ticks, already encoded as JSON, are published on
@@ -32,7 +33,7 @@
 //! All paths run on the same server, one after the other (raw, store, ours, drain), `runs`
 //! times.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -57,9 +58,6 @@ const BASE_MS: i64 = 1_704_844_800_000;
 const MAX_ROWS: usize = 86_400_000;
 /// Largest batch latency the histograms hold (longer ones are clamped to it).
 const MAX_LATENCY_NS: u64 = 600_000_000_000;
-/// The raw baseline's statement.
-const RAW_COPY: &str =
-    "COPY market_ticks (symbol, ts, bid, ask, source) FROM STDIN WITH (FORMAT csv)";
 
 /// What [`bench_bridge`] runs.
 #[derive(Debug, Clone)]
@@ -482,8 +480,11 @@ async fn raw_phase(
     let start = Instant::now();
     for chunk in ticks.chunks(batch) {
         let began = Instant::now();
-        let csv = ticks_csv(chunk);
-        let mut copy = conn.copy_in_raw(RAW_COPY).await.context("starting COPY")?;
+        let csv = suho_bridge::ticks_copy_csv(chunk);
+        let mut copy = conn
+            .copy_in_raw(suho_bridge::TICKS_COPY)
+            .await
+            .context("starting COPY")?;
         copy.send(csv.into_bytes())
             .await
             .context("sending COPY data")?;
@@ -542,56 +543,6 @@ async fn store_phase(
         first_batch: None,
         batch_errors: 0,
     })
-}
-
-/// A CSV row per tick: the same text the bridge sends to its staging table, with the time as
-/// a `timestamptz` literal (the bridge converts epoch milliseconds inside PostgreSQL).
-fn ticks_csv(ticks: &[Tick]) -> String {
-    let mut out = String::with_capacity(ticks.len() * 72);
-    for t in ticks {
-        let _ = write!(out, "{},", t.symbol);
-        push_utc(&mut out, t.timestamp);
-        let _ = write!(out, ",{},{},\"", t.bid, t.ask);
-        for ch in t.source.chars() {
-            if ch == '"' {
-                out.push('"');
-            }
-            out.push(ch);
-        }
-        out.push_str("\"\n");
-    }
-    out
-}
-
-/// Appends epoch milliseconds `ms` as `YYYY-MM-DD HH:MM:SS.mmm+00`.
-fn push_utc(out: &mut String, ms: i64) {
-    const DAY_MS: i64 = 86_400_000;
-    let (y, m, d) = civil_from_days(ms.div_euclid(DAY_MS));
-    let in_day = ms.rem_euclid(DAY_MS);
-    let (h, min, s, milli) = (
-        in_day / 3_600_000,
-        in_day / 60_000 % 60,
-        in_day / 1000 % 60,
-        in_day % 1000,
-    );
-    let _ = write!(
-        out,
-        "{y:04}-{m:02}-{d:02} {h:02}:{min:02}:{s:02}.{milli:03}+00"
-    );
-}
-
-/// Proleptic Gregorian `(year, month, day)` of days since 1970-01-01 (H. Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 /// What one run of our path needs besides the rows.
@@ -963,37 +914,5 @@ impl fmt::Display for BridgeBenchReport {
             met(BridgeRunResult::drain_ratio),
             self.runs.len(),
         )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rust_decimal::Decimal;
-
-    #[test]
-    fn utc_text_matches_the_epoch_milliseconds() {
-        let mut s = String::new();
-        push_utc(&mut s, BASE_MS + 3_723_004);
-        assert_eq!(s, "2024-01-10 01:02:03.004+00");
-        s.clear();
-        push_utc(&mut s, 951_782_400_000 - 1);
-        assert_eq!(s, "2000-02-28 23:59:59.999+00");
-    }
-
-    #[test]
-    fn csv_rows_quote_the_source() {
-        let t = Tick::new(
-            Symbol::parse("EURUSD").expect("sym"),
-            Decimal::new(108_500, 5),
-            Decimal::new(108_512, 5),
-            BASE_MS,
-            "a\"b",
-        )
-        .expect("tick");
-        assert_eq!(
-            ticks_csv(&[t]),
-            "EURUSD,2024-01-10 00:00:00.000+00,1.08500,1.08512,\"a\"\"b\"\n"
-        );
     }
 }

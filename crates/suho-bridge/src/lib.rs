@@ -48,7 +48,7 @@ pub use bridge::{run_bridge, Bridge, BridgeStats, StatsSnapshot};
 pub use parse::{classify, Classified};
 pub use query::{candle_count, candle_history, tick_count, MAX_HISTORY_LIMIT};
 pub use schema::StorageMode;
-pub use store::{Store, StoreReport};
+pub use store::{ticks_copy_csv, Store, StoreReport, TICKS_COPY};
 
 /// Counter of rows inserted, label `table` (`market_ticks` / `market_candles`).
 pub const ROWS_WRITTEN_METRIC: &str = "bridge_rows_written_total";

@@ -229,12 +229,8 @@ async fn write_direct(
     let mut tx = conn.begin().await?;
     let copied = async {
         if !ticks.is_empty() {
-            let mut copy = tx
-                .copy_in_raw(
-                    "COPY market_ticks (symbol, ts, bid, ask, source) FROM STDIN WITH (FORMAT csv)",
-                )
-                .await?;
-            copy.send(ticks_csv_direct(ticks).into_bytes()).await?;
+            let mut copy = tx.copy_in_raw(TICKS_COPY).await?;
+            copy.send(ticks_copy_csv(ticks).into_bytes()).await?;
             copy.finish().await?;
         }
         if !candles.is_empty() {
@@ -290,7 +286,14 @@ fn push_utc(out: &mut String, ms: i64) {
     );
 }
 
-fn ticks_csv_direct(ticks: &[Tick]) -> String {
+/// The direct path's statement for ticks.
+pub const TICKS_COPY: &str =
+    "COPY market_ticks (symbol, ts, bid, ask, source) FROM STDIN WITH (FORMAT csv)";
+
+/// The CSV the direct path sends to [`TICKS_COPY`]: one row per tick, its time as a UTC
+/// `timestamptz` literal (the data bridge bench's raw COPY sends the very same text).
+#[must_use]
+pub fn ticks_copy_csv(ticks: &[Tick]) -> String {
     let mut out = String::with_capacity(ticks.len() * 80);
     for t in ticks {
         let _ = write!(out, "{},", t.symbol);
@@ -374,7 +377,7 @@ mod tests {
             "EURUSD,7,1.08500,1.08512,\"a\"\"b,c\nd\"\n"
         );
         assert_eq!(
-            ticks_csv_direct(&[t]),
+            ticks_copy_csv(&[t]),
             "EURUSD,1970-01-01 00:00:00.007+00,1.08500,1.08512,\"a\"\"b,c\nd\"\n"
         );
     }
