@@ -186,29 +186,27 @@ impl Store {
         let mut tx = conn.begin().await?;
         exec(&mut tx, STAGING).await?;
         if !ticks.is_empty() {
-            let mut copy = tx
-                .copy_in_raw(
-                    "COPY bridge_ticks_stage (symbol, ts_ms, bid, ask, source) \
-                     FROM STDIN WITH (FORMAT csv)",
-                )
-                .await?;
-            copy.send(ticks_csv(ticks).into_bytes()).await?;
-            copy.finish().await?;
+            copy_csv(
+                &mut tx,
+                "COPY bridge_ticks_stage (symbol, ts_ms, bid, ask, source) \
+                 FROM STDIN WITH (FORMAT csv)",
+                ticks_csv(ticks),
+            )
+            .await?;
             report.ticks_inserted = sqlx::query(MOVE_TICKS)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
         }
         if !candles.is_empty() {
-            let mut copy = tx
-                .copy_in_raw(
-                    "COPY bridge_candles_stage \
-                     (symbol, timeframe, start_ms, end_ms, open, high, low, close, volume) \
-                     FROM STDIN WITH (FORMAT csv)",
-                )
-                .await?;
-            copy.send(candles_csv(candles).into_bytes()).await?;
-            copy.finish().await?;
+            copy_csv(
+                &mut tx,
+                "COPY bridge_candles_stage \
+                 (symbol, timeframe, start_ms, end_ms, open, high, low, close, volume) \
+                 FROM STDIN WITH (FORMAT csv)",
+                candles_csv(candles),
+            )
+            .await?;
             report.candles_inserted = sqlx::query(MOVE_CANDLES)
                 .execute(&mut *tx)
                 .await?
@@ -217,6 +215,17 @@ impl Store {
         tx.commit().await?;
         Ok(report)
     }
+}
+
+/// Runs `statement` (a `COPY .. FROM STDIN`) with `csv` as its data; the rows copied.
+async fn copy_csv(
+    conn: &mut PgConnection,
+    statement: &str,
+    csv: String,
+) -> Result<u64, sqlx::Error> {
+    let mut copy = conn.copy_in_raw(statement).await?;
+    copy.send(csv.into_bytes()).await?;
+    copy.finish().await
 }
 
 /// The direct path: one transaction, `COPY` straight into the real tables. On any error the
@@ -229,20 +238,17 @@ async fn write_direct(
     let mut tx = conn.begin().await?;
     let copied = async {
         if !ticks.is_empty() {
-            let mut copy = tx.copy_in_raw(TICKS_COPY).await?;
-            copy.send(ticks_copy_csv(ticks).into_bytes()).await?;
-            copy.finish().await?;
+            copy_csv(&mut tx, TICKS_COPY, ticks_copy_csv(ticks)).await?;
         }
         if !candles.is_empty() {
-            let mut copy = tx
-                .copy_in_raw(
-                    "COPY market_candles \
-                     (symbol, timeframe, start_ts, end_ts, open, high, low, close, volume) \
-                     FROM STDIN WITH (FORMAT csv)",
-                )
-                .await?;
-            copy.send(candles_csv_direct(candles).into_bytes()).await?;
-            copy.finish().await?;
+            copy_csv(
+                &mut tx,
+                "COPY market_candles \
+                 (symbol, timeframe, start_ts, end_ts, open, high, low, close, volume) \
+                 FROM STDIN WITH (FORMAT csv)",
+                candles_csv_direct(candles),
+            )
+            .await?;
         }
         Ok::<(), sqlx::Error>(())
     }
