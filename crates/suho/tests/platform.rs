@@ -26,7 +26,11 @@ struct Running {
 
 impl Running {
     async fn start() -> Running {
-        let env = TestEnv::new().await;
+        Running::with(TestEnv::new().await).await
+    }
+
+    /// Builds and runs the platform on `env`'s configuration.
+    async fn with(env: TestEnv) -> Running {
         let app = suho::Application::build(env.config.clone())
             .await
             .expect("the platform builds");
@@ -617,9 +621,7 @@ async fn the_replay_feed_plays_a_file_and_the_platform_stays_up() {
         .subscribe(format!("{}market.*.tick", env.prefix))
         .await
         .unwrap();
-    let app = suho::Application::build(env.config.clone()).await.unwrap();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(app.run(shutdown.clone()));
+    let running = Running::with(env).await;
     let mut seen = 0;
     while seen < 20 {
         let msg = tokio::time::timeout(Duration::from_secs(10), ticks.next())
@@ -633,15 +635,10 @@ async fn the_replay_feed_plays_a_file_and_the_platform_stays_up() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
-        !task.is_finished(),
+        !running.task.is_finished(),
         "the platform keeps running after the recording ends"
     );
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    running.stop().await;
     let _ = std::fs::remove_file(file);
 }
 
@@ -731,9 +728,7 @@ async fn every_market_subject_carries_contract_messages() {
         .unwrap();
     let mut all = bus.subscribe(format!("{}>", env.prefix)).await.unwrap();
     let p = env.prefix.clone();
-    let app = suho::Application::build(env.config.clone()).await.unwrap();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(app.run(shutdown.clone()));
+    let running = Running::with(env).await;
 
     let timeframes = ["1m", "5m", "15m", "30m", "1h", "4h", "1d"];
     let indicators = ["sma", "ema", "rsi", "macd", "bollinger", "atr"];
@@ -887,11 +882,6 @@ async fn every_market_subject_carries_contract_messages() {
         exact(&v["mid"]) * rust_decimal::Decimal::TWO
     );
 
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    running.stop().await;
     let _ = std::fs::remove_file(file);
 }

@@ -79,9 +79,7 @@ async fn polygon_feed_ticks_reach_the_tick_subject_and_the_price_service() {
         .await
         .unwrap();
     let mut minutes = bus.subscribe(format!("{p}market.EURUSD.1m")).await.unwrap();
-    let app = suho::Application::build(env.config.clone()).await.unwrap();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(app.run(shutdown.clone()));
+    let running = super::Running::with(env).await;
 
     for _ in 0..5 {
         let msg = tokio::time::timeout(Duration::from_secs(15), ticks.next())
@@ -130,13 +128,8 @@ async fn polygon_feed_ticks_reach_the_tick_subject_and_the_price_service() {
     assert_eq!(dec(&v["bid"]), d("1.2701"), "{v}");
     assert_eq!(dec(&v["ask"]), d("1.2703"), "{v}");
 
-    assert!(!task.is_finished(), "the platform keeps running");
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .expect("the platform stops within 10 s")
-        .unwrap()
-        .expect("the platform stops cleanly");
+    assert!(!running.task.is_finished(), "the platform keeps running");
+    running.stop().await;
 }
 
 #[tokio::test]
