@@ -13,8 +13,8 @@ use futures::StreamExt;
 use hdrhistogram::Histogram;
 use suho_domain::{subject, Symbol};
 use suho_market::{
-    run_analytics_with, run_price_service, AnalyticsConfig, PriceServiceConfig, SyntheticFeed,
-    TickObserver,
+    run_analytics_on, run_price_service_on, AnalyticsConfig, PriceServiceConfig, SyntheticFeed,
+    TickHub, TickObserver,
 };
 use suho_messaging::{now_ms, MarketBus};
 use tokio_util::sync::CancellationToken;
@@ -31,9 +31,9 @@ const MAX_LATENCY_NS: u64 = 60_000_000_000;
 /// Which subscribers receive the ticks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Path {
-    /// The real analytics and price services on one connection, as in the service process;
-    /// each takes the time of a tick once it has applied it (candles, indicators and their
-    /// publications; the price cache).
+    /// The real analytics and price services on one connection and one tick hub, as in the
+    /// service process; each takes the time of a tick once it has applied it (candles,
+    /// indicators and their publications; the price cache).
     Ours,
     /// One plain subscriber that only takes the time.
     Raw,
@@ -237,6 +237,8 @@ pub(crate) async fn run(phase: &Phase<'_>, path: Path) -> anyhow::Result<PathRes
     let mut services = Vec::new();
     let mut recorders = Vec::new();
     let mut probe_task = None;
+    // Ticks a hub listener missed (its queue full): losses like a slow consumer's.
+    let mut hub_missed: Vec<Arc<AtomicU64>> = Vec::new();
     match path {
         Path::Ours => {
             let bus = MarketBus::new(subscriber_client.clone(), phase.prefix.clone());
@@ -257,16 +259,24 @@ pub(crate) async fn run(phase: &Phase<'_>, path: Path) -> anyhow::Result<PathRes
                 max_age_ms: 10_000,
                 observer: observer(&prices),
             };
-            services.push(tokio::spawn(run_analytics_with(
+            // Wired as `Application::run` wires them: one tick hub, the services its listeners.
+            let mut hub = TickHub::new();
+            let (analytics_ticks, analytics_missed) = hub.listen("market-analytics");
+            let (price_ticks, price_missed) = hub.listen("price-service");
+            hub_missed.extend([analytics_missed, price_missed]);
+            services.push(tokio::spawn(run_analytics_on(
                 bus.clone(),
                 analytics_config,
+                analytics_ticks,
                 stop.child_token(),
             )));
-            services.push(tokio::spawn(run_price_service(
-                bus,
+            services.push(tokio::spawn(run_price_service_on(
+                bus.clone(),
                 prices_config,
+                price_ticks,
                 stop.child_token(),
             )));
+            services.push(tokio::spawn(hub.run(bus, stop.child_token())));
             recorders.extend([analytics, prices]);
         }
         Path::Raw => {
@@ -366,7 +376,11 @@ pub(crate) async fn run(phase: &Phase<'_>, path: Path) -> anyhow::Result<PathRes
         delivered,
         lost: published.saturating_sub(delivered),
         malformed,
-        slow_consumer_events: counts.slow_consumer.load(Ordering::Relaxed),
+        slow_consumer_events: counts.slow_consumer.load(Ordering::Relaxed)
+            + hub_missed
+                .iter()
+                .map(|m| m.load(Ordering::Relaxed))
+                .sum::<u64>(),
         disconnects: counts.disconnected.load(Ordering::Relaxed),
         delivered_per_sec,
         latency_ns,

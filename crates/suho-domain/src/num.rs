@@ -43,6 +43,9 @@ pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Decimal
 /// # Errors
 /// Returns a message if the string form does not parse (not expected for a valid `Decimal`).
 pub fn to_f64(value: &Decimal) -> Result<f64, String> {
+    if let Some(f) = to_f64_exact_division(value) {
+        return Ok(f);
+    }
     let text = value.to_string();
     text.parse::<f64>()
         .map_err(|e| format!("decimal {text} is not representable as a JSON number: {e}"))
@@ -76,10 +79,61 @@ pub fn from_f64(value: f64) -> Result<Decimal, String> {
     if !value.is_finite() {
         return Err(format!("invalid decimal number {value}: not finite"));
     }
+    if let Some(d) = from_f64_shortest_scale(value) {
+        return Ok(d);
+    }
     // `Display` for f64 prints the shortest digits that round-trip, never in exponent form.
     let text = format!("{value}");
     Decimal::from_str(&text)
         .map_err(|e| format!("number {value} is out of range for a decimal: {e}"))
+}
+
+/// Powers of ten that an `f64` holds exactly.
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+/// 2^53: integers below it are exact in an `f64`.
+const EXACT_INT: f64 = 9_007_199_254_740_992.0;
+
+/// The fast path of [`to_f64`], with the same result: a mantissa below 2^53 and a power of
+/// ten up to 10^22 are both exact in an `f64`, and IEEE division rounds correctly, so
+/// `mantissa / 10^scale` is the `f64` nearest the decimal, which is what parsing its string
+/// form gives. `None` outside that range.
+fn to_f64_exact_division(value: &Decimal) -> Option<f64> {
+    let mantissa = value.mantissa();
+    let power = *POW10.get(usize::try_from(value.scale()).ok()?)?;
+    if mantissa.unsigned_abs() >= 1 << 53 {
+        return None;
+    }
+    #[allow(clippy::cast_precision_loss)] // below 2^53: exact
+    Some(mantissa as f64 / power)
+}
+
+/// The fast path of [`from_f64`], with the same result: the decimal with the fewest
+/// fractional digits that reads back as `value`, which is the shortest round-trip form
+/// `Display` prints (for a fixed magnitude, fewer fractional digits are fewer digits; of two
+/// candidates at one scale, the rounded one is the nearer, as `Display` picks). A candidate
+/// `m / 10^s` with `m` below 2^53 reads back as the correctly rounded quotient (see
+/// [`to_f64_exact_division`]), so each check is exact. `None` for zero and for magnitudes
+/// outside `1e-9..1e9`, left to the slow path.
+fn from_f64_shortest_scale(value: f64) -> Option<Decimal> {
+    let magnitude = value.abs();
+    if !(1e-9..1e9).contains(&magnitude) {
+        return None;
+    }
+    for (scale, &power) in (0u32..).zip(POW10.iter()) {
+        let scaled = (magnitude * power).round();
+        if scaled >= EXACT_INT {
+            return None;
+        }
+        if scaled / power == magnitude {
+            #[allow(clippy::cast_possible_truncation)] // an integer below 2^53
+            let m = scaled as i64;
+            return Some(Decimal::new(if value < 0.0 { -m } else { m }, scale));
+        }
+    }
+    None
 }
 
 struct DecimalVisitor;
@@ -183,7 +237,51 @@ pub mod option {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::{Rng, SeedableRng};
     use serde::{Deserialize, Serialize};
+
+    /// The reference conversions the fast paths must agree with.
+    fn to_f64_by_text(value: &Decimal) -> f64 {
+        value.to_string().parse().expect("parses")
+    }
+
+    fn from_f64_by_text(value: f64) -> Decimal {
+        Decimal::from_str(&format!("{value}")).expect("in range")
+    }
+
+    #[test]
+    fn fast_conversions_agree_with_the_text_round_trip() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut checked = 0;
+        for _ in 0..200_000 {
+            // Prices, volumes and money as they occur: up to 9 integer digits, 0 to 8
+            // fractional digits, either sign.
+            let scale = rng.gen_range(0..=8u32);
+            let mantissa: i64 = rng.gen_range(-999_999_999_999_999..=999_999_999_999_999);
+            let mantissa = mantissa / 10_i64.pow(rng.gen_range(0..=14));
+            let d = Decimal::new(mantissa, scale);
+            let f = to_f64(&d).expect("converts");
+            assert_eq!(f.to_bits(), to_f64_by_text(&d).to_bits(), "{d}");
+            if f != 0.0 {
+                let back = from_f64(f).expect("converts");
+                let reference = from_f64_by_text(f);
+                assert_eq!(back, reference, "{f}");
+                assert_eq!(back.scale(), reference.scale(), "{f}");
+                checked += 1;
+            }
+        }
+        // Arbitrary doubles, not only ones printed from short decimals.
+        for _ in 0..200_000 {
+            let f: f64 = rng.gen_range(-1e9..1e9) * 10f64.powi(-rng.gen_range(0..9));
+            if f != 0.0 {
+                let back = from_f64(f).expect("converts");
+                let reference = from_f64_by_text(f);
+                assert_eq!(back, reference, "{f}");
+                assert_eq!(back.scale(), reference.scale(), "{f}");
+            }
+        }
+        assert!(checked > 100_000);
+    }
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
     struct W {

@@ -24,13 +24,13 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use futures::StreamExt;
 use serde_json::json;
 use suho_domain::{subject, Candle, IndicatorValue, Symbol, Tick, Timeframe};
 use suho_messaging::{now_ms, MarketBus};
 use tokio_util::sync::CancellationToken;
 
 use crate::candles::{CandleAggregator, TickDisposition};
+use crate::hub::{with_own_hub, TickReceiver};
 use crate::indicators::{IndicatorParams, IndicatorReadings, IndicatorSet};
 use crate::MarketServiceError;
 
@@ -263,13 +263,32 @@ pub async fn run_analytics(
     run_analytics_with(bus, AnalyticsConfig::new(symbols), shutdown).await
 }
 
-/// Runs the analytics service with an explicit configuration until `shutdown`.
+/// Runs the analytics service with an explicit configuration, on a tick subscription of its
+/// own, until `shutdown`.
 ///
 /// # Errors
 /// The NATS connection is gone for good.
 pub async fn run_analytics_with(
     bus: MarketBus,
     config: AnalyticsConfig,
+    shutdown: CancellationToken,
+) -> Result<(), MarketServiceError> {
+    let hub_bus = bus.clone();
+    with_own_hub(&hub_bus, "market-analytics", &shutdown.clone(), |ticks| {
+        run_analytics_on(bus, config, ticks, shutdown)
+    })
+    .await
+}
+
+/// Runs the analytics service on the ticks of a [`crate::TickHub`] until `shutdown` or until
+/// the hub stops.
+///
+/// # Errors
+/// The NATS connection is gone for good.
+pub async fn run_analytics_on(
+    bus: MarketBus,
+    config: AnalyticsConfig,
+    mut ticks: TickReceiver,
     shutdown: CancellationToken,
 ) -> Result<(), MarketServiceError> {
     let mut timeframes = config.timeframes.clone();
@@ -290,7 +309,6 @@ pub async fn run_analytics_with(
             )
         })
         .collect();
-    let mut ticks = bus.subscribe(subject::all_ticks(bus.prefix())).await?;
     let mut timer = tokio::time::interval(config.close_interval.max(Duration::from_millis(1)));
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Without an update interval nothing is ever pending; the flush timer then idles.
@@ -315,17 +333,14 @@ pub async fn run_analytics_with(
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
-            msg = ticks.next() => {
-                let Some(msg) = msg else {
-                    tracing::warn!("tick subscription ended; analytics service stopping");
+            received = ticks.recv() => {
+                let Some(received) = received else {
+                    tracing::warn!("tick hub stopped; analytics service stopping");
                     return Ok(());
                 };
-                match serde_json::from_slice::<Tick>(&msg.payload) {
-                    Ok(tick) => service.on_tick(&tick).await?,
-                    Err(e) => tracing::warn!(subject = %msg.subject, error = %e, "ignoring a malformed tick"),
-                }
+                service.on_tick(&received.tick).await?;
                 if let Some(observer) = &service.config.observer {
-                    observer.observe(&msg);
+                    observer.observe(&received.message);
                 }
             }
             _ = timer.tick() => service.close_due().await?,

@@ -1,23 +1,27 @@
 //! The market-data domain: feeds (synthetic, or a recorded file replayed) publish
 //! `market.{SYM}.tick` on NATS; the price service answers `market.{SYM}.price` from the
-//! latest quotes it has heard; analytics turns ticks into candles and indicators.
+//! latest quotes it has heard; analytics turns ticks into candles and indicators. A process
+//! subscribes to the ticks once, through a [`TickHub`], and its services share the parsed
+//! ticks.
 //!
 //! Nothing here touches Kafka: market data never goes to the user-event log.
 
 pub mod analytics;
 pub mod candles;
+pub mod hub;
 pub mod indicators;
 pub mod price;
 pub mod replay;
 pub mod synthetic;
 
-pub use analytics::{run_analytics, run_analytics_with, AnalyticsConfig};
+pub use analytics::{run_analytics, run_analytics_on, run_analytics_with, AnalyticsConfig};
 pub use candles::{CandleAggregator, CandleUpdates, TickDisposition};
+pub use hub::{ReceivedTick, TickHub, TickReceiver};
 pub use indicators::{
     Atr, Bollinger, BollingerValue, Ema, IndicatorParams, IndicatorReadings, IndicatorSet, Macd,
     MacdValue, Rsi, Sma,
 };
-pub use price::{run_price_service, PriceServiceConfig};
+pub use price::{run_price_service, run_price_service_on, PriceServiceConfig};
 pub use replay::{run_replay, Recording, ReplayError, ReplayOptions, ReplayRecord};
 pub use synthetic::{run_feed, Regime, Session, SyntheticFeed, TradingHours};
 

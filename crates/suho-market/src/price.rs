@@ -3,6 +3,7 @@
 //! a quote, or `{error: "no_quote" | "stale" | "unknown_symbol"}`, never silence.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -10,6 +11,7 @@ use suho_domain::{PriceError, PriceQuote, PriceReply, Symbol, Tick};
 use suho_messaging::{now_ms, MarketBus};
 use tokio_util::sync::CancellationToken;
 
+use crate::hub::{with_own_hub, ReceivedTick, TickReceiver};
 use crate::MarketServiceError;
 
 /// What the service quotes and how old a quote may be.
@@ -23,9 +25,10 @@ pub struct PriceServiceConfig {
     pub observer: Option<crate::TickObserver>,
 }
 
-/// The reply to a price request for the symbol spelled `requested`.
-pub fn answer(
-    cache: &HashMap<Symbol, Tick>,
+/// The reply to a price request for the symbol spelled `requested`; `latest` gives the
+/// newest tick cached for a symbol.
+pub fn answer<'a>(
+    latest: impl FnOnce(Symbol) -> Option<&'a Tick>,
     config: &PriceServiceConfig,
     requested: &str,
     now_ms: i64,
@@ -39,7 +42,7 @@ pub fn answer(
         }
         Err(e) => return PriceReply::Error(PriceError::unknown_symbol(e.to_string())),
     };
-    match cache.get(&symbol) {
+    match latest(symbol) {
         None => PriceReply::Error(PriceError::no_quote()),
         Some(tick) => {
             let quote = PriceQuote::from_tick(tick, now_ms);
@@ -52,7 +55,7 @@ pub fn answer(
     }
 }
 
-/// Runs the service until `shutdown`.
+/// Runs the service, on a tick subscription of its own, until `shutdown`.
 ///
 /// # Errors
 /// The NATS connection is gone for good.
@@ -61,14 +64,30 @@ pub async fn run_price_service(
     config: PriceServiceConfig,
     shutdown: CancellationToken,
 ) -> Result<(), MarketServiceError> {
+    let hub_bus = bus.clone();
+    with_own_hub(&hub_bus, "price-service", &shutdown.clone(), |ticks| {
+        run_price_service_on(bus, config, ticks, shutdown)
+    })
+    .await
+}
+
+/// Runs the service on the ticks of a [`crate::TickHub`] until `shutdown` or until the hub
+/// stops.
+///
+/// # Errors
+/// The NATS connection is gone for good.
+pub async fn run_price_service_on(
+    bus: MarketBus,
+    config: PriceServiceConfig,
+    mut ticks: TickReceiver,
+    shutdown: CancellationToken,
+) -> Result<(), MarketServiceError> {
     let prefix = bus.prefix().to_string();
-    let mut ticks = bus
-        .subscribe(suho_domain::subject::all_ticks(&prefix))
-        .await?;
     let mut requests = bus
         .subscribe(suho_domain::subject::all_prices(&prefix))
         .await?;
-    let mut cache: HashMap<Symbol, Tick> = HashMap::new();
+    // The newest tick per symbol, shared with the hub (no copy per tick).
+    let mut cache: HashMap<Symbol, Arc<ReceivedTick>> = HashMap::new();
     tracing::info!(
         symbols = config.symbols.len(),
         max_age_ms = config.max_age_ms,
@@ -76,18 +95,16 @@ pub async fn run_price_service(
     );
     loop {
         tokio::select! {
-            Some(msg) = ticks.next() => {
-                match serde_json::from_slice::<Tick>(&msg.payload) {
-                    Ok(tick) => {
-                        let newer = cache.get(&tick.symbol).is_none_or(|old| old.timestamp <= tick.timestamp);
-                        if newer {
-                            cache.insert(tick.symbol, tick);
-                        }
-                    }
-                    Err(e) => tracing::warn!(subject = %msg.subject, error = %e, "ignoring a malformed tick"),
+            Some(received) = ticks.recv() => {
+                let symbol = received.tick.symbol;
+                let newer = cache
+                    .get(&symbol)
+                    .is_none_or(|old| old.tick.timestamp <= received.tick.timestamp);
+                if newer {
+                    cache.insert(symbol, Arc::clone(&received));
                 }
                 if let Some(observer) = &config.observer {
-                    observer.observe(&msg);
+                    observer.observe(&received.message);
                 }
             }
             Some(msg) = requests.next() => {
@@ -99,7 +116,7 @@ pub async fn run_price_service(
                     .and_then(|s| s.strip_prefix("market."))
                     .and_then(|s| s.strip_suffix(".price"))
                     .unwrap_or_default();
-                let reply = answer(&cache, &config, requested, now_ms());
+                let reply = answer(|s| cache.get(&s).map(|r| &r.tick), &config, requested, now_ms());
                 let payload = Bytes::from(serde_json::to_vec(&reply).map_err(suho_messaging::MessagingError::from)?);
                 if let Err(e) = bus.client().publish(reply_to, payload).await {
                     tracing::warn!(error = %e, "price reply not sent");
@@ -129,7 +146,7 @@ mod tests {
         let eur = Symbol::parse("EURUSD").unwrap();
         let mut cache = HashMap::new();
         assert!(
-            matches!(answer(&cache, &cfg(), "EURUSD", 0), PriceReply::Error(e) if e.error == suho_domain::PriceErrorKind::NoQuote)
+            matches!(answer(|s| cache.get(&s), &cfg(), "EURUSD", 0), PriceReply::Error(e) if e.error == suho_domain::PriceErrorKind::NoQuote)
         );
         cache.insert(
             eur,
@@ -143,16 +160,16 @@ mod tests {
             .unwrap(),
         );
         assert!(
-            matches!(answer(&cache, &cfg(), "EURUSD", 1_500), PriceReply::Quote(q) if q.age_ms == 500)
+            matches!(answer(|s| cache.get(&s), &cfg(), "EURUSD", 1_500), PriceReply::Quote(q) if q.age_ms == 500)
         );
         assert!(
-            matches!(answer(&cache, &cfg(), "EURUSD", 2_001), PriceReply::Error(e) if e.error == suho_domain::PriceErrorKind::Stale)
+            matches!(answer(|s| cache.get(&s), &cfg(), "EURUSD", 2_001), PriceReply::Error(e) if e.error == suho_domain::PriceErrorKind::Stale)
         );
         assert!(
-            matches!(answer(&cache, &cfg(), "XYZ", 0), PriceReply::Error(e) if e.error == suho_domain::PriceErrorKind::UnknownSymbol)
+            matches!(answer(|s| cache.get(&s), &cfg(), "XYZ", 0), PriceReply::Error(e) if e.error == suho_domain::PriceErrorKind::UnknownSymbol)
         );
         assert!(
-            matches!(answer(&cache, &cfg(), "GBPUSD", 0), PriceReply::Error(e) if e.error == suho_domain::PriceErrorKind::UnknownSymbol)
+            matches!(answer(|s| cache.get(&s), &cfg(), "GBPUSD", 0), PriceReply::Error(e) if e.error == suho_domain::PriceErrorKind::UnknownSymbol)
         );
     }
 }

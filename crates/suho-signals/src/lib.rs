@@ -34,5 +34,5 @@ pub use alerts::{AlertConfig, MarketAlerts, BREAKOUT, GAP, SPIKE};
 pub use mean_reversion::{MeanReversion, MeanReversionParams};
 pub use online_logistic::{OnlineLogistic, OnlineLogisticParams, StateError};
 pub use scalping::{Scalping, ScalpingParams};
-pub use service::{run_signals, SignalsConfig, SignalsError, StrategyKind};
+pub use service::{run_signals, run_signals_on, SignalsConfig, SignalsError, StrategyKind};
 pub use strategy::{clamp_confidence, signal_from, signal_id, step, Decision, Strategy};

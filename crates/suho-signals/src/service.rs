@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use suho_domain::{subject, Candle, MarketAlert, Signal, Symbol, Tick, Timeframe};
+use suho_market::hub::{with_own_hub, TickReceiver};
 use suho_messaging::{MarketBus, MessagingError};
 use tokio_util::sync::CancellationToken;
 
@@ -123,6 +124,9 @@ pub enum SignalsError {
     /// The bus failed.
     #[error(transparent)]
     Bus(#[from] MessagingError),
+    /// The tick hub failed.
+    #[error(transparent)]
+    Ticks(#[from] suho_market::MarketServiceError),
     /// The state directory cannot be created.
     #[error("signals state directory {}: {source}", path.display())]
     StateDir {
@@ -357,16 +361,17 @@ impl Service {
         first_error.map_or(Ok(()), Err)
     }
 
-    async fn run(&mut self, shutdown: &CancellationToken) -> Result<(), SignalsError> {
+    /// Runs on the candles and, for the market alerts, on `ticks`.
+    async fn run(
+        &mut self,
+        mut ticks: Option<TickReceiver>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SignalsError> {
         let prefix = self.bus.prefix().to_string();
         let mut candles = self
             .bus
             .subscribe(subject::all_candles(&prefix, self.config.timeframe))
             .await?;
-        let mut ticks = match self.config.alerts {
-            Some(_) => Some(self.bus.subscribe(subject::all_ticks(&prefix)).await?),
-            None => None,
-        };
         let mut saver =
             tokio::time::interval(self.config.save_interval.max(Duration::from_millis(10)));
         saver.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -381,7 +386,7 @@ impl Service {
         loop {
             let next_tick = async {
                 match ticks.as_mut() {
-                    Some(t) => t.next().await,
+                    Some(t) => t.recv().await,
                     None => std::future::pending().await,
                 }
             };
@@ -397,15 +402,12 @@ impl Service {
                         Err(e) => tracing::warn!(subject = %msg.subject, error = %e, "ignoring a malformed candle"),
                     }
                 }
-                msg = next_tick => {
-                    let Some(msg) = msg else {
-                        tracing::warn!("tick subscription ended; signals service stopping");
+                received = next_tick => {
+                    let Some(received) = received else {
+                        tracing::warn!("tick hub stopped; signals service stopping");
                         return Ok(());
                     };
-                    match serde_json::from_slice::<Tick>(&msg.payload) {
-                        Ok(tick) => self.on_tick(&tick).await?,
-                        Err(e) => tracing::warn!(subject = %msg.subject, error = %e, "ignoring a malformed tick"),
-                    }
+                    self.on_tick(&received.tick).await?;
                 }
                 _ = saver.tick() => {
                     if let Err(e) = self.save_changed() {
@@ -418,7 +420,8 @@ impl Service {
 }
 
 /// Runs the signals service until `shutdown` (see the module docs), then saves the online
-/// models' state.
+/// models' state. With market alerts configured it takes the ticks from a subscription of
+/// its own.
 ///
 /// # Errors
 /// [`SignalsError::StateDir`] when the state directory cannot be created,
@@ -429,6 +432,37 @@ pub async fn run_signals(
     config: SignalsConfig,
     shutdown: CancellationToken,
 ) -> Result<(), SignalsError> {
+    if config.alerts.is_none() {
+        return run(bus, config, None, shutdown).await;
+    }
+    let hub_bus = bus.clone();
+    with_own_hub(&hub_bus, "signals", &shutdown.clone(), |ticks| {
+        run(bus, config, Some(ticks), shutdown)
+    })
+    .await
+}
+
+/// [`run_signals`] on the ticks of the process's [`suho_market::TickHub`] (used only for the
+/// market alerts; without them the ticks are dropped unread).
+///
+/// # Errors
+/// As [`run_signals`].
+pub async fn run_signals_on(
+    bus: MarketBus,
+    config: SignalsConfig,
+    ticks: TickReceiver,
+    shutdown: CancellationToken,
+) -> Result<(), SignalsError> {
+    let ticks = config.alerts.is_some().then_some(ticks);
+    run(bus, config, ticks, shutdown).await
+}
+
+async fn run(
+    bus: MarketBus,
+    config: SignalsConfig,
+    ticks: Option<TickReceiver>,
+    shutdown: CancellationToken,
+) -> Result<(), SignalsError> {
     if let Some(dir) = &config.state_dir {
         std::fs::create_dir_all(dir).map_err(|source| SignalsError::StateDir {
             path: dir.clone(),
@@ -436,7 +470,7 @@ pub async fn run_signals(
         })?;
     }
     let mut service = Service::new(bus, config);
-    let ran = service.run(&shutdown).await;
+    let ran = service.run(ticks, &shutdown).await;
     let saved = service.save_changed();
     tracing::info!(stopped_by_shutdown = ran.is_ok(), "signals service stopped");
     ran.and(saved)

@@ -24,8 +24,8 @@ use suho_accounts::Accounts;
 use suho_config::Config;
 use suho_domain::Symbol;
 use suho_market::{
-    configured_symbols, run_feed, run_price_service, PriceServiceConfig, SyntheticFeed,
-    TradingHours,
+    configured_symbols, run_analytics_on, run_feed, run_price_service_on, AnalyticsConfig,
+    PriceServiceConfig, SyntheticFeed, TickHub, TradingHours,
 };
 use suho_messaging::{MarketBus, UserEventProducer};
 use tokio::task::JoinSet;
@@ -117,21 +117,35 @@ impl Application {
         // Market domain.
         let token = stop.clone();
         tasks.spawn(async move { ("data-bridge", bridge.run(token).await.map_err(Into::into)) });
+        // One tick subscription for the process, shared by every service that reads ticks.
+        let mut hub = TickHub::new();
+        let (signal_ticks, _) = hub.listen("signals");
+        let (price_ticks, _) = hub.listen("price-service");
+        let (analytics_ticks, _) = hub.listen("market-analytics");
+        let ticks = hub.run(bus.clone(), stop.clone());
+        tasks.spawn(async move { ("tick-hub", ticks.await.map_err(Into::into)) });
         let mut signals = suho_signals::SignalsConfig::new(symbols.clone());
         signals.state_dir = Some(config.stack.dir.join("signals"));
-        let signals = suho_signals::run_signals(bus.clone(), signals, stop.clone());
+        let signals =
+            suho_signals::run_signals_on(bus.clone(), signals, signal_ticks, stop.clone());
         tasks.spawn(async move { ("signals", signals.await.map_err(Into::into)) });
-        let price = run_price_service(
+        let price = run_price_service_on(
             bus.clone(),
             PriceServiceConfig {
                 symbols: symbols.iter().copied().collect(),
                 max_age_ms: i64::try_from(config.market.max_quote_age_ms).unwrap_or(i64::MAX),
                 observer: None,
             },
+            price_ticks,
             stop.clone(),
         );
         tasks.spawn(async move { ("price-service", price.await.map_err(Into::into)) });
-        let analytics = suho_market::run_analytics(bus.clone(), symbols.clone(), stop.clone());
+        let analytics = run_analytics_on(
+            bus.clone(),
+            AnalyticsConfig::new(symbols.clone()),
+            analytics_ticks,
+            stop.clone(),
+        );
         tasks.spawn(async move { ("market-analytics", analytics.await.map_err(Into::into)) });
         let feed = feed_task(&config, &bus, &symbols, &stop)?;
         tasks.spawn(async move { ("market-feed", feed.await) });

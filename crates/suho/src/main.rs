@@ -5,6 +5,11 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc: per-thread free lists instead of glibc's arena locks, which the market path
+/// (a message, a header map and a parsed tick per tick) spent a fifth of its CPU in.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "suho",
