@@ -335,7 +335,9 @@ pub async fn run_analytics_on(
             () = shutdown.cancelled() => return Ok(()),
             received = ticks.recv() => {
                 let Some(received) = received else {
-                    tracing::warn!("tick hub stopped; analytics service stopping");
+                    if !shutdown.is_cancelled() {
+                        tracing::warn!("tick hub stopped; analytics service stopping");
+                    }
                     return Ok(());
                 };
                 service.on_tick(&received.tick).await?;

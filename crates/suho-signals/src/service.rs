@@ -404,7 +404,9 @@ impl Service {
                 }
                 received = next_tick => {
                     let Some(received) = received else {
-                        tracing::warn!("tick hub stopped; signals service stopping");
+                        if !shutdown.is_cancelled() {
+                            tracing::warn!("tick hub stopped; signals service stopping");
+                        }
                         return Ok(());
                     };
                     self.on_tick(&received.tick).await?;
