@@ -12,12 +12,13 @@
 //!   (FORMAT csv)` for `batch` rows at a time, back to back, each COPY its own transaction. The
 //!   CSV is the bridge's own ([`suho_bridge::ticks_copy_csv`], the text its direct path sends),
 //!   encoded inside the timing. Batch latency = one COPY, commit included.
-//! - **Ours.** The real [`Bridge`] (JetStream stream, durable pull consumer, batches of up to
-//!   `batch`, one COPY into the table (staging and `INSERT .. ON CONFLICT DO NOTHING` only
-//!   after a conflict), commit, then one ack per message) is started and idle; then the ticks, already encoded as JSON, are published on
+//! - **Ours.** The real [`Bridge`] (JetStream stream, a pull consumer from the bridge's cursor,
+//!   batches of up to `batch`, one transaction: the cursor moved and one COPY into the table
+//!   (staging and `INSERT .. ON CONFLICT DO NOTHING` only after a conflict), commit) is started
+//!   and idle; then the ticks, already encoded as JSON, are published on
 //!   `market.{SYM}.tick` as fast as the client takes them. The publisher never waits for the
 //!   bridge. Elapsed = first publish until the bridge's inserted-rows counter reaches `rows`.
-//!   Batch latency = the bridge's own `bridge_batch_seconds` (parse, store, commit, ack), taken
+//!   Batch latency = the bridge's own `bridge_batch_seconds` (parse, store, commit), taken
 //!   from a process-wide `metrics` recorder that [`bench_bridge`] installs when none is.
 //! - **Drain.** The same bridge, but the ticks are published into its stream first, with the
 //!   bridge set up and not yet running; once the stream holds them all, the bridge runs, and
@@ -106,7 +107,7 @@ impl Default for BridgeBenchOptions {
 pub struct BridgePhaseResult {
     /// Rows in the table after the phase (`count(*)`).
     pub rows: u64,
-    /// Batches (raw: COPY statements; ours: batches the bridge stored and acknowledged).
+    /// Batches (raw: COPY statements; ours: batches the bridge stored).
     pub batches: u64,
     /// From the first COPY (raw), the first publish (ours) or the bridge's start (drain) until
     /// the last row was stored.
@@ -890,7 +891,7 @@ impl fmt::Display for BridgeBenchReport {
                 f,
                 "run {}: ours published (and flushed) every tick after {} s, first batch stored \
                  after {} s; the bridge spent {} s of its {:.3} s inside batches (parse, store, \
-                 commit, ack), the rest fetching or waiting; batch errors {}",
+                 commit), the rest fetching or waiting; batch errors {}",
                 i + 1,
                 opt(r.ours.publish.map(|d| d.as_secs_f64()), 3),
                 opt(r.ours.first_batch.map(|d| d.as_secs_f64()), 3),

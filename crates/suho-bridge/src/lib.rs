@@ -5,30 +5,34 @@
 //!
 //! ```text
 //! feed / analytics --core publish--> NATS --(JetStream stream captures the subjects)-->
-//!   durable pull consumer --batch (<= batch_max msgs or batch_wait)--> parse -->
-//!   one transaction: COPY into the tables (or, if the batch holds a stored row: COPY into
-//!   temp staging tables, INSERT .. ON CONFLICT DO NOTHING) --> commit --> ack
+//!   pull consumer from the bridge's cursor (no acks) --batch (<= batch_max msgs or
+//!   batch_wait)--> parse --> one transaction: move the cursor, COPY into the tables (or, if
+//!   the batch holds a stored row: COPY into temp staging tables, INSERT .. ON CONFLICT DO
+//!   NOTHING) --> commit
 //! ```
 //!
-//! The stages are pipelined (the next batch is fetched and parsed, and the previous one
-//! acknowledged, while a batch is stored); see the `bridge` module.
+//! The stages are pipelined (the next batch is fetched and parsed while a batch is stored);
+//! see the `bridge` module.
 //!
 //! - The broadcast path is untouched: publishers keep using core NATS; a JetStream stream
 //!   ([`BridgeConfig::subjects`]) captures the same subjects, giving the bridge a durable,
 //!   replayable view. `market.{SYM}.price` (request/reply) is deliberately not captured.
-//! - Messages are acknowledged only after the transaction that stores them has committed, so a
-//!   crash loses nothing: unacknowledged messages are redelivered to the next bridge that uses
-//!   the same durable consumer.
-//! - Replays are idempotent: every row has a natural key (ticks:
+//! - The bridge's position is a cursor in PostgreSQL (`market_bridge_cursor`: the last stream
+//!   sequence stored), moved in the transaction that stores the batch. A crash loses nothing
+//!   and stores nothing twice: the next bridge of the same name reads from the cursor. Two
+//!   bridges of one name serialise on the cursor row; the loser re-reads.
+//! - Rows are idempotent besides: every row has a natural key (ticks:
 //!   `(symbol, ts, source, bid, ask)`; candles: `(symbol, timeframe, start_ts)`), the tables'
 //!   primary keys. A batch is first copied straight into the tables; if any row is already
-//!   stored, that transaction fails on the key and is rolled back whole, and the batch is
-//!   stored again through staging with `ON CONFLICT DO NOTHING`. So a redelivered batch
-//!   inserts nothing twice.
-//! - A message that cannot be parsed is counted, logged and terminated (never redelivered),
-//!   so it cannot block the stream. Candles that are not `closed` are acknowledged and skipped.
-//! - On a database error nothing is acknowledged: the batch is negatively acknowledged with a
-//!   delay and the bridge backs off; the messages come back.
+//!   stored (a second bridge name reading the same stream, a backfill that stored the same
+//!   bars), that transaction fails on the key and is rolled back whole, and the batch is
+//!   stored again through staging with `ON CONFLICT DO NOTHING`.
+//! - A message that cannot be parsed is counted, logged and skipped, so it cannot block the
+//!   stream. Candles that are not `closed` are skipped.
+//! - On a database error nothing is stored and the cursor stays: the bridge backs off and
+//!   re-reads the batch.
+//! - Messages the stream dropped before the bridge read them (an outage longer than the
+//!   stream holds) are counted and logged as a gap.
 //!
 //! # Invariants
 //! - This crate knows nothing of HTTP: the gateway calls [`candle_history`].
@@ -48,7 +52,7 @@ pub use bridge::{run_bridge, Bridge, BridgeStats, StatsSnapshot};
 pub use parse::{classify, Classified};
 pub use query::{candle_count, candle_history, tick_count, MAX_HISTORY_LIMIT};
 pub use schema::StorageMode;
-pub use store::{ticks_copy_csv, Store, StoreReport, TICKS_COPY};
+pub use store::{stored_cursor, ticks_copy_csv, CursorAdvance, Store, StoreReport, TICKS_COPY};
 
 /// Counter of rows inserted, label `table` (`market_ticks` / `market_candles`).
 pub const ROWS_WRITTEN_METRIC: &str = "bridge_rows_written_total";
@@ -58,6 +62,8 @@ pub const DUPLICATES_METRIC: &str = "bridge_duplicate_rows_total";
 pub const INVALID_METRIC: &str = "bridge_invalid_messages_total";
 /// Counter of batches that failed to be stored (they are redelivered).
 pub const BATCH_ERRORS_METRIC: &str = "bridge_batch_errors_total";
+/// Counter of messages the stream dropped before the bridge read them.
+pub const GAP_METRIC: &str = "bridge_stream_gap_messages_total";
 /// Histogram of the bridge's own work on one batch, seconds: parsing, store and commit, and
 /// acknowledgements (the three are overlapped with other batches, so this is not the time from
 /// fetch to acknowledgement).
@@ -80,6 +86,15 @@ pub enum BridgeError {
     /// The configuration cannot work.
     #[error("invalid bridge configuration: {0}")]
     Config(String),
+    /// The bridge's cursor was not where this bridge left it: another bridge with the same
+    /// name stored the batch first. Nothing was stored; the bridge re-reads from the cursor.
+    #[error("bridge cursor {name} moved: expected it at stream sequence {expected}")]
+    CursorMoved {
+        /// The bridge's name.
+        name: String,
+        /// Where this bridge expected it.
+        expected: u64,
+    },
 }
 
 impl BridgeError {
@@ -98,7 +113,8 @@ pub struct BridgeConfig {
     pub subject_prefix: String,
     /// JetStream stream capturing the market subjects.
     pub stream_name: String,
-    /// Durable pull consumer of the bridge; a restarted bridge resumes from it.
+    /// The bridge's name: its cursor's key in `market_bridge_cursor`; a restarted bridge of
+    /// the same name resumes from it.
     pub consumer_name: String,
     /// Most messages stored in one transaction.
     pub batch_max: usize,
@@ -108,8 +124,6 @@ pub struct BridgeConfig {
     pub max_age: Duration,
     /// Size cap of the stream in bytes (oldest dropped first); `None` for no cap.
     pub max_bytes: Option<i64>,
-    /// How long a delivered message may stay unacknowledged before JetStream redelivers it.
-    pub ack_wait: Duration,
     /// First back-off after a failed batch; doubled up to [`BridgeConfig::retry_max`].
     pub retry_initial: Duration,
     /// Longest back-off.
@@ -124,8 +138,7 @@ pub const DEFAULT_CONSUMER: &str = "data-bridge";
 impl BridgeConfig {
     /// Defaults for `subject_prefix`: stream `MARKET`, consumer `data-bridge` (each with
     /// `_{prefix}` appended when the prefix is not empty, non-alphanumerics as `_`), batches of
-    /// up to 5 000 messages or 100 ms, 1 h retention capped at 1 GiB, 30 s ack wait, back-off
-    /// 200 ms .. 5 s.
+    /// up to 5 000 messages or 100 ms, 1 h retention capped at 1 GiB, back-off 200 ms .. 5 s.
     #[must_use]
     pub fn new(subject_prefix: impl Into<String>) -> Self {
         let subject_prefix = subject_prefix.into();
@@ -147,7 +160,6 @@ impl BridgeConfig {
             // every tick and every candle update (about 8 messages per tick), so it is capped.
             max_age: Duration::from_secs(3600),
             max_bytes: Some(1 << 30),
-            ack_wait: Duration::from_secs(30),
             retry_initial: Duration::from_millis(200),
             retry_max: Duration::from_secs(5),
         }
@@ -193,10 +205,8 @@ impl BridgeConfig {
                 "batch_max and batch_wait must be positive".into(),
             ));
         }
-        if self.max_age.is_zero() || self.ack_wait.is_zero() {
-            return Err(BridgeError::Config(
-                "max_age and ack_wait must be positive".into(),
-            ));
+        if self.max_age.is_zero() {
+            return Err(BridgeError::Config("max_age must be positive".into()));
         }
         Ok(())
     }

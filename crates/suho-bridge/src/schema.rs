@@ -42,6 +42,12 @@ pub(crate) struct Schema {
     known: Mutex<HashSet<String>>,
 }
 
+/// Per bridge (its `consumer_name`): the last stream sequence whose messages are stored,
+/// advanced in the transaction that stores them.
+const CURSOR_TABLE: &str = "CREATE TABLE IF NOT EXISTS market_bridge_cursor (\
+    consumer text PRIMARY KEY, stream_seq bigint NOT NULL CHECK (stream_seq >= 0), \
+    updated_at timestamptz NOT NULL DEFAULT now())";
+
 const TICKS_COLUMNS: &str = "symbol text NOT NULL, ts timestamptz NOT NULL, \
      bid numeric NOT NULL, ask numeric NOT NULL, source text NOT NULL, \
      PRIMARY KEY (symbol, ts, source, bid, ask)";
@@ -100,6 +106,7 @@ impl Schema {
                 .await?;
             }
         }
+        exec(&mut tx, CURSOR_TABLE).await?;
         tx.commit().await?;
         tracing::info!(?mode, "market tables ready");
         Ok(Schema {

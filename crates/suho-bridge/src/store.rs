@@ -108,7 +108,42 @@ impl Store {
         ticks: &'a [Tick],
         candles: &'a [Candle],
     ) -> impl Future<Output = Result<StoreReport, BridgeError>> + Send + 'a {
-        self.write_inner(ticks, candles)
+        self.write_inner(ticks, candles, None)
+    }
+
+    /// [`Store::write`], and in the same transaction moves the bridge cursor `advance.name`
+    /// from `advance.from` to `advance.to`: the rows and the position they were read up to are
+    /// committed together, or neither is.
+    ///
+    /// # Errors
+    /// [`BridgeError::CursorMoved`] when the cursor is not at `advance.from` (another bridge
+    /// with the same name moved it); then nothing is stored. Any database failure; then
+    /// nothing is stored and the cursor stays.
+    pub fn write_advancing<'a>(
+        &'a self,
+        ticks: &'a [Tick],
+        candles: &'a [Candle],
+        advance: &'a CursorAdvance,
+    ) -> impl Future<Output = Result<StoreReport, BridgeError>> + Send + 'a {
+        self.write_inner(ticks, candles, Some(advance))
+    }
+
+    /// The stream sequence up to which the bridge `name` has stored messages; a new cursor
+    /// starts at `initial`.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn cursor(&self, name: &str, initial: u64) -> Result<u64, BridgeError> {
+        let initial = i64::try_from(initial).unwrap_or(i64::MAX);
+        sqlx::query(
+            "INSERT INTO market_bridge_cursor (consumer, stream_seq) VALUES ($1, $2) \
+             ON CONFLICT (consumer) DO NOTHING",
+        )
+        .bind(name)
+        .bind(initial)
+        .execute(&self.pool)
+        .await?;
+        Ok(stored_cursor(&self.pool, name).await?.unwrap_or(0))
     }
 
     /// Start (epoch ms) of the latest stored candle of `symbol` at `timeframe` whose start lies
@@ -148,6 +183,7 @@ impl Store {
         &self,
         ticks: &[Tick],
         candles: &[Candle],
+        advance: Option<&CursorAdvance>,
     ) -> Result<StoreReport, BridgeError> {
         let mut report = StoreReport {
             ticks: ticks.len() as u64,
@@ -155,6 +191,12 @@ impl Store {
             ..StoreReport::default()
         };
         if ticks.is_empty() && candles.is_empty() {
+            if let Some(advance) = advance {
+                let mut conn = self.pool.acquire().await?;
+                if !advance_cursor(&mut conn, advance).await? {
+                    return Err(advance.moved());
+                }
+            }
             return Ok(report);
         }
         let tick_times: Vec<i64> = ticks.iter().map(|t| t.timestamp).collect();
@@ -164,8 +206,14 @@ impl Store {
             .await?;
         let mut conn = self.pool.acquire().await?;
         if direct_times(ticks, candles) {
-            match write_direct(&mut conn, ticks, candles).await {
-                Ok(()) => {
+            match write_direct(&mut conn, ticks, candles, advance).await {
+                Ok(false) => {
+                    return Err(advance.map_or_else(
+                        || BridgeError::Config("no cursor to move".into()),
+                        CursorAdvance::moved,
+                    ))
+                }
+                Ok(true) => {
                     report.ticks_inserted = report.ticks;
                     report.candles_inserted = report.candles;
                     return Ok(report);
@@ -184,6 +232,12 @@ impl Store {
         }
         report.staged = true;
         let mut tx = conn.begin().await?;
+        if let Some(advance) = advance {
+            if !advance_cursor(&mut tx, advance).await? {
+                tx.rollback().await?;
+                return Err(advance.moved());
+            }
+        }
         exec(&mut tx, STAGING).await?;
         if !ticks.is_empty() {
             copy_csv(
@@ -228,14 +282,74 @@ async fn copy_csv(
     copy.finish().await
 }
 
-/// The direct path: one transaction, `COPY` straight into the real tables. On any error the
-/// transaction is rolled back before returning, so nothing of the batch is stored.
+/// Where a batch moves a bridge cursor: from the position it was read from to the last
+/// stream sequence it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CursorAdvance {
+    /// The bridge's name (`BridgeConfig::consumer_name`).
+    pub name: String,
+    /// The cursor before the batch.
+    pub from: u64,
+    /// The last stream sequence of the batch.
+    pub to: u64,
+}
+
+impl CursorAdvance {
+    fn moved(&self) -> BridgeError {
+        BridgeError::CursorMoved {
+            name: self.name.clone(),
+            expected: self.from,
+        }
+    }
+}
+
+/// Moves the cursor if it is where the batch expects it; `false` (nothing changed) if not.
+async fn advance_cursor(
+    conn: &mut PgConnection,
+    advance: &CursorAdvance,
+) -> Result<bool, sqlx::Error> {
+    let seq = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let moved = sqlx::query(
+        "UPDATE market_bridge_cursor SET stream_seq = $2, updated_at = now() \
+         WHERE consumer = $1 AND stream_seq = $3",
+    )
+    .bind(&advance.name)
+    .bind(seq(advance.to))
+    .bind(seq(advance.from))
+    .execute(&mut *conn)
+    .await?;
+    Ok(moved.rows_affected() == 1)
+}
+
+/// The stored cursor of the bridge `name`, if it has one.
+///
+/// # Errors
+/// The database failed.
+pub async fn stored_cursor(pool: &PgPool, name: &str) -> Result<Option<u64>, BridgeError> {
+    let seq: Option<i64> =
+        sqlx::query_scalar("SELECT stream_seq FROM market_bridge_cursor WHERE consumer = $1")
+            .bind(name)
+            .fetch_optional(pool)
+            .await?;
+    Ok(seq.map(|s| u64::try_from(s).unwrap_or(0)))
+}
+
+/// The direct path: one transaction, the cursor moved (if any), then `COPY` straight into the
+/// real tables. On any error, or a cursor not where expected (`Ok(false)`), the transaction is
+/// rolled back before returning, so nothing of the batch is stored.
 async fn write_direct(
     conn: &mut PgConnection,
     ticks: &[Tick],
     candles: &[Candle],
-) -> Result<(), sqlx::Error> {
+    advance: Option<&CursorAdvance>,
+) -> Result<bool, sqlx::Error> {
     let mut tx = conn.begin().await?;
+    if let Some(advance) = advance {
+        if !advance_cursor(&mut tx, advance).await? {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+    }
     let copied = async {
         if !ticks.is_empty() {
             copy_csv(&mut tx, TICKS_COPY, ticks_copy_csv(ticks)).await?;
@@ -254,7 +368,7 @@ async fn write_direct(
     }
     .await;
     match copied {
-        Ok(()) => tx.commit().await,
+        Ok(()) => tx.commit().await.map(|()| true),
         Err(e) => {
             if let Err(rollback) = tx.rollback().await {
                 tracing::debug!(error = %rollback, "rolling back the direct copy failed");
