@@ -87,6 +87,20 @@ async fn spawn_bridge(
     (task, stats)
 }
 
+/// Shuts the bridges down and waits (at most 10 s each) for them to stop cleanly.
+async fn stop(
+    shutdown: &CancellationToken,
+    tasks: impl IntoIterator<Item = tokio::task::JoinHandle<()>>,
+) {
+    shutdown.cancel();
+    for task in tasks {
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("bridge stops on shutdown")
+            .expect("bridge task");
+    }
+}
+
 /// `n` ticks stamped `start`, `start + 1` ... ms (distinct stamps, so distinct rows).
 fn ticks_from(start: i64, n: usize, seed: u64) -> Vec<Tick> {
     let mut feed = SyntheticFeed::new(&suho_domain::major_fx(), seed);
@@ -259,11 +273,7 @@ async fn stores_ticks_and_closed_candles_exactly() {
     let s = stats.snapshot();
     assert_eq!(s.open_candles, 30, "{s:?}");
     assert_eq!(s.invalid, 0, "{s:?}");
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .expect("bridge stops on shutdown")
-        .expect("bridge task");
+    stop(&shutdown, [task]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -392,11 +402,7 @@ async fn killed_bridge_restarts_without_loss_or_duplicates() {
         inserted, N as u64,
         "each tick inserted exactly once across bridges"
     );
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), task3)
-        .await
-        .expect("bridge stops")
-        .expect("bridge task");
+    stop(&shutdown, [task3]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -466,13 +472,7 @@ async fn replayed_batches_insert_nothing_twice() {
     assert_eq!(s2.duplicates, 1_000, "{s2:?}");
     assert_eq!(count(&pool).await, 1_300);
     assert_eq!(stats.snapshot().ticks_inserted, 1_000);
-    shutdown.cancel();
-    for t in [task, task2] {
-        tokio::time::timeout(Duration::from_secs(10), t)
-            .await
-            .expect("bridge stops")
-            .expect("bridge task");
-    }
+    stop(&shutdown, [task, task2]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -557,11 +557,7 @@ async fn malformed_messages_are_skipped_and_do_not_block() {
         async move { count(&p).await == 61 }
     })
     .await;
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .expect("bridge stops")
-        .expect("bridge task");
+    stop(&shutdown, [task]).await;
 }
 
 /// The direct path (COPY into the tables) takes fresh batches, across a day's partition
@@ -696,11 +692,7 @@ async fn failed_batches_are_reread_from_the_cursor() {
     assert!(want.iter().all(|k| distinct.contains(k)), "no tick lost");
     let s = stats.snapshot();
     assert_eq!(s.ticks_inserted, N as u64, "{s:?}");
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .expect("bridge stops on shutdown")
-        .expect("bridge task");
+    stop(&shutdown, [task]).await;
 }
 
 /// Two bridges with the same name on the same stream (a restart overlapping the old process,
@@ -742,13 +734,7 @@ async fn two_bridges_of_one_name_store_everything_once() {
         "{s1:?} {s2:?}"
     );
     assert_eq!(s1.duplicates + s2.duplicates, 0, "{s1:?} {s2:?}");
-    shutdown.cancel();
-    for t in [task1, task2] {
-        tokio::time::timeout(Duration::from_secs(10), t)
-            .await
-            .expect("bridge stops")
-            .expect("bridge task");
-    }
+    stop(&shutdown, [task1, task2]).await;
 }
 
 /// A bridge from before the cursor kept its place in a durable consumer with explicit acks:
@@ -821,11 +807,7 @@ async fn a_bridge_resumes_from_the_old_durable_consumer() {
         stream.consumer_info(&cfg.consumer_name).await.is_err(),
         "the old durable consumer is gone"
     );
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .expect("bridge stops")
-        .expect("bridge task");
+    stop(&shutdown, [task]).await;
 }
 
 /// A bridge that was down for longer than the stream holds finds the oldest messages gone:
@@ -868,9 +850,5 @@ async fn messages_the_stream_dropped_are_counted_as_a_gap() {
     let s = stats.snapshot();
     assert_eq!(s.gap, dropped, "{s:?}");
     assert_eq!(count(&pool).await, kept);
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .expect("bridge stops")
-        .expect("bridge task");
+    stop(&shutdown, [task]).await;
 }
