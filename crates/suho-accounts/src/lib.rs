@@ -1,5 +1,7 @@
 //! User accounts: registration with argon2id password hashes in PostgreSQL, login that
-//! issues a short-lived HS256 JWT, and logout that revokes that token.
+//! issues a short-lived HS256 JWT, and logout that revokes that token; and the user's
+//! profile ([`profile`]): settings, linked MT5 accounts with their passwords sealed by an
+//! AEAD ([`credentials`]), and the `client_order_id`s already used.
 //!
 //! This crate knows nothing of HTTP or Kafka: the gateway calls it and publishes the
 //! resulting `user.auth` events. A password or token never leaves this crate in a log
@@ -16,6 +18,12 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use suho_domain::UserId;
+
+pub mod credentials;
+pub mod profile;
+
+pub use credentials::{CredentialError, Keyring, Sealed};
+pub use profile::ClientOrder;
 
 /// The embedded schema migrations.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -50,6 +58,26 @@ pub enum AccountError {
     /// Hashing failed (should not happen with valid parameters).
     #[error("password hashing failed")]
     Hash,
+    /// A field of a profile request is invalid.
+    #[error("{field}: {message}")]
+    InvalidField {
+        /// The field, as named in the request.
+        field: &'static str,
+        /// What is wrong.
+        message: &'static str,
+    },
+    /// No credentials key is configured, so broker passwords cannot be sealed or opened.
+    #[error("no credentials key is configured (auth.credentials_key)")]
+    NoCredentialsKey,
+    /// Sealing or opening a credential failed.
+    #[error(transparent)]
+    Credential(#[from] CredentialError),
+    /// The MT5 account is not linked to this user.
+    #[error("mt5_account: not linked to this user")]
+    NotLinked,
+    /// A stored value no longer reads.
+    #[error("stored data unreadable: {0}")]
+    Corrupt(String),
 }
 
 /// A registered user.
@@ -96,6 +124,7 @@ pub struct Accounts {
     encoding: EncodingKey,
     decoding: DecodingKey,
     ttl: Duration,
+    keyring: Option<Keyring>,
 }
 
 impl std::fmt::Debug for Accounts {
@@ -140,7 +169,20 @@ impl Accounts {
             encoding: EncodingKey::from_secret(key),
             decoding: DecodingKey::from_secret(key),
             ttl: token_ttl,
+            keyring: None,
         }
+    }
+
+    /// The same accounts, sealing broker credentials with `keyring`.
+    #[must_use]
+    pub fn with_keyring(mut self, keyring: Keyring) -> Accounts {
+        self.keyring = Some(keyring);
+        self
+    }
+
+    /// The credentials keys, if configured.
+    pub(crate) fn keyring(&self) -> Option<&Keyring> {
+        self.keyring.as_ref()
     }
 
     /// Applies pending schema migrations.

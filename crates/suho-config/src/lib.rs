@@ -181,6 +181,13 @@ pub struct AuthConfig {
     pub jwt_secret: Option<SecretString>,
     /// Lifetime of an access token, seconds.
     pub token_ttl_s: u64,
+    /// Keys that seal linked MT5 passwords (XChaCha20-Poly1305), by key id: each a base64
+    /// 32-byte key. When empty, one key is generated on first start and kept in
+    /// `<stack.dir>/secrets/credentials.key` (id `local-1`).
+    pub credentials_keys: std::collections::BTreeMap<String, SecretString>,
+    /// The id of the key that seals new passwords (the others only open old ones, for
+    /// rotation); required when `credentials_keys` has more than one key.
+    pub credentials_key_id: Option<String>,
 }
 
 impl Default for AuthConfig {
@@ -188,6 +195,8 @@ impl Default for AuthConfig {
         Self {
             jwt_secret: None,
             token_ttl_s: 3600,
+            credentials_keys: std::collections::BTreeMap::new(),
+            credentials_key_id: None,
         }
     }
 }
@@ -576,10 +585,17 @@ mod tests {
     #[test]
     fn secrets_never_print() {
         let c = load(
-            "[auth]\njwt_secret = \"hunter2-very-secret\"\n[database]\nurl = \"postgres://u:pw-secret@127.0.0.1:5432/db\"\n",
+            "[auth]\njwt_secret = \"hunter2-very-secret\"\ncredentials_key_id = \"k2\"\n\
+             [auth.credentials_keys]\nk2 = \"c2VhbC1rZXktc2VjcmV0\"\n\
+             [database]\nurl = \"postgres://u:pw-secret@127.0.0.1:5432/db\"\n",
             &[],
         )
         .unwrap();
+        assert_eq!(c.auth.credentials_key_id.as_deref(), Some("k2"));
+        assert_eq!(
+            c.auth.credentials_keys["k2"].expose_secret(),
+            "c2VhbC1rZXktc2VjcmV0"
+        );
         assert_eq!(
             c.auth.jwt_secret.as_ref().unwrap().expose_secret(),
             "hunter2-very-secret"
@@ -587,6 +603,7 @@ mod tests {
         let shown = format!("{c:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(!shown.contains("pw-secret"), "{shown}");
+        assert!(!shown.contains("c2VhbC1rZXktc2VjcmV0"), "{shown}");
     }
 
     #[test]

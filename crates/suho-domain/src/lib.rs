@@ -18,6 +18,7 @@ pub mod envelope;
 pub mod event;
 pub mod market;
 pub mod num;
+pub mod settings;
 pub mod subject;
 pub mod symbol;
 pub mod topic;
@@ -33,5 +34,6 @@ pub use market::{
     Candle, Direction, HealthStatus, Heartbeat, IndicatorValue, MarketAlert, MarketError,
     PriceError, PriceErrorKind, PriceQuote, PriceReply, Signal, Tick, Timeframe, TimeframeError,
 };
+pub use settings::{AutoTrading, RiskSettings, SettingsError, UserSettings};
 pub use symbol::{major_fx, Symbol, SymbolError, MAJOR_FX};
 pub use topic::UserTopic;

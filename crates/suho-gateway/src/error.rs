@@ -12,8 +12,8 @@ pub enum ApiError {
     MalformedJson(String),
     /// A field is missing or invalid (422).
     Invalid {
-        /// The field, as named in the request.
-        field: &'static str,
+        /// The field, as named in the request (a dotted path inside nested objects).
+        field: std::borrow::Cow<'static, str>,
         /// What is wrong with it.
         message: String,
     },
@@ -33,9 +33,12 @@ pub enum ApiError {
 
 impl ApiError {
     /// A validation failure of `field`.
-    pub fn invalid(field: &'static str, message: impl Into<String>) -> ApiError {
+    pub fn invalid(
+        field: impl Into<std::borrow::Cow<'static, str>>,
+        message: impl Into<String>,
+    ) -> ApiError {
         ApiError::Invalid {
-            field,
+            field: field.into(),
             message: message.into(),
         }
     }
@@ -99,6 +102,12 @@ impl From<suho_accounts::AccountError> for ApiError {
                 ApiError::Unauthorized("invalid email or password".into())
             }
             E::InvalidToken(r) => ApiError::Unauthorized(format!("invalid token: {r}")),
+            E::InvalidField { field, message } => ApiError::invalid(field, message),
+            E::NotLinked => ApiError::invalid("mt5_account", "is not linked to this user"),
+            E::NoCredentialsKey => {
+                tracing::error!("no credentials key configured; MT5 passwords cannot be sealed");
+                ApiError::Unavailable("credential storage")
+            }
             E::Database(e) => {
                 tracing::error!(error = %e, "database failure");
                 ApiError::Unavailable("the database")
@@ -108,6 +117,12 @@ impl From<suho_accounts::AccountError> for ApiError {
                 ApiError::Internal
             }
         }
+    }
+}
+
+impl From<suho_domain::SettingsError> for ApiError {
+    fn from(e: suho_domain::SettingsError) -> Self {
+        ApiError::invalid(e.field, e.message)
     }
 }
 

@@ -32,6 +32,11 @@ impl Body {
         }
     }
 
+    /// The whole object.
+    pub fn into_value(self) -> Value {
+        Value::Object(self.0)
+    }
+
     fn get(&self, field: &'static str) -> Option<&Value> {
         self.0.get(field).filter(|v| !v.is_null())
     }

@@ -11,6 +11,7 @@ mod error;
 mod input;
 mod market;
 mod trade;
+mod user;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub producer: UserEventProducer,
     /// Symbols that may be traded.
     pub symbols: HashSet<Symbol>,
+    /// Strategy names users may opt in to auto-trading for.
+    pub strategies: Vec<String>,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
     /// Process start, for `/health`.
@@ -51,6 +54,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/auth/login", post(auth::login))
         .route("/api/auth/logout", post(auth::logout))
         .route("/api/trade/open", post(trade::open))
+        .route("/api/trade/close", post(trade::close))
+        .route("/api/trade/modify", post(trade::modify))
+        .route(
+            "/api/user/{user_id}/settings",
+            get(user::get_settings).put(user::put_settings),
+        )
+        .route("/api/user/{user_id}/mt5/link", post(user::link_mt5))
         .route("/api/market/{symbol}/candles", get(market::candles))
         .route("/health", get(health))
         .route("/metrics", get(metrics))

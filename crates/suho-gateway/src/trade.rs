@@ -1,5 +1,7 @@
-//! Trade commands: validated here, queued on `user.commands` keyed by the caller's id,
-//! answered `202 {status: "queued", command_id}`. Execution is the trading engine's.
+//! Trade commands (open, close, modify): validated here, queued on `user.commands` keyed by
+//! the caller's id, answered `202 {status: "queued", command_id}`. Execution is the trading
+//! engine's. A `client_order_id` is claimed in PostgreSQL before the command is queued: a
+//! repeated one is answered with the first `command_id` and queues nothing.
 
 use std::sync::Arc;
 
@@ -11,6 +13,8 @@ use axum::Json;
 use rust_decimal::Decimal;
 use suho_domain::{Order, Side, Symbol, TradeCommand};
 use suho_messaging::now_ms;
+
+use suho_accounts::ClientOrder;
 
 use crate::auth::AuthUser;
 use crate::input::Body;
@@ -37,13 +41,93 @@ pub async fn open(
             "must be 1 to 64 characters",
         ));
     }
-    let command = TradeCommand::open(claims.user_id(), order, client_order_id, now_ms());
-    let delivery = state.producer.send(&command).await?;
-    tracing::info!(user_id = %command.user_id, command_id = %command.event_id, partition = delivery.partition, "OPEN_TRADE queued");
-    Ok((
+    let user_id = claims.user_id();
+    let command = TradeCommand::open(user_id.clone(), order, client_order_id.clone(), now_ms());
+    if let Some(coid) = &client_order_id {
+        // A retried request: answer with the first command, queue nothing.
+        if let ClientOrder::Existing(first) = state
+            .accounts
+            .claim_client_order(&user_id, coid, &command.event_id)
+            .await?
+        {
+            tracing::info!(user_id = %user_id, client_order_id = %coid, command_id = %first, "repeated client_order_id; nothing queued");
+            return Ok(queued(&first));
+        }
+    }
+    if let Err(e) = state.producer.send(&command).await {
+        if let Some(coid) = &client_order_id {
+            // Not queued: free the id so the client's retry can queue it.
+            if let Err(release) = state
+                .accounts
+                .release_client_order(&user_id, coid, &command.event_id)
+                .await
+            {
+                tracing::error!(user_id = %user_id, client_order_id = %coid, error = %release, "releasing an unqueued client_order_id failed; a retry will be answered with a command that was never queued");
+            }
+        }
+        return Err(e.into());
+    }
+    tracing::info!(user_id = %command.user_id, command_id = %command.event_id, "OPEN_TRADE queued");
+    Ok(queued(&command.event_id))
+}
+
+/// `202 {status: "queued", command_id}`.
+fn queued(command_id: &str) -> (StatusCode, Json<serde_json::Value>) {
+    (
         StatusCode::ACCEPTED,
-        Json(serde_json::json!({ "status": "queued", "command_id": command.event_id })),
-    ))
+        Json(serde_json::json!({ "status": "queued", "command_id": command_id })),
+    )
+}
+
+/// The `trade_id` of a close or modify body.
+fn trade_id(body: &Body) -> Result<String, ApiError> {
+    let id = body.string("trade_id")?.trim();
+    if id.is_empty() || id.len() > 128 {
+        return Err(ApiError::invalid("trade_id", "must be 1 to 128 characters"));
+    }
+    Ok(id.to_string())
+}
+
+pub async fn close(
+    State(state): State<Arc<AppState>>,
+    AuthUser(claims): AuthUser,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let body = Body::parse(&body)?;
+    let command = TradeCommand::close(claims.user_id(), trade_id(&body)?, now_ms());
+    state.producer.send(&command).await?;
+    tracing::info!(user_id = %command.user_id, command_id = %command.event_id, "CLOSE_TRADE queued");
+    Ok(queued(&command.event_id))
+}
+
+pub async fn modify(
+    State(state): State<Arc<AppState>>,
+    AuthUser(claims): AuthUser,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let body = Body::parse(&body)?;
+    let trade_id = trade_id(&body)?;
+    let positive = |field: &'static str| -> Result<Option<Decimal>, ApiError> {
+        match body.opt_decimal(field)? {
+            Some(p) if p <= Decimal::ZERO => {
+                Err(ApiError::invalid(field, "must be a positive price"))
+            }
+            other => Ok(other),
+        }
+    };
+    let stop_loss = positive("stop_loss")?;
+    let take_profit = positive("take_profit")?;
+    if stop_loss.is_none() && take_profit.is_none() {
+        return Err(ApiError::invalid(
+            "stop_loss",
+            "stop_loss or take_profit is required",
+        ));
+    }
+    let command =
+        TradeCommand::modify(claims.user_id(), trade_id, stop_loss, take_profit, now_ms());
+    state.producer.send(&command).await?;
+    tracing::info!(user_id = %command.user_id, command_id = %command.event_id, "MODIFY_TRADE queued");
+    Ok(queued(&command.event_id))
 }
 
 fn parse_order(body: &Body, state: &AppState) -> Result<Order, ApiError> {

@@ -63,7 +63,8 @@ impl Application {
             Duration::from_secs(config.auth.token_ttl_s),
         )
         .await
-        .context("connecting to PostgreSQL")?;
+        .context("connecting to PostgreSQL")?
+        .with_keyring(credentials_keyring(&config).context("loading the credentials keys")?);
         accounts.migrate().await.context("migrating the database")?;
         // The bridge's JetStream stream exists before the feed speaks, so the store misses
         // nothing from the first tick on.
@@ -168,6 +169,10 @@ impl Application {
             accounts,
             producer,
             symbols: symbols.iter().copied().collect(),
+            strategies: suho_signals::StrategyKind::ALL
+                .iter()
+                .map(|k| k.name().to_string())
+                .collect(),
             metrics: suho_telemetry::metrics(),
             started: Instant::now(),
         });
@@ -298,6 +303,48 @@ fn describe(
     joined.unwrap_or_else(|e| ("a service task", Err(anyhow::anyhow!("panicked: {e}"))))
 }
 
+/// The keys that seal MT5 passwords: `auth.credentials_keys` (current: `auth.credentials_key_id`,
+/// or the only key) if configured, else a random key generated once and kept (mode 0600) in
+/// `<stack.dir>/secrets/credentials.key` under the id `local-1`.
+///
+/// # Errors
+/// A configured key is not 32 bytes of base64, the current id names no key, or the key file
+/// cannot be read or written.
+pub fn credentials_keyring(config: &Config) -> anyhow::Result<suho_accounts::Keyring> {
+    let auth = &config.auth;
+    if !auth.credentials_keys.is_empty() {
+        let current = match (&auth.credentials_key_id, auth.credentials_keys.len()) {
+            (Some(id), _) => id.clone(),
+            (None, 1) => auth
+                .credentials_keys
+                .keys()
+                .next()
+                .cloned()
+                .unwrap_or_default(),
+            (None, _) => anyhow::bail!(
+                "auth.credentials_key_id: required when auth.credentials_keys holds several keys"
+            ),
+        };
+        return suho_accounts::Keyring::new(&current, auth.credentials_keys.clone())
+            .map_err(|e| anyhow::anyhow!("auth.credentials_keys: {e}"));
+    }
+    const LOCAL_ID: &str = "local-1";
+    let path = config.stack.dir.join("secrets").join("credentials.key");
+    let key = match std::fs::read_to_string(&path) {
+        Ok(existing) if !existing.trim().is_empty() => {
+            SecretString::from(existing.trim().to_string())
+        }
+        _ => {
+            use secrecy::ExposeSecret;
+            let key = suho_accounts::Keyring::generate_key();
+            write_private_file(&path, key.expose_secret())?;
+            key
+        }
+    };
+    suho_accounts::Keyring::new(LOCAL_ID, [(LOCAL_ID.to_string(), key)])
+        .with_context(|| format!("{}", path.display()))
+}
+
 /// The JWT key: `auth.jwt_secret` if configured, else a random key generated once and
 /// kept (mode 0600) in `<stack.dir>/secrets/jwt.key` so tokens survive restarts.
 ///
@@ -317,13 +364,19 @@ pub fn jwt_secret(config: &Config) -> anyhow::Result<SecretString> {
 }
 
 fn write_secret_file(path: &Path) -> anyhow::Result<SecretString> {
+    let bytes: [u8; 32] = rand::random();
+    let key: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    write_private_file(path, &key)?;
+    Ok(SecretString::from(key))
+}
+
+/// Writes `content` to `path` (mode 0600), creating the directory.
+fn write_private_file(path: &Path, content: &str) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let bytes: [u8; 32] = rand::random();
-    let key: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .write(true)
@@ -331,6 +384,6 @@ fn write_secret_file(path: &Path) -> anyhow::Result<SecretString> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(key.as_bytes())?;
-    Ok(SecretString::from(key))
+    f.write_all(content.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }

@@ -15,6 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 /// The Polygon feed and backfill (in `tests/polygon/`).
 mod polygon;
+/// Settings, MT5 links, client order ids, close and modify (in `tests/profile/`).
+mod profile;
 
 struct Running {
     env: TestEnv,

@@ -1,0 +1,374 @@
+//! A user's settings: risk parameters, watchlist and auto-trading opt-ins (the object of
+//! `GET`/`PUT /api/user/{user_id}/settings` and of `SETTINGS_UPDATED` on `user.settings`).
+//!
+//! An update is a JSON merge patch (RFC 7386) onto the current settings: objects merge
+//! field by field, anything else replaces, `null` resets a field to its default. The result
+//! is checked as a whole; an error names the field by its dotted path (`risk.leverage`).
+
+use std::collections::{BTreeMap, HashSet};
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::Symbol;
+
+/// Smallest volume step, in lots.
+pub const LOT_STEP: Decimal = Decimal::from_parts(1, 0, 0, false, 2);
+/// Largest order any user may set as their maximum, in lots.
+pub const MAX_ORDER_VOLUME: Decimal = Decimal::from_parts(100, 0, 0, false, 0);
+
+/// Risk parameters the trading engine enforces for the user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RiskSettings {
+    /// Account leverage, `1..=500`.
+    pub leverage: u32,
+    /// Largest volume of one order, lots (on the lot step, at most 100).
+    #[serde(with = "crate::num")]
+    pub max_volume: Decimal,
+    /// Most positions open at once, `1..=200`.
+    pub max_open_positions: u32,
+}
+
+impl Default for RiskSettings {
+    fn default() -> Self {
+        Self {
+            leverage: 100,
+            max_volume: Decimal::from(10),
+            max_open_positions: 20,
+        }
+    }
+}
+
+/// One strategy's auto-trading opt-in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutoTrading {
+    /// Whether the agent trades this strategy's signals for the user.
+    pub enabled: bool,
+    /// Lots per trade the agent opens (within `risk.max_volume`).
+    #[serde(with = "crate::num")]
+    pub volume: Decimal,
+}
+
+/// Everything a user can set.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct UserSettings {
+    /// Risk parameters.
+    pub risk: RiskSettings,
+    /// Symbols the dashboard shows first.
+    pub watchlist: Vec<Symbol>,
+    /// Auto-trading opt-ins by strategy name (`scalping`, `mean_reversion`, ...).
+    pub auto_trading: BTreeMap<String, AutoTrading>,
+}
+
+/// A settings object that is not valid, naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SettingsError {
+    /// Dotted path of the field, e.g. `risk.leverage`.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> SettingsError {
+    SettingsError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// RFC 7386: merges `patch` into `target`.
+fn merge(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+impl UserSettings {
+    /// `self` with `patch` merged in and checked: watchlist symbols must be in `symbols`,
+    /// auto-trading strategies in `strategies`.
+    ///
+    /// # Errors
+    /// The patch is not an object, or the result is invalid; the error names the field.
+    pub fn patched(
+        &self,
+        patch: &Value,
+        symbols: &HashSet<Symbol>,
+        strategies: &[&str],
+    ) -> Result<UserSettings, SettingsError> {
+        if !patch.is_object() {
+            return Err(invalid("settings", "must be a JSON object"));
+        }
+        let mut value =
+            serde_json::to_value(self).map_err(|e| invalid("settings", e.to_string()))?;
+        merge(&mut value, patch);
+        let settings = from_value(&value)?;
+        settings.validate(symbols, strategies)?;
+        Ok(settings)
+    }
+
+    /// Checks every field.
+    ///
+    /// # Errors
+    /// The first invalid field.
+    pub fn validate(
+        &self,
+        symbols: &HashSet<Symbol>,
+        strategies: &[&str],
+    ) -> Result<(), SettingsError> {
+        let r = &self.risk;
+        if !(1..=500).contains(&r.leverage) {
+            return Err(invalid("risk.leverage", "must be between 1 and 500"));
+        }
+        if r.max_volume <= Decimal::ZERO || r.max_volume > MAX_ORDER_VOLUME {
+            return Err(invalid(
+                "risk.max_volume",
+                format!("must be positive and at most {MAX_ORDER_VOLUME} lots"),
+            ));
+        }
+        if !(r.max_volume % LOT_STEP).is_zero() {
+            return Err(invalid(
+                "risk.max_volume",
+                format!("must be a multiple of the lot step {LOT_STEP}"),
+            ));
+        }
+        if !(1..=200).contains(&r.max_open_positions) {
+            return Err(invalid(
+                "risk.max_open_positions",
+                "must be between 1 and 200",
+            ));
+        }
+        if self.watchlist.len() > 100 {
+            return Err(invalid("watchlist", "holds at most 100 symbols"));
+        }
+        if let Some(s) = self.watchlist.iter().find(|s| !symbols.contains(s)) {
+            return Err(invalid("watchlist", format!("{s} is not traded here")));
+        }
+        for (name, auto) in &self.auto_trading {
+            if !strategies.contains(&name.as_str()) {
+                return Err(invalid(
+                    format!("auto_trading.{name}"),
+                    format!("unknown strategy; known: {}", strategies.join(", ")),
+                ));
+            }
+            if auto.volume <= Decimal::ZERO
+                || auto.volume > r.max_volume
+                || !(auto.volume % LOT_STEP).is_zero()
+            {
+                return Err(invalid(
+                    format!("auto_trading.{name}.volume"),
+                    format!(
+                        "must be positive, on the lot step {LOT_STEP} and at most risk.max_volume ({})",
+                        r.max_volume
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads the merged object field by field, so a wrong type names its field.
+fn from_value(value: &Value) -> Result<UserSettings, SettingsError> {
+    let defaults = UserSettings::default();
+    let obj = value
+        .as_object()
+        .ok_or_else(|| invalid("settings", "must be a JSON object"))?;
+    for key in obj.keys() {
+        if !matches!(key.as_str(), "risk" | "watchlist" | "auto_trading") {
+            return Err(invalid(
+                key.clone(),
+                "unknown setting; known: risk, watchlist, auto_trading",
+            ));
+        }
+    }
+    let risk = match obj.get("risk") {
+        None => defaults.risk,
+        Some(Value::Object(r)) => {
+            for key in r.keys() {
+                if !matches!(
+                    key.as_str(),
+                    "leverage" | "max_volume" | "max_open_positions"
+                ) {
+                    return Err(invalid(
+                        format!("risk.{key}"),
+                        "unknown setting; known: leverage, max_volume, max_open_positions",
+                    ));
+                }
+            }
+            let int = |k: &str, default: u32| -> Result<u32, SettingsError> {
+                match r.get(k) {
+                    None => Ok(default),
+                    Some(v) => v
+                        .as_u64()
+                        .and_then(|n| u32::try_from(n).ok())
+                        .ok_or_else(|| invalid(format!("risk.{k}"), "must be a whole number")),
+                }
+            };
+            RiskSettings {
+                leverage: int("leverage", defaults.risk.leverage)?,
+                max_volume: match r.get("max_volume") {
+                    None => defaults.risk.max_volume,
+                    Some(v) => decimal(v)
+                        .ok_or_else(|| invalid("risk.max_volume", "must be a number of lots"))?,
+                },
+                max_open_positions: int("max_open_positions", defaults.risk.max_open_positions)?,
+            }
+        }
+        Some(_) => return Err(invalid("risk", "must be an object")),
+    };
+    let watchlist = match obj.get("watchlist") {
+        None => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .ok_or_else(|| invalid("watchlist", "must be a list of symbols"))
+                    .and_then(|s| Symbol::parse(s).map_err(|e| invalid("watchlist", e.to_string())))
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        Some(_) => return Err(invalid("watchlist", "must be a list of symbols")),
+    };
+    let auto_trading = match obj.get("auto_trading") {
+        None => BTreeMap::new(),
+        Some(Value::Object(m)) => m
+            .iter()
+            .map(|(name, v)| {
+                let field = |f: &str| format!("auto_trading.{name}.{f}");
+                let o = v
+                    .as_object()
+                    .ok_or_else(|| invalid(format!("auto_trading.{name}"), "must be an object"))?;
+                let enabled = match o.get("enabled") {
+                    Some(Value::Bool(b)) => *b,
+                    None => false,
+                    Some(_) => return Err(invalid(field("enabled"), "must be true or false")),
+                };
+                let volume = match o.get("volume") {
+                    None => LOT_STEP * Decimal::from(10),
+                    Some(v) => decimal(v)
+                        .ok_or_else(|| invalid(field("volume"), "must be a number of lots"))?,
+                };
+                Ok((name.clone(), AutoTrading { enabled, volume }))
+            })
+            .collect::<Result<BTreeMap<_, _>, _>>()?,
+        Some(_) => return Err(invalid("auto_trading", "must be an object")),
+    };
+    Ok(UserSettings {
+        risk,
+        watchlist,
+        auto_trading,
+    })
+}
+
+fn decimal(v: &Value) -> Option<Decimal> {
+    match v {
+        Value::Number(n) => n
+            .as_f64()
+            .and_then(|f| crate::num::from_f64(f).ok())
+            .or_else(|| n.as_i64().map(Decimal::from)),
+        Value::String(s) => crate::num::parse_decimal(s).ok(),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn symbols() -> HashSet<Symbol> {
+        crate::major_fx().into_iter().collect()
+    }
+
+    const STRATEGIES: &[&str] = &["scalping", "mean_reversion"];
+
+    #[test]
+    fn defaults_round_trip_and_validate() {
+        let s = UserSettings::default();
+        s.validate(&symbols(), STRATEGIES)
+            .expect("defaults are valid");
+        let v = serde_json::to_value(&s).expect("json");
+        assert_eq!(
+            v,
+            json!({"risk":{"leverage":100,"max_volume":10.0,"max_open_positions":20},
+                   "watchlist":[],"auto_trading":{}})
+        );
+        assert_eq!(from_value(&v).expect("reads back"), s);
+    }
+
+    #[test]
+    fn a_patch_merges_and_null_resets() {
+        let s = UserSettings::default()
+            .patched(
+                &json!({"risk":{"leverage":30},"watchlist":["EURUSD","GBP/USD"],
+                        "auto_trading":{"scalping":{"enabled":true,"volume":0.25}}}),
+                &symbols(),
+                STRATEGIES,
+            )
+            .expect("valid");
+        assert_eq!(s.risk.leverage, 30);
+        assert_eq!(s.risk.max_volume, Decimal::from(10), "untouched field kept");
+        assert_eq!(s.watchlist.len(), 2);
+        assert_eq!(
+            s.auto_trading["scalping"].volume,
+            Decimal::new(25, 2),
+            "exact decimal"
+        );
+        let reset = s
+            .patched(&json!({"risk":{"leverage":null}}), &symbols(), STRATEGIES)
+            .expect("valid");
+        assert_eq!(reset.risk.leverage, 100);
+        assert_eq!(reset.watchlist.len(), 2);
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        let base = UserSettings::default();
+        let cases = [
+            (json!([]), "settings"),
+            (json!({"nope":1}), "nope"),
+            (json!({"risk":5}), "risk"),
+            (json!({"risk":{"leverage":0}}), "risk.leverage"),
+            (json!({"risk":{"leverage":"x"}}), "risk.leverage"),
+            (json!({"risk":{"leverage":1.5}}), "risk.leverage"),
+            (json!({"risk":{"max_volume":0.015}}), "risk.max_volume"),
+            (json!({"risk":{"max_volume":101}}), "risk.max_volume"),
+            (
+                json!({"risk":{"max_open_positions":0}}),
+                "risk.max_open_positions",
+            ),
+            (json!({"risk":{"margin":1}}), "risk.margin"),
+            (json!({"watchlist":"EURUSD"}), "watchlist"),
+            (json!({"watchlist":["XYZABC"]}), "watchlist"),
+            (json!({"watchlist":["EURXYZ1"]}), "watchlist"),
+            (
+                json!({"auto_trading":{"martingale":{"enabled":true}}}),
+                "auto_trading.martingale",
+            ),
+            (
+                json!({"auto_trading":{"scalping":{"enabled":"yes"}}}),
+                "auto_trading.scalping.enabled",
+            ),
+            (
+                json!({"auto_trading":{"scalping":{"enabled":true,"volume":50}}}),
+                "auto_trading.scalping.volume",
+            ),
+        ];
+        for (patch, field) in cases {
+            let err = base
+                .patched(&patch, &symbols(), STRATEGIES)
+                .expect_err(&patch.to_string());
+            assert_eq!(err.field, field, "{patch}: {err}");
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The caller's own profile: settings (`GET`/`PUT /api/user/{user_id}/settings`) and MT5
+//! account links (`POST /api/user/{user_id}/mt5/link`). The path's user must be the token's
+//! subject (else 403). Each change is stored, then published on `user.settings`; the event
+//! carries the settings object or the account number, never a password.
+//!
+//! The store comes first: if publishing then fails the caller gets a 503 and may retry, which
+//! stores the same value again and publishes it (the event is not lost for good, but until the
+//! retry it is missing; an outbox would close that window).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::response::IntoResponse;
+use axum::Json;
+use secrecy::SecretString;
+use suho_accounts::Claims;
+use suho_domain::{new_event_id, SettingsEvent, SettingsEventType, UserId, SCHEMA_VERSION};
+use suho_messaging::now_ms;
+
+use crate::auth::AuthUser;
+use crate::input::Body;
+use crate::{ApiError, AppState};
+
+/// The path's user, if it is the caller.
+pub(crate) fn own(claims: &Claims, user_id: &str) -> Result<UserId, ApiError> {
+    if claims.sub == user_id {
+        Ok(claims.user_id())
+    } else {
+        Err(ApiError::Forbidden)
+    }
+}
+
+fn settings_event(
+    event_type: SettingsEventType,
+    user_id: UserId,
+    settings: Option<serde_json::Value>,
+    mt5_account: Option<String>,
+) -> SettingsEvent {
+    SettingsEvent {
+        event_id: new_event_id("set"),
+        event_type,
+        user_id,
+        settings,
+        mt5_account,
+        timestamp: now_ms(),
+        schema_version: SCHEMA_VERSION,
+    }
+}
+
+pub async fn get_settings(
+    State(state): State<Arc<AppState>>,
+    AuthUser(claims): AuthUser,
+    Path(user_id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let user_id = own(&claims, &user_id)?;
+    Ok(Json(state.accounts.settings(&user_id).await?))
+}
+
+pub async fn put_settings(
+    State(state): State<Arc<AppState>>,
+    AuthUser(claims): AuthUser,
+    Path(user_id): Path<String>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let user_id = own(&claims, &user_id)?;
+    let patch = Body::parse(&body)?.into_value();
+    let current = state.accounts.settings(&user_id).await?;
+    let strategies: Vec<&str> = state.strategies.iter().map(String::as_str).collect();
+    let settings = current.patched(&patch, &state.symbols, &strategies)?;
+    state.accounts.store_settings(&user_id, &settings).await?;
+    let value = serde_json::to_value(&settings).map_err(|_| ApiError::Internal)?;
+    let event = settings_event(
+        SettingsEventType::SettingsUpdated,
+        user_id.clone(),
+        Some(value),
+        None,
+    );
+    state.producer.send(&event).await?;
+    tracing::info!(user_id = %user_id, "settings updated");
+    Ok(Json(settings))
+}
+
+pub async fn link_mt5(
+    State(state): State<Arc<AppState>>,
+    AuthUser(claims): AuthUser,
+    Path(user_id): Path<String>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let user_id = own(&claims, &user_id)?;
+    let body = Body::parse(&body)?;
+    let account = body.string("mt5_account")?.trim().to_string();
+    let password = SecretString::from(body.string("password")?.to_string());
+    state
+        .accounts
+        .link_mt5(&user_id, &account, &password)
+        .await?;
+    let event = settings_event(
+        SettingsEventType::Mt5AccountLinked,
+        user_id.clone(),
+        None,
+        Some(account.clone()),
+    );
+    state.producer.send(&event).await?;
+    tracing::info!(user_id = %user_id, mt5_account = %account, "MT5 account linked");
+    Ok(Json(
+        serde_json::json!({ "status": "linked", "mt5_account": account }),
+    ))
+}
