@@ -110,7 +110,19 @@ pub async fn login(
 ) -> Result<impl IntoResponse, ApiError> {
     let body = Body::parse(&body)?;
     let (email, password) = credentials(&body)?;
-    match state.accounts.login(email, &password).await {
+    if let Some(wait) = state.login_throttle.check(email, addr.ip()) {
+        tracing::warn!(ip = %addr.ip(), "login throttled");
+        return Err(ApiError::TooManyRequests(wait.as_secs().max(1)));
+    }
+    let result = state.accounts.login(email, &password).await;
+    match &result {
+        Ok(_) => state.login_throttle.succeeded(email),
+        Err(AccountError::InvalidCredentials { .. }) => {
+            state.login_throttle.failed(email, addr.ip());
+        }
+        Err(_) => {}
+    }
+    match result {
         Ok((user, token)) => {
             let event = auth_event(
                 AuthEventType::UserLogin,

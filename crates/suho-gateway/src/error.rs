@@ -25,6 +25,8 @@ pub enum ApiError {
     Conflict(String),
     /// No such route (404).
     NotFound,
+    /// Too many attempts; retry after this many seconds (429).
+    TooManyRequests(u64),
     /// A dependency (Kafka, the database) is down (503).
     Unavailable(&'static str),
     /// A bug or an unexpected failure (500).
@@ -46,6 +48,18 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let ApiError::TooManyRequests(after) = self {
+            let body = serde_json::json!({
+                "error": "too_many_attempts",
+                "message": format!("too many failed logins; try again in {after} s"),
+            });
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(axum::http::header::RETRY_AFTER, after.to_string())],
+                Json(body),
+            )
+                .into_response();
+        }
         let (status, error, message, field) = match self {
             ApiError::MalformedJson(m) => (StatusCode::BAD_REQUEST, "malformed_json", m, None),
             ApiError::Invalid { field, message } => (
@@ -74,6 +88,7 @@ impl IntoResponse for ApiError {
                 format!("{what} is unavailable; try again"),
                 None,
             ),
+            ApiError::TooManyRequests(_) => unreachable!("answered above"),
             ApiError::Internal => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",

@@ -10,6 +10,7 @@ mod auth;
 mod error;
 mod input;
 mod market;
+mod throttle;
 mod trade;
 mod user;
 
@@ -30,6 +31,7 @@ use suho_messaging::UserEventProducer;
 use tokio_util::sync::CancellationToken;
 
 pub use error::ApiError;
+pub use throttle::{LoginThrottle, ThrottleLimits};
 
 /// What the handlers share.
 pub struct AppState {
@@ -41,6 +43,8 @@ pub struct AppState {
     pub symbols: HashSet<Symbol>,
     /// Strategy names users may opt in to auto-trading for.
     pub strategies: Vec<String>,
+    /// Failed-login counts (per address and per IP).
+    pub login_throttle: LoginThrottle,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
     /// Process start, for `/health`.

@@ -173,6 +173,9 @@ impl Application {
                 .iter()
                 .map(|k| k.name().to_string())
                 .collect(),
+            login_throttle: suho_gateway::LoginThrottle::new(
+                suho_gateway::ThrottleLimits::default(),
+            ),
             metrics: suho_telemetry::metrics(),
             started: Instant::now(),
         });

@@ -887,3 +887,34 @@ async fn every_market_subject_carries_contract_messages() {
     running.stop().await;
     let _ = std::fs::remove_file(file);
 }
+
+#[tokio::test]
+async fn repeated_failed_logins_are_throttled_with_retry_after() {
+    let p = Running::start().await;
+    let (_, _) = p.user("grace@example.com").await;
+    let wrong = json!({"email": "grace@example.com", "password": "not the password"});
+    for _ in 0..5 {
+        let (status, _) = p.post("/api/auth/login", None, wrong.clone()).await;
+        assert_eq!(status, 401);
+    }
+    // Throttled now, even with the right password.
+    let resp = p
+        .http
+        .post(p.url("/api/auth/login"))
+        .json(&json!({"email": "grace@example.com", "password": "correct horse battery"}))
+        .send()
+        .await
+        .expect("HTTP request");
+    assert_eq!(resp.status().as_u16(), 429);
+    let after: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=900).contains(&after), "{after}");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "too_many_attempts");
+    // Another address is not affected.
+    let (_, _) = p.user("heidi@example.com").await;
+    p.stop().await;
+}
