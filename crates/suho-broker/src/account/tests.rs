@@ -1,0 +1,829 @@
+//! Account tests. Expected figures are computed by hand in the comments (leverage 100, one
+//! lot = 100,000 units, conversion at the mid).
+
+use std::str::FromStr;
+
+use suho_domain::Order;
+
+use super::*;
+
+fn d(s: &str) -> Decimal {
+    Decimal::from_str(s).expect("decimal")
+}
+
+fn sym(s: &str) -> Symbol {
+    Symbol::parse(s).expect("symbol")
+}
+
+fn tick(s: &str, bid: &str, ask: &str, ts: i64) -> Tick {
+    Tick::new(sym(s), d(bid), d(ask), ts, "test").expect("tick")
+}
+
+fn account() -> PaperAccount {
+    PaperAccount::new(
+        UserId::new("u1"),
+        Some("mt1".into()),
+        AccountConfig::default(),
+    )
+    .expect("config")
+}
+
+fn funded(amount: &str) -> PaperAccount {
+    let mut a = account();
+    a.deposit("init", d(amount), 0).expect("deposit");
+    a
+}
+
+fn command(id: &str, event_type: CommandType) -> TradeCommand {
+    let mut c = TradeCommand::close(UserId::new("u1"), "", 0);
+    c.event_id = format!("cmd_{id}");
+    c.event_type = event_type;
+    c.trade_id = None;
+    c.mt5_account = Some("mt1".into());
+    c
+}
+
+fn open_cmd(
+    id: &str,
+    s: &str,
+    side: Side,
+    vol: &str,
+    sl: Option<&str>,
+    tp: Option<&str>,
+) -> TradeCommand {
+    TradeCommand {
+        order: Some(Order {
+            symbol: sym(s),
+            side,
+            volume: d(vol),
+            stop_loss: sl.map(d),
+            take_profit: tp.map(d),
+        }),
+        ..command(id, CommandType::OpenTrade)
+    }
+}
+
+fn close_cmd(id: &str, trade: &str) -> TradeCommand {
+    TradeCommand {
+        trade_id: Some(trade.into()),
+        ..command(id, CommandType::CloseTrade)
+    }
+}
+
+fn modify_cmd(id: &str, trade: &str, sl: Option<&str>, tp: Option<&str>) -> TradeCommand {
+    TradeCommand {
+        trade_id: Some(trade.into()),
+        stop_loss: sl.map(d),
+        take_profit: tp.map(d),
+        ..command(id, CommandType::ModifyTrade)
+    }
+}
+
+fn buy(a: &mut PaperAccount, id: &str, s: &str, vol: &str, t: &Tick) -> TradeEvent {
+    a.open(&open_cmd(id, s, Side::Buy, vol, None, None), t, 1)
+        .expect("open")
+        .event
+}
+
+fn sell(a: &mut PaperAccount, id: &str, s: &str, vol: &str, t: &Tick) -> TradeEvent {
+    a.open(&open_cmd(id, s, Side::Sell, vol, None, None), t, 1)
+        .expect("open")
+        .event
+}
+
+fn close(a: &mut PaperAccount, id: &str, trade: &str, t: &Tick) -> TradeEvent {
+    a.close(&close_cmd(id, trade), t, 2).expect("close").event
+}
+
+fn margin(a: &PaperAccount) -> Decimal {
+    a.metrics().expect("metrics").margin
+}
+
+#[test]
+fn worked_example_stop_loss_by_hand() {
+    // Deposit 10,000.00; BUY 1.00 EURUSD at the ask 1.10020 with SL 1.09500. The bid gaps to
+    // 1.09480: closed at 1.09480 (the tick, not the stop), (1.09480 - 1.10020) × 100,000 =
+    // -540.00 USD, balance 9,460.00.
+    let mut a = funded("10000.00");
+    let cmd = open_cmd("w1", "EURUSD", Side::Buy, "1.00", Some("1.09500"), None);
+    let exec = a
+        .open(&cmd, &tick("EURUSD", "1.10000", "1.10020", 1), 1)
+        .expect("open")
+        .event;
+    assert_eq!(
+        (exec.event_id.as_str(), exec.trade_id.as_deref()),
+        ("exec_cmd_w1", Some("trd_w1"))
+    );
+    assert_eq!(exec.execution_price, Some(d("1.10020")));
+    let out = a.on_tick(&tick("EURUSD", "1.09480", "1.09500", 2), 2);
+    assert_eq!(out.closed.len(), 1);
+    let closed = &out.closed[0];
+    assert_eq!(closed.event_type, TradeEventType::TradeClosed);
+    assert_eq!(closed.event_id, "sl_trd_w1");
+    assert_eq!(closed.close_price, Some(d("1.09480")));
+    assert_eq!(closed.profit, Some(d("-540.00")));
+    assert_eq!(
+        closed.reason.as_deref(),
+        Some("stop loss 1.09500 hit; closed at 1.09480")
+    );
+    assert_eq!(a.balance(), d("9460.00"));
+    assert_eq!(a.positions().count(), 0);
+}
+
+#[test]
+fn eurusd_margin_and_profit() {
+    // Margin 1 lot / 100 = 1,000 EUR × mid 1.10010 = 1,100.10 USD. BUY at 1.10020, closed at
+    // the bid 1.10500: 0.00480 × 100,000 = 480.00 USD.
+    let mut a = funded("5000");
+    buy(
+        &mut a,
+        "e",
+        "EURUSD",
+        "1",
+        &tick("EURUSD", "1.10000", "1.10020", 1),
+    );
+    assert_eq!(margin(&a), d("1100.10"));
+    let ev = close(
+        &mut a,
+        "ec",
+        "trd_e",
+        &tick("EURUSD", "1.10500", "1.10520", 2),
+    );
+    assert_eq!(
+        (ev.event_id.as_str(), ev.profit),
+        ("cls_cmd_ec", Some(d("480.00")))
+    );
+    assert_eq!(a.balance(), d("5480.00"));
+}
+
+#[test]
+fn usdjpy_margin_and_profit_convert_inversely() {
+    // Base USD: margin 1,000.00 USD, no conversion. BUY at 150.010, closed at the bid 159.990:
+    // 9.980 × 100,000 = 998,000 JPY / mid 160.000 = 6,237.50 USD.
+    let mut a = funded("2000");
+    buy(
+        &mut a,
+        "j",
+        "USDJPY",
+        "1",
+        &tick("USDJPY", "149.990", "150.010", 1),
+    );
+    assert_eq!(margin(&a), d("1000"));
+    let ev = close(
+        &mut a,
+        "jc",
+        "trd_j",
+        &tick("USDJPY", "159.990", "160.010", 2),
+    );
+    assert_eq!(ev.profit, Some(d("6237.50")));
+    // SELL at 149.990, closed at the ask 150.010: -2,000 JPY / 150 = -13.333... -> -13.33.
+    sell(
+        &mut a,
+        "k",
+        "USDJPY",
+        "1",
+        &tick("USDJPY", "149.990", "150.010", 3),
+    );
+    let ev = close(
+        &mut a,
+        "kc",
+        "trd_k",
+        &tick("USDJPY", "149.990", "150.010", 4),
+    );
+    assert_eq!(ev.profit, Some(d("-13.33")));
+    assert_eq!(a.balance(), d("8224.17"));
+}
+
+#[test]
+fn eurgbp_margin_via_eurusd_profit_via_gbpusd() {
+    // Margin 1,000 EUR × mid(EURUSD) 1.10010 = 1,100.10 USD. BUY at 0.85010, closed at the bid
+    // 0.85510: 500 GBP × mid(GBPUSD) 1.25010 = 625.05 USD.
+    let mut a = funded("5000");
+    let cross = tick("EURGBP", "0.85000", "0.85010", 1);
+    let no_rate = a.open(
+        &open_cmd("x", "EURGBP", Side::Buy, "1", None, None),
+        &cross,
+        1,
+    );
+    let want = ValuationError::NoConversion {
+        from: "EUR".into(),
+        to: "USD".into(),
+    };
+    assert_eq!(
+        no_rate.expect_err("no EURUSD"),
+        RejectReason::Valuation(want)
+    );
+    a.on_tick(&tick("EURUSD", "1.10000", "1.10020", 1), 1);
+    let no_rate = a.open(
+        &open_cmd("x", "EURGBP", Side::Buy, "1", None, None),
+        &cross,
+        1,
+    );
+    assert_eq!(
+        no_rate.expect_err("no GBPUSD").to_string(),
+        "cannot value the trade: no conversion from GBP to USD: neither GBPUSD nor USDGBP is quoted"
+    );
+    a.on_tick(&tick("GBPUSD", "1.25000", "1.25020", 1), 1);
+    buy(&mut a, "x", "EURGBP", "1", &cross);
+    assert_eq!(margin(&a), d("1100.10"));
+    let ev = close(
+        &mut a,
+        "xc",
+        "trd_x",
+        &tick("EURGBP", "0.85510", "0.85520", 2),
+    );
+    assert_eq!(ev.profit, Some(d("625.05")));
+}
+
+#[test]
+fn gbpusd_margin_and_profit() {
+    // SELL 2 lots at the bid 1.25000: margin 2,000 GBP × 1.25010 = 2,500.20 USD. Closed at the
+    // ask 1.24520: 0.00480 × 200,000 = 960.00 USD.
+    let mut a = funded("5000");
+    let ev = sell(
+        &mut a,
+        "g",
+        "GBPUSD",
+        "2",
+        &tick("GBPUSD", "1.25000", "1.25020", 1),
+    );
+    assert_eq!(ev.execution_price, Some(d("1.25000")));
+    assert_eq!(margin(&a), d("2500.20"));
+    let ev = close(
+        &mut a,
+        "gc",
+        "trd_g",
+        &tick("GBPUSD", "1.24500", "1.24520", 2),
+    );
+    assert_eq!(
+        (ev.close_price, ev.profit),
+        (Some(d("1.24520")), Some(d("960.00")))
+    );
+}
+
+#[test]
+fn realised_profit_rounds_half_cents_away_from_zero() {
+    // 0.01 lot = 1,000 units; a move of 0.000005 is 0.005 USD -> 0.01; the loss -> -0.01.
+    let mut a = funded("1000");
+    buy(
+        &mut a,
+        "r1",
+        "EURUSD",
+        "0.01",
+        &tick("EURUSD", "1.100000", "1.100000", 1),
+    );
+    let ev = close(
+        &mut a,
+        "r1c",
+        "trd_r1",
+        &tick("EURUSD", "1.100005", "1.100010", 2),
+    );
+    assert_eq!(ev.profit, Some(d("0.01")));
+    sell(
+        &mut a,
+        "r2",
+        "EURUSD",
+        "0.01",
+        &tick("EURUSD", "1.100000", "1.100000", 3),
+    );
+    let ev = close(
+        &mut a,
+        "r2c",
+        "trd_r2",
+        &tick("EURUSD", "1.100000", "1.100005", 4),
+    );
+    assert_eq!(ev.profit, Some(d("-0.01")));
+    assert_eq!(a.balance(), d("1000.00"));
+}
+
+#[test]
+fn buy_fills_at_ask_sell_at_bid_and_close_on_the_other_side() {
+    let mut a = funded("5000");
+    let t = tick("EURUSD", "1.10000", "1.10020", 1);
+    assert_eq!(
+        buy(&mut a, "b", "EURUSD", "1", &t).open_price,
+        Some(d("1.10020"))
+    );
+    assert_eq!(
+        sell(&mut a, "s", "EURUSD", "1", &t).open_price,
+        Some(d("1.10000"))
+    );
+    // Closing on the same quote costs each side the 2-pip spread: -20.00 each.
+    assert_eq!(
+        close(&mut a, "bc", "trd_b", &t).close_price,
+        Some(d("1.10000"))
+    );
+    assert_eq!(
+        close(&mut a, "sc", "trd_s", &t).close_price,
+        Some(d("1.10020"))
+    );
+    assert_eq!(a.balance(), d("4960.00"));
+}
+
+#[test]
+fn stops_trigger_on_both_sides_at_the_tick_price() {
+    let mut a = funded("10000");
+    let t = tick("EURUSD", "1.10000", "1.10020", 1);
+    let open = |a: &mut PaperAccount, id, side, sl, tp| {
+        a.open(&open_cmd(id, "EURUSD", side, "0.1", sl, tp), &t, 1)
+            .expect("open");
+    };
+    open(&mut a, "btp", Side::Buy, None, Some("1.10100"));
+    open(&mut a, "ssl", Side::Sell, Some("1.10100"), None);
+    open(&mut a, "stp", Side::Sell, None, Some("1.09900"));
+    // Nothing reached: BUY TP needs bid >= 1.10100, SELL SL ask >= 1.10100.
+    assert!(a
+        .on_tick(&tick("EURUSD", "1.10080", "1.10099", 2), 2)
+        .closed
+        .is_empty());
+    // bid 1.10100 hits the BUY take profit; ask 1.10120 hits the SELL stop loss.
+    let out = a.on_tick(&tick("EURUSD", "1.10100", "1.10120", 3), 3);
+    let ids: Vec<_> = out
+        .closed
+        .iter()
+        .map(|e| (e.event_id.as_str(), e.close_price))
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            ("tp_trd_btp", Some(d("1.10100"))),
+            ("sl_trd_ssl", Some(d("1.10120")))
+        ]
+    );
+    // SELL take profit: ask 1.09890 <= 1.09900, filled at the ask 1.09890, +11.00 (0.1 lot).
+    let out = a.on_tick(&tick("EURUSD", "1.09870", "1.09890", 4), 4);
+    assert_eq!(out.closed[0].event_id, "tp_trd_stp");
+    assert_eq!(out.closed[0].profit, Some(d("11.00")));
+    assert_eq!(a.positions().count(), 0);
+}
+
+/// Two BUY 1 EURUSD: `zz` at 1.10020 (opened first, the bigger loser), `aa` at 1.09520.
+fn two_losers() -> PaperAccount {
+    let mut a = funded("3000");
+    buy(
+        &mut a,
+        "zz",
+        "EURUSD",
+        "1",
+        &tick("EURUSD", "1.10000", "1.10020", 1),
+    );
+    let t2 = tick("EURUSD", "1.09500", "1.09520", 2);
+    assert!(a.on_tick(&t2, 2).alerts.is_empty());
+    buy(&mut a, "aa", "EURUSD", "1", &t2);
+    a
+}
+
+#[test]
+fn stop_out_closes_the_biggest_loser_first_and_stops_above_the_level() {
+    // Bid 1.08800: equity 3,000 - 1,220 - 720 = 1,060; margin 2 × 1,088.10 = 2,176.20;
+    // level 48.71% <= 50. Closing zz (-1,220) leaves margin 1,088.10: level 97.42% > 50.
+    let mut a = two_losers();
+    let out = a.on_tick(&tick("EURUSD", "1.08800", "1.08820", 3), 3);
+    assert_eq!(out.closed.len(), 1);
+    assert_eq!(
+        (out.closed[0].event_id.as_str(), out.closed[0].profit),
+        ("so_trd_zz", Some(d("-1220.00")))
+    );
+    let kinds: Vec<_> = out.alerts.iter().map(|x| x.event_type).collect();
+    assert_eq!(kinds, [RiskAlertType::MarginCall, RiskAlertType::StopOut]);
+    assert_eq!(out.alerts[1].trade_ids, ["trd_zz"]);
+    assert_eq!(out.alerts[1].event_id, "stopout_trd_zz");
+    assert_eq!(out.alerts[1].margin_level, Some(d("48.71")));
+    assert_eq!(a.balance(), d("1780.00"));
+    assert!(a.position("trd_aa").is_some());
+}
+
+#[test]
+fn stop_out_repeats_until_nothing_is_open() {
+    // Bid 1.08500: equity 460 on margin 2,170.20 (21.20%); after zz, 460 / 1,085.10 = 42.39%
+    // is still <= 50, so aa goes too. Balance 3,000 - 1,520 - 1,020 = 460.00.
+    let mut a = two_losers();
+    let out = a.on_tick(&tick("EURUSD", "1.08500", "1.08520", 3), 3);
+    let ids: Vec<_> = out.closed.iter().map(|e| e.event_id.as_str()).collect();
+    assert_eq!(ids, ["so_trd_zz", "so_trd_aa"]);
+    assert_eq!(
+        out.alerts.last().map(|x| x.trade_ids.clone()),
+        Some(vec!["trd_zz".into(), "trd_aa".into()])
+    );
+    assert_eq!(a.balance(), d("460.00"));
+    assert_eq!(a.metrics().expect("metrics").margin_level, None);
+}
+
+#[test]
+fn margin_call_fires_once_per_crossing() {
+    // Deposit 1,200, BUY 1 at 1.10020. Levels: 107.26, 98.26 (call), 97.36 (none), 116.25
+    // (re-armed), 98.26 (call again).
+    let mut a = funded("1200");
+    let t1 = tick("EURUSD", "1.10000", "1.10020", 1);
+    buy(&mut a, "m", "EURUSD", "1", &t1);
+    let mut calls = Vec::new();
+    for (i, (bid, ask)) in [
+        ("1.10000", "1.10020"),
+        ("1.09900", "1.09920"),
+        ("1.09890", "1.09910"),
+        ("1.10100", "1.10120"),
+        ("1.09900", "1.09920"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let ts = 10 + i64::try_from(i).expect("small");
+        let out = a.on_tick(&tick("EURUSD", bid, ask, ts), ts);
+        assert!(out.closed.is_empty());
+        calls.extend(out.alerts.into_iter().map(|x| (x.event_id, x.margin_level)));
+    }
+    assert_eq!(
+        calls,
+        [
+            ("margincall_u1_mt1_11".to_owned(), Some(d("98.26"))),
+            ("margincall_u1_mt1_14".to_owned(), Some(d("98.26"))),
+        ]
+    );
+}
+
+#[test]
+fn every_rejection_reason_names_what_failed() {
+    let mut small = AccountConfig {
+        max_open_positions: 1,
+        ..AccountConfig::default()
+    };
+    small.allowed_symbols = Some([sym("EURUSD"), sym("GBPUSD")].into_iter().collect());
+    let mut a = PaperAccount::new(UserId::new("u1"), Some("mt1".into()), small).expect("config");
+    let t = tick("EURUSD", "1.10000", "1.10020", 1);
+    let mut try_open =
+        |c: TradeCommand, t: &Tick| a.open(&c, t, 1).expect_err("rejected").to_string();
+    let o = |vol, sl, tp| open_cmd("r", "EURUSD", Side::Buy, vol, sl, tp);
+    let s = |sl, tp| open_cmd("r", "EURUSD", Side::Sell, "1", sl, tp);
+    let cases = [
+        (
+            close_cmd("r", "trd_x"),
+            &t,
+            "expected OPEN_TRADE, got a CLOSE_TRADE command",
+        ),
+        (
+            command("r", CommandType::OpenTrade),
+            &t,
+            "OPEN_TRADE command is missing `order`",
+        ),
+        (o("0", None, None), &t, "volume 0 must be positive"),
+        (
+            o("1", None, None),
+            &tick("GBPUSD", "1.2", "1.3", 1),
+            "the price given is for GBPUSD, the trade is on EURUSD",
+        ),
+        (
+            open_cmd("r", "USDJPY", Side::Buy, "1", None, None),
+            &tick("USDJPY", "150", "150.1", 1),
+            "symbol USDJPY is not tradable on this account",
+        ),
+        (
+            o("0.001", None, None),
+            &t,
+            "volume 0.001 is below the minimum of 0.01 lots",
+        ),
+        (
+            o("100.01", None, None),
+            &t,
+            "volume 100.01 is above the maximum of 100 lots",
+        ),
+        (
+            o("0.015", None, None),
+            &t,
+            "volume 0.015 is not a multiple of the lot step 0.01",
+        ),
+        (
+            o("1", Some("1.10020"), None),
+            &t,
+            "stop loss 1.10020 must be below the BUY price 1.10020",
+        ),
+        (
+            o("1", None, Some("1.1")),
+            &t,
+            "take profit 1.1 must be above the BUY price 1.10020",
+        ),
+        (
+            s(Some("1.09"), None),
+            &t,
+            "stop loss 1.09 must be above the SELL price 1.10000",
+        ),
+        (
+            s(None, Some("1.11")),
+            &t,
+            "take profit 1.11 must be below the SELL price 1.10000",
+        ),
+        (
+            o("1", None, None),
+            &t,
+            "not enough free margin: 1100.10 USD needed, 0 USD free",
+        ),
+    ];
+    for (cmd, t, want) in cases {
+        assert_eq!(try_open(cmd, t), want);
+    }
+    a.deposit("d", d("2000"), 1).expect("deposit");
+    buy(&mut a, "ok", "EURUSD", "1", &t);
+    let full = a.open(&o("1", None, None), &t, 1).expect_err("limit");
+    assert_eq!(full.to_string(), "1 positions are open, the limit is 1");
+    let unknown = a
+        .close(&close_cmd("c", "trd_nope"), &t, 1)
+        .expect_err("unknown");
+    assert_eq!(unknown.to_string(), "position trd_nope is not open");
+    let mut elsewhere = close_cmd("c", "trd_ok");
+    elsewhere.mt5_account = Some("mt2".into());
+    let misrouted = a.close(&elsewhere, &t, 1).expect_err("other account");
+    assert_eq!(misrouted, RejectReason::WrongAccount);
+    let bad_modify = a
+        .modify(&modify_cmd("m", "trd_ok", Some("1.2"), None), &t, 1)
+        .expect_err("side");
+    assert_eq!(
+        bad_modify.to_string(),
+        "stop loss 1.2 must be below the BUY price 1.10000"
+    );
+    for amount in ["0", "-5", "0.001"] {
+        assert_eq!(
+            a.deposit("x", d(amount), 1),
+            Err(RejectReason::InvalidAmount(d(amount)))
+        );
+    }
+    assert_eq!(
+        a.deposit("x", MAX_BALANCE, 1),
+        Err(RejectReason::BalanceLimit(MAX_BALANCE))
+    );
+    // Limit breaches and only they raise RISK_LIMIT_BREACH.
+    let too_big = RejectReason::VolumeAboveMax {
+        volume: d("101"),
+        max: d("100"),
+    };
+    let cmd = o("101", None, None);
+    assert!(too_big.is_limit_breach() && full.is_limit_breach() && !unknown.is_limit_breach());
+    let alert = too_big.breach_alert(&cmd, 5).expect("alert");
+    assert_eq!(
+        (alert.event_id.as_str(), alert.event_type),
+        ("breach_cmd_r", RiskAlertType::RiskLimitBreach)
+    );
+    assert!(unknown.breach_alert(&cmd, 5).is_none());
+    let rej = too_big.rejected_event(&cmd, 5);
+    assert_eq!(
+        (rej.event_id.as_str(), rej.status),
+        ("rej_cmd_r", Some(TradeStatus::Rejected))
+    );
+    assert_eq!(
+        rej.reason.as_deref(),
+        Some("volume 101 is above the maximum of 100 lots")
+    );
+}
+
+#[test]
+fn withdrawal_is_limited_to_free_margin() {
+    let mut a = funded("2000");
+    buy(
+        &mut a,
+        "w",
+        "EURUSD",
+        "1",
+        &tick("EURUSD", "1.10000", "1.10020", 1),
+    );
+    // Equity 2,000 - 20 = 1,980; margin 1,100.10; free 879.90.
+    let err = a.withdraw("w1", d("879.91"), 2).expect_err("too much");
+    assert_eq!(
+        err.to_string(),
+        "cannot withdraw 879.91 USD: only 879.90 USD of free margin"
+    );
+    let ok = a.withdraw("w1", d("879.90"), 2).expect("withdraw").event;
+    assert_eq!(
+        (ok.event_id.as_str(), ok.balance_after),
+        ("wd_w1", Some(d("1120.10")))
+    );
+    assert_eq!(ok.event_type, TransactionType::Withdrawal);
+}
+
+#[test]
+fn retried_commands_return_the_same_events() {
+    let mut a = funded("5000");
+    assert!(a.deposit("init", d("99"), 7).expect("retry").replayed);
+    assert_eq!(a.balance(), d("5000"));
+    let t = tick("EURUSD", "1.10000", "1.10020", 1);
+    let cmd = open_cmd("id1", "EURUSD", Side::Buy, "1", None, None);
+    let first = a.open(&cmd, &t, 1).expect("open");
+    let again = a
+        .open(&cmd, &tick("EURUSD", "1.2", "1.3", 9), 9)
+        .expect("retry");
+    assert_eq!(
+        (again.event.clone(), again.replayed, first.replayed),
+        (first.event, true, false)
+    );
+    assert_eq!(a.positions().count(), 1);
+    let m = a
+        .modify(&modify_cmd("m1", "trd_id1", None, Some("1.2")), &t, 2)
+        .expect("modify");
+    assert_eq!(
+        (m.event.event_id.as_str(), m.event.take_profit),
+        ("mod_cmd_m1", Some(d("1.2")))
+    );
+    assert!(
+        a.modify(&modify_cmd("m1", "trd_id1", None, Some("1.3")), &t, 2)
+            .expect("retry")
+            .replayed
+    );
+    assert_eq!(
+        a.position("trd_id1").and_then(|p| p.take_profit),
+        Some(d("1.2"))
+    );
+    let c = close(&mut a, "c1", "trd_id1", &t);
+    let again = a.close(&close_cmd("c1", "trd_id1"), &t, 3).expect("retry");
+    assert_eq!((again.event, again.replayed), (c, true));
+    assert_eq!(a.balance(), d("4980.00"));
+}
+
+/// A scenario touching every event kind; returns the account and what it published.
+fn scenario() -> (PaperAccount, Vec<AccountEvent>) {
+    let mut a = account();
+    let mut log: Vec<AccountEvent> = Vec::new();
+    log.push(
+        a.deposit("d1", d("10000.00"), 1)
+            .expect("deposit")
+            .event
+            .into(),
+    );
+    let eu = tick("EURUSD", "1.10000", "1.10020", 2);
+    let gu = tick("GBPUSD", "1.25000", "1.25020", 2);
+    let uj = tick("USDJPY", "149.990", "150.010", 2);
+    let cmd = open_cmd("a", "EURUSD", Side::Buy, "1", Some("1.09500"), None);
+    log.push(a.open(&cmd, &eu, 2).expect("open").event.into());
+    log.push(sell(&mut a, "b", "GBPUSD", "0.5", &gu).into());
+    log.push(buy(&mut a, "c", "USDJPY", "0.3", &uj).into());
+    let m = a.modify(
+        &modify_cmd("m", "trd_c", Some("149.000"), Some("151.000")),
+        &uj,
+        3,
+    );
+    log.push(m.expect("modify").event.into());
+    let rejected = a.open(
+        &open_cmd("big", "EURUSD", Side::Buy, "500", None, None),
+        &eu,
+        3,
+    );
+    let big = open_cmd("big", "EURUSD", Side::Buy, "500", None, None);
+    log.push(
+        rejected
+            .expect_err("too big")
+            .rejected_event(&big, 3)
+            .into(),
+    );
+    log.push(
+        close(
+            &mut a,
+            "bc",
+            "trd_b",
+            &tick("GBPUSD", "1.24000", "1.24013", 4),
+        )
+        .into(),
+    );
+    log.push(
+        a.withdraw("w1", d("500.00"), 5)
+            .expect("withdraw")
+            .event
+            .into(),
+    );
+    log.extend(
+        a.on_tick(&tick("EURUSD", "1.09480", "1.09500", 6), 6)
+            .closed
+            .into_iter()
+            .map(Into::into),
+    );
+    (a, log)
+}
+
+fn same_state(a: &PaperAccount, b: &PaperAccount) {
+    assert_eq!(a.balance(), b.balance());
+    assert_eq!(
+        a.positions().collect::<Vec<_>>(),
+        b.positions().collect::<Vec<_>>()
+    );
+    let ids = |x: &PaperAccount| x.applied_ids().map(str::to_owned).collect::<BTreeSet<_>>();
+    assert_eq!(ids(a), ids(b));
+}
+
+#[test]
+fn replaying_the_published_events_rebuilds_the_account() {
+    let (live, log) = scenario();
+    // 10,000 + GBPUSD SELL 0.5 from 1.25000 to 1.24013 (+493.50) - 500 - 540 = 9,453.50.
+    assert_eq!(live.balance(), d("9453.50"));
+    assert_eq!(
+        live.positions().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+        ["trd_c"]
+    );
+    let mut rebuilt = account();
+    // Transactions and trades come from different topics: apply trades first.
+    let (trades, txs): (Vec<_>, Vec<_>) = log
+        .iter()
+        .partition(|e| matches!(e, AccountEvent::Trade(_)));
+    for e in trades.into_iter().chain(txs) {
+        let want = if e.event_id().starts_with("rej_") {
+            Applied::Ignored
+        } else {
+            Applied::Applied
+        };
+        assert_eq!(rebuilt.apply(e), Ok(want), "{}", e.event_id());
+    }
+    same_state(&live, &rebuilt);
+    assert_eq!(
+        rebuilt
+            .position("trd_c")
+            .map(|p| (p.stop_loss, p.open_time)),
+        Some((Some(d("149.000")), 1))
+    );
+}
+
+#[test]
+fn applying_an_event_twice_is_a_no_op() {
+    let (live, log) = scenario();
+    let mut rebuilt = account();
+    for e in &log {
+        rebuilt.apply(e).expect("apply");
+    }
+    for e in &log {
+        let want = if e.event_id().starts_with("rej_") {
+            Applied::Ignored
+        } else {
+            Applied::Duplicate
+        };
+        assert_eq!(rebuilt.apply(e), Ok(want));
+    }
+    same_state(&live, &rebuilt);
+    // Events of another account, or about a position that is not open, are refused.
+    let mut other = PaperAccount::new(
+        UserId::new("u2"),
+        Some("mt1".into()),
+        AccountConfig::default(),
+    )
+    .expect("config");
+    assert!(matches!(
+        other.apply(&log[0]),
+        Err(ApplyError::WrongAccount { .. })
+    ));
+    let close_b = log
+        .iter()
+        .find(|e| e.event_id() == "cls_cmd_bc")
+        .expect("close");
+    assert!(matches!(
+        account().apply(close_b),
+        Err(ApplyError::UnknownPosition { .. })
+    ));
+}
+
+#[test]
+fn status_snapshot_is_rounded_and_counts_positions() {
+    let mut a = funded("1000");
+    let empty = a.status(5).expect("status");
+    assert_eq!(
+        (empty.margin_level, empty.open_positions, empty.equity),
+        (None, 0, d("1000"))
+    );
+    buy(
+        &mut a,
+        "s",
+        "USDJPY",
+        "0.1",
+        &tick("USDJPY", "149.990", "150.010", 1),
+    );
+    // Equity 1,000 - 0.020 × 10,000 / 150 = 998.666.. -> 998.67; margin 100; level 998.67%.
+    let s = a.status(5).expect("status");
+    assert_eq!(
+        (s.event_id.as_str(), s.currency.as_str()),
+        ("sts_u1_mt1_5", "USD")
+    );
+    assert_eq!(
+        (s.balance, s.equity, s.margin, s.free_margin),
+        (d("1000"), d("998.67"), d("100"), d("898.67"))
+    );
+    assert_eq!((s.margin_level, s.open_positions), (Some(d("998.67")), 1));
+}
+
+#[test]
+fn config_is_validated() {
+    let bad = |c: AccountConfig| PaperAccount::new(UserId::new("u"), None, c).expect_err("bad");
+    let base = AccountConfig::default;
+    assert!(matches!(
+        bad(AccountConfig {
+            currency: "usd".into(),
+            ..base()
+        }),
+        ConfigError::Currency(_)
+    ));
+    assert!(matches!(
+        bad(AccountConfig {
+            volume_step: Decimal::ZERO,
+            ..base()
+        }),
+        ConfigError::Volumes { .. }
+    ));
+    assert!(matches!(
+        bad(AccountConfig {
+            stop_out_level: d("120"),
+            ..base()
+        }),
+        ConfigError::Levels { .. }
+    ));
+    assert_eq!(MAX_BALANCE, d("1000000000000000"));
+}

@@ -1,0 +1,465 @@
+//! The broker port ([`BrokerAdapter`]) and its paper implementation ([`PaperBroker`]).
+
+use std::collections::HashMap;
+use std::future::{ready, Future};
+use std::sync::{Mutex, PoisonError};
+
+use rust_decimal::Decimal;
+use suho_domain::{AccountStatus, Tick, TradeCommand, TradeEvent, Transaction, UserId};
+
+use crate::account::{
+    AccountConfig, AccountEvent, Applied, ApplyError, ConfigError, Outcome, PaperAccount,
+    TickOutcome, MAX_BALANCE,
+};
+use crate::quotes::Quotes;
+use crate::reject::RejectReason;
+
+/// One account at a broker: the user and their MT5 account (as on the command).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AccountKey {
+    /// The user.
+    pub user_id: UserId,
+    /// The MT5 account; `None` is the user's default account.
+    pub mt5_account: Option<String>,
+}
+
+impl AccountKey {
+    /// The account a command trades on.
+    #[must_use]
+    pub fn of_command(command: &TradeCommand) -> AccountKey {
+        AccountKey {
+            user_id: command.user_id.clone(),
+            mt5_account: command.mt5_account.clone(),
+        }
+    }
+}
+
+/// Why a broker call did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerError {
+    /// Permanent: answer the command with `TRADE_REJECTED` (and a `RISK_LIMIT_BREACH` alert
+    /// when [`RejectReason::is_limit_breach`]); do not retry.
+    #[error("rejected: {0}")]
+    Rejected(#[from] RejectReason),
+    /// Transient (broker unreachable, timeout, no rate yet): retry with backoff; the command
+    /// is not answered yet.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl BrokerError {
+    /// `true` for [`BrokerError::Unavailable`].
+    #[must_use]
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, BrokerError::Unavailable(_))
+    }
+}
+
+/// A result of a broker call.
+pub type BrokerResult<T> = Result<T, BrokerError>;
+
+/// The broker port the trading engine calls.
+///
+/// **Design.** Methods return `impl Future<Output = ...> + Send` (return-position `impl Trait`
+/// in traits, stable since Rust 1.75) rather than `async fn`, so implementations promise a
+/// `Send` future that a multi-threaded runtime can hold across `.await`. The trait is therefore
+/// not object-safe: the engine is generic over `B: BrokerAdapter` (one broker per process);
+/// should several kinds coexist, wrap them in an enum that implements the trait. Futures may
+/// borrow the arguments. Ids are derived from command / request ids, so a retried call after
+/// [`BrokerError::Unavailable`] returns the original event with `replayed: true` if the first
+/// attempt did execute.
+///
+/// **Prices.** The engine passes the [`Tick`] it got from the price service (with its own
+/// staleness guard); the paper broker fills at it (BUY at the ask, SELL at the bid).
+///
+/// **A real MT5 adapter** (not built here: it needs a terminal) would implement the same
+/// methods over a bridge to the terminal (an MQL5 expert advisor or the MetaTrader5 Python
+/// package behind a small socket/HTTP service), with a timeout on every call:
+/// - `open` sends a market `order_send` with the command id in the order comment / magic, and
+///   before a retry searches open positions and deal history for that comment, so a
+///   redelivered command never trades twice; the tick is only a reference price (the server
+///   fills at its own).
+/// - MT5 return codes map to [`BrokerError::Rejected`] for permanent ones (invalid volume or
+///   stops, no money, market closed, trade disabled) and to [`BrokerError::Unavailable`] for
+///   transient ones (requote, price off, timeout, no connection); network errors are
+///   `Unavailable`.
+/// - `deposit` / `withdraw` are balance operations of the broker's manager API (usually not
+///   available to a terminal: reject them).
+/// - `status` reads `account_info`; `on_tick` polls deal history for server-side closes (stop
+///   loss, take profit, stop out are enforced by the MT5 server) and reports them as events.
+pub trait BrokerAdapter: Send + Sync {
+    /// Opens a position for an `OPEN_TRADE` command; the outcome event is `TRADE_EXECUTED`.
+    fn open(
+        &self,
+        command: &TradeCommand,
+        tick: &Tick,
+        now_ms: i64,
+    ) -> impl Future<Output = BrokerResult<Outcome<TradeEvent>>> + Send;
+
+    /// Closes a position for a `CLOSE_TRADE` command; `TRADE_CLOSED` with the profit.
+    fn close(
+        &self,
+        command: &TradeCommand,
+        tick: &Tick,
+        now_ms: i64,
+    ) -> impl Future<Output = BrokerResult<Outcome<TradeEvent>>> + Send;
+
+    /// Changes stops for a `MODIFY_TRADE` command; `TRADE_MODIFIED`.
+    fn modify(
+        &self,
+        command: &TradeCommand,
+        tick: &Tick,
+        now_ms: i64,
+    ) -> impl Future<Output = BrokerResult<Outcome<TradeEvent>>> + Send;
+
+    /// Credits an account; `request_id` is the idempotency key.
+    fn deposit(
+        &self,
+        account: &AccountKey,
+        request_id: &str,
+        amount: Decimal,
+        now_ms: i64,
+    ) -> impl Future<Output = BrokerResult<Outcome<Transaction>>> + Send;
+
+    /// Debits an account (at most its free margin); `request_id` is the idempotency key.
+    fn withdraw(
+        &self,
+        account: &AccountKey,
+        request_id: &str,
+        amount: Decimal,
+        now_ms: i64,
+    ) -> impl Future<Output = BrokerResult<Outcome<Transaction>>> + Send;
+
+    /// The account's `ACCOUNT_STATUS` snapshot.
+    fn status(
+        &self,
+        account: &AccountKey,
+        now_ms: i64,
+    ) -> impl Future<Output = BrokerResult<AccountStatus>> + Send;
+
+    /// A market tick: broker-initiated closes and risk alerts of every account, to publish.
+    fn on_tick(
+        &self,
+        tick: &Tick,
+        now_ms: i64,
+    ) -> impl Future<Output = BrokerResult<TickOutcome>> + Send;
+}
+
+/// Settings of a [`PaperBroker`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PaperBrokerConfig {
+    /// The rules of every account.
+    pub account: AccountConfig,
+    /// Balance of a new account (default 0: money arrives by deposit). Not an event: a
+    /// rebuild must use the same value.
+    pub initial_balance: Decimal,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    quotes: Quotes,
+    accounts: HashMap<AccountKey, PaperAccount>,
+}
+
+/// Many [`PaperAccount`]s keyed by [`AccountKey`], each created on first use with the
+/// configured initial balance and the latest quotes the broker has seen. Every call
+/// completes immediately (the returned futures are ready); a mutex, never held across an
+/// `.await`, serialises calls.
+#[derive(Debug)]
+pub struct PaperBroker {
+    config: PaperBrokerConfig,
+    state: Mutex<State>,
+}
+
+impl PaperBroker {
+    /// A broker with no accounts.
+    ///
+    /// # Errors
+    /// [`ConfigError`] when the account rules or the initial balance are invalid.
+    pub fn new(config: PaperBrokerConfig) -> Result<PaperBroker, ConfigError> {
+        config.account.validate()?;
+        let b = config.initial_balance;
+        if b < Decimal::ZERO || b > MAX_BALANCE || b.round_dp(2) != b {
+            return Err(ConfigError::InitialBalance(b));
+        }
+        Ok(PaperBroker {
+            config,
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    /// Runs `f` on the account `key`, created if new.
+    pub fn with_account<R>(&self, key: &AccountKey, f: impl FnOnce(&mut PaperAccount) -> R) -> R {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let State { quotes, accounts } = &mut *state;
+        let account = accounts.entry(key.clone()).or_insert_with(|| {
+            let mut a = PaperAccount::with_valid_config(
+                key.user_id.clone(),
+                key.mt5_account.clone(),
+                self.config.account.clone(),
+                self.config.initial_balance,
+            );
+            quotes.iter().for_each(|t| {
+                a.update_quote(t);
+            });
+            a
+        });
+        f(account)
+    }
+
+    /// Rebuild: applies one event read back from Kafka to account `key` (a `Transaction`
+    /// names no MT5 account, so the caller routes it).
+    ///
+    /// # Errors
+    /// As [`PaperAccount::apply`].
+    pub fn apply(&self, key: &AccountKey, event: &AccountEvent) -> Result<Applied, ApplyError> {
+        self.with_account(key, |a| a.apply(event))
+    }
+
+    fn trade(
+        &self,
+        command: &TradeCommand,
+        op: impl FnOnce(&mut PaperAccount) -> Result<Outcome<TradeEvent>, RejectReason>,
+    ) -> BrokerResult<Outcome<TradeEvent>> {
+        let key = AccountKey::of_command(command);
+        self.with_account(&key, op).map_err(BrokerError::from)
+    }
+}
+
+impl BrokerAdapter for PaperBroker {
+    fn open(
+        &self,
+        command: &TradeCommand,
+        tick: &Tick,
+        now_ms: i64,
+    ) -> impl Future<Output = BrokerResult<Outcome<TradeEvent>>> + Send {
+        ready(self.trade(command, |a| a.open(command, tick, now_ms)))
+    }
+
+    fn close(
+        &self,
+        command: &TradeCommand,
+        tick: &Tick,
+        now_ms: i64,
+    ) -> impl Future<Output = BrokerResult<Outcome<TradeEvent>>> + Send {
+        ready(self.trade(command, |a| a.close(command, tick, now_ms)))
+    }
+
+    fn modify(
+        &self,
+        command: &TradeCommand,
+        tick: &Tick,
+        now_ms: i64,
+    ) -> impl Future<Output = BrokerResult<Outcome<TradeEvent>>> + Send {
+        ready(self.trade(command, |a| a.modify(command, tick, now_ms)))
+    }
+
+    fn deposit(
+        &self,
+        account: &AccountKey,
+        request_id: &str,
+        amount: Decimal,
+        now_ms: i64,
+    ) -> impl Future<Output = BrokerResult<Outcome<Transaction>>> + Send {
+        let r = self.with_account(account, |a| a.deposit(request_id, amount, now_ms));
+        ready(r.map_err(BrokerError::from))
+    }
+
+    fn withdraw(
+        &self,
+        account: &AccountKey,
+        request_id: &str,
+        amount: Decimal,
+        now_ms: i64,
+    ) -> impl Future<Output = BrokerResult<Outcome<Transaction>>> + Send {
+        let r = self.with_account(account, |a| a.withdraw(request_id, amount, now_ms));
+        ready(r.map_err(BrokerError::from))
+    }
+
+    /// A missing rate (e.g. right after a rebuild) is [`BrokerError::Unavailable`].
+    fn status(
+        &self,
+        account: &AccountKey,
+        now_ms: i64,
+    ) -> impl Future<Output = BrokerResult<AccountStatus>> + Send {
+        let r = self.with_account(account, |a| a.status(now_ms));
+        ready(r.map_err(|e| BrokerError::Unavailable(e.to_string())))
+    }
+
+    /// Every account sees every tick (for conversion rates); outcomes are concatenated in
+    /// account-key order.
+    fn on_tick(
+        &self,
+        tick: &Tick,
+        now_ms: i64,
+    ) -> impl Future<Output = BrokerResult<TickOutcome>> + Send {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.quotes.update(tick);
+        let mut keys: Vec<AccountKey> = state.accounts.keys().cloned().collect();
+        keys.sort();
+        let mut all = TickOutcome::default();
+        for key in keys {
+            if let Some(account) = state.accounts.get_mut(&key) {
+                let mut out = account.on_tick(tick, now_ms);
+                all.closed.append(&mut out.closed);
+                all.alerts.append(&mut out.alerts);
+                all.errors.append(&mut out.errors);
+            }
+        }
+        ready(Ok(all))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::pin;
+    use std::str::FromStr;
+    use std::task::{Context, Poll, Waker};
+
+    use suho_domain::{Order, Side, Symbol};
+
+    use super::*;
+
+    /// Polls a future that is ready at once (every paper call is).
+    fn now<F: Future>(f: F) -> F::Output {
+        match pin!(f).poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(v) => v,
+            Poll::Pending => panic!("paper broker futures are always ready"),
+        }
+    }
+
+    fn d(s: &str) -> Decimal {
+        Decimal::from_str(s).expect("decimal")
+    }
+
+    fn tick(s: &str, bid: &str, ask: &str, ts: i64) -> Tick {
+        let symbol = Symbol::parse(s).expect("symbol");
+        Tick::new(symbol, d(bid), d(ask), ts, "test").expect("tick")
+    }
+
+    fn key(user: &str, mt5: &str) -> AccountKey {
+        AccountKey {
+            user_id: UserId::new(user),
+            mt5_account: Some(mt5.into()),
+        }
+    }
+
+    fn buy(k: &AccountKey, id: &str, s: &str, vol: &str, sl: Option<&str>) -> TradeCommand {
+        let order = Order {
+            symbol: Symbol::parse(s).expect("symbol"),
+            side: Side::Buy,
+            volume: d(vol),
+            stop_loss: sl.map(d),
+            take_profit: None,
+        };
+        let mut c = TradeCommand::open(k.user_id.clone(), order, None, 0);
+        c.event_id = format!("cmd_{id}");
+        c.mt5_account = k.mt5_account.clone();
+        c
+    }
+
+    /// The engine's generic use of the port.
+    async fn fill<B: BrokerAdapter>(
+        b: &B,
+        c: &TradeCommand,
+        t: &Tick,
+    ) -> BrokerResult<Outcome<TradeEvent>> {
+        b.open(c, t, 5).await
+    }
+
+    #[test]
+    fn accounts_are_created_on_first_use_and_kept_apart() {
+        let config = PaperBrokerConfig {
+            initial_balance: d("500.00"),
+            ..PaperBrokerConfig::default()
+        };
+        let b = PaperBroker::new(config).expect("config");
+        let (k1, k2) = (key("u1", "a"), key("u1", "b"));
+        assert_eq!(now(b.status(&k1, 1)).expect("status").balance, d("500.00"));
+        let dep = now(b.deposit(&k2, "r1", d("1000"), 1)).expect("deposit");
+        assert_eq!(dep.event.balance_after, Some(d("1500.00")));
+        assert_eq!(now(b.status(&k1, 1)).expect("status").balance, d("500.00"));
+        let ev = now(fill(
+            &b,
+            &buy(&k2, "x", "EURUSD", "1", None),
+            &tick("EURUSD", "1.1", "1.1002", 1),
+        ));
+        let ev = ev.expect("open").event;
+        assert_eq!(
+            (ev.user_id.as_str(), ev.mt5_account.as_deref()),
+            ("u1", Some("b"))
+        );
+        assert_eq!(now(b.status(&k2, 2)).expect("status").open_positions, 1);
+    }
+
+    #[test]
+    fn rejections_are_permanent_and_missing_rates_are_transient() {
+        let b = PaperBroker::new(PaperBrokerConfig::default()).expect("config");
+        let k = key("u1", "a");
+        let err = now(b.withdraw(&k, "w", d("1"), 1)).expect_err("empty");
+        assert!(matches!(
+            err,
+            BrokerError::Rejected(RejectReason::WithdrawalAboveFreeMargin { .. })
+        ));
+        assert!(!err.is_retryable());
+        now(b.deposit(&k, "r", d("5000"), 1)).expect("deposit");
+        // A rebuilt account with a position but no quotes yet cannot be valued: retry later.
+        let exec = TradeEvent {
+            trade_id: Some("trd_1".into()),
+            open_price: Some(d("1.1")),
+            ..TradeEvent::for_command(
+                &buy(&k, "1", "EURUSD", "1", None),
+                suho_domain::TradeEventType::TradeExecuted,
+                "exec_cmd_1".into(),
+                1,
+            )
+        };
+        assert_eq!(
+            b.apply(&k, &AccountEvent::Trade(exec)),
+            Ok(Applied::Applied)
+        );
+        let err = now(b.status(&k, 2)).expect_err("no quote");
+        assert_eq!(
+            err,
+            BrokerError::Unavailable("no quote for EURUSD yet".into())
+        );
+        assert!(err.is_retryable());
+        now(b.on_tick(&tick("EURUSD", "1.1", "1.1002", 3), 3)).expect("tick");
+        assert_eq!(now(b.status(&k, 4)).expect("status").margin, d("1100.10"));
+    }
+
+    #[test]
+    fn ticks_reach_every_account_and_seed_new_ones() {
+        let b = PaperBroker::new(PaperBrokerConfig::default()).expect("config");
+        for t in [
+            tick("EURUSD", "1.1", "1.1002", 1),
+            tick("GBPUSD", "1.25", "1.2502", 1),
+        ] {
+            now(b.on_tick(&t, 1)).expect("tick");
+        }
+        let (k1, k2) = (key("u1", "a"), key("u2", "a"));
+        for k in [&k1, &k2] {
+            now(b.deposit(k, "r", d("10000"), 1)).expect("deposit");
+            // EURGBP needs EURUSD and GBPUSD, seen before this account existed.
+            let c = buy(k, "x", "EURGBP", "1", Some("0.84"));
+            now(b.open(&c, &tick("EURGBP", "0.85", "0.8501", 2), 2)).expect("open");
+        }
+        let out = now(b.on_tick(&tick("EURGBP", "0.8399", "0.8400", 3), 3)).expect("tick");
+        let who: Vec<_> = out.closed.iter().map(|e| e.user_id.as_str()).collect();
+        assert_eq!(who, ["u1", "u2"]);
+        // (0.8399 - 0.8501) × 100,000 = -1,020 GBP × 1.2501 = -1,275.102 -> -1,275.10.
+        assert_eq!(out.closed[0].profit, Some(d("-1275.10")));
+    }
+
+    #[test]
+    fn bad_broker_config_is_refused() {
+        let config = PaperBrokerConfig {
+            initial_balance: d("-1"),
+            ..PaperBrokerConfig::default()
+        };
+        assert_eq!(
+            PaperBroker::new(config).err(),
+            Some(ConfigError::InitialBalance(d("-1")))
+        );
+    }
+}

@@ -1,0 +1,34 @@
+//! The broker port of the trading engine, and a simulated MT5 ("paper") broker behind it.
+//!
+//! The engine decides *whether* to trade; a broker executes. [`BrokerAdapter`] is the port the
+//! engine calls; [`PaperBroker`] implements it with [`PaperAccount`]s: pure, deterministic MT5
+//! hedging accounts with exact decimal money, margin, stop loss / take profit, margin call and
+//! stop out. A real MT5 terminal adapter would implement the same trait (see its docs).
+//!
+//! Map:
+//! - [`quotes`]: the latest ticks and currency conversion (mid of `XA` or `AX`), cents rounding.
+//! - [`reject`]: [`RejectReason`], the permanent refusals that become `TRADE_REJECTED`.
+//! - [`account`]: [`PaperAccount`], its operations, [`PaperAccount::on_tick`], and
+//!   [`PaperAccount::apply`] for rebuilding from its own events.
+//! - [`broker`]: [`BrokerAdapter`], [`BrokerError`] and [`PaperBroker`].
+//!
+//! Invariants: no I/O, no clock, no randomness (time and prices are arguments, ids derive from
+//! command ids); no `f64`; every state change is an event applied through
+//! [`PaperAccount::apply`], so replaying the published events rebuilds the same state.
+
+#![warn(missing_docs)]
+
+pub mod account;
+pub mod broker;
+pub mod quotes;
+pub mod reject;
+
+pub use account::{
+    trade_id, AccountConfig, AccountEvent, AccountMetrics, Applied, ApplyError, ConfigError,
+    Outcome, PaperAccount, Position, TickOutcome, MAX_BALANCE,
+};
+pub use broker::{
+    AccountKey, BrokerAdapter, BrokerError, BrokerResult, PaperBroker, PaperBrokerConfig,
+};
+pub use quotes::{round_money, Quotes, ValuationError, CONTRACT_SIZE};
+pub use reject::RejectReason;
