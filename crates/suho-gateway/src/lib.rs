@@ -43,6 +43,8 @@ pub struct AppState {
     pub symbols: HashSet<Symbol>,
     /// Strategy names users may opt in to auto-trading for.
     pub strategies: Vec<String>,
+    /// The Kafka topic prefix (the audit store keeps full topic names).
+    pub topic_prefix: String,
     /// Failed-login counts (per address and per IP).
     pub login_throttle: LoginThrottle,
     /// Renders `/metrics`.
@@ -65,6 +67,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(user::get_settings).put(user::put_settings),
         )
         .route("/api/user/{user_id}/mt5/link", post(user::link_mt5))
+        .route("/api/user/{user_id}/trades", get(user::trades))
         .route("/api/market/{symbol}/candles", get(market::candles))
         .route("/health", get(health))
         .route("/metrics", get(metrics))

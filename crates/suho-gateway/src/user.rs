@@ -107,3 +107,39 @@ pub async fn link_mt5(
         serde_json::json!({ "status": "linked", "mt5_account": account }),
     ))
 }
+
+/// `GET /api/user/{user_id}/trades?from=&to=`: the caller's `user.trades` events with a Kafka
+/// time in `[from, to)` (epoch ms; default: the last 24 hours), from the audit store, oldest
+/// first (the seed's compliance query).
+pub async fn trades(
+    State(state): State<Arc<AppState>>,
+    AuthUser(claims): AuthUser,
+    Path(user_id): Path<String>,
+    axum::extract::Query(params): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Result<impl IntoResponse, ApiError> {
+    let user_id = own(&claims, &user_id)?;
+    let millis = |field: &'static str| -> Result<Option<i64>, ApiError> {
+        params
+            .get(field)
+            .map(|v| {
+                v.parse::<i64>()
+                    .map_err(|_| ApiError::invalid(field, "must be epoch milliseconds"))
+            })
+            .transpose()
+    };
+    let to = millis("to")?.unwrap_or_else(|| now_ms() + 1);
+    let from = millis("from")?.unwrap_or(to - 86_400_000);
+    if from >= to {
+        return Err(ApiError::invalid("from", "must be before `to`"));
+    }
+    let topic = suho_domain::UserTopic::Trades.full_name(&state.topic_prefix);
+    let records =
+        suho_audit::user_events(state.accounts.pool(), &[topic], user_id.as_str(), from, to)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "reading the audit store");
+                ApiError::Unavailable("the audit store")
+            })?;
+    let events: Vec<serde_json::Value> = records.into_iter().filter_map(|r| r.payload).collect();
+    Ok(Json(events))
+}

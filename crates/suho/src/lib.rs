@@ -152,6 +152,14 @@ impl Application {
         tasks.spawn(async move { ("market-feed", feed.await) });
 
         // User domain.
+        let audit = suho_audit::run_audit(
+            config.kafka.clone(),
+            config.telemetry.clone(),
+            accounts.pool().clone(),
+            suho_audit::AuditConfig::default(),
+            stop.clone(),
+        );
+        tasks.spawn(async move { ("audit", audit.await.map_err(Into::into)) });
         if config.trading.engine_enabled {
             let engine = suho_trading::Engine::new(&config, bus.clone(), producer.clone())
                 .context("creating the trading engine")?;
@@ -173,6 +181,7 @@ impl Application {
                 .iter()
                 .map(|k| k.name().to_string())
                 .collect(),
+            topic_prefix: config.kafka.topic_prefix.clone(),
             login_throttle: suho_gateway::LoginThrottle::new(
                 suho_gateway::ThrottleLimits::default(),
             ),
@@ -193,6 +202,7 @@ impl Application {
             "signals",
             "data-bridge",
             "gateway",
+            "audit",
         ];
         if config.trading.engine_enabled {
             services.push("trading-engine");
@@ -304,6 +314,56 @@ fn describe(
     joined: Result<(&'static str, anyhow::Result<()>), tokio::task::JoinError>,
 ) -> (&'static str, anyhow::Result<()>) {
     joined.unwrap_or_else(|e| ("a service task", Err(anyhow::anyhow!("panicked: {e}"))))
+}
+
+/// `suho audit export`: the user's stored events in `[from_ms, to_ms)` on stdout; with
+/// `verify`, the same range read straight from Kafka must match, else an error.
+///
+/// # Errors
+/// The database or Kafka is unreachable, or (with `verify`) the store and the log differ.
+pub async fn audit_export(
+    config: &Config,
+    user: &str,
+    from_ms: i64,
+    to_ms: i64,
+    format: suho_audit::ExportFormat,
+    verify: bool,
+) -> anyhow::Result<()> {
+    use secrecy::ExposeSecret;
+    anyhow::ensure!(from_ms < to_ms, "--from must be before --to");
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(config.database.url.expose_secret())
+        .await
+        .context("connecting to PostgreSQL")?;
+    suho_audit::ensure_schema(&pool)
+        .await
+        .context("the audit table")?;
+    let topics: Vec<String> = suho_audit::AUDITED_TOPICS
+        .iter()
+        .map(|t| t.full_name(&config.kafka.topic_prefix))
+        .collect();
+    let records = suho_audit::user_events(&pool, &topics, user, from_ms, to_ms)
+        .await
+        .context("reading the audit store")?;
+    if verify {
+        let log =
+            suho_audit::kafka_history(&config.kafka, topics, user.to_string(), from_ms, to_ms)
+                .await
+                .context("reading the history from Kafka")?;
+        anyhow::ensure!(
+            log == records,
+            "the audit store ({} records) differs from Kafka ({} records) for {user} in [{from_ms}, {to_ms}): the audit service may be behind",
+            records.len(),
+            log.len()
+        );
+        eprintln!(
+            "verified: {} records, the same in the store and in Kafka",
+            records.len()
+        );
+    }
+    let mut out = std::io::stdout().lock();
+    suho_audit::write_export(&mut out, &records, format).context("writing the export")
 }
 
 /// The keys that seal MT5 passwords: `auth.credentials_keys` (current: `auth.credentials_key_id`,

@@ -60,6 +60,11 @@ enum Command {
         #[arg(long)]
         no_publish: bool,
     },
+    /// The audit trail (stored by the platform's audit service from every user topic).
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
     /// Benchmarks (open loop, HdrHistogram, beside the raw broker baseline of the same run).
     Bench {
         #[command(subcommand)]
@@ -102,6 +107,29 @@ enum BenchTarget {
         /// A NATS server with JetStream to use (default: a throwaway `nats-server -js`).
         #[arg(long)]
         nats_url: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditAction {
+    /// A user's events, from every user topic, with a Kafka time in [--from, --to), as CSV or
+    /// JSON lines on stdout.
+    Export {
+        /// The user id (`usr_...`).
+        #[arg(long)]
+        user: String,
+        /// Start (YYYY-MM-DD, UTC, or epoch milliseconds), included.
+        #[arg(long)]
+        from: String,
+        /// End (YYYY-MM-DD, UTC, the whole day included; or epoch milliseconds, excluded).
+        #[arg(long)]
+        to: String,
+        /// csv or jsonl.
+        #[arg(long, default_value = "csv")]
+        format: String,
+        /// Also read the same range straight from Kafka and fail if it differs from the store.
+        #[arg(long)]
+        verify: bool,
     },
 }
 
@@ -200,6 +228,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config => {
             println!("{config:#?}");
             Ok(())
+        }
+        Command::Audit {
+            action:
+                AuditAction::Export {
+                    user,
+                    from,
+                    to,
+                    format,
+                    verify,
+                },
+        } => {
+            let format: suho_audit::ExportFormat = format
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!(e))?;
+            let from = suho::polygon::parse_bound(&from, false).context("--from")?;
+            // A day includes its last millisecond; the range's end is excluded.
+            let to = suho::polygon::parse_bound(&to, true).context("--to")?;
+            let to = if to % 86_400_000 == 86_399_999 { to + 1 } else { to };
+            runtime()?.block_on(suho::audit_export(&config, &user, from, to, format, verify))
         }
         Command::Backfill {
             symbols,

@@ -223,3 +223,66 @@ async fn a_repeated_client_order_id_returns_the_first_command_and_close_modify_q
     assert_eq!(mine[2]["stop_loss"], 1.05);
     p.stop().await;
 }
+
+#[tokio::test]
+async fn the_compliance_query_returns_the_callers_own_trade_events() {
+    use reqwest::Method;
+    let p = Running::start().await;
+    let (user, token) = p.user("ivan@example.com").await;
+    let (other, other_token) = p.user("judy@example.com").await;
+    let since = suho_messaging::now_ms();
+    for t in [&token, &other_token] {
+        let (s, body) = p
+            .post(
+                "/api/trade/open",
+                Some(t),
+                json!({"symbol": "EURUSD", "type": "BUY", "volume": 0.1}),
+            )
+            .await;
+        assert_eq!(s, 202, "{body}");
+    }
+    let path = format!("/api/user/{user}/trades?from={since}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let events = loop {
+        let (status, body) = p.send(Method::GET, &path, &token, None).await;
+        assert_eq!(status, 200, "{body}");
+        if body.as_array().is_some_and(|a| !a.is_empty()) {
+            break body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no trade event audited within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let events = events.as_array().unwrap();
+    assert!(
+        events.iter().all(|e| e["user_id"] == user.as_str()),
+        "{events:?}"
+    );
+    assert_eq!(events[0]["event_type"], "TRADE_EXECUTED");
+    // Another user's history is not the caller's to read; bad parameters name the field.
+    let (status, _) = p
+        .send(
+            Method::GET,
+            &format!("/api/user/{other}/trades"),
+            &token,
+            None,
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, body) = p
+        .send(
+            Method::GET,
+            &format!("/api/user/{user}/trades?from=x"),
+            &token,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (422, Some("from")),
+        "{body}"
+    );
+    p.stop().await;
+}
