@@ -177,3 +177,24 @@ pub(crate) fn record(
         payload,
     }
 }
+
+/// The payload of the user's latest JSON record on `topic` (e.g. the latest
+/// `ACCOUNT_STATUS`), if any.
+///
+/// # Errors
+/// The database failed.
+pub async fn latest_event(
+    pool: &PgPool,
+    topic: &str,
+    user_id: &str,
+) -> Result<Option<serde_json::Value>, sqlx::Error> {
+    let row: Option<(serde_json::Value,)> = sqlx::query_as(
+        "SELECT payload FROM audit_events WHERE user_id = $1 AND topic = $2 \
+         AND payload IS NOT NULL ORDER BY kafka_ts DESC, kafka_offset DESC LIMIT 1",
+    )
+    .bind(user_id)
+    .bind(topic)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(v,)| v))
+}

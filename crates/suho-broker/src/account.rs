@@ -592,6 +592,22 @@ impl PaperAccount {
         command.validate().map_err(RejectReason::from)
     }
 
+    /// The symbol a `CLOSE_TRADE` / `MODIFY_TRADE` command needs a price for: that of the
+    /// event it already produced (a retried command), else that of its position; `None` for
+    /// an unknown position (the command is then rejected whatever the price).
+    #[must_use]
+    pub fn command_symbol(&self, command: &TradeCommand) -> Option<Symbol> {
+        for prefix in ["cls_", "mod_"] {
+            if let Some(AccountEvent::Trade(e)) =
+                self.journal.get(&format!("{prefix}{}", command.event_id))
+            {
+                return e.symbol;
+            }
+        }
+        let id = command.trade_id.as_deref()?;
+        self.positions.get(id).map(|p| p.symbol)
+    }
+
     fn replay_trade(&self, event_id: &str) -> Option<Outcome<TradeEvent>> {
         match self.journal.get(event_id) {
             Some(AccountEvent::Trade(e)) => Some(Outcome {

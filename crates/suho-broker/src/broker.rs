@@ -207,6 +207,15 @@ impl PaperBroker {
         f(account)
     }
 
+    /// Every account's key, sorted.
+    #[must_use]
+    pub fn account_keys(&self) -> Vec<AccountKey> {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut keys: Vec<AccountKey> = state.accounts.keys().cloned().collect();
+        keys.sort();
+        keys
+    }
+
     /// Rebuild: applies one event read back from Kafka to account `key` (a `Transaction`
     /// names no MT5 account, so the caller routes it).
     ///

@@ -311,6 +311,12 @@ pub struct TradingConfig {
     pub retry_initial_ms: u64,
     /// Retry delay ceiling, milliseconds.
     pub retry_max_ms: u64,
+    /// Opening balance of a new paper account, whole units of the account currency (USD),
+    /// as a demo account opens funded; deposits add to it. Not an event: every engine must
+    /// use the same value, or rebuilt balances differ.
+    pub paper_opening_balance: u64,
+    /// Leverage of the paper accounts.
+    pub paper_leverage: u32,
 }
 
 impl Default for TradingConfig {
@@ -319,6 +325,8 @@ impl Default for TradingConfig {
             engine_enabled: true,
             retry_initial_ms: 100,
             retry_max_ms: 5000,
+            paper_opening_balance: 10_000,
+            paper_leverage: 100,
         }
     }
 }

@@ -164,7 +164,11 @@ wire_enum! {
     CommandType { /// Open a position.
     OpenTrade => "OPEN_TRADE", /// Close a position.
     CloseTrade => "CLOSE_TRADE", /// Change stop loss / take profit.
-    ModifyTrade => "MODIFY_TRADE" }
+    ModifyTrade => "MODIFY_TRADE", /// Credit the user's paper account (`amount`); an
+    /// extension of the contract's command types, answered on `user.transactions`.
+    Deposit => "DEPOSIT", /// Debit the user's paper account (`amount`, at most the free
+    /// margin); answered on `user.transactions`.
+    Withdrawal => "WITHDRAWAL" }
 }
 
 wire_enum! {
@@ -273,6 +277,9 @@ pub enum CommandError {
     /// Volume is zero or negative.
     #[error("volume {0} must be positive")]
     NonPositiveVolume(Decimal),
+    /// A deposit or withdrawal amount is not positive or has more than 2 decimals.
+    #[error("amount {0} must be positive with at most 2 decimals")]
+    BadAmount(Decimal),
     /// A price is zero or negative.
     #[error("`{field}` {value} must be positive")]
     NonPositivePrice {
@@ -318,6 +325,13 @@ pub struct TradeCommand {
     /// The client's own id for de-duplication.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_order_id: Option<String>,
+    /// Money of a `DEPOSIT` / `WITHDRAWAL`, account currency, at most 2 decimals.
+    #[serde(
+        default,
+        with = "crate::num::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub amount: Option<Decimal>,
     /// Epoch ms.
     pub timestamp: i64,
     /// Strategy / signal provenance.
@@ -340,6 +354,7 @@ impl TradeCommand {
             stop_loss: None,
             take_profit: None,
             client_order_id: None,
+            amount: None,
             timestamp: now_ms,
             metadata: None,
             schema_version: SCHEMA_VERSION,
@@ -387,6 +402,20 @@ impl TradeCommand {
         }
     }
 
+    /// A new `DEPOSIT` (or, with `withdrawal`, `WITHDRAWAL`) command with a fresh `cmd_` id.
+    #[must_use]
+    pub fn money(user_id: UserId, amount: Decimal, withdrawal: bool, now_ms: i64) -> TradeCommand {
+        let kind = if withdrawal {
+            CommandType::Withdrawal
+        } else {
+            CommandType::Deposit
+        };
+        TradeCommand {
+            amount: Some(amount),
+            ..TradeCommand::base(kind, user_id, now_ms)
+        }
+    }
+
     /// Checks that the fields its type needs are present and positive: an order with a
     /// positive volume for `OPEN_TRADE`, a `trade_id` for close / modify, and at least one stop
     /// for modify. Market-dependent checks (lot step, stop side) belong to the trading service.
@@ -423,6 +452,12 @@ impl TradeCommand {
                 }
                 positive("stop_loss", self.stop_loss)?;
                 positive("take_profit", self.take_profit)?;
+            }
+            CommandType::Deposit | CommandType::Withdrawal => {
+                let amount = self.amount.ok_or_else(|| missing("amount"))?;
+                if amount <= Decimal::ZERO || amount.round_dp(2) != amount {
+                    return Err(CommandError::BadAmount(amount));
+                }
             }
         }
         Ok(())

@@ -143,3 +143,73 @@ pub async fn trades(
     let events: Vec<serde_json::Value> = records.into_iter().filter_map(|r| r.payload).collect();
     Ok(Json(events))
 }
+
+/// `POST /api/user/{user_id}/deposit` and `/withdraw` `{amount}`: queue a `DEPOSIT` /
+/// `WITHDRAWAL` command for the caller's paper account (the engine answers on
+/// `user.transactions`, or with `TRADE_REJECTED`, e.g. a withdrawal beyond the free margin).
+async fn money(
+    state: &AppState,
+    claims: &Claims,
+    user_id: &str,
+    body: &Bytes,
+    withdrawal: bool,
+) -> Result<(axum::http::StatusCode, Json<serde_json::Value>), ApiError> {
+    let user_id = own(claims, user_id)?;
+    let body = Body::parse(body)?;
+    let amount = body.decimal("amount")?;
+    if amount <= rust_decimal::Decimal::ZERO || amount.round_dp(2) != amount {
+        return Err(ApiError::invalid(
+            "amount",
+            "must be positive, in whole cents",
+        ));
+    }
+    if amount > rust_decimal::Decimal::from(1_000_000_000u64) {
+        return Err(ApiError::invalid("amount", "must be at most 1000000000"));
+    }
+    let command = suho_domain::TradeCommand::money(user_id, amount, withdrawal, now_ms());
+    state.producer.send(&command).await?;
+    tracing::info!(user_id = %command.user_id, command_id = %command.event_id, kind = %command.event_type, "money command queued");
+    Ok((
+        axum::http::StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "status": "queued", "command_id": command.event_id })),
+    ))
+}
+
+pub async fn deposit(
+    State(state): State<Arc<AppState>>,
+    AuthUser(claims): AuthUser,
+    Path(user_id): Path<String>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    money(&state, &claims, &user_id, &body, false).await
+}
+
+pub async fn withdraw(
+    State(state): State<Arc<AppState>>,
+    AuthUser(claims): AuthUser,
+    Path(user_id): Path<String>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    money(&state, &claims, &user_id, &body, true).await
+}
+
+/// `GET /api/user/{user_id}/account`: the caller's latest `ACCOUNT_STATUS` (from the audit
+/// store), or 404 before the first one.
+pub async fn account(
+    State(state): State<Arc<AppState>>,
+    AuthUser(claims): AuthUser,
+    Path(user_id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let user_id = own(&claims, &user_id)?;
+    let topic = suho_domain::UserTopic::Mt5Status.full_name(&state.topic_prefix);
+    let latest = suho_audit::latest_event(state.accounts.pool(), &topic, user_id.as_str())
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "reading the audit store");
+            ApiError::Unavailable("the audit store")
+        })?;
+    match latest {
+        Some(status) => Ok(Json(status)),
+        None => Err(ApiError::NotFound),
+    }
+}

@@ -13,6 +13,7 @@
 //! partition this instance owns (later work can split per-partition queues).
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,12 +21,17 @@ use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::types::RDKafkaErrorCode;
-use suho_domain::{PriceReply, TradeEvent, UserEvent, UserTopic};
+use rust_decimal::Decimal;
+use suho_broker::{
+    AccountConfig, AccountKey, BrokerAdapter, BrokerError, PaperBroker, PaperBrokerConfig,
+};
+use suho_domain::{CommandType, PriceReply, TradeCommand, TradeEvent, UserEvent, UserTopic};
 use suho_messaging::kafka::{self, UserConsumer};
 use suho_messaging::{now_ms, MarketBus, UserEventProducer};
 use tokio_util::sync::CancellationToken;
 
-use crate::plan::{self, Plan, Pricing};
+use crate::paper;
+use crate::plan::{self, Plan, Priced};
 use crate::{EngineError, GROUP};
 
 /// The trading engine: consumes `user.commands` in the consumer group [`GROUP`] and answers
@@ -35,6 +41,8 @@ pub struct Engine {
     bus: MarketBus,
     producer: UserEventProducer,
     backoff: Backoff,
+    broker: Arc<PaperBroker>,
+    kafka: suho_config::KafkaConfig,
 }
 
 impl std::fmt::Debug for Engine {
@@ -101,11 +109,23 @@ impl Engine {
             GROUP,
             &[UserTopic::Commands],
         )?;
+        let account = AccountConfig {
+            leverage: std::num::NonZeroU32::new(config.trading.paper_leverage)
+                .ok_or_else(|| EngineError::Broker("paper_leverage must be positive".into()))?,
+            ..AccountConfig::default()
+        };
+        let broker = PaperBroker::new(PaperBrokerConfig {
+            account,
+            initial_balance: Decimal::from(config.trading.paper_opening_balance),
+        })
+        .map_err(|e| EngineError::Broker(e.to_string()))?;
         Ok(Engine {
             consumer,
             bus,
             producer,
             backoff: Backoff::new(&config.trading),
+            broker: Arc::new(broker),
+            kafka: config.kafka.clone(),
         })
     }
 
@@ -121,8 +141,43 @@ impl Engine {
             topic = %self.producer.topic_name(UserTopic::Commands),
             "trading engine consuming"
         );
+        // Rebuild before the first command; a Kafka hiccup (a partition without a leader yet,
+        // right after topic creation) is retried. Applying an event twice is a no-op, so a
+        // retry after a partial read is safe.
+        let mut delay = self.backoff.initial;
+        loop {
+            match paper::rebuild(&self.broker, &self.kafka).await {
+                Ok(applied) => {
+                    tracing::info!(
+                        events = applied,
+                        accounts = self.broker.account_keys().len(),
+                        "paper accounts rebuilt from user.trades and user.transactions"
+                    );
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = millis(delay), "rebuilding the paper accounts failed; retrying");
+                    if !wait(delay, &shutdown).await {
+                        return Ok(());
+                    }
+                    delay = self.backoff.next(delay);
+                }
+            }
+        }
+        let ticks = tokio::spawn(paper::run_ticks(
+            Arc::clone(&self.broker),
+            self.bus.clone(),
+            self.producer.clone(),
+            shutdown.clone(),
+        ));
         let result = self.consume(&shutdown).await;
         self.final_commit();
+        shutdown.cancel();
+        match ticks.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "the broker's tick feed stopped"),
+            Err(e) => tracing::warn!(error = %e, "the broker's tick feed panicked"),
+            Ok(Ok(())) => {}
+        }
         tracing::info!(group = GROUP, "trading engine stopped");
         result
     }
@@ -205,27 +260,145 @@ impl Engine {
                     .await
             }
             Plan::Open { command, order } => {
-                let subject = suho_domain::subject::price(self.bus.prefix(), order.symbol);
-                let payload = match self.bus.request(subject, Bytes::new()).await {
-                    Ok(p) => p,
-                    Err(e) if e.is_retryable() => {
-                        return Ok(Attempt::Retry(format!("price request: {e}")))
+                let tick = match self.tick(order.symbol).await? {
+                    Priced::Tick(t) => t,
+                    Priced::Reject(reason) => {
+                        return self
+                            .publish(&TradeEvent::rejected(command, reason, now_ms()))
+                            .await
                     }
-                    Err(e) => return Err(e.into()),
+                    Priced::Retry(reason) => return Ok(Attempt::Retry(reason)),
                 };
-                let reply: PriceReply = match serde_json::from_slice(&payload) {
-                    Ok(r) => r,
-                    // A price service that breaks the contract is our own bug; wait for a
-                    // fixed one rather than reject orders on its account.
-                    Err(e) => return Ok(Attempt::Retry(format!("unreadable price reply: {e}"))),
-                };
-                let event = match plan::price(order, reply) {
-                    Pricing::Fill(price) => plan::executed(command, price, now_ms()),
-                    Pricing::Reject(reason) => TradeEvent::rejected(command, reason, now_ms()),
-                    Pricing::Retry(reason) => return Ok(Attempt::Retry(reason)),
-                };
-                self.publish(&event).await
+                let outcome = self.broker.open(command, &tick, now_ms()).await;
+                self.answer(command, outcome).await
             }
+            Plan::Execute { command } => match command.event_type {
+                CommandType::Deposit | CommandType::Withdrawal => {
+                    let key = AccountKey::of_command(command);
+                    let amount = command.amount.unwrap_or_default();
+                    let outcome = if command.event_type == CommandType::Deposit {
+                        self.broker
+                            .deposit(&key, &command.event_id, amount, now_ms())
+                            .await
+                    } else {
+                        self.broker
+                            .withdraw(&key, &command.event_id, amount, now_ms())
+                            .await
+                    };
+                    match outcome {
+                        Ok(done) => {
+                            let sent = self.publish_other(&done.event).await?;
+                            if matches!(sent, Attempt::Done) {
+                                paper::publish_status(&self.broker, &self.producer, &key).await;
+                            }
+                            Ok(sent)
+                        }
+                        Err(BrokerError::Rejected(reason)) => {
+                            self.publish(&reason.rejected_event(command, now_ms()))
+                                .await
+                        }
+                        Err(e) => Ok(Attempt::Retry(format!("paper broker: {e}"))),
+                    }
+                }
+                _ => {
+                    let key = AccountKey::of_command(command);
+                    let Some(symbol) = self
+                        .broker
+                        .with_account(&key, |a| a.command_symbol(command))
+                    else {
+                        let reason = suho_broker::RejectReason::UnknownPosition(
+                            command.trade_id.clone().unwrap_or_default(),
+                        );
+                        return self
+                            .publish(&reason.rejected_event(command, now_ms()))
+                            .await;
+                    };
+                    let tick = match self.tick(symbol).await? {
+                        Priced::Tick(t) => t,
+                        Priced::Reject(reason) => {
+                            return self
+                                .publish(&TradeEvent::rejected(command, reason, now_ms()))
+                                .await
+                        }
+                        Priced::Retry(reason) => return Ok(Attempt::Retry(reason)),
+                    };
+                    let outcome = if command.event_type == CommandType::CloseTrade {
+                        self.broker.close(command, &tick, now_ms()).await
+                    } else {
+                        self.broker.modify(command, &tick, now_ms()).await
+                    };
+                    self.answer(command, outcome).await
+                }
+            },
+        }
+    }
+
+    /// The latest quote of `symbol` from the price service, as a tick for the broker.
+    async fn tick(&self, symbol: suho_domain::Symbol) -> Result<Priced, EngineError> {
+        let subject = suho_domain::subject::price(self.bus.prefix(), symbol);
+        let payload = match self.bus.request(subject, Bytes::new()).await {
+            Ok(p) => p,
+            Err(e) if e.is_retryable() => return Ok(Priced::Retry(format!("price request: {e}"))),
+            Err(e) => return Err(e.into()),
+        };
+        let reply: PriceReply = match serde_json::from_slice(&payload) {
+            Ok(r) => r,
+            // A price service that breaks the contract is our own bug; wait for a fixed one
+            // rather than reject orders on its account.
+            Err(e) => return Ok(Priced::Retry(format!("unreadable price reply: {e}"))),
+        };
+        Ok(plan::quote_tick(symbol, reply))
+    }
+
+    /// Publishes the broker's answer to a trade command (its event, or a rejection, plus a
+    /// `RISK_LIMIT_BREACH` when the user's own limits were hit), then the account's status.
+    async fn answer(
+        &self,
+        command: &TradeCommand,
+        outcome: suho_broker::BrokerResult<suho_broker::Outcome<TradeEvent>>,
+    ) -> Result<Attempt, EngineError> {
+        let key = AccountKey::of_command(command);
+        let sent = match outcome {
+            Ok(done) => self.publish(&done.event).await?,
+            Err(BrokerError::Rejected(reason)) => {
+                if let Some(alert) = reason.breach_alert(command, now_ms()) {
+                    if let Attempt::Retry(why) = self.publish_other(&alert).await? {
+                        return Ok(Attempt::Retry(why));
+                    }
+                }
+                self.publish(&reason.rejected_event(command, now_ms()))
+                    .await?
+            }
+            Err(e) => return Ok(Attempt::Retry(format!("paper broker: {e}"))),
+        };
+        if matches!(sent, Attempt::Done) {
+            paper::publish_status(&self.broker, &self.producer, &key).await;
+        }
+        Ok(sent)
+    }
+
+    /// Publishes an event of another topic than `user.trades` (a transaction, an alert).
+    async fn publish_other<E: UserEvent + serde::Serialize>(
+        &self,
+        event: &E,
+    ) -> Result<Attempt, EngineError> {
+        match self.producer.send(event).await {
+            Ok(delivery) => {
+                tracing::info!(
+                    user_id = %event.user_id(),
+                    event_type = event.event_type_str(),
+                    event_id = event.event_id(),
+                    partition = delivery.partition,
+                    offset = delivery.offset,
+                    "command answered"
+                );
+                Ok(Attempt::Done)
+            }
+            Err(e) if e.is_retryable() => Ok(Attempt::Retry(format!(
+                "publishing {}: {e}",
+                event.event_type_str()
+            ))),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -387,9 +560,9 @@ mod tests {
     #[test]
     fn backoff_doubles_up_to_the_ceiling() {
         let b = Backoff::new(&suho_config::TradingConfig {
-            engine_enabled: true,
             retry_initial_ms: 100,
             retry_max_ms: 350,
+            ..suho_config::TradingConfig::default()
         });
         let mut d = b.initial;
         let mut seen = vec![millis(d)];

@@ -1,25 +1,37 @@
-//! The trading bounded context: turns trade commands into trade outcomes.
+//! The trading bounded context: turns trade commands into trade outcomes on paper MT5
+//! accounts.
 //!
-//! Data flow: `user.commands` (Kafka, keyed by `user_id`) -> [`Engine`] -> a price request on
-//! `market.{SYM}.price` (NATS) for an `OPEN_TRADE` -> one outcome event on `user.trades`
-//! (`TRADE_EXECUTED` or `TRADE_REJECTED`) -> commit of the command's offset. A record that is
-//! not a command at all goes to `user.commands.dlq` with the reason and its coordinates, and the
-//! partition moves on.
+//! Data flow: `user.commands` (Kafka, keyed by `user_id`) -> [`Engine`] -> for a trade, a
+//! price request on `market.{SYM}.price` (NATS) -> the paper broker ([`suho_broker`]), which
+//! fills, closes, modifies, credits or debits the user's account -> one outcome event
+//! (`TRADE_EXECUTED`, `TRADE_CLOSED`, `TRADE_MODIFIED`, `TRADE_REJECTED` on `user.trades`, or
+//! `DEPOSIT` / `WITHDRAWAL` on `user.transactions`; `RISK_LIMIT_BREACH` on `user.risk_alerts`
+//! when the user's own limits refused it) and the account's `ACCOUNT_STATUS` on
+//! `user.mt5_status` -> commit of the command's offset. A record that is not a command at all
+//! goes to `user.commands.dlq` with the reason and its coordinates, and the partition moves on.
 //!
-//! This is the walking skeleton. It keeps no positions, so `CLOSE_TRADE` and `MODIFY_TRADE` are
-//! answered with an honest `TRADE_REJECTED`; it fills at the quoted price rather than at a
-//! broker. Outcome ids are derived from the command's `event_id` (`exec_`, `rej_`, `trd_`), so a
-//! redelivered command is answered with the same event; exactly-once execution (Kafka
-//! transactions around publish and commit) is later work.
+//! Besides the commands ([`paper`]): at start the accounts are rebuilt from their own events on
+//! `user.trades` and `user.transactions`; live ticks reach the broker, which closes positions
+//! at their stop loss or take profit and stops accounts out (`TRADE_CLOSED`, `MARGIN_CALL`,
+//! `STOP_OUT`); and every account's status is published every few seconds.
+//!
+//! Outcome ids are derived from the command's `event_id` (`exec_`, `cls_`, `mod_`, `rej_`,
+//! `dep_`, `wd_`, `trd_`), and the broker answers a command it has already carried out with
+//! its first event, so a redelivered command is answered with the same event and executed
+//! once. Publishing and committing are not yet one Kafka transaction: a crash between them
+//! publishes the same event (same id) twice. That, and several engines sharing accounts, is
+//! later work.
 //!
 //! Map:
 //! - [`plan`]: the decisions, pure functions with no I/O.
-//! - [`engine`]: the consume, price, publish, commit loop around them.
+//! - [`engine`]: the consume, price, execute, publish, commit loop around them.
+//! - [`paper`]: rebuild, ticks and statuses of the paper accounts.
 //!
 //! Invariants: a command is committed only after its outcome is acknowledged by Kafka; a
 //! transient failure never skips a record; market data is only read (never written) here.
 
 pub mod engine;
+pub mod paper;
 pub mod plan;
 
 pub use engine::Engine;
@@ -39,4 +51,10 @@ pub enum EngineError {
     /// Kafka refused the consumer for good.
     #[error("consuming user.commands: {0}")]
     Kafka(#[from] KafkaError),
+    /// The accounts could not be rebuilt from their events.
+    #[error("rebuilding the paper accounts: {0}")]
+    Rebuild(String),
+    /// The paper broker's configuration is invalid.
+    #[error("trading.paper_*: {0}")]
+    Broker(String),
 }

@@ -36,6 +36,52 @@ pub enum Plan {
         /// Its order (present, validated).
         order: Order,
     },
+    /// A valid `CLOSE_TRADE`, `MODIFY_TRADE`, `DEPOSIT` or `WITHDRAWAL`: carry it out on the
+    /// user's paper account.
+    Execute {
+        /// The command.
+        command: TradeCommand,
+    },
+}
+
+/// A quote for the broker, or why there is none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Priced {
+    /// The latest quote, as a tick.
+    Tick(suho_domain::Tick),
+    /// The symbol can never be priced here: reject with this reason.
+    Reject(String),
+    /// No usable price right now: try again later.
+    Retry(String),
+}
+
+/// The tick the broker fills from, out of a price reply for `symbol`: `unknown_symbol` is
+/// final; `no_quote`, `stale`, or a quote for another symbol are transient.
+#[must_use]
+pub fn quote_tick(symbol: suho_domain::Symbol, reply: PriceReply) -> Priced {
+    match reply {
+        PriceReply::Quote(q) if q.symbol != symbol => Priced::Retry(format!(
+            "price service answered for {} when asked for {symbol}",
+            q.symbol
+        )),
+        PriceReply::Quote(q) => {
+            match suho_domain::Tick::new(symbol, q.bid, q.ask, q.timestamp, "price-service") {
+                Ok(t) => Priced::Tick(t),
+                Err(e) => Priced::Retry(format!("unusable {symbol} quote: {e}")),
+            }
+        }
+        PriceReply::Error(e) => match e.error {
+            PriceErrorKind::UnknownSymbol => Priced::Reject(format!(
+                "symbol {symbol} is not quoted{}",
+                e.message.map(|m| format!(": {m}")).unwrap_or_default()
+            )),
+            PriceErrorKind::NoQuote => Priced::Retry(format!("no quote for {symbol} yet")),
+            PriceErrorKind::Stale => Priced::Retry(format!(
+                "quote for {symbol} is stale ({} ms old)",
+                e.age_ms.unwrap_or_default()
+            )),
+        },
+    }
 }
 
 /// Decides what a record with `key` and `payload` asks for.
@@ -84,10 +130,13 @@ pub fn plan(key: Option<&[u8]>, payload: Option<&[u8]>) -> Plan {
         (CommandType::OpenTrade, Some(order)) => Plan::Open { command, order },
         // `validate` guarantees an order for OPEN_TRADE; answer rather than panic if not.
         (CommandType::OpenTrade, None) => reject(command, "OPEN_TRADE command has no order".into()),
-        (other @ (CommandType::CloseTrade | CommandType::ModifyTrade), _) => reject(
-            command,
-            format!("{other} is not supported by this engine yet"),
-        ),
+        (
+            CommandType::CloseTrade
+            | CommandType::ModifyTrade
+            | CommandType::Deposit
+            | CommandType::Withdrawal,
+            _,
+        ) => Plan::Execute { command },
     }
 }
 
@@ -243,18 +292,33 @@ mod tests {
         }
         let mut newer = open("u1", Side::Buy);
         newer.schema_version = SCHEMA_VERSION + 1;
-        let close = TradeCommand::close(UserId::new("u1"), "trd_1", 1);
-        let modify = TradeCommand::modify(UserId::new("u1"), "trd_1", Some(Decimal::ONE), None, 1);
+        let no_amount = TradeCommand {
+            amount: None,
+            ..TradeCommand::money(UserId::new("u1"), Decimal::ONE, false, 1)
+        };
+        let sub_cent = TradeCommand::money(UserId::new("u1"), Decimal::new(1001, 3), true, 1);
         for (cmd, want) in [
             (bad, "must be positive"),
             (newer, "schema_version 2"),
-            (close, "CLOSE_TRADE is not supported"),
-            (modify, "MODIFY_TRADE is not supported"),
+            (no_amount, "missing `amount`"),
+            (sub_cent, "at most 2 decimals"),
         ] {
             match plan(Some(b"u1"), Some(&bytes(&cmd))) {
                 Plan::Reject { reason, .. } => assert!(reason.contains(want), "{reason}"),
                 other => panic!("{other:?}"),
             }
+        }
+        // Close, modify, deposit and withdrawal go to the paper account.
+        for cmd in [
+            TradeCommand::close(UserId::new("u1"), "trd_1", 1),
+            TradeCommand::modify(UserId::new("u1"), "trd_1", Some(Decimal::ONE), None, 1),
+            TradeCommand::money(UserId::new("u1"), Decimal::new(10_000, 2), false, 1),
+            TradeCommand::money(UserId::new("u1"), Decimal::new(5_000, 2), true, 1),
+        ] {
+            assert!(
+                matches!(plan(Some(b"u1"), Some(&bytes(&cmd))), Plan::Execute { .. }),
+                "{cmd:?}"
+            );
         }
     }
 

@@ -331,7 +331,7 @@ async fn close_and_mis_keyed_commands_are_rejected_with_a_reason() {
 
     let events = trades(&out, 2).await;
     for (cmd, want) in [
-        (&close, "CLOSE_TRADE is not supported"),
+        (&close, "position trd_123 is not open"),
         (&mis_keyed, "record key does not match user_id"),
     ] {
         let (key, event) = find(&events, cmd);

@@ -316,6 +316,42 @@ fn describe(
     joined.unwrap_or_else(|e| ("a service task", Err(anyhow::anyhow!("panicked: {e}"))))
 }
 
+/// `suho account deposit|withdraw`: queues a `DEPOSIT` / `WITHDRAWAL` command for `user` on
+/// `user.commands` (keyed by the user, `acks=all`), and prints its `command_id`.
+///
+/// # Errors
+/// The amount is not positive in whole cents, or Kafka does not take the command.
+pub async fn queue_money(
+    config: &Config,
+    user: &str,
+    amount: rust_decimal::Decimal,
+    withdrawal: bool,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        user.starts_with("usr_") && user.len() > 4,
+        "--user: {user:?} is not a user id (usr_...)"
+    );
+    let command = suho_domain::TradeCommand::money(
+        suho_domain::UserId::new(user),
+        amount,
+        withdrawal,
+        suho_messaging::now_ms(),
+    );
+    command
+        .validate()
+        .map_err(|e| anyhow::anyhow!("--amount: {e}"))?;
+    let producer = UserEventProducer::new(&config.kafka).context("creating the Kafka producer")?;
+    producer
+        .send(&command)
+        .await
+        .context("queuing the command on user.commands")?;
+    println!(
+        "{{\"status\":\"queued\",\"command_id\":\"{}\"}}",
+        command.event_id
+    );
+    Ok(())
+}
+
 /// `suho audit export`: the user's stored events in `[from_ms, to_ms)` on stdout; with
 /// `verify`, the same range read straight from Kafka must match, else an error.
 ///

@@ -60,6 +60,12 @@ enum Command {
         #[arg(long)]
         no_publish: bool,
     },
+    /// Operator actions on a user's paper account: queued on `user.commands` like the API's,
+    /// and answered by the trading engine on `user.transactions`.
+    Account {
+        #[command(subcommand)]
+        action: AccountAction,
+    },
     /// The audit trail (stored by the platform's audit service from every user topic).
     Audit {
         #[command(subcommand)]
@@ -107,6 +113,28 @@ enum BenchTarget {
         /// A NATS server with JetStream to use (default: a throwaway `nats-server -js`).
         #[arg(long)]
         nats_url: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AccountAction {
+    /// Credit a user's paper account.
+    Deposit {
+        /// The user id (`usr_...`).
+        #[arg(long)]
+        user: String,
+        /// Amount in the account currency, at most 2 decimals.
+        #[arg(long)]
+        amount: String,
+    },
+    /// Debit a user's paper account (at most its free margin).
+    Withdraw {
+        /// The user id (`usr_...`).
+        #[arg(long)]
+        user: String,
+        /// Amount in the account currency, at most 2 decimals.
+        #[arg(long)]
+        amount: String,
     },
 }
 
@@ -228,6 +256,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config => {
             println!("{config:#?}");
             Ok(())
+        }
+        Command::Account { action } => {
+            let (user, amount, withdrawal) = match action {
+                AccountAction::Deposit { user, amount } => (user, amount, false),
+                AccountAction::Withdraw { user, amount } => (user, amount, true),
+            };
+            let amount = suho_domain::num::parse_decimal(&amount)
+                .map_err(|e| anyhow::anyhow!("--amount: {e}"))?;
+            runtime()?.block_on(suho::queue_money(&config, &user, amount, withdrawal))
         }
         Command::Audit {
             action:

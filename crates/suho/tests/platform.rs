@@ -300,6 +300,15 @@ async fn no_market_data_ever_appears_in_kafka() {
         "TRADE_CLOSED",
         "TRADE_MODIFIED",
         "TRADE_REJECTED",
+        "ACCOUNT_STATUS",
+        "MARGIN_CALL",
+        "STOP_OUT",
+        "RISK_LIMIT_BREACH",
+        "DEPOSIT",
+        "WITHDRAWAL",
+        "SETTINGS_UPDATED",
+        "MT5_ACCOUNT_LINKED",
+        "MT5_ACCOUNT_UNLINKED",
     ];
     let mut records = 0;
     for topic in UserTopic::ALL {

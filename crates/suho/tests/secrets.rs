@@ -69,8 +69,13 @@ async fn all_records(env: &TestEnv) -> Vec<String> {
     consumer.subscribe(&refs).expect("subscribe");
     let mut out = Vec::new();
     let mut stream = consumer.stream();
-    // Until the topics have been quiet for 3 s (after the assignment).
-    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(8), stream.next()).await {
+    // Until the topics have been quiet for 5 s, or 25 s in all (account statuses keep coming
+    // every few seconds).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(25);
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(5), stream.next()).await {
+        if tokio::time::Instant::now() > deadline {
+            break;
+        }
         let mut text = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
         text.push(' ');
         text.push_str(&String::from_utf8_lossy(m.payload().unwrap_or_default()));

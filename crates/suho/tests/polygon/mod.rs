@@ -254,3 +254,150 @@ async fn polygon_backfill_stores_every_bar_once_publishes_them_and_resumes() {
     let expected: Vec<i64> = (0..BARS).map(|i| BASE + i * MIN).collect();
     assert_eq!(starts, expected);
 }
+
+/// The walk on the real servers, prices driven through the Polygon feed: register,
+/// login, link MT5, deposit, open a BUY with a stop loss, `TRADE_EXECUTED` at the ask; the
+/// quotes fall through the stop; `TRADE_CLOSED` at the bid with the exact decimal profit; and
+/// the account status shows the same balance to the cent.
+#[tokio::test]
+async fn deposit_trade_stop_loss_close_and_the_balance_to_the_cent() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use suho_domain::UserTopic;
+
+    let fallen = Arc::new(AtomicBool::new(false));
+    let script_fallen = Arc::clone(&fallen);
+    let fake = FakeWs::start(move |_, mut conn| {
+        let fallen = Arc::clone(&script_fallen);
+        async move {
+            if conn.handshake().await.is_none() {
+                return;
+            }
+            for _ in 0..1_200 {
+                let now = suho_messaging::now_ms();
+                let (bid, ask) = if fallen.load(Ordering::SeqCst) {
+                    ("1.09480", "1.09500")
+                } else {
+                    ("1.10000", "1.10020")
+                };
+                conn.send(frame(&[
+                    quote("EUR/USD", bid, ask, now),
+                    quote("GBP/USD", "1.2701", "1.2703", now),
+                ]))
+                .await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    })
+    .await;
+    let mut env = polygon_env(&fake.url, KEY).await;
+    // Money arrives by deposit only, so the figures are the deposit's.
+    env.config.trading.paper_opening_balance = 0;
+    let p = super::Running::with(env).await;
+    let (user, token) = p.user("walker@example.com").await;
+    let (s, body) = p
+        .post(
+            &format!("/api/user/{user}/mt5/link"),
+            Some(&token),
+            serde_json::json!({"mt5_account": "9001", "password": "walk-pw-123"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let (s, body) = p
+        .post(
+            &format!("/api/user/{user}/deposit"),
+            Some(&token),
+            serde_json::json!({"amount": "10000.00"}),
+        )
+        .await;
+    assert_eq!(s, 202, "{body}");
+    let deposits = super::consume(
+        &p.env,
+        UserTopic::Transactions,
+        Duration::from_secs(30),
+        |s| !s.is_empty(),
+    )
+    .await;
+    let (_, _, deposit) = deposits.first().expect("a DEPOSIT within 30 s");
+    assert_eq!(deposit["event_type"], "DEPOSIT", "{deposit}");
+    assert_eq!(dec(&deposit["balance_after"]), d("10000.00"));
+
+    let (s, body) = p
+        .post(
+            "/api/trade/open",
+            Some(&token),
+            serde_json::json!({"symbol": "EURUSD", "type": "BUY", "volume": "1.00", "stop_loss": "1.09500"}),
+        )
+        .await;
+    assert_eq!(s, 202, "{body}");
+    let executed = super::consume(&p.env, UserTopic::Trades, Duration::from_secs(30), |s| {
+        !s.is_empty()
+    })
+    .await;
+    let (_, _, exec) = executed.first().expect("an outcome within 30 s");
+    assert_eq!(exec["event_type"], "TRADE_EXECUTED", "{exec}");
+    assert_eq!(
+        dec(&exec["execution_price"]),
+        d("1.10020"),
+        "BUY at the ask"
+    );
+    let trade_id = exec["trade_id"].as_str().expect("trade id").to_string();
+
+    // The market falls through the stop.
+    fallen.store(true, Ordering::SeqCst);
+    let trades = super::consume(&p.env, UserTopic::Trades, Duration::from_secs(30), |s| {
+        s.iter().any(|(_, _, v)| v["event_type"] == "TRADE_CLOSED")
+    })
+    .await;
+    let (key, _, closed) = trades
+        .iter()
+        .find(|(_, _, v)| v["event_type"] == "TRADE_CLOSED")
+        .expect("TRADE_CLOSED within 30 s");
+    assert_eq!(key, &user);
+    assert_eq!(closed["trade_id"], trade_id.as_str());
+    assert_eq!(
+        dec(&closed["close_price"]),
+        d("1.09480"),
+        "closed at the bid"
+    );
+    // (1.09480 - 1.10020) x 1.00 lot x 100,000 = -540.00 USD, exactly.
+    assert_eq!(dec(&closed["profit"]), d("-540.00"), "{closed}");
+
+    // The account status agrees to the cent: on user.mt5_status, and through the API.
+    let statuses = super::consume(&p.env, UserTopic::Mt5Status, Duration::from_secs(30), |s| {
+        s.iter()
+            .any(|(_, _, v)| v["open_positions"] == 0 && dec(&v["balance"]) == d("9460.00"))
+    })
+    .await;
+    let (_, _, status) = statuses
+        .iter()
+        .rev()
+        .find(|(_, _, v)| v["open_positions"] == 0)
+        .expect("an ACCOUNT_STATUS after the close");
+    assert_eq!(dec(&status["balance"]), d("9460.00"), "{status}");
+    assert_eq!(dec(&status["equity"]), d("9460.00"), "{status}");
+    assert_eq!(status["currency"], "USD");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let resp = p
+            .http
+            .get(p.url(&format!("/api/user/{user}/account")))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("account");
+        if resp.status().as_u16() == 200 {
+            let v: Value = resp.json().await.expect("json");
+            if v["open_positions"] == 0 {
+                assert_eq!(dec(&v["balance"]), d("9460.00"), "{v}");
+                break;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no account status via the API"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    p.stop().await;
+}
