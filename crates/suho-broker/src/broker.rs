@@ -207,6 +207,15 @@ impl PaperBroker {
         f(account)
     }
 
+    /// Forgets every account (the quotes stay): the caller rebuilds them from their events.
+    pub fn reset(&self) {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .accounts
+            .clear();
+    }
+
     /// Every account's key, sorted.
     #[must_use]
     pub fn account_keys(&self) -> Vec<AccountKey> {

@@ -317,6 +317,10 @@ pub struct TradingConfig {
     pub paper_opening_balance: u64,
     /// Leverage of the paper accounts.
     pub paper_leverage: u32,
+    /// This engine's name among the engines of one cluster: part of its Kafka
+    /// `transactional.id`, so a restarted engine fences out its crashed predecessor. Give
+    /// each concurrently running engine its own.
+    pub instance_id: String,
 }
 
 impl Default for TradingConfig {
@@ -327,6 +331,7 @@ impl Default for TradingConfig {
             retry_max_ms: 5000,
             paper_opening_balance: 10_000,
             paper_leverage: 100,
+            instance_id: "1".into(),
         }
     }
 }

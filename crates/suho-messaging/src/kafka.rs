@@ -8,7 +8,7 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{ConsumerContext, StreamConsumer};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::util::Timeout;
 use rdkafka::ClientContext;
@@ -60,6 +60,71 @@ impl UserEventProducer {
             producer,
             prefix: config.topic_prefix.clone(),
         })
+    }
+
+    /// A transactional producer (`transactional.id` = `transactional_id`): every send must
+    /// happen inside [`UserEventProducer::begin`] .. [`UserEventProducer::commit_with_offsets`]
+    /// (or [`UserEventProducer::abort`]). Initialising it aborts whatever a previous producer
+    /// with the same id left open and fences that producer out.
+    ///
+    /// # Errors
+    /// The configuration is rejected, or the transaction coordinator does not answer.
+    pub async fn transactional(
+        config: &suho_config::KafkaConfig,
+        transactional_id: &str,
+    ) -> Result<Self, MessagingError> {
+        let producer: FutureProducer = base_config(config)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "1")
+            .set("message.timeout.ms", "10000")
+            .set("transactional.id", transactional_id)
+            .set("transaction.timeout.ms", "10000")
+            .create()?;
+        let p = producer.clone();
+        blocking(move || p.init_transactions(Timeout::After(Duration::from_secs(30)))).await?;
+        Ok(Self {
+            producer,
+            prefix: config.topic_prefix.clone(),
+        })
+    }
+
+    /// Starts a transaction.
+    ///
+    /// # Errors
+    /// Kafka refused (the producer was fenced, or a previous transaction is still open).
+    pub async fn begin(&self) -> Result<(), MessagingError> {
+        let p = self.producer.clone();
+        blocking(move || p.begin_transaction()).await
+    }
+
+    /// Adds the consumer's `offsets` to the transaction and commits it: the records sent in it
+    /// and the offsets become visible together, or neither does.
+    ///
+    /// # Errors
+    /// Kafka refused; the transaction must then be aborted.
+    pub async fn commit_with_offsets(
+        &self,
+        offsets: rdkafka::TopicPartitionList,
+        group: rdkafka::consumer::ConsumerGroupMetadata,
+    ) -> Result<(), MessagingError> {
+        let p = self.producer.clone();
+        blocking(move || {
+            let timeout = Timeout::After(Duration::from_secs(30));
+            p.send_offsets_to_transaction(&offsets, &group, timeout)?;
+            p.commit_transaction(timeout)
+        })
+        .await
+    }
+
+    /// Aborts the open transaction: nothing sent in it becomes visible to `read_committed`
+    /// readers.
+    ///
+    /// # Errors
+    /// Kafka refused.
+    pub async fn abort(&self) -> Result<(), MessagingError> {
+        let p = self.producer.clone();
+        blocking(move || p.abort_transaction(Timeout::After(Duration::from_secs(30)))).await
     }
 
     /// The topic name `topic` has on this cluster (with the configured prefix).
@@ -221,4 +286,19 @@ pub fn headers_map(headers: Option<&rdkafka::message::BorrowedHeaders>) -> HashM
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Runs a blocking librdkafka call off the async workers.
+async fn blocking(
+    f: impl FnOnce() -> Result<(), rdkafka::error::KafkaError> + Send + 'static,
+) -> Result<(), MessagingError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(MessagingError::Kafka),
+        // The call panicked or the runtime is shutting down: report it as a transaction
+        // failure, which callers abort and retry.
+        Err(e) => {
+            tracing::error!(error = %e, "a Kafka transaction call did not complete");
+            Err(MessagingError::Kafka(rdkafka::error::KafkaError::Canceled))
+        }
+    }
 }

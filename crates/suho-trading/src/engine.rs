@@ -1,8 +1,9 @@
 //! The consume - decide - publish - commit loop.
 //!
-//! One record of `user.commands` at a time: plan it ([`crate::plan`]), carry the plan out
-//! (a dead-letter record, a rejection, or a price request on NATS and an execution), and only
-//! once Kafka has acknowledged the outcome store and commit the record's offset. A transient
+//! One record of `user.commands` at a time: begin a Kafka transaction, plan the record
+//! ([`crate::plan`]), carry the plan out (a dead-letter record, a rejection, or a price
+//! request on NATS and an execution on the paper account), and commit the outcome with the
+//! record's next offset in that transaction. A transient
 //! failure (no quote yet, a stale quote, NATS unreachable, a retryable Kafka error) retries the
 //! same record with exponential backoff and never skips it; a shutdown during that wait leaves
 //! the record uncommitted, so it is delivered again on the next start and, because every
@@ -17,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::types::RDKafkaErrorCode;
@@ -43,6 +44,13 @@ pub struct Engine {
     backoff: Backoff,
     broker: Arc<PaperBroker>,
     kafka: suho_config::KafkaConfig,
+    /// The transactional producer every command's outcome and offset go through (set by
+    /// [`Engine::run`]).
+    tx: std::sync::OnceLock<UserEventProducer>,
+    /// Its `transactional.id`.
+    transactional_id: String,
+    /// The broker changed an account in the open transaction: an abort must rebuild.
+    dirty: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -126,6 +134,12 @@ impl Engine {
             backoff: Backoff::new(&config.trading),
             broker: Arc::new(broker),
             kafka: config.kafka.clone(),
+            tx: std::sync::OnceLock::new(),
+            transactional_id: format!(
+                "{}{GROUP}-{}",
+                config.kafka.group_prefix, config.trading.instance_id
+            ),
+            dirty: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -164,6 +178,29 @@ impl Engine {
                 }
             }
         }
+        // The transactional producer: its initialisation also aborts what a previous engine
+        // with the same transactional id left open.
+        let mut delay = self.backoff.initial;
+        loop {
+            match UserEventProducer::transactional(&self.kafka, &self.transactional_id).await {
+                Ok(tx) => {
+                    let _ = self.tx.set(tx);
+                    break;
+                }
+                Err(suho_messaging::MessagingError::Kafka(KafkaError::ClientCreation(e))) => {
+                    return Err(EngineError::Broker(format!(
+                        "the transactional producer's configuration: {e}"
+                    )));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = millis(delay), "starting the transactional producer failed; retrying");
+                    if !wait(delay, &shutdown).await {
+                        return Ok(());
+                    }
+                    delay = self.backoff.next(delay);
+                }
+            }
+        }
         let ticks = tokio::spawn(paper::run_ticks(
             Arc::clone(&self.broker),
             self.bus.clone(),
@@ -171,7 +208,6 @@ impl Engine {
             shutdown.clone(),
         ));
         let result = self.consume(&shutdown).await;
-        self.final_commit();
         shutdown.cancel();
         match ticks.await {
             Ok(Err(e)) => tracing::warn!(error = %e, "the broker's tick feed stopped"),
@@ -206,13 +242,16 @@ impl Engine {
             kafka::count_consumed(UserTopic::Commands, GROUP);
             let plan = plan::plan(msg.key(), msg.payload());
             match self.settle(&msg, &plan, shutdown).await? {
-                Settled::Done => self.commit(&msg),
+                Settled::Done => {}
                 Settled::Interrupted => return Ok(()),
             }
         }
     }
 
-    /// Carries out `plan`, retrying transient failures until it is done or shutdown comes.
+    /// Carries out `plan` in a Kafka transaction with the record's offset, retrying
+    /// transient failures until it is done or shutdown comes. A failed try is aborted (nothing
+    /// of it becomes visible) and, if the broker had already changed an account, the accounts
+    /// are rebuilt from the log, so the retry starts from what was committed.
     async fn settle(
         &self,
         msg: &BorrowedMessage<'_>,
@@ -222,27 +261,95 @@ impl Engine {
         let mut delay = self.backoff.initial;
         let mut tries: u32 = 1;
         loop {
-            match self.attempt(msg, plan).await? {
-                Attempt::Done => return Ok(Settled::Done),
-                Attempt::Retry(reason) => {
-                    tracing::warn!(
-                        partition = msg.partition(),
-                        offset = msg.offset(),
-                        tries,
-                        retry_in_ms = millis(delay),
-                        reason = %reason,
-                        "transient failure; retrying the same command"
-                    );
-                    if !wait(delay, shutdown).await {
-                        tracing::info!(
-                            partition = msg.partition(),
-                            offset = msg.offset(),
-                            "shutdown while retrying; the record stays uncommitted"
-                        );
-                        return Ok(Settled::Interrupted);
+            let reason = match self.out().begin().await {
+                Err(e) => format!("beginning a transaction: {e}"),
+                Ok(()) => match self.attempt(msg, plan).await {
+                    Err(e) => {
+                        self.abort().await;
+                        return Err(e);
                     }
-                    delay = self.backoff.next(delay);
-                    tries = tries.saturating_add(1);
+                    Ok(Attempt::Retry(reason)) => {
+                        self.abort().await;
+                        reason
+                    }
+                    Ok(Attempt::Done) => {
+                        crate::failpoint::hit("engine.before_commit");
+                        match self.commit_in_transaction(msg).await {
+                            Ok(()) => {
+                                self.dirty.store(false, std::sync::atomic::Ordering::SeqCst);
+                                return Ok(Settled::Done);
+                            }
+                            Err(e) => {
+                                self.abort().await;
+                                format!("committing the transaction: {e}")
+                            }
+                        }
+                    }
+                },
+            };
+            tracing::warn!(
+                partition = msg.partition(),
+                offset = msg.offset(),
+                tries,
+                retry_in_ms = millis(delay),
+                reason = %reason,
+                "transient failure; retrying the same command"
+            );
+            if !wait(delay, shutdown).await {
+                tracing::info!(
+                    partition = msg.partition(),
+                    offset = msg.offset(),
+                    "shutdown while retrying; the record stays uncommitted"
+                );
+                return Ok(Settled::Interrupted);
+            }
+            delay = self.backoff.next(delay);
+            tries = tries.saturating_add(1);
+        }
+    }
+
+    /// The producer outcomes go through: the transactional one once [`Engine::run`] set it up.
+    fn out(&self) -> &UserEventProducer {
+        self.tx.get().unwrap_or(&self.producer)
+    }
+
+    /// Adds the record's next offset to the open transaction and commits it.
+    async fn commit_in_transaction(&self, msg: &BorrowedMessage<'_>) -> Result<(), EngineError> {
+        let mut offsets = rdkafka::TopicPartitionList::new();
+        offsets.add_partition_offset(
+            msg.topic(),
+            msg.partition(),
+            rdkafka::Offset::Offset(msg.offset() + 1),
+        )?;
+        let group = self
+            .consumer
+            .group_metadata()
+            .ok_or_else(|| EngineError::Rebuild("the consumer has no group metadata".into()))?;
+        self.out().commit_with_offsets(offsets, group).await?;
+        Ok(())
+    }
+
+    /// Aborts the open transaction; if the broker changed an account in it, rebuilds the
+    /// accounts from the log (until that works).
+    async fn abort(&self) {
+        if let Err(e) = self.out().abort().await {
+            tracing::warn!(error = %e, "aborting the transaction failed");
+        }
+        if self.dirty.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            self.broker.reset();
+            loop {
+                match paper::rebuild(&self.broker, &self.kafka).await {
+                    Ok(applied) => {
+                        tracing::info!(
+                            events = applied,
+                            "paper accounts rebuilt after an aborted transaction"
+                        );
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "rebuilding after an abort failed; retrying");
+                        tokio::time::sleep(self.backoff.max).await;
+                    }
                 }
             }
         }
@@ -287,9 +394,10 @@ impl Engine {
                     };
                     match outcome {
                         Ok(done) => {
+                            self.dirty.store(true, std::sync::atomic::Ordering::SeqCst);
                             let sent = self.publish_other(&done.event).await?;
                             if matches!(sent, Attempt::Done) {
-                                paper::publish_status(&self.broker, &self.producer, &key).await;
+                                paper::publish_status(&self.broker, self.out(), &key).await;
                             }
                             Ok(sent)
                         }
@@ -359,7 +467,10 @@ impl Engine {
     ) -> Result<Attempt, EngineError> {
         let key = AccountKey::of_command(command);
         let sent = match outcome {
-            Ok(done) => self.publish(&done.event).await?,
+            Ok(done) => {
+                self.dirty.store(true, std::sync::atomic::Ordering::SeqCst);
+                self.publish(&done.event).await?
+            }
             Err(BrokerError::Rejected(reason)) => {
                 if let Some(alert) = reason.breach_alert(command, now_ms()) {
                     if let Attempt::Retry(why) = self.publish_other(&alert).await? {
@@ -372,7 +483,7 @@ impl Engine {
             Err(e) => return Ok(Attempt::Retry(format!("paper broker: {e}"))),
         };
         if matches!(sent, Attempt::Done) {
-            paper::publish_status(&self.broker, &self.producer, &key).await;
+            paper::publish_status(&self.broker, self.out(), &key).await;
         }
         Ok(sent)
     }
@@ -382,7 +493,7 @@ impl Engine {
         &self,
         event: &E,
     ) -> Result<Attempt, EngineError> {
-        match self.producer.send(event).await {
+        match self.out().send(event).await {
             Ok(delivery) => {
                 tracing::info!(
                     user_id = %event.user_id(),
@@ -404,7 +515,7 @@ impl Engine {
 
     /// Publishes an outcome on `user.trades` and logs it once acknowledged.
     async fn publish(&self, event: &TradeEvent) -> Result<Attempt, EngineError> {
-        match self.producer.send(event).await {
+        match self.out().send(event).await {
             Ok(delivery) => {
                 tracing::info!(
                     user_id = %event.user_id,
@@ -462,7 +573,7 @@ impl Engine {
             });
         }
         let sent = self
-            .producer
+            .out()
             .send_raw(
                 UserTopic::CommandsDlq,
                 &key,
@@ -492,34 +603,6 @@ impl Engine {
             Err(e) => Err(e.into()),
         }
     }
-
-    /// Stores the record's offset and commits asynchronously. A failure here is not fatal:
-    /// the record is redelivered and answered with the same event ids.
-    fn commit(&self, msg: &BorrowedMessage<'_>) {
-        if let Err(e) = self.consumer.store_offset_from_message(msg) {
-            tracing::warn!(
-                partition = msg.partition(),
-                offset = msg.offset(),
-                error = %e,
-                "offset not stored (partition revoked?); the record may be redelivered"
-            );
-            return;
-        }
-        if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Async) {
-            if !is_nothing_to_commit(&e) {
-                tracing::warn!(error = %e, "offset commit failed; will be retried with the next one");
-            }
-        }
-    }
-
-    /// Synchronously commits the stored offsets on the way out.
-    fn final_commit(&self) {
-        if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
-            if !is_nothing_to_commit(&e) {
-                tracing::warn!(error = %e, "final offset commit failed; the last records may be redelivered");
-            }
-        }
-    }
 }
 
 /// Waits `delay`; `false` when shutdown came first.
@@ -533,10 +616,6 @@ async fn wait(delay: Duration, shutdown: &CancellationToken) -> bool {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-fn is_nothing_to_commit(e: &KafkaError) -> bool {
-    e.rdkafka_error_code() == Some(RDKafkaErrorCode::NoOffset)
 }
 
 /// A consumer error that retrying cannot cure.
@@ -583,9 +662,6 @@ mod tests {
         )));
         assert!(!is_fatal_consume_error(&KafkaError::MessageConsumption(
             RDKafkaErrorCode::BrokerTransportFailure
-        )));
-        assert!(is_nothing_to_commit(&KafkaError::ConsumerCommit(
-            RDKafkaErrorCode::NoOffset
         )));
     }
 }

@@ -15,22 +15,26 @@
 //! at their stop loss or take profit and stops accounts out (`TRADE_CLOSED`, `MARGIN_CALL`,
 //! `STOP_OUT`); and every account's status is published every few seconds.
 //!
-//! Outcome ids are derived from the command's `event_id` (`exec_`, `cls_`, `mod_`, `rej_`,
-//! `dep_`, `wd_`, `trd_`), and the broker answers a command it has already carried out with
-//! its first event, so a redelivered command is answered with the same event and executed
-//! once. Publishing and committing are not yet one Kafka transaction: a crash between them
-//! publishes the same event (same id) twice. That, and several engines sharing accounts, is
-//! later work.
+//! Exactly once: a command's outcome, the account's status and the command's next offset go
+//! out in one Kafka transaction, so `read_committed` readers see all or nothing; a failed try
+//! is aborted and the accounts are rebuilt from the log if the broker had changed one. A
+//! crash between execution and commit leaves an open transaction that the next engine with
+//! the same `transactional.id` aborts; the command is then executed again from the committed
+//! state, once. Outcome ids are derived from the command's `event_id` (`exec_`, `cls_`,
+//! `mod_`, `rej_`, `dep_`, `wd_`, `trd_`). Several engines sharing accounts (the rebuild
+//! following rebalances) is later work.
 //!
 //! Map:
 //! - [`plan`]: the decisions, pure functions with no I/O.
 //! - [`engine`]: the consume, price, execute, publish, commit loop around them.
 //! - [`paper`]: rebuild, ticks and statuses of the paper accounts.
+//! - [`failpoint`]: `SUHO_FAILPOINT`, for crash tests.
 //!
-//! Invariants: a command is committed only after its outcome is acknowledged by Kafka; a
+//! Invariants: a command's offset is committed in the transaction of its outcome; a
 //! transient failure never skips a record; market data is only read (never written) here.
 
 pub mod engine;
+pub mod failpoint;
 pub mod paper;
 pub mod plan;
 

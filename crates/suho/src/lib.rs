@@ -316,6 +316,21 @@ fn describe(
     joined.unwrap_or_else(|e| ("a service task", Err(anyhow::anyhow!("panicked: {e}"))))
 }
 
+/// `suho engine`: the trading engine alone, until `shutdown`.
+///
+/// # Errors
+/// NATS or Kafka is unreachable, or the engine fails for good.
+pub async fn run_engine(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let bus = MarketBus::connect(&config.nats, "suho-engine")
+        .await
+        .context("connecting to NATS")?;
+    let producer = UserEventProducer::new(&config.kafka).context("creating the Kafka producer")?;
+    let engine =
+        suho_trading::Engine::new(config, bus, producer).context("creating the trading engine")?;
+    tracing::info!(instance = %config.trading.instance_id, "trading engine starting");
+    engine.run(shutdown).await.context("the trading engine")
+}
+
 /// `suho account deposit|withdraw`: queues a `DEPOSIT` / `WITHDRAWAL` command for `user` on
 /// `user.commands` (keyed by the user, `acks=all`), and prints its `command_id`.
 ///

@@ -60,6 +60,10 @@ enum Command {
         #[arg(long)]
         no_publish: bool,
     },
+    /// Run only the trading engine (consumer group `trading-engine`) against running
+    /// servers, e.g. a second engine beside `suho up` (give it its own
+    /// `trading.instance_id`); stops on Ctrl-C or SIGTERM.
+    Engine,
     /// Operator actions on a user's paper account: queued on `user.commands` like the API's,
     /// and answered by the trading engine on `user.transactions`.
     Account {
@@ -257,6 +261,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{config:#?}");
             Ok(())
         }
+        Command::Engine => runtime()?.block_on(async {
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let signal = shutdown.clone();
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                signal.cancel();
+            });
+            suho::run_engine(&config, shutdown).await
+        }),
         Command::Account { action } => {
             let (user, amount, withdrawal) = match action {
                 AccountAction::Deposit { user, amount } => (user, amount, false),

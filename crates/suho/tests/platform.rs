@@ -13,6 +13,8 @@ use suho_domain::UserTopic;
 use suho_testkit::TestEnv;
 use tokio_util::sync::CancellationToken;
 
+/// The engine killed between execution and commit (in `tests/crash/`).
+mod crash;
 /// The Polygon feed and backfill (in `tests/polygon/`).
 mod polygon;
 /// Settings, MT5 links, client order ids, close and modify (in `tests/profile/`).
