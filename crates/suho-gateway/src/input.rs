@@ -90,3 +90,20 @@ impl Body {
             .ok_or_else(|| ApiError::invalid(field, "is required"))
     }
 }
+
+/// An optional query parameter holding epoch milliseconds.
+///
+/// # Errors
+/// Present but not an integer.
+pub fn query_millis(
+    params: &std::collections::HashMap<String, String>,
+    field: &'static str,
+) -> Result<Option<i64>, ApiError> {
+    params
+        .get(field)
+        .map(|v| {
+            v.parse::<i64>()
+                .map_err(|_| ApiError::invalid(field, "must be epoch milliseconds"))
+        })
+        .transpose()
+}

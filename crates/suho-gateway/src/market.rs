@@ -29,15 +29,7 @@ pub async fn candles(
     }
     let tf = Timeframe::parse(params.get("tf").map_or("1m", String::as_str))
         .map_err(|_| ApiError::invalid("tf", "must be one of 1m 5m 15m 30m 1h 4h 1d"))?;
-    let millis = |field: &'static str| -> Result<Option<i64>, ApiError> {
-        params
-            .get(field)
-            .map(|v| {
-                v.parse::<i64>()
-                    .map_err(|_| ApiError::invalid(field, "must be epoch milliseconds"))
-            })
-            .transpose()
-    };
+    let millis = |field: &'static str| crate::input::query_millis(&params, field);
     let limit = match params.get("limit") {
         None => DEFAULT_LIMIT,
         Some(v) => v

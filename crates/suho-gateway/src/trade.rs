@@ -79,6 +79,14 @@ fn queued(command_id: &str) -> (StatusCode, Json<serde_json::Value>) {
     )
 }
 
+/// An optional price field, positive when present.
+fn positive_price(body: &Body, field: &'static str) -> Result<Option<Decimal>, ApiError> {
+    match body.opt_decimal(field)? {
+        Some(p) if p <= Decimal::ZERO => Err(ApiError::invalid(field, "must be a positive price")),
+        other => Ok(other),
+    }
+}
+
 /// The `trade_id` of a close or modify body.
 fn trade_id(body: &Body) -> Result<String, ApiError> {
     let id = body.string("trade_id")?.trim();
@@ -107,16 +115,8 @@ pub async fn modify(
 ) -> Result<impl IntoResponse, ApiError> {
     let body = Body::parse(&body)?;
     let trade_id = trade_id(&body)?;
-    let positive = |field: &'static str| -> Result<Option<Decimal>, ApiError> {
-        match body.opt_decimal(field)? {
-            Some(p) if p <= Decimal::ZERO => {
-                Err(ApiError::invalid(field, "must be a positive price"))
-            }
-            other => Ok(other),
-        }
-    };
-    let stop_loss = positive("stop_loss")?;
-    let take_profit = positive("take_profit")?;
+    let stop_loss = positive_price(&body, "stop_loss")?;
+    let take_profit = positive_price(&body, "take_profit")?;
     if stop_loss.is_none() && take_profit.is_none() {
         return Err(ApiError::invalid(
             "stop_loss",
@@ -160,16 +160,8 @@ fn parse_order(body: &Body, state: &AppState) -> Result<Order, ApiError> {
             format!("must be a multiple of the lot step {LOT_STEP}"),
         ));
     }
-    let positive = |field: &'static str| -> Result<Option<Decimal>, ApiError> {
-        match body.opt_decimal(field)? {
-            Some(p) if p <= Decimal::ZERO => {
-                Err(ApiError::invalid(field, "must be a positive price"))
-            }
-            other => Ok(other),
-        }
-    };
-    let stop_loss = positive("stop_loss")?;
-    let take_profit = positive("take_profit")?;
+    let stop_loss = positive_price(body, "stop_loss")?;
+    let take_profit = positive_price(body, "take_profit")?;
     if let (Some(sl), Some(tp)) = (stop_loss, take_profit) {
         let wrong = match side {
             Side::Buy => sl >= tp,

@@ -118,15 +118,7 @@ pub async fn trades(
     axum::extract::Query(params): axum::extract::Query<std::collections::HashMap<String, String>>,
 ) -> Result<impl IntoResponse, ApiError> {
     let user_id = own(&claims, &user_id)?;
-    let millis = |field: &'static str| -> Result<Option<i64>, ApiError> {
-        params
-            .get(field)
-            .map(|v| {
-                v.parse::<i64>()
-                    .map_err(|_| ApiError::invalid(field, "must be epoch milliseconds"))
-            })
-            .transpose()
-    };
+    let millis = |field: &'static str| crate::input::query_millis(&params, field);
     let to = millis("to")?.unwrap_or_else(|| now_ms() + 1);
     let from = millis("from")?.unwrap_or(to - 86_400_000);
     if from >= to {

@@ -493,50 +493,36 @@ impl Engine {
         &self,
         event: &E,
     ) -> Result<Attempt, EngineError> {
-        match self.out().send(event).await {
-            Ok(delivery) => {
-                tracing::info!(
-                    user_id = %event.user_id(),
-                    event_type = event.event_type_str(),
-                    event_id = event.event_id(),
-                    partition = delivery.partition,
-                    offset = delivery.offset,
-                    "command answered"
-                );
-                Ok(Attempt::Done)
-            }
-            Err(e) if e.is_retryable() => Ok(Attempt::Retry(format!(
-                "publishing {}: {e}",
-                event.event_type_str()
-            ))),
-            Err(e) => Err(e.into()),
-        }
+        let sent = self.out().send(event).await;
+        delivered(sent, event.event_type_str(), |d| {
+            tracing::info!(
+                user_id = %event.user_id(),
+                event_type = event.event_type_str(),
+                event_id = event.event_id(),
+                partition = d.partition,
+                offset = d.offset,
+                "command answered"
+            );
+        })
     }
 
     /// Publishes an outcome on `user.trades` and logs it once acknowledged.
     async fn publish(&self, event: &TradeEvent) -> Result<Attempt, EngineError> {
-        match self.out().send(event).await {
-            Ok(delivery) => {
-                tracing::info!(
-                    user_id = %event.user_id,
-                    command_id = event.command_id.as_deref().unwrap_or_default(),
-                    outcome = event.event_type_str(),
-                    trade_id = event.trade_id.as_deref().unwrap_or_default(),
-                    symbol = event.symbol.as_ref().map(ToString::to_string).unwrap_or_default(),
-                    price = event.execution_price.map(|p| p.to_string()).unwrap_or_default(),
-                    reason = event.reason.as_deref().unwrap_or_default(),
-                    partition = delivery.partition,
-                    offset = delivery.offset,
-                    "command answered"
-                );
-                Ok(Attempt::Done)
-            }
-            Err(e) if e.is_retryable() => Ok(Attempt::Retry(format!(
-                "publishing {}: {e}",
-                event.event_type_str()
-            ))),
-            Err(e) => Err(e.into()),
-        }
+        let sent = self.out().send(event).await;
+        delivered(sent, event.event_type_str(), |d| {
+            tracing::info!(
+                user_id = %event.user_id,
+                command_id = event.command_id.as_deref().unwrap_or_default(),
+                outcome = event.event_type_str(),
+                trade_id = event.trade_id.as_deref().unwrap_or_default(),
+                symbol = event.symbol.as_ref().map(ToString::to_string).unwrap_or_default(),
+                price = event.execution_price.map(|p| p.to_string()).unwrap_or_default(),
+                reason = event.reason.as_deref().unwrap_or_default(),
+                partition = d.partition,
+                offset = d.offset,
+                "command answered"
+            );
+        })
     }
 
     /// Sends the record, byte for byte and with its own headers, to `user.commands.dlq`
@@ -602,6 +588,23 @@ impl Engine {
             Err(e) if e.is_retryable() => Ok(Attempt::Retry(format!("dead-lettering: {e}"))),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+/// What a send means for the attempt: done (logged by `log`), retry a retryable failure, or
+/// a fatal error.
+fn delivered(
+    sent: Result<suho_messaging::kafka::Delivery, suho_messaging::MessagingError>,
+    what: &str,
+    log: impl FnOnce(suho_messaging::kafka::Delivery),
+) -> Result<Attempt, EngineError> {
+    match sent {
+        Ok(d) => {
+            log(d);
+            Ok(Attempt::Done)
+        }
+        Err(e) if e.is_retryable() => Ok(Attempt::Retry(format!("publishing {what}: {e}"))),
+        Err(e) => Err(e.into()),
     }
 }
 
