@@ -72,7 +72,7 @@ pub async fn open(
 }
 
 /// `202 {status: "queued", command_id}`.
-fn queued(command_id: &str) -> (StatusCode, Json<serde_json::Value>) {
+pub(crate) fn queued(command_id: &str) -> (StatusCode, Json<serde_json::Value>) {
     (
         StatusCode::ACCEPTED,
         Json(serde_json::json!({ "status": "queued", "command_id": command_id })),

@@ -161,10 +161,7 @@ async fn money(
     let command = suho_domain::TradeCommand::money(user_id, amount, withdrawal, now_ms());
     state.producer.send(&command).await?;
     tracing::info!(user_id = %command.user_id, command_id = %command.event_id, kind = %command.event_type, "money command queued");
-    Ok((
-        axum::http::StatusCode::ACCEPTED,
-        Json(serde_json::json!({ "status": "queued", "command_id": command.event_id })),
-    ))
+    Ok(crate::trade::queued(&command.event_id))
 }
 
 pub async fn deposit(

@@ -10,7 +10,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use suho_broker::{AccountEvent, AccountKey, BrokerAdapter, PaperBroker};
-use suho_domain::{subject, Tick, TradeEvent, Transaction, UserId, UserTopic};
+use suho_domain::{subject, Tick, TradeEvent, Transaction, UserTopic};
 use suho_messaging::{now_ms, MarketBus, UserEventProducer};
 use tokio_util::sync::CancellationToken;
 
@@ -227,14 +227,5 @@ async fn publish_retrying<E: suho_domain::UserEvent + serde::Serialize>(
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
-    }
-}
-
-/// The paper account key of a user (commands name no MT5 account yet).
-#[must_use]
-pub fn user_key(user_id: &UserId) -> AccountKey {
-    AccountKey {
-        user_id: user_id.clone(),
-        mt5_account: None,
     }
 }

@@ -1,15 +1,12 @@
 //! The engine's decisions, with no I/O: what a `user.commands` record asks for, and what a
-//! price reply means for an `OPEN_TRADE`.
+//! price reply means for the broker (the tick it fills from). Fills, ids and events are the
+//! broker's (`suho_broker`).
 //!
 //! Everything here is a pure function of its inputs (plus the `now_ms` it is given), so the
 //! rules can be tested without a broker and a redelivered record is always decided the same
 //! way. Ids of outcome events are derived from the command's `event_id` for the same reason.
 
-use rust_decimal::Decimal;
-use suho_domain::{
-    CommandType, Order, PriceErrorKind, PriceReply, Side, TradeCommand, TradeEvent, TradeEventType,
-    SCHEMA_VERSION,
-};
+use suho_domain::{CommandType, Order, PriceErrorKind, PriceReply, TradeCommand, SCHEMA_VERSION};
 
 /// The reason given when a record's key is not the command's `user_id`.
 pub const KEY_MISMATCH: &str = "record key does not match user_id";
@@ -140,81 +137,11 @@ pub fn plan(key: Option<&[u8]>, payload: Option<&[u8]>) -> Plan {
     }
 }
 
-/// What a price reply means for an `OPEN_TRADE`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Pricing {
-    /// Fill at this price.
-    Fill(Decimal),
-    /// The order can never be priced here: reject with this reason.
-    Reject(String),
-    /// No usable price right now: try again later (the reason is logged).
-    Retry(String),
-}
-
-/// Prices `order` from `reply`: a BUY fills at the ask, a SELL at the bid. `unknown_symbol`
-/// is final; `no_quote`, `stale`, or a quote for another symbol are transient.
-#[must_use]
-pub fn price(order: &Order, reply: PriceReply) -> Pricing {
-    match reply {
-        PriceReply::Quote(q) if q.symbol != order.symbol => Pricing::Retry(format!(
-            "price service answered for {} when asked for {}",
-            q.symbol, order.symbol
-        )),
-        PriceReply::Quote(q) => {
-            let fill = match order.side {
-                Side::Buy => q.ask,
-                Side::Sell => q.bid,
-            };
-            if fill > Decimal::ZERO {
-                Pricing::Fill(fill)
-            } else {
-                Pricing::Retry(format!("{} quote has a non-positive price", order.symbol))
-            }
-        }
-        PriceReply::Error(e) => match e.error {
-            PriceErrorKind::UnknownSymbol => Pricing::Reject(format!(
-                "symbol {} is not quoted{}",
-                order.symbol,
-                e.message.map(|m| format!(": {m}")).unwrap_or_default()
-            )),
-            PriceErrorKind::NoQuote => Pricing::Retry(format!("no quote for {} yet", order.symbol)),
-            PriceErrorKind::Stale => Pricing::Retry(format!(
-                "quote for {} is stale ({} ms old)",
-                order.symbol,
-                e.age_ms.unwrap_or_default()
-            )),
-        },
-    }
-}
-
-/// The position id an `OPEN_TRADE` creates: `trd_` + the command's `event_id` without its
-/// `cmd_` prefix, so a redelivered command names the same position.
-#[must_use]
-pub fn trade_id(command: &TradeCommand) -> String {
-    let id = command.event_id.as_str();
-    format!("trd_{}", id.strip_prefix("cmd_").unwrap_or(id))
-}
-
-/// The `TRADE_EXECUTED` event for `command` filled at `price` (event id `exec_` + command id).
-#[must_use]
-pub fn executed(command: &TradeCommand, price: Decimal, now_ms: i64) -> TradeEvent {
-    TradeEvent {
-        trade_id: Some(trade_id(command)),
-        execution_price: Some(price),
-        open_price: Some(price),
-        ..TradeEvent::for_command(
-            command,
-            TradeEventType::TradeExecuted,
-            format!("exec_{}", command.event_id),
-            now_ms,
-        )
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use suho_domain::{PriceError, PriceQuote, Symbol, TradeStatus, UserId};
+    use rust_decimal::Decimal;
+    use suho_domain::{PriceError, PriceQuote, Side, Symbol, UserId};
 
     fn eur() -> Symbol {
         Symbol::parse("EURUSD").expect("symbol")
@@ -335,57 +262,34 @@ mod tests {
     }
 
     #[test]
-    fn buy_fills_at_ask_sell_at_bid() {
-        assert_eq!(
-            price(&order(Side::Buy), quote(eur())),
-            Pricing::Fill(Decimal::new(108_510, 5))
-        );
-        assert_eq!(
-            price(&order(Side::Sell), quote(eur())),
-            Pricing::Fill(Decimal::new(108_500, 5))
-        );
+    fn a_quote_becomes_the_tick_the_broker_fills_from() {
+        match quote_tick(eur(), quote(eur())) {
+            Priced::Tick(t) => {
+                assert_eq!(t.symbol, eur());
+                assert_eq!(t.bid, Decimal::new(108_500, 5));
+                assert_eq!(t.ask, Decimal::new(108_510, 5));
+                assert_eq!(t.timestamp, 1);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
     fn price_errors_are_final_or_transient() {
-        let o = order(Side::Buy);
+        let s = eur();
         assert!(matches!(
-            price(&o, PriceReply::Error(PriceError::unknown_symbol("not here"))),
-            Pricing::Reject(r) if r.contains("EURUSD") && r.contains("not here")
+            quote_tick(s, PriceReply::Error(PriceError::unknown_symbol("not here"))),
+            Priced::Reject(r) if r.contains("EURUSD") && r.contains("not here")
         ));
         assert!(matches!(
-            price(&o, PriceReply::Error(PriceError::no_quote())),
-            Pricing::Retry(_)
+            quote_tick(s, PriceReply::Error(PriceError::no_quote())),
+            Priced::Retry(_)
         ));
         assert!(matches!(
-            price(&o, PriceReply::Error(PriceError::stale(9000))),
-            Pricing::Retry(r) if r.contains("9000")
+            quote_tick(s, PriceReply::Error(PriceError::stale(9000))),
+            Priced::Retry(r) if r.contains("9000")
         ));
         let gbp = Symbol::parse("GBPUSD").expect("symbol");
-        assert!(matches!(price(&o, quote(gbp)), Pricing::Retry(_)));
-    }
-
-    #[test]
-    fn execution_is_derived_from_the_command() {
-        let cmd = open("u1", Side::Buy);
-        let a = executed(&cmd, Decimal::new(108_510, 5), 1_050);
-        let b = executed(&cmd, Decimal::new(108_510, 5), 1_090);
-        assert_eq!(a.event_id, b.event_id);
-        assert_eq!(a.trade_id, b.trade_id);
-        assert_eq!(a.event_id, format!("exec_{}", cmd.event_id));
-        let suffix = cmd.event_id.strip_prefix("cmd_").expect("cmd_ id");
-        assert_eq!(
-            a.trade_id.as_deref(),
-            Some(format!("trd_{suffix}").as_str())
-        );
-        assert_eq!(a.event_type, TradeEventType::TradeExecuted);
-        assert_eq!(a.status, Some(TradeStatus::Success));
-        assert_eq!(a.command_id.as_deref(), Some(cmd.event_id.as_str()));
-        assert_eq!(a.execution_price, Some(Decimal::new(108_510, 5)));
-        assert_eq!(a.open_price, a.execution_price);
-        assert_eq!(a.latency_ms, Some(50));
-        let mut odd = cmd.clone();
-        odd.event_id = "abc".into();
-        assert_eq!(trade_id(&odd), "trd_abc");
+        assert!(matches!(quote_tick(s, quote(gbp)), Priced::Retry(_)));
     }
 }

@@ -115,6 +115,10 @@ fn worked_example_stop_loss_by_hand() {
         ("exec_cmd_w1", Some("trd_w1"))
     );
     assert_eq!(exec.execution_price, Some(d("1.10020")));
+    // An id without the `cmd_` prefix keeps all of it.
+    let mut odd = cmd.clone();
+    odd.event_id = "abc".into();
+    assert_eq!(crate::trade_id(&odd), "trd_abc");
     let out = a.on_tick(&tick("EURUSD", "1.09480", "1.09500", 2), 2);
     assert_eq!(out.closed.len(), 1);
     let closed = &out.closed[0];
