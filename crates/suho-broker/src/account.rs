@@ -71,6 +71,17 @@ impl Default for AccountConfig {
     }
 }
 
+/// A user's own risk limits (from their settings), applied over [`AccountConfig`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserLimits {
+    /// Account leverage.
+    pub leverage: NonZeroU32,
+    /// Largest order, lots.
+    pub max_volume: Decimal,
+    /// Open-position limit.
+    pub max_open_positions: usize,
+}
+
 /// An [`AccountConfig`] (or broker config) that cannot work.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -458,6 +469,15 @@ impl PaperAccount {
     #[must_use]
     pub fn config(&self) -> &AccountConfig {
         &self.config
+    }
+
+    /// Applies the user's own risk limits: leverage (margin is recomputed from it, as MT5
+    /// does on a leverage change), largest order and open-position limit. They restrict
+    /// commands from now on; positions already open stay open.
+    pub fn set_limits(&mut self, limits: &UserLimits) {
+        self.config.leverage = limits.leverage;
+        self.config.max_volume = limits.max_volume;
+        self.config.max_open_positions = limits.max_open_positions;
     }
 
     /// Balance, account currency (always whole cents).

@@ -9,7 +9,7 @@ use suho_domain::{AccountStatus, Tick, TradeCommand, TradeEvent, Transaction, Us
 
 use crate::account::{
     AccountConfig, AccountEvent, Applied, ApplyError, ConfigError, Outcome, PaperAccount,
-    TickOutcome, MAX_BALANCE,
+    TickOutcome, UserLimits, MAX_BALANCE,
 };
 use crate::quotes::Quotes;
 use crate::reject::RejectReason;
@@ -159,6 +159,18 @@ pub struct PaperBrokerConfig {
 struct State {
     quotes: Quotes,
     accounts: HashMap<AccountKey, PaperAccount>,
+    /// Users' own limits, applied to each of their accounts (kept across a reset: they come
+    /// from the users' settings, not from the accounts' events).
+    limits: HashMap<UserId, UserLimits>,
+}
+
+/// What [`PaperBroker::rebuild`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Rebuilt {
+    /// Events applied (including ones already applied, which change nothing).
+    pub applied: usize,
+    /// Events that could not be applied, with why.
+    pub refused: Vec<(String, ApplyError)>,
 }
 
 /// Many [`PaperAccount`]s keyed by [`AccountKey`], each created on first use with the
@@ -191,29 +203,89 @@ impl PaperBroker {
     /// Runs `f` on the account `key`, created if new.
     pub fn with_account<R>(&self, key: &AccountKey, f: impl FnOnce(&mut PaperAccount) -> R) -> R {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let State { quotes, accounts } = &mut *state;
-        let account = accounts.entry(key.clone()).or_insert_with(|| {
+        f(self.account(&mut state, key))
+    }
+
+    fn account<'s>(&self, state: &'s mut State, key: &AccountKey) -> &'s mut PaperAccount {
+        let State {
+            quotes,
+            accounts,
+            limits,
+        } = state;
+        accounts.entry(key.clone()).or_insert_with(|| {
             let mut a = PaperAccount::with_valid_config(
                 key.user_id.clone(),
                 key.mt5_account.clone(),
                 self.config.account.clone(),
                 self.config.initial_balance,
             );
+            if let Some(l) = limits.get(&key.user_id) {
+                a.set_limits(l);
+            }
             quotes.iter().for_each(|t| {
                 a.update_quote(t);
             });
             a
-        });
-        f(account)
+        })
     }
 
-    /// Forgets every account (the quotes stay): the caller rebuilds them from their events.
-    pub fn reset(&self) {
-        self.state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .accounts
-            .clear();
+    /// Sets `user`'s own limits on every account of theirs, now and when one is created.
+    pub fn set_limits(&self, user: &UserId, limits: UserLimits) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        for (key, account) in &mut state.accounts {
+            if &key.user_id == user {
+                account.set_limits(&limits);
+            }
+        }
+        state.limits.insert(user.clone(), limits);
+    }
+
+    /// Replaces every account by the accounts `events` build, in one step: no other call
+    /// sees a half-rebuilt broker.
+    pub fn rebuild<'e>(
+        &self,
+        events: impl IntoIterator<Item = &'e (AccountKey, AccountEvent)>,
+    ) -> Rebuilt {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.accounts.clear();
+        let mut done = Rebuilt::default();
+        for (key, event) in events {
+            match self.account(&mut state, key).apply(event) {
+                Ok(_) => done.applied += 1,
+                Err(e) => done.refused.push((event.event_id().to_owned(), e)),
+            }
+        }
+        done
+    }
+
+    /// A market tick seen by every account (for its conversion rates), acted on (stop
+    /// loss, take profit, margin call, stop-out) only for the accounts `acts_on` accepts;
+    /// outcomes in account-key order.
+    pub fn on_tick_where(
+        &self,
+        tick: &Tick,
+        now_ms: i64,
+        acts_on: impl Fn(&AccountKey) -> bool,
+    ) -> TickOutcome {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.quotes.update(tick);
+        let mut keys: Vec<AccountKey> = state.accounts.keys().cloned().collect();
+        keys.sort();
+        let mut all = TickOutcome::default();
+        for key in keys {
+            let acts = acts_on(&key);
+            if let Some(account) = state.accounts.get_mut(&key) {
+                if !acts {
+                    account.update_quote(tick);
+                    continue;
+                }
+                let mut out = account.on_tick(tick, now_ms);
+                all.closed.append(&mut out.closed);
+                all.alerts.append(&mut out.alerts);
+                all.errors.append(&mut out.errors);
+            }
+        }
+        all
     }
 
     /// Every account's key, sorted.
@@ -311,20 +383,7 @@ impl BrokerAdapter for PaperBroker {
         tick: &Tick,
         now_ms: i64,
     ) -> impl Future<Output = BrokerResult<TickOutcome>> + Send {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.quotes.update(tick);
-        let mut keys: Vec<AccountKey> = state.accounts.keys().cloned().collect();
-        keys.sort();
-        let mut all = TickOutcome::default();
-        for key in keys {
-            if let Some(account) = state.accounts.get_mut(&key) {
-                let mut out = account.on_tick(tick, now_ms);
-                all.closed.append(&mut out.closed);
-                all.alerts.append(&mut out.alerts);
-                all.errors.append(&mut out.errors);
-            }
-        }
-        ready(Ok(all))
+        ready(Ok(self.on_tick_where(tick, now_ms, |_| true)))
     }
 }
 
@@ -479,5 +538,64 @@ mod tests {
             PaperBroker::new(config).err(),
             Some(ConfigError::InitialBalance(d("-1")))
         );
+    }
+
+    #[test]
+    fn user_limits_apply_to_existing_and_new_accounts_and_survive_a_rebuild() {
+        let b = PaperBroker::new(PaperBrokerConfig {
+            initial_balance: d("10000"),
+            ..PaperBrokerConfig::default()
+        })
+        .expect("config");
+        let (k1, k2) = (key("u1", "a"), key("u1", "b"));
+        let t = tick("EURUSD", "1.1", "1.1002", 1);
+        now(b.open(&buy(&k1, "x", "EURUSD", "0.5", None), &t, 1)).expect("open");
+        b.set_limits(
+            &UserId::new("u1"),
+            UserLimits {
+                leverage: std::num::NonZeroU32::new(50).expect("nonzero"),
+                max_volume: d("0.2"),
+                max_open_positions: 1,
+            },
+        );
+        // Margin follows the new leverage: 0.5 × 100,000 EUR at the mid 1.1001, / 50.
+        assert_eq!(now(b.status(&k1, 2)).expect("status").margin, d("1100.10"));
+        let too_big = now(b.open(&buy(&k2, "y", "EURUSD", "0.3", None), &t, 2));
+        assert!(matches!(
+            too_big,
+            Err(BrokerError::Rejected(RejectReason::VolumeAboveMax { .. }))
+        ));
+        let full = now(b.open(&buy(&k1, "z", "EURUSD", "0.1", None), &t, 2));
+        assert!(matches!(
+            full,
+            Err(BrokerError::Rejected(RejectReason::TooManyPositions { .. }))
+        ));
+        // A rebuild replaces the accounts in one step and keeps the limits.
+        let opened = now(b.open(&buy(&k2, "w", "EURUSD", "0.2", None), &t, 3)).expect("open");
+        let events = [(k2.clone(), AccountEvent::from(opened.event))];
+        let done = b.rebuild(&events);
+        assert_eq!((done.applied, done.refused.len()), (1, 0));
+        assert_eq!(b.account_keys(), std::slice::from_ref(&k2));
+        assert_eq!(b.with_account(&k2, |a| a.config().max_open_positions), 1);
+    }
+
+    #[test]
+    fn ticks_act_only_on_the_accounts_asked_for() {
+        let b = PaperBroker::new(PaperBrokerConfig {
+            initial_balance: d("10000"),
+            ..PaperBrokerConfig::default()
+        })
+        .expect("config");
+        let (k1, k2) = (key("u1", "a"), key("u2", "a"));
+        let t = tick("EURUSD", "1.1", "1.1002", 1);
+        for k in [&k1, &k2] {
+            now(b.open(&buy(k, "x", "EURUSD", "1", Some("1.09")), &t, 1)).expect("open");
+        }
+        let low = tick("EURUSD", "1.0899", "1.0901", 2);
+        let out = b.on_tick_where(&low, 2, |k| k.user_id.as_str() == "u2");
+        let who: Vec<_> = out.closed.iter().map(|e| e.user_id.as_str()).collect();
+        assert_eq!(who, ["u2"]);
+        // u1's account saw the quote but did not act on it.
+        assert_eq!(now(b.status(&k1, 3)).expect("status").open_positions, 1);
     }
 }

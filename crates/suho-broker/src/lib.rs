@@ -25,10 +25,10 @@ pub mod reject;
 
 pub use account::{
     trade_id, AccountConfig, AccountEvent, AccountMetrics, Applied, ApplyError, ConfigError,
-    Outcome, PaperAccount, Position, TickOutcome, MAX_BALANCE,
+    Outcome, PaperAccount, Position, TickOutcome, UserLimits, MAX_BALANCE,
 };
 pub use broker::{
-    AccountKey, BrokerAdapter, BrokerError, BrokerResult, PaperBroker, PaperBrokerConfig,
+    AccountKey, BrokerAdapter, BrokerError, BrokerResult, PaperBroker, PaperBrokerConfig, Rebuilt,
 };
 pub use quotes::{round_money, Quotes, ValuationError, CONTRACT_SIZE};
 pub use reject::RejectReason;

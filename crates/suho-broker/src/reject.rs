@@ -128,6 +128,9 @@ pub enum RejectReason {
         /// Account currency.
         currency: String,
     },
+    /// The user sent more commands in one second than the platform executes for one user.
+    #[error("rate limit: more than {0} commands in one second")]
+    RateLimited(u32),
     /// The account could not record its own event (a bug; the state is unchanged).
     #[error("internal error: {0}")]
     Inconsistent(#[from] ApplyError),

@@ -58,6 +58,8 @@ pub struct Config {
     pub polygon: PolygonConfig,
     /// The trading engine.
     pub trading: TradingConfig,
+    /// The auto-trading agent (strategy signals to commands for opted-in users).
+    pub agent: AgentConfig,
     /// Logs, metrics, heartbeats.
     pub telemetry: TelemetryConfig,
 }
@@ -315,12 +317,35 @@ pub struct TradingConfig {
     /// as a demo account opens funded; deposits add to it. Not an event: every engine must
     /// use the same value, or rebuilt balances differ.
     pub paper_opening_balance: u64,
-    /// Leverage of the paper accounts.
+    /// Leverage of the paper accounts of users who have not set their own
+    /// (`risk.leverage` in their settings).
     pub paper_leverage: u32,
+    /// Most commands one user may have executed in any one second; more are rejected
+    /// (`TRADE_REJECTED`, reason `rate limit`). Counted by the records' Kafka timestamps.
+    pub max_commands_per_second: u32,
     /// This engine's name among the engines of one cluster: part of its Kafka
     /// `transactional.id`, so a restarted engine fences out its crashed predecessor. Give
-    /// each concurrently running engine its own.
+    /// each concurrently running engine its own. A number is taken as its digits
+    /// (`SUHO__TRADING__INSTANCE_ID=2`).
+    #[serde(deserialize_with = "string_or_number")]
     pub instance_id: String,
+}
+
+/// A string, or a number taken as its decimal digits (environment overrides such as
+/// `SUHO__TRADING__INSTANCE_ID=2` arrive as numbers).
+fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Text(String),
+        Whole(u64),
+        Signed(i64),
+    }
+    Ok(match Raw::deserialize(d)? {
+        Raw::Text(s) => s,
+        Raw::Whole(n) => n.to_string(),
+        Raw::Signed(n) => n.to_string(),
+    })
 }
 
 impl Default for TradingConfig {
@@ -331,7 +356,39 @@ impl Default for TradingConfig {
             retry_max_ms: 5000,
             paper_opening_balance: 10_000,
             paper_leverage: 100,
+            max_commands_per_second: 50,
             instance_id: "1".into(),
+        }
+    }
+}
+
+/// Auto-trading agent settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct AgentConfig {
+    /// Run the auto-trading agent inside `suho up`.
+    pub enabled: bool,
+    /// First retry delay of a command Kafka did not take, milliseconds.
+    pub retry_initial_ms: u64,
+    /// Retry delay ceiling, milliseconds.
+    pub retry_max_ms: u64,
+    /// A command still not acknowledged this long after its signal arrived is given up (logged
+    /// as an error and counted): a signal is a decision about the market of that moment, and
+    /// trading it much later would be a different trade. Milliseconds.
+    pub command_deadline_ms: u64,
+    /// How many recent (user, signal) pairs the agent remembers having sent, so a signal
+    /// delivered twice is sent once.
+    pub recent_capacity: usize,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            retry_initial_ms: 100,
+            retry_max_ms: 5000,
+            command_deadline_ms: 60_000,
+            recent_capacity: 100_000,
         }
     }
 }
@@ -466,6 +523,28 @@ impl Config {
                 "trading.retry_max_ms",
                 "must be at least trading.retry_initial_ms, which must be positive",
             ));
+        }
+        if self.trading.max_commands_per_second == 0 {
+            return Err(invalid(
+                "trading.max_commands_per_second",
+                "must be positive",
+            ));
+        }
+        if self.agent.retry_initial_ms == 0 || self.agent.retry_max_ms < self.agent.retry_initial_ms
+        {
+            return Err(invalid(
+                "agent.retry_max_ms",
+                "must be at least agent.retry_initial_ms, which must be positive",
+            ));
+        }
+        if self.agent.command_deadline_ms < self.agent.retry_initial_ms {
+            return Err(invalid(
+                "agent.command_deadline_ms",
+                "must be at least agent.retry_initial_ms",
+            ));
+        }
+        if self.agent.recent_capacity == 0 {
+            return Err(invalid("agent.recent_capacity", "must be at least 1"));
         }
         if !matches!(self.telemetry.log_format.as_str(), "pretty" | "json") {
             return Err(invalid(
@@ -634,6 +713,31 @@ mod tests {
     }
 
     #[test]
+    fn agent_settings_have_defaults_and_name_the_field() {
+        let c = load("", &[]).unwrap();
+        assert!(c.agent.enabled);
+        assert_eq!(c.agent.command_deadline_ms, 60_000);
+        let c = load(
+            "[agent]\nenabled = false\n",
+            &[("SUHO__AGENT__RECENT_CAPACITY", "10")],
+        )
+        .unwrap();
+        assert!(!c.agent.enabled);
+        assert_eq!(c.agent.recent_capacity, 10);
+        let err = load("[agent]\nretry_initial_ms = 0\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("agent.retry_max_ms"), "{err}");
+        let err = load("[agent]\nretry_initial_ms = 500\nretry_max_ms = 100\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("agent.retry_max_ms"), "{err}");
+        let err = load("[agent]\ncommand_deadline_ms = 10\n", &[]).unwrap_err();
+        assert!(
+            err.to_string().contains("agent.command_deadline_ms"),
+            "{err}"
+        );
+        let err = load("[agent]\nrecent_capacity = 0\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("agent.recent_capacity"), "{err}");
+    }
+
+    #[test]
     fn the_polygon_feed_needs_a_key_from_the_file_or_the_environment() {
         let err = load("[market]\nfeed = \"polygon\"\n", &[]).unwrap_err();
         assert!(err.to_string().contains("polygon.api_key"), "{err}");
@@ -678,5 +782,18 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("polygon.backoff_max_ms"), "{err}");
+    }
+
+    #[test]
+    fn a_numeric_instance_id_is_taken_as_its_digits() {
+        let c = load("", &[("SUHO__TRADING__INSTANCE_ID", "2")]).unwrap();
+        assert_eq!(c.trading.instance_id, "2");
+        let c = load("[trading]\ninstance_id = \"eu-1\"\n", &[]).unwrap();
+        assert_eq!(c.trading.instance_id, "eu-1");
+        let c = load("", &[("SUHO__TRADING__MAX_COMMANDS_PER_SECOND", "0")]);
+        assert!(c
+            .unwrap_err()
+            .to_string()
+            .contains("trading.max_commands_per_second"));
     }
 }

@@ -18,6 +18,47 @@ use suho_telemetry::names;
 
 use crate::MessagingError;
 
+/// The producers' partitioner: Kafka's own (murmur2 of the key, as the Java client and most
+/// others do), so [`partition_of`] predicts where a user's records land.
+const PARTITIONER: &str = "murmur2_random";
+
+/// The partition of `topic`'s `partitions` a record keyed `key` goes to, as Kafka's default
+/// partitioner computes it: `murmur2(key) & 0x7fffffff % partitions`.
+#[must_use]
+pub fn partition_of(key: &[u8], partitions: i32) -> i32 {
+    #[allow(clippy::cast_possible_wrap)]
+    let hash = (murmur2(key) & 0x7fff_ffff) as i32;
+    hash % partitions.max(1)
+}
+
+/// Kafka's murmur2 (`org.apache.kafka.common.utils.Utils.murmur2`), bit for bit.
+fn murmur2(data: &[u8]) -> u32 {
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    #[allow(clippy::cast_possible_truncation)]
+    let mut h: u32 = 0x9747_b28c ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        for (i, b) in rest.iter().enumerate().rev() {
+            h ^= u32::from(*b) << (8 * i);
+        }
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
+}
+
 /// The settings every suho Kafka client shares.
 pub fn base_config(config: &suho_config::KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -55,6 +96,7 @@ impl UserEventProducer {
             .set("enable.idempotence", "true")
             .set("linger.ms", "1")
             .set("message.timeout.ms", "30000")
+            .set("partitioner", PARTITIONER)
             .create()?;
         Ok(Self {
             producer,
@@ -78,6 +120,7 @@ impl UserEventProducer {
             .set("enable.idempotence", "true")
             .set("linger.ms", "1")
             .set("message.timeout.ms", "10000")
+            .set("partitioner", PARTITIONER)
             .set("transactional.id", transactional_id)
             .set("transaction.timeout.ms", "10000")
             .create()?;
@@ -185,10 +228,84 @@ impl UserEventProducer {
 }
 
 /// A consumer's context: turns librdkafka's periodic statistics into the
-/// `kafka_consumer_lag{topic,partition,consumer_group}` gauge.
+/// `kafka_consumer_lag{topic,partition,consumer_group}` gauge, and keeps track of the
+/// partitions the group gave this consumer.
 pub struct LagContext {
     group: String,
     prefix: String,
+    assignment: Assignment,
+}
+
+/// The partitions a consumer owns right now, shared: revoked partitions leave it before the
+/// group hands them to another member, assigned ones join it once the group did.
+#[derive(Debug, Clone, Default)]
+pub struct Assignment {
+    inner: std::sync::Arc<AssignmentInner>,
+}
+
+#[derive(Debug, Default)]
+struct AssignmentInner {
+    owned: std::sync::Mutex<std::collections::BTreeSet<(String, i32)>>,
+    changes: std::sync::atomic::AtomicU64,
+    changed: tokio::sync::Notify,
+}
+
+impl Assignment {
+    /// The owned partitions of `topic` (its full name).
+    #[must_use]
+    pub fn partitions(&self, topic: &str) -> std::collections::BTreeSet<i32> {
+        self.inner
+            .owned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|(t, _)| t == topic)
+            .map(|(_, p)| *p)
+            .collect()
+    }
+
+    /// Whether partition `partition` of `topic` is owned.
+    #[must_use]
+    pub fn owns(&self, topic: &str, partition: i32) -> bool {
+        self.inner
+            .owned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(&(topic.to_owned(), partition))
+    }
+
+    /// How many times the assignment has changed so far.
+    #[must_use]
+    pub fn changes(&self) -> u64 {
+        self.inner.changes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Resolves at the next change (or at once if one happened since the last wait).
+    pub async fn changed(&self) {
+        self.inner.changed.notified().await;
+    }
+
+    fn update(&self, tpl: &rdkafka::TopicPartitionList, add: bool) {
+        {
+            let mut owned = self
+                .inner
+                .owned
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for e in tpl.elements() {
+                let key = (e.topic().to_owned(), e.partition());
+                if add {
+                    owned.insert(key);
+                } else {
+                    owned.remove(&key);
+                }
+            }
+        }
+        self.inner
+            .changes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.changed.notify_one();
+    }
 }
 
 impl ClientContext for LagContext {
@@ -213,7 +330,45 @@ impl ClientContext for LagContext {
     }
 }
 
-impl ConsumerContext for LagContext {}
+impl LagContext {
+    /// The partitions this consumer owns.
+    #[must_use]
+    pub fn assignment(&self) -> &Assignment {
+        &self.assignment
+    }
+}
+
+impl ConsumerContext for LagContext {
+    // Revoked partitions leave the assignment before the group can give them to another
+    // member; assigned ones join it after the assignment took effect.
+    fn pre_rebalance(
+        &self,
+        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        if let rdkafka::consumer::Rebalance::Revoke(tpl) = rebalance {
+            tracing::info!(group = %self.group, partitions = tpl.count(), "partitions revoked");
+            self.assignment.update(tpl, false);
+        }
+    }
+
+    fn post_rebalance(
+        &self,
+        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        match rebalance {
+            rdkafka::consumer::Rebalance::Assign(tpl) => {
+                tracing::info!(group = %self.group, partitions = tpl.count(), "partitions assigned");
+                self.assignment.update(tpl, true);
+            }
+            rdkafka::consumer::Rebalance::Revoke(_) => {}
+            rdkafka::consumer::Rebalance::Error(e) => {
+                tracing::warn!(group = %self.group, error = %e, "rebalance failed");
+            }
+        }
+    }
+}
 
 /// A consumer of user topics that commits by hand.
 pub type UserConsumer = StreamConsumer<LagContext>;
@@ -247,6 +402,7 @@ pub fn consumer(
         .create_with_context(LagContext {
             group: group.to_string(),
             prefix: config.topic_prefix.clone(),
+            assignment: Assignment::default(),
         })?;
     let names: Vec<String> = topics
         .iter()
@@ -300,5 +456,33 @@ async fn blocking(
             tracing::error!(error = %e, "a Kafka transaction call did not complete");
             Err(MessagingError::Kafka(rdkafka::error::KafkaError::Canceled))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn murmur2_matches_kafka() {
+        // Kafka's own vectors (UtilsTest.testMurmur2).
+        #[allow(clippy::cast_sign_loss)]
+        let cases: [(&[u8], i32); 6] = [
+            (b"21", -973_932_308),
+            (b"foobar", -790_332_482),
+            (b"a-little-bit-long-string", -985_981_536),
+            (b"a-little-bit-longer-string", -1_486_304_829),
+            (
+                b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58_897_971,
+            ),
+            (b"abc", 479_470_107),
+        ];
+        for (key, want) in cases {
+            #[allow(clippy::cast_sign_loss)]
+            let want = want as u32;
+            assert_eq!(murmur2(key), want, "{}", String::from_utf8_lossy(key));
+        }
+        assert_eq!(partition_of(b"21", 6), (-973_932_308_i32 & 0x7fff_ffff) % 6);
     }
 }

@@ -126,3 +126,24 @@ async fn apply_is_idempotent_and_reports_then_fixes_drift() {
         .drift
         .is_empty());
 }
+
+#[tokio::test]
+async fn records_land_where_partition_of_says() {
+    // The engines decide which accounts they act on from `partition_of`; it must agree with
+    // the producers' partitioner on a real broker.
+    let env = TestEnv::new().await;
+    let producer = suho_messaging::UserEventProducer::new(&env.config.kafka).expect("producer");
+    let partitions = UserTopic::Commands.partitions();
+    for i in 0..40 {
+        let key = format!("user-{i}-{}", i * 7919 + 13);
+        let d = producer
+            .send_raw(UserTopic::Commands, &key, b"{}", None)
+            .await
+            .expect("sent");
+        assert_eq!(
+            d.partition,
+            suho_messaging::kafka::partition_of(key.as_bytes(), partitions),
+            "{key}"
+        );
+    }
+}

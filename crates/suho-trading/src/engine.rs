@@ -12,9 +12,17 @@
 //! Records are handled strictly in order, one after another, across all assigned partitions.
 //! This keeps a user's commands ordered; it also means one stuck record holds back every
 //! partition this instance owns (later work can split per-partition queues).
+//!
+//! Several engines share the partitions. Whenever the group moves partitions, the engine
+//! rebuilds its accounts from the log before it handles another record: the previous owner
+//! committed (or aborted) its last transaction before it let the partition go, so the
+//! rebuild sees every outcome of that partition's commands. Between commands an engine acts
+//! only on the accounts of the users whose partitions it owns ([`paper::Ownership`]).
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,8 +34,10 @@ use rust_decimal::Decimal;
 use suho_broker::{
     AccountConfig, AccountKey, BrokerAdapter, BrokerError, PaperBroker, PaperBrokerConfig,
 };
-use suho_domain::{CommandType, PriceReply, TradeCommand, TradeEvent, UserEvent, UserTopic};
-use suho_messaging::kafka::{self, UserConsumer};
+use suho_domain::{
+    CommandType, PriceReply, TradeCommand, TradeEvent, UserEvent, UserId, UserTopic,
+};
+use suho_messaging::kafka::{self, Assignment, UserConsumer};
 use suho_messaging::{now_ms, MarketBus, UserEventProducer};
 use tokio_util::sync::CancellationToken;
 
@@ -51,6 +61,52 @@ pub struct Engine {
     transactional_id: String,
     /// The broker changed an account in the open transaction: an abort must rebuild.
     dirty: std::sync::atomic::AtomicBool,
+    /// The partitions this engine owns (kept by the consumer's rebalance callbacks).
+    assignment: Assignment,
+    /// The assignment change the accounts were last rebuilt for.
+    rebuilt_for: AtomicU64,
+    /// The per-user command rate limit.
+    rate: RateLimit,
+}
+
+/// At most `limit` executed commands per user in any second, by the records' timestamps
+/// (stable across redeliveries, unlike the clock at handling time).
+#[derive(Debug)]
+struct RateLimit {
+    limit: u32,
+    recent: Mutex<HashMap<UserId, VecDeque<i64>>>,
+}
+
+impl RateLimit {
+    const WINDOW_MS: i64 = 1_000;
+
+    fn new(limit: u32) -> RateLimit {
+        RateLimit {
+            limit,
+            recent: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether `user` may have one more command at `at_ms`.
+    fn allows(&self, user: &UserId, at_ms: i64) -> bool {
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(times) = recent.get_mut(user) else {
+            return true;
+        };
+        while times.front().is_some_and(|&t| t <= at_ms - Self::WINDOW_MS) {
+            times.pop_front();
+        }
+        times.iter().filter(|&&t| t <= at_ms).count() < self.limit as usize
+    }
+
+    /// Counts a command of `user` at `at_ms` that got its answer.
+    fn record(&self, user: &UserId, at_ms: i64) {
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        if recent.len() > 100_000 {
+            recent.retain(|_, t| t.back().is_some_and(|&last| last > at_ms - Self::WINDOW_MS));
+        }
+        recent.entry(user.clone()).or_default().push_back(at_ms);
+    }
 }
 
 impl std::fmt::Debug for Engine {
@@ -117,9 +173,13 @@ impl Engine {
             GROUP,
             &[UserTopic::Commands],
         )?;
+        // Users who never saved settings trade under the default risk settings.
+        let risk = suho_domain::RiskSettings::default();
         let account = AccountConfig {
             leverage: std::num::NonZeroU32::new(config.trading.paper_leverage)
                 .ok_or_else(|| EngineError::Broker("paper_leverage must be positive".into()))?,
+            max_volume: risk.max_volume,
+            max_open_positions: usize::try_from(risk.max_open_positions).unwrap_or(usize::MAX),
             ..AccountConfig::default()
         };
         let broker = PaperBroker::new(PaperBrokerConfig {
@@ -127,6 +187,7 @@ impl Engine {
             initial_balance: Decimal::from(config.trading.paper_opening_balance),
         })
         .map_err(|e| EngineError::Broker(e.to_string()))?;
+        let assignment = consumer.context().assignment().clone();
         Ok(Engine {
             consumer,
             bus,
@@ -140,6 +201,9 @@ impl Engine {
                 config.kafka.group_prefix, config.trading.instance_id
             ),
             dirty: std::sync::atomic::AtomicBool::new(false),
+            assignment,
+            rebuilt_for: AtomicU64::new(0),
+            rate: RateLimit::new(config.trading.max_commands_per_second),
         })
     }
 
@@ -155,29 +219,36 @@ impl Engine {
             topic = %self.producer.topic_name(UserTopic::Commands),
             "trading engine consuming"
         );
-        // Rebuild before the first command; a Kafka hiccup (a partition without a leader yet,
-        // right after topic creation) is retried. Applying an event twice is a no-op, so a
-        // retry after a partial read is safe.
+        // The users' own limits, read to the end before the first command.
+        let (caught_up, settings_read) = tokio::sync::oneshot::channel();
+        let settings = crate::limits::follow(
+            Arc::clone(&self.broker),
+            &self.kafka,
+            shutdown.clone(),
+            caught_up,
+        )?;
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            _ = settings_read => {}
+        }
+        // The accounts are rebuilt when the group assigns partitions (see `follow_assignment`);
+        // which users' accounts this engine acts on between commands follows from the
+        // partition count of user.commands.
+        let commands = UserTopic::Commands.full_name(&self.kafka.topic_prefix);
         let mut delay = self.backoff.initial;
-        loop {
-            match paper::rebuild(&self.broker, &self.kafka).await {
-                Ok(applied) => {
-                    tracing::info!(
-                        events = applied,
-                        accounts = self.broker.account_keys().len(),
-                        "paper accounts rebuilt from user.trades and user.transactions"
-                    );
-                    break;
-                }
+        let partitions = loop {
+            match paper::partition_count(&self.kafka, commands.clone()).await {
+                Ok(n) => break n,
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in_ms = millis(delay), "rebuilding the paper accounts failed; retrying");
+                    tracing::warn!(error = %e, retry_in_ms = millis(delay), "reading user.commands' partitions failed; retrying");
                     if !wait(delay, &shutdown).await {
                         return Ok(());
                     }
                     delay = self.backoff.next(delay);
                 }
             }
-        }
+        };
+        let ownership = paper::Ownership::new(self.assignment.clone(), commands, partitions);
         // The transactional producer: its initialisation also aborts what a previous engine
         // with the same transactional id left open.
         let mut delay = self.backoff.initial;
@@ -205,10 +276,14 @@ impl Engine {
             Arc::clone(&self.broker),
             self.bus.clone(),
             self.producer.clone(),
+            ownership,
             shutdown.clone(),
         ));
         let result = self.consume(&shutdown).await;
         shutdown.cancel();
+        if settings.join().is_err() {
+            tracing::warn!("the settings reader panicked");
+        }
         match ticks.await {
             Ok(Err(e)) => tracing::warn!(error = %e, "the broker's tick feed stopped"),
             Err(e) => tracing::warn!(error = %e, "the broker's tick feed panicked"),
@@ -221,9 +296,13 @@ impl Engine {
     async fn consume(&self, shutdown: &CancellationToken) -> Result<(), EngineError> {
         let mut recv_delay = self.backoff.initial;
         loop {
+            if !self.follow_assignment(shutdown).await {
+                return Ok(());
+            }
             let received = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Ok(()),
+                () = self.assignment.changed() => continue,
                 r = self.consumer.recv() => r,
             };
             let msg = match received {
@@ -239,11 +318,77 @@ impl Engine {
                 }
             };
             recv_delay = self.backoff.initial;
+            // The rebalance that delivered this record may have come in the same poll.
+            if !self.follow_assignment(shutdown).await {
+                return Ok(());
+            }
+            if !self.assignment.owns(msg.topic(), msg.partition()) {
+                tracing::info!(
+                    partition = msg.partition(),
+                    offset = msg.offset(),
+                    "a record of a partition this engine no longer owns is left to its new owner"
+                );
+                continue;
+            }
             kafka::count_consumed(UserTopic::Commands, GROUP);
-            let plan = plan::plan(msg.key(), msg.payload());
+            let mut plan = plan::plan(msg.key(), msg.payload());
+            let at = record_time(&msg);
+            if let Plan::Open { command, .. } | Plan::Execute { command } = &plan {
+                if !self.rate.allows(&command.user_id, at) {
+                    plan = Plan::Reject {
+                        command: command.clone(),
+                        reason: suho_broker::RejectReason::RateLimited(self.rate.limit).to_string(),
+                    };
+                }
+            }
             match self.settle(&msg, &plan, shutdown).await? {
-                Settled::Done => {}
+                Settled::Done => {
+                    if let Plan::Open { command, .. }
+                    | Plan::Execute { command }
+                    | Plan::Reject { command, .. } = &plan
+                    {
+                        self.rate.record(&command.user_id, at);
+                    }
+                }
                 Settled::Interrupted => return Ok(()),
+            }
+        }
+    }
+
+    /// After the group moved partitions: rebuilds every account from the log (until that
+    /// works); `false` when shutdown came first. A no-op when nothing moved.
+    async fn follow_assignment(&self, shutdown: &CancellationToken) -> bool {
+        let mut delay = self.backoff.initial;
+        loop {
+            let changes = self.assignment.changes();
+            if changes == self.rebuilt_for.load(Ordering::SeqCst) {
+                return true;
+            }
+            let commands = UserTopic::Commands.full_name(&self.kafka.topic_prefix);
+            let owned = self.assignment.partitions(&commands);
+            if owned.is_empty() {
+                // Nothing to act on until partitions come back, then rebuilt afresh.
+                self.broker.rebuild(&[]);
+                self.rebuilt_for.store(changes, Ordering::SeqCst);
+                return true;
+            }
+            match paper::rebuild(&self.broker, &self.kafka).await {
+                Ok(applied) => {
+                    self.rebuilt_for.store(changes, Ordering::SeqCst);
+                    tracing::info!(
+                        events = applied,
+                        accounts = self.broker.account_keys().len(),
+                        partitions = ?owned,
+                        "paper accounts rebuilt for this engine's partitions"
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = millis(delay), "rebuilding the paper accounts failed; retrying");
+                    if !wait(delay, shutdown).await {
+                        return false;
+                    }
+                    delay = self.backoff.next(delay);
+                }
             }
         }
     }
@@ -336,7 +481,6 @@ impl Engine {
             tracing::warn!(error = %e, "aborting the transaction failed");
         }
         if self.dirty.swap(false, std::sync::atomic::Ordering::SeqCst) {
-            self.broker.reset();
             loop {
                 match paper::rebuild(&self.broker, &self.kafka).await {
                     Ok(applied) => {
@@ -608,6 +752,11 @@ fn delivered(
     }
 }
 
+/// When the record was written (its Kafka timestamp), epoch ms; now if it has none.
+fn record_time(msg: &BorrowedMessage<'_>) -> i64 {
+    msg.timestamp().to_millis().unwrap_or_else(now_ms)
+}
+
 /// Waits `delay`; `false` when shutdown came first.
 async fn wait(delay: Duration, shutdown: &CancellationToken) -> bool {
     tokio::select! {
@@ -653,6 +802,20 @@ mod tests {
             seen.push(millis(d));
         }
         assert_eq!(seen, [100, 200, 350, 350, 350]);
+    }
+
+    #[test]
+    fn the_rate_limit_counts_answered_commands_within_one_second() {
+        let rate = RateLimit::new(3);
+        let (u, v) = (UserId::new("u"), UserId::new("v"));
+        for t in [1_000, 1_010, 1_020] {
+            assert!(rate.allows(&u, t));
+            rate.record(&u, t);
+        }
+        assert!(!rate.allows(&u, 1_030));
+        assert!(rate.allows(&v, 1_030));
+        assert!(!rate.allows(&u, 1_999));
+        assert!(rate.allows(&u, 2_000));
     }
 
     #[test]

@@ -10,10 +10,12 @@
 //! `user.mt5_status` -> commit of the command's offset. A record that is not a command at all
 //! goes to `user.commands.dlq` with the reason and its coordinates, and the partition moves on.
 //!
-//! Besides the commands ([`paper`]): at start the accounts are rebuilt from their own events on
-//! `user.trades` and `user.transactions`; live ticks reach the broker, which closes positions
-//! at their stop loss or take profit and stops accounts out (`TRADE_CLOSED`, `MARGIN_CALL`,
-//! `STOP_OUT`); and every account's status is published every few seconds.
+//! Besides the commands ([`paper`]): whenever the group assigns partitions, the accounts are
+//! rebuilt from their own events on `user.trades` and `user.transactions`; live ticks reach the
+//! broker, which closes positions at their stop loss or take profit and stops accounts out
+//! (`TRADE_CLOSED`, `MARGIN_CALL`, `STOP_OUT`) for the users whose partitions this engine owns;
+//! and their statuses are published every few seconds. [`limits`] follows `user.settings` for
+//! each user's own risk limits.
 //!
 //! Exactly once: a command's outcome, the account's status and the command's next offset go
 //! out in one Kafka transaction, so `read_committed` readers see all or nothing; a failed try
@@ -21,13 +23,15 @@
 //! crash between execution and commit leaves an open transaction that the next engine with
 //! the same `transactional.id` aborts; the command is then executed again from the committed
 //! state, once. Outcome ids are derived from the command's `event_id` (`exec_`, `cls_`,
-//! `mod_`, `rej_`, `dep_`, `wd_`, `trd_`). Several engines sharing accounts (the rebuild
-//! following rebalances) is later work.
+//! `mod_`, `rej_`, `dep_`, `wd_`, `trd_`). Several engines share the partitions; a partition's
+//! new owner rebuilds the accounts from the log before its next command.
 //!
 //! Map:
 //! - [`plan`]: the decisions, pure functions with no I/O.
 //! - [`engine`]: the consume, price, execute, publish, commit loop around them.
-//! - [`paper`]: rebuild, ticks and statuses of the paper accounts.
+//! - [`paper`]: rebuild, ticks and statuses of the paper accounts, and which of them this
+//!   engine acts on.
+//! - [`limits`]: users' own risk limits from `user.settings`.
 //! - [`failpoint`]: `SUHO_FAILPOINT`, for crash tests.
 //!
 //! Invariants: a command's offset is committed in the transaction of its outcome; a
@@ -35,6 +39,7 @@
 
 pub mod engine;
 pub mod failpoint;
+pub mod limits;
 pub mod paper;
 pub mod plan;
 

@@ -407,3 +407,157 @@ async fn a_command_without_a_price_waits_across_a_restart_and_executes_once() {
     );
     stop_engine(&second, engine).await;
 }
+
+fn settings_event(user: &str, risk: serde_json::Value) -> suho_domain::SettingsEvent {
+    suho_domain::SettingsEvent {
+        event_id: format!("set_{user}_{}", now_ms()),
+        event_type: suho_domain::SettingsEventType::SettingsUpdated,
+        user_id: UserId::new(user),
+        settings: Some(serde_json::json!({"risk": risk, "watchlist": [], "auto_trading": {}})),
+        mt5_account: None,
+        timestamp: now_ms(),
+        schema_version: 1,
+    }
+}
+
+fn sized(user: &str, volume: &str) -> TradeCommand {
+    let mut c = open(user, "EURUSD", Side::Buy);
+    if let Some(o) = c.order.as_mut() {
+        o.volume = volume.parse().unwrap();
+    }
+    c
+}
+
+/// A user's own limits (`user.settings`) are enforced: read at start, followed live; a breach
+/// is a `TRADE_REJECTED` plus a `RISK_LIMIT_BREACH`. Users without settings trade under the
+/// defaults (10 lots).
+#[tokio::test]
+async fn users_own_limits_from_their_settings_are_enforced() {
+    let env = TestEnv::new().await;
+    let producer = UserEventProducer::new(&env.config.kafka).unwrap();
+    // Saved before the engine starts: read on its first pass over user.settings.
+    producer
+        .send(&settings_event(
+            "carol",
+            serde_json::json!({"leverage": 50, "max_volume": 0.5, "max_open_positions": 1}),
+        ))
+        .await
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    start_market(&env, &shutdown, true).await;
+    let engine = start_engine(&env, &shutdown).await;
+    let out = reader(&env, UserTopic::Trades);
+    let alerts = reader(&env, UserTopic::RiskAlerts);
+
+    let too_big = sized("carol", "0.6");
+    let fits = sized("carol", "0.5");
+    let one_too_many = sized("carol", "0.1");
+    let dave_big = sized("dave", "11");
+    let dave_ok = sized("dave", "5");
+    for c in [&too_big, &fits, &one_too_many, &dave_big, &dave_ok] {
+        producer.send(c).await.unwrap();
+    }
+    let events = trades(&out, 5).await;
+    let reason = |c: &TradeCommand| find(&events, c).1.reason.clone().unwrap_or_default();
+    assert!(
+        reason(&too_big).contains("above the maximum of 0.5"),
+        "{}",
+        reason(&too_big)
+    );
+    assert_eq!(
+        find(&events, &fits).1.event_type,
+        TradeEventType::TradeExecuted
+    );
+    assert!(
+        reason(&one_too_many).contains("open"),
+        "{}",
+        reason(&one_too_many)
+    );
+    assert!(
+        reason(&dave_big).contains("above the maximum of 10"),
+        "{}",
+        reason(&dave_big)
+    );
+    assert_eq!(
+        find(&events, &dave_ok).1.event_type,
+        TradeEventType::TradeExecuted
+    );
+    let mut breaches = Vec::new();
+    while breaches.len() < 3 {
+        let r = next_record(&alerts, WAIT).await.expect("a breach alert");
+        let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
+        if v["event_type"] == "RISK_LIMIT_BREACH" {
+            breaches.push((r.key, v));
+        }
+    }
+    let mut who: Vec<&str> = breaches.iter().map(|(k, _)| k.as_str()).collect();
+    who.sort_unstable();
+    assert_eq!(who, ["carol", "carol", "dave"]);
+
+    // A change is followed live.
+    producer
+        .send(&settings_event(
+            "carol",
+            serde_json::json!({"leverage": 50, "max_volume": 2, "max_open_positions": 5}),
+        ))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let now_fits = sized("carol", "1.5");
+    producer.send(&now_fits).await.unwrap();
+    let events = trades(&out, 1).await;
+    assert_eq!(
+        find(&events, &now_fits).1.event_type,
+        TradeEventType::TradeExecuted,
+        "{:?}",
+        events
+    );
+    stop_engine(&shutdown, engine).await;
+}
+
+/// More commands from one user in one second than `trading.max_commands_per_second` are
+/// rejected with the reason; another user is not affected.
+#[tokio::test]
+async fn a_users_command_rate_is_limited() {
+    let mut env = TestEnv::new().await;
+    env.config.trading.max_commands_per_second = 3;
+    let shutdown = CancellationToken::new();
+    start_market(&env, &shutdown, true).await;
+    let engine = start_engine(&env, &shutdown).await;
+    let out = reader(&env, UserTopic::Trades);
+    let producer = UserEventProducer::new(&env.config.kafka).unwrap();
+    let burst: Vec<TradeCommand> = (0..5).map(|_| sized("erin", "0.01")).collect();
+    let other = sized("frank", "0.01");
+    // Sent first: the producer's first send waits for its connection, so the burst's records
+    // carry timestamps milliseconds apart.
+    producer.send(&other).await.unwrap();
+    for c in &burst {
+        producer.send(c).await.unwrap();
+    }
+    let events = trades(&out, burst.len() + 1).await;
+    let kinds: Vec<TradeEventType> = burst
+        .iter()
+        .map(|c| find(&events, c).1.event_type)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            TradeEventType::TradeExecuted,
+            TradeEventType::TradeExecuted,
+            TradeEventType::TradeExecuted,
+            TradeEventType::TradeRejected,
+            TradeEventType::TradeRejected,
+        ]
+    );
+    let reason = find(&events, &burst[4])
+        .1
+        .reason
+        .clone()
+        .unwrap_or_default();
+    assert_eq!(reason, "rate limit: more than 3 commands in one second");
+    assert_eq!(
+        find(&events, &other).1.event_type,
+        TradeEventType::TradeExecuted
+    );
+    stop_engine(&shutdown, engine).await;
+}

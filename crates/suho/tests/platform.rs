@@ -15,6 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 /// The engine killed between execution and commit (in `tests/crash/`).
 mod crash;
+/// Every kind of invalid request (in `tests/invalid/`).
+mod invalid;
 /// The Polygon feed and backfill (in `tests/polygon/`).
 mod polygon;
 /// Settings, MT5 links, client order ids, close and modify (in `tests/profile/`).

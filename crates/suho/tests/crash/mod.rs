@@ -8,12 +8,21 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::json;
-use suho_domain::UserTopic;
+use suho_domain::{Order, Side, Symbol, TradeCommand, UserId, UserTopic};
 use suho_testkit::TestEnv;
 
 use super::{consume, Running};
 
 fn engine_process(env: &TestEnv, failpoint: Option<&str>) -> tokio::process::Child {
+    engine_instance(env, "1", failpoint, "warn,suho_trading=info")
+}
+
+fn engine_instance(
+    env: &TestEnv,
+    instance: &str,
+    failpoint: Option<&str>,
+    log: &str,
+) -> tokio::process::Child {
     let c = &env.config;
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_suho"));
     cmd.arg("engine")
@@ -25,7 +34,8 @@ fn engine_process(env: &TestEnv, failpoint: Option<&str>) -> tokio::process::Chi
         .env("SUHO__KAFKA__GROUP_PREFIX", &c.kafka.group_prefix)
         .env("SUHO__STACK__DIR", &c.stack.dir)
         .env("SUHO__TRADING__RETRY_INITIAL_MS", "50")
-        .env("RUST_LOG", "warn,suho_trading=info")
+        .env("SUHO__TRADING__INSTANCE_ID", instance)
+        .env("RUST_LOG", log)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
@@ -59,7 +69,12 @@ async fn an_engine_killed_between_execution_and_commit_executes_the_command_once
         .await
         .expect("the engine reaches the failpoint within 90 s")
         .expect("waiting for the engine");
-    assert!(!status.success(), "the engine was aborted: {status:?}");
+    // The failpoint aborts (SIGABRT); anything else (a start-up error) is not this test.
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(6),
+        "the engine was aborted at the failpoint: {status:?}"
+    );
 
     // A new engine takes over.
     let mut second = engine_process(&p.env, None);
@@ -81,5 +96,116 @@ async fn an_engine_killed_between_execution_and_commit_executes_the_command_once
     assert_eq!(event["event_type"], "TRADE_EXECUTED", "{event}");
     let _ = second.start_kill();
     let _ = second.wait().await;
+    p.stop().await;
+}
+
+/// Two engines share the partitions while 100 users send 20 commands each (an open, then the
+/// close of that position, ten times over), and one engine is killed outright and restarted
+/// mid-run. Every command is answered exactly once, each user's answers come in the order of
+/// their commands, and every close finds its position: the engine that took a partition over
+/// rebuilt the accounts its predecessor had changed.
+#[tokio::test]
+async fn two_engines_answer_every_command_once_and_in_order_through_a_kill_and_restart() {
+    const USERS: usize = 100;
+    const ROUNDS: usize = 20;
+    let mut env = TestEnv::new().await;
+    env.config.trading.engine_enabled = false;
+    let p = Running::with(env).await;
+    let log = "warn";
+    let mut a = engine_instance(&p.env, "a", None, log);
+    let mut b = engine_instance(&p.env, "b", None, log);
+    let producer = suho_messaging::UserEventProducer::new(&p.env.config.kafka).expect("producer");
+    let users: Vec<UserId> = (0..USERS)
+        .map(|i| UserId::new(format!("twin-{i:03}")))
+        .collect();
+    let mut sent: std::collections::HashMap<String, Vec<(String, &str)>> = Default::default();
+    let mut restarted = None;
+    for round in 0..ROUNDS {
+        match round {
+            6 => {
+                a.start_kill().expect("killing engine a");
+                let _ = a.wait().await;
+                eprintln!("engine a killed after {} commands", round * USERS);
+            }
+            9 => {
+                restarted = Some(engine_instance(&p.env, "a", None, log));
+                eprintln!("engine a restarted after {} commands", round * USERS);
+            }
+            _ => {}
+        }
+        for user in &users {
+            let now = suho_messaging::now_ms();
+            let (command, expect) = if round % 2 == 0 {
+                let order = Order {
+                    symbol: Symbol::parse("EURUSD").expect("symbol"),
+                    side: if round % 4 == 0 {
+                        Side::Buy
+                    } else {
+                        Side::Sell
+                    },
+                    volume: rust_decimal::Decimal::new(1, 2),
+                    stop_loss: None,
+                    take_profit: None,
+                };
+                (
+                    TradeCommand::open(user.clone(), order, None, now),
+                    "TRADE_EXECUTED",
+                )
+            } else {
+                let (open_id, _) = sent[user.as_str()].last().expect("an open before");
+                let trade_id = format!("trd_{}", open_id.strip_prefix("cmd_").unwrap_or(open_id));
+                (
+                    TradeCommand::close(user.clone(), trade_id, now),
+                    "TRADE_CLOSED",
+                )
+            };
+            producer.send(&command).await.expect("command queued");
+            sent.entry(user.as_str().to_owned())
+                .or_default()
+                .push((command.event_id.clone(), expect));
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let total = USERS * ROUNDS;
+    let answers = |s: &[(String, i32, serde_json::Value)]| {
+        s.iter()
+            .filter(|(k, _, v)| k.starts_with("twin-") && v["command_id"].is_string())
+            .count()
+    };
+    let seen = consume(&p.env, UserTopic::Trades, Duration::from_secs(180), |s| {
+        answers(s) >= total
+    })
+    .await;
+    assert!(
+        answers(&seen) >= total,
+        "only {} of {total} commands answered",
+        answers(&seen)
+    );
+    // Late duplicates would show up now.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let seen = consume(&p.env, UserTopic::Trades, Duration::from_secs(60), |s| {
+        answers(s) >= total
+    })
+    .await;
+    let mut got: std::collections::HashMap<&str, Vec<(&str, &str)>> = Default::default();
+    for (key, _, v) in &seen {
+        if let Some(command) = v["command_id"].as_str() {
+            got.entry(key.as_str())
+                .or_default()
+                .push((command, v["event_type"].as_str().unwrap_or_default()));
+        }
+    }
+    for (user, commands) in &sent {
+        let answered = got.get(user.as_str()).cloned().unwrap_or_default();
+        let expected: Vec<(&str, &str)> = commands.iter().map(|(c, t)| (c.as_str(), *t)).collect();
+        assert_eq!(
+            answered, expected,
+            "{user}: every command answered once, in order, opens executed and closes closed"
+        );
+    }
+    for child in [Some(&mut b), restarted.as_mut()].into_iter().flatten() {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
     p.stop().await;
 }

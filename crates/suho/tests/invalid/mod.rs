@@ -1,0 +1,388 @@
+//! Every kind of invalid request, endpoint by endpoint: a `400` (malformed JSON) or a `422`
+//! whose `field` names the culprit and whose message starts with it, and nothing queued; or,
+//! for a request only the engine can judge (limits, margin, positions, stops against the
+//! market), `202` and then a `TRADE_REJECTED` with a reason.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use suho_domain::UserTopic;
+
+use super::{consume, Running};
+
+impl Running {
+    async fn send_text(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: &str,
+    ) -> (u16, Value) {
+        let resp = self
+            .http
+            .request(method, self.url(path))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("HTTP request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+}
+
+#[tokio::test]
+async fn every_invalid_request_names_its_field_or_is_rejected_with_a_reason() {
+    let p = Running::start().await;
+    let (user, token) = p.user("invalid@example.com").await;
+    let (other, _) = p.user("other@example.com").await;
+    let me = |tail: &str| format!("/api/user/{user}/{tail}");
+    let post = reqwest::Method::POST;
+    let put = reqwest::Method::PUT;
+
+    // (method, path, body, field): each must be a 422 naming `field`.
+    let invalid: Vec<(reqwest::Method, String, Value, &str)> = vec![
+        (
+            post.clone(),
+            "/api/auth/register".into(),
+            json!({}),
+            "email",
+        ),
+        (
+            post.clone(),
+            "/api/auth/register".into(),
+            json!({"email": "not-an-address", "password": "correct horse battery"}),
+            "email",
+        ),
+        (
+            post.clone(),
+            "/api/auth/register".into(),
+            json!({"email": 7, "password": "correct horse battery"}),
+            "email",
+        ),
+        (
+            post.clone(),
+            "/api/auth/register".into(),
+            json!({"email": "new@example.com"}),
+            "password",
+        ),
+        (
+            post.clone(),
+            "/api/auth/register".into(),
+            json!({"email": "new@example.com", "password": 12_345_678}),
+            "password",
+        ),
+        (
+            post.clone(),
+            "/api/auth/login".into(),
+            json!({"password": "correct horse battery"}),
+            "email",
+        ),
+        (
+            post.clone(),
+            "/api/auth/login".into(),
+            json!({"email": "invalid@example.com"}),
+            "password",
+        ),
+        (
+            post.clone(),
+            "/api/trade/open".into(),
+            json!({"type": "BUY", "volume": 0.1}),
+            "symbol",
+        ),
+        (
+            post.clone(),
+            "/api/trade/open".into(),
+            json!({"symbol": 5, "type": "BUY", "volume": 0.1}),
+            "symbol",
+        ),
+        (
+            post.clone(),
+            "/api/trade/open".into(),
+            json!({"symbol": "EURUSD", "volume": 0.1}),
+            "type",
+        ),
+        (
+            post.clone(),
+            "/api/trade/open".into(),
+            json!({"symbol": "EURUSD", "type": "BUY", "volume": 1e9}),
+            "volume",
+        ),
+        (
+            post.clone(),
+            "/api/trade/open".into(),
+            json!({"symbol": "EURUSD", "type": "BUY", "volume": 0.1, "stop_loss": -1}),
+            "stop_loss",
+        ),
+        (
+            post.clone(),
+            "/api/trade/open".into(),
+            json!({"symbol": "EURUSD", "type": "BUY", "volume": 0.1, "take_profit": "high"}),
+            "take_profit",
+        ),
+        (
+            post.clone(),
+            "/api/trade/open".into(),
+            json!({"symbol": "EURUSD", "type": "SELL", "volume": 0.1, "stop_loss": 1.0, "take_profit": 1.2}),
+            "stop_loss",
+        ),
+        (
+            post.clone(),
+            "/api/trade/open".into(),
+            json!({"symbol": "EURUSD", "type": "BUY", "volume": 0.1, "client_order_id": 5}),
+            "client_order_id",
+        ),
+        (
+            post.clone(),
+            "/api/trade/close".into(),
+            json!({}),
+            "trade_id",
+        ),
+        (
+            post.clone(),
+            "/api/trade/close".into(),
+            json!({"trade_id": ""}),
+            "trade_id",
+        ),
+        (
+            post.clone(),
+            "/api/trade/close".into(),
+            json!({"trade_id": 5}),
+            "trade_id",
+        ),
+        (
+            post.clone(),
+            "/api/trade/modify".into(),
+            json!({"stop_loss": 1.0}),
+            "trade_id",
+        ),
+        (
+            post.clone(),
+            "/api/trade/modify".into(),
+            json!({"trade_id": "trd_x"}),
+            "stop_loss",
+        ),
+        (
+            post.clone(),
+            "/api/trade/modify".into(),
+            json!({"trade_id": "trd_x", "stop_loss": 0}),
+            "stop_loss",
+        ),
+        (
+            post.clone(),
+            "/api/trade/modify".into(),
+            json!({"trade_id": "trd_x", "take_profit": "x"}),
+            "take_profit",
+        ),
+        (post.clone(), me("deposit"), json!({}), "amount"),
+        (post.clone(), me("deposit"), json!({"amount": 0}), "amount"),
+        (post.clone(), me("deposit"), json!({"amount": -5}), "amount"),
+        (
+            post.clone(),
+            me("deposit"),
+            json!({"amount": 1.001}),
+            "amount",
+        ),
+        (
+            post.clone(),
+            me("deposit"),
+            json!({"amount": 2e9}),
+            "amount",
+        ),
+        (
+            post.clone(),
+            me("deposit"),
+            json!({"amount": "a lot"}),
+            "amount",
+        ),
+        (
+            post.clone(),
+            me("withdraw"),
+            json!({"amount": 0.001}),
+            "amount",
+        ),
+        (
+            post.clone(),
+            me("mt5/link"),
+            json!({"password": "x"}),
+            "mt5_account",
+        ),
+        (
+            post.clone(),
+            me("mt5/link"),
+            json!({"mt5_account": "5012345"}),
+            "password",
+        ),
+        (
+            put.clone(),
+            me("settings"),
+            json!({"risk": {"leverage": 0}}),
+            "risk.leverage",
+        ),
+        (
+            put.clone(),
+            me("settings"),
+            json!({"risk": {"leverage": 501}}),
+            "risk.leverage",
+        ),
+        (
+            put.clone(),
+            me("settings"),
+            json!({"risk": {"max_volume": 0.015}}),
+            "risk.max_volume",
+        ),
+        (
+            put.clone(),
+            me("settings"),
+            json!({"risk": {"max_open_positions": 0}}),
+            "risk.max_open_positions",
+        ),
+        (
+            put.clone(),
+            me("settings"),
+            json!({"auto_trading": {"no_such_strategy": {"enabled": true, "volume": 0.1}}}),
+            "auto_trading.no_such_strategy",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (method, path, body, field) in &invalid {
+        let (status, answer) = p
+            .send_text(method.clone(), path, &token, &body.to_string())
+            .await;
+        let named = answer["field"].as_str().unwrap_or_default();
+        let message = answer["message"].as_str().unwrap_or_default();
+        if status != 422 || !named.starts_with(field) || !message.starts_with(named) {
+            failures.push(format!(
+                "{method} {path} {body} -> {status} {answer} (wanted 422 naming {field})"
+            ));
+        }
+    }
+    // Malformed JSON is a 400 on every endpoint with a body.
+    for (method, path) in [
+        (&post, "/api/auth/register".to_string()),
+        (&post, "/api/auth/login".to_string()),
+        (&post, "/api/trade/open".to_string()),
+        (&post, "/api/trade/close".to_string()),
+        (&post, "/api/trade/modify".to_string()),
+        (&post, me("deposit")),
+        (&post, me("withdraw")),
+        (&post, me("mt5/link")),
+        (&put, me("settings")),
+    ] {
+        for body in ["{\"symbol\": ", "[1, 2]"] {
+            let (status, answer) = p.send_text(method.clone(), &path, &token, body).await;
+            if status != 400 || answer["error"] != "malformed_json" {
+                failures.push(format!(
+                    "{method} {path} {body} -> {status} {answer} (wanted 400)"
+                ));
+            }
+        }
+    }
+    // Someone else's resources.
+    for (method, tail) in [(&put, "settings"), (&post, "deposit"), (&post, "mt5/link")] {
+        let path = format!("/api/user/{other}/{tail}");
+        let (status, answer) = p.send_text(method.clone(), &path, &token, "{}").await;
+        if status != 403 {
+            failures.push(format!("{method} {path} -> {status} {answer} (wanted 403)"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // Valid requests only the engine can judge: each queued, then rejected with a reason.
+    let judged: Vec<(&str, String, Value, &str)> = vec![
+        (
+            "over the default maximum volume",
+            "/api/trade/open".into(),
+            json!({"symbol": "EURUSD", "type": "BUY", "volume": 11}),
+            "above the maximum of 10",
+        ),
+        (
+            "not enough margin",
+            "/api/trade/open".into(),
+            json!({"symbol": "GBPUSD", "type": "BUY", "volume": 9}),
+            "not enough free margin",
+        ),
+        (
+            "stop loss above a BUY's price",
+            "/api/trade/open".into(),
+            json!({"symbol": "EURUSD", "type": "BUY", "volume": 0.1, "stop_loss": 5}),
+            "stop loss",
+        ),
+        (
+            "take profit above a SELL's price",
+            "/api/trade/open".into(),
+            json!({"symbol": "EURUSD", "type": "SELL", "volume": 0.1, "take_profit": 5}),
+            "take profit",
+        ),
+        (
+            "close of no position",
+            "/api/trade/close".into(),
+            json!({"trade_id": "trd_nothing"}),
+            "is not open",
+        ),
+        (
+            "modify of no position",
+            "/api/trade/modify".into(),
+            json!({"trade_id": "trd_nothing", "stop_loss": 1.0}),
+            "is not open",
+        ),
+        (
+            "withdrawal beyond the free margin",
+            me("withdraw"),
+            json!({"amount": 1_000_000}),
+            "cannot withdraw",
+        ),
+    ];
+    let mut queued = HashMap::new();
+    for (what, path, body, reason) in &judged {
+        let (status, answer) = p
+            .send_text(post.clone(), path, &token, &body.to_string())
+            .await;
+        assert_eq!(status, 202, "{what}: {body} -> {answer}");
+        queued.insert(
+            answer["command_id"].as_str().unwrap().to_owned(),
+            (*what, *reason),
+        );
+    }
+    let answers = consume(&p.env, UserTopic::Trades, Duration::from_secs(60), |s| {
+        s.iter()
+            .filter(|(_, _, v)| {
+                v["command_id"]
+                    .as_str()
+                    .is_some_and(|c| queued.contains_key(c))
+            })
+            .count()
+            >= queued.len()
+    })
+    .await;
+    for (command, (what, reason)) in &queued {
+        let event = answers
+            .iter()
+            .find(|(_, _, v)| v["command_id"] == command.as_str())
+            .map(|(_, _, v)| v)
+            .unwrap_or_else(|| panic!("{what}: no answer"));
+        assert_eq!(event["event_type"], "TRADE_REJECTED", "{what}: {event}");
+        assert_eq!(event["status"], "REJECTED", "{what}: {event}");
+        let text = event["reason"].as_str().unwrap_or_default();
+        assert!(
+            text.contains(reason),
+            "{what}: reason {text:?} lacks {reason:?}"
+        );
+    }
+
+    // Nothing was queued for the 4xx requests: the only commands are the judged ones.
+    let commands = consume(&p.env, UserTopic::Commands, Duration::from_secs(3), |_| {
+        false
+    })
+    .await;
+    let mine: Vec<&Value> = commands
+        .iter()
+        .filter(|(k, _, _)| k == &user)
+        .map(|(_, _, v)| v)
+        .collect();
+    assert_eq!(mine.len(), judged.len(), "{mine:?}");
+    p.stop().await;
+}
