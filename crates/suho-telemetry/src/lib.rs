@@ -23,6 +23,19 @@ pub mod names {
     pub const KAFKA_DEAD_LETTERS: &str = "kafka_dead_letters_total";
     /// Counter `{method, status}`: HTTP requests answered.
     pub const HTTP_REQUESTS: &str = "http_requests_total";
+    /// Counter `{strategy, outcome}`: the auto-trading agent's commands, by `outcome`:
+    /// `emitted` (acknowledged by Kafka), `duplicate` (this user already had one for this
+    /// signal), `skipped` (volume below the lot step), `failed` (given up, logged as an error).
+    pub const AGENT_COMMANDS: &str = "agent_commands_total";
+    /// Gauge: open WebSocket connections (authenticated) of this gateway.
+    pub const WS_CONNECTIONS: &str = "ws_connections";
+    /// Counter `{channel}`: WebSocket messages written (`market`, `user`, `control`, `error`).
+    pub const WS_MESSAGES_SENT: &str = "ws_messages_sent_total";
+    /// Counter: market messages a slow WebSocket client never got, replaced by a newer one of
+    /// the same subject (or beyond its limit of waiting subjects).
+    pub const WS_MARKET_CONFLATED: &str = "ws_market_conflated_total";
+    /// Counter: WebSocket clients closed because their queue of user events overflowed.
+    pub const WS_DISCONNECTED_SLOW: &str = "ws_disconnected_slow_total";
 }
 
 /// Installs the process-wide Prometheus recorder (once; later calls return the same

@@ -1,7 +1,7 @@
 //! The suho platform in one process: the market services on NATS (feed, price service,
 //! candles and indicators, signals and alerts, the data bridge into PostgreSQL), the trading engine on
-//! Kafka, and the HTTP gateway, wired from one [`Config`] and stopped by one
-//! [`CancellationToken`].
+//! Kafka, the auto-trading agent (signals to commands, `agent.enabled`), and the HTTP gateway,
+//! wired from one [`Config`] and stopped by one [`CancellationToken`].
 //!
 //! [`Application::build`] connects everything and binds the HTTP port (port 0 works, for
 //! tests); [`Application::run`] runs every service as a named task until shutdown, and stops
@@ -172,6 +172,16 @@ impl Application {
             });
         }
 
+        if config.agent.enabled {
+            let agent = suho_agent::run_agent(
+                suho_agent::AgentOptions::from_config(&config),
+                bus.clone(),
+                producer.clone(),
+                stop.clone(),
+            );
+            tasks.spawn(async move { ("agent", agent.await.map_err(Into::into)) });
+        }
+
         // Gateway.
         let state = Arc::new(suho_gateway::AppState {
             accounts,
@@ -206,6 +216,9 @@ impl Application {
         ];
         if config.trading.engine_enabled {
             services.push("trading-engine");
+        }
+        if config.agent.enabled {
+            services.push("agent");
         }
         for service in services {
             let beat = suho_messaging::health::heartbeat(

@@ -1,0 +1,53 @@
+//! The auto-trading agent (the seed's "User Agent (All users)"): it turns the strategies'
+//! signals into trade commands for every user who opted in to the strategy.
+//!
+//! Data flow: `signals.{strategy}.{SYM}` (NATS, every strategy and symbol) -> [`Agent`] -> for
+//! a `BUY` / `SELL` signal and each user with `auto_trading.{strategy}.enabled`, one
+//! `OPEN_TRADE` on `user.commands` (Kafka, keyed by the user, through the idempotent
+//! `acks=all` [`suho_messaging::UserEventProducer`]) with `order {symbol, side, volume}` and
+//! `metadata {strategy, signal_id}` -> the trading engine executes it like any command. Who
+//! opted in comes from `user.settings` (Kafka, compacted), read from the beginning at start
+//! and followed live ([`settings`]).
+//!
+//! At most once per user and signal: a command's `event_id` is derived from (user, signal)
+//! ([`plan::command_id`]), so a duplicate is the same command, which the engine executes once;
+//! and the agent remembers the pairs it recently sent ([`recent`]), so a signal delivered twice
+//! sends once.
+//!
+//! Map:
+//! - [`plan`]: the decisions, pure functions with no I/O (side, volume, command id; `FLAT`
+//!   opens nothing).
+//! - [`settings`]: the settings book and its reader.
+//! - [`recent`]: the bounded set of (user, signal) pairs already sent.
+//! - [`agent`]: the subscribe, decide, send-with-retry loop around them.
+//!
+//! Invariants: market data is only read (never written) here, user data only written to
+//! `user.commands`; the agent never executes anything, it only asks the engine to.
+
+pub mod agent;
+pub mod plan;
+pub mod recent;
+pub mod settings;
+
+pub use agent::{run_agent, Agent, AgentOptions, GROUP};
+pub use plan::command_id;
+pub use settings::SettingsBook;
+
+use suho_messaging::MessagingError;
+
+/// The agent stopped for a reason other than shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// A bus operation failed.
+    #[error(transparent)]
+    Messaging(#[from] MessagingError),
+    /// Kafka refused the settings reader.
+    #[error("reading user.settings: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// The settings could not be loaded.
+    #[error("loading the user settings: {0}")]
+    Settings(String),
+    /// The signal subscription ended: the NATS client was closed.
+    #[error("the subscription to the strategy signals ended")]
+    SignalsEnded,
+}
