@@ -198,6 +198,49 @@ impl UserEventProducer {
         .await
     }
 
+    /// Queues `event` for its topic, keyed by its `user_id`, without waiting: records queued
+    /// one after another keep that order. The acknowledgement comes through the returned
+    /// [`Queued`] (a transaction's commit also waits for every record sent in it).
+    ///
+    /// # Errors
+    /// Encoding failed, or the client's queue is full (retryable).
+    pub fn enqueue<E: UserEvent + Serialize>(&self, event: &E) -> Result<Queued, MessagingError> {
+        let payload = serde_json::to_vec(event)?;
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "event_type",
+            value: Some(event.event_type_str()),
+        });
+        self.enqueue_raw(
+            event.topic(),
+            event.user_id().as_str(),
+            &payload,
+            Some(headers),
+        )
+    }
+
+    /// [`UserEventProducer::enqueue`] for raw bytes under `key`.
+    ///
+    /// # Errors
+    /// The client's queue is full (retryable).
+    pub fn enqueue_raw(
+        &self,
+        topic: UserTopic,
+        key: &str,
+        payload: &[u8],
+        headers: Option<OwnedHeaders>,
+    ) -> Result<Queued, MessagingError> {
+        let name = self.topic_name(topic);
+        let mut record = FutureRecord::to(&name).key(key).payload(payload);
+        if let Some(h) = headers {
+            record = record.headers(h);
+        }
+        let future = self
+            .producer
+            .send_result(record)
+            .map_err(|(e, _)| MessagingError::Kafka(e))?;
+        Ok(Queued { topic, future })
+    }
+
     /// Sends raw bytes to `topic` under `key` (for the dead-letter path and tests).
     ///
     /// # Errors
@@ -220,6 +263,39 @@ impl UserEventProducer {
             .await
             .map_err(|(e, _)| MessagingError::Kafka(e))?;
         metrics::counter!(names::KAFKA_PRODUCED, "topic" => topic.name()).increment(1);
+        Ok(Delivery {
+            partition: delivered.partition,
+            offset: delivered.offset,
+        })
+    }
+}
+
+/// A record queued by [`UserEventProducer::enqueue`], not yet acknowledged.
+pub struct Queued {
+    topic: UserTopic,
+    future: rdkafka::producer::future_producer::DeliveryFuture,
+}
+
+impl std::fmt::Debug for Queued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queued")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Queued {
+    /// Waits for Kafka's acknowledgement.
+    ///
+    /// # Errors
+    /// Kafka did not take the record (within the message timeout).
+    pub async fn delivered(self) -> Result<Delivery, MessagingError> {
+        let delivered = match self.future.await {
+            Ok(Ok(d)) => d,
+            Ok(Err((e, _))) => return Err(MessagingError::Kafka(e)),
+            Err(_) => return Err(MessagingError::Kafka(rdkafka::error::KafkaError::Canceled)),
+        };
+        metrics::counter!(names::KAFKA_PRODUCED, "topic" => self.topic.name()).increment(1);
         Ok(Delivery {
             partition: delivered.partition,
             offset: delivered.offset,

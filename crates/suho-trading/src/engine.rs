@@ -1,17 +1,22 @@
 //! The consume - decide - publish - commit loop.
 //!
-//! One record of `user.commands` at a time: begin a Kafka transaction, plan the record
-//! ([`crate::plan`]), carry the plan out (a dead-letter record, a rejection, or a price
-//! request on NATS and an execution on the paper account), and commit the outcome with the
-//! record's next offset in that transaction. A transient
-//! failure (no quote yet, a stale quote, NATS unreachable, a retryable Kafka error) retries the
-//! same record with exponential backoff and never skips it; a shutdown during that wait leaves
-//! the record uncommitted, so it is delivered again on the next start and, because every
-//! outcome id is derived from the command, answered with the same event.
+//! A batch of `user.commands` records per Kafka transaction: the first record to arrive and
+//! whatever else has already arrived (up to [`MAX_BATCH`]). Begin a transaction; for each
+//! record in order, plan it ([`crate::plan`]) and carry the plan out (a dead-letter record, a
+//! rejection, or a price request on NATS and an execution on the paper account), queueing
+//! its outcome without waiting; then wait for every outcome's acknowledgement and commit them
+//! with the records' next offsets in that transaction. One transaction per batch rather than
+//! per command is what lets the engine keep up: a commit costs several broker round trips.
 //!
-//! Records are handled strictly in order, one after another, across all assigned partitions.
-//! This keeps a user's commands ordered; it also means one stuck record holds back every
-//! partition this instance owns (later work can split per-partition queues).
+//! A transient failure (no quote yet, a stale quote, NATS unreachable, a retryable Kafka
+//! error) on one record commits the records before it and retries that record with
+//! exponential backoff; it is never skipped. A shutdown during that wait leaves the record
+//! uncommitted, so it is delivered again on the next start and, because every outcome id is
+//! derived from the command, answered with the same event.
+//!
+//! Records are handled strictly in order across all assigned partitions. This keeps a user's
+//! commands ordered; it also means one stuck record holds back every partition this instance
+//! owns (later work can split per-partition queues).
 //!
 //! Several engines share the partitions. Whenever the group moves partitions, the engine
 //! rebuilds its accounts from the log before it handles another record: the previous owner
@@ -26,9 +31,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::FutureExt;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::types::RDKafkaErrorCode;
 use rust_decimal::Decimal;
 use suho_broker::{
@@ -37,7 +43,7 @@ use suho_broker::{
 use suho_domain::{
     CommandType, PriceReply, TradeCommand, TradeEvent, UserEvent, UserId, UserTopic,
 };
-use suho_messaging::kafka::{self, Assignment, UserConsumer};
+use suho_messaging::kafka::{self, Assignment, Queued, UserConsumer};
 use suho_messaging::{now_ms, MarketBus, UserEventProducer};
 use tokio_util::sync::CancellationToken;
 
@@ -61,6 +67,8 @@ pub struct Engine {
     transactional_id: String,
     /// The broker changed an account in the open transaction: an abort must rebuild.
     dirty: std::sync::atomic::AtomicBool,
+    /// How many times the broker changed an account (tells whether a failed record did).
+    changes: AtomicU64,
     /// The partitions this engine owns (kept by the consumer's rebalance callbacks).
     assignment: Assignment,
     /// The assignment change the accounts were last rebuilt for.
@@ -87,16 +95,17 @@ impl RateLimit {
         }
     }
 
-    /// Whether `user` may have one more command at `at_ms`.
-    fn allows(&self, user: &UserId, at_ms: i64) -> bool {
+    /// Whether `user` may have one more command at `at_ms`, besides `pending` ones not yet
+    /// recorded.
+    fn allows(&self, user: &UserId, at_ms: i64, pending: usize) -> bool {
         let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(times) = recent.get_mut(user) else {
-            return true;
+            return pending < self.limit as usize;
         };
         while times.front().is_some_and(|&t| t <= at_ms - Self::WINDOW_MS) {
             times.pop_front();
         }
-        times.iter().filter(|&&t| t <= at_ms).count() < self.limit as usize
+        times.iter().filter(|&&t| t <= at_ms).count() + pending < self.limit as usize
     }
 
     /// Counts a command of `user` at `at_ms` that got its answer.
@@ -142,10 +151,41 @@ impl Backoff {
 
 /// The result of one try at carrying out a plan.
 enum Attempt {
-    /// The outcome is acknowledged by Kafka; the record may be committed.
+    /// The outcome is queued in the open transaction; once it is acknowledged, the record
+    /// may be committed.
     Done,
     /// Nothing final happened; try the same record again later, for this reason.
     Retry(String),
+}
+
+/// The most records one transaction carries.
+const MAX_BATCH: usize = 500;
+
+/// A record taken from `user.commands`, with what to do about it.
+struct Taken {
+    msg: OwnedMessage,
+    plan: Plan,
+    /// Its Kafka timestamp (for the rate limit).
+    at: i64,
+    /// The assignment change it was received under.
+    epoch: u64,
+}
+
+/// What one try at a batch did.
+struct Tried {
+    /// Records committed (and removed from the batch).
+    committed: usize,
+    /// Why the next record must wait, if one must.
+    retry: Option<String>,
+}
+
+impl Tried {
+    fn failed(reason: String) -> Tried {
+        Tried {
+            committed: 0,
+            retry: Some(reason),
+        }
+    }
 }
 
 /// How handling a record ended.
@@ -201,6 +241,7 @@ impl Engine {
                 config.kafka.group_prefix, config.trading.instance_id
             ),
             dirty: std::sync::atomic::AtomicBool::new(false),
+            changes: AtomicU64::new(0),
             assignment,
             rebuilt_for: AtomicU64::new(0),
             rate: RateLimit::new(config.trading.max_commands_per_second),
@@ -294,65 +335,97 @@ impl Engine {
     }
 
     async fn consume(&self, shutdown: &CancellationToken) -> Result<(), EngineError> {
+        let mut batch: VecDeque<Taken> = VecDeque::new();
         let mut recv_delay = self.backoff.initial;
         loop {
             if !self.follow_assignment(shutdown).await {
                 return Ok(());
             }
-            let received = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => return Ok(()),
-                () = self.assignment.changed() => continue,
-                r = self.consumer.recv() => r,
-            };
-            let msg = match received {
-                Ok(msg) => msg,
-                Err(e) if is_fatal_consume_error(&e) => return Err(e.into()),
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in_ms = millis(recv_delay), "reading user.commands failed; retrying");
-                    if !wait(recv_delay, shutdown).await {
-                        return Ok(());
+            if batch.is_empty() {
+                let received = tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = self.assignment.changed() => continue,
+                    r = self.consumer.recv() => r,
+                };
+                match received {
+                    Ok(msg) => {
+                        recv_delay = self.backoff.initial;
+                        self.take(&msg, &mut batch);
                     }
-                    recv_delay = self.backoff.next(recv_delay);
-                    continue;
+                    Err(e) if is_fatal_consume_error(&e) => return Err(e.into()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in_ms = millis(recv_delay), "reading user.commands failed; retrying");
+                        if !wait(recv_delay, shutdown).await {
+                            return Ok(());
+                        }
+                        recv_delay = self.backoff.next(recv_delay);
+                        continue;
+                    }
                 }
-            };
-            recv_delay = self.backoff.initial;
-            // The rebalance that delivered this record may have come in the same poll.
-            if !self.follow_assignment(shutdown).await {
-                return Ok(());
             }
-            if !self.assignment.owns(msg.topic(), msg.partition()) {
-                tracing::info!(
-                    partition = msg.partition(),
-                    offset = msg.offset(),
-                    "a record of a partition this engine no longer owns is left to its new owner"
-                );
+            // Whatever else has already arrived joins the batch, without waiting.
+            while batch.len() < MAX_BATCH {
+                match self.consumer.recv().now_or_never() {
+                    Some(Ok(msg)) => self.take(&msg, &mut batch),
+                    Some(Err(e)) if is_fatal_consume_error(&e) => return Err(e.into()),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "reading user.commands failed");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            // Records taken before the latest rebalance are delivered again from the
+            // committed offsets (or to another engine): only the latest epoch's stay.
+            let epoch = self.assignment.changes();
+            batch.retain(|t| t.epoch == epoch);
+            if epoch != self.rebuilt_for.load(Ordering::SeqCst) {
                 continue;
             }
-            kafka::count_consumed(UserTopic::Commands, GROUP);
-            let mut plan = plan::plan(msg.key(), msg.payload());
-            let at = record_time(&msg);
-            if let Plan::Open { command, .. } | Plan::Execute { command } = &plan {
-                if !self.rate.allows(&command.user_id, at) {
-                    plan = Plan::Reject {
-                        command: command.clone(),
-                        reason: suho_broker::RejectReason::RateLimited(self.rate.limit).to_string(),
-                    };
-                }
-            }
-            match self.settle(&msg, &plan, shutdown).await? {
-                Settled::Done => {
-                    if let Plan::Open { command, .. }
-                    | Plan::Execute { command }
-                    | Plan::Reject { command, .. } = &plan
-                    {
-                        self.rate.record(&command.user_id, at);
-                    }
-                }
+            match self.settle(&mut batch, shutdown).await? {
+                Settled::Done => {}
                 Settled::Interrupted => return Ok(()),
             }
         }
+    }
+
+    /// Adds a record to the batch with its plan, unless its partition is no longer ours.
+    fn take(&self, msg: &BorrowedMessage<'_>, batch: &mut VecDeque<Taken>) {
+        let epoch = self.assignment.changes();
+        if !self.assignment.owns(msg.topic(), msg.partition()) {
+            tracing::info!(
+                partition = msg.partition(),
+                offset = msg.offset(),
+                "a record of a partition this engine no longer owns is left to its new owner"
+            );
+            return;
+        }
+        kafka::count_consumed(UserTopic::Commands, GROUP);
+        batch.push_back(Taken {
+            plan: plan::plan(msg.key(), msg.payload()),
+            at: record_time(msg),
+            epoch,
+            msg: msg.detach(),
+        });
+    }
+
+    /// The plan of `t`, or a rejection if it would take its user over the rate limit
+    /// (counting `earlier` commands of this batch).
+    fn rate_checked<'t>(&self, t: &'t Taken, earlier: &[(UserId, i64)]) -> Cow<'t, Plan> {
+        if let Plan::Open { command, .. } | Plan::Execute { command } = &t.plan {
+            let in_batch = earlier
+                .iter()
+                .filter(|(u, at)| u == &command.user_id && *at <= t.at && *at > t.at - 1_000)
+                .count();
+            if !self.rate.allows(&command.user_id, t.at, in_batch) {
+                return Cow::Owned(Plan::Reject {
+                    command: command.clone(),
+                    reason: suho_broker::RejectReason::RateLimited(self.rate.limit).to_string(),
+                });
+            }
+        }
+        Cow::Borrowed(&t.plan)
     }
 
     /// After the group moved partitions: rebuilds every account from the log (until that
@@ -393,48 +466,44 @@ impl Engine {
         }
     }
 
-    /// Carries out `plan` in a Kafka transaction with the record's offset, retrying
-    /// transient failures until it is done or shutdown comes. A failed try is aborted (nothing
-    /// of it becomes visible) and, if the broker had already changed an account, the accounts
-    /// are rebuilt from the log, so the retry starts from what was committed.
+    /// Carries out the batch's records in Kafka transactions with their offsets, retrying
+    /// transient failures until all are done or shutdown comes. The records are tried in
+    /// order in one transaction; when one meets a transient failure, those before it are
+    /// committed and it is tried again after a backoff. A try that fails as a whole is
+    /// aborted (nothing of it becomes visible) and, if the broker had already changed an
+    /// account, the accounts are rebuilt from the log, so the retry starts from what was
+    /// committed.
     async fn settle(
         &self,
-        msg: &BorrowedMessage<'_>,
-        plan: &Plan,
+        batch: &mut VecDeque<Taken>,
         shutdown: &CancellationToken,
     ) -> Result<Settled, EngineError> {
         let mut delay = self.backoff.initial;
         let mut tries: u32 = 1;
-        loop {
+        while let Some(head) = batch.front() {
+            let (partition, offset) = (head.msg.partition(), head.msg.offset());
             let reason = match self.out().begin().await {
                 Err(e) => format!("beginning a transaction: {e}"),
-                Ok(()) => match self.attempt(msg, plan).await {
+                Ok(()) => match self.try_batch(batch).await {
                     Err(e) => {
                         self.abort().await;
                         return Err(e);
                     }
-                    Ok(Attempt::Retry(reason)) => {
-                        self.abort().await;
-                        reason
-                    }
-                    Ok(Attempt::Done) => {
-                        crate::failpoint::hit("engine.before_commit");
-                        match self.commit_in_transaction(msg).await {
-                            Ok(()) => {
-                                self.dirty.store(false, std::sync::atomic::Ordering::SeqCst);
-                                return Ok(Settled::Done);
-                            }
-                            Err(e) => {
-                                self.abort().await;
-                                format!("committing the transaction: {e}")
-                            }
+                    Ok(Tried { committed, retry }) => {
+                        if committed > 0 {
+                            delay = self.backoff.initial;
+                            tries = 1;
+                        }
+                        match retry {
+                            None => continue,
+                            Some(reason) => reason,
                         }
                     }
                 },
             };
             tracing::warn!(
-                partition = msg.partition(),
-                offset = msg.offset(),
+                partition,
+                offset,
                 tries,
                 retry_in_ms = millis(delay),
                 reason = %reason,
@@ -442,8 +511,8 @@ impl Engine {
             );
             if !wait(delay, shutdown).await {
                 tracing::info!(
-                    partition = msg.partition(),
-                    offset = msg.offset(),
+                    partition,
+                    offset,
                     "shutdown while retrying; the record stays uncommitted"
                 );
                 return Ok(Settled::Interrupted);
@@ -451,6 +520,69 @@ impl Engine {
             delay = self.backoff.next(delay);
             tries = tries.saturating_add(1);
         }
+        Ok(Settled::Done)
+    }
+
+    /// One try in the open transaction: carries out the batch's records in order until one
+    /// must wait, then waits for every record sent and commits them with their offsets, and
+    /// removes them from the batch. A failure of the whole try aborts it.
+    async fn try_batch(&self, batch: &mut VecDeque<Taken>) -> Result<Tried, EngineError> {
+        let mut sends: Vec<Queued> = Vec::new();
+        let mut counted: Vec<(UserId, i64)> = Vec::new();
+        let mut done = 0;
+        let mut stop = None;
+        for t in batch.iter() {
+            let changes = self.changes.load(Ordering::SeqCst);
+            let plan = self.rate_checked(t, &counted);
+            match self.attempt(&t.msg, &plan, &mut sends).await? {
+                Attempt::Done => {
+                    done += 1;
+                    if let Plan::Open { command, .. }
+                    | Plan::Execute { command }
+                    | Plan::Reject { command, .. } = plan.as_ref()
+                    {
+                        counted.push((command.user_id.clone(), t.at));
+                    }
+                }
+                Attempt::Retry(reason) => {
+                    if self.changes.load(Ordering::SeqCst) != changes {
+                        // The broker changed an account for this record but its outcome
+                        // did not go out: only a rebuild undoes that.
+                        self.abort().await;
+                        return Ok(Tried::failed(reason));
+                    }
+                    stop = Some(reason);
+                    break;
+                }
+            }
+        }
+        if done == 0 {
+            self.abort().await;
+            return Ok(Tried::failed(stop.unwrap_or_default()));
+        }
+        for q in sends {
+            if let Err(e) = q.delivered().await {
+                self.abort().await;
+                if e.is_retryable() {
+                    return Ok(Tried::failed(format!("publishing an outcome: {e}")));
+                }
+                return Err(e.into());
+            }
+        }
+        crate::failpoint::hit("engine.before_commit");
+        if let Err(e) = self.commit_in_transaction(batch.iter().take(done)).await {
+            self.abort().await;
+            return Ok(Tried::failed(format!("committing the transaction: {e}")));
+        }
+        self.dirty.store(false, Ordering::SeqCst);
+        for (user, at) in &counted {
+            self.rate.record(user, *at);
+        }
+        batch.drain(..done);
+        Ok(Tried {
+            committed: done,
+            retry: stop,
+        })
     }
 
     /// The producer outcomes go through: the transactional one once [`Engine::run`] set it up.
@@ -458,14 +590,22 @@ impl Engine {
         self.tx.get().unwrap_or(&self.producer)
     }
 
-    /// Adds the record's next offset to the open transaction and commits it.
-    async fn commit_in_transaction(&self, msg: &BorrowedMessage<'_>) -> Result<(), EngineError> {
+    /// Adds the records' next offsets to the open transaction and commits it.
+    async fn commit_in_transaction(
+        &self,
+        records: impl Iterator<Item = &Taken>,
+    ) -> Result<(), EngineError> {
+        let mut next: HashMap<(String, i32), i64> = HashMap::new();
+        for t in records {
+            let e = next
+                .entry((t.msg.topic().to_owned(), t.msg.partition()))
+                .or_insert(0);
+            *e = (*e).max(t.msg.offset() + 1);
+        }
         let mut offsets = rdkafka::TopicPartitionList::new();
-        offsets.add_partition_offset(
-            msg.topic(),
-            msg.partition(),
-            rdkafka::Offset::Offset(msg.offset() + 1),
-        )?;
+        for ((topic, partition), offset) in next {
+            offsets.add_partition_offset(&topic, partition, rdkafka::Offset::Offset(offset))?;
+        }
         let group = self
             .consumer
             .group_metadata()
@@ -499,29 +639,34 @@ impl Engine {
         }
     }
 
+    /// Marks that the broker changed an account in the open transaction.
+    fn touched(&self) {
+        self.dirty.store(true, Ordering::SeqCst);
+        self.changes.fetch_add(1, Ordering::SeqCst);
+    }
+
     async fn attempt(
         &self,
-        msg: &BorrowedMessage<'_>,
+        msg: &OwnedMessage,
         plan: &Plan,
+        sends: &mut Vec<Queued>,
     ) -> Result<Attempt, EngineError> {
         match plan {
-            Plan::DeadLetter { reason } => self.dead_letter(msg, reason).await,
-            Plan::Reject { command, reason } => {
-                self.publish(&TradeEvent::rejected(command, reason.as_str(), now_ms()))
-                    .await
-            }
+            Plan::DeadLetter { reason } => self.dead_letter(msg, reason, sends),
+            Plan::Reject { command, reason } => self.queue(
+                &TradeEvent::rejected(command, reason.as_str(), now_ms()),
+                sends,
+            ),
             Plan::Open { command, order } => {
                 let tick = match self.tick(order.symbol).await? {
                     Priced::Tick(t) => t,
                     Priced::Reject(reason) => {
-                        return self
-                            .publish(&TradeEvent::rejected(command, reason, now_ms()))
-                            .await
+                        return self.queue(&TradeEvent::rejected(command, reason, now_ms()), sends)
                     }
                     Priced::Retry(reason) => return Ok(Attempt::Retry(reason)),
                 };
                 let outcome = self.broker.open(command, &tick, now_ms()).await;
-                self.answer(command, outcome).await
+                self.answer(command, outcome, sends).await
             }
             Plan::Execute { command } => match command.event_type {
                 CommandType::Deposit | CommandType::Withdrawal => {
@@ -538,16 +683,15 @@ impl Engine {
                     };
                     match outcome {
                         Ok(done) => {
-                            self.dirty.store(true, std::sync::atomic::Ordering::SeqCst);
-                            let sent = self.publish_other(&done.event).await?;
+                            self.touched();
+                            let sent = self.queue(&done.event, sends)?;
                             if matches!(sent, Attempt::Done) {
-                                paper::publish_status(&self.broker, self.out(), &key).await;
+                                self.queue_status(&key, sends).await;
                             }
                             Ok(sent)
                         }
                         Err(BrokerError::Rejected(reason)) => {
-                            self.publish(&reason.rejected_event(command, now_ms()))
-                                .await
+                            self.queue(&reason.rejected_event(command, now_ms()), sends)
                         }
                         Err(e) => Ok(Attempt::Retry(format!("paper broker: {e}"))),
                     }
@@ -561,16 +705,13 @@ impl Engine {
                         let reason = suho_broker::RejectReason::UnknownPosition(
                             command.trade_id.clone().unwrap_or_default(),
                         );
-                        return self
-                            .publish(&reason.rejected_event(command, now_ms()))
-                            .await;
+                        return self.queue(&reason.rejected_event(command, now_ms()), sends);
                     };
                     let tick = match self.tick(symbol).await? {
                         Priced::Tick(t) => t,
                         Priced::Reject(reason) => {
                             return self
-                                .publish(&TradeEvent::rejected(command, reason, now_ms()))
-                                .await
+                                .queue(&TradeEvent::rejected(command, reason, now_ms()), sends)
                         }
                         Priced::Retry(reason) => return Ok(Attempt::Retry(reason)),
                     };
@@ -579,7 +720,7 @@ impl Engine {
                     } else {
                         self.broker.modify(command, &tick, now_ms()).await
                     };
-                    self.answer(command, outcome).await
+                    self.answer(command, outcome, sends).await
                 }
             },
         }
@@ -602,80 +743,83 @@ impl Engine {
         Ok(plan::quote_tick(symbol, reply))
     }
 
-    /// Publishes the broker's answer to a trade command (its event, or a rejection, plus a
+    /// Queues the broker's answer to a trade command (its event, or a rejection, plus a
     /// `RISK_LIMIT_BREACH` when the user's own limits were hit), then the account's status.
     async fn answer(
         &self,
         command: &TradeCommand,
         outcome: suho_broker::BrokerResult<suho_broker::Outcome<TradeEvent>>,
+        sends: &mut Vec<Queued>,
     ) -> Result<Attempt, EngineError> {
         let key = AccountKey::of_command(command);
         let sent = match outcome {
             Ok(done) => {
-                self.dirty.store(true, std::sync::atomic::Ordering::SeqCst);
-                self.publish(&done.event).await?
+                self.touched();
+                self.queue(&done.event, sends)?
             }
             Err(BrokerError::Rejected(reason)) => {
                 if let Some(alert) = reason.breach_alert(command, now_ms()) {
-                    if let Attempt::Retry(why) = self.publish_other(&alert).await? {
+                    if let Attempt::Retry(why) = self.queue(&alert, sends)? {
                         return Ok(Attempt::Retry(why));
                     }
                 }
-                self.publish(&reason.rejected_event(command, now_ms()))
-                    .await?
+                self.queue(&reason.rejected_event(command, now_ms()), sends)?
             }
             Err(e) => return Ok(Attempt::Retry(format!("paper broker: {e}"))),
         };
         if matches!(sent, Attempt::Done) {
-            paper::publish_status(&self.broker, self.out(), &key).await;
+            self.queue_status(&key, sends).await;
         }
         Ok(sent)
     }
 
-    /// Publishes an event of another topic than `user.trades` (a transaction, an alert).
-    async fn publish_other<E: UserEvent + serde::Serialize>(
+    /// Queues the account's status (skipped, at debug, while a conversion rate is missing:
+    /// the next change or the periodic round sends it).
+    async fn queue_status(&self, key: &AccountKey, sends: &mut Vec<Queued>) {
+        match self.broker.status(key, now_ms()).await {
+            Ok(status) => {
+                if let Err(e) = self.queue(&status, sends) {
+                    tracing::warn!(user_id = %key.user_id, error = %e, "ACCOUNT_STATUS not queued");
+                }
+            }
+            Err(e) => tracing::debug!(user_id = %key.user_id, error = %e, "no ACCOUNT_STATUS yet"),
+        }
+    }
+
+    /// Queues an outcome in the open transaction (its acknowledgement is awaited before the
+    /// commit) and logs it.
+    fn queue<E: UserEvent + serde::Serialize>(
         &self,
         event: &E,
+        sends: &mut Vec<Queued>,
     ) -> Result<Attempt, EngineError> {
-        let sent = self.out().send(event).await;
-        delivered(sent, event.event_type_str(), |d| {
-            tracing::info!(
-                user_id = %event.user_id(),
-                event_type = event.event_type_str(),
-                event_id = event.event_id(),
-                partition = d.partition,
-                offset = d.offset,
-                "command answered"
-            );
-        })
+        match self.out().enqueue(event) {
+            Ok(q) => {
+                sends.push(q);
+                tracing::info!(
+                    user_id = %event.user_id(),
+                    event_type = event.event_type_str(),
+                    event_id = event.event_id(),
+                    "command answered"
+                );
+                Ok(Attempt::Done)
+            }
+            Err(e) if e.is_retryable() => Ok(Attempt::Retry(format!(
+                "publishing {}: {e}",
+                event.event_type_str()
+            ))),
+            Err(e) => Err(e.into()),
+        }
     }
 
-    /// Publishes an outcome on `user.trades` and logs it once acknowledged.
-    async fn publish(&self, event: &TradeEvent) -> Result<Attempt, EngineError> {
-        let sent = self.out().send(event).await;
-        delivered(sent, event.event_type_str(), |d| {
-            tracing::info!(
-                user_id = %event.user_id,
-                command_id = event.command_id.as_deref().unwrap_or_default(),
-                outcome = event.event_type_str(),
-                trade_id = event.trade_id.as_deref().unwrap_or_default(),
-                symbol = event.symbol.as_ref().map(ToString::to_string).unwrap_or_default(),
-                price = event.execution_price.map(|p| p.to_string()).unwrap_or_default(),
-                reason = event.reason.as_deref().unwrap_or_default(),
-                partition = d.partition,
-                offset = d.offset,
-                "command answered"
-            );
-        })
-    }
-
-    /// Sends the record, byte for byte and with its own headers, to `user.commands.dlq`
+    /// Queues the record, byte for byte and with its own headers, for `user.commands.dlq`
     /// under its original key, adding `dlq.reason`, `dlq.topic`, `dlq.partition` and
     /// `dlq.offset`.
-    async fn dead_letter(
+    fn dead_letter(
         &self,
-        msg: &BorrowedMessage<'_>,
+        msg: &OwnedMessage,
         reason: &str,
+        sends: &mut Vec<Queued>,
     ) -> Result<Attempt, EngineError> {
         let key = msg
             .key()
@@ -702,17 +846,15 @@ impl Engine {
                 value: Some(v),
             });
         }
-        let sent = self
-            .out()
-            .send_raw(
-                UserTopic::CommandsDlq,
-                &key,
-                msg.payload().unwrap_or_default(),
-                Some(headers),
-            )
-            .await;
-        match sent {
-            Ok(delivery) => {
+        let queued = self.out().enqueue_raw(
+            UserTopic::CommandsDlq,
+            &key,
+            msg.payload().unwrap_or_default(),
+            Some(headers),
+        );
+        match queued {
+            Ok(q) => {
+                sends.push(q);
                 metrics::counter!(
                     suho_telemetry::names::KAFKA_DEAD_LETTERS,
                     "topic" => UserTopic::Commands.name()
@@ -723,8 +865,6 @@ impl Engine {
                     partition = msg.partition(),
                     offset = msg.offset(),
                     reason,
-                    dlq_partition = delivery.partition,
-                    dlq_offset = delivery.offset,
                     "unreadable command record dead-lettered"
                 );
                 Ok(Attempt::Done)
@@ -732,23 +872,6 @@ impl Engine {
             Err(e) if e.is_retryable() => Ok(Attempt::Retry(format!("dead-lettering: {e}"))),
             Err(e) => Err(e.into()),
         }
-    }
-}
-
-/// What a send means for the attempt: done (logged by `log`), retry a retryable failure, or
-/// a fatal error.
-fn delivered(
-    sent: Result<suho_messaging::kafka::Delivery, suho_messaging::MessagingError>,
-    what: &str,
-    log: impl FnOnce(suho_messaging::kafka::Delivery),
-) -> Result<Attempt, EngineError> {
-    match sent {
-        Ok(d) => {
-            log(d);
-            Ok(Attempt::Done)
-        }
-        Err(e) if e.is_retryable() => Ok(Attempt::Retry(format!("publishing {what}: {e}"))),
-        Err(e) => Err(e.into()),
     }
 }
 
@@ -809,13 +932,14 @@ mod tests {
         let rate = RateLimit::new(3);
         let (u, v) = (UserId::new("u"), UserId::new("v"));
         for t in [1_000, 1_010, 1_020] {
-            assert!(rate.allows(&u, t));
+            assert!(rate.allows(&u, t, 0));
             rate.record(&u, t);
         }
-        assert!(!rate.allows(&u, 1_030));
-        assert!(rate.allows(&v, 1_030));
-        assert!(!rate.allows(&u, 1_999));
-        assert!(rate.allows(&u, 2_000));
+        assert!(!rate.allows(&u, 1_030, 0));
+        assert!(rate.allows(&v, 1_030, 2));
+        assert!(!rate.allows(&v, 1_030, 3));
+        assert!(!rate.allows(&u, 1_999, 0));
+        assert!(rate.allows(&u, 2_000, 0));
     }
 
     #[test]
