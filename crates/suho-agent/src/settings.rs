@@ -10,16 +10,16 @@
 //!
 //! Per record, keyed by `user_id`:
 //! - `SETTINGS_UPDATED` replaces the user's settings with its `settings` object;
-//! - `MT5_ACCOUNT_LINKED` / `MT5_ACCOUNT_UNLINKED` change nothing here;
+//! - `MT5_ACCOUNT_LINKED` / `MT5_ACCOUNT_UNLINKED` replace them with theirs too, or change
+//!   nothing if they carry none;
 //! - a tombstone (no value) forgets the user;
 //! - a record that cannot be read (or an update whose settings cannot be read) also forgets the
 //!   user, with a warning: when the agent cannot tell what the user wants, it does not trade for
 //!   them.
 //!
 //! Compaction keeps only the latest record of each key, and the link events share the user's
-//! key: once compacted, a user whose last record is an MT5 link has no settings here after a
-//! restart (until their next update). The contract puts both on one topic under one key; a
-//! separate key or topic for links would remove this.
+//! key, so every record carries the whole settings object (the gateway puts it in
+//! `MT5_ACCOUNT_LINKED` too): whichever record compaction keeps, the settings survive.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -100,28 +100,23 @@ impl SettingsBook {
             tracing::warn!(key = %user, user_id = %event.user_id, event_id = %event.event_id, "a user.settings record keyed by another user; ignored");
             return;
         }
-        match event.event_type {
-            SettingsEventType::SettingsUpdated => {
-                match event
-                    .settings
-                    .map(serde_json::from_value::<UserSettings>)
-                    .transpose()
-                {
-                    Ok(Some(settings)) => {
-                        tracing::debug!(user_id = %user, event_id = %event.event_id, "settings updated");
-                        self.write().insert(user, settings);
-                    }
-                    Ok(None) => {
-                        tracing::warn!(user_id = %user, event_id = %event.event_id, "SETTINGS_UPDATED without settings; no auto-trading for the user until their next update");
-                        self.forget(&user);
-                    }
-                    Err(e) => {
-                        tracing::warn!(user_id = %user, event_id = %event.event_id, error = %e, "unreadable settings; no auto-trading for the user until their next update");
-                        self.forget(&user);
-                    }
-                }
+        // Every record carries the whole settings object (a link too: the topic is compacted
+        // to the latest record per user); a link without one, from an older gateway, changes
+        // nothing.
+        match event.settings.map(serde_json::from_value::<UserSettings>) {
+            Some(Ok(settings)) => {
+                tracing::debug!(user_id = %user, event_id = %event.event_id, "settings updated");
+                self.write().insert(user, settings);
             }
-            SettingsEventType::Mt5AccountLinked | SettingsEventType::Mt5AccountUnlinked => {}
+            None if event.event_type != SettingsEventType::SettingsUpdated => {}
+            None => {
+                tracing::warn!(user_id = %user, event_id = %event.event_id, "SETTINGS_UPDATED without settings; no auto-trading for the user until their next update");
+                self.forget(&user);
+            }
+            Some(Err(e)) => {
+                tracing::warn!(user_id = %user, event_id = %event.event_id, error = %e, "unreadable settings; no auto-trading for the user until their next update");
+                self.forget(&user);
+            }
         }
     }
 
@@ -348,7 +343,25 @@ mod tests {
             Some(b"usr_a"),
             Some(&record("usr_a", "MT5_ACCOUNT_LINKED", None)),
         );
-        assert!(book.get(&u).is_some(), "a link changes no settings");
+        assert!(
+            book.get(&u).is_some(),
+            "a link without settings changes nothing"
+        );
+        book.apply(
+            Some(b"usr_a"),
+            Some(&record(
+                "usr_a",
+                "MT5_ACCOUNT_LINKED",
+                Some(serde_json::json!({
+                    "risk": {"leverage": 100, "max_volume": 10, "max_open_positions": 20},
+                    "watchlist": [], "auto_trading": {}
+                })),
+            )),
+        );
+        assert!(
+            book.opted_in("scalping").is_empty(),
+            "a link's settings replace the earlier ones"
+        );
         book.apply(Some(b"usr_a"), None);
         assert!(book.get(&u).is_none(), "a tombstone forgets");
     }

@@ -121,6 +121,10 @@ impl UserEventProducer {
             .set("linger.ms", "1")
             .set("message.timeout.ms", "10000")
             .set("partitioner", PARTITIONER)
+            // A transaction begun right after a commit meets CONCURRENT_TRANSACTIONS until the
+            // previous one's markers are written (milliseconds); retry soon, not after 100 ms.
+            .set("retry.backoff.ms", "5")
+            .set("retry.backoff.max.ms", "100")
             .set("transactional.id", transactional_id)
             .set("transaction.timeout.ms", "10000")
             .create()?;

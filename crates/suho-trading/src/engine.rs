@@ -158,6 +158,9 @@ enum Attempt {
     Retry(String),
 }
 
+/// The quotes asked for in one try at a batch.
+type Prices = HashMap<suho_domain::Symbol, Priced>;
+
 /// The most records one transaction carries.
 const MAX_BATCH: usize = 500;
 
@@ -528,13 +531,14 @@ impl Engine {
     /// removes them from the batch. A failure of the whole try aborts it.
     async fn try_batch(&self, batch: &mut VecDeque<Taken>) -> Result<Tried, EngineError> {
         let mut sends: Vec<Queued> = Vec::new();
+        let mut prices = self.prefetch(batch).await;
         let mut counted: Vec<(UserId, i64)> = Vec::new();
         let mut done = 0;
         let mut stop = None;
         for t in batch.iter() {
             let changes = self.changes.load(Ordering::SeqCst);
             let plan = self.rate_checked(t, &counted);
-            match self.attempt(&t.msg, &plan, &mut sends).await? {
+            match self.attempt(&t.msg, &plan, &mut prices, &mut sends).await? {
                 Attempt::Done => {
                     done += 1;
                     if let Plan::Open { command, .. }
@@ -649,6 +653,7 @@ impl Engine {
         &self,
         msg: &OwnedMessage,
         plan: &Plan,
+        prices: &mut Prices,
         sends: &mut Vec<Queued>,
     ) -> Result<Attempt, EngineError> {
         match plan {
@@ -658,7 +663,7 @@ impl Engine {
                 sends,
             ),
             Plan::Open { command, order } => {
-                let tick = match self.tick(order.symbol).await? {
+                let tick = match self.priced(order.symbol, prices).await? {
                     Priced::Tick(t) => t,
                     Priced::Reject(reason) => {
                         return self.queue(&TradeEvent::rejected(command, reason, now_ms()), sends)
@@ -707,7 +712,7 @@ impl Engine {
                         );
                         return self.queue(&reason.rejected_event(command, now_ms()), sends);
                     };
-                    let tick = match self.tick(symbol).await? {
+                    let tick = match self.priced(symbol, prices).await? {
                         Priced::Tick(t) => t,
                         Priced::Reject(reason) => {
                             return self
@@ -724,6 +729,50 @@ impl Engine {
                 }
             },
         }
+    }
+
+    /// The quote of `symbol` for this try: asked once per try (see [`Engine::prefetch`]).
+    async fn priced(
+        &self,
+        symbol: suho_domain::Symbol,
+        prices: &mut Prices,
+    ) -> Result<Priced, EngineError> {
+        if let Some(p) = prices.get(&symbol) {
+            return Ok(p.clone());
+        }
+        let p = self.tick(symbol).await?;
+        prices.insert(symbol, p.clone());
+        Ok(p)
+    }
+
+    /// Asks the price service for every symbol the batch's trades need, all at once.
+    async fn prefetch(&self, batch: &VecDeque<Taken>) -> Prices {
+        let mut symbols: Vec<suho_domain::Symbol> = batch
+            .iter()
+            .filter_map(|t| match &t.plan {
+                Plan::Open { order, .. } => Some(order.symbol),
+                Plan::Execute { command }
+                    if matches!(
+                        command.event_type,
+                        CommandType::CloseTrade | CommandType::ModifyTrade
+                    ) =>
+                {
+                    self.broker
+                        .with_account(&AccountKey::of_command(command), |a| {
+                            a.command_symbol(command)
+                        })
+                }
+                _ => None,
+            })
+            .collect();
+        symbols.sort_unstable();
+        symbols.dedup();
+        let asked = futures::future::join_all(symbols.iter().map(|&s| self.tick(s))).await;
+        symbols
+            .into_iter()
+            .zip(asked)
+            .filter_map(|(s, p)| p.ok().map(|p| (s, p)))
+            .collect()
     }
 
     /// The latest quote of `symbol` from the price service, as a tick for the broker.

@@ -16,7 +16,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use suho_broker::{PaperBroker, UserLimits};
-use suho_domain::{RiskSettings, SettingsEvent, SettingsEventType, UserSettings, UserTopic};
+use suho_domain::{RiskSettings, SettingsEvent, UserSettings, UserTopic};
 use tokio_util::sync::CancellationToken;
 
 use crate::EngineError;
@@ -31,13 +31,11 @@ pub fn user_limits(risk: &RiskSettings) -> UserLimits {
     }
 }
 
-/// The risk settings a `user.settings` record carries, if it is a readable
-/// `SETTINGS_UPDATED`.
+/// The risk settings a `user.settings` record carries, if it carries readable settings
+/// (every record does: the topic is compacted to the latest record per user, so an
+/// `MT5_ACCOUNT_LINKED` carries them too).
 fn risk_of(payload: &[u8]) -> Option<(suho_domain::UserId, RiskSettings)> {
     let event: SettingsEvent = serde_json::from_slice(payload).ok()?;
-    if event.event_type != SettingsEventType::SettingsUpdated {
-        return None;
-    }
     let settings: UserSettings = serde_json::from_value(event.settings?).ok()?;
     Some((event.user_id, settings.risk))
 }
@@ -181,7 +179,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_settings_updates_carry_limits() {
+    fn every_record_with_settings_carries_limits() {
         let updated = serde_json::json!({"event_id":"s1","event_type":"SETTINGS_UPDATED","user_id":"u1",
             "settings":{"risk":{"leverage":30,"max_volume":0.5,"max_open_positions":3},
                         "watchlist":[],"auto_trading":{}},"timestamp":1});
@@ -193,6 +191,12 @@ mod tests {
         let linked = serde_json::json!({"event_id":"s2","event_type":"MT5_ACCOUNT_LINKED","user_id":"u1",
             "mt5_account":"123","timestamp":2});
         assert!(risk_of(linked.to_string().as_bytes()).is_none());
+        let linked_with = serde_json::json!({"event_id":"s3","event_type":"MT5_ACCOUNT_LINKED","user_id":"u1",
+            "mt5_account":"123","timestamp":3,
+            "settings":{"risk":{"leverage":20,"max_volume":1,"max_open_positions":2},
+                        "watchlist":[],"auto_trading":{}}});
+        let (_, risk) = risk_of(linked_with.to_string().as_bytes()).expect("limits");
+        assert_eq!(risk.leverage, 20);
         assert!(risk_of(b"not json").is_none());
     }
 }
