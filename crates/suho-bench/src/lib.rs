@@ -19,14 +19,25 @@
 //!
 //! [`bench_bridge`] (module `bridge`) measures the data bridge's sustained rows/s into
 //! PostgreSQL beside a raw `COPY` of the same rows into the same table; `suho bench bridge`.
+//!
+//! [`bench_trading`] (module `trading`) sends trade commands from many users, open loop,
+//! through the gateway or straight into Kafka, to the real trading engine, and times each to
+//! its outcome on `user.trades`, beside a bare rdkafka two-hop echo on the same broker;
+//! `suho bench trading`.
 
 mod bridge;
 mod phase;
 mod server;
+mod trading;
 
 pub use bridge::{
     bench_bridge, BridgeBenchOptions, BridgeBenchReport, BridgePhaseResult, BridgeRunResult,
     BRIDGE_GOAL_RATIO,
+};
+pub use server::StackOptions;
+pub use trading::{
+    bench_trading, TradingBenchOptions, TradingBenchReport, TradingPath, TradingPhaseResult,
+    TradingRateResult, TRADING_GOAL_RATIO, TRADING_KEPT_PACE,
 };
 
 use std::fmt;

@@ -256,3 +256,124 @@ fn as_owner(mut cmd: Command, owner: Option<(u32, u32)>) -> Command {
     }
     cmd
 }
+
+/// Where a [`ThrowawayStack`] finds Kafka's jars and how it runs Kafka.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    /// Downloaded Kafka jars (`<stack.dir>/cache`, shared with `suho stack up` and the tests).
+    pub cache_dir: PathBuf,
+    /// Apache Kafka version (`stack.kafka_version`).
+    pub kafka_version: String,
+    /// Kafka's JVM heap (`stack.kafka_heap`).
+    pub kafka_heap: String,
+}
+
+/// A whole suho stack of its own (Apache Kafka in KRaft mode, `nats-server`, PostgreSQL),
+/// started by `suho_stack` as `suho stack up` starts it, on free loopback ports, with every
+/// file in a temporary directory. The servers are started, and stopped, by one thread that
+/// lives as long as the guard: they die with that thread (`PR_SET_PDEATHSIG`), so a crashed
+/// run leaves none behind. Stopped, and the files removed, on drop.
+pub(crate) struct ThrowawayStack {
+    kafka_bootstrap: String,
+    nats_url: String,
+    database_url: String,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl ThrowawayStack {
+    /// Installs what is missing (as `suho stack install`), starts the three servers and waits
+    /// until each is ready. Blocking (Kafka takes some seconds).
+    pub(crate) fn start(opts: &StackOptions) -> anyhow::Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new()
+            .prefix("suho-bench-stack-")
+            .tempdir()
+            .context("creating the stack directory")?;
+        // PostgreSQL runs as the `postgres` user when we are root: it must reach its directory.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .context("opening the stack directory to the postgres user")?;
+        let port = || suho_stack::free_port().context("finding a free port");
+        let spec = suho_stack::StackSpec {
+            dir: dir.path().to_path_buf(),
+            cache_dir: std::path::absolute(&opts.cache_dir)
+                .unwrap_or_else(|_| opts.cache_dir.clone()),
+            kafka_version: opts.kafka_version.clone(),
+            kafka_heap: opts.kafka_heap.clone(),
+            kafka_port: port()?,
+            kafka_controller_port: port()?,
+            nats_port: port()?,
+            nats_monitor_port: port()?,
+            pg_port: port()?,
+            pg_database: "suho".into(),
+            pg_user: "suho".into(),
+            ephemeral: false,
+            die_with_parent: true,
+        };
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let thread_spec = spec.clone();
+        let thread = std::thread::Builder::new()
+            .name("suho-bench-stack".into())
+            .spawn(move || {
+                let started = suho_stack::install(&thread_spec)
+                    .and_then(|tools| suho_stack::start(&thread_spec, &tools));
+                let mut started = match started {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                // Until the guard drops (or its sender is gone).
+                let _ = stop_rx.recv();
+                suho_stack::stop_processes(&mut started.started);
+            })
+            .context("spawning the stack thread")?;
+        let mut stack = Self {
+            kafka_bootstrap: spec.kafka_bootstrap(),
+            nats_url: spec.nats_url(),
+            database_url: spec.database_url(&spec.pg_database),
+            stop: Some(stop_tx),
+            thread: Some(thread),
+            dir: Some(dir),
+        };
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(stack),
+            Ok(Err(e)) => {
+                stack.stop = None;
+                Err(e).context("starting a throwaway Kafka, NATS and PostgreSQL")
+            }
+            Err(_) => bail!("the stack thread ended without starting the stack"),
+        }
+    }
+
+    /// Kafka's `host:port`.
+    pub(crate) fn kafka_bootstrap(&self) -> &str {
+        &self.kafka_bootstrap
+    }
+
+    /// The NATS URL.
+    pub(crate) fn nats_url(&self) -> &str {
+        &self.nats_url
+    }
+
+    /// The URL of the stack's (empty) `suho` database, as the superuser.
+    pub(crate) fn database_url(&self) -> &str {
+        &self.database_url
+    }
+}
+
+impl Drop for ThrowawayStack {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        if let Some(dir) = self.dir.take() {
+            let _ = dir.close();
+        }
+    }
+}

@@ -68,6 +68,58 @@ pub fn base_config(config: &suho_config::KafkaConfig) -> ClientConfig {
     c
 }
 
+/// The settings of [`UserEventProducer::new`]: idempotent, `acks=all`, Kafka's partitioner.
+#[must_use]
+pub fn producer_config(config: &suho_config::KafkaConfig) -> ClientConfig {
+    let mut c = base_config(config);
+    c.set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "1")
+        .set("message.timeout.ms", "30000")
+        .set("partitioner", PARTITIONER);
+    c
+}
+
+/// The settings of [`UserEventProducer::transactional`] under `transactional_id`.
+#[must_use]
+pub fn transactional_config(
+    config: &suho_config::KafkaConfig,
+    transactional_id: &str,
+) -> ClientConfig {
+    let mut c = producer_config(config);
+    c.set("message.timeout.ms", "10000")
+        // A transaction begun right after a commit meets CONCURRENT_TRANSACTIONS until the
+        // previous one's markers are written (milliseconds); retry soon, not after 100 ms.
+        .set("retry.backoff.ms", "5")
+        .set("retry.backoff.max.ms", "100")
+        .set("transactional.id", transactional_id)
+        .set("transaction.timeout.ms", "10000");
+    c
+}
+
+/// The settings of [`consumer`] in the group `group_id` (taken as is): manual commits,
+/// `read_committed`, earliest for a new group, tuned for latency.
+#[must_use]
+pub fn consumer_config(
+    config: &suho_config::KafkaConfig,
+    telemetry: &suho_config::TelemetryConfig,
+    group_id: &str,
+) -> ClientConfig {
+    let mut c = base_config(config);
+    c.set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("fetch.wait.max.ms", "10")
+        .set("session.timeout.ms", "10000")
+        .set(
+            "statistics.interval.ms",
+            telemetry.lag_interval_ms.to_string(),
+        );
+    c
+}
+
 /// Where a record landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Delivery {
@@ -91,13 +143,7 @@ impl UserEventProducer {
     /// # Errors
     /// The client configuration is rejected by librdkafka.
     pub fn new(config: &suho_config::KafkaConfig) -> Result<Self, MessagingError> {
-        let producer = base_config(config)
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "1")
-            .set("message.timeout.ms", "30000")
-            .set("partitioner", PARTITIONER)
-            .create()?;
+        let producer = producer_config(config).create()?;
         Ok(Self {
             producer,
             prefix: config.topic_prefix.clone(),
@@ -115,19 +161,7 @@ impl UserEventProducer {
         config: &suho_config::KafkaConfig,
         transactional_id: &str,
     ) -> Result<Self, MessagingError> {
-        let producer: FutureProducer = base_config(config)
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "1")
-            .set("message.timeout.ms", "10000")
-            .set("partitioner", PARTITIONER)
-            // A transaction begun right after a commit meets CONCURRENT_TRANSACTIONS until the
-            // previous one's markers are written (milliseconds); retry soon, not after 100 ms.
-            .set("retry.backoff.ms", "5")
-            .set("retry.backoff.max.ms", "100")
-            .set("transactional.id", transactional_id)
-            .set("transaction.timeout.ms", "10000")
-            .create()?;
+        let producer: FutureProducer = transactional_config(config, transactional_id).create()?;
         let p = producer.clone();
         blocking(move || p.init_transactions(Timeout::After(Duration::from_secs(30)))).await?;
         Ok(Self {
@@ -467,18 +501,7 @@ pub fn consumer(
 ) -> Result<UserConsumer, MessagingError> {
     use rdkafka::consumer::Consumer;
     let group_id = format!("{}{group}", config.group_prefix);
-    let consumer: UserConsumer = base_config(config)
-        .set("group.id", &group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("isolation.level", "read_committed")
-        .set("fetch.wait.max.ms", "10")
-        .set("session.timeout.ms", "10000")
-        .set(
-            "statistics.interval.ms",
-            telemetry.lag_interval_ms.to_string(),
-        )
+    let consumer: UserConsumer = consumer_config(config, telemetry, &group_id)
         .create_with_context(LagContext {
             group: group.to_string(),
             prefix: config.topic_prefix.clone(),

@@ -118,6 +118,30 @@ enum BenchTarget {
         #[arg(long)]
         nats_url: Option<String>,
     },
+    /// Trade commands from many users, open loop, through the HTTP API or straight into
+    /// Kafka, to their TRADE_EXECUTED on user.trades (the real gateway, trading engine and
+    /// price service on a throwaway stack), against a bare Kafka two-hop echo on the same
+    /// broker; exactly-once checked per phase; a sweep of rates for the highest sustained.
+    Trading {
+        /// One rate only, commands/s over all users (instead of the sweep).
+        #[arg(long, conflicts_with = "sweep")]
+        rate: Option<u32>,
+        /// Rates to sweep, commands/s (comma-separated; default 50,100,250,500,1000,2000,4000).
+        #[arg(long, value_delimiter = ',')]
+        sweep: Option<Vec<u32>>,
+        /// Seconds of sending per path and rate.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Users to register and spread the commands over.
+        #[arg(long, default_value_t = 200)]
+        users: usize,
+        /// Our paths to measure: http, kafka or both (the echo baselines always run).
+        #[arg(long, default_value = "both", value_parser = ["http", "kafka", "both"])]
+        path: String,
+        /// Highest p99 (command -> TRADE_EXECUTED) of a sustained rate, milliseconds.
+        #[arg(long, default_value_t = 500)]
+        p99_bound_ms: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -202,7 +226,15 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     use anyhow::Context;
     let config = suho_config::Config::load(cli.config.as_deref())?;
-    suho_telemetry::init_tracing(&config.telemetry.log_format, &config.telemetry.log_filter);
+    // The trading bench runs the platform in this process: its per-command info lines (two per
+    // command) would bury the report, so it logs warnings only unless RUST_LOG says otherwise.
+    let log_filter = match &cli.command {
+        Command::Bench {
+            target: BenchTarget::Trading { .. },
+        } => "warn,suho_bench=info,rdkafka=error",
+        _ => config.telemetry.log_filter.as_str(),
+    };
+    suho_telemetry::init_tracing(&config.telemetry.log_format, log_filter);
     match cli.command {
         Command::Up => runtime()?.block_on(up(config)),
         Command::Topics {
@@ -254,6 +286,41 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ..suho_bench::BridgeBenchOptions::default()
             };
             let report = suho_bench::bench_bridge(opts).await?;
+            println!("{report}");
+            Ok(())
+        }),
+        Command::Bench {
+            target:
+                BenchTarget::Trading {
+                    rate,
+                    sweep,
+                    duration,
+                    users,
+                    path,
+                    p99_bound_ms,
+                },
+        } => runtime()?.block_on(async {
+            let defaults = suho_bench::TradingBenchOptions::default();
+            let paths = match path.as_str() {
+                "http" => vec![suho_bench::TradingPath::Http],
+                "kafka" => vec![suho_bench::TradingPath::Kafka],
+                _ => defaults.paths.clone(),
+            };
+            let opts = suho_bench::TradingBenchOptions {
+                rates: rate.map(|r| vec![r]).or(sweep).unwrap_or(defaults.rates.clone()),
+                duration: std::time::Duration::from_secs(duration),
+                users,
+                paths,
+                p99_bound: std::time::Duration::from_millis(p99_bound_ms),
+                // The Kafka jars `suho stack up` downloaded, and its Kafka version and heap.
+                stack: suho_bench::StackOptions {
+                    cache_dir: config.stack.dir.join("cache"),
+                    kafka_version: config.stack.kafka_version.clone(),
+                    kafka_heap: config.stack.kafka_heap.clone(),
+                },
+                ..defaults
+            };
+            let report = suho_bench::bench_trading(opts).await?;
             println!("{report}");
             Ok(())
         }),

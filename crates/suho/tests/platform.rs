@@ -21,6 +21,8 @@ mod invalid;
 mod polygon;
 /// Settings, MT5 links, client order ids, close and modify (in `tests/profile/`).
 mod profile;
+/// The WebSocket stream of the whole platform (in `tests/ws/`).
+mod ws;
 
 struct Running {
     env: TestEnv,
@@ -70,6 +72,29 @@ impl Running {
             req = req.bearer_auth(t);
         }
         let resp = req.send().await.expect("HTTP request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Sends `body` as JSON with `method` to `path` under `token`; the status and the JSON
+    /// answer (`Null` if none).
+    async fn send_text(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: &str,
+    ) -> (u16, Value) {
+        let resp = self
+            .http
+            .request(method, self.url(path))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("HTTP request");
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))

@@ -11,29 +11,6 @@ use suho_domain::UserTopic;
 
 use super::{consume, Running};
 
-impl Running {
-    async fn send_text(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: &str,
-        body: &str,
-    ) -> (u16, Value) {
-        let resp = self
-            .http
-            .request(method, self.url(path))
-            .bearer_auth(token)
-            .header("content-type", "application/json")
-            .body(body.to_owned())
-            .send()
-            .await
-            .expect("HTTP request");
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-}
-
 #[tokio::test]
 async fn every_invalid_request_names_its_field_or_is_rejected_with_a_reason() {
     let p = Running::start().await;

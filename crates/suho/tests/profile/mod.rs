@@ -19,14 +19,8 @@ impl Running {
         token: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut req = self.http.request(method, self.url(path)).bearer_auth(token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.expect("HTTP request");
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        self.send_text(method, path, token, &body).await
     }
 }
 
@@ -139,6 +133,8 @@ async fn settings_and_mt5_links_are_the_callers_own_and_published_without_secret
     }
     assert_eq!(events[0].2["settings"]["risk"]["leverage"], 50);
     assert_eq!(events[1].2["mt5_account"], "5001234");
+    // The link carries the settings too: the compacted topic keeps only a user's latest record.
+    assert_eq!(events[1].2["settings"]["risk"]["leverage"], 50);
     p.stop().await;
 }
 
