@@ -198,6 +198,15 @@ impl UserEventProducer {
         .await
     }
 
+    /// Commits the open transaction (no consumed offsets in it).
+    ///
+    /// # Errors
+    /// Kafka refused; the transaction must then be aborted.
+    pub async fn commit(&self) -> Result<(), MessagingError> {
+        let p = self.producer.clone();
+        blocking(move || p.commit_transaction(Timeout::After(Duration::from_secs(30)))).await
+    }
+
     /// Aborts the open transaction: nothing sent in it becomes visible to `read_committed`
     /// readers.
     ///

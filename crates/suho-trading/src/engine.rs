@@ -75,6 +75,12 @@ pub struct Engine {
     rebuilt_for: AtomicU64,
     /// The per-user command rate limit.
     rate: RateLimit,
+    /// Live ticks, applied to the accounts in the engine's transactions.
+    ticks: Arc<paper::TickInbox>,
+    /// Which accounts this engine acts on between commands (set by [`Engine::run`]).
+    ownership: std::sync::OnceLock<paper::Ownership>,
+    /// When the owned accounts' statuses were last all published.
+    statuses_sent: Mutex<std::time::Instant>,
 }
 
 /// At most `limit` executed commands per user in any second, by the records' timestamps
@@ -160,6 +166,9 @@ enum Attempt {
 
 /// The quotes asked for in one try at a batch.
 type Prices = HashMap<suho_domain::Symbol, Priced>;
+
+/// The least time between two transactions of ticks alone.
+const TICK_ROUND_EVERY: Duration = Duration::from_millis(50);
 
 /// The most records one transaction carries.
 const MAX_BATCH: usize = 500;
@@ -248,6 +257,9 @@ impl Engine {
             assignment,
             rebuilt_for: AtomicU64::new(0),
             rate: RateLimit::new(config.trading.max_commands_per_second),
+            ticks: Arc::new(paper::TickInbox::default()),
+            ownership: std::sync::OnceLock::new(),
+            statuses_sent: Mutex::new(std::time::Instant::now()),
         })
     }
 
@@ -316,11 +328,10 @@ impl Engine {
                 }
             }
         }
+        let _ = self.ownership.set(ownership);
         let ticks = tokio::spawn(paper::run_ticks(
-            Arc::clone(&self.broker),
             self.bus.clone(),
-            self.producer.clone(),
-            ownership,
+            Arc::clone(&self.ticks),
             shutdown.clone(),
         ));
         let result = self.consume(&shutdown).await;
@@ -340,16 +351,31 @@ impl Engine {
     async fn consume(&self, shutdown: &CancellationToken) -> Result<(), EngineError> {
         let mut batch: VecDeque<Taken> = VecDeque::new();
         let mut recv_delay = self.backoff.initial;
+        let mut last_round = tokio::time::Instant::now();
         loop {
             if !self.follow_assignment(shutdown).await {
                 return Ok(());
             }
             if batch.is_empty() {
+                // Idle: ticks (and the periodic statuses) get transactions of their own, at
+                // most one per TICK_ROUND_EVERY.
+                let tick_round = async {
+                    tokio::select! {
+                        () = self.ticks.arrived() => {}
+                        () = tokio::time::sleep(paper::STATUS_EVERY) => {}
+                    }
+                    tokio::time::sleep_until(last_round + TICK_ROUND_EVERY).await;
+                };
                 let received = tokio::select! {
                     biased;
                     () = shutdown.cancelled() => return Ok(()),
                     () = self.assignment.changed() => continue,
                     r = self.consumer.recv() => r,
+                    () = tick_round => {
+                        last_round = tokio::time::Instant::now();
+                        self.tick_round().await?;
+                        continue;
+                    }
                 };
                 match received {
                     Ok(msg) => {
@@ -531,6 +557,11 @@ impl Engine {
     /// removes them from the batch. A failure of the whole try aborts it.
     async fn try_batch(&self, batch: &mut VecDeque<Taken>) -> Result<Tried, EngineError> {
         let mut sends: Vec<Queued> = Vec::new();
+        let ticked = self.apply_ticks(&mut sends).await?;
+        if let Err(reason) = ticked {
+            self.abort().await;
+            return Ok(Tried::failed(reason));
+        }
         let mut prices = self.prefetch(batch).await;
         let mut counted: Vec<(UserId, i64)> = Vec::new();
         let mut done = 0;
@@ -560,7 +591,7 @@ impl Engine {
                 }
             }
         }
-        if done == 0 {
+        if done == 0 && sends.is_empty() {
             self.abort().await;
             return Ok(Tried::failed(stop.unwrap_or_default()));
         }
@@ -573,7 +604,9 @@ impl Engine {
                 return Err(e.into());
             }
         }
-        crate::failpoint::hit("engine.before_commit");
+        if done > 0 {
+            crate::failpoint::hit("engine.before_commit");
+        }
         if let Err(e) = self.commit_in_transaction(batch.iter().take(done)).await {
             self.abort().await;
             return Ok(Tried::failed(format!("committing the transaction: {e}")));
@@ -605,6 +638,10 @@ impl Engine {
                 .entry((t.msg.topic().to_owned(), t.msg.partition()))
                 .or_insert(0);
             *e = (*e).max(t.msg.offset() + 1);
+        }
+        if next.is_empty() {
+            self.out().commit().await?;
+            return Ok(());
         }
         let mut offsets = rdkafka::TopicPartitionList::new();
         for ((topic, partition), offset) in next {
@@ -641,6 +678,126 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Applies the ticks that arrived since the last time to the accounts this engine owns,
+    /// queueing what the broker did (closes at stop loss or take profit, stop-outs, margin
+    /// calls, and the statuses of the accounts concerned) in the open transaction; and every
+    /// [`paper::STATUS_EVERY`] the status of every owned account. `Err(reason)` when an
+    /// applied close could not be queued: the transaction must be aborted (and the accounts
+    /// rebuilt).
+    async fn apply_ticks(
+        &self,
+        sends: &mut Vec<Queued>,
+    ) -> Result<Result<(), String>, EngineError> {
+        let Some(own) = self.ownership.get() else {
+            return Ok(Ok(()));
+        };
+        let mut touched: Vec<AccountKey> = Vec::new();
+        for tick in self.ticks.take() {
+            let outcome = self
+                .broker
+                .on_tick_where(&tick, now_ms(), |k| own.owns(&k.user_id));
+            for e in &outcome.errors {
+                tracing::debug!(error = %e, "the paper broker could not value an account on a tick");
+            }
+            for event in &outcome.closed {
+                self.touched();
+                touched.push(paper::trade_key(event));
+                if let Attempt::Retry(why) = self.queue(event, sends)? {
+                    return Ok(Err(why));
+                }
+            }
+            for alert in &outcome.alerts {
+                touched.push(AccountKey {
+                    user_id: alert.user_id.clone(),
+                    mt5_account: alert.mt5_account.clone(),
+                });
+                if let Attempt::Retry(why) = self.queue(alert, sends)? {
+                    return Ok(Err(why));
+                }
+            }
+        }
+        let all_due = {
+            let mut sent = self
+                .statuses_sent
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let due = sent.elapsed() >= paper::STATUS_EVERY;
+            if due {
+                *sent = std::time::Instant::now();
+            }
+            due
+        };
+        if all_due {
+            touched = self
+                .broker
+                .account_keys()
+                .into_iter()
+                .filter(|k| own.owns(&k.user_id))
+                .collect();
+        }
+        touched.sort();
+        touched.dedup();
+        for key in &touched {
+            self.queue_status(key, sends).await;
+        }
+        Ok(Ok(()))
+    }
+
+    /// One transaction of ticks (and due statuses) alone, while no command waits. A failure
+    /// is logged and aborted: the next ticks come soon.
+    async fn tick_round(&self) -> Result<(), EngineError> {
+        if let Err(e) = self.out().begin().await {
+            tracing::warn!(error = %e, "beginning a tick transaction failed");
+            return Ok(());
+        }
+        let mut sends = Vec::new();
+        let reason = match self.apply_ticks(&mut sends).await {
+            Err(e) => {
+                self.abort().await;
+                return Err(e);
+            }
+            Ok(Err(reason)) => Some(reason),
+            Ok(Ok(())) if sends.is_empty() => {
+                self.abort().await;
+                return Ok(());
+            }
+            Ok(Ok(())) => None,
+        };
+        let reason = match reason {
+            Some(r) => Some(r),
+            None => {
+                let mut failed = None;
+                for q in sends {
+                    if let Err(e) = q.delivered().await {
+                        if !e.is_retryable() {
+                            self.abort().await;
+                            return Err(e.into());
+                        }
+                        failed = Some(format!("publishing a tick's outcome: {e}"));
+                        break;
+                    }
+                }
+                match failed {
+                    Some(f) => Some(f),
+                    None => self
+                        .out()
+                        .commit()
+                        .await
+                        .err()
+                        .map(|e| format!("committing a tick transaction: {e}")),
+                }
+            }
+        };
+        match reason {
+            None => self.dirty.store(false, Ordering::SeqCst),
+            Some(reason) => {
+                tracing::warn!(reason = %reason, "a tick transaction failed; aborted");
+                self.abort().await;
+            }
+        }
+        Ok(())
     }
 
     /// Marks that the broker changed an account in the open transaction.

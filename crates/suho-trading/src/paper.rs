@@ -1,8 +1,9 @@
 //! The engine's side of the paper broker: rebuilding every account from its Kafka events
-//! (whenever the group assigns partitions), feeding live ticks to it (stop loss, take profit,
-//! stop-out, margin calls) for the accounts this engine owns, and publishing their
-//! `ACCOUNT_STATUS` snapshots, on every change and every few seconds.
+//! (whenever the group assigns partitions), which accounts this engine acts on, and the
+//! inbox of live ticks the engine applies to them (stop loss, take profit, stop-out, margin
+//! calls) in its transactions.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,10 +11,10 @@ use futures::StreamExt;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use suho_broker::{AccountEvent, AccountKey, BrokerAdapter, PaperBroker};
+use suho_broker::{AccountEvent, AccountKey, PaperBroker};
 use suho_domain::{subject, Tick, TradeEvent, Transaction, UserTopic};
 use suho_messaging::kafka::{partition_of, Assignment};
-use suho_messaging::{now_ms, MarketBus, UserEventProducer};
+use suho_messaging::MarketBus;
 use tokio_util::sync::CancellationToken;
 
 use crate::EngineError;
@@ -232,95 +233,63 @@ pub async fn partition_count(
     .map_err(|e| EngineError::Rebuild(format!("metadata thread: {e}")))?
 }
 
-/// Publishes the account's status; a missing conversion rate (no ticks yet) is logged at debug
-/// and skipped: the next change or the periodic round sends it.
-pub async fn publish_status(broker: &PaperBroker, producer: &UserEventProducer, key: &AccountKey) {
-    match broker.status(key, now_ms()).await {
-        Ok(status) => {
-            if let Err(e) = producer.send(&status).await {
-                tracing::warn!(user_id = %key.user_id, error = %e, "ACCOUNT_STATUS not published");
-            }
-        }
-        Err(e) => tracing::debug!(user_id = %key.user_id, error = %e, "no ACCOUNT_STATUS yet"),
+/// The latest tick of every symbol not yet seen by the engine (later ticks of a symbol
+/// replace earlier ones: the broker acts on the market as it is now), and a signal that one
+/// arrived.
+#[derive(Debug, Default)]
+pub struct TickInbox {
+    latest: std::sync::Mutex<HashMap<suho_domain::Symbol, Tick>>,
+    arrived: tokio::sync::Notify,
+}
+
+impl TickInbox {
+    /// Keeps `tick` as its symbol's latest.
+    pub fn put(&self, tick: Tick) {
+        self.latest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(tick.symbol, tick);
+        self.arrived.notify_one();
+    }
+
+    /// Takes every kept tick, oldest first.
+    pub fn take(&self) -> Vec<Tick> {
+        let mut ticks: Vec<Tick> = self
+            .latest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .drain()
+            .map(|(_, t)| t)
+            .collect();
+        ticks.sort_by_key(|t| t.timestamp);
+        ticks
+    }
+
+    /// Resolves when a tick arrived since the last wait.
+    pub async fn arrived(&self) {
+        self.arrived.notified().await;
     }
 }
 
-/// Feeds every tick to the broker and publishes what it did (closes by stop loss, take
-/// profit or stop-out; margin calls; the statuses of the accounts concerned), and every
-/// [`STATUS_EVERY`] the status of every account; until `shutdown`.
+/// Puts every market tick into `inbox` until `shutdown`; the engine applies them (stop loss,
+/// take profit, margin calls, stop-out) in its own transactions.
 ///
 /// # Errors
 /// The tick subscription cannot be made.
 pub async fn run_ticks(
-    broker: Arc<PaperBroker>,
     bus: MarketBus,
-    producer: UserEventProducer,
-    ownership: Ownership,
+    inbox: Arc<TickInbox>,
     shutdown: CancellationToken,
 ) -> Result<(), EngineError> {
     let mut ticks = bus.subscribe(subject::all_ticks(bus.prefix())).await?;
-    let mut status_timer = tokio::time::interval(STATUS_EVERY);
-    status_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
-            _ = status_timer.tick() => {
-                for key in broker.account_keys() {
-                    if ownership.owns(&key.user_id) {
-                        publish_status(&broker, &producer, &key).await;
-                    }
-                }
-            }
             msg = ticks.next() => {
                 let Some(msg) = msg else { return Ok(()) };
-                let Ok(tick) = serde_json::from_slice::<Tick>(&msg.payload) else { continue };
-                let outcome = broker.on_tick_where(&tick, now_ms(), |k| ownership.owns(&k.user_id));
-                for e in &outcome.errors {
-                    tracing::debug!(error = %e, "the paper broker could not value an account on a tick");
+                if let Ok(tick) = serde_json::from_slice::<Tick>(&msg.payload) {
+                    inbox.put(tick);
                 }
-                let mut touched: Vec<AccountKey> = Vec::new();
-                for event in &outcome.closed {
-                    touched.push(trade_key(event));
-                    publish_retrying(&producer, event, &shutdown).await;
-                }
-                for alert in &outcome.alerts {
-                    touched.push(AccountKey { user_id: alert.user_id.clone(), mt5_account: alert.mt5_account.clone() });
-                    publish_retrying(&producer, alert, &shutdown).await;
-                }
-                touched.sort();
-                touched.dedup();
-                for key in touched {
-                    publish_status(&broker, &producer, &key).await;
-                }
-            }
-        }
-    }
-}
-
-/// Publishes an event the broker has already applied, retrying until Kafka takes it (it is
-/// in the account's state, so it must reach the log) or shutdown.
-async fn publish_retrying<E: suho_domain::UserEvent + serde::Serialize>(
-    producer: &UserEventProducer,
-    event: &E,
-    shutdown: &CancellationToken,
-) {
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match producer.send(event).await {
-            Ok(_) => {
-                tracing::info!(user_id = %event.user_id(), event_type = event.event_type_str(), event_id = event.event_id(), "broker event published");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(event_id = event.event_id(), error = %e, retry_in = ?delay, "publishing a broker event failed; retrying");
-                tokio::select! {
-                    () = shutdown.cancelled() => {
-                        tracing::error!(event_id = event.event_id(), "shutdown before a broker event was published; it is rebuilt from the next tick's state, not from the log");
-                        return;
-                    }
-                    () = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
     }
