@@ -38,6 +38,7 @@ pub fn new_event_id(prefix: &str) -> String {
 
 /// A user id, the key of every Kafka record in the user domain.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct UserId(String);
 
@@ -105,6 +106,7 @@ macro_rules! wire_enum {
     ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $variant:ident => $wire:literal),+ $(,)? }) => {
         $(#[$m])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         pub enum $name {
             $($(#[$vm])* #[serde(rename = $wire)] $variant),+
         }
@@ -227,6 +229,7 @@ wire_enum! {
 
 /// Where a command came from, when a strategy sent it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CommandMetadata {
     /// Strategy name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -471,6 +474,7 @@ user_event!(TradeCommand, UserTopic::Commands);
 /// A rejection has `event_type: TRADE_REJECTED`, `status: REJECTED` and a human-readable
 /// `reason`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TradeEvent {
     /// Unique id.
     pub event_id: String,
@@ -618,6 +622,7 @@ user_event!(TradeEvent, UserTopic::Trades);
 
 /// An account snapshot on `user.mt5_status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AccountStatus {
     /// Unique id.
     pub event_id: String,

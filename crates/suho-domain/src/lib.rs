@@ -13,6 +13,8 @@
 //! - [`topic`]: the Kafka user topics and their settings.
 //! - [`event`]: Kafka user/trading events.
 //! - [`envelope`]: the `{subject, data}` and `{topic, key, partition, value}` envelopes.
+//!
+//! With the `openapi` feature, the types the HTTP API sends implement `utoipa::ToSchema`.
 
 pub mod envelope;
 pub mod event;

@@ -273,12 +273,28 @@ impl<'de> Deserialize<'de> for Timeframe {
     }
 }
 
+/// On the wire a timeframe is one of the strings `1m 5m 15m 30m 1h 4h 1d`.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Timeframe {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .enum_values(Some(Timeframe::ALL.iter().map(Timeframe::as_str)))
+            .description(Some("A candle timeframe, aligned to UTC boundaries."))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Timeframe {}
+
 /// An OHLC candle, published on `market.{SYM}.{tf}`.
 ///
 /// `start` is aligned to the timeframe boundary in UTC; `end = start + duration` (exclusive).
 /// `volume` is the tick count when the feed has no volume. `closed` is false while the candle
 /// is still forming.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Candle {
     /// The pair (canonical form).
     pub symbol: Symbol,

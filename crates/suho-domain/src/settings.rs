@@ -20,6 +20,7 @@ pub const MAX_ORDER_VOLUME: Decimal = Decimal::from_parts(100, 0, 0, false, 0);
 
 /// Risk parameters the trading engine enforces for the user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RiskSettings {
     /// Account leverage, `1..=500`.
     pub leverage: u32,
@@ -42,6 +43,7 @@ impl Default for RiskSettings {
 
 /// One strategy's auto-trading opt-in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AutoTrading {
     /// Whether the agent trades this strategy's signals for the user.
     pub enabled: bool,
@@ -52,6 +54,7 @@ pub struct AutoTrading {
 
 /// Everything a user can set.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UserSettings {
     /// Risk parameters.
     pub risk: RiskSettings,

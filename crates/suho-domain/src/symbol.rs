@@ -150,6 +150,25 @@ impl<'de> Deserialize<'de> for Symbol {
     }
 }
 
+/// A symbol is written in its canonical form, six upper-case letters.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Symbol {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some("^[A-Z]{6}$"))
+            .description(Some(
+                "A currency pair in canonical form: base then quote currency, six upper-case \
+                 letters. Inputs also accept the display form `EUR/USD` and any case.",
+            ))
+            .examples(["EURUSD"])
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Symbol {}
+
 /// Serde helper for fields kept in display form: writes `"EUR/USD"`, reads any accepted form.
 ///
 /// Use as `#[serde(with = "crate::symbol::display_form")]`.

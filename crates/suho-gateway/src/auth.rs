@@ -16,6 +16,7 @@ use suho_domain::{new_event_id, AuthEvent, AuthEventType, UserId, SCHEMA_VERSION
 use suho_messaging::now_ms;
 
 use crate::input::Body;
+use crate::openapi::{Credentials, ErrorBody, LoginAnswer, Registered, TokenType};
 use crate::{ApiError, AppState};
 
 /// The authenticated caller, from `Authorization: Bearer <jwt>`.
@@ -28,24 +29,33 @@ impl FromRequestParts<Arc<AppState>> for AuthUser {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(header::AUTHORIZATION)
+        let token = bearer(&parts.headers)?
             .ok_or_else(|| ApiError::Unauthorized("missing Authorization: Bearer token".into()))?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|h| {
-                h.strip_prefix("Bearer ")
-                    .or_else(|| h.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                ApiError::Unauthorized("the Authorization header must be `Bearer <token>`".into())
-            })?;
         Ok(AuthUser(state.accounts.authenticate(token).await?))
     }
+}
+
+/// The token of an `Authorization: Bearer <jwt>` header; `None` without the header.
+///
+/// # Errors
+/// The header is there but not `Bearer <token>`.
+pub(crate) fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(header) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    header
+        .to_str()
+        .ok()
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::Unauthorized("the Authorization header must be `Bearer <token>`".into())
+        })
 }
 
 fn auth_event(
@@ -78,6 +88,24 @@ fn credentials(body: &Body) -> Result<(&str, SecretString), ApiError> {
     Ok((email, password))
 }
 
+/// Creates an account.
+///
+/// Publishes `USER_REGISTERED` on `user.auth`.
+#[utoipa::path(
+    post,
+    path = "/api/auth/register",
+    tag = "auth",
+    request_body = Credentials,
+    responses(
+        (status = 201, description = "Registered.", body = Registered),
+        (status = 400, description = "`malformed_json`: the body is not a JSON object.", body = ErrorBody),
+        (status = 409, description = "`conflict`: an account with this address exists.", body = ErrorBody),
+        (status = 413, description = "The body is over 2 MB (plain text, from the HTTP layer)."),
+        (status = 422, description = "`invalid_field`: `email` is not an address, or `password` is missing or not 8 to 256 characters.", body = ErrorBody),
+        (status = 500, description = "`internal`: hashing the password failed.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database or the event log is down.", body = ErrorBody),
+    )
+)]
 pub async fn register(
     State(state): State<Arc<AppState>>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
@@ -98,10 +126,34 @@ pub async fn register(
     tracing::info!(user_id = %user.user_id, "user registered");
     Ok((
         StatusCode::CREATED,
-        Json(serde_json::json!({ "user_id": user.user_id, "email": user.email })),
+        Json(Registered {
+            user_id: user.user_id,
+            email: user.email,
+        }),
     ))
 }
 
+/// Issues a bearer token.
+///
+/// Checks the credentials; publishes `USER_LOGIN` (or `USER_LOGIN_FAILED`) on `user.auth`.
+/// Failed logins are throttled per address and per client IP.
+#[utoipa::path(
+    post,
+    path = "/api/auth/login",
+    tag = "auth",
+    request_body = Credentials,
+    responses(
+        (status = 200, description = "The token.", body = LoginAnswer),
+        (status = 400, description = "`malformed_json`: the body is not a JSON object.", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: unknown address or wrong password (the same answer for both).", body = ErrorBody),
+        (status = 413, description = "The body is over 2 MB (plain text, from the HTTP layer)."),
+        (status = 422, description = "`invalid_field`: `email` or `password` is missing or not a string.", body = ErrorBody),
+        (status = 429, description = "`too_many_attempts`: too many failed logins for this address or from this IP.", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until a login may be tried again."))),
+        (status = 500, description = "`internal`: checking the password failed.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database or the event log is down.", body = ErrorBody),
+    )
+)]
 pub async fn login(
     State(state): State<Arc<AppState>>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
@@ -132,13 +184,13 @@ pub async fn login(
                 &headers,
             );
             state.producer.send(&event).await?;
-            Ok(Json(serde_json::json!({
-                "access_token": token.token.expose_secret(),
-                "token_type": "Bearer",
-                "expires_in": token.expires_in,
-                "user_id": user.user_id,
-                "email": user.email,
-            })))
+            Ok(Json(LoginAnswer {
+                access_token: token.token.expose_secret().to_string(),
+                token_type: TokenType::Bearer,
+                expires_in: token.expires_in,
+                user_id: user.user_id,
+                email: user.email,
+            }))
         }
         Err(AccountError::InvalidCredentials {
             user_id: Some(user_id),
@@ -158,6 +210,20 @@ pub async fn login(
     }
 }
 
+/// Logs out.
+///
+/// Revokes the caller's token and publishes `USER_LOGOUT` on `user.auth`.
+#[utoipa::path(
+    post,
+    path = "/api/auth/logout",
+    tag = "auth",
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Logged out: the token is no longer accepted."),
+        (status = 401, description = "`unauthorized`: no valid token.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database or the event log is down.", body = ErrorBody),
+    )
+)]
 pub async fn logout(
     State(state): State<Arc<AppState>>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,

@@ -1,9 +1,12 @@
-//! The one HTTP error type: every failure becomes a status and `{error, message}` (plus
-//! `field` for validation errors). Internal details are logged once here, never sent.
+//! The one HTTP error type: every failure becomes a status and an [`ErrorBody`]
+//! `{error, message}` (plus `field` for validation errors). Internal details are logged once
+//! here, never sent.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+
+use crate::openapi::{ErrorBody, ErrorCode};
 
 /// An API failure.
 #[derive(Debug)]
@@ -25,6 +28,8 @@ pub enum ApiError {
     Conflict(String),
     /// No such route (404).
     NotFound,
+    /// Not a WebSocket upgrade on a WebSocket route (426), with why.
+    UpgradeRequired(String),
     /// Too many attempts; retry after this many seconds (429).
     TooManyRequests(u64),
     /// A dependency (Kafka, the database) is down (503).
@@ -49,10 +54,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if let ApiError::TooManyRequests(after) = self {
-            let body = serde_json::json!({
-                "error": "too_many_attempts",
-                "message": format!("too many failed logins; try again in {after} s"),
-            });
+            let body = ErrorBody {
+                error: ErrorCode::TooManyAttempts,
+                message: format!("too many failed logins; try again in {after} s"),
+                field: None,
+            };
             return (
                 StatusCode::TOO_MANY_REQUESTS,
                 [(axum::http::header::RETRY_AFTER, after.to_string())],
@@ -61,45 +67,56 @@ impl IntoResponse for ApiError {
                 .into_response();
         }
         let (status, error, message, field) = match self {
-            ApiError::MalformedJson(m) => (StatusCode::BAD_REQUEST, "malformed_json", m, None),
+            ApiError::MalformedJson(m) => {
+                (StatusCode::BAD_REQUEST, ErrorCode::MalformedJson, m, None)
+            }
             ApiError::Invalid { field, message } => (
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_field",
+                ErrorCode::InvalidField,
                 format!("{field}: {message}"),
-                Some(field),
+                Some(field.into_owned()),
             ),
-            ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, "unauthorized", m, None),
+            ApiError::Unauthorized(m) => {
+                (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, m, None)
+            }
             ApiError::Forbidden => (
                 StatusCode::FORBIDDEN,
-                "forbidden",
+                ErrorCode::Forbidden,
                 "this token may not access that user's data".into(),
                 None,
             ),
-            ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m, None),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, ErrorCode::Conflict, m, None),
             ApiError::NotFound => (
                 StatusCode::NOT_FOUND,
-                "not_found",
+                ErrorCode::NotFound,
                 "no such route".into(),
+                None,
+            ),
+            ApiError::UpgradeRequired(m) => (
+                StatusCode::UPGRADE_REQUIRED,
+                ErrorCode::UpgradeRequired,
+                m,
                 None,
             ),
             ApiError::Unavailable(what) => (
                 StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
+                ErrorCode::Unavailable,
                 format!("{what} is unavailable; try again"),
                 None,
             ),
             ApiError::TooManyRequests(_) => unreachable!("answered above"),
             ApiError::Internal => (
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
+                ErrorCode::Internal,
                 "internal error".into(),
                 None,
             ),
         };
-        let mut body = serde_json::json!({ "error": error, "message": message });
-        if let Some(f) = field {
-            body["field"] = f.into();
-        }
+        let body = ErrorBody {
+            error,
+            message,
+            field,
+        };
         (status, Json(body)).into_response()
     }
 }

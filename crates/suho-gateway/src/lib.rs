@@ -1,37 +1,47 @@
 //! The HTTP API of `../shared/CONTRACT.md`: register, login, logout, trade commands, the
-//! candle history for charts, plus `/health` and `/metrics`.
+//! candle history for charts, plus `/health`, `/metrics` and the OpenAPI document
+//! (`/api/openapi.json`), and the WebSocket stream `/ws` ([`mod@ws`]).
 //!
 //! Handlers validate input at the edge (errors name the field), turn it into domain
 //! values, and hand commands to Kafka keyed by the authenticated user. The gateway never
 //! executes a trade and never trusts a user id from the request: the token's subject is
 //! the user.
+//!
+//! Every route is registered from its handler's `#[utoipa::path]` (see [`mod@openapi`]), so
+//! the router and the OpenAPI document are built from one list, [`api`].
 
 mod auth;
 mod error;
 mod input;
 mod market;
+pub mod openapi;
 mod throttle;
 mod trade;
 mod user;
+pub mod ws;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use suho_accounts::Accounts;
 use suho_domain::Symbol;
 use suho_messaging::UserEventProducer;
 use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use error::ApiError;
+use openapi::{CheckState, Health, HealthChecks, HealthState};
 pub use throttle::{LoginThrottle, ThrottleLimits};
+pub use ws::{WsHub, WsOptions};
 
 /// What the handlers share.
 pub struct AppState {
@@ -53,32 +63,51 @@ pub struct AppState {
     pub started: Instant,
 }
 
-/// The router with every route.
-pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/api/auth/register", post(auth::register))
-        .route("/api/auth/login", post(auth::login))
-        .route("/api/auth/logout", post(auth::logout))
-        .route("/api/trade/open", post(trade::open))
-        .route("/api/trade/close", post(trade::close))
-        .route("/api/trade/modify", post(trade::modify))
-        .route(
-            "/api/user/{user_id}/settings",
-            get(user::get_settings).put(user::put_settings),
-        )
-        .route("/api/user/{user_id}/mt5/link", post(user::link_mt5))
-        .route("/api/user/{user_id}/trades", get(user::trades))
-        .route("/api/user/{user_id}/deposit", post(user::deposit))
-        .route("/api/user/{user_id}/withdraw", post(user::withdraw))
-        .route("/api/user/{user_id}/account", get(user::account))
-        .route("/api/market/{symbol}/candles", get(market::candles))
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
-        .fallback(|| async { ApiError::NotFound })
-        .with_state(state)
+/// Every route, each registered from its handler's `#[utoipa::path]` (method and path), with
+/// the OpenAPI document those annotations make. The only list of routes: [`router`] serves
+/// it and [`openapi()`] documents it.
+pub fn api() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(auth::register))
+        .routes(routes!(auth::login))
+        .routes(routes!(auth::logout))
+        .routes(routes!(trade::open))
+        .routes(routes!(trade::close))
+        .routes(routes!(trade::modify))
+        .routes(routes!(user::get_settings, user::put_settings))
+        .routes(routes!(user::link_mt5))
+        .routes(routes!(user::trades))
+        .routes(routes!(user::deposit))
+        .routes(routes!(user::withdraw))
+        .routes(routes!(user::account))
+        .routes(routes!(market::candles))
+        .routes(routes!(ws::upgrade))
+        .routes(routes!(health))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi_json))
 }
 
-/// Serves `router` on `listener` until `shutdown`, then finishes in-flight requests.
+/// The router with every route of [`api`]; anything else is a JSON 404. Without a hub,
+/// `/ws` answers 503.
+pub fn router(state: Arc<AppState>, ws: Option<WsHub>) -> Router {
+    let (router, _) = api().split_for_parts();
+    let router = router
+        .fallback(|| async { ApiError::NotFound })
+        .with_state(state);
+    match ws {
+        Some(hub) => router.layer(Extension(hub)),
+        None => router,
+    }
+}
+
+/// The OpenAPI document of every route.
+#[must_use]
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().into_openapi()
+}
+
+/// Serves the HTTP API (without `/ws`: see [`serve_with`]) on `listener` until `shutdown`,
+/// then finishes in-flight requests.
 ///
 /// # Errors
 /// The listener fails.
@@ -87,30 +116,61 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    serve_with(listener, state, None, shutdown).await
+}
+
+/// [`serve`], with the WebSocket stream `/ws` fed by `ws` (which closes its connections on
+/// its own shutdown token).
+///
+/// # Errors
+/// The listener fails.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    ws: Option<WsHub>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     axum::serve(
         listener,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+        router(state, ws).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(async move { shutdown.cancelled().await })
     .await
 }
 
+/// The gateway's health.
+///
+/// `ok` while PostgreSQL answers; `degraded` (503) when it does not.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Healthy.", body = Health),
+        (status = 503, description = "Degraded: the database does not answer.", body = Health),
+    )
+)]
 async fn health(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let db = sqlx_ok(&state).await;
-    let status = if db { "ok" } else { "degraded" };
     let code = if db {
-        axum::http::StatusCode::OK
+        StatusCode::OK
     } else {
-        axum::http::StatusCode::SERVICE_UNAVAILABLE
+        StatusCode::SERVICE_UNAVAILABLE
     };
     (
         code,
-        Json(serde_json::json!({
-            "service": "gateway",
-            "status": status,
-            "uptime_s": state.started.elapsed().as_secs(),
-            "checks": { "database": if db { "ok" } else { "down" } },
-        })),
+        Json(Health {
+            service: "gateway".into(),
+            status: if db {
+                HealthState::Ok
+            } else {
+                HealthState::Degraded
+            },
+            uptime_s: state.started.elapsed().as_secs(),
+            checks: HealthChecks {
+                database: if db { CheckState::Ok } else { CheckState::Down },
+            },
+        }),
     )
 }
 
@@ -118,9 +178,41 @@ async fn sqlx_ok(state: &AppState) -> bool {
     state.accounts.ping().await
 }
 
+/// The Prometheus metrics of this process.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text exposition format 0.0.4.", body = String, content_type = "text/plain; version=0.0.4"),
+    )
+)]
 async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
+    )
+}
+
+/// This document.
+///
+/// OpenAPI 3.1, generated from the handlers' annotations.
+#[utoipa::path(
+    get,
+    path = "/api/openapi.json",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The OpenAPI document.", body = Object, content_type = "application/json"),
+    )
+)]
+async fn openapi_json() -> impl IntoResponse {
+    static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
+        openapi()
+            .to_json()
+            .expect("an OpenAPI document always serializes")
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        DOCUMENT.as_str(),
     )
 }

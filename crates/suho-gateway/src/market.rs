@@ -10,11 +10,30 @@ use axum::Json;
 use suho_domain::{Candle, Symbol, Timeframe};
 use suho_messaging::now_ms;
 
+use crate::openapi::{CandlesQuery, ErrorBody};
 use crate::{ApiError, AppState};
 
 /// Candles returned when `limit` is not given.
 const DEFAULT_LIMIT: i64 = 500;
 
+/// The candle history of one symbol.
+///
+/// Stored closed candles of one symbol and timeframe with `start` in `[from, to)`, oldest
+/// first; without `from`/`to`, the last `limit` periods.
+#[utoipa::path(
+    get,
+    path = "/api/market/{symbol}/candles",
+    tag = "market",
+    params(
+        ("symbol" = String, Path, description = "A pair quoted here, e.g. `EURUSD` (any case).", example = "EURUSD"),
+        CandlesQuery,
+    ),
+    responses(
+        (status = 200, description = "The candles, oldest first.", body = [Candle]),
+        (status = 422, description = "`invalid_field`: `symbol` (not a pair, or not quoted here), `tf`, `limit`, `from` or `to`.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the market data store is down.", body = ErrorBody),
+    )
+)]
 pub async fn candles(
     State(state): State<Arc<AppState>>,
     Path(symbol): Path<String>,

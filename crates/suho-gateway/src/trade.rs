@@ -18,12 +18,34 @@ use suho_accounts::ClientOrder;
 
 use crate::auth::AuthUser;
 use crate::input::Body;
+use crate::openapi::{
+    CloseTradeRequest, ErrorBody, ModifyTradeRequest, OpenTradeRequest, Queued, QueuedStatus,
+};
 use crate::{ApiError, AppState};
 
 /// Smallest volume step and the largest order, in lots.
 const LOT_STEP: Decimal = Decimal::from_parts(1, 0, 0, false, 2);
 const MAX_VOLUME: Decimal = Decimal::from_parts(100, 0, 0, false, 0);
 
+/// Opens a position (a market order).
+///
+/// Queues an `OPEN_TRADE` command on `user.commands`, keyed by the caller. A repeated
+/// `client_order_id` is answered with the first order's `command_id` and queues nothing.
+#[utoipa::path(
+    post,
+    path = "/api/trade/open",
+    tag = "trading",
+    security(("bearer" = [])),
+    request_body = OpenTradeRequest,
+    responses(
+        (status = 202, description = "Queued (or, for a repeated `client_order_id`, queued before).", body = Queued),
+        (status = 400, description = "`malformed_json`: the body is not a JSON object.", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no valid token.", body = ErrorBody),
+        (status = 413, description = "The body is over 2 MB (plain text, from the HTTP layer)."),
+        (status = 422, description = "`invalid_field`: `symbol` (not a pair, or not traded here), `type`, `volume` (not positive, over 100 lots, off the 0.01 step), `stop_loss` / `take_profit` (not positive, or on the wrong side of each other) or `client_order_id`; nothing is queued.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: Kafka did not acknowledge the command, or the database is down; nothing is queued, retry.", body = ErrorBody),
+    )
+)]
 pub async fn open(
     State(state): State<Arc<AppState>>,
     AuthUser(claims): AuthUser,
@@ -72,10 +94,13 @@ pub async fn open(
 }
 
 /// `202 {status: "queued", command_id}`.
-pub(crate) fn queued(command_id: &str) -> (StatusCode, Json<serde_json::Value>) {
+pub(crate) fn queued(command_id: &str) -> (StatusCode, Json<Queued>) {
     (
         StatusCode::ACCEPTED,
-        Json(serde_json::json!({ "status": "queued", "command_id": command_id })),
+        Json(Queued {
+            status: QueuedStatus::Queued,
+            command_id: command_id.to_string(),
+        }),
     )
 }
 
@@ -96,6 +121,24 @@ fn trade_id(body: &Body) -> Result<String, ApiError> {
     Ok(id.to_string())
 }
 
+/// Closes a position.
+///
+/// Queues a `CLOSE_TRADE` command for one of the caller's positions.
+#[utoipa::path(
+    post,
+    path = "/api/trade/close",
+    tag = "trading",
+    security(("bearer" = [])),
+    request_body = CloseTradeRequest,
+    responses(
+        (status = 202, description = "Queued; an unknown position is answered by the engine with `TRADE_REJECTED`.", body = Queued),
+        (status = 400, description = "`malformed_json`: the body is not a JSON object.", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no valid token.", body = ErrorBody),
+        (status = 413, description = "The body is over 2 MB (plain text, from the HTTP layer)."),
+        (status = 422, description = "`invalid_field`: `trade_id` is missing or not 1 to 128 characters.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: Kafka did not acknowledge the command; retry.", body = ErrorBody),
+    )
+)]
 pub async fn close(
     State(state): State<Arc<AppState>>,
     AuthUser(claims): AuthUser,
@@ -108,6 +151,25 @@ pub async fn close(
     Ok(queued(&command.event_id))
 }
 
+/// Changes a position's stops.
+///
+/// Queues a `MODIFY_TRADE` command: new stop loss and/or take profit for one of the
+/// caller's positions.
+#[utoipa::path(
+    post,
+    path = "/api/trade/modify",
+    tag = "trading",
+    security(("bearer" = [])),
+    request_body = ModifyTradeRequest,
+    responses(
+        (status = 202, description = "Queued.", body = Queued),
+        (status = 400, description = "`malformed_json`: the body is not a JSON object.", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no valid token.", body = ErrorBody),
+        (status = 413, description = "The body is over 2 MB (plain text, from the HTTP layer)."),
+        (status = 422, description = "`invalid_field`: `trade_id`, a stop that is not a positive price, or neither `stop_loss` nor `take_profit` given.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: Kafka did not acknowledge the command; retry.", body = ErrorBody),
+    )
+)]
 pub async fn modify(
     State(state): State<Arc<AppState>>,
     AuthUser(claims): AuthUser,

@@ -15,11 +15,18 @@ use axum::response::IntoResponse;
 use axum::Json;
 use secrecy::SecretString;
 use suho_accounts::Claims;
-use suho_domain::{new_event_id, SettingsEvent, SettingsEventType, UserId, SCHEMA_VERSION};
+use suho_domain::{
+    new_event_id, AccountStatus, SettingsEvent, SettingsEventType, TradeEvent, UserId,
+    UserSettings, SCHEMA_VERSION,
+};
 use suho_messaging::now_ms;
 
 use crate::auth::AuthUser;
 use crate::input::Body;
+use crate::openapi::{
+    ErrorBody, LinkStatus, MoneyRequest, Mt5LinkRequest, Mt5Linked, Queued, SettingsPatch,
+    TradesQuery,
+};
 use crate::{ApiError, AppState};
 
 /// The path's user, if it is the caller.
@@ -48,6 +55,23 @@ fn settings_event(
     }
 }
 
+/// The caller's settings.
+///
+/// The defaults until the first update.
+#[utoipa::path(
+    get,
+    path = "/api/user/{user_id}/settings",
+    tag = "user",
+    security(("bearer" = [])),
+    params(("user_id" = String, Path, description = "The caller's own id (the token's subject)."),),
+    responses(
+        (status = 200, description = "The settings.", body = UserSettings),
+        (status = 401, description = "`unauthorized`: no valid token.", body = ErrorBody),
+        (status = 403, description = "`forbidden`: `user_id` is not the token's subject.", body = ErrorBody),
+        (status = 500, description = "`internal`: the stored settings no longer read.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database is down.", body = ErrorBody),
+    )
+)]
 pub async fn get_settings(
     State(state): State<Arc<AppState>>,
     AuthUser(claims): AuthUser,
@@ -57,6 +81,28 @@ pub async fn get_settings(
     Ok(Json(state.accounts.settings(&user_id).await?))
 }
 
+/// Updates the caller's settings.
+///
+/// Merges a JSON merge patch into the current settings, checks the result, stores it and
+/// publishes `SETTINGS_UPDATED` on `user.settings`.
+#[utoipa::path(
+    put,
+    path = "/api/user/{user_id}/settings",
+    tag = "user",
+    security(("bearer" = [])),
+    params(("user_id" = String, Path, description = "The caller's own id (the token's subject)."),),
+    request_body = SettingsPatch,
+    responses(
+        (status = 200, description = "The settings after the patch, in full.", body = UserSettings),
+        (status = 400, description = "`malformed_json`: the body is not a JSON object.", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no valid token.", body = ErrorBody),
+        (status = 403, description = "`forbidden`: `user_id` is not the token's subject.", body = ErrorBody),
+        (status = 413, description = "The body is over 2 MB (plain text, from the HTTP layer)."),
+        (status = 422, description = "`invalid_field`: an unknown or invalid setting, named by its dotted path (`risk.leverage`, `watchlist`, `auto_trading.scalping.volume`, ...).", body = ErrorBody),
+        (status = 500, description = "`internal`: the stored settings no longer read.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database or the event log is down (a retry stores and publishes again).", body = ErrorBody),
+    )
+)]
 pub async fn put_settings(
     State(state): State<Arc<AppState>>,
     AuthUser(claims): AuthUser,
@@ -81,6 +127,28 @@ pub async fn put_settings(
     Ok(Json(settings))
 }
 
+/// Links an MT5 account to the caller.
+///
+/// Links, or re-links with a new password. The password is sealed before it is stored and
+/// never published; `MT5_ACCOUNT_LINKED` goes on `user.settings`.
+#[utoipa::path(
+    post,
+    path = "/api/user/{user_id}/mt5/link",
+    tag = "user",
+    security(("bearer" = [])),
+    params(("user_id" = String, Path, description = "The caller's own id (the token's subject)."),),
+    request_body = Mt5LinkRequest,
+    responses(
+        (status = 200, description = "Linked.", body = Mt5Linked),
+        (status = 400, description = "`malformed_json`: the body is not a JSON object.", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no valid token.", body = ErrorBody),
+        (status = 403, description = "`forbidden`: `user_id` is not the token's subject.", body = ErrorBody),
+        (status = 413, description = "The body is over 2 MB (plain text, from the HTTP layer)."),
+        (status = 422, description = "`invalid_field`: `mt5_account` or `password`.", body = ErrorBody),
+        (status = 500, description = "`internal`: sealing the password failed.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database, the event log or the credentials key is unavailable.", body = ErrorBody),
+    )
+)]
 pub async fn link_mt5(
     State(state): State<Arc<AppState>>,
     AuthUser(claims): AuthUser,
@@ -95,22 +163,42 @@ pub async fn link_mt5(
         .accounts
         .link_mt5(&user_id, &account, &password)
         .await?;
+    // user.settings is compacted to the latest record per user: every record carries the
+    // whole settings object, so a link is never the record that erases them.
+    let settings = state.accounts.settings(&user_id).await?;
+    let value = serde_json::to_value(&settings).map_err(|_| ApiError::Internal)?;
     let event = settings_event(
         SettingsEventType::Mt5AccountLinked,
         user_id.clone(),
-        None,
+        Some(value),
         Some(account.clone()),
     );
     state.producer.send(&event).await?;
     tracing::info!(user_id = %user_id, mt5_account = %account, "MT5 account linked");
-    Ok(Json(
-        serde_json::json!({ "status": "linked", "mt5_account": account }),
-    ))
+    Ok(Json(Mt5Linked {
+        status: LinkStatus::Linked,
+        mt5_account: account,
+    }))
 }
 
-/// `GET /api/user/{user_id}/trades?from=&to=`: the caller's `user.trades` events with a Kafka
-/// time in `[from, to)` (epoch ms; default: the last 24 hours), from the audit store, oldest
-/// first (the seed's compliance query).
+/// The caller's trade events in a time range (the compliance query).
+///
+/// The caller's `user.trades` events with a Kafka time in `[from, to)` (epoch ms; default:
+/// the last 24 hours), from the audit store, oldest first (the seed's compliance query).
+#[utoipa::path(
+    get,
+    path = "/api/user/{user_id}/trades",
+    tag = "user",
+    security(("bearer" = [])),
+    params(("user_id" = String, Path, description = "The caller's own id (the token's subject)."), TradesQuery),
+    responses(
+        (status = 200, description = "The caller's `user.trades` events in the range, oldest first, as stored.", body = [TradeEvent]),
+        (status = 401, description = "`unauthorized`: no valid token.", body = ErrorBody),
+        (status = 403, description = "`forbidden`: `user_id` is not the token's subject.", body = ErrorBody),
+        (status = 422, description = "`invalid_field`: `from` or `to` is not epoch milliseconds, or `from` is not before `to`.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the audit store is down.", body = ErrorBody),
+    )
+)]
 pub async fn trades(
     State(state): State<Arc<AppState>>,
     AuthUser(claims): AuthUser,
@@ -145,7 +233,7 @@ async fn money(
     user_id: &str,
     body: &Bytes,
     withdrawal: bool,
-) -> Result<(axum::http::StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(axum::http::StatusCode, Json<Queued>), ApiError> {
     let user_id = own(claims, user_id)?;
     let body = Body::parse(body)?;
     let amount = body.decimal("amount")?;
@@ -164,6 +252,26 @@ async fn money(
     Ok(crate::trade::queued(&command.event_id))
 }
 
+/// Deposits money into the caller's paper account.
+///
+/// Queues a `DEPOSIT` command; the trading engine answers on `user.transactions`.
+#[utoipa::path(
+    post,
+    path = "/api/user/{user_id}/deposit",
+    tag = "user",
+    security(("bearer" = [])),
+    params(("user_id" = String, Path, description = "The caller's own id (the token's subject)."),),
+    request_body = MoneyRequest,
+    responses(
+        (status = 202, description = "Queued.", body = Queued),
+        (status = 400, description = "`malformed_json`: the body is not a JSON object.", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no valid token.", body = ErrorBody),
+        (status = 403, description = "`forbidden`: `user_id` is not the token's subject.", body = ErrorBody),
+        (status = 413, description = "The body is over 2 MB (plain text, from the HTTP layer)."),
+        (status = 422, description = "`invalid_field`: `amount` is missing, not positive, not in whole cents, or over 1000000000.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: Kafka did not acknowledge the command; retry.", body = ErrorBody),
+    )
+)]
 pub async fn deposit(
     State(state): State<Arc<AppState>>,
     AuthUser(claims): AuthUser,
@@ -173,6 +281,27 @@ pub async fn deposit(
     money(&state, &claims, &user_id, &body, false).await
 }
 
+/// Withdraws money from the caller's paper account.
+///
+/// Queues a `WITHDRAWAL` command; the trading engine answers on `user.transactions`, or with
+/// `TRADE_REJECTED` (e.g. beyond the free margin).
+#[utoipa::path(
+    post,
+    path = "/api/user/{user_id}/withdraw",
+    tag = "user",
+    security(("bearer" = [])),
+    params(("user_id" = String, Path, description = "The caller's own id (the token's subject)."),),
+    request_body = MoneyRequest,
+    responses(
+        (status = 202, description = "Queued.", body = Queued),
+        (status = 400, description = "`malformed_json`: the body is not a JSON object.", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no valid token.", body = ErrorBody),
+        (status = 403, description = "`forbidden`: `user_id` is not the token's subject.", body = ErrorBody),
+        (status = 413, description = "The body is over 2 MB (plain text, from the HTTP layer)."),
+        (status = 422, description = "`invalid_field`: `amount` is missing, not positive, not in whole cents, or over 1000000000.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: Kafka did not acknowledge the command; retry.", body = ErrorBody),
+    )
+)]
 pub async fn withdraw(
     State(state): State<Arc<AppState>>,
     AuthUser(claims): AuthUser,
@@ -182,8 +311,23 @@ pub async fn withdraw(
     money(&state, &claims, &user_id, &body, true).await
 }
 
-/// `GET /api/user/{user_id}/account`: the caller's latest `ACCOUNT_STATUS` (from the audit
-/// store), or 404 before the first one.
+/// The caller's account status.
+///
+/// The latest `ACCOUNT_STATUS` (from the audit store), or 404 before the first one.
+#[utoipa::path(
+    get,
+    path = "/api/user/{user_id}/account",
+    tag = "user",
+    security(("bearer" = [])),
+    params(("user_id" = String, Path, description = "The caller's own id (the token's subject)."),),
+    responses(
+        (status = 200, description = "The latest `ACCOUNT_STATUS` from `user.mt5_status`, as stored.", body = AccountStatus),
+        (status = 401, description = "`unauthorized`: no valid token.", body = ErrorBody),
+        (status = 403, description = "`forbidden`: `user_id` is not the token's subject.", body = ErrorBody),
+        (status = 404, description = "`not_found`: no account status yet (before the first command is executed).", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the audit store is down.", body = ErrorBody),
+    )
+)]
 pub async fn account(
     State(state): State<Arc<AppState>>,
     AuthUser(claims): AuthUser,

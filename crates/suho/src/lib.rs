@@ -1,7 +1,8 @@
 //! The suho platform in one process: the market services on NATS (feed, price service,
 //! candles and indicators, signals and alerts, the data bridge into PostgreSQL), the trading engine on
-//! Kafka, the auto-trading agent (signals to commands, `agent.enabled`), and the HTTP gateway,
-//! wired from one [`Config`] and stopped by one [`CancellationToken`].
+//! Kafka, the auto-trading agent (signals to commands, `agent.enabled`), and the HTTP gateway
+//! with its WebSocket stream `/ws`, wired from one [`Config`] and stopped by one
+//! [`CancellationToken`].
 //!
 //! [`Application::build`] connects everything and binds the HTTP port (port 0 works, for
 //! tests); [`Application::run`] runs every service as a named task until shutdown, and stops
@@ -198,9 +199,20 @@ impl Application {
             metrics: suho_telemetry::metrics(),
             started: Instant::now(),
         });
+        // The WebSocket stream's shared inputs: one NATS subscription per subject pattern and
+        // one Kafka consumer of every user-topic partition, for all connections.
+        let (ws, ws_task) = suho_gateway::WsHub::start(
+            &bus,
+            &config.kafka,
+            suho_gateway::WsOptions::default(),
+            stop.clone(),
+        )
+        .await
+        .context("starting the WebSocket hub")?;
+        tasks.spawn(async move { ("ws-hub", ws_task.await.map_err(Into::into)) });
         let token = stop.clone();
         tasks.spawn(async move {
-            let served = suho_gateway::serve(listener, state, token).await;
+            let served = suho_gateway::serve_with(listener, state, Some(ws), token).await;
             ("gateway", served.map_err(Into::into))
         });
 

@@ -1,0 +1,400 @@
+//! The OpenAPI 3.1 document of the HTTP API (`GET /api/openapi.json`), generated with utoipa.
+//!
+//! Each handler carries its own `#[utoipa::path]` (method, path, body, every status it can
+//! answer), and [`crate::router`] is built from those same annotations through
+//! `utoipa_axum::routes!`: a route is registered from its documentation, so the two cannot
+//! drift apart. [`ApiDoc`] adds what is common: the title, the tags and the bearer scheme.
+//!
+//! The response types here are what the handlers serialize. The request types are
+//! documentation only: the handlers read a body one field at a time (`input`), so that each
+//! error names its field; these types describe exactly what that reading accepts.
+
+use std::collections::BTreeMap;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use suho_domain::{Timeframe, UserId};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+
+/// The security scheme name the handlers' `security(...)` refers to.
+pub const BEARER: &str = "bearer";
+
+/// The document's fixed parts; [`crate::openapi`] adds every route's operation.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "suho HTTP API",
+        description = "The HTTP API of suho, a multi-tenant trading platform: accounts, trade \
+            commands (queued on Kafka and executed by the trading engine), user settings, \
+            the compliance query, account status and market candles. All bodies are JSON; \
+            prices, volumes and money are JSON numbers holding exact decimals (read them as \
+            decimals where exactness matters); timestamps are epoch milliseconds. \
+            A path's `{user_id}` must be the token's subject (else 403). Every error is \
+            `{error, message}`, plus `field` when one field is at fault."
+    ),
+    modifiers(&BearerScheme),
+    tags(
+        (name = "auth", description = "Accounts and bearer tokens."),
+        (name = "trading", description = "Trade commands: validated, then queued on `user.commands`; the trading engine answers on `user.trades`."),
+        (name = "user", description = "The caller's own settings, MT5 links, money, account status and trade history."),
+        (name = "market", description = "Shared market data; no token needed."),
+        (name = "operations", description = "Health, metrics and this document."),
+        (name = "stream", description = "The WebSocket `/ws`: market data of the followed symbols and the caller's own events, in one envelope."),
+    )
+)]
+pub struct ApiDoc;
+
+/// Adds the `bearer` JWT scheme.
+struct BearerScheme;
+
+impl Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            BEARER,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "The `access_token` of `POST /api/auth/login`, as \
+                         `Authorization: Bearer <token>`. A missing, malformed, expired, \
+                         forged or logged-out token is answered 401.",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+// ---- errors ----------------------------------------------------------------------------------
+
+/// The body of every error answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, for programs.
+    pub error: ErrorCode,
+    /// What went wrong, for people. For `invalid_field` it starts with the field's name.
+    pub message: String,
+    /// The field at fault, as named in the request (a dotted path inside nested objects,
+    /// e.g. `risk.leverage`). Only with `invalid_field`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub field: Option<String>,
+}
+
+/// The `error` of an `ErrorBody`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// 400: the body is empty, not JSON, or not a JSON object.
+    MalformedJson,
+    /// 422: a field is missing or invalid (see `field`).
+    InvalidField,
+    /// 401: no, or a bad, token or credentials.
+    Unauthorized,
+    /// 403: the token may not access that user's data.
+    Forbidden,
+    /// 409: the resource exists already.
+    Conflict,
+    /// 404: no such route, or nothing there yet.
+    NotFound,
+    /// 426: a WebSocket route asked without a WebSocket upgrade.
+    UpgradeRequired,
+    /// 429: too many failed logins (see `Retry-After`).
+    TooManyAttempts,
+    /// 503: a dependency (Kafka, the database, the audit store) is down; try again.
+    Unavailable,
+    /// 500: an unexpected failure (details are only logged).
+    Internal,
+}
+
+// ---- auth ------------------------------------------------------------------------------------
+
+/// `{email, password}`, for register and login.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"email": "me@example.com", "password": "correct horse"}))]
+pub struct Credentials {
+    /// An e-mail address (at most 254 characters; compared case-insensitively).
+    pub email: String,
+    /// At registration, 8 to 256 characters.
+    #[schema(format = Password)]
+    pub password: String,
+}
+
+/// The new account.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Registered {
+    /// The user's id: the token subject and the key of every Kafka record of theirs.
+    pub user_id: UserId,
+    /// The address, as registered.
+    pub email: String,
+}
+
+/// A bearer token for the user.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LoginAnswer {
+    /// The JWT for `Authorization: Bearer ...`.
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: TokenType,
+    /// Seconds until the token expires.
+    pub expires_in: u64,
+    /// The user's id.
+    pub user_id: UserId,
+    /// The user's address.
+    pub email: String,
+}
+
+/// The kind of token.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+pub enum TokenType {
+    /// An RFC 6750 bearer token.
+    Bearer,
+}
+
+// ---- trading ---------------------------------------------------------------------------------
+
+/// `OPEN_TRADE`: a market order. Unknown fields are ignored.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"symbol": "EURUSD", "type": "BUY", "volume": 0.1, "stop_loss": 1.08, "client_order_id": "my-order-1"}))]
+pub struct OpenTradeRequest {
+    /// A pair traded here: `EURUSD`, `EUR/USD`, any case.
+    #[schema(example = "EURUSD")]
+    pub symbol: String,
+    /// The side (any case).
+    #[serde(rename = "type")]
+    pub side: TradeSide,
+    /// Lots: positive, at most 100, a multiple of the lot step 0.01.
+    #[serde(with = "suho_domain::num")]
+    #[schema(
+        exclusive_minimum = 0,
+        maximum = 100,
+        multiple_of = 0.01,
+        example = 0.1
+    )]
+    pub volume: Decimal,
+    /// A positive price; below `take_profit` for a BUY, above it for a SELL.
+    #[serde(default, with = "suho_domain::num::option")]
+    #[schema(exclusive_minimum = 0)]
+    pub stop_loss: Option<Decimal>,
+    /// A positive price.
+    #[serde(default, with = "suho_domain::num::option")]
+    #[schema(exclusive_minimum = 0)]
+    pub take_profit: Option<Decimal>,
+    /// The caller's own id for this order, 1 to 64 characters. A repeated one is answered
+    /// with the first order's `command_id`, and nothing new is queued.
+    #[schema(min_length = 1, max_length = 64)]
+    pub client_order_id: Option<String>,
+}
+
+/// An order side, as sent (any case is accepted).
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum TradeSide {
+    /// Buy (filled at the ask).
+    Buy,
+    /// Sell (filled at the bid).
+    Sell,
+}
+
+/// `CLOSE_TRADE`: close one open position.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CloseTradeRequest {
+    /// The position's id (from its `TRADE_EXECUTED`), 1 to 128 characters.
+    #[schema(min_length = 1, max_length = 128)]
+    pub trade_id: String,
+}
+
+/// `MODIFY_TRADE`: change a position's stops. At least one of `stop_loss` and
+/// `take_profit` is required.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ModifyTradeRequest {
+    /// The position's id, 1 to 128 characters.
+    #[schema(min_length = 1, max_length = 128)]
+    pub trade_id: String,
+    /// A positive price.
+    #[serde(default, with = "suho_domain::num::option")]
+    #[schema(exclusive_minimum = 0)]
+    pub stop_loss: Option<Decimal>,
+    /// A positive price.
+    #[serde(default, with = "suho_domain::num::option")]
+    #[schema(exclusive_minimum = 0)]
+    pub take_profit: Option<Decimal>,
+}
+
+/// `{amount}` of a deposit or withdrawal.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct MoneyRequest {
+    /// Account currency: positive, whole cents, at most 1000000000.
+    #[serde(with = "suho_domain::num")]
+    #[schema(
+        exclusive_minimum = 0,
+        maximum = 1_000_000_000,
+        multiple_of = 0.01,
+        example = 500.0
+    )]
+    pub amount: Decimal,
+}
+
+/// The command is on `user.commands` (Kafka acknowledged it); its outcome follows on
+/// `user.trades` (or `user.transactions`), answering `command_id`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Queued {
+    /// Always `queued`.
+    pub status: QueuedStatus,
+    /// The command's `event_id`.
+    pub command_id: String,
+}
+
+/// The state of a queued command.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum QueuedStatus {
+    /// Accepted, not executed yet.
+    Queued,
+}
+
+// ---- user ------------------------------------------------------------------------------------
+
+/// A JSON merge patch (RFC 7386) onto the caller's settings: objects merge field by field,
+/// anything else replaces, `null` resets a field to its default. Unknown fields are refused;
+/// the result is checked as a whole and answered in full.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"risk": {"leverage": 50}, "watchlist": ["EURUSD", "GBPUSD"], "auto_trading": {"scalping": {"enabled": true, "volume": 0.1}}}))]
+pub struct SettingsPatch {
+    /// Risk parameters.
+    pub risk: Option<RiskSettingsPatch>,
+    /// At most 100 symbols traded here (replaces the whole list).
+    pub watchlist: Option<Vec<String>>,
+    /// Auto-trading opt-ins by strategy name (`scalping`, `mean_reversion`,
+    /// `online_logistic`); an entry set to `null` removes that opt-in.
+    pub auto_trading: Option<BTreeMap<String, AutoTradingPatch>>,
+}
+
+/// The risk part of a `SettingsPatch`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RiskSettingsPatch {
+    /// Account leverage, 1 to 500.
+    #[schema(minimum = 1, maximum = 500)]
+    pub leverage: Option<u32>,
+    /// Largest volume of one order, lots: positive, at most 100, on the lot step 0.01.
+    #[serde(default, with = "suho_domain::num::option")]
+    #[schema(exclusive_minimum = 0, maximum = 100, multiple_of = 0.01)]
+    pub max_volume: Option<Decimal>,
+    /// Most positions open at once, 1 to 200.
+    #[schema(minimum = 1, maximum = 200)]
+    pub max_open_positions: Option<u32>,
+}
+
+/// One strategy's opt-in in a `SettingsPatch`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct AutoTradingPatch {
+    /// Whether the agent trades the strategy's signals for the user (default false).
+    pub enabled: Option<bool>,
+    /// Lots per trade (default 0.1): positive, on the lot step, at most `risk.max_volume`.
+    #[serde(default, with = "suho_domain::num::option")]
+    #[schema(exclusive_minimum = 0, multiple_of = 0.01)]
+    pub volume: Option<Decimal>,
+}
+
+/// `{mt5_account, password}`: link (or re-link with a new password) an MT5 account.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct Mt5LinkRequest {
+    /// The account number: 1 to 32 letters, digits or dashes.
+    #[schema(min_length = 1, max_length = 32, pattern = "^[A-Za-z0-9-]+$")]
+    pub mt5_account: String,
+    /// The MT5 password, 1 to 128 characters; stored sealed, never published.
+    #[schema(format = Password, min_length = 1, max_length = 128)]
+    pub password: String,
+}
+
+/// The account is linked.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Mt5Linked {
+    /// Always `linked`.
+    pub status: LinkStatus,
+    /// The account number, trimmed.
+    pub mt5_account: String,
+}
+
+/// The state of an MT5 link.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkStatus {
+    /// Linked.
+    Linked,
+}
+
+/// Query parameters of the compliance query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TradesQuery {
+    /// First Kafka record time, epoch ms, inclusive (default: 24 hours before `to`).
+    pub from: Option<i64>,
+    /// End, epoch ms, exclusive (default: now). Must be after `from`.
+    pub to: Option<i64>,
+}
+
+// ---- market ----------------------------------------------------------------------------------
+
+/// Query parameters of the candle history.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct CandlesQuery {
+    /// The timeframe (default `1m`).
+    #[param(inline)]
+    pub tf: Option<Timeframe>,
+    /// Earliest candle `start`, epoch ms, inclusive (default: `limit` periods before `to`).
+    pub from: Option<i64>,
+    /// Candle `start` before this, epoch ms, exclusive (default: now). Must be after `from`.
+    pub to: Option<i64>,
+    /// Most candles returned (default 500).
+    #[param(minimum = 1, maximum = 10_000)]
+    pub limit: Option<i64>,
+}
+
+// ---- operations ------------------------------------------------------------------------------
+
+/// The gateway's health.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// Always `gateway`.
+    pub service: String,
+    /// `ok`, or `degraded` when a check fails.
+    pub status: HealthState,
+    /// Seconds since the process started.
+    pub uptime_s: u64,
+    /// Each dependency's state.
+    pub checks: HealthChecks,
+}
+
+/// The overall state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthState {
+    /// Everything answers.
+    Ok,
+    /// A dependency does not answer.
+    Degraded,
+}
+
+/// Each dependency's state.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthChecks {
+    /// PostgreSQL (answers `SELECT 1` within a second).
+    pub database: CheckState,
+}
+
+/// One dependency's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckState {
+    /// It answers.
+    Ok,
+    /// It does not.
+    Down,
+}
