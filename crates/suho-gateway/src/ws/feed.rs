@@ -188,7 +188,7 @@ impl UserFeed {
             if !registry.has_user(user) {
                 continue;
             }
-            let Some(record) = record(&self.prefix, &m) else {
+            let Some(record) = record(&self.prefix, &m, user) else {
                 continue;
             };
             registry.route_user(user, &record);
@@ -197,15 +197,15 @@ impl UserFeed {
 }
 
 /// A consumed record as a user event to send; `None` (logged) if it is not JSON.
-fn record<M: Message>(prefix: &str, m: &M) -> Option<UserRecord> {
+fn record<M: Message>(prefix: &str, m: &M, user: &str) -> Option<UserRecord> {
     let topic = suho_messaging::kafka::user_topic_of(prefix, m.topic())?;
     let position = Position {
         topic,
         partition: m.partition(),
         offset: m.offset(),
     };
-    let Some(message) = protocol::user(position, m.payload().unwrap_or_default()) else {
-        tracing::warn!(%position, "a user event that is not JSON; not forwarded");
+    let Some(message) = protocol::user(position, m.payload().unwrap_or_default(), user) else {
+        tracing::warn!(%position, "a user event that is not JSON or not the key's user's; not forwarded");
         return None;
     };
     Some(UserRecord {
@@ -319,7 +319,7 @@ fn read_start(
                 .find(|(t, p, _)| t == m.topic() && *p == m.partition())
                 .map_or(0, |e| e.2);
             if m.offset() < end && m.key() == Some(user.as_bytes()) {
-                records.extend(record(prefix, &m));
+                records.extend(record(prefix, &m, user));
             }
         }
         // The position passes transaction markers too, so it reaches the end.

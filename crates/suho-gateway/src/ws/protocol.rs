@@ -236,8 +236,19 @@ pub fn market(subject: &str, payload: &[u8]) -> Option<Utf8Bytes> {
     )))
 }
 
-/// `{"channel":"user","topic":...,"position":...,"data":...}`; `None` if `payload` is not JSON.
-pub fn user(position: Position, payload: &[u8]) -> Option<Utf8Bytes> {
+/// The user-channel envelope of a record of `owner`'s: `None` unless the payload is JSON whose
+/// `user_id` is `owner` (the record's key). Producers key every record by its own `user_id`;
+/// a record that breaks that is never shown to the key's user.
+pub fn user(position: Position, payload: &[u8], owner: &str) -> Option<Utf8Bytes> {
+    #[derive(serde::Deserialize)]
+    struct Owner<'a> {
+        #[serde(borrow)]
+        user_id: Option<std::borrow::Cow<'a, str>>,
+    }
+    let of: Owner<'_> = serde_json::from_slice(payload).ok()?;
+    if of.user_id.as_deref() != Some(owner) {
+        return None;
+    }
     let data: &RawValue = serde_json::from_slice(payload).ok()?;
     Some(Utf8Bytes::from(format!(
         r#"{{"channel":"user","topic":"{}","position":"{position}","data":{}}}"#,
@@ -344,9 +355,13 @@ mod tests {
         assert_eq!(v["data"]["bid"], 1.1);
         assert!(market("x", b"not json").is_none());
         let p = Position::parse("user.trades:2:7").unwrap();
-        let u: Value = serde_json::from_str(user(p, br#"{"a":1}"#).unwrap().as_str()).unwrap();
+        let payload = br#"{"user_id":"u1","a":1}"#;
+        let u: Value = serde_json::from_str(user(p, payload, "u1").unwrap().as_str()).unwrap();
         assert_eq!(u["topic"], "user.trades");
         assert_eq!(u["position"], "user.trades:2:7");
         assert_eq!(u["data"]["a"], 1);
+        // A record keyed by one user but carrying another's event reaches neither.
+        assert!(user(p, payload, "u2").is_none());
+        assert!(user(p, br#"{"a":1}"#, "u1").is_none());
     }
 }
