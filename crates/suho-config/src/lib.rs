@@ -164,12 +164,17 @@ impl Default for DatabaseConfig {
 pub struct HttpConfig {
     /// Listen address; loopback unless configured otherwise.
     pub addr: SocketAddr,
+    /// The built web dashboard the gateway serves at `/` (relative to the working directory).
+    /// `suho up` builds it with npm when its `package.json` sits in the parent directory
+    /// (`web/`) and the build is missing or older than the sources.
+    pub web_dir: PathBuf,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            web_dir: PathBuf::from("web/dist"),
         }
     }
 }

@@ -9,6 +9,8 @@
 //!
 //! Every route is registered from its handler's `#[utoipa::path]` (see [`mod@openapi`]), so
 //! the router and the OpenAPI document are built from one list, [`api`].
+//!
+//! The web dashboard (the files of a built `web/`, `http.web_dir`) is served for any other `GET`.
 
 mod auth;
 mod error;
@@ -18,10 +20,12 @@ pub mod openapi;
 mod throttle;
 mod trade;
 mod user;
+mod web;
 pub mod ws;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
@@ -90,10 +94,28 @@ pub fn api() -> OpenApiRouter<Arc<AppState>> {
 /// The router with every route of [`api`]; anything else is a JSON 404. Without a hub,
 /// `/ws` answers 503.
 pub fn router(state: Arc<AppState>, ws: Option<WsHub>) -> Router {
+    router_with_web(state, ws, None)
+}
+
+/// [`router`], and with `web_dir`, the dashboard's files from that directory for any other
+/// `GET` (`/` is its `index.html`, or a page that says how to build it).
+pub fn router_with_web(
+    state: Arc<AppState>,
+    ws: Option<WsHub>,
+    web_dir: Option<PathBuf>,
+) -> Router {
     let (router, _) = api().split_for_parts();
-    let router = router
-        .fallback(|| async { ApiError::NotFound })
-        .with_state(state);
+    let router = match web_dir {
+        Some(dir) => {
+            let dir = Arc::new(dir);
+            router.fallback(move |method: axum::http::Method, uri: axum::http::Uri| {
+                let dir = Arc::clone(&dir);
+                async move { web::serve(&dir, &method, &uri).await }
+            })
+        }
+        None => router.fallback(|| async { ApiError::NotFound }),
+    };
+    let router = router.with_state(state);
     match ws {
         Some(hub) => router.layer(Extension(hub)),
         None => router,
@@ -130,9 +152,23 @@ pub async fn serve_with(
     ws: Option<WsHub>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    serve_web(listener, state, ws, None, shutdown).await
+}
+
+/// [`serve_with`], and the web dashboard from `web_dir` (see [`router_with_web`]).
+///
+/// # Errors
+/// The listener fails.
+pub async fn serve_web(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    ws: Option<WsHub>,
+    web_dir: Option<PathBuf>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     axum::serve(
         listener,
-        router(state, ws).into_make_service_with_connect_info::<SocketAddr>(),
+        router_with_web(state, ws, web_dir).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(async move { shutdown.cancelled().await })
     .await

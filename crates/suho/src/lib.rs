@@ -13,6 +13,7 @@
 //! historical backfill behind `suho backfill`).
 
 pub mod polygon;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -211,8 +212,10 @@ impl Application {
         .context("starting the WebSocket hub")?;
         tasks.spawn(async move { ("ws-hub", ws_task.await.map_err(Into::into)) });
         let token = stop.clone();
+        let web_dir = config.http.web_dir.clone();
         tasks.spawn(async move {
-            let served = suho_gateway::serve_with(listener, state, Some(ws), token).await;
+            let served =
+                suho_gateway::serve_web(listener, state, Some(ws), Some(web_dir), token).await;
             ("gateway", served.map_err(Into::into))
         });
 

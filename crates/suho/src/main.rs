@@ -478,6 +478,14 @@ async fn up(config: suho_config::Config) -> anyhow::Result<()> {
         .await??;
         started = s.started;
     }
+    // The dashboard the gateway serves at `/`: built with npm when missing or stale. Without
+    // it the API still runs, and `/` says how to build it.
+    let web_dir = config.http.web_dir.clone();
+    match tokio::task::spawn_blocking(move || suho::web::ensure_built(&web_dir)).await? {
+        Ok(suho::web::WebBuild::Built { .. }) => tracing::info!("dashboard built"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("the dashboard is not built: {e:#}"),
+    }
     let result = platform(config).await;
     if !started.is_empty() {
         tracing::info!("stopping the stack servers this run started");
@@ -511,7 +519,7 @@ async fn platform(config: suho_config::Config) -> anyhow::Result<()> {
         std::process::exit(130);
     });
     tracing::info!(
-        "suho is up: HTTP API http://{addr} | NATS {} | Kafka {} | Ctrl-C stops it",
+        "suho is up: dashboard and HTTP API http://{addr}/ | NATS {} | Kafka {} | Ctrl-C stops it",
         config.nats.url,
         config.kafka.bootstrap
     );

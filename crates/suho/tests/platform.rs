@@ -13,6 +13,8 @@ use suho_domain::UserTopic;
 use suho_testkit::TestEnv;
 use tokio_util::sync::CancellationToken;
 
+/// The web dashboard in headless Chromium (in `tests/browser/`).
+mod browser;
 /// The engine killed between execution and commit (in `tests/crash/`).
 mod crash;
 /// Every kind of invalid request (in `tests/invalid/`).
