@@ -24,8 +24,13 @@
 //! through the gateway or straight into Kafka, to the real trading engine, and times each to
 //! its outcome on `user.trades`, beside a bare rdkafka two-hop echo on the same broker;
 //! `suho bench trading`.
+//!
+//! [`bench_gateway`] (module `gateway`) fans ticks out through the real gateway's WebSocket
+//! `/ws` to 100 and 1,000 clients (and with a share of them not reading), beside raw NATS
+//! fan-out to as many plain subscribers; `suho bench gateway`.
 
 mod bridge;
+mod gateway;
 mod phase;
 mod server;
 mod trading;
@@ -33,6 +38,11 @@ mod trading;
 pub use bridge::{
     bench_bridge, BridgeBenchOptions, BridgeBenchReport, BridgePhaseResult, BridgeRunResult,
     BRIDGE_GOAL_RATIO,
+};
+pub use gateway::{
+    bench_gateway, GatewayBenchOptions, GatewayBenchReport, GatewayMemory, GatewayPath,
+    GatewayPhaseResult, GatewayRateResult, GATEWAY_KEPT_PACE, GATEWAY_P99_GOAL_MS,
+    GATEWAY_STALL_GOAL, GATEWAY_THROUGHPUT_GOAL,
 };
 pub use server::StackOptions;
 pub use trading::{

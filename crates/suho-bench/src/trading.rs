@@ -44,10 +44,10 @@
 //! Each rate runs echo, echo-tx, http, kafka in turn; the baselines on fresh topics of their
 //! own, ours on the one platform (accounts and open trades carry over).
 
-mod clients;
+pub(crate) mod clients;
 mod echo;
 mod ours;
-mod platform;
+pub(crate) mod platform;
 
 use std::fmt;
 use std::sync::Arc;

@@ -142,6 +142,35 @@ enum BenchTarget {
         #[arg(long, default_value_t = 500)]
         p99_bound_ms: u64,
     },
+    /// Ticks fanned out through the real gateway's WebSocket /ws to many clients (and with a
+    /// share of them not reading), against raw NATS fan-out to as many plain subscribers, at
+    /// a sweep of tick rates, on a throwaway stack.
+    Gateway {
+        /// Client counts (comma-separated; default 100,1000).
+        #[arg(long, value_delimiter = ',')]
+        clients: Option<Vec<usize>>,
+        /// Tick rates to sweep, ticks/s over all symbols (comma-separated; default
+        /// 10,25,50,100,250,500,1000,2000; a client count stops after the first rate neither
+        /// path sustained).
+        #[arg(long, value_delimiter = ',')]
+        rates: Option<Vec<u32>>,
+        /// Seconds of publishing per phase.
+        #[arg(long, default_value_t = 5)]
+        duration: u64,
+        /// Share of the clients that stop reading in the ws-stall phases, percent.
+        #[arg(long, default_value_t = 10)]
+        stalled_percent: u32,
+        /// Users to register (connections share their tokens).
+        #[arg(long, default_value_t = 50)]
+        users: usize,
+        /// How many of the major FX pairs the ticks go through in turn (1 to 14; every client
+        /// follows them all; market data is conflated per subject).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=14))]
+        symbols: u8,
+        /// Highest p99 (tick -> client) of a sustained rate, milliseconds.
+        #[arg(long, default_value_t = 100)]
+        p99_bound_ms: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -230,7 +259,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     // command) would bury the report, so it logs warnings only unless RUST_LOG says otherwise.
     let log_filter = match &cli.command {
         Command::Bench {
-            target: BenchTarget::Trading { .. },
+            target: BenchTarget::Trading { .. } | BenchTarget::Gateway { .. },
         } => "warn,suho_bench=info,rdkafka=error",
         _ => config.telemetry.log_filter.as_str(),
     };
@@ -321,6 +350,40 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ..defaults
             };
             let report = suho_bench::bench_trading(opts).await?;
+            println!("{report}");
+            Ok(())
+        }),
+        Command::Bench {
+            target:
+                BenchTarget::Gateway {
+                    clients,
+                    rates,
+                    duration,
+                    stalled_percent,
+                    users,
+                    symbols,
+                    p99_bound_ms,
+                },
+        } => runtime()?.block_on(async {
+            let defaults = suho_bench::GatewayBenchOptions::default();
+            let opts = suho_bench::GatewayBenchOptions {
+                clients: clients.unwrap_or(defaults.clients),
+                rates: rates.unwrap_or(defaults.rates),
+                duration: std::time::Duration::from_secs(duration),
+                stalled_percent,
+                users,
+                symbols: suho_domain::major_fx()
+                    .into_iter()
+                    .take(usize::from(symbols))
+                    .collect(),
+                p99_bound: std::time::Duration::from_millis(p99_bound_ms),
+                stack: suho_bench::StackOptions {
+                    cache_dir: config.stack.dir.join("cache"),
+                    kafka_version: config.stack.kafka_version.clone(),
+                    kafka_heap: config.stack.kafka_heap.clone(),
+                },
+            };
+            let report = suho_bench::bench_gateway(opts).await?;
             println!("{report}");
             Ok(())
         }),
