@@ -31,7 +31,6 @@ use futures::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde::Deserialize;
 use suho_domain::Symbol;
-use suho_messaging::{MarketBus, UserEventProducer};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -526,39 +525,15 @@ async fn measure(
     clients::wait_for_topics(&config.kafka, &created.created).await?;
 
     // The gateway, as `suho::Application::run` wires it (HTTP API + `/ws` hub).
-    let bus = MarketBus::connect(&config.nats, "suho-bench-gateway")
-        .await
-        .context("connecting to NATS")?;
-    let producer = UserEventProducer::new(&config.kafka).context("creating the Kafka producer")?;
-    let secret = config
-        .auth
-        .jwt_secret
-        .clone()
-        .context("the bench sets auth.jwt_secret")?;
-    let accounts = suho_accounts::Accounts::connect(
-        &config.database.url,
-        config.database.max_connections,
-        &secret,
-        Duration::from_secs(config.auth.token_ttl_s),
-    )
-    .await
-    .context("connecting to PostgreSQL")?;
-    accounts.migrate().await.context("migrating the database")?;
-    let listener = tokio::net::TcpListener::bind(config.http.addr)
-        .await
-        .context("binding the HTTP API")?;
-    let addr = listener.local_addr()?;
-    let symbols = suho_market::configured_symbols(&config.market)?;
-    let state = Arc::new(suho_gateway::AppState {
-        accounts,
+    let platform::GatewayParts {
+        bus,
         producer,
-        symbols: symbols.iter().copied().collect(),
-        strategies: Vec::new(),
-        topic_prefix: config.kafka.topic_prefix.clone(),
-        login_throttle: suho_gateway::LoginThrottle::new(suho_gateway::ThrottleLimits::default()),
-        metrics: suho_telemetry::metrics(),
-        started: Instant::now(),
-    });
+        accounts,
+        listener,
+        addr,
+        symbols,
+    } = platform::GatewayParts::connect(config, "suho-bench-gateway").await?;
+    let state = platform::app_state(config, accounts, producer, &symbols);
     let stop_gateway = CancellationToken::new();
     let (hub, hub_task) = suho_gateway::WsHub::start(
         &bus,

@@ -53,30 +53,14 @@ impl Platform {
     /// # Errors
     /// A server is unreachable or a service cannot be created.
     pub(crate) async fn start(config: &Config) -> anyhow::Result<Platform> {
-        let bus = MarketBus::connect(&config.nats, "suho-bench-platform")
-            .await
-            .context("connecting to NATS")?;
-        let producer =
-            UserEventProducer::new(&config.kafka).context("creating the Kafka producer")?;
-        let secret = config
-            .auth
-            .jwt_secret
-            .clone()
-            .context("the bench sets auth.jwt_secret")?;
-        let accounts = suho_accounts::Accounts::connect(
-            &config.database.url,
-            config.database.max_connections,
-            &secret,
-            Duration::from_secs(config.auth.token_ttl_s),
-        )
-        .await
-        .context("connecting to PostgreSQL")?;
-        accounts.migrate().await.context("migrating the database")?;
-        let listener = tokio::net::TcpListener::bind(config.http.addr)
-            .await
-            .context("binding the HTTP API")?;
-        let http_addr = listener.local_addr()?;
-        let symbols = configured_symbols(&config.market)?;
+        let GatewayParts {
+            bus,
+            producer,
+            accounts,
+            listener,
+            addr: http_addr,
+            symbols,
+        } = GatewayParts::connect(config, "suho-bench-platform").await?;
         let stop = CancellationToken::new();
         let mut tasks = Tasks::new();
 
@@ -119,18 +103,7 @@ impl Platform {
         });
 
         // The gateway.
-        let state = Arc::new(suho_gateway::AppState {
-            accounts,
-            producer,
-            symbols: symbols.iter().copied().collect(),
-            strategies: Vec::new(),
-            topic_prefix: config.kafka.topic_prefix.clone(),
-            login_throttle: suho_gateway::LoginThrottle::new(
-                suho_gateway::ThrottleLimits::default(),
-            ),
-            metrics: suho_telemetry::metrics(),
-            started: Instant::now(),
-        });
+        let state = app_state(config, accounts, producer, &symbols);
         let token = stop.clone();
         tasks.spawn(async move {
             let served = suho_gateway::serve(listener, state, token).await;
@@ -307,4 +280,80 @@ async fn post(
         status,
         serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
     ))
+}
+
+/// What the gateway is built from, connected as `suho::Application::build` connects it.
+pub(crate) struct GatewayParts {
+    /// NATS, as the client named at [`GatewayParts::connect`].
+    pub(crate) bus: MarketBus,
+    /// The user-event producer.
+    pub(crate) producer: UserEventProducer,
+    /// The accounts, migrated.
+    pub(crate) accounts: suho_accounts::Accounts,
+    /// The bound HTTP listener.
+    pub(crate) listener: tokio::net::TcpListener,
+    /// Its address.
+    pub(crate) addr: SocketAddr,
+    /// The configured symbols.
+    pub(crate) symbols: Vec<Symbol>,
+}
+
+impl GatewayParts {
+    /// Connects NATS (as `client`), Kafka and PostgreSQL, migrates, and binds `http.addr`.
+    ///
+    /// # Errors
+    /// A server is unreachable, or the configuration lacks the JWT secret.
+    pub(crate) async fn connect(config: &Config, client: &str) -> anyhow::Result<GatewayParts> {
+        let bus = MarketBus::connect(&config.nats, client)
+            .await
+            .context("connecting to NATS")?;
+        let producer =
+            UserEventProducer::new(&config.kafka).context("creating the Kafka producer")?;
+        let secret = config
+            .auth
+            .jwt_secret
+            .clone()
+            .context("the bench sets auth.jwt_secret")?;
+        let accounts = suho_accounts::Accounts::connect(
+            &config.database.url,
+            config.database.max_connections,
+            &secret,
+            Duration::from_secs(config.auth.token_ttl_s),
+        )
+        .await
+        .context("connecting to PostgreSQL")?;
+        accounts.migrate().await.context("migrating the database")?;
+        let listener = tokio::net::TcpListener::bind(config.http.addr)
+            .await
+            .context("binding the HTTP API")?;
+        let addr = listener.local_addr()?;
+        let symbols = configured_symbols(&config.market)?;
+        Ok(GatewayParts {
+            bus,
+            producer,
+            accounts,
+            listener,
+            addr,
+            symbols,
+        })
+    }
+}
+
+/// The gateway's state over `accounts` and `producer`, trading `symbols`.
+pub(crate) fn app_state(
+    config: &Config,
+    accounts: suho_accounts::Accounts,
+    producer: UserEventProducer,
+    symbols: &[Symbol],
+) -> Arc<suho_gateway::AppState> {
+    Arc::new(suho_gateway::AppState {
+        accounts,
+        producer,
+        symbols: symbols.iter().copied().collect(),
+        strategies: Vec::new(),
+        topic_prefix: config.kafka.topic_prefix.clone(),
+        login_throttle: suho_gateway::LoginThrottle::new(suho_gateway::ThrottleLimits::default()),
+        metrics: suho_telemetry::metrics(),
+        started: Instant::now(),
+    })
 }
