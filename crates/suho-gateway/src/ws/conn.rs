@@ -17,7 +17,7 @@ use suho_domain::Symbol;
 use suho_telemetry::names;
 use tokio::task::JoinSet;
 
-use super::hub::{Client, CloseReason};
+use super::hub::{Channel, Client, CloseReason, Limits};
 use super::protocol::{self, ClientMessage, Invalid, Position};
 use super::{feed, WsHub};
 use crate::AppState;
@@ -79,15 +79,18 @@ pub async fn run(socket: WebSocket, session: Session) {
     let client = Arc::new(Client::new(
         id,
         Arc::from(claims.sub.as_str()),
-        options.user_queue,
-        options.market_pending,
+        Limits {
+            user_queue: options.user_queue,
+            market_subjects: options.market_pending,
+            market_depth: options.market_depth,
+        },
     ));
     client.push_ordered(
         protocol::control(
             "authenticated",
             json!({"user_id": claims.sub, "symbols": protocol::symbol_names(&symbols)}),
         ),
-        "control",
+        Channel::Control,
     );
     // Live events are held from registration until the connection knows where it starts
     // (and, for a resume, has caught up), so none is missed, repeated or out of order.
@@ -130,9 +133,7 @@ pub async fn run(socket: WebSocket, session: Session) {
                     protocol::error(&Invalid {
                         field: "message".into(),
                         message: "message: must be a text frame of JSON".into(),
-                    }),
-                    "error",
-                ),
+                    }), Channel::Error),
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 Some(Ok(Message::Close(_)) | Err(_)) | None => break,
             },
@@ -223,7 +224,7 @@ fn handle(
                     "subscribed",
                     json!({"symbols": protocol::symbol_names(symbols.iter())}),
                 ),
-                "control",
+                Channel::Control,
             );
         }
         Ok(ClientMessage::Unsubscribe(list)) => {
@@ -236,7 +237,7 @@ fn handle(
                     "unsubscribed",
                     json!({"symbols": protocol::symbol_names(symbols.iter())}),
                 ),
-                "control",
+                Channel::Control,
             );
         }
         Ok(ClientMessage::Resume(positions)) => {
@@ -245,7 +246,7 @@ fn handle(
                     field: "positions".into(),
                     message: "positions: name at least one `topic:partition:offset`".into(),
                 };
-                client.push_ordered(protocol::error(&e), "error");
+                client.push_ordered(protocol::error(&e), Channel::Error);
             } else {
                 // A start still running is started again with these positions.
                 resumes.abort_all();
@@ -258,7 +259,7 @@ fn handle(
                     field: "action".into(),
                     message: "action: resume is accepted only before the connection's first user event; reconnect with `resume`".into(),
                 };
-                client.push_ordered(protocol::error(&e), "error");
+                client.push_ordered(protocol::error(&e), Channel::Error);
             }
         }
         Ok(ClientMessage::Auth { .. }) => {
@@ -266,9 +267,9 @@ fn handle(
                 field: "action".into(),
                 message: "action: this connection is already authenticated".into(),
             };
-            client.push_ordered(protocol::error(&e), "error");
+            client.push_ordered(protocol::error(&e), Channel::Error);
         }
-        Err(e) => client.push_ordered(protocol::error(&e), "error"),
+        Err(e) => client.push_ordered(protocol::error(&e), Channel::Error),
     }
 }
 
@@ -298,6 +299,15 @@ async fn start(hub: WsHub, client: Arc<Client>, positions: Vec<Position>) {
 /// Drains the client's queues onto the socket until the connection ends, then sends the
 /// close frame the reason calls for (at most 1 s: a stalled client gets its socket dropped).
 async fn write(mut sink: Sink, client: Arc<Client>) {
+    // Looked up once: a lookup per message showed in the fan-out's profile.
+    let counter =
+        |channel: &'static str| metrics::counter!(names::WS_MESSAGES_SENT, "channel" => channel);
+    let (user, control, error, market_sent) = (
+        counter("user"),
+        counter("control"),
+        counter("error"),
+        counter("market"),
+    );
     'serve: loop {
         let batch = client.take();
         if batch.ordered.is_empty() && batch.market.is_empty() {
@@ -309,13 +319,18 @@ async fn write(mut sink: Sink, client: Arc<Client>) {
         let sent = async {
             for (message, channel) in batch.ordered {
                 sink.feed(Message::Text(message)).await?;
-                metrics::counter!(names::WS_MESSAGES_SENT, "channel" => channel).increment(1);
+                match channel {
+                    Channel::User => &user,
+                    Channel::Control => &control,
+                    Channel::Error => &error,
+                }
+                .increment(1);
             }
             let market = batch.market.len() as u64;
             for message in batch.market {
                 sink.feed(Message::Text(message)).await?;
             }
-            metrics::counter!(names::WS_MESSAGES_SENT, "channel" => "market").increment(market);
+            market_sent.increment(market);
             sink.flush().await
         };
         tokio::select! {

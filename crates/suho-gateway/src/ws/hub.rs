@@ -3,8 +3,10 @@
 //! The [`Registry`] maps symbols and users to connections; the feeds (`feed`) route each
 //! message, built once, to the [`Client`]s that want it. A client's queues never block the
 //! router:
-//! - market messages are conflated per subject (a newer message replaces the one still
-//!   waiting; counted in `ws_market_conflated_total`);
+//! - market messages wait in arrival order, at most `market_depth` per subject; past that the
+//!   oldest waiting one of the subject is dropped for the newest (conflation, counted in
+//!   `ws_market_conflated_total`), so a client that lags gets recent quotes, not a backlog.
+//!   A writer that wakes late takes what waits in one batch, one socket write for all;
 //! - user events, control and error messages are never dropped: past `user_queue` waiting
 //!   messages the client is disconnected as too slow (it can resume).
 //!
@@ -38,6 +40,17 @@ pub enum CloseReason {
     TokenRevoked,
 }
 
+/// The channel of a message that is never dropped (the label of `ws_messages_sent_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    /// The connection's user's events.
+    User,
+    /// Control messages (`authenticated`, `subscribed`, `ready`, ...).
+    Control,
+    /// Errors answering a client message.
+    Error,
+}
+
 /// A user event ready to send.
 #[derive(Debug, Clone)]
 pub struct UserRecord {
@@ -55,10 +68,12 @@ pub struct UserRecord {
 #[derive(Default)]
 struct Queues {
     /// User events, control and error messages, in order.
-    ordered: VecDeque<(Utf8Bytes, &'static str)>,
-    /// Market subjects waiting, oldest first, and the latest message of each.
-    market_order: VecDeque<Arc<str>>,
-    market: HashMap<Arc<str>, Utf8Bytes>,
+    ordered: VecDeque<(Utf8Bytes, Channel)>,
+    /// Market messages waiting per subject, oldest first, each with its arrival number.
+    /// Entries stay when emptied (the next message reuses the allocation).
+    market: HashMap<Arc<str>, VecDeque<(u64, Utf8Bytes)>>,
+    /// The next arrival number.
+    market_seq: u64,
     /// Live user events held while a resume catches up.
     held: Option<Vec<UserRecord>>,
     /// The next offset this connection may be given, per (topic, partition).
@@ -78,6 +93,7 @@ pub struct Client {
     pub user: Arc<str>,
     user_queue: usize,
     market_limit: usize,
+    market_depth: usize,
     queues: Mutex<Queues>,
     notify: Notify,
     closed: CancellationToken,
@@ -88,20 +104,31 @@ pub struct Client {
 #[derive(Default)]
 pub struct Batch {
     /// Ordered messages first, with their channel.
-    pub ordered: Vec<(Utf8Bytes, &'static str)>,
-    /// Then the latest market message of each waiting subject.
+    pub ordered: Vec<(Utf8Bytes, Channel)>,
+    /// Then the waiting market messages, in arrival order.
     pub market: Vec<Utf8Bytes>,
 }
 
+/// A client's limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Ordered messages waiting before the client is closed as too slow.
+    pub user_queue: usize,
+    /// Market subjects with messages waiting; a message of a further subject is dropped.
+    pub market_subjects: usize,
+    /// Market messages waiting per subject; a further one replaces the oldest.
+    pub market_depth: usize,
+}
+
 impl Client {
-    /// A client of `user` that allows `user_queue` waiting ordered messages and
-    /// `market_limit` waiting market subjects.
-    pub fn new(id: u64, user: Arc<str>, user_queue: usize, market_limit: usize) -> Client {
+    /// A client of `user` with these limits.
+    pub fn new(id: u64, user: Arc<str>, limits: Limits) -> Client {
         Client {
             id,
             user,
-            user_queue,
-            market_limit,
+            user_queue: limits.user_queue,
+            market_limit: limits.market_subjects,
+            market_depth: limits.market_depth.max(1),
             queues: Mutex::new(Queues::default()),
             notify: Notify::new(),
             closed: CancellationToken::new(),
@@ -145,28 +172,42 @@ impl Client {
         self.closed.cancel();
     }
 
-    /// Queues a market message, replacing a waiting one of the same subject.
+    /// Queues a market message; with `market_depth` of its subject waiting already, the
+    /// oldest of them is dropped.
     pub fn push_market(&self, subject: &Arc<str>, message: Utf8Bytes) {
         let mut q = self.lock();
-        if let Some(waiting) = q.market.get_mut(subject) {
-            *waiting = message;
-            drop(q);
-            metrics::counter!(names::WS_MARKET_CONFLATED).increment(1);
-            return;
+        let seq = q.market_seq;
+        q.market_seq += 1;
+        if !q.market.contains_key(subject) {
+            if q.market.len() >= self.market_limit {
+                q.market.retain(|_, waiting| !waiting.is_empty());
+            }
+            if q.market.len() >= self.market_limit {
+                drop(q);
+                metrics::counter!(names::WS_MARKET_CONFLATED).increment(1);
+                return;
+            }
+            q.market.insert(subject.clone(), VecDeque::new());
         }
-        if q.market.len() >= self.market_limit {
-            drop(q);
-            metrics::counter!(names::WS_MARKET_CONFLATED).increment(1);
+        let depth = self.market_depth;
+        let Some(waiting) = q.market.get_mut(subject) else {
             return;
+        };
+        let conflated = waiting.len() >= depth;
+        if conflated {
+            waiting.pop_front();
         }
-        q.market_order.push_back(subject.clone());
-        q.market.insert(subject.clone(), message);
+        waiting.push_back((seq, message));
         drop(q);
-        self.notify.notify_one();
+        if conflated {
+            metrics::counter!(names::WS_MARKET_CONFLATED).increment(1);
+        } else {
+            self.notify.notify_one();
+        }
     }
 
     /// Queues a control or error message (never dropped).
-    pub fn push_ordered(&self, message: Utf8Bytes, channel: &'static str) {
+    pub fn push_ordered(&self, message: Utf8Bytes, channel: Channel) {
         let mut q = self.lock();
         q.ordered.push_back((message, channel));
         self.after_ordered(q);
@@ -273,7 +314,7 @@ impl Client {
             "ready",
             json!({"events": caught_up.len(), "positions": positions}),
         );
-        q.ordered.push_back((ready, "control"));
+        q.ordered.push_back((ready, Channel::Control));
         q.allowance = q.ordered.len();
         self.after_ordered(q);
     }
@@ -283,13 +324,21 @@ impl Client {
         let mut q = self.lock();
         q.allowance = 0;
         let ordered = q.ordered.drain(..).collect();
-        let mut market = Vec::with_capacity(q.market_order.len());
-        while let Some(subject) = q.market_order.pop_front() {
-            if let Some(m) = q.market.remove(&subject) {
-                market.push(m);
+        let mut market: Vec<(u64, Utf8Bytes)> = Vec::new();
+        let mut subjects = 0;
+        for waiting in q.market.values_mut() {
+            if !waiting.is_empty() {
+                subjects += 1;
+                market.extend(waiting.drain(..));
             }
         }
-        Batch { ordered, market }
+        if subjects > 1 {
+            market.sort_unstable_by_key(|(seq, _)| *seq);
+        }
+        Batch {
+            ordered,
+            market: market.into_iter().map(|(_, m)| m).collect(),
+        }
     }
 
     /// Waits until something is queued.
@@ -306,7 +355,7 @@ fn give(q: &mut Queues, record: &UserRecord) -> bool {
     }
     *next = record.offset + 1;
     q.user_given = true;
-    q.ordered.push_back((record.message.clone(), "user"));
+    q.ordered.push_back((record.message.clone(), Channel::User));
     true
 }
 
@@ -444,22 +493,48 @@ mod tests {
         batch.ordered.iter().map(|(m, _)| m.as_str()).collect()
     }
 
+    fn limits(user_queue: usize, market_depth: usize) -> Limits {
+        Limits {
+            user_queue,
+            market_subjects: 8,
+            market_depth,
+        }
+    }
+
+    fn market(batch: &Batch) -> Vec<&str> {
+        batch.market.iter().map(Utf8Bytes::as_str).collect()
+    }
+
     #[test]
     fn market_messages_are_conflated_per_subject() {
-        let c = Client::new(1, "u".into(), 8, 8);
+        let c = Client::new(1, "u".into(), limits(8, 1));
         let tick: Arc<str> = "market.EURUSD.tick".into();
         let candle: Arc<str> = "market.EURUSD.1m".into();
         c.push_market(&tick, "t1".into());
         c.push_market(&candle, "c1".into());
         c.push_market(&tick, "t2".into());
-        let b = c.take();
-        let market: Vec<&str> = b.market.iter().map(Utf8Bytes::as_str).collect();
-        assert_eq!(market, ["t2", "c1"]);
+        assert_eq!(market(&c.take()), ["c1", "t2"]);
+    }
+
+    #[test]
+    fn market_messages_wait_in_order_up_to_the_depth_of_their_subject() {
+        let c = Client::new(1, "u".into(), limits(8, 2));
+        let tick: Arc<str> = "market.EURUSD.tick".into();
+        let other: Arc<str> = "market.GBPUSD.tick".into();
+        for m in ["e1", "g1", "e2", "e3", "g2"] {
+            let subject = if m.starts_with('e') { &tick } else { &other };
+            c.push_market(subject, m.into());
+        }
+        // e1 gave way to e3; the rest keep their arrival order.
+        assert_eq!(market(&c.take()), ["g1", "e2", "e3", "g2"]);
+        assert!(c.take().market.is_empty());
+        c.push_market(&tick, "e4".into());
+        assert_eq!(market(&c.take()), ["e4"]);
     }
 
     #[test]
     fn a_resume_gives_each_event_once_in_order() {
-        let c = Client::new(1, "u".into(), 64, 8);
+        let c = Client::new(1, "u".into(), limits(64, 1));
         assert!(c.hold(&[]));
         // Live events arrive while catching up; the catch-up read up to offset 12 (end 13).
         c.push_user(&record(11));
@@ -489,7 +564,7 @@ mod tests {
 
     #[test]
     fn a_release_may_exceed_the_limit_until_the_writer_takes_it() {
-        let c = Client::new(1, "u".into(), 2, 8);
+        let c = Client::new(1, "u".into(), limits(2, 1));
         assert!(c.hold(&[]));
         for o in 0..5 {
             c.push_user(&record(o));
@@ -505,7 +580,7 @@ mod tests {
 
     #[test]
     fn an_overflowing_user_queue_closes_the_client() {
-        let c = Client::new(1, "u".into(), 2, 8);
+        let c = Client::new(1, "u".into(), limits(2, 1));
         for o in 0..3 {
             c.push_user(&record(o));
         }

@@ -57,14 +57,24 @@ pub struct WsOptions {
     /// User events, control and error messages waiting for one client before it is closed
     /// as too slow.
     pub user_queue: usize,
-    /// Market subjects waiting (conflated) for one client; beyond it new subjects are dropped.
+    /// Market subjects with messages waiting for one client; beyond it new subjects are
+    /// dropped.
     pub market_pending: usize,
+    /// Market messages of one subject waiting for one client; a newer one replaces the
+    /// oldest (conflation). A writer a little late sends what waits in one write; one much
+    /// later sends the newest `market_depth` of each subject, not the backlog.
+    pub market_depth: usize,
     /// How long a resume may take to read the log up to its end.
     pub resume_timeout: Duration,
     /// Resumes reading the log at once (each with a Kafka consumer of its own); more wait.
     pub concurrent_resumes: usize,
     /// The largest client message, in bytes.
     pub max_message_bytes: usize,
+    /// The read buffer each connection starts with, in bytes (it grows for a larger message).
+    /// Clients send only short control messages; tungstenite zeroes the free part of this
+    /// buffer before every read, so its default of 128 KiB cost a 128 KiB `memset` per read
+    /// and as much RSS per connection.
+    pub read_buffer_bytes: usize,
 }
 
 impl Default for WsOptions {
@@ -74,9 +84,11 @@ impl Default for WsOptions {
             token_recheck: Duration::from_secs(30),
             user_queue: 1024,
             market_pending: 4096,
+            market_depth: 16,
             resume_timeout: Duration::from_secs(30),
             concurrent_resumes: 16,
             max_message_bytes: 64 * 1024,
+            read_buffer_bytes: 4 * 1024,
         }
     }
 }
@@ -233,8 +245,10 @@ pub async fn upgrade(
         claims,
         positions,
     };
-    let max = session.hub.inner.options.max_message_bytes;
+    let options = &session.hub.inner.options;
+    let (max, read_buffer) = (options.max_message_bytes, options.read_buffer_bytes);
     Ok(ws
+        .read_buffer_size(read_buffer)
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| conn::run(socket, session)))
