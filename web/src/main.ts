@@ -27,6 +27,7 @@ const PAIRS = [
   "EURJPY", "GBPJPY", "EURCHF", "AUDJPY", "EURAUD", "GBPCHF",
 ];
 const DEFAULT_WATCH = ["EURUSD", "GBPUSD", "USDJPY", "AUDUSD", "USDCHF"];
+const TIMEFRAMES = ["1m", "5m", "15m", "30m", "1h", "4h", "1d"];
 const CONTRACT = 100_000;
 
 const state = {
@@ -34,6 +35,9 @@ const state = {
   watch: [] as string[],
   followed: new Set<string>(),
   selected: "EURUSD",
+  tf: "1m",
+  // The position whose stops are being edited in the blotter.
+  editing: null as string | null,
   quotes: new Map<string, Quote>(),
   positions: new Map<string, Position>(),
   history: [] as Json[],
@@ -41,7 +45,7 @@ const state = {
   account: null as Json | null,
   // Last position per "topic:partition", for resume.
   resume: new Map<string, number>(),
-  pending: new Map<string, string>(), // command_id -> what the ticket said
+  pending: new Map<string, string>(), // command_id -> which status line reports it
   // Outcomes by command_id: the stream can answer a command before its 202 reaches us.
   outcomes: new Map<string, Json>(),
   tab: "positions" as "positions" | "history",
@@ -161,10 +165,20 @@ function showDashboard() {
     <section class="panel watch"><h2>Watchlist</h2>
       <div class="body"><table class="quotes"><thead><tr><th>Symbol</th><th class="r">Bid</th><th class="r">Ask</th><th class="r">Spr</th></tr></thead>
       <tbody id="quotes" data-testid="quotes"></tbody></table></div></section>
-    <section class="panel chart"><h2><span class="sym" id="chart-sym"></span> 1m
+    <section class="panel chart"><h2><span class="sym" id="chart-sym"></span>
+      <div class="tabs tf" id="tf" data-testid="timeframes">${TIMEFRAMES.map((t) => `<button data-tf="${t}">${t}</button>`).join("")}</div>
       <span class="px num" id="chart-px"></span></h2><div id="chart" data-testid="chart"></div></section>
     <aside class="side">
-      <section class="panel"><h2>Account</h2><div class="body"><dl class="kv num" id="account" data-testid="account"></dl></div></section>
+      <section class="panel"><h2>Account</h2><div class="body"><dl class="kv num" id="account" data-testid="account"></dl>
+        <form class="funds" id="funds" novalidate>
+          <div class="field"><label for="f-amount">Amount</label><input id="f-amount" class="num" placeholder="e.g. 1000.00" inputmode="decimal" />
+            <div class="error" data-err="amount"></div></div>
+          <div class="two">
+            <button type="button" id="deposit" data-testid="deposit">Deposit</button>
+            <button type="button" id="withdraw" data-testid="withdraw">Withdraw</button>
+          </div>
+          <div class="status" id="funds-status" data-testid="funds-status"></div>
+        </form></div></section>
       <section class="panel ticket"><h2>Order ticket</h2><div class="body">
         <form id="ticket" novalidate>
           <div class="field"><label for="t-symbol">Symbol</label><select id="t-symbol">${PAIRS.map((p) => `<option>${p}</option>`).join("")}</select></div>
@@ -195,9 +209,25 @@ function showDashboard() {
   $("#t-symbol").addEventListener("change", () => select($<HTMLSelectElement>("#t-symbol").value));
   $("#tab-positions").addEventListener("click", () => { state.tab = "positions"; render(); });
   $("#tab-history").addEventListener("click", () => { state.tab = "history"; render(); });
+  $("#deposit").addEventListener("click", () => funds("deposit"));
+  $("#withdraw").addEventListener("click", () => funds("withdraw"));
+  $("#tf").addEventListener("click", (ev) => {
+    const b = (ev.target as HTMLElement).closest("button[data-tf]") as HTMLButtonElement | null;
+    if (b && b.dataset.tf !== state.tf) { state.tf = b.dataset.tf!; select(state.selected); }
+  });
   $("#blotter").addEventListener("click", (ev) => {
-    const b = (ev.target as HTMLElement).closest("button[data-close]") as HTMLButtonElement | null;
-    if (b) closeTrade(b.dataset.close!, b);
+    const b = (ev.target as HTMLElement).closest("button") as HTMLButtonElement | null;
+    if (!b) return;
+    if (b.dataset.close) closeTrade(b.dataset.close, b);
+    else if (b.dataset.edit) { state.editing = b.dataset.edit; render(); }
+    else if (b.dataset.cancel) { state.editing = null; render(); }
+    else if (b.dataset.save) modifyTrade(b.dataset.save, b);
+  });
+  $("#blotter").addEventListener("keydown", (ev) => {
+    const input = ev.target as HTMLInputElement;
+    if (ev.key === "Enter" && input.dataset.stop && state.editing) {
+      modifyTrade(state.editing, document.querySelector<HTMLButtonElement>(`button[data-save="${state.editing}"]`));
+    } else if (ev.key === "Escape" && state.editing) { state.editing = null; render(); }
   });
   $("#quotes").addEventListener("click", (ev) => {
     const tr = (ev.target as HTMLElement).closest("tr[data-sym]") as HTMLElement | null;
@@ -233,6 +263,8 @@ function bar(c: Json): CandlestickData<UTCTimestamp> {
 
 async function select(sym: string) {
   state.selected = sym;
+  const tf = state.tf;
+  document.querySelectorAll<HTMLButtonElement>("#tf button").forEach((b) => b.classList.toggle("on", b.dataset.tf === tf));
   const sel = $<HTMLSelectElement>("#t-symbol");
   if (sel) sel.value = sym;
   $("#chart-sym").textContent = sym;
@@ -240,8 +272,8 @@ async function select(sym: string) {
   series?.setData([]);
   lastBar = 0;
   follow();
-  const r = await api("GET", `/api/market/${sym}/candles?tf=1m&limit=300`);
-  if (state.selected !== sym || r.status !== 200 || !Array.isArray(r.data)) return;
+  const r = await api("GET", `/api/market/${sym}/candles?tf=${tf}&limit=300`);
+  if (state.selected !== sym || state.tf !== tf || r.status !== 200 || !Array.isArray(r.data)) return;
   const bars = r.data.map(bar);
   // Live updates may have arrived while the history loaded: keep the newer.
   const live = lastBar ? series?.data().slice(-1)[0] : undefined;
@@ -254,7 +286,7 @@ async function select(sym: string) {
 }
 
 function onCandle(c: Json) {
-  if (c.symbol !== state.selected || c.timeframe !== "1m" || !series) return;
+  if (c.symbol !== state.selected || c.timeframe !== state.tf || !series) return;
   const b = bar(c);
   if ((b.time as number) < lastBar) return;
   series.update(b);
@@ -386,7 +418,7 @@ function onMarket(subject: string, d: Json) {
     const mid = +d.mid;
     state.quotes.set(sym, { bid: +d.bid, ask: +d.ask, mid, ts: d.timestamp, dir: prev ? Math.sign(mid - prev.mid) || prev.dir : 0 });
     schedule();
-  } else if (parts[0] === "market" && parts[2] === "1m") {
+  } else if (parts[0] === "market" && parts[2] === state.tf) {
     onCandle(d);
   } else if (parts[0] === "signals") {
     state.signals.unshift(d);
@@ -400,7 +432,11 @@ function onUser(topic: string, d: Json) {
   else if (topic === "user.mt5_status") {
     if (!state.account || d.timestamp >= state.account.timestamp) state.account = d;
   } else if (topic === "user.risk_alerts") riskAlert(d);
-  else if (topic === "user.transactions") state.history.unshift({ ...d, _kind: "transaction" });
+  else if (topic === "user.transactions") {
+    state.history.unshift({ ...d, _kind: "transaction" });
+    // A deposit or withdrawal carries its command's id as `reference`.
+    if (d.reference) outcome({ ...d, command_id: d.reference });
+  }
   schedule();
 }
 
@@ -421,27 +457,40 @@ function applyTrade(e: Json, live: boolean) {
   }
   if (live) state.history.unshift(e); else state.history.splice(0, 0, e);
   if (!live) state.history.sort((a, b) => b.timestamp - a.timestamp);
-  if (live && e.command_id) {
-    state.outcomes.set(e.command_id, e);
-    if (state.outcomes.size > 200) state.outcomes.delete(state.outcomes.keys().next().value!);
-    if (state.pending.has(e.command_id)) report(e);
-  }
+  if (live && e.command_id) outcome(e);
+  if (t === "TRADE_MODIFIED" && state.editing === e.trade_id) state.editing = null;
   follow();
 }
 
-/** Shows what became of a command the ticket (or a close button) sent. */
+/** Remembers the outcome of a command, and reports it if this page is waiting for it. */
+function outcome(e: Json) {
+  state.outcomes.set(e.command_id, e);
+  if (state.outcomes.size > 200) state.outcomes.delete(state.outcomes.keys().next().value!);
+  if (state.pending.has(e.command_id)) report(e);
+}
+
+/** Shows what became of a command the ticket, a position's buttons or the funds form sent. */
 function report(e: Json) {
+  const where = state.pending.get(e.command_id);
   state.pending.delete(e.command_id);
-  const st = $("#ticket-status");
+  const st = $(where === "funds" ? "#funds-status" : "#ticket-status");
   const t = e.event_type;
   if (t === "TRADE_REJECTED") { st.className = "status error"; st.textContent = `Rejected: ${e.reason ?? "no reason given"}`; }
+  else if (t === "DEPOSIT" || t === "WITHDRAWAL") {
+    st.className = "status ok";
+    st.textContent = `${t === "DEPOSIT" ? "Deposited" : "Withdrew"} ${money(e.amount)} ${e.currency}${e.balance_after != null ? ` · balance ${money(e.balance_after)}` : ""}`;
+  }
+  else if (t === "TRADE_MODIFIED") {
+    st.className = "status ok";
+    st.textContent = `Modified ${short(e.trade_id)} · SL ${e.stop_loss != null ? px(e.symbol, +e.stop_loss) : "—"} · TP ${e.take_profit != null ? px(e.symbol, +e.take_profit) : "—"}`;
+  }
   else if (t === "TRADE_EXECUTED") { st.className = "status ok"; st.textContent = `Filled ${e.action} ${e.volume} ${e.symbol} @ ${px(e.symbol, +e.execution_price)}`; }
   else if (t === "TRADE_CLOSED") { st.className = "status ok"; st.textContent = `Closed ${short(e.trade_id)} @ ${px(e.symbol, +e.close_price)} · P/L ${money(e.profit)}`; }
 }
 
 /** Waits for the outcome of `commandId` (which may already be known). */
-function expectOutcome(commandId: string, what: string) {
-  state.pending.set(commandId, what);
+function expectOutcome(commandId: string, where: "ticket" | "funds") {
+  state.pending.set(commandId, where);
   const known = state.outcomes.get(commandId);
   if (known) report(known);
 }
@@ -477,7 +526,7 @@ async function order(side: "BUY" | "SELL") {
   const r = await api("POST", "/api/trade/open", body);
   if (r.status === 202) {
     st.className = "status muted"; st.textContent = `Queued ${side} ${body.volume} ${body.symbol} · waiting for the fill`;
-    expectOutcome(r.data.command_id, side);
+    expectOutcome(r.data.command_id, "ticket");
   } else {
     const field = r.data?.field as string | undefined;
     const slot = field ? document.querySelector<HTMLElement>(`#ticket [data-err="${field}"]`) : null;
@@ -496,10 +545,50 @@ async function closeTrade(id: string, button: HTMLButtonElement) {
   const r = await api("POST", "/api/trade/close", { trade_id: id });
   if (r.status === 202) {
     st.className = "status muted"; st.textContent = `Closing ${short(id)}…`;
-    expectOutcome(r.data.command_id, "close");
+    expectOutcome(r.data.command_id, "ticket");
   } else {
     button.disabled = false;
     st.className = "status error"; st.textContent = r.data?.message ?? `close failed (${r.status})`;
+  }
+}
+
+/** Sends the stops typed into an edited position's row. */
+async function modifyTrade(id: string, button: HTMLButtonElement | null) {
+  const st = $("#ticket-status");
+  const row = document.querySelector(`[data-trade="${id}"]`);
+  const inputs = row ? [...row.querySelectorAll<HTMLInputElement>("input[data-stop]")] : [];
+  inputs.forEach((i) => i.classList.remove("invalid"));
+  const body: Json = { trade_id: id };
+  for (const i of inputs) {
+    const raw = i.value.trim();
+    if (raw) body[i.dataset.stop!] = Number.isFinite(Number(raw)) ? Number(raw) : raw;
+  }
+  if (button) button.disabled = true;
+  const r = await api("POST", "/api/trade/modify", body);
+  if (button) button.disabled = false;
+  if (r.status === 202) {
+    st.className = "status muted"; st.textContent = `Modifying ${short(id)}…`;
+    expectOutcome(r.data.command_id, "ticket");
+  } else {
+    const field = r.data?.field as string | undefined;
+    inputs.find((i) => i.dataset.stop === field)?.classList.add("invalid");
+    st.className = "status error"; st.textContent = r.data?.message ?? `modify failed (${r.status})`;
+  }
+}
+
+/** A deposit to, or a withdrawal from, the paper account. */
+async function funds(kind: "deposit" | "withdraw") {
+  const st = $("#funds-status");
+  const slot = $('#funds [data-err="amount"]');
+  const input = $<HTMLInputElement>("#f-amount");
+  slot.textContent = ""; input.classList.remove("invalid");
+  const r = await api("POST", `/api/user/${state.session!.userId}/${kind}`, { amount: readNumber("#f-amount") ?? "" });
+  if (r.status === 202) {
+    st.className = "status muted"; st.textContent = kind === "deposit" ? "Deposit queued…" : "Withdrawal queued…";
+    expectOutcome(r.data.command_id, "funds");
+  } else {
+    if (r.data?.field === "amount") { slot.textContent = r.data.message; input.classList.add("invalid"); }
+    st.className = "status error"; st.textContent = r.data?.message ?? `${kind} failed (${r.status})`;
   }
 }
 
@@ -630,9 +719,11 @@ function render() {
           ["num muted", `<span title="${esc(p.trade_id)}">${esc(short(p.trade_id))}</span>`], ["num", time(p.timestamp)], ["", esc(p.symbol)],
           ["", `<span class="badge ${esc(p.action)}">${esc(p.action)}</span>`], ["r num", p.volume.toFixed(2)],
           ["r num", px(p.symbol, p.open_price)], ["r num", px(p.symbol, q ? (p.action === "BUY" ? q.bid : q.ask) : null)],
-          ["r num", p.stop_loss != null ? px(p.symbol, +p.stop_loss) : "—"], ["r num", p.take_profit != null ? px(p.symbol, +p.take_profit) : "—"],
+          ...stops(p),
           [`r num ${cls(v ?? 0)}`, `<span data-testid="profit">${money(v)}</span>`],
-          ["r", `<button class="small" data-close="${esc(p.trade_id)}" data-testid="close">Close</button>`],
+          ["r actions", state.editing === p.trade_id
+            ? `<button class="small primary" data-save="${esc(p.trade_id)}" data-testid="save">Save</button><button class="small" data-cancel="1">Cancel</button>`
+            : `<button class="small" data-edit="${esc(p.trade_id)}" data-testid="modify">SL/TP</button><button class="small" data-close="${esc(p.trade_id)}" data-testid="close">Close</button>`],
         ],
       };
     });
@@ -658,6 +749,17 @@ function render() {
   ).join("") || `<li class="empty" style="display:block">Waiting for the strategies' next signal…</li>`);
 }
 
+/** A position's stop loss and take profit cells: prices, or inputs while it is edited. */
+function stops(p: Position): [string, string][] {
+  const shown = (v: number | undefined) => (v != null ? px(p.symbol, +v) : "");
+  if (state.editing !== p.trade_id) {
+    return [["r num", shown(p.stop_loss) || "—"], ["r num", shown(p.take_profit) || "—"]];
+  }
+  const input = (field: string, v: number | undefined) =>
+    `<input class="num stop" data-stop="${field}" data-testid="edit-${field}" value="${esc(shown(v))}" placeholder="—" title="empty: unchanged" inputmode="decimal" />`;
+  return [["r num", input("stop_loss", p.stop_loss)], ["r num", input("take_profit", p.take_profit)]];
+}
+
 // ---------------------------------------------------------------- start
 
 // A quote's age matters to a trader: dim the connection when no tick came for a while.
@@ -678,6 +780,8 @@ if (state.session) showDashboard(); else showAuth();
 // For the browser tests and for debugging from the console.
 (window as any).suho = {
   state,
+  /** The bars the chart holds. */
+  bars: () => series?.data().length ?? 0,
   /** Drops the stream and stays offline for `ms` before reconnecting (with resume). */
   dropFor: (ms: number) => { holdUntil = Date.now() + ms; socket?.close(4000, "test"); },
 };

@@ -109,6 +109,40 @@ try {
   assert(balanceOpen > 0 && margin > 0, "balance and margin shown");
   assert(free < balanceOpen + 50, "free margin is reduced by the margin in use");
   assert((await a.$$('[data-testid="position"]')).length === 1, "one open position");
+
+  // Stops on the open position: a stop that is not a price is refused by the API, naming the
+  // field; then a stop loss and a take profit either side of the market are set.
+  await a.click('[data-testid="position"] [data-testid="modify"]');
+  await a.fill('[data-testid="edit-stop_loss"]', "abc");
+  await a.click('[data-testid="position"] [data-testid="save"]');
+  await a.waitForFunction(() => document.querySelector('[data-testid="edit-stop_loss"]')?.classList.contains("invalid"), null, { timeout: T });
+  log("invalid stop loss:", await a.textContent('[data-testid="ticket-status"]'));
+  const bidNow = num(await bid(a, "EURUSD"));
+  const sl = (bidNow - 0.005).toFixed(5);
+  const tp = (bidNow + 0.005).toFixed(5);
+  await a.fill('[data-testid="edit-stop_loss"]', sl);
+  await a.fill('[data-testid="edit-take_profit"]', tp);
+  await a.click('[data-testid="position"] [data-testid="save"]');
+  const modified = await ticketOutcome(a, /Modified/);
+  log("modify:", modified);
+  assert(/Modified/.test(modified), `the ticket reports the modification, got: ${modified}`);
+  await a.waitForFunction(
+    ([sl, tp]) => { const t = document.querySelector('[data-testid="position"]')?.textContent ?? ""; return t.includes(sl) && t.includes(tp); },
+    [sl, tp],
+    { timeout: T },
+  );
+
+  // Another timeframe: the chart reloads its history at 5m and draws the forming 5m candle
+  // from the stream; then back to 1m.
+  for (const tf of ["5m", "1m"]) {
+    await a.click(`[data-testid="timeframes"] button[data-tf="${tf}"]`);
+    await a.waitForFunction(
+      (tf) => window.suho.state.tf === tf && document.querySelector("#tf button.on")?.textContent === tf && window.suho.bars() > 0,
+      tf,
+      { timeout: T },
+    );
+    log(`chart at ${tf}:`, await a.evaluate(() => window.suho.bars()), "bars");
+  }
   await a.waitForTimeout(1500); // a few more ticks, so the screenshot shows a moving profit
   await shot(a, "dashboard-trade-open");
 
@@ -149,6 +183,30 @@ try {
   await a.waitForFunction(() => /TRADE_CLOSED/.test(document.querySelector('[data-testid="blotter"]')?.textContent ?? ""), null, { timeout: T });
   await shot(a, "dashboard-after-close");
   await a.click("#tab-positions");
+
+  // Money in and out: a deposit raises the balance by its amount, an amount in fractions of
+  // a cent is refused by the API, a withdrawal beyond the free margin by the engine.
+  await a.fill("#f-amount", "12.345");
+  await a.click('[data-testid="deposit"]');
+  await a.waitForFunction(() => (document.querySelector('#funds [data-err="amount"]')?.textContent ?? "").length > 0, null, { timeout: T });
+  log("invalid amount:", await a.textContent('#funds [data-err="amount"]'));
+  await a.fill("#f-amount", "1000.50");
+  await a.click('[data-testid="deposit"]');
+  await a.waitForFunction(() => /Deposited|Rejected/.test(document.querySelector('[data-testid="funds-status"]')?.textContent ?? ""), null, { timeout: T });
+  const deposited = await a.textContent('[data-testid="funds-status"]');
+  log("deposit:", deposited);
+  assert(/Deposited 1,000.50/.test(deposited), `the deposit is confirmed, got: ${deposited}`);
+  await a.waitForFunction(
+    (want) => Math.abs(Number((document.querySelector('[data-testid="balance"]')?.textContent ?? "").replace(/[^0-9.\-]/g, "")) - want) < 0.005,
+    balanceAfter + 1000.5,
+    { timeout: T },
+  );
+  await a.fill("#f-amount", "900000000");
+  await a.click('[data-testid="withdraw"]');
+  await a.waitForFunction(() => /Withdrew|Rejected/.test(document.querySelector('[data-testid="funds-status"]')?.textContent ?? ""), null, { timeout: T });
+  const refused = await a.textContent('[data-testid="funds-status"]');
+  log("withdrawal beyond free margin:", refused);
+  assert(/Rejected/.test(refused), `the withdrawal is rejected, got: ${refused}`);
 
   // ------------------------------------------------------------ user B beside A
   const ctxB = await browser.newContext({ viewport: { width: 1440, height: 900 } });
