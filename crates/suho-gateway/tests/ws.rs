@@ -355,7 +355,7 @@ async fn missing_bad_expired_and_logged_out_tokens_are_refused() {
 async fn each_connection_receives_only_its_own_users_events() {
     let gw = Gateway::start(WsOptions::default()).await;
     let mut users = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..12 {
         users.push(gw.user().await);
     }
     // Two connections for the first user (query token and auth message), one for each other.
@@ -371,14 +371,19 @@ async fn each_connection_receives_only_its_own_users_events() {
             conns.push((user.clone(), ws));
         }
     }
-    const EACH: u64 = 10;
-    let mut expected: HashMap<String, Vec<String>> = HashMap::new();
-    for seq in 0..EACH {
-        for (user, _) in &users {
-            let position = gw.trade(user, seq, 0).await;
-            expected.entry(user.clone()).or_default().push(position);
+    // Every user trades at once: each user's events in order, the users' interleaved.
+    const EACH: u64 = 20;
+    let per_user = users.iter().map(|(user, _)| async {
+        let mut positions = Vec::new();
+        for seq in 0..EACH {
+            positions.push(gw.trade(user, seq, 0).await);
         }
-    }
+        (user.clone(), positions)
+    });
+    let expected: HashMap<String, Vec<String>> = futures::future::join_all(per_user)
+        .await
+        .into_iter()
+        .collect();
     for (user, ws) in &mut conns {
         let mut got = Vec::new();
         while got.len() < EACH as usize {
