@@ -22,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::plan::{self, Decision};
 use crate::recent::RecentSet;
-use crate::settings::{SettingsBook, SettingsReader};
 use crate::AgentError;
+use suho_messaging::settings::{SettingsBook, SettingsReader};
 
 /// The consumer group name of the settings reader (the configured group prefix is prepended).
 /// The reader is assigned its partitions, so the group never rebalances and commits nothing;
@@ -139,6 +139,7 @@ impl Agent {
             book,
         } = self;
         let follow = reader.follow(shutdown.clone());
+        let follow = async { follow.await.map_err(AgentError::from) };
         let trade = trade_signals(options, bus, producer, signals, book, shutdown);
         tokio::try_join!(follow, trade)?;
         tracing::info!("auto-trading agent stopped");

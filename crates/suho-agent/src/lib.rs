@@ -7,7 +7,7 @@
 //! `acks=all` [`suho_messaging::UserEventProducer`]) with `order {symbol, side, volume}` and
 //! `metadata {strategy, signal_id}` -> the trading engine executes it like any command. Who
 //! opted in comes from `user.settings` (Kafka, compacted), read from the beginning at start
-//! and followed live ([`settings`]).
+//! and followed live (`suho_messaging::settings`).
 //!
 //! At most once per user and signal: a command's `event_id` is derived from (user, signal)
 //! ([`plan::command_id`]), so a duplicate is the same command, which the engine executes once;
@@ -17,7 +17,6 @@
 //! Map:
 //! - [`plan`]: the decisions, pure functions with no I/O (side, volume, command id; `FLAT`
 //!   opens nothing).
-//! - [`settings`]: the settings book and its reader.
 //! - [`recent`]: the bounded set of (user, signal) pairs already sent.
 //! - [`agent`]: the subscribe, decide, send-with-retry loop around them.
 //!
@@ -27,11 +26,10 @@
 pub mod agent;
 pub mod plan;
 pub mod recent;
-pub mod settings;
 
 pub use agent::{run_agent, Agent, AgentOptions, GROUP};
 pub use plan::command_id;
-pub use settings::SettingsBook;
+pub use suho_messaging::settings::SettingsBook;
 
 use suho_messaging::MessagingError;
 
@@ -41,12 +39,6 @@ pub enum AgentError {
     /// A bus operation failed.
     #[error(transparent)]
     Messaging(#[from] MessagingError),
-    /// Kafka refused the settings reader.
-    #[error("reading user.settings: {0}")]
-    Kafka(#[from] rdkafka::error::KafkaError),
-    /// The settings could not be loaded.
-    #[error("loading the user settings: {0}")]
-    Settings(String),
     /// The signal subscription ended: the NATS client was closed.
     #[error("the subscription to the strategy signals ended")]
     SignalsEnded,

@@ -240,6 +240,22 @@ impl PaperBroker {
         state.limits.insert(user.clone(), limits);
     }
 
+    /// Forgets `user`'s own limits: their accounts go back to the configured ones.
+    pub fn clear_limits(&self, user: &UserId) {
+        let configured = UserLimits {
+            leverage: self.config.account.leverage,
+            max_volume: self.config.account.max_volume,
+            max_open_positions: self.config.account.max_open_positions,
+        };
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        for (key, account) in &mut state.accounts {
+            if &key.user_id == user {
+                account.set_limits(&configured);
+            }
+        }
+        state.limits.remove(user);
+    }
+
     /// Replaces every account by the accounts `events` build, in one step: no other call
     /// sees a half-rebuilt broker.
     pub fn rebuild<'e>(

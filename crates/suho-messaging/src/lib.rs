@@ -10,6 +10,7 @@
 pub mod health;
 pub mod kafka;
 pub mod nats;
+pub mod settings;
 pub mod topics;
 
 pub use kafka::{Delivery, LagContext, UserConsumer, UserEventProducer};
@@ -50,6 +51,9 @@ pub enum MessagingError {
     /// A value could not be encoded as JSON.
     #[error("encoding JSON: {0}")]
     Encode(#[from] serde_json::Error),
+    /// `user.settings` could not be listed or read to its end in time.
+    #[error("reading user.settings: {0}")]
+    Settings(String),
 }
 
 impl MessagingError {
@@ -64,6 +68,7 @@ impl MessagingError {
                     | Some(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition)
                     | Some(rdkafka::types::RDKafkaErrorCode::TopicAuthorizationFailed)
             ),
+            MessagingError::Settings(_) => true,
             MessagingError::Encode(_) | MessagingError::Admin { .. } => false,
         }
     }

@@ -276,17 +276,16 @@ impl Engine {
             "trading engine consuming"
         );
         // The users' own limits, read to the end before the first command.
-        let (caught_up, settings_read) = tokio::sync::oneshot::channel();
-        let settings = crate::limits::follow(
+        let Some(settings) = crate::limits::follow(
             Arc::clone(&self.broker),
             &self.kafka,
+            (self.backoff.initial, self.backoff.max),
             shutdown.clone(),
-            caught_up,
-        )?;
-        tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
-            _ = settings_read => {}
-        }
+        )
+        .await?
+        else {
+            return Ok(());
+        };
         // The accounts are rebuilt when the group assigns partitions (see `follow_assignment`);
         // which users' accounts this engine acts on between commands follows from the
         // partition count of user.commands.
@@ -336,8 +335,8 @@ impl Engine {
         ));
         let result = self.consume(&shutdown).await;
         shutdown.cancel();
-        if settings.join().is_err() {
-            tracing::warn!("the settings reader panicked");
+        if let Err(e) = settings.await {
+            tracing::warn!(error = %e, "the settings reader panicked");
         }
         match ticks.await {
             Ok(Err(e)) => tracing::warn!(error = %e, "the broker's tick feed stopped"),

@@ -1,12 +1,13 @@
-//! Who opted in: the latest settings of every user, read from the compacted `user.settings`
-//! topic and kept in memory ([`SettingsBook`]).
+//! The latest settings of every user, read from the compacted `user.settings` topic and kept
+//! in memory ([`SettingsBook`]): the trading engine follows them for users' own risk limits,
+//! the auto-trading agent for who opted in to which strategy.
 //!
 //! The reader is assigned every partition from the beginning on every start, outside any
-//! consumer group's membership: each agent needs every user's settings (signals are for all
-//! users), and a view held in memory has to be rebuilt from the start of the log anyway, so
-//! there is no offset to commit. [`SettingsReader::open`] returns once it has read up to the
-//! end the log had when it opened (the agent trades no signal before that); then
-//! [`SettingsReader::follow`] applies updates as they come.
+//! consumer group's membership: each reader needs every user's settings (whichever
+//! partitions its process owns), and a view held in memory has to be rebuilt from the start of
+//! the log anyway, so there is no offset to commit. [`SettingsReader::open`] returns once it
+//! has read up to the end the log had when it opened (its user acts on no user before that);
+//! then [`SettingsReader::follow`] applies updates as they come.
 //!
 //! Per record, keyed by `user_id`:
 //! - `SETTINGS_UPDATED` replaces the user's settings with its `settings` object;
@@ -14,8 +15,9 @@
 //!   nothing if they carry none;
 //! - a tombstone (no value) forgets the user;
 //! - a record that cannot be read (or an update whose settings cannot be read) also forgets the
-//!   user, with a warning: when the agent cannot tell what the user wants, it does not trade for
-//!   them.
+//!   user, with a warning: what the user wants is unknown, so nothing of theirs is assumed
+//!   (no auto-trading; the engine's default limits);
+//! - a record whose `user_id` is not its key is ignored, with a warning.
 //!
 //! Compaction keeps only the latest record of each key, and the link events share the user's
 //! key, so every record carries the whole settings object (the gateway puts it in
@@ -32,19 +34,47 @@ use rdkafka::{Offset, TopicPartitionList};
 use suho_domain::{SettingsEvent, SettingsEventType, UserId, UserSettings, UserTopic};
 use tokio_util::sync::CancellationToken;
 
-use crate::AgentError;
+use crate::MessagingError;
 
 /// Longest the first read of `user.settings` may take.
 const CATCH_UP_LIMIT: Duration = Duration::from_secs(120);
 /// Timeout of each metadata request.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The latest settings of every user who has any, shared between the reader and the agent.
+/// Called with a user and their new settings (`None`: forgotten) after each change.
+type Hook = Box<dyn Fn(&UserId, Option<&UserSettings>) + Send + Sync>;
+
+/// The latest settings of every user who has any, shared between the reader and its user.
 /// Cheap to clone.
-#[derive(Debug, Clone, Default)]
-pub struct SettingsBook(Arc<RwLock<HashMap<UserId, UserSettings>>>);
+#[derive(Clone, Default)]
+pub struct SettingsBook(Arc<Book>);
+
+#[derive(Default)]
+struct Book {
+    users: RwLock<HashMap<UserId, UserSettings>>,
+    on_change: Option<Hook>,
+}
+
+impl std::fmt::Debug for SettingsBook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SettingsBook")
+            .field("users", &self.len())
+            .finish_non_exhaustive()
+    }
+}
 
 impl SettingsBook {
+    /// A book that also calls `on_change` with the user and their new settings (`None`:
+    /// forgotten) after each change, on the reader's task.
+    pub fn with_hook(
+        on_change: impl Fn(&UserId, Option<&UserSettings>) + Send + Sync + 'static,
+    ) -> Self {
+        SettingsBook(Arc::new(Book {
+            users: RwLock::default(),
+            on_change: Some(Box::new(on_change)),
+        }))
+    }
+
     /// The user's settings, if known.
     #[must_use]
     pub fn get(&self, user: &UserId) -> Option<UserSettings> {
@@ -91,7 +121,7 @@ impl SettingsBook {
         let event: SettingsEvent = match serde_json::from_slice(value) {
             Ok(e) => e,
             Err(e) => {
-                tracing::warn!(user_id = %user, error = %e, "an unreadable user.settings record; no auto-trading for the user until their next update");
+                tracing::warn!(user_id = %user, error = %e, "an unreadable user.settings record; the user's settings are forgotten until their next update");
                 self.forget(&user);
                 return;
             }
@@ -106,21 +136,27 @@ impl SettingsBook {
         match event.settings.map(serde_json::from_value::<UserSettings>) {
             Some(Ok(settings)) => {
                 tracing::debug!(user_id = %user, event_id = %event.event_id, "settings updated");
+                if let Some(hook) = &self.0.on_change {
+                    hook(&user, Some(&settings));
+                }
                 self.write().insert(user, settings);
             }
             None if event.event_type != SettingsEventType::SettingsUpdated => {}
             None => {
-                tracing::warn!(user_id = %user, event_id = %event.event_id, "SETTINGS_UPDATED without settings; no auto-trading for the user until their next update");
+                tracing::warn!(user_id = %user, event_id = %event.event_id, "SETTINGS_UPDATED without settings; the user's settings are forgotten until their next update");
                 self.forget(&user);
             }
             Some(Err(e)) => {
-                tracing::warn!(user_id = %user, event_id = %event.event_id, error = %e, "unreadable settings; no auto-trading for the user until their next update");
+                tracing::warn!(user_id = %user, event_id = %event.event_id, error = %e, "unreadable settings; the user's settings are forgotten until their next update");
                 self.forget(&user);
             }
         }
     }
 
     fn forget(&self, user: &UserId) {
+        if let Some(hook) = &self.0.on_change {
+            hook(user, None);
+        }
         self.write().remove(user);
     }
 
@@ -128,12 +164,14 @@ impl SettingsBook {
         // A panic while holding the lock cannot leave the map half-written (every write is one
         // insert or remove), so a poisoned lock is still usable.
         self.0
+            .users
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<UserId, UserSettings>> {
         self.0
+            .users
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -161,10 +199,10 @@ impl SettingsReader {
         book: SettingsBook,
         retry_initial: Duration,
         retry_max: Duration,
-    ) -> Result<SettingsReader, AgentError> {
+    ) -> Result<SettingsReader, MessagingError> {
         let topic = UserTopic::Settings.full_name(&kafka.topic_prefix);
         let group_id = format!("{}{group}", kafka.group_prefix);
-        let mut base = suho_messaging::kafka::base_config(kafka);
+        let mut base = crate::kafka::base_config(kafka);
         base.set("group.id", &group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -178,7 +216,7 @@ impl SettingsReader {
             let (b, t) = (base.clone(), topic.clone());
             let listed = tokio::task::spawn_blocking(move || log_ends(&b, &t))
                 .await
-                .map_err(|e| AgentError::Settings(format!("the metadata thread: {e}")))?;
+                .map_err(|e| MessagingError::Settings(format!("the metadata thread: {e}")))?;
             match listed {
                 Ok(ends) => break ends,
                 Err(e) if started.elapsed() < CATCH_UP_LIMIT => {
@@ -207,7 +245,7 @@ impl SettingsReader {
     }
 
     /// Reads until every partition's position reaches its end in `ends`.
-    async fn catch_up(&self, topic: &str, ends: &[(i32, i64, i64)]) -> Result<(), AgentError> {
+    async fn catch_up(&self, topic: &str, ends: &[(i32, i64, i64)]) -> Result<(), MessagingError> {
         let started = Instant::now();
         let mut records = 0_u64;
         loop {
@@ -225,12 +263,13 @@ impl SettingsReader {
                     records,
                     users = self.book.len(),
                     took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                    "agent: user settings loaded"
+                    group = %self.group,
+                    "user settings loaded"
                 );
                 return Ok(());
             }
             if started.elapsed() > CATCH_UP_LIMIT {
-                return Err(AgentError::Settings(format!(
+                return Err(MessagingError::Settings(format!(
                     "{topic}: not read to its end within {} s",
                     CATCH_UP_LIMIT.as_secs()
                 )));
@@ -254,7 +293,7 @@ impl SettingsReader {
     ///
     /// # Errors
     /// None today: every Kafka error is retried. The signature leaves room for fatal ones.
-    pub async fn follow(self, shutdown: CancellationToken) -> Result<(), AgentError> {
+    pub async fn follow(self, shutdown: CancellationToken) -> Result<(), MessagingError> {
         let mut backoff = self.retry_initial;
         loop {
             let next = tokio::select! {
@@ -280,13 +319,13 @@ impl SettingsReader {
     }
 
     fn take(&self, m: &rdkafka::message::BorrowedMessage<'_>) {
-        suho_messaging::kafka::count_consumed(UserTopic::Settings, &self.group);
+        crate::kafka::count_consumed(UserTopic::Settings, &self.group);
         self.book.apply(m.key(), m.payload());
     }
 }
 
 /// Every partition of `topic` with its low and high watermarks (blocking).
-fn log_ends(base: &ClientConfig, topic: &str) -> Result<Vec<(i32, i64, i64)>, AgentError> {
+fn log_ends(base: &ClientConfig, topic: &str) -> Result<Vec<(i32, i64, i64)>, MessagingError> {
     let consumer: BaseConsumer = base.create()?;
     let metadata = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
     let partitions: Vec<i32> = metadata
@@ -296,7 +335,7 @@ fn log_ends(base: &ClientConfig, topic: &str) -> Result<Vec<(i32, i64, i64)>, Ag
         .flat_map(|t| t.partitions().iter().map(|p| p.id()))
         .collect();
     if partitions.is_empty() {
-        return Err(AgentError::Settings(format!(
+        return Err(MessagingError::Settings(format!(
             "{topic} has no partitions: create the topics first (`suho topics apply`)"
         )));
     }
@@ -390,6 +429,43 @@ mod tests {
             Some(&record("usr_a", "SETTINGS_UPDATED", None)),
         );
         assert!(book.get(&u).is_none());
+    }
+
+    #[test]
+    fn the_hook_sees_every_change() {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let book = SettingsBook::with_hook({
+            let seen = Arc::clone(&seen);
+            move |user, settings| {
+                let leverage = settings.map(|s| s.risk.leverage);
+                seen.lock()
+                    .unwrap()
+                    .push((user.as_str().to_string(), leverage));
+            }
+        });
+        book.apply(
+            Some(b"usr_a"),
+            Some(&record("usr_a", "SETTINGS_UPDATED", Some(opted_in()))),
+        );
+        book.apply(
+            Some(b"usr_a"),
+            Some(&record("usr_a", "MT5_ACCOUNT_LINKED", None)),
+        );
+        book.apply(Some(b"usr_a"), Some(b"not json"));
+        book.apply(
+            Some(b"usr_b"),
+            Some(&record("usr_a", "SETTINGS_UPDATED", Some(opted_in()))),
+        );
+        book.apply(Some(b"usr_a"), None);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [
+                ("usr_a".to_string(), Some(100)),
+                ("usr_a".to_string(), None),
+                ("usr_a".to_string(), None),
+            ],
+            "an update, then two forgets; a link without settings and a foreign key change nothing"
+        );
     }
 
     #[test]
