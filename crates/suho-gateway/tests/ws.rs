@@ -59,34 +59,7 @@ impl Gateway {
             .await
             .expect("NATS");
         let stop = CancellationToken::new();
-        let (hub, task) = WsHub::start(&bus, &env.config.kafka, options, stop.clone())
-            .await
-            .expect("the hub starts");
-        tokio::spawn(async move {
-            if let Err(e) = task.await {
-                eprintln!("the hub failed: {e}");
-            }
-        });
-        let state = Arc::new(AppState {
-            accounts: accounts.clone(),
-            producer: producer.clone(),
-            symbols: suho_domain::major_fx().into_iter().collect(),
-            strategies: vec!["scalping".into()],
-            topic_prefix: env.config.kafka.topic_prefix.clone(),
-            login_throttle: LoginThrottle::new(ThrottleLimits::default()),
-            metrics: suho_telemetry::metrics(),
-            started: Instant::now(),
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(suho_gateway::serve_with(
-            listener,
-            state,
-            Some(hub),
-            stop.clone(),
-        ));
+        let addr = serve(&env, &accounts, &producer, &bus, options, &stop).await;
         Gateway {
             env,
             addr,
@@ -125,10 +98,21 @@ impl Gateway {
     }
 
     async fn connect(&self, query: &str) -> Ws {
-        let (ws, _) = tokio_tungstenite::connect_async(self.url(query))
-            .await
-            .expect("the upgrade");
-        ws
+        connect_to(self.addr, query).await
+    }
+
+    /// Another gateway instance beside this one (its own hub and listener, the same servers
+    /// and accounts), as a second process would be.
+    async fn another_instance(&self) -> SocketAddr {
+        serve(
+            &self.env,
+            &self.accounts,
+            &self.producer,
+            &self.bus,
+            WsOptions::default(),
+            &self.stop,
+        )
+        .await
     }
 
     /// The HTTP status of a refused upgrade.
@@ -169,6 +153,53 @@ impl Gateway {
             .await
             .expect("NATS takes it");
     }
+}
+
+/// Starts a gateway instance (a `WsHub` and `serve_with` on a free port) until `stop`.
+async fn serve(
+    env: &TestEnv,
+    accounts: &Accounts,
+    producer: &UserEventProducer,
+    bus: &MarketBus,
+    options: WsOptions,
+    stop: &CancellationToken,
+) -> SocketAddr {
+    let (hub, task) = WsHub::start(bus, &env.config.kafka, options, stop.clone())
+        .await
+        .expect("the hub starts");
+    tokio::spawn(async move {
+        if let Err(e) = task.await {
+            eprintln!("the hub failed: {e}");
+        }
+    });
+    let state = Arc::new(AppState {
+        accounts: accounts.clone(),
+        producer: producer.clone(),
+        symbols: suho_domain::major_fx().into_iter().collect(),
+        strategies: vec!["scalping".into()],
+        topic_prefix: env.config.kafka.topic_prefix.clone(),
+        login_throttle: LoginThrottle::new(ThrottleLimits::default()),
+        metrics: suho_telemetry::metrics(),
+        started: Instant::now(),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(suho_gateway::serve_with(
+        listener,
+        state,
+        Some(hub),
+        stop.clone(),
+    ));
+    addr
+}
+
+async fn connect_to(addr: SocketAddr, query: &str) -> Ws {
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?{query}"))
+        .await
+        .expect("the upgrade");
+    ws
 }
 
 /// What a read gave.
@@ -763,4 +794,61 @@ async fn missed(ws: &mut Ws) -> Vec<String> {
     }
     got.sort();
     got
+}
+
+#[tokio::test]
+async fn two_gateway_instances_serve_any_user_and_resume_each_others_positions() {
+    let gw = Gateway::start(WsOptions::default()).await;
+    let b = gw.another_instance().await;
+    let (user, token) = gw.user().await;
+    let (other, other_token) = gw.user().await;
+    // The user on both instances at once, another user on the second one.
+    let mut on_a = gw.connect(&format!("token={token}")).await;
+    let mut on_b = connect_to(b, &format!("token={token}")).await;
+    let mut other_on_b = connect_to(b, &format!("token={other_token}")).await;
+    for ws in [&mut on_a, &mut on_b, &mut other_on_b] {
+        until(ws, "ready", control("ready")).await;
+    }
+    const EACH: u64 = 30;
+    let mut positions = Vec::new();
+    for seq in 0..EACH {
+        positions.push(gw.trade(&user, seq, 0).await);
+        gw.trade(&other, seq, 0).await;
+    }
+    // Each instance reads every partition: both of the user's connections get every event,
+    // in order, and the other user gets only theirs.
+    for ws in [&mut on_a, &mut on_b] {
+        for (seq, position) in positions.iter().enumerate() {
+            let v = until(ws, "a user event", |v| v["channel"] == "user").await;
+            assert_eq!(v["data"]["user_id"], user.as_str());
+            assert_eq!(v["data"]["seq"], seq as u64);
+            assert_eq!(v["position"], position.as_str());
+        }
+    }
+    for seq in 0..EACH {
+        let v = until(&mut other_on_b, "a user event", |v| v["channel"] == "user").await;
+        assert_eq!(v["data"]["user_id"], other.as_str(), "another user's event");
+        assert_eq!(v["data"]["seq"], seq);
+    }
+    // The connection to A drops after the first ten; more events come; the client resumes
+    // on B from the position A gave it: the rest, once each, in order.
+    drop(on_a);
+    let resume_from = positions[9].clone();
+    for seq in EACH..EACH + 10 {
+        positions.push(gw.trade(&user, seq, 0).await);
+    }
+    let mut resumed = connect_to(b, &format!("token={token}&resume={resume_from}")).await;
+    let mut seqs = Vec::new();
+    loop {
+        let v = until(&mut resumed, "events, then ready", |v| {
+            v["channel"] == "user" || v["event"] == "ready"
+        })
+        .await;
+        if v["event"] == "ready" {
+            break;
+        }
+        seqs.push(v["data"]["seq"].as_u64().expect("seq"));
+    }
+    assert_eq!(seqs, (10..EACH + 10).collect::<Vec<_>>());
+    quiet(&mut resumed).await;
 }
