@@ -267,8 +267,10 @@ impl Engine {
     ///
     /// # Errors
     /// Only a fatal error: Kafka refuses this consumer for good (authorization, a fatal
-    /// client error), or an outcome cannot be published and retrying cannot help (the
-    /// topic does not exist, the record is too large). Transient failures are retried.
+    /// client error), `user.settings` cannot be read to its end within two minutes of
+    /// retries (the users' limits would be unknown), or an outcome cannot be published and
+    /// retrying cannot help (the topic does not exist, the record is too large). Transient
+    /// failures are retried.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), EngineError> {
         tracing::info!(
             group = GROUP,
