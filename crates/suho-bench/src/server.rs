@@ -257,7 +257,7 @@ fn as_owner(mut cmd: Command, owner: Option<(u32, u32)>) -> Command {
     cmd
 }
 
-/// Where a [`ThrowawayStack`] finds Kafka's jars and how it runs Kafka.
+/// Where a `ThrowawayStack` finds Kafka's jars and how it runs Kafka.
 #[derive(Debug, Clone)]
 pub struct StackOptions {
     /// Downloaded Kafka jars (`<stack.dir>/cache`, shared with `suho stack up` and the tests).

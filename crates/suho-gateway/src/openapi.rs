@@ -20,7 +20,7 @@ use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 /// The security scheme name the handlers' `security(...)` refers to.
 pub const BEARER: &str = "bearer";
 
-/// The document's fixed parts; [`crate::openapi`] adds every route's operation.
+/// The document's fixed parts; [`openapi()`](crate::openapi()) adds every route's operation.
 #[derive(OpenApi)]
 #[openapi(
     info(

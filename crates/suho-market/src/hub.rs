@@ -11,7 +11,7 @@
 //! subscription's), filled in batches of whatever arrived together. A listener that falls so far behind that its queue is full misses ticks,
 //! as it would have missed them with its own subscription; the others go on. Every tick a
 //! listener misses is counted ([`TICKS_DROPPED_METRIC`], label `listener`, and
-//! [`TickHub::dropped`]) and logged, never silent. A tick the hub cannot parse is logged and
+//! the counter [`TickHub::listen`] returns) and logged, never silent. A tick the hub cannot parse is logged and
 //! counted in [`MALFORMED_TICKS_METRIC`].
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

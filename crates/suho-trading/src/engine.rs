@@ -1,7 +1,7 @@
 //! The consume - decide - publish - commit loop.
 //!
 //! A batch of `user.commands` records per Kafka transaction: the first record to arrive and
-//! whatever else has already arrived (up to [`MAX_BATCH`]). Begin a transaction; for each
+//! whatever else has already arrived (up to `MAX_BATCH`). Begin a transaction; for each
 //! record in order, plan it ([`crate::plan`]) and carry the plan out (a dead-letter record, a
 //! rejection, or a price request on NATS and an execution on the paper account), queueing
 //! its outcome without waiting; then wait for every outcome's acknowledgement and commit them
