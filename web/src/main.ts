@@ -746,7 +746,7 @@ function render() {
   setHtml($("#signals"), state.signals.map((s) =>
     `<li data-testid="signal"><span class="num muted">${time(s.timestamp)}</span><span class="badge ${esc(s.direction)}">${esc(s.direction)}</span>
       <span>${esc(s.symbol)} <span class="muted">${esc(s.strategy)}</span></span><span class="num muted">${Math.round(+s.confidence * 100)}%</span></li>`,
-  ).join("") || `<li class="empty" style="display:block">Waiting for the strategies' next signal…<br><small>After a start, each strategy needs 20 or more closed 1m candles of a symbol (the online model about 70) before its first signal.</small></li>`);
+  ).join("") || `<li class="empty" style="display:block">Waiting for the strategies' next signal…<br><small>On a fresh platform each strategy needs 20 or more closed 1m candles of a symbol (the online model about 70) before its first signal.</small></li>`);
 }
 
 /** A position's stop loss and take profit cells: prices, or inputs while it is edited. */

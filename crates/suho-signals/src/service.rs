@@ -15,6 +15,12 @@
 //!   cannot be used (another version, corrupt, other parameters) is moved aside to
 //!   `<file>.rejected` with a warning and the model starts afresh.
 //!
+//! - Warm-up: [`SignalsConfig::history`] (the stored closed candles before the start, which
+//!   `suho up` reads from PostgreSQL) is fed to the strategies and candle alerts before the
+//!   first live candle, publishing nothing, so after a restart the strategies answer the next
+//!   candle as if they had never stopped instead of waiting 20 to 70 candles to warm up. A
+//!   restored online model (one with updates) has its own memory and is not fed them again.
+//!
 //! The service adds no wall-clock time to what it publishes: signals and alerts carry market
 //! time, so a replay of the same candles and ticks publishes the same bytes.
 
@@ -91,6 +97,9 @@ pub struct SignalsConfig {
     pub state_dir: Option<PathBuf>,
     /// How often changed model state is saved (60 s); it is saved on shutdown too.
     pub save_interval: Duration,
+    /// Closed candles of `timeframe` from before the start, oldest first, to warm the
+    /// strategies with (see the module docs); nothing is published for them. Empty by default.
+    pub history: Vec<Candle>,
 }
 
 impl SignalsConfig {
@@ -108,6 +117,7 @@ impl SignalsConfig {
             alerts: Some(AlertConfig::default()),
             state_dir: None,
             save_interval: Duration::from_secs(60),
+            history: Vec::new(),
         }
     }
 }
@@ -167,6 +177,8 @@ struct SymbolState {
     last_start: Option<i64>,
     /// The online model changed since it was last saved.
     dirty: bool,
+    /// The online model was restored from its state file (the warm-up leaves it out).
+    online_restored: bool,
 }
 
 impl SymbolState {
@@ -175,6 +187,27 @@ impl SymbolState {
             Slot::Online(m) => Some(m.as_ref()),
             Slot::Plain(_) => None,
         })
+    }
+
+    /// Feeds a candle from before the start: what it decides is not published, and an
+    /// online model that was restored (it has updates) is left out.
+    fn warm(&mut self, candle: &Candle) {
+        if self.last_start.is_some_and(|s| candle.start <= s) {
+            return;
+        }
+        self.last_start = Some(candle.start);
+        for slot in &mut self.slots {
+            if let Slot::Online(_) = slot {
+                if self.online_restored {
+                    continue;
+                }
+                self.dirty = true;
+            }
+            let _ = step(slot.strategy(), candle);
+        }
+        if let Some(a) = self.alerts.as_mut() {
+            let _ = a.on_candle(candle);
+        }
     }
 
     fn on_candle(&mut self, candle: &Candle) -> (Vec<Signal>, Vec<MarketAlert>) {
@@ -255,6 +288,62 @@ async fn publish_alerts(bus: &MarketBus, alerts: &[MarketAlert]) -> Result<(), S
     Ok(())
 }
 
+/// Every configured symbol's strategies (the online model restored from its state file when
+/// there is a usable one) and alerts.
+fn symbol_states(config: &SignalsConfig) -> HashMap<Symbol, SymbolState> {
+    config
+        .symbols
+        .iter()
+        .map(|&symbol| {
+            let slots: Vec<Slot> = config
+                .strategies
+                .iter()
+                .map(|kind| match kind {
+                    StrategyKind::Scalping => Slot::Plain(Box::new(Scalping::new(config.scalping))),
+                    StrategyKind::MeanReversion => {
+                        Slot::Plain(Box::new(MeanReversion::new(config.mean_reversion)))
+                    }
+                    StrategyKind::OnlineLogistic => {
+                        Slot::Online(Box::new(load_online(config, symbol)))
+                    }
+                })
+                .collect();
+            let online_restored = slots.iter().any(|s| match s {
+                Slot::Online(m) => m.updates() > 0,
+                Slot::Plain(_) => false,
+            });
+            let state = SymbolState {
+                slots,
+                alerts: config
+                    .alerts
+                    .map(|a| MarketAlerts::new(symbol, config.timeframe, a)),
+                last_start: None,
+                dirty: false,
+                online_restored,
+            };
+            (symbol, state)
+        })
+        .collect()
+}
+
+/// Feeds the closed candles of `timeframe` in `history` to their symbols' states, publishing
+/// nothing (see [`SignalsConfig::history`]).
+fn warm_up(states: &mut HashMap<Symbol, SymbolState>, timeframe: Timeframe, history: &[Candle]) {
+    let mut fed = 0_usize;
+    for candle in history {
+        if !candle.closed || candle.timeframe != timeframe {
+            continue;
+        }
+        if let Some(state) = states.get_mut(&candle.symbol) {
+            state.warm(candle);
+            fed += 1;
+        }
+    }
+    if fed > 0 {
+        tracing::info!(candles = fed, "signals warmed up from stored candles");
+    }
+}
+
 struct Service {
     bus: MarketBus,
     config: SignalsConfig,
@@ -262,37 +351,13 @@ struct Service {
 }
 
 impl Service {
-    fn new(bus: MarketBus, config: SignalsConfig) -> Self {
-        let states = config
-            .symbols
-            .iter()
-            .map(|&symbol| {
-                let slots = config
-                    .strategies
-                    .iter()
-                    .map(|kind| match kind {
-                        StrategyKind::Scalping => {
-                            Slot::Plain(Box::new(Scalping::new(config.scalping)))
-                        }
-                        StrategyKind::MeanReversion => {
-                            Slot::Plain(Box::new(MeanReversion::new(config.mean_reversion)))
-                        }
-                        StrategyKind::OnlineLogistic => {
-                            Slot::Online(Box::new(load_online(&config, symbol)))
-                        }
-                    })
-                    .collect();
-                let state = SymbolState {
-                    slots,
-                    alerts: config
-                        .alerts
-                        .map(|a| MarketAlerts::new(symbol, config.timeframe, a)),
-                    last_start: None,
-                    dirty: false,
-                };
-                (symbol, state)
-            })
-            .collect();
+    fn new(bus: MarketBus, mut config: SignalsConfig) -> Self {
+        let mut states = symbol_states(&config);
+        warm_up(
+            &mut states,
+            config.timeframe,
+            &std::mem::take(&mut config.history),
+        );
         Self {
             bus,
             config,
@@ -481,6 +546,82 @@ async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support;
+
+    /// What the states publish for `candles` fed live: signals and alerts, as JSON.
+    fn live(states: &mut HashMap<Symbol, SymbolState>, candles: &[Candle]) -> Vec<String> {
+        let mut out = Vec::new();
+        for c in candles {
+            let (signals, alerts) = states.get_mut(&c.symbol).expect("configured").on_candle(c);
+            out.extend(
+                signals
+                    .iter()
+                    .map(|s| serde_json::to_string(s).expect("json")),
+            );
+            out.extend(
+                alerts
+                    .iter()
+                    .map(|a| serde_json::to_string(a).expect("json")),
+            );
+        }
+        out
+    }
+
+    #[test]
+    fn a_warmed_up_service_answers_like_one_that_never_stopped() {
+        let closes: Vec<f64> = (0..300_u32)
+            .map(|i| {
+                let x = f64::from(i);
+                1.1 + 0.002 * (x / 7.0).sin() + 0.0006 * (x / 2.3).cos()
+            })
+            .collect();
+        let all = test_support::candles(&closes);
+        let (before, after) = all.split_at(200);
+        let config = SignalsConfig::new(vec![test_support::eur()]);
+
+        let mut never_stopped = symbol_states(&config);
+        let _ = live(&mut never_stopped, before);
+        let expected = live(&mut never_stopped, after);
+        assert!(expected.len() > 3, "the series gives signals: {expected:?}");
+
+        let mut restarted = symbol_states(&config);
+        warm_up(&mut restarted, Timeframe::M1, before);
+        assert_eq!(
+            restarted[&test_support::eur()].last_start,
+            Some(before[199].start)
+        );
+        // A stored candle delivered live again is ignored.
+        assert!(live(&mut restarted, &before[199..]).is_empty());
+        assert_eq!(live(&mut restarted, after), expected);
+
+        let mut cold = symbol_states(&config);
+        assert_ne!(
+            live(&mut cold, after),
+            expected,
+            "without the warm-up the strategies start over"
+        );
+
+        // A restored online model keeps its own memory: the warm-up does not feed it again.
+        let dir = std::env::temp_dir().join(format!("suho-warm-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let config = SignalsConfig {
+            state_dir: Some(dir.clone()),
+            ..config
+        };
+        let trained = never_stopped[&test_support::eur()]
+            .online()
+            .expect("an online model");
+        trained
+            .save_to(&state_file(&dir, test_support::eur()))
+            .expect("save");
+        let updates = trained.updates();
+        let mut restored = symbol_states(&config);
+        warm_up(&mut restored, Timeframe::M1, before);
+        let state = &restored[&test_support::eur()];
+        assert!(state.online_restored);
+        assert_eq!(state.online().expect("model").updates(), updates);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn kinds_and_files() {

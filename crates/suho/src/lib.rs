@@ -129,6 +129,7 @@ impl Application {
         tasks.spawn(async move { ("tick-hub", ticks.await.map_err(Into::into)) });
         let mut signals = suho_signals::SignalsConfig::new(symbols.clone());
         signals.state_dir = Some(config.stack.dir.join("signals"));
+        signals.history = stored_candles(accounts.pool(), &symbols).await;
         let signals =
             suho_signals::run_signals_on(bus.clone(), signals, signal_ticks, stop.clone());
         tasks.spawn(async move { ("signals", signals.await.map_err(Into::into)) });
@@ -288,6 +289,40 @@ type FeedTask = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Resul
 /// # Errors
 /// The chosen feed's settings are unusable (a replay file that does not load, a missing
 /// `polygon.api_key`...), each naming its field.
+/// Closed 1m candles the strategies are warmed up with after a restart, per symbol.
+const WARM_UP_CANDLES: usize = 200;
+/// Only candles this recent warm the strategies up (older ones describe another market).
+const WARM_UP_WINDOW_MS: i64 = 6 * 60 * 60 * 1000;
+
+/// The last [`WARM_UP_CANDLES`] stored closed 1m candles of every symbol from the last
+/// [`WARM_UP_WINDOW_MS`], oldest first per symbol, for the signals service's warm-up. A
+/// failed query is logged and gives none for that symbol: the strategies then warm up on
+/// live candles, as on a first start.
+async fn stored_candles(pool: &sqlx::PgPool, symbols: &[Symbol]) -> Vec<suho_domain::Candle> {
+    let to = suho_messaging::now_ms() + 1;
+    let mut all = Vec::new();
+    for &symbol in symbols {
+        let query = suho_bridge::candle_history(
+            pool,
+            symbol,
+            suho_domain::Timeframe::M1,
+            to - WARM_UP_WINDOW_MS,
+            to,
+            suho_bridge::MAX_HISTORY_LIMIT,
+        );
+        match query.await {
+            Ok(candles) => {
+                let skip = candles.len().saturating_sub(WARM_UP_CANDLES);
+                all.extend(candles.into_iter().skip(skip));
+            }
+            Err(e) => {
+                tracing::warn!(%symbol, error = %e, "reading stored candles for the signals' warm-up failed; warming up on live candles");
+            }
+        }
+    }
+    all
+}
+
 fn feed_task(
     config: &Config,
     bus: &MarketBus,
