@@ -63,6 +63,11 @@ pub struct AnalyticsConfig {
     pub update_interval: Option<Duration>,
     /// Told of every tick once it is applied (benchmarks).
     pub observer: Option<crate::TickObserver>,
+    /// Closed candles of `indicator_timeframe` from before the start, oldest first, fed to the
+    /// indicators before the first live candle with nothing published, so that after a
+    /// restart the next closed candle has every reading instead of waiting (up to 35 candles)
+    /// for the indicators to warm up again. Empty by default.
+    pub history: Vec<Candle>,
 }
 
 impl AnalyticsConfig {
@@ -80,6 +85,7 @@ impl AnalyticsConfig {
             max_future_ms: Some(60_000),
             update_interval: Some(Duration::from_millis(100)),
             observer: None,
+            history: Vec::new(),
         }
     }
 }
@@ -131,6 +137,26 @@ struct SymbolState {
     indicators: IndicatorSet,
     /// Forming candles not yet published, at most one per timeframe.
     pending: Vec<Candle>,
+}
+
+/// Feeds the closed candles of `timeframe` in `history` to their symbols' indicators,
+/// publishing nothing; how many were fed.
+fn warm_indicators(
+    states: &mut HashMap<Symbol, SymbolState>,
+    timeframe: Timeframe,
+    history: &[Candle],
+) -> usize {
+    let mut fed = 0;
+    for candle in history {
+        if !(candle.closed && candle.timeframe == timeframe) {
+            continue;
+        }
+        if let Some(state) = states.get_mut(&candle.symbol) {
+            let _ = state.indicators.update(candle);
+            fed += 1;
+        }
+    }
+    fed
 }
 
 struct Service {
@@ -287,7 +313,7 @@ pub async fn run_analytics_with(
 /// The NATS connection is gone for good.
 pub async fn run_analytics_on(
     bus: MarketBus,
-    config: AnalyticsConfig,
+    mut config: AnalyticsConfig,
     mut ticks: TickReceiver,
     shutdown: CancellationToken,
 ) -> Result<(), MarketServiceError> {
@@ -295,7 +321,7 @@ pub async fn run_analytics_on(
     timeframes.push(config.indicator_timeframe);
     timeframes.sort_unstable();
     timeframes.dedup();
-    let states = config
+    let mut states: HashMap<Symbol, SymbolState> = config
         .symbols
         .iter()
         .map(|&symbol| {
@@ -309,6 +335,14 @@ pub async fn run_analytics_on(
             )
         })
         .collect();
+    let warmed = warm_indicators(
+        &mut states,
+        config.indicator_timeframe,
+        &std::mem::take(&mut config.history),
+    );
+    if warmed > 0 {
+        tracing::info!(candles = warmed, "indicators warmed up from stored candles");
+    }
     let mut timer = tokio::time::interval(config.close_interval.max(Duration::from_millis(1)));
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Without an update interval nothing is ever pending; the flush timer then idles.
@@ -348,5 +382,94 @@ pub async fn run_analytics_on(
             _ = timer.tick() => service.close_due().await?,
             _ = flush.tick() => service.flush_forming().await?,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rust_decimal::Decimal;
+
+    use super::*;
+
+    fn candles(n: u32) -> Vec<Candle> {
+        let eur = Symbol::parse("EURUSD").expect("symbol");
+        (0..n)
+            .map(|i| {
+                let close = Decimal::new(110_000 + i64::from((i * 37) % 23) * 7, 5);
+                let start = 1_710_496_800_000 + i64::from(i) * 60_000;
+                Candle {
+                    symbol: eur,
+                    timeframe: Timeframe::M1,
+                    open: close - Decimal::new(3, 5),
+                    high: close + Decimal::new(9, 5),
+                    low: close - Decimal::new(8, 5),
+                    close,
+                    volume: Decimal::TEN,
+                    start,
+                    end: start + 60_000,
+                    closed: true,
+                }
+            })
+            .collect()
+    }
+
+    fn states(config: &AnalyticsConfig) -> HashMap<Symbol, SymbolState> {
+        config
+            .symbols
+            .iter()
+            .map(|&s| {
+                let state = SymbolState {
+                    candles: CandleAggregator::with_timeframes(s, &[Timeframe::M1]),
+                    indicators: IndicatorSet::new(&config.indicators),
+                    pending: Vec::new(),
+                };
+                (s, state)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn warmed_up_indicators_read_the_next_candle_like_uninterrupted_ones() {
+        let all = candles(60);
+        let eur = all[0].symbol;
+        let config = AnalyticsConfig::new(vec![eur]);
+        let mut uninterrupted = states(&config);
+        let mut expected = IndicatorReadings::default();
+        for c in &all {
+            expected = uninterrupted
+                .get_mut(&eur)
+                .expect("eur")
+                .indicators
+                .update(c);
+        }
+        assert!(
+            expected.macd.is_some() && expected.atr.is_some(),
+            "{expected:?}"
+        );
+
+        let mut restarted = states(&config);
+        let mut other = all[..59].to_vec();
+        other[3].timeframe = Timeframe::M5; // another timeframe is left out
+        assert_eq!(
+            warm_indicators(&mut restarted, Timeframe::M1, &all[..59]),
+            59
+        );
+        let got = restarted
+            .get_mut(&eur)
+            .expect("eur")
+            .indicators
+            .update(&all[59]);
+        assert_eq!(got, expected);
+
+        let mut cold = states(&config);
+        let cold = cold.get_mut(&eur).expect("eur").indicators.update(&all[59]);
+        assert!(
+            cold.macd.is_none(),
+            "without the warm-up MACD warms up again"
+        );
+        assert_eq!(
+            warm_indicators(&mut states(&config), Timeframe::M1, &other),
+            58
+        );
     }
 }

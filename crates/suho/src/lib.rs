@@ -129,7 +129,9 @@ impl Application {
         tasks.spawn(async move { ("tick-hub", ticks.await.map_err(Into::into)) });
         let mut signals = suho_signals::SignalsConfig::new(symbols.clone());
         signals.state_dir = Some(config.stack.dir.join("signals"));
-        signals.history = stored_candles(accounts.pool(), &symbols).await;
+        // After a restart the strategies and indicators pick up from the stored candles.
+        let history = stored_candles(accounts.pool(), &symbols).await;
+        signals.history = history.clone();
         let signals =
             suho_signals::run_signals_on(bus.clone(), signals, signal_ticks, stop.clone());
         tasks.spawn(async move { ("signals", signals.await.map_err(Into::into)) });
@@ -146,7 +148,10 @@ impl Application {
         tasks.spawn(async move { ("price-service", price.await.map_err(Into::into)) });
         let analytics = run_analytics_on(
             bus.clone(),
-            AnalyticsConfig::new(symbols.clone()),
+            AnalyticsConfig {
+                history,
+                ..AnalyticsConfig::new(symbols.clone())
+            },
             analytics_ticks,
             stop.clone(),
         );
@@ -295,8 +300,8 @@ const WARM_UP_CANDLES: usize = 200;
 const WARM_UP_WINDOW_MS: i64 = 6 * 60 * 60 * 1000;
 
 /// The last [`WARM_UP_CANDLES`] stored closed 1m candles of every symbol from the last
-/// [`WARM_UP_WINDOW_MS`], oldest first per symbol, for the signals service's warm-up. A
-/// failed query is logged and gives none for that symbol: the strategies then warm up on
+/// [`WARM_UP_WINDOW_MS`], oldest first per symbol, for the warm-up of the signals and the
+/// indicators. A failed query is logged and gives none for that symbol: they then warm up on
 /// live candles, as on a first start.
 async fn stored_candles(pool: &sqlx::PgPool, symbols: &[Symbol]) -> Vec<suho_domain::Candle> {
     let to = suho_messaging::now_ms() + 1;
