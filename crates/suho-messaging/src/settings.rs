@@ -41,7 +41,7 @@ const CATCH_UP_LIMIT: Duration = Duration::from_secs(120);
 /// Timeout of each metadata request.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Called with a user and their new settings (`None`: forgotten) after each change.
+/// Called with a user and their new settings (`None`: forgotten) on each change.
 type Hook = Box<dyn Fn(&UserId, Option<&UserSettings>) + Send + Sync>;
 
 /// The latest settings of every user who has any, shared between the reader and its user.
@@ -65,7 +65,7 @@ impl std::fmt::Debug for SettingsBook {
 
 impl SettingsBook {
     /// A book that also calls `on_change` with the user and their new settings (`None`:
-    /// forgotten) after each change, on the reader's task.
+    /// forgotten) on each change, on the reader's task, just before the book holds it.
     pub fn with_hook(
         on_change: impl Fn(&UserId, Option<&UserSettings>) + Send + Sync + 'static,
     ) -> Self {
