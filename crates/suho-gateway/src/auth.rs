@@ -16,7 +16,9 @@ use suho_domain::{new_event_id, AuthEvent, AuthEventType, UserId, SCHEMA_VERSION
 use suho_messaging::now_ms;
 
 use crate::input::Body;
-use crate::openapi::{Credentials, ErrorBody, LoginAnswer, Registered, TokenType};
+use crate::openapi::{
+    BodyErrors, Credentials, ErrorBody, LoginAnswer, Registered, TokenType, Unauthorized,
+};
 use crate::{ApiError, AppState};
 
 /// The authenticated caller, from `Authorization: Bearer <jwt>`.
@@ -98,9 +100,8 @@ fn credentials(body: &Body) -> Result<(&str, SecretString), ApiError> {
     request_body = Credentials,
     responses(
         (status = 201, description = "Registered.", body = Registered),
-        (status = 400, description = "`malformed_json`: the body is not a JSON object.", body = ErrorBody),
+        BodyErrors,
         (status = 409, description = "`conflict`: an account with this address exists.", body = ErrorBody),
-        (status = 413, description = "The body is over 2 MB (plain text, from the HTTP layer)."),
         (status = 422, description = "`invalid_field`: `email` is not an address, or `password` is missing or not 8 to 256 characters.", body = ErrorBody),
         (status = 500, description = "`internal`: hashing the password failed.", body = ErrorBody),
         (status = 503, description = "`unavailable`: the database or the event log is down.", body = ErrorBody),
@@ -144,9 +145,8 @@ pub async fn register(
     request_body = Credentials,
     responses(
         (status = 200, description = "The token.", body = LoginAnswer),
-        (status = 400, description = "`malformed_json`: the body is not a JSON object.", body = ErrorBody),
+        BodyErrors,
         (status = 401, description = "`unauthorized`: unknown address or wrong password (the same answer for both).", body = ErrorBody),
-        (status = 413, description = "The body is over 2 MB (plain text, from the HTTP layer)."),
         (status = 422, description = "`invalid_field`: `email` or `password` is missing or not a string.", body = ErrorBody),
         (status = 429, description = "`too_many_attempts`: too many failed logins for this address or from this IP.", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds until a login may be tried again."))),
@@ -220,7 +220,7 @@ pub async fn login(
     security(("bearer" = [])),
     responses(
         (status = 204, description = "Logged out: the token is no longer accepted."),
-        (status = 401, description = "`unauthorized`: no valid token.", body = ErrorBody),
+        Unauthorized,
         (status = 503, description = "`unavailable`: the database or the event log is down.", body = ErrorBody),
     )
 )]

@@ -15,7 +15,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use suho_domain::{Timeframe, UserId};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, ToSchema};
 
 /// The security scheme name the handlers' `security(...)` refers to.
 pub const BEARER: &str = "bearer";
@@ -83,6 +83,37 @@ pub struct ErrorBody {
     #[schema(nullable = false)]
     pub field: Option<String>,
 }
+
+/// The answers every operation with a JSON body shares: `400` (not a JSON object) and `413`
+/// (over 2 MB).
+#[derive(IntoResponses)]
+pub enum BodyErrors {
+    /// Not a JSON object.
+    #[response(
+        status = 400,
+        description = "`malformed_json`: the body is not a JSON object."
+    )]
+    Malformed(ErrorBody),
+    /// Over the body limit.
+    #[response(
+        status = 413,
+        description = "The body is over 2 MB (plain text, from the HTTP layer)."
+    )]
+    TooLarge,
+}
+
+/// `401` of every operation that needs a token.
+#[derive(IntoResponses)]
+#[response(status = 401, description = "`unauthorized`: no valid token.")]
+pub struct Unauthorized(pub ErrorBody);
+
+/// `403` of every `/api/user/{user_id}/...` operation.
+#[derive(IntoResponses)]
+#[response(
+    status = 403,
+    description = "`forbidden`: `user_id` is not the token's subject."
+)]
+pub struct NotYours(pub ErrorBody);
 
 /// The `error` of an `ErrorBody`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]

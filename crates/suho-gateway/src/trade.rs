@@ -19,7 +19,8 @@ use suho_accounts::ClientOrder;
 use crate::auth::AuthUser;
 use crate::input::Body;
 use crate::openapi::{
-    CloseTradeRequest, ErrorBody, ModifyTradeRequest, OpenTradeRequest, Queued, QueuedStatus,
+    BodyErrors, CloseTradeRequest, ErrorBody, ModifyTradeRequest, OpenTradeRequest, Queued,
+    QueuedStatus, Unauthorized,
 };
 use crate::{ApiError, AppState};
 
@@ -39,9 +40,8 @@ const MAX_VOLUME: Decimal = Decimal::from_parts(100, 0, 0, false, 0);
     request_body = OpenTradeRequest,
     responses(
         (status = 202, description = "Queued (or, for a repeated `client_order_id`, queued before).", body = Queued),
-        (status = 400, description = "`malformed_json`: the body is not a JSON object.", body = ErrorBody),
-        (status = 401, description = "`unauthorized`: no valid token.", body = ErrorBody),
-        (status = 413, description = "The body is over 2 MB (plain text, from the HTTP layer)."),
+        BodyErrors,
+        Unauthorized,
         (status = 422, description = "`invalid_field`: `symbol` (not a pair, or not traded here), `type`, `volume` (not positive, over 100 lots, off the 0.01 step), `stop_loss` / `take_profit` (not positive, or on the wrong side of each other) or `client_order_id`; nothing is queued.", body = ErrorBody),
         (status = 503, description = "`unavailable`: Kafka did not acknowledge the command, or the database is down; nothing is queued, retry.", body = ErrorBody),
     )
@@ -132,9 +132,8 @@ fn trade_id(body: &Body) -> Result<String, ApiError> {
     request_body = CloseTradeRequest,
     responses(
         (status = 202, description = "Queued; an unknown position is answered by the engine with `TRADE_REJECTED`.", body = Queued),
-        (status = 400, description = "`malformed_json`: the body is not a JSON object.", body = ErrorBody),
-        (status = 401, description = "`unauthorized`: no valid token.", body = ErrorBody),
-        (status = 413, description = "The body is over 2 MB (plain text, from the HTTP layer)."),
+        BodyErrors,
+        Unauthorized,
         (status = 422, description = "`invalid_field`: `trade_id` is missing or not 1 to 128 characters.", body = ErrorBody),
         (status = 503, description = "`unavailable`: Kafka did not acknowledge the command; retry.", body = ErrorBody),
     )
@@ -163,9 +162,8 @@ pub async fn close(
     request_body = ModifyTradeRequest,
     responses(
         (status = 202, description = "Queued.", body = Queued),
-        (status = 400, description = "`malformed_json`: the body is not a JSON object.", body = ErrorBody),
-        (status = 401, description = "`unauthorized`: no valid token.", body = ErrorBody),
-        (status = 413, description = "The body is over 2 MB (plain text, from the HTTP layer)."),
+        BodyErrors,
+        Unauthorized,
         (status = 422, description = "`invalid_field`: `trade_id`, a stop that is not a positive price, or neither `stop_loss` nor `take_profit` given.", body = ErrorBody),
         (status = 503, description = "`unavailable`: Kafka did not acknowledge the command; retry.", body = ErrorBody),
     )

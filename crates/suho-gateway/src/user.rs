@@ -24,8 +24,8 @@ use suho_messaging::now_ms;
 use crate::auth::AuthUser;
 use crate::input::Body;
 use crate::openapi::{
-    ErrorBody, LinkStatus, MoneyRequest, Mt5LinkRequest, Mt5Linked, Queued, SettingsPatch,
-    TradesQuery,
+    BodyErrors, ErrorBody, LinkStatus, MoneyRequest, Mt5LinkRequest, Mt5Linked, NotYours, Queued,
+    SettingsPatch, TradesQuery, Unauthorized,
 };
 use crate::{ApiError, AppState};
 
@@ -66,8 +66,8 @@ fn settings_event(
     params(("user_id" = String, Path, description = "The caller's own id (the token's subject)."),),
     responses(
         (status = 200, description = "The settings.", body = UserSettings),
-        (status = 401, description = "`unauthorized`: no valid token.", body = ErrorBody),
-        (status = 403, description = "`forbidden`: `user_id` is not the token's subject.", body = ErrorBody),
+        Unauthorized,
+        NotYours,
         (status = 500, description = "`internal`: the stored settings no longer read.", body = ErrorBody),
         (status = 503, description = "`unavailable`: the database is down.", body = ErrorBody),
     )
@@ -94,10 +94,9 @@ pub async fn get_settings(
     request_body = SettingsPatch,
     responses(
         (status = 200, description = "The settings after the patch, in full.", body = UserSettings),
-        (status = 400, description = "`malformed_json`: the body is not a JSON object.", body = ErrorBody),
-        (status = 401, description = "`unauthorized`: no valid token.", body = ErrorBody),
-        (status = 403, description = "`forbidden`: `user_id` is not the token's subject.", body = ErrorBody),
-        (status = 413, description = "The body is over 2 MB (plain text, from the HTTP layer)."),
+        BodyErrors,
+        Unauthorized,
+        NotYours,
         (status = 422, description = "`invalid_field`: an unknown or invalid setting, named by its dotted path (`risk.leverage`, `watchlist`, `auto_trading.scalping.volume`, ...).", body = ErrorBody),
         (status = 500, description = "`internal`: the stored settings no longer read.", body = ErrorBody),
         (status = 503, description = "`unavailable`: the database or the event log is down (a retry stores and publishes again).", body = ErrorBody),
@@ -140,10 +139,9 @@ pub async fn put_settings(
     request_body = Mt5LinkRequest,
     responses(
         (status = 200, description = "Linked.", body = Mt5Linked),
-        (status = 400, description = "`malformed_json`: the body is not a JSON object.", body = ErrorBody),
-        (status = 401, description = "`unauthorized`: no valid token.", body = ErrorBody),
-        (status = 403, description = "`forbidden`: `user_id` is not the token's subject.", body = ErrorBody),
-        (status = 413, description = "The body is over 2 MB (plain text, from the HTTP layer)."),
+        BodyErrors,
+        Unauthorized,
+        NotYours,
         (status = 422, description = "`invalid_field`: `mt5_account` or `password`.", body = ErrorBody),
         (status = 500, description = "`internal`: sealing the password failed.", body = ErrorBody),
         (status = 503, description = "`unavailable`: the database, the event log or the credentials key is unavailable.", body = ErrorBody),
@@ -193,8 +191,8 @@ pub async fn link_mt5(
     params(("user_id" = String, Path, description = "The caller's own id (the token's subject)."), TradesQuery),
     responses(
         (status = 200, description = "The caller's `user.trades` events in the range, oldest first, as stored.", body = [TradeEvent]),
-        (status = 401, description = "`unauthorized`: no valid token.", body = ErrorBody),
-        (status = 403, description = "`forbidden`: `user_id` is not the token's subject.", body = ErrorBody),
+        Unauthorized,
+        NotYours,
         (status = 422, description = "`invalid_field`: `from` or `to` is not epoch milliseconds, or `from` is not before `to`.", body = ErrorBody),
         (status = 503, description = "`unavailable`: the audit store is down.", body = ErrorBody),
     )
@@ -264,10 +262,9 @@ async fn money(
     request_body = MoneyRequest,
     responses(
         (status = 202, description = "Queued.", body = Queued),
-        (status = 400, description = "`malformed_json`: the body is not a JSON object.", body = ErrorBody),
-        (status = 401, description = "`unauthorized`: no valid token.", body = ErrorBody),
-        (status = 403, description = "`forbidden`: `user_id` is not the token's subject.", body = ErrorBody),
-        (status = 413, description = "The body is over 2 MB (plain text, from the HTTP layer)."),
+        BodyErrors,
+        Unauthorized,
+        NotYours,
         (status = 422, description = "`invalid_field`: `amount` is missing, not positive, not in whole cents, or over 1000000000.", body = ErrorBody),
         (status = 503, description = "`unavailable`: Kafka did not acknowledge the command; retry.", body = ErrorBody),
     )
@@ -294,10 +291,9 @@ pub async fn deposit(
     request_body = MoneyRequest,
     responses(
         (status = 202, description = "Queued.", body = Queued),
-        (status = 400, description = "`malformed_json`: the body is not a JSON object.", body = ErrorBody),
-        (status = 401, description = "`unauthorized`: no valid token.", body = ErrorBody),
-        (status = 403, description = "`forbidden`: `user_id` is not the token's subject.", body = ErrorBody),
-        (status = 413, description = "The body is over 2 MB (plain text, from the HTTP layer)."),
+        BodyErrors,
+        Unauthorized,
+        NotYours,
         (status = 422, description = "`invalid_field`: `amount` is missing, not positive, not in whole cents, or over 1000000000.", body = ErrorBody),
         (status = 503, description = "`unavailable`: Kafka did not acknowledge the command; retry.", body = ErrorBody),
     )
@@ -322,8 +318,8 @@ pub async fn withdraw(
     params(("user_id" = String, Path, description = "The caller's own id (the token's subject)."),),
     responses(
         (status = 200, description = "The latest `ACCOUNT_STATUS` from `user.mt5_status`, as stored.", body = AccountStatus),
-        (status = 401, description = "`unauthorized`: no valid token.", body = ErrorBody),
-        (status = 403, description = "`forbidden`: `user_id` is not the token's subject.", body = ErrorBody),
+        Unauthorized,
+        NotYours,
         (status = 404, description = "`not_found`: no account status yet (before the first command is executed).", body = ErrorBody),
         (status = 503, description = "`unavailable`: the audit store is down.", body = ErrorBody),
     )
