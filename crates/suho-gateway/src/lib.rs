@@ -67,6 +67,31 @@ pub struct AppState {
     pub started: Instant,
 }
 
+impl AppState {
+    /// A gateway's state over `accounts` and `producer`, trading `symbols` and offering
+    /// `strategies` for auto-trading, with the default login throttle and the process's
+    /// metrics recorder, started now.
+    #[must_use]
+    pub fn new(
+        accounts: Accounts,
+        producer: UserEventProducer,
+        symbols: HashSet<Symbol>,
+        strategies: Vec<String>,
+        topic_prefix: String,
+    ) -> AppState {
+        AppState {
+            accounts,
+            producer,
+            symbols,
+            strategies,
+            topic_prefix,
+            login_throttle: LoginThrottle::new(ThrottleLimits::default()),
+            metrics: suho_telemetry::metrics(),
+            started: Instant::now(),
+        }
+    }
+}
+
 /// Every route, each registered from its handler's `#[utoipa::path]` (method and path), with
 /// the OpenAPI document those annotations make. The only list of routes: [`router`] serves
 /// it and [`openapi()`] documents it.

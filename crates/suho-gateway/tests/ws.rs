@@ -13,7 +13,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 use suho_accounts::Accounts;
 use suho_domain::UserTopic;
-use suho_gateway::{AppState, LoginThrottle, ThrottleLimits, WsHub, WsOptions};
+use suho_gateway::{AppState, WsHub, WsOptions};
 use suho_messaging::{MarketBus, UserEventProducer};
 use suho_testkit::TestEnv;
 use tokio::net::TcpStream;
@@ -172,16 +172,13 @@ async fn serve(
             eprintln!("the hub failed: {e}");
         }
     });
-    let state = Arc::new(AppState {
-        accounts: accounts.clone(),
-        producer: producer.clone(),
-        symbols: suho_domain::major_fx().into_iter().collect(),
-        strategies: vec!["scalping".into()],
-        topic_prefix: env.config.kafka.topic_prefix.clone(),
-        login_throttle: LoginThrottle::new(ThrottleLimits::default()),
-        metrics: suho_telemetry::metrics(),
-        started: Instant::now(),
-    });
+    let state = Arc::new(AppState::new(
+        accounts.clone(),
+        producer.clone(),
+        suho_domain::major_fx().into_iter().collect(),
+        vec!["scalping".into()],
+        env.config.kafka.topic_prefix.clone(),
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

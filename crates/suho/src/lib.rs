@@ -18,7 +18,7 @@ pub mod web;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use secrecy::SecretString;
@@ -191,21 +191,16 @@ impl Application {
         }
 
         // Gateway.
-        let state = Arc::new(suho_gateway::AppState {
+        let state = Arc::new(suho_gateway::AppState::new(
             accounts,
             producer,
-            symbols: symbols.iter().copied().collect(),
-            strategies: suho_signals::StrategyKind::ALL
+            symbols.iter().copied().collect(),
+            suho_signals::StrategyKind::ALL
                 .iter()
                 .map(|k| k.name().to_string())
                 .collect(),
-            topic_prefix: config.kafka.topic_prefix.clone(),
-            login_throttle: suho_gateway::LoginThrottle::new(
-                suho_gateway::ThrottleLimits::default(),
-            ),
-            metrics: suho_telemetry::metrics(),
-            started: Instant::now(),
-        });
+            config.kafka.topic_prefix.clone(),
+        ));
         // The WebSocket stream's shared inputs: one NATS subscription per subject pattern and
         // one Kafka consumer of every user-topic partition, for all connections.
         let (ws, ws_task) = suho_gateway::WsHub::start(

@@ -346,14 +346,11 @@ pub(crate) fn app_state(
     producer: UserEventProducer,
     symbols: &[Symbol],
 ) -> Arc<suho_gateway::AppState> {
-    Arc::new(suho_gateway::AppState {
+    Arc::new(suho_gateway::AppState::new(
         accounts,
         producer,
-        symbols: symbols.iter().copied().collect(),
-        strategies: Vec::new(),
-        topic_prefix: config.kafka.topic_prefix.clone(),
-        login_throttle: suho_gateway::LoginThrottle::new(suho_gateway::ThrottleLimits::default()),
-        metrics: suho_telemetry::metrics(),
-        started: Instant::now(),
-    })
+        symbols.iter().copied().collect(),
+        Vec::new(),
+        config.kafka.topic_prefix.clone(),
+    ))
 }
