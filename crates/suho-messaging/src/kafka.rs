@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
@@ -21,6 +21,33 @@ use crate::MessagingError;
 /// The producers' partitioner: Kafka's own (murmur2 of the key, as the Java client and most
 /// others do), so [`partition_of`] predicts where a user's records land.
 const PARTITIONER: &str = "murmur2_random";
+
+/// `(partition, low, high)` of every partition of `topic`, from its metadata and watermarks
+/// (blocking; each request bounded by `timeout`). Empty when the topic does not exist or the
+/// broker reports an error for it.
+///
+/// # Errors
+/// A metadata or watermark request failed.
+pub fn watermarks(
+    consumer: &BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<(i32, i64, i64)>, rdkafka::error::KafkaError> {
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    partitions
+        .into_iter()
+        .map(|p| {
+            let (low, high) = consumer.fetch_watermarks(topic, p, timeout)?;
+            Ok((p, low, high))
+        })
+        .collect()
+}
 
 /// The partition of `topic`'s `partitions` a record keyed `key` goes to, as Kafka's default
 /// partitioner computes it: `murmur2(key) & 0x7fffffff % partitions`.

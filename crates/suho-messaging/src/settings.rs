@@ -327,25 +327,13 @@ impl SettingsReader {
 /// Every partition of `topic` with its low and high watermarks (blocking).
 fn log_ends(base: &ClientConfig, topic: &str) -> Result<Vec<(i32, i64, i64)>, MessagingError> {
     let consumer: BaseConsumer = base.create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if partitions.is_empty() {
+    let ends = crate::kafka::watermarks(&consumer, topic, METADATA_TIMEOUT)?;
+    if ends.is_empty() {
         return Err(MessagingError::Settings(format!(
             "{topic} has no partitions: create the topics first (`suho topics apply`)"
         )));
     }
-    partitions
-        .into_iter()
-        .map(|p| {
-            let (low, high) = consumer.fetch_watermarks(topic, p, METADATA_TIMEOUT)?;
-            Ok((p, low, high))
-        })
-        .collect()
+    Ok(ends)
 }
 
 #[cfg(test)]

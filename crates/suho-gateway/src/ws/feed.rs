@@ -18,7 +18,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use suho_domain::{Symbol, Timeframe, UserTopic};
-use suho_messaging::kafka::partition_of;
+use suho_messaging::kafka::{partition_of, watermarks};
 use suho_messaging::MarketBus;
 use tokio_util::sync::CancellationToken;
 
@@ -222,18 +222,11 @@ fn ends(config: &ClientConfig, prefix: &str) -> Result<Vec<(String, i32, i64)>, 
     let mut out = Vec::new();
     for topic in USER_TOPICS {
         let name = topic.full_name(prefix);
-        let metadata = consumer.fetch_metadata(Some(&name), METADATA_TIMEOUT)?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.name() == name && t.error().is_none())
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
+        let partitions = watermarks(&consumer, &name, METADATA_TIMEOUT)?;
         if partitions.is_empty() {
             return Err(WsError::Kafka(format!("{name} has no partitions")));
         }
-        for p in partitions {
-            let (_, high) = consumer.fetch_watermarks(&name, p, METADATA_TIMEOUT)?;
+        for (p, _, high) in partitions {
             out.push((name.clone(), p, high));
         }
     }
