@@ -192,25 +192,17 @@ impl SymbolState {
     /// Feeds a candle from before the start: what it decides is not published, and an
     /// online model that was restored (it has updates) is left out.
     fn warm(&mut self, candle: &Candle) {
-        if self.last_start.is_some_and(|s| candle.start <= s) {
-            return;
-        }
-        self.last_start = Some(candle.start);
-        for slot in &mut self.slots {
-            if let Slot::Online(_) = slot {
-                if self.online_restored {
-                    continue;
-                }
-                self.dirty = true;
-            }
-            let _ = step(slot.strategy(), candle);
-        }
-        if let Some(a) = self.alerts.as_mut() {
-            let _ = a.on_candle(candle);
-        }
+        let _ = self.feed(candle, !self.online_restored);
     }
 
     fn on_candle(&mut self, candle: &Candle) -> (Vec<Signal>, Vec<MarketAlert>) {
+        self.feed(candle, true)
+    }
+
+    /// Feeds a candle after the previous one to the strategies (the online model only if
+    /// `online`) and the candle alerts; what they decided. An earlier or repeated candle is
+    /// ignored.
+    fn feed(&mut self, candle: &Candle, online: bool) -> (Vec<Signal>, Vec<MarketAlert>) {
         if self.last_start.is_some_and(|s| candle.start <= s) {
             return (Vec::new(), Vec::new());
         }
@@ -218,6 +210,9 @@ impl SymbolState {
         let mut signals = Vec::new();
         for slot in &mut self.slots {
             if matches!(slot, Slot::Online(_)) {
+                if !online {
+                    continue;
+                }
                 self.dirty = true;
             }
             signals.extend(step(slot.strategy(), candle));
