@@ -797,6 +797,17 @@ async fn a_bridge_resumes_from_the_old_durable_consumer() {
         async move { count(&p).await >= n }
     })
     .await;
+    // The bridge counts a batch after its transaction commits, so the rows can be visible a
+    // moment before the stats are.
+    wait_until(
+        Duration::from_secs(10),
+        "the stored batches counted",
+        || {
+            let s = stats.snapshot();
+            async move { s.ticks_inserted + s.duplicates >= (N - ACKED) as u64 }
+        },
+    )
+    .await;
     let s = stats.snapshot();
     assert_eq!(s.ticks_inserted, (N - ACKED) as u64, "{s:?}");
     assert_eq!(
