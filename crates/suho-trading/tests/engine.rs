@@ -502,16 +502,23 @@ async fn users_own_limits_from_their_settings_are_enforced() {
         ))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let now_fits = sized("carol", "1.5");
-    producer.send(&now_fits).await.unwrap();
-    let events = trades(&out, 1).await;
-    assert_eq!(
-        find(&events, &now_fits).1.event_type,
-        TradeEventType::TradeExecuted,
-        "{:?}",
-        events
-    );
+    // The engine follows user.settings on a task of its own: until it has read the change, a
+    // 1.5-lot order is still over carol's old maximum.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now_fits = sized("carol", "1.5");
+        producer.send(&now_fits).await.unwrap();
+        let events = trades(&out, 1).await;
+        let (_, event) = find(&events, &now_fits);
+        if event.event_type == TradeEventType::TradeExecuted {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "carol's new maximum never took effect: {events:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     stop_engine(&shutdown, engine).await;
 }
 
@@ -528,11 +535,13 @@ async fn a_users_command_rate_is_limited() {
     let producer = UserEventProducer::new(&env.config.kafka).unwrap();
     let burst: Vec<TradeCommand> = (0..5).map(|_| sized("erin", "0.01")).collect();
     let other = sized("frank", "0.01");
-    // Sent first: the producer's first send waits for its connection, so the burst's records
-    // carry timestamps milliseconds apart.
+    // Sent first: the producer's first send waits for its connection. The burst is then queued
+    // at once, in order, so its records' timestamps fall within the same second however slowly
+    // the broker acknowledges.
     producer.send(&other).await.unwrap();
-    for c in &burst {
-        producer.send(c).await.unwrap();
+    let queued: Vec<_> = burst.iter().map(|c| producer.enqueue(c).unwrap()).collect();
+    for q in queued {
+        q.delivered().await.unwrap();
     }
     let events = trades(&out, burst.len() + 1).await;
     let kinds: Vec<TradeEventType> = burst

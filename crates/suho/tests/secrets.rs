@@ -70,9 +70,11 @@ async fn all_records(env: &TestEnv) -> Vec<String> {
     let mut out = Vec::new();
     let mut stream = consumer.stream();
     // Until the topics have been quiet for 5 s, or 25 s in all (account statuses keep coming
-    // every few seconds).
+    // every few seconds). The first record may take longer: the group has to be joined first.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(25);
-    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(5), stream.next()).await {
+    let mut quiet = Duration::from_secs(30);
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(quiet, stream.next()).await {
+        quiet = Duration::from_secs(5);
         if tokio::time::Instant::now() > deadline {
             break;
         }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use suho_domain::UserTopic;
 
-use super::{consume, Running};
+use super::{consume, read_to_end, Running};
 
 #[tokio::test]
 async fn every_invalid_request_names_its_field_or_is_rejected_with_a_reason() {
@@ -351,10 +351,7 @@ async fn every_invalid_request_names_its_field_or_is_rejected_with_a_reason() {
     }
 
     // Nothing was queued for the 4xx requests: the only commands are the judged ones.
-    let commands = consume(&p.env, UserTopic::Commands, Duration::from_secs(3), |_| {
-        false
-    })
-    .await;
+    let commands = read_to_end(&p.env, UserTopic::Commands).await;
     let mine: Vec<&Value> = commands
         .iter()
         .filter(|(k, _, _)| k == &user)
