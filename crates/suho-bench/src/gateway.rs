@@ -19,6 +19,10 @@
 //!   polling their socket for the phase; the others' latency is compared with the `ws` phase at
 //!   the same rate and client count. Memory: the process's RSS (gateway *and* clients) sampled
 //!   every 50 ms across the phase.
+//! - **Order.** Each rate runs `raw`, then `ws`, `ws-stall`, `ws-stall`, `ws`, and reports the
+//!   two `ws` phases pooled and the two `ws-stall` phases pooled (their histograms merged). On
+//!   two shared cores a p99 drifts from one phase to the next; in this order a steady drift
+//!   weighs the same on both sides of the stalled/unstalled comparison.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -140,6 +144,29 @@ pub struct GatewayPhaseResult {
 }
 
 impl GatewayPhaseResult {
+    /// Two phases of the same path, rate and clients as one: counts added, histograms merged,
+    /// the RSS from the first's start to the second's end.
+    ///
+    /// # Errors
+    /// When the histograms cannot be merged.
+    pub fn pooled(first: Self, second: &Self) -> anyhow::Result<Self> {
+        let mut latency_ns = first.latency_ns;
+        latency_ns
+            .add(&second.latency_ns)
+            .context("merging histograms")?;
+        Ok(Self {
+            published: first.published + second.published,
+            delivered: first.delivered + second.delivered,
+            stalled_delivered: first.stalled_delivered + second.stalled_delivered,
+            disconnects: first.disconnects + second.disconnects,
+            delivered_per_sec: (first.delivered_per_sec + second.delivered_per_sec) / 2.0,
+            latency_ns,
+            rss: (first.rss.0, first.rss.1.max(second.rss.1), second.rss.2),
+            conflated: first.conflated + second.conflated,
+            ..first
+        })
+    }
+
     /// Latency at `q`, milliseconds.
     #[must_use]
     pub fn latency_ms(&self, q: f64) -> Option<f64> {
@@ -180,9 +207,9 @@ pub struct GatewayRateResult {
     pub rate: u32,
     /// Raw NATS fan-out.
     pub raw: GatewayPhaseResult,
-    /// Through `/ws`.
+    /// Through `/ws`: two phases pooled.
     pub ws: GatewayPhaseResult,
-    /// Through `/ws` with stalled clients.
+    /// Through `/ws` with stalled clients: two phases pooled.
     pub stall: GatewayPhaseResult,
     /// Run after the sweep at half the highest sustained rate.
     pub extra: bool,
@@ -667,32 +694,38 @@ async fn measure(
             let raw_rx = &raw_rx[..n];
             let stallable = &stallable;
             let (ws_prefix, raw_prefix) = (ws_prefix.clone(), raw_prefix.clone());
-            phase_id += 3;
+            phase_id += 5;
             let base = phase_id;
             async move {
-                tracing::info!(clients = n, rate, "bench gateway: raw, ws, ws-stall");
+                tracing::info!(
+                    clients = n,
+                    rate,
+                    "bench gateway: raw, ws, ws-stall, ws-stall, ws"
+                );
                 let raw = ctx
                     .run(GatewayPath::Raw, base, rate, &raw_prefix, raw_rx, &[])
                     .await?;
-                let ws = ctx
-                    .run(GatewayPath::Ws, base + 1, rate, &ws_prefix, ws_rx, &[])
-                    .await?;
-                let stall = ctx
-                    .run(
+                let ws = |phase| ctx.run(GatewayPath::Ws, phase, rate, &ws_prefix, ws_rx, &[]);
+                let stall = |phase| {
+                    ctx.run(
                         GatewayPath::WsStall,
-                        base + 2,
+                        phase,
                         rate,
                         &ws_prefix,
                         ws_rx,
                         stallable,
                     )
-                    .await?;
+                };
+                let ws_first = ws(base + 1).await?;
+                let stall_first = stall(base + 2).await?;
+                let stall_second = stall(base + 3).await?;
+                let ws_second = ws(base + 4).await?;
                 anyhow::Ok(GatewayRateResult {
                     clients: n,
                     rate,
                     raw,
-                    ws,
-                    stall,
+                    ws: GatewayPhaseResult::pooled(ws_first, &ws_second)?,
+                    stall: GatewayPhaseResult::pooled(stall_first, &stall_second)?,
                     extra,
                 })
             }
@@ -999,6 +1032,10 @@ impl fmt::Display for GatewayBenchReport {
         )?;
         writeln!(
             f,
+            "each rate runs raw, ws, ws-stall, ws-stall, ws; the ws and ws-stall rows pool their two phases"
+        )?;
+        writeln!(
+            f,
             "{:>7} {:>7}  {:<9} {:>5} {:>9} {:>10} {:>7} {:>5} {:>11} {:>8} {:>8} {:>9} {:>8} {:>9}  sustained",
             "clients",
             "rate/s",
@@ -1205,6 +1242,28 @@ mod tests {
             rss: (0, 0, 0),
             conflated: 0,
         }
+    }
+
+    #[test]
+    fn pooled_phases_add_their_counts_and_merge_their_histograms() {
+        let mut a = phase(GatewayPath::Ws, 1_000, 2);
+        a.rss = (10, 30, 20);
+        a.conflated = 3;
+        let mut b = phase(GatewayPath::Ws, 900, 8);
+        b.rss = (20, 25, 22);
+        b.delivered_per_sec = 900.0;
+        b.disconnects = 1;
+        let p = GatewayPhaseResult::pooled(a, &b).expect("pooled");
+        assert_eq!((p.published, p.delivered, p.disconnects), (200, 1_900, 1));
+        assert_eq!(p.latency_ns.len(), 200);
+        // Equal to 3 significant digits, the histogram's precision.
+        let near = |q: f64, want: f64| p.latency_ms(q).is_some_and(|v| (v - want).abs() < 0.01);
+        assert!(near(0.25, 2.0), "{:?}", p.latency_ms(0.25));
+        assert!(near(0.99, 8.0), "{:?}", p.latency_ms(0.99));
+        assert_eq!(p.rss, (10, 30, 22));
+        assert_eq!(p.conflated, 3);
+        assert!((p.delivered_per_sec - 950.0).abs() < f64::EPSILON);
+        assert!((p.delivered_share() - 0.95).abs() < 1e-9);
     }
 
     #[test]
