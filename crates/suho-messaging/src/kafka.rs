@@ -49,6 +49,21 @@ pub fn watermarks(
         .collect()
 }
 
+/// Whether a consumer's `positions` ([`Consumer::position`]) have reached `end` on every
+/// `(topic, partition, end)` of `ends`: the test of a read to the end of a log. A
+/// `read_committed` consumer's position passes transaction markers too, so it reaches a
+/// partition's high watermark even when the last offset is a commit marker.
+pub fn reached<'a>(
+    positions: &rdkafka::TopicPartitionList,
+    ends: impl IntoIterator<Item = (&'a str, i32, i64)>,
+) -> bool {
+    ends.into_iter().all(|(topic, partition, end)| {
+        positions
+            .find_partition(topic, partition)
+            .is_some_and(|e| matches!(e.offset(), rdkafka::Offset::Offset(o) if o >= end))
+    })
+}
+
 /// The partition of `topic`'s `partitions` a record keyed `key` goes to, as Kafka's default
 /// partitioner computes it: `murmur2(key) & 0x7fffffff % partitions`.
 #[must_use]
@@ -601,6 +616,24 @@ async fn blocking(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_read_has_reached_the_end_when_every_position_has() {
+        let mut positions = rdkafka::TopicPartitionList::new();
+        positions
+            .add_partition_offset("t", 0, rdkafka::Offset::Offset(10))
+            .expect("offset");
+        positions
+            .add_partition_offset("t", 1, rdkafka::Offset::Invalid)
+            .expect("offset");
+        assert!(reached(&positions, [("t", 0, 10)]));
+        assert!(reached(&positions, [("t", 0, 9)]));
+        assert!(!reached(&positions, [("t", 0, 11)]));
+        // Nothing read yet, or a partition the consumer does not have.
+        assert!(!reached(&positions, [("t", 0, 10), ("t", 1, 1)]));
+        assert!(!reached(&positions, [("u", 0, 1)]));
+        assert!(reached(&positions, []));
+    }
 
     #[test]
     fn murmur2_matches_kafka() {

@@ -249,15 +249,12 @@ impl SettingsReader {
         let started = Instant::now();
         let mut records = 0_u64;
         loop {
-            let caught_up = {
-                let positions = self.consumer.position()?;
-                ends.iter().all(|(partition, low, high)| {
-                    high <= low
-                        || positions
-                            .find_partition(topic, *partition)
-                            .is_some_and(|p| matches!(p.offset(), Offset::Offset(o) if o >= *high))
-                })
-            };
+            let caught_up = crate::kafka::reached(
+                &self.consumer.position()?,
+                ends.iter()
+                    .filter(|(_, low, high)| high > low)
+                    .map(|&(partition, _, high)| (topic, partition, high)),
+            );
             if caught_up {
                 tracing::info!(
                     records,

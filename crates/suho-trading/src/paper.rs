@@ -183,16 +183,7 @@ pub fn read_committed(
                         payload: m.payload().unwrap_or_default().to_vec(),
                     });
                 }
-                // The position passes transaction markers too, so it reaches the high mark.
-                let position =
-                    consumer
-                        .position()?
-                        .find_partition(name, p)
-                        .and_then(|e| match e.offset() {
-                            Offset::Offset(o) => Some(o),
-                            _ => None,
-                        });
-                if position.is_some_and(|o| o >= high) {
+                if suho_messaging::kafka::reached(&consumer.position()?, [(name, p, high)]) {
                     break;
                 }
                 if std::time::Instant::now() > deadline {

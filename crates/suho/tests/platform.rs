@@ -168,15 +168,12 @@ async fn read_to_end(env: &TestEnv, topic: UserTopic) -> Vec<(String, i32, Value
     }
     consumer.assign(&assignment).unwrap();
     let at_end = |consumer: &StreamConsumer| {
-        let positions = consumer.position().unwrap();
-        ends.iter()
-            .filter(|(_, low, high)| high > low)
-            .all(|&(p, _, high)| {
-                positions
-                    .find_partition(&name, p)
-                    .and_then(|e| e.offset().to_raw())
-                    .is_some_and(|o| o >= high)
-            })
+        suho_messaging::kafka::reached(
+            &consumer.position().unwrap(),
+            ends.iter()
+                .filter(|(_, low, high)| high > low)
+                .map(|&(p, _, high)| (name.as_str(), p, high)),
+        )
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut stream = consumer.stream();

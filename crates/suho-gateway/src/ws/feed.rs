@@ -315,13 +315,10 @@ fn read_start(
                 records.extend(record(prefix, &m, user));
             }
         }
-        // The position passes transaction markers too, so it reaches the end.
-        let position = consumer.position()?;
-        let done = reading.iter().all(|(t, p, end)| {
-            position
-                .find_partition(t, *p)
-                .is_some_and(|e| matches!(e.offset(), Offset::Offset(o) if o >= *end))
-        });
+        let done = suho_messaging::kafka::reached(
+            &consumer.position()?,
+            reading.iter().map(|(t, p, end)| (t.as_str(), *p, *end)),
+        );
         if done {
             return Ok(Start {
                 records,
