@@ -20,9 +20,11 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use suho_domain::UserId;
 
 pub mod credentials;
+pub mod outbox;
 pub mod profile;
 
 pub use credentials::{CredentialError, Keyring, Sealed};
+pub use outbox::{OutboxEvent, Relayed};
 pub use profile::ClientOrder;
 
 /// The embedded schema migrations.

@@ -5,6 +5,7 @@ use secrecy::SecretString;
 use suho_domain::{UserId, UserSettings};
 
 use crate::credentials::Sealed;
+use crate::outbox::{self, OutboxEvent};
 use crate::{AccountError, Accounts};
 
 /// What claiming a `client_order_id` found.
@@ -21,6 +22,23 @@ fn context(user_id: &UserId, mt5_account: &str) -> Vec<u8> {
     format!("{}|{}", user_id.as_str(), mt5_account).into_bytes()
 }
 
+/// The user's settings (the defaults until the first change), read on `conn`.
+async fn settings_in(
+    conn: &mut sqlx::PgConnection,
+    user_id: &UserId,
+) -> Result<UserSettings, AccountError> {
+    let row: Option<(serde_json::Value,)> =
+        sqlx::query_as("SELECT settings FROM user_settings WHERE user_id = $1")
+            .bind(user_id.as_str())
+            .fetch_optional(conn)
+            .await?;
+    match row {
+        None => Ok(UserSettings::default()),
+        Some((value,)) => serde_json::from_value(value)
+            .map_err(|e| AccountError::Corrupt(format!("stored settings: {e}"))),
+    }
+}
+
 impl Accounts {
     /// The user's settings (the defaults until the first update).
     ///
@@ -28,28 +46,32 @@ impl Accounts {
     /// A database failure, or a stored object that no longer reads (reported, not
     /// replaced).
     pub async fn settings(&self, user_id: &UserId) -> Result<UserSettings, AccountError> {
-        let row: Option<(serde_json::Value,)> =
-            sqlx::query_as("SELECT settings FROM user_settings WHERE user_id = $1")
-                .bind(user_id.as_str())
-                .fetch_optional(self.pool())
-                .await?;
-        match row {
-            None => Ok(UserSettings::default()),
-            Some((value,)) => serde_json::from_value(value)
-                .map_err(|e| AccountError::Corrupt(format!("stored settings: {e}"))),
-        }
+        let mut conn = self.pool().acquire().await?;
+        settings_in(&mut conn, user_id).await
     }
 
-    /// Stores the user's whole settings object.
+    /// Changes the user's settings: `change` gets the current ones (the defaults until the
+    /// first change) and returns the new ones with the event announcing them; both are stored
+    /// in one transaction, the event in the outbox. The user's other profile changes wait
+    /// meanwhile, so two changes never both start from the same settings.
     ///
     /// # Errors
-    /// A database failure.
-    pub async fn store_settings(
+    /// `change`'s error (nothing stored), a stored object that no longer reads, or a database
+    /// failure.
+    pub async fn update_settings<E, F>(
         &self,
         user_id: &UserId,
-        settings: &UserSettings,
-    ) -> Result<(), AccountError> {
-        let value = serde_json::to_value(settings)
+        change: F,
+    ) -> Result<UserSettings, E>
+    where
+        E: From<AccountError>,
+        F: FnOnce(UserSettings) -> Result<(UserSettings, OutboxEvent), E>,
+    {
+        let mut tx = self.pool().begin().await.map_err(AccountError::from)?;
+        outbox::lock_user(&mut tx, user_id.as_str()).await?;
+        let current = settings_in(&mut tx, user_id).await?;
+        let (settings, event) = change(current)?;
+        let value = serde_json::to_value(&settings)
             .map_err(|e| AccountError::Corrupt(format!("settings: {e}")))?;
         sqlx::query(
             "INSERT INTO user_settings (user_id, settings) VALUES ($1, $2) \
@@ -57,22 +79,28 @@ impl Accounts {
         )
         .bind(user_id.as_str())
         .bind(value)
-        .execute(self.pool())
-        .await?;
-        Ok(())
+        .execute(&mut *tx)
+        .await
+        .map_err(AccountError::from)?;
+        outbox::insert(&mut tx, &event).await?;
+        tx.commit().await.map_err(AccountError::from)?;
+        Ok(settings)
     }
 
     /// Links (or re-links, with a new password) an MT5 account; the password is sealed
-    /// under the current credentials key before it reaches the database.
+    /// under the current credentials key before it reaches the database. `event` gets the
+    /// user's settings and returns the event announcing the link, stored in the outbox in the
+    /// same transaction.
     ///
     /// # Errors
     /// An invalid account number or password (naming the field), no credentials key
-    /// configured, or a database failure.
+    /// configured, stored settings that no longer read, or a database failure.
     pub async fn link_mt5(
         &self,
         user_id: &UserId,
         mt5_account: &str,
         password: &SecretString,
+        event: impl FnOnce(&UserSettings) -> Result<OutboxEvent, AccountError>,
     ) -> Result<(), AccountError> {
         use secrecy::ExposeSecret;
         let account = mt5_account.trim();
@@ -96,6 +124,8 @@ impl Accounts {
         }
         let keyring = self.keyring().ok_or(AccountError::NoCredentialsKey)?;
         let sealed = keyring.seal(password, &context(user_id, account))?;
+        let mut tx = self.pool().begin().await?;
+        outbox::lock_user(&mut tx, user_id.as_str()).await?;
         sqlx::query(
             "INSERT INTO mt5_accounts (user_id, mt5_account, key_id, nonce, ciphertext) \
              VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id, mt5_account) DO UPDATE \
@@ -106,8 +136,11 @@ impl Accounts {
         .bind(&sealed.key_id)
         .bind(&sealed.nonce)
         .bind(&sealed.ciphertext)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
+        let settings = settings_in(&mut tx, user_id).await?;
+        outbox::insert(&mut tx, &event(&settings)?).await?;
+        tx.commit().await?;
         Ok(())
     }
 

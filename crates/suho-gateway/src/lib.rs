@@ -17,6 +17,7 @@ mod error;
 mod input;
 mod market;
 pub mod openapi;
+pub mod outbox;
 mod throttle;
 mod trade;
 mod user;
@@ -65,6 +66,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Process start, for `/health`.
     pub started: Instant,
+    /// Wakes the outbox relay ([`outbox::run`]).
+    pub relay: outbox::Relay,
 }
 
 impl AppState {
@@ -88,6 +91,7 @@ impl AppState {
             login_throttle: LoginThrottle::new(ThrottleLimits::default()),
             metrics: suho_telemetry::metrics(),
             started: Instant::now(),
+            relay: outbox::Relay::default(),
         }
     }
 }
@@ -154,7 +158,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 }
 
 /// Serves the HTTP API (without `/ws`: see [`serve_with`]) on `listener` until `shutdown`,
-/// then finishes in-flight requests.
+/// then finishes in-flight requests. The outbox relay ([`outbox::run`]) runs alongside.
 ///
 /// # Errors
 /// The listener fails.
@@ -191,12 +195,18 @@ pub async fn serve_web(
     web_dir: Option<PathBuf>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(
+    // Every instance runs a relay; they take turns on the outbox.
+    let relay_stop = shutdown.child_token();
+    let relay = tokio::spawn(outbox::run(state.clone(), relay_stop.clone()));
+    let served = axum::serve(
         listener,
         router_with_web(state, ws, web_dir).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await
+    .await;
+    relay_stop.cancel();
+    let _ = relay.await;
+    served
 }
 
 /// The gateway's health.

@@ -3,9 +3,10 @@
 //! subject (else 403). Each change is stored, then published on `user.settings`; the event
 //! carries the settings object or the account number, never a password.
 //!
-//! The store comes first: if publishing then fails the caller gets a 503 and may retry, which
-//! stores the same value again and publishes it (the event is not lost for good, but until the
-//! retry it is missing; an outbox would close that window).
+//! A change and its event are stored in one transaction (the event in the outbox, see
+//! [`crate::outbox`]) and the event is published before the answer. If Kafka does not take
+//! it in time, the change is still acknowledged: the outbox relay publishes the event as soon
+//! as Kafka answers again.
 
 use std::sync::Arc;
 
@@ -14,7 +15,7 @@ use axum::extract::{Path, State};
 use axum::response::IntoResponse;
 use axum::Json;
 use secrecy::SecretString;
-use suho_accounts::Claims;
+use suho_accounts::{AccountError, Claims};
 use suho_domain::{
     new_event_id, AccountStatus, SettingsEvent, SettingsEventType, TradeEvent, UserId,
     UserSettings, SCHEMA_VERSION,
@@ -27,7 +28,7 @@ use crate::openapi::{
     BodyErrors, ErrorBody, LinkStatus, MoneyRequest, Mt5LinkRequest, Mt5Linked, NotYours, Queued,
     SettingsPatch, TradesQuery, Unauthorized,
 };
-use crate::{ApiError, AppState};
+use crate::{outbox, ApiError, AppState};
 
 /// The path's user, if it is the caller.
 pub(crate) fn own(claims: &Claims, user_id: &str) -> Result<UserId, ApiError> {
@@ -83,8 +84,9 @@ pub async fn get_settings(
 
 /// Updates the caller's settings.
 ///
-/// Merges a JSON merge patch into the current settings, checks the result, stores it and
-/// publishes `SETTINGS_UPDATED` on `user.settings`.
+/// Merges a JSON merge patch into the current settings, checks the result, and stores it with
+/// its `SETTINGS_UPDATED` event, which is published on `user.settings` before the answer (or,
+/// when Kafka does not take it within 5 s, by the outbox relay once Kafka answers).
 #[utoipa::path(
     put,
     path = "/api/user/{user_id}/settings",
@@ -93,13 +95,13 @@ pub async fn get_settings(
     params(("user_id" = String, Path, description = "The caller's own id (the token's subject)."),),
     request_body = SettingsPatch,
     responses(
-        (status = 200, description = "The settings after the patch, in full.", body = UserSettings),
+        (status = 200, description = "The settings after the patch, in full: stored, with their event.", body = UserSettings),
         BodyErrors,
         Unauthorized,
         NotYours,
         (status = 422, description = "`invalid_field`: an unknown or invalid setting, named by its dotted path (`risk.leverage`, `watchlist`, `auto_trading.scalping.volume`, ...).", body = ErrorBody),
         (status = 500, description = "`internal`: the stored settings no longer read.", body = ErrorBody),
-        (status = 503, description = "`unavailable`: the database or the event log is down (a retry stores and publishes again).", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database is down (nothing is stored).", body = ErrorBody),
     )
 )]
 pub async fn put_settings(
@@ -110,18 +112,23 @@ pub async fn put_settings(
 ) -> Result<impl IntoResponse, ApiError> {
     let user_id = own(&claims, &user_id)?;
     let patch = Body::parse(&body)?.into_value();
-    let current = state.accounts.settings(&user_id).await?;
     let strategies: Vec<&str> = state.strategies.iter().map(String::as_str).collect();
-    let settings = current.patched(&patch, &state.symbols, &strategies)?;
-    state.accounts.store_settings(&user_id, &settings).await?;
-    let value = serde_json::to_value(&settings).map_err(|_| ApiError::Internal)?;
-    let event = settings_event(
-        SettingsEventType::SettingsUpdated,
-        user_id.clone(),
-        Some(value),
-        None,
-    );
-    state.producer.send(&event).await?;
+    let settings = state
+        .accounts
+        .update_settings(&user_id, |current| {
+            let settings = current.patched(&patch, &state.symbols, &strategies)?;
+            let value = serde_json::to_value(&settings).map_err(|_| ApiError::Internal)?;
+            let event = settings_event(
+                SettingsEventType::SettingsUpdated,
+                user_id.clone(),
+                Some(value),
+                None,
+            );
+            let stored = outbox::stored(&event).map_err(|_| ApiError::Internal)?;
+            Ok::<_, ApiError>((settings, stored))
+        })
+        .await?;
+    outbox::publish_now(&state).await;
     tracing::info!(user_id = %user_id, "settings updated");
     Ok(Json(settings))
 }
@@ -129,7 +136,8 @@ pub async fn put_settings(
 /// Links an MT5 account to the caller.
 ///
 /// Links, or re-links with a new password. The password is sealed before it is stored and
-/// never published; `MT5_ACCOUNT_LINKED` goes on `user.settings`.
+/// never published; `MT5_ACCOUNT_LINKED` is stored with the link and goes on `user.settings`
+/// (through the outbox, as a settings change's event does).
 #[utoipa::path(
     post,
     path = "/api/user/{user_id}/mt5/link",
@@ -144,7 +152,7 @@ pub async fn put_settings(
         NotYours,
         (status = 422, description = "`invalid_field`: `mt5_account` or `password`.", body = ErrorBody),
         (status = 500, description = "`internal`: sealing the password failed.", body = ErrorBody),
-        (status = 503, description = "`unavailable`: the database, the event log or the credentials key is unavailable.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database or the credentials key is unavailable (nothing is stored).", body = ErrorBody),
     )
 )]
 pub async fn link_mt5(
@@ -157,21 +165,24 @@ pub async fn link_mt5(
     let body = Body::parse(&body)?;
     let account = body.string("mt5_account")?.trim().to_string();
     let password = SecretString::from(body.string("password")?.to_string());
-    state
-        .accounts
-        .link_mt5(&user_id, &account, &password)
-        .await?;
     // user.settings is compacted to the latest record per user: every record carries the
     // whole settings object, so a link is never the record that erases them.
-    let settings = state.accounts.settings(&user_id).await?;
-    let value = serde_json::to_value(&settings).map_err(|_| ApiError::Internal)?;
-    let event = settings_event(
-        SettingsEventType::Mt5AccountLinked,
-        user_id.clone(),
-        Some(value),
-        Some(account.clone()),
-    );
-    state.producer.send(&event).await?;
+    let event = |settings: &UserSettings| {
+        let encoding = |e: serde_json::Error| AccountError::Corrupt(format!("link event: {e}"));
+        let value = serde_json::to_value(settings).map_err(encoding)?;
+        let event = settings_event(
+            SettingsEventType::Mt5AccountLinked,
+            user_id.clone(),
+            Some(value),
+            Some(account.clone()),
+        );
+        outbox::stored(&event).map_err(encoding)
+    };
+    state
+        .accounts
+        .link_mt5(&user_id, &account, &password, event)
+        .await?;
+    outbox::publish_now(&state).await;
     tracing::info!(user_id = %user_id, mt5_account = %account, "MT5 account linked");
     Ok(Json(Mt5Linked {
         status: LinkStatus::Linked,

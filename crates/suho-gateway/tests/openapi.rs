@@ -290,6 +290,7 @@ fn offline_state() -> Arc<AppState> {
             .build_recorder()
             .handle(),
         started: Instant::now(),
+        relay: suho_gateway::outbox::Relay::default(),
     })
 }
 

@@ -444,8 +444,21 @@ async fn subscribed_symbols_receive_market_data_in_the_envelope_until_unsubscrib
         watchlist: vec![suho_domain::Symbol::parse("GBPUSD").expect("a symbol")],
         ..suho_domain::UserSettings::default()
     };
+    let user_id = suho_domain::UserId::new(user.clone());
+    let event = suho_domain::SettingsEvent {
+        event_id: suho_domain::new_event_id("set"),
+        event_type: suho_domain::SettingsEventType::SettingsUpdated,
+        user_id: user_id.clone(),
+        settings: Some(serde_json::to_value(&settings).expect("encodes")),
+        mt5_account: None,
+        timestamp: suho_messaging::now_ms(),
+        schema_version: suho_domain::SCHEMA_VERSION,
+    };
     gw.accounts
-        .store_settings(&suho_domain::UserId::new(user.clone()), &settings)
+        .update_settings(&user_id, |_| {
+            let stored = suho_gateway::outbox::stored(&event).expect("encodes");
+            Ok::<_, suho_accounts::AccountError>((settings, stored))
+        })
         .await
         .expect("stores settings");
 

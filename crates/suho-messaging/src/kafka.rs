@@ -274,17 +274,32 @@ impl UserEventProducer {
         event: &E,
     ) -> Result<Delivery, MessagingError> {
         let payload = serde_json::to_vec(event)?;
-        let headers = OwnedHeaders::new().insert(Header {
-            key: "event_type",
-            value: Some(event.event_type_str()),
-        });
-        self.send_raw(
+        self.send_encoded(
             event.topic(),
             event.user_id().as_str(),
+            event.event_type_str(),
             &payload,
-            Some(headers),
         )
         .await
+    }
+
+    /// Sends an event encoded earlier (`payload`, of type `event_type`, keyed `key`) as
+    /// [`UserEventProducer::send`] sends one: the outbox relay's path.
+    ///
+    /// # Errors
+    /// Kafka did not acknowledge within the message timeout.
+    pub async fn send_encoded(
+        &self,
+        topic: UserTopic,
+        key: &str,
+        event_type: &str,
+        payload: &[u8],
+    ) -> Result<Delivery, MessagingError> {
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "event_type",
+            value: Some(event_type),
+        });
+        self.send_raw(topic, key, payload, Some(headers)).await
     }
 
     /// Queues `event` for its topic, keyed by its `user_id`, without waiting: records queued

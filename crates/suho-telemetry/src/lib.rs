@@ -36,6 +36,12 @@ pub mod names {
     pub const WS_MARKET_CONFLATED: &str = "ws_market_conflated_total";
     /// Counter: WebSocket clients closed because their queue of user events overflowed.
     pub const WS_DISCONNECTED_SLOW: &str = "ws_disconnected_slow_total";
+    /// Gauge: events stored in the outbox and not yet acknowledged by Kafka (as this gateway
+    /// last counted them).
+    pub const OUTBOX_PENDING: &str = "outbox_pending";
+    /// Counter `{outcome}`: outbox publications, `published` (acknowledged by Kafka) or
+    /// `failed` (Kafka refused or did not answer; the event stays stored and is retried).
+    pub const OUTBOX_PUBLISHED: &str = "outbox_events_total";
 }
 
 /// Installs the process-wide Prometheus recorder (once; later calls return the same

@@ -1,0 +1,181 @@
+//! Publishes the accounts' outbox ([`suho_accounts::outbox`]) to Kafka.
+//!
+//! A profile change (settings, an MT5 link) is stored with its event in one transaction; the
+//! handler then publishes what waits ([`publish_now`]) before it answers, so in the normal case
+//! the event is in Kafka when the caller hears back, as before the outbox. When Kafka does
+//! not answer within [`HANDLER_WAIT`] the change is still acknowledged: it is stored, and
+//! every gateway's relay ([`run`]) keeps publishing the outbox with backoff until Kafka has
+//! it. Nothing acknowledged is lost, and the settings the engine and the agent follow on
+//! `user.settings` catch up with the database.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use suho_accounts::{AccountError, OutboxEvent};
+use suho_domain::{UserEvent, UserTopic};
+use suho_messaging::{MessagingError, UserEventProducer};
+use suho_telemetry::names;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::AppState;
+
+/// Events per relay round (one database transaction).
+const ROUND: i64 = 100;
+/// How long a handler waits for its event to reach Kafka before answering anyway.
+pub const HANDLER_WAIT: Duration = Duration::from_secs(5);
+/// How often the relay looks for events nobody published (another instance's, or an earlier
+/// process's), when all is well.
+const POLL: Duration = Duration::from_secs(1);
+/// How long one event may take to be acknowledged before the round gives up on it. Shorter
+/// than the producer's own 30 s: a round holds the outbox meanwhile, and another instance
+/// whose Kafka works should get its turn. (The record may still be delivered later; it is then
+/// published twice, with the same `event_id`.)
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(4);
+/// The relay's backoff while Kafka or the database fails.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(30));
+
+/// Wakes this gateway's relay.
+#[derive(Debug, Default)]
+pub struct Relay {
+    wake: Notify,
+}
+
+/// Why a flush stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum FlushError {
+    /// The outbox could not be read or updated.
+    #[error("outbox: {0}")]
+    Database(#[from] AccountError),
+    /// Kafka did not take an event.
+    #[error("publishing an outbox event: {0}")]
+    Kafka(#[from] MessagingError),
+    /// Kafka did not acknowledge an event within [`PUBLISH_TIMEOUT`].
+    #[error("publishing an outbox event: no acknowledgement within {} s", PUBLISH_TIMEOUT.as_secs())]
+    Timeout,
+    /// A stored event names a topic this build does not know (stored by a newer version).
+    #[error("an outbox event for the unknown topic {0:?}")]
+    UnknownTopic(String),
+    /// Another relay held the outbox throughout.
+    #[error("another relay holds the outbox")]
+    Busy,
+}
+
+/// `event` as the outbox stores it: the record Kafka will get.
+///
+/// # Errors
+/// The event does not encode (a bug).
+pub fn stored<E: UserEvent + serde::Serialize>(
+    event: &E,
+) -> Result<OutboxEvent, serde_json::Error> {
+    Ok(OutboxEvent {
+        topic: event.topic().name().to_string(),
+        key: event.user_id().as_str().to_string(),
+        event_type: event.event_type_str().to_string(),
+        payload: serde_json::to_vec(event)?,
+    })
+}
+
+async fn publish(producer: &UserEventProducer, event: OutboxEvent) -> Result<(), FlushError> {
+    let Some(topic) = UserTopic::from_name(&event.topic) else {
+        return Err(FlushError::UnknownTopic(event.topic));
+    };
+    let sent = tokio::time::timeout(
+        PUBLISH_TIMEOUT,
+        producer.send_encoded(topic, &event.key, &event.event_type, &event.payload),
+    )
+    .await;
+    let outcome = if matches!(sent, Ok(Ok(_))) {
+        "published"
+    } else {
+        "failed"
+    };
+    metrics::counter!(names::OUTBOX_PUBLISHED, "outcome" => outcome).increment(1);
+    sent.map_err(|_| FlushError::Timeout)??;
+    Ok(())
+}
+
+/// Publishes what waits in the outbox, round after round, until it is empty. Waits for
+/// another relay's round to end (up to `busy_for`).
+async fn flush(state: &AppState, busy_for: Duration) -> Result<u64, FlushError> {
+    let deadline = tokio::time::Instant::now() + busy_for;
+    let mut published = 0;
+    loop {
+        let round = state
+            .accounts
+            .relay_outbox(ROUND, |event| publish(&state.producer, event))
+            .await?;
+        published += round.published;
+        if let Some(e) = round.error {
+            return Err(e);
+        }
+        if round.busy {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(FlushError::Busy);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        if !round.more {
+            return Ok(published);
+        }
+    }
+}
+
+/// After a change is stored: publishes it (and anything older) within [`HANDLER_WAIT`], or
+/// leaves it to the relay and says so in the log.
+pub(crate) async fn publish_now(state: &AppState) {
+    match tokio::time::timeout(HANDLER_WAIT, flush(state, HANDLER_WAIT)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "a stored change's event is not in Kafka yet; the outbox relay retries it");
+            state.relay.wake.notify_one();
+        }
+        Err(_) => {
+            tracing::warn!(
+                waited_ms = u64::try_from(HANDLER_WAIT.as_millis()).unwrap_or(u64::MAX),
+                "Kafka did not take a stored change's event in time; the outbox relay retries it"
+            );
+            state.relay.wake.notify_one();
+        }
+    }
+}
+
+/// The relay: publishes the outbox every [`POLL`] and whenever a handler could not, with
+/// backoff while it fails, until `shutdown`.
+pub async fn run(state: Arc<AppState>, shutdown: CancellationToken) {
+    let mut backoff = BACKOFF.0;
+    loop {
+        // A round cut short rolls back: what it published is published again by the next.
+        let flushed = tokio::select! {
+            () = shutdown.cancelled() => return,
+            flushed = flush(&state, Duration::ZERO) => flushed,
+        };
+        let wait = match flushed {
+            Ok(published) => {
+                if published > 0 {
+                    tracing::info!(published, "outbox events published");
+                }
+                backoff = BACKOFF.0;
+                POLL
+            }
+            // Another instance's relay is at work: look again later.
+            Err(FlushError::Busy) => POLL,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "the outbox could not be published; retrying");
+                let wait = backoff;
+                backoff = (backoff * 2).min(BACKOFF.1);
+                wait
+            }
+        };
+        if let Ok(pending) = state.accounts.outbox_len().await {
+            #[allow(clippy::cast_precision_loss)]
+            metrics::gauge!(names::OUTBOX_PENDING).set(pending as f64);
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = state.relay.wake.notified() => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
