@@ -210,33 +210,43 @@ impl Accounts {
         )
     }
 
-    /// Registers a user.
+    /// Registers a user. `event` gets the new user and returns the event announcing it (or
+    /// `None`), stored in the outbox in the same transaction as the user.
     ///
     /// # Errors
-    /// An invalid address, a weak password, a taken address, or a database failure.
+    /// An invalid address, a weak password, a taken address, `event`'s error, or a database
+    /// failure.
     pub async fn register(
         &self,
         email: &str,
         password: &SecretString,
+        event: impl FnOnce(&User) -> Result<Option<OutboxEvent>, AccountError>,
     ) -> Result<User, AccountError> {
         let email = validate_email(email)?;
         validate_password(password.expose_secret())?;
         let hash = hash_password(password.clone()).await?;
         let user_id = UserId::new(format!("usr_{}", uuid::Uuid::new_v4().simple()));
+        let mut tx = self.pool.begin().await?;
         let inserted =
             sqlx::query("INSERT INTO users (user_id, email, password_hash) VALUES ($1, $2, $3)")
                 .bind(user_id.as_str())
                 .bind(&email)
                 .bind(&hash)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await;
         match inserted {
-            Ok(_) => Ok(User { user_id, email }),
+            Ok(_) => {}
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                Err(AccountError::DuplicateEmail)
+                return Err(AccountError::DuplicateEmail)
             }
-            Err(e) => Err(e.into()),
+            Err(e) => return Err(e.into()),
         }
+        let user = User { user_id, email };
+        if let Some(event) = event(&user)? {
+            outbox::insert(&mut tx, &event).await?;
+        }
+        tx.commit().await?;
+        Ok(user)
     }
 
     /// Checks the credentials and issues an access token.
@@ -315,22 +325,32 @@ impl Accounts {
         Ok(data.claims)
     }
 
-    /// Ends the token's session: it is refused from now on.
+    /// Ends the token's session: it is refused from now on. `event` (announcing the logout)
+    /// is stored in the outbox in the same transaction.
     ///
     /// # Errors
     /// A database failure.
-    pub async fn logout(&self, claims: &Claims) -> Result<(), AccountError> {
+    pub async fn logout(
+        &self,
+        claims: &Claims,
+        event: Option<&OutboxEvent>,
+    ) -> Result<(), AccountError> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO revoked_tokens (jti, user_id, expires_at) VALUES ($1, $2, to_timestamp($3)) ON CONFLICT DO NOTHING",
         )
         .bind(&claims.jti)
         .bind(&claims.sub)
         .bind(i64::try_from(claims.exp).unwrap_or(i64::MAX) as f64)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         sqlx::query("DELETE FROM revoked_tokens WHERE expires_at < now()")
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        if let Some(event) = event {
+            outbox::insert(&mut tx, event).await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 }

@@ -1,12 +1,13 @@
-//! The transactional outbox. A profile change and the event that announces it are written in
-//! one transaction ([`Accounts::update_settings`], [`Accounts::link_mt5`]), so the database
-//! never holds a change whose event is lost, whatever happens to Kafka. A relay
-//! ([`Accounts::relay_outbox`]) hands the stored events to a publisher oldest first and
-//! deletes each one the publisher has delivered.
+//! The transactional outbox. A change and the event that announces it are written in one
+//! transaction ([`Accounts::register`], [`Accounts::logout`], [`Accounts::update_settings`],
+//! [`Accounts::link_mt5`]; an event with no change of its own goes through
+//! [`Accounts::record_event`]), so the database never holds a change whose event is lost,
+//! whatever happens to Kafka. A relay ([`Accounts::relay_outbox`]) hands the stored events to
+//! a publisher oldest first and deletes each one the publisher has delivered.
 //!
-//! - **Order.** Changes of one user are serialised by a per-user lock held until their
-//!   transaction commits, so a user's events get increasing ids in the order their changes
-//!   were committed, and the relay publishes in id order.
+//! - **Order.** A user's profile changes are serialised by a per-user lock held until their
+//!   transaction commits, so their events get increasing ids in the order the changes were
+//!   committed, and the relay publishes in id order.
 //! - **One relay at a time.** A relay round holds a transaction-level advisory lock; a round
 //!   that finds it taken (another instance's relay) publishes nothing and says so.
 //! - **At least once.** A row is deleted in the round's transaction after its publication;
@@ -83,20 +84,21 @@ pub(crate) async fn lock_user(
 }
 
 impl Accounts {
-    /// One relay round: up to `limit` stored events, oldest first, each handed to `publish`
-    /// and deleted once it returns `Ok`. Stops at the first event `publish` fails on (the
-    /// error is in [`Relayed::error`]; that event and the later ones stay for the next round).
+    /// One relay round: up to `limit` stored events, oldest first, handed to `publish` in one
+    /// batch (so it can have them all in flight at once). `publish` answers how many of them,
+    /// from the first, were delivered, and the error on the next one; those delivered are
+    /// deleted, the rest stay for the next round (the error is in [`Relayed::error`]).
     ///
     /// # Errors
     /// A database failure (nothing is deleted then; what was published is published again).
     pub async fn relay_outbox<E, F, Fut>(
         &self,
         limit: i64,
-        mut publish: F,
+        publish: F,
     ) -> Result<Relayed<E>, AccountError>
     where
-        F: FnMut(OutboxEvent) -> Fut,
-        Fut: Future<Output = Result<(), E>>,
+        F: FnOnce(Vec<OutboxEvent>) -> Fut,
+        Fut: Future<Output = (usize, Option<E>)>,
     {
         let mut tx = self.pool().begin().await?;
         let (locked,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_xact_lock($1)")
@@ -118,28 +120,28 @@ impl Accounts {
         .fetch_all(&mut *tx)
         .await?;
         let more = i64::try_from(rows.len()).unwrap_or(i64::MAX) > limit;
-        let mut done = Vec::new();
-        let mut error = None;
-        for (id, topic, key, event_type, payload) in
-            rows.into_iter().take(usize::try_from(limit).unwrap_or(0))
-        {
-            let event = OutboxEvent {
-                topic,
-                key,
-                event_type,
-                payload,
-            };
-            match publish(event).await {
-                Ok(()) => done.push(id),
-                Err(e) => {
-                    error = Some(e);
-                    break;
-                }
-            }
-        }
+        let (ids, events): (Vec<i64>, Vec<OutboxEvent>) = rows
+            .into_iter()
+            .take(usize::try_from(limit).unwrap_or(0))
+            .map(|(id, topic, key, event_type, payload)| {
+                let event = OutboxEvent {
+                    topic,
+                    key,
+                    event_type,
+                    payload,
+                };
+                (id, event)
+            })
+            .unzip();
+        let (delivered, error) = if events.is_empty() {
+            (0, None)
+        } else {
+            publish(events).await
+        };
+        let done = &ids[..delivered.min(ids.len())];
         if !done.is_empty() {
             sqlx::query("DELETE FROM event_outbox WHERE id = ANY($1)")
-                .bind(&done)
+                .bind(done)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -150,6 +152,18 @@ impl Accounts {
             more: more || error.is_some(),
             error,
         })
+    }
+
+    /// Stores `event` in the outbox on its own (an event that comes with no other change: a
+    /// login, a failed login).
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn record_event(&self, event: &OutboxEvent) -> Result<(), AccountError> {
+        let mut tx = self.pool().begin().await?;
+        insert(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// How many events wait in the outbox.

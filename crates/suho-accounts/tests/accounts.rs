@@ -28,12 +28,13 @@ fn pw(s: &str) -> SecretString {
 async fn register_login_authenticate_logout() {
     let a = accounts(Duration::from_secs(60)).await;
     let user = a
-        .register("Trader@Example.com", &pw("correct horse"))
+        .register("Trader@Example.com", &pw("correct horse"), |_| Ok(None))
         .await
         .unwrap();
     assert!(user.user_id.as_str().starts_with("usr_"));
     assert!(matches!(
-        a.register("trader@example.com", &pw("another one")).await,
+        a.register("trader@example.com", &pw("another one"), |_| Ok(None))
+            .await,
         Err(AccountError::DuplicateEmail)
     ));
     match a.login("trader@example.com", &pw("wrong password")).await {
@@ -53,7 +54,7 @@ async fn register_login_authenticate_logout() {
     assert_eq!(u.user_id, user.user_id);
     let claims = a.authenticate(token.token.expose_secret()).await.unwrap();
     assert_eq!(claims.user_id(), user.user_id);
-    a.logout(&claims).await.unwrap();
+    a.logout(&claims, None).await.unwrap();
     assert!(matches!(
         a.authenticate(token.token.expose_secret()).await,
         Err(AccountError::InvalidToken(r)) if r == "logged out"
@@ -63,7 +64,9 @@ async fn register_login_authenticate_logout() {
 #[tokio::test]
 async fn expired_and_forged_tokens_are_refused() {
     let a = accounts(Duration::from_secs(1)).await;
-    a.register("x@example.com", &pw("password1")).await.unwrap();
+    a.register("x@example.com", &pw("password1"), |_| Ok(None))
+        .await
+        .unwrap();
     let (_, token) = a.login("x@example.com", &pw("password1")).await.unwrap();
     let t = token.token.expose_secret().to_string();
     assert!(a.authenticate(&t).await.is_ok());

@@ -27,6 +27,7 @@ async fn accounts_and_user() -> (Accounts, UserId) {
         .register(
             "outbox@example.com",
             &SecretString::from("correct horse".to_string()),
+            |_| Ok(None),
         )
         .await
         .unwrap()
@@ -100,16 +101,9 @@ async fn a_change_and_its_event_are_stored_together_and_relayed_in_order() {
     // A publisher that fails on the third event: two go, the third and fourth stay.
     let mut first = Vec::new();
     let round = a
-        .relay_outbox(100, |e| {
-            first.push(e.payload);
-            let fail = first.len() == 3;
-            async move {
-                if fail {
-                    Err("kafka is down")
-                } else {
-                    Ok(())
-                }
-            }
+        .relay_outbox(100, |events| {
+            first.extend(events.into_iter().map(|e| e.payload));
+            async { (2, Some("kafka is down")) }
         })
         .await
         .unwrap();
@@ -121,14 +115,15 @@ async fn a_change_and_its_event_are_stored_together_and_relayed_in_order() {
     // The next round starts at the event that failed.
     let mut second = Vec::new();
     let round = a
-        .relay_outbox(100, |e| {
-            second.push(e.payload);
-            async { Ok::<(), &str>(()) }
+        .relay_outbox(100, |events| {
+            second.extend(events.into_iter().map(|e| e.payload));
+            let n = second.len();
+            async move { (n, None::<&str>) }
         })
         .await
         .unwrap();
     assert_eq!((round.published, round.more), (2, false));
-    assert_eq!(numbers(&first), [1, 2, 3]);
+    assert_eq!(numbers(&first), [1, 2, 3, 4]);
     assert_eq!(numbers(&second), [3, 4]);
     assert_eq!(a.outbox_len().await.unwrap(), 0);
 }
@@ -146,21 +141,22 @@ async fn one_relay_round_at_a_time_each_within_its_limit() {
     let started = Notify::new();
     let go = AtomicBool::new(false);
     let mut delivered = Vec::new();
-    let first = a.relay_outbox(2, |e| {
-        delivered.push(e.payload);
+    let first = a.relay_outbox(2, |events| {
+        delivered.extend(events.into_iter().map(|e| e.payload));
         started.notify_one();
+        let n = delivered.len();
         let go = &go;
         async move {
             while !go.load(Ordering::SeqCst) {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            Ok::<(), ()>(())
+            (n, None::<()>)
         }
     });
     let second = async {
         started.notified().await;
         let round = a
-            .relay_outbox(100, |_| async { Ok::<(), ()>(()) })
+            .relay_outbox(100, |events| async move { (events.len(), None::<()>) })
             .await
             .unwrap();
         go.store(true, Ordering::SeqCst);
@@ -173,4 +169,44 @@ async fn one_relay_round_at_a_time_each_within_its_limit() {
     assert_eq!((first.published, first.more), (2, true));
     assert_eq!(numbers(&delivered), [1, 2]);
     assert_eq!(a.outbox_len().await.unwrap(), 3);
+}
+
+#[tokio::test]
+async fn a_registration_and_a_logout_store_their_events_with_them() {
+    let (a, _) = accounts_and_user().await;
+    let password = SecretString::from("correct horse".to_string());
+    let user = a
+        .register("second@example.com", &password, |u| {
+            Ok(Some(event(&u.user_id, 1)))
+        })
+        .await
+        .unwrap()
+        .user_id;
+    // A taken address stores neither a user nor an event.
+    let taken = a
+        .register("SECOND@example.com", &password, |u| {
+            Ok(Some(event(&u.user_id, 2)))
+        })
+        .await;
+    assert!(
+        matches!(taken, Err(AccountError::DuplicateEmail)),
+        "{taken:?}"
+    );
+    let (_, token) = a.login("second@example.com", &password).await.unwrap();
+    let claims = a
+        .authenticate(secrecy::ExposeSecret::expose_secret(&token.token))
+        .await
+        .unwrap();
+    a.logout(&claims, Some(&event(&user, 3))).await.unwrap();
+    a.record_event(&event(&user, 4)).await.unwrap();
+
+    let mut relayed = Vec::new();
+    a.relay_outbox(100, |events| {
+        relayed.extend(events.into_iter().map(|e| e.payload));
+        let n = relayed.len();
+        async move { (n, None::<()>) }
+    })
+    .await
+    .unwrap();
+    assert_eq!(numbers(&relayed), [1, 3, 4]);
 }

@@ -1,5 +1,6 @@
 //! Register, login and logout, and the bearer-token extractor. Each publishes its
-//! `user.auth` event (ids, address, IP and user agent; never a password or token).
+//! `user.auth` event (ids, address, IP and user agent; never a password or token), stored
+//! first with the change it announces, through the outbox ([`crate::outbox`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use crate::input::Body;
 use crate::openapi::{
     BodyErrors, Credentials, ErrorBody, LoginAnswer, Registered, TokenType, Unauthorized,
 };
-use crate::{ApiError, AppState};
+use crate::{outbox, ApiError, AppState};
 
 /// The authenticated caller, from `Authorization: Bearer <jwt>`.
 pub struct AuthUser(pub Claims);
@@ -83,6 +84,18 @@ fn auth_event(
     }
 }
 
+/// `event` as the outbox stores it.
+fn stored(event: &AuthEvent) -> Result<suho_accounts::OutboxEvent, AccountError> {
+    outbox::stored(event).map_err(|e| AccountError::Corrupt(format!("auth event: {e}")))
+}
+
+/// Stores `event` on its own and publishes it (a login's, which changes nothing else).
+async fn record(state: &AppState, event: &AuthEvent) -> Result<(), ApiError> {
+    state.accounts.record_event(&stored(event)?).await?;
+    outbox::publish_now(state).await;
+    Ok(())
+}
+
 /// The `{email, password}` of a register or login body.
 fn credentials(body: &Body) -> Result<(&str, SecretString), ApiError> {
     let email = body.string("email")?;
@@ -104,7 +117,7 @@ fn credentials(body: &Body) -> Result<(&str, SecretString), ApiError> {
         (status = 409, description = "`conflict`: an account with this address exists.", body = ErrorBody),
         (status = 422, description = "`invalid_field`: `email` is not an address, or `password` is missing or not 8 to 256 characters.", body = ErrorBody),
         (status = 500, description = "`internal`: hashing the password failed.", body = ErrorBody),
-        (status = 503, description = "`unavailable`: the database or the event log is down.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database is down.", body = ErrorBody),
     )
 )]
 pub async fn register(
@@ -115,15 +128,18 @@ pub async fn register(
 ) -> Result<impl IntoResponse, ApiError> {
     let body = Body::parse(&body)?;
     let (email, password) = credentials(&body)?;
-    let user = state.accounts.register(email, &password).await?;
-    let event = auth_event(
-        AuthEventType::UserRegistered,
-        user.user_id.clone(),
-        Some(user.email.clone()),
-        addr,
-        &headers,
-    );
-    state.producer.send(&event).await?;
+    let event = |user: &suho_accounts::User| {
+        let event = auth_event(
+            AuthEventType::UserRegistered,
+            user.user_id.clone(),
+            Some(user.email.clone()),
+            addr,
+            &headers,
+        );
+        stored(&event).map(Some)
+    };
+    let user = state.accounts.register(email, &password, event).await?;
+    outbox::publish_now(&state).await;
     tracing::info!(user_id = %user.user_id, "user registered");
     Ok((
         StatusCode::CREATED,
@@ -151,7 +167,7 @@ pub async fn register(
         (status = 429, description = "`too_many_attempts`: too many failed logins for this address or from this IP.", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds until a login may be tried again."))),
         (status = 500, description = "`internal`: checking the password failed.", body = ErrorBody),
-        (status = 503, description = "`unavailable`: the database or the event log is down.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database is down.", body = ErrorBody),
     )
 )]
 pub async fn login(
@@ -183,7 +199,7 @@ pub async fn login(
                 addr,
                 &headers,
             );
-            state.producer.send(&event).await?;
+            record(&state, &event).await?;
             Ok(Json(LoginAnswer {
                 access_token: token.token.expose_secret().to_string(),
                 token_type: TokenType::Bearer,
@@ -203,7 +219,7 @@ pub async fn login(
                 &headers,
             );
             event.reason = Some("wrong password".into());
-            state.producer.send(&event).await?;
+            record(&state, &event).await?;
             Err(ApiError::Unauthorized("invalid email or password".into()))
         }
         Err(e) => Err(e.into()),
@@ -221,7 +237,7 @@ pub async fn login(
     responses(
         (status = 204, description = "Logged out: the token is no longer accepted."),
         Unauthorized,
-        (status = 503, description = "`unavailable`: the database or the event log is down.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database is down.", body = ErrorBody),
     )
 )]
 pub async fn logout(
@@ -230,7 +246,6 @@ pub async fn logout(
     headers: HeaderMap,
     AuthUser(claims): AuthUser,
 ) -> Result<impl IntoResponse, ApiError> {
-    state.accounts.logout(&claims).await?;
     let event = auth_event(
         AuthEventType::UserLogout,
         claims.user_id(),
@@ -238,6 +253,10 @@ pub async fn logout(
         addr,
         &headers,
     );
-    state.producer.send(&event).await?;
+    state
+        .accounts
+        .logout(&claims, Some(&stored(&event)?))
+        .await?;
+    outbox::publish_now(&state).await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -76,23 +76,47 @@ pub fn stored<E: UserEvent + serde::Serialize>(
     })
 }
 
-async fn publish(producer: &UserEventProducer, event: OutboxEvent) -> Result<(), FlushError> {
-    let Some(topic) = UserTopic::from_name(&event.topic) else {
-        return Err(FlushError::UnknownTopic(event.topic));
-    };
-    let sent = tokio::time::timeout(
-        PUBLISH_TIMEOUT,
-        producer.send_encoded(topic, &event.key, &event.event_type, &event.payload),
-    )
-    .await;
-    let outcome = if matches!(sent, Ok(Ok(_))) {
-        "published"
-    } else {
-        "failed"
-    };
-    metrics::counter!(names::OUTBOX_PUBLISHED, "outcome" => outcome).increment(1);
-    sent.map_err(|_| FlushError::Timeout)??;
-    Ok(())
+/// Queues `events` in order (the producer keeps that order) and awaits their
+/// acknowledgements: how many, from the first, Kafka took, and the error on the next one.
+async fn publish(
+    producer: &UserEventProducer,
+    events: Vec<OutboxEvent>,
+) -> (usize, Option<FlushError>) {
+    let mut queued = Vec::with_capacity(events.len());
+    let mut error = None;
+    for event in events {
+        let Some(topic) = UserTopic::from_name(&event.topic) else {
+            error = Some(FlushError::UnknownTopic(event.topic));
+            break;
+        };
+        match producer.enqueue_encoded(topic, &event.key, &event.event_type, &event.payload) {
+            Ok(q) => queued.push(q),
+            Err(e) => {
+                error = Some(e.into());
+                break;
+            }
+        }
+    }
+    let mut delivered = 0;
+    for q in queued {
+        match tokio::time::timeout(PUBLISH_TIMEOUT, q.delivered()).await {
+            Ok(Ok(_)) => {
+                delivered += 1;
+                metrics::counter!(names::OUTBOX_PUBLISHED, "outcome" => "published").increment(1);
+            }
+            failed => {
+                metrics::counter!(names::OUTBOX_PUBLISHED, "outcome" => "failed").increment(1);
+                // This record was queued before any that could not be, so its failure is
+                // the first in order: the one to report. The later ones stay stored.
+                error = Some(match failed {
+                    Ok(Err(e)) => e.into(),
+                    _ => FlushError::Timeout,
+                });
+                return (delivered, error);
+            }
+        }
+    }
+    (delivered, error)
 }
 
 /// Publishes what waits in the outbox, round after round, until it is empty. Waits for
@@ -103,7 +127,7 @@ async fn flush(state: &AppState, busy_for: Duration) -> Result<u64, FlushError> 
     loop {
         let round = state
             .accounts
-            .relay_outbox(ROUND, |event| publish(&state.producer, event))
+            .relay_outbox(ROUND, |events| publish(&state.producer, events))
             .await?;
         published += round.published;
         if let Some(e) = round.error {

@@ -59,7 +59,7 @@ async fn a_change_made_while_kafka_is_down_is_acknowledged_and_published_later()
     accounts.migrate().await.expect("migrations");
     let password = SecretString::from("correct horse battery".to_string());
     accounts
-        .register("outbox@example.com", &password)
+        .register("outbox@example.com", &password, |_| Ok(None))
         .await
         .expect("registers");
     let (user, token) = accounts

@@ -79,7 +79,7 @@ impl Gateway {
         let password = SecretString::from("correct horse battery".to_string());
         let email = format!("ws{n}@example.com");
         self.accounts
-            .register(&email, &password)
+            .register(&email, &password, |_| Ok(None))
             .await
             .expect("registers");
         let (user, token) = self
@@ -366,7 +366,7 @@ async fn missing_bad_expired_and_logged_out_tokens_are_refused() {
     let mut open = gw.connect(&format!("token={token}")).await;
     until(&mut open, "ready", control("ready")).await;
     let claims = gw.accounts.authenticate(&token).await.expect("valid");
-    gw.accounts.logout(&claims).await.expect("logs out");
+    gw.accounts.logout(&claims, None).await.expect("logs out");
     match read(&mut open, Duration::from_secs(5)).await {
         Read::Closed(Some((code, reason))) => {
             assert_eq!(code, CloseCode::Policy);

@@ -49,6 +49,14 @@ pub fn watermarks(
         .collect()
 }
 
+/// The `event_type` header every user event carries.
+fn type_header(event_type: &str) -> OwnedHeaders {
+    OwnedHeaders::new().insert(Header {
+        key: "event_type",
+        value: Some(event_type),
+    })
+}
+
 /// Whether a consumer's `positions` ([`Consumer::position`]) have reached `end` on every
 /// `(topic, partition, end)` of `ends`: the test of a read to the end of a log. A
 /// `read_committed` consumer's position passes transaction markers too, so it reaches a
@@ -274,32 +282,13 @@ impl UserEventProducer {
         event: &E,
     ) -> Result<Delivery, MessagingError> {
         let payload = serde_json::to_vec(event)?;
-        self.send_encoded(
+        self.send_raw(
             event.topic(),
             event.user_id().as_str(),
-            event.event_type_str(),
             &payload,
+            Some(type_header(event.event_type_str())),
         )
         .await
-    }
-
-    /// Sends an event encoded earlier (`payload`, of type `event_type`, keyed `key`) as
-    /// [`UserEventProducer::send`] sends one: the outbox relay's path.
-    ///
-    /// # Errors
-    /// Kafka did not acknowledge within the message timeout.
-    pub async fn send_encoded(
-        &self,
-        topic: UserTopic,
-        key: &str,
-        event_type: &str,
-        payload: &[u8],
-    ) -> Result<Delivery, MessagingError> {
-        let headers = OwnedHeaders::new().insert(Header {
-            key: "event_type",
-            value: Some(event_type),
-        });
-        self.send_raw(topic, key, payload, Some(headers)).await
     }
 
     /// Queues `event` for its topic, keyed by its `user_id`, without waiting: records queued
@@ -310,16 +299,27 @@ impl UserEventProducer {
     /// Encoding failed, or the client's queue is full (retryable).
     pub fn enqueue<E: UserEvent + Serialize>(&self, event: &E) -> Result<Queued, MessagingError> {
         let payload = serde_json::to_vec(event)?;
-        let headers = OwnedHeaders::new().insert(Header {
-            key: "event_type",
-            value: Some(event.event_type_str()),
-        });
-        self.enqueue_raw(
+        self.enqueue_encoded(
             event.topic(),
             event.user_id().as_str(),
+            event.event_type_str(),
             &payload,
-            Some(headers),
         )
+    }
+
+    /// Queues an event encoded earlier (`payload`, of type `event_type`, keyed `key`) as
+    /// [`UserEventProducer::enqueue`] queues one: the outbox relay's path.
+    ///
+    /// # Errors
+    /// The client's queue is full (retryable).
+    pub fn enqueue_encoded(
+        &self,
+        topic: UserTopic,
+        key: &str,
+        event_type: &str,
+        payload: &[u8],
+    ) -> Result<Queued, MessagingError> {
+        self.enqueue_raw(topic, key, payload, Some(type_header(event_type)))
     }
 
     /// [`UserEventProducer::enqueue`] for raw bytes under `key`.
