@@ -87,6 +87,26 @@ fn reuse() -> TestStack {
 }
 
 fn start_throwaway() -> Result<TestStack, suho_stack::StackError> {
+    // The ports are free when picked, but another process (another test binary run at the
+    // same time) can take one before the servers bind it: pick again.
+    let mut attempt = 1;
+    loop {
+        match start_throwaway_once() {
+            Err(suho_stack::StackError::PortTaken { .. }) if attempt < 5 => {
+                // `start` stopped what it had started; begin again from an empty directory.
+                let dir = workspace_root()
+                    .join("target")
+                    .join("suho-test-stacks")
+                    .join(std::process::id().to_string());
+                let _ = std::fs::remove_dir_all(dir);
+                attempt += 1;
+            }
+            started => return started,
+        }
+    }
+}
+
+fn start_throwaway_once() -> Result<TestStack, suho_stack::StackError> {
     let root = workspace_root();
     let stacks = root.join("target").join("suho-test-stacks");
     remove_dead_stacks(&stacks);
