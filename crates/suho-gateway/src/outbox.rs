@@ -1,12 +1,13 @@
 //! Publishes the accounts' outbox ([`suho_accounts::outbox`]) to Kafka.
 //!
-//! A profile change (settings, an MT5 link) is stored with its event in one transaction; the
-//! handler then publishes what waits ([`publish_now`]) before it answers, so in the normal case
-//! the event is in Kafka when the caller hears back, as before the outbox. When Kafka does
-//! not answer within [`HANDLER_WAIT`] the change is still acknowledged: it is stored, and
-//! every gateway's relay ([`run`]) keeps publishing the outbox with backoff until Kafka has
-//! it. Nothing acknowledged is lost, and the settings the engine and the agent follow on
-//! `user.settings` catch up with the database.
+//! A change the gateway stores (a registration, a logout, settings, an MT5 link) is stored with
+//! its event in one transaction, and a login's event on its own; the handler then publishes
+//! what waits ([`publish_now`]) before it answers, so in the normal case the event is in Kafka
+//! when the caller hears back, as before the outbox. When Kafka does not answer within
+//! [`HANDLER_WAIT`] the change is still acknowledged: it is stored, and every gateway's relay
+//! ([`run`]) keeps publishing the outbox with backoff until Kafka has it. Nothing acknowledged
+//! is lost: the audit trail on `user.auth` gets every event, and the settings the engine and
+//! the agent follow on `user.settings` catch up with the database.
 
 use std::sync::Arc;
 use std::time::Duration;
