@@ -2,7 +2,7 @@
 //!
 //! A change the gateway stores (a registration, a logout, settings, an MT5 link) is stored with
 //! its event in one transaction, and a login's event on its own; the handler then publishes
-//! what waits ([`publish_now`]) before it answers, so in the normal case the event is in Kafka
+//! what waits (`publish_now`) before it answers, so in the normal case the event is in Kafka
 //! when the caller hears back, as before the outbox. When Kafka does not answer within
 //! [`HANDLER_WAIT`] the change is still acknowledged: it is stored, and every gateway's relay
 //! ([`run`]) keeps publishing the outbox with backoff until Kafka has it. Nothing acknowledged
@@ -51,7 +51,7 @@ pub enum FlushError {
     /// Kafka did not take an event.
     #[error("publishing an outbox event: {0}")]
     Kafka(#[from] MessagingError),
-    /// Kafka did not acknowledge an event within [`PUBLISH_TIMEOUT`].
+    /// Kafka did not acknowledge an event within 4 s (`PUBLISH_TIMEOUT`).
     #[error("publishing an outbox event: no acknowledgement within {} s", PUBLISH_TIMEOUT.as_secs())]
     Timeout,
     /// A stored event names a topic this build does not know (stored by a newer version).
@@ -166,7 +166,7 @@ pub(crate) async fn publish_now(state: &AppState) {
     }
 }
 
-/// The relay: publishes the outbox every [`POLL`] and whenever a handler could not, with
+/// The relay: publishes the outbox every second (`POLL`) and whenever a handler could not, with
 /// backoff while it fails, until `shutdown`.
 pub async fn run(state: Arc<AppState>, shutdown: CancellationToken) {
     let mut backoff = BACKOFF.0;
