@@ -84,14 +84,9 @@ fn auth_event(
     }
 }
 
-/// `event` as the outbox stores it.
-fn stored(event: &AuthEvent) -> Result<suho_accounts::OutboxEvent, AccountError> {
-    outbox::stored(event).map_err(|e| AccountError::Corrupt(format!("auth event: {e}")))
-}
-
 /// Stores `event` on its own and publishes it (a login's, which changes nothing else).
 async fn record(state: &AppState, event: &AuthEvent) -> Result<(), ApiError> {
-    state.accounts.record_event(&stored(event)?).await?;
+    state.accounts.record_event(&outbox::stored(event)?).await?;
     outbox::publish_now(state).await;
     Ok(())
 }
@@ -136,7 +131,7 @@ pub async fn register(
             addr,
             &headers,
         );
-        stored(&event).map(Some)
+        outbox::stored(&event).map(Some)
     };
     let user = state.accounts.register(email, &password, event).await?;
     outbox::publish_now(&state).await;
@@ -255,7 +250,7 @@ pub async fn logout(
     );
     state
         .accounts
-        .logout(&claims, Some(&stored(&event)?))
+        .logout(&claims, Some(&outbox::stored(&event)?))
         .await?;
     outbox::publish_now(&state).await;
     Ok(StatusCode::NO_CONTENT)

@@ -65,15 +65,15 @@ pub enum FlushError {
 /// `event` as the outbox stores it: the record Kafka will get.
 ///
 /// # Errors
-/// The event does not encode (a bug).
-pub fn stored<E: UserEvent + serde::Serialize>(
-    event: &E,
-) -> Result<OutboxEvent, serde_json::Error> {
+/// The event does not encode (a bug), as [`AccountError::Corrupt`] naming its type.
+pub fn stored<E: UserEvent + serde::Serialize>(event: &E) -> Result<OutboxEvent, AccountError> {
+    let payload = serde_json::to_vec(event)
+        .map_err(|e| AccountError::Corrupt(format!("{} event: {e}", event.event_type_str())))?;
     Ok(OutboxEvent {
         topic: event.topic().name().to_string(),
         key: event.user_id().as_str().to_string(),
         event_type: event.event_type_str().to_string(),
-        payload: serde_json::to_vec(event)?,
+        payload,
     })
 }
 

@@ -124,8 +124,7 @@ pub async fn put_settings(
                 Some(value),
                 None,
             );
-            let stored = outbox::stored(&event).map_err(|_| ApiError::Internal)?;
-            Ok::<_, ApiError>((settings, stored))
+            Ok::<_, ApiError>((settings, outbox::stored(&event)?))
         })
         .await?;
     outbox::publish_now(&state).await;
@@ -168,15 +167,15 @@ pub async fn link_mt5(
     // user.settings is compacted to the latest record per user: every record carries the
     // whole settings object, so a link is never the record that erases them.
     let event = |settings: &UserSettings| {
-        let encoding = |e: serde_json::Error| AccountError::Corrupt(format!("link event: {e}"));
-        let value = serde_json::to_value(settings).map_err(encoding)?;
+        let value = serde_json::to_value(settings)
+            .map_err(|e| AccountError::Corrupt(format!("settings: {e}")))?;
         let event = settings_event(
             SettingsEventType::Mt5AccountLinked,
             user_id.clone(),
             Some(value),
             Some(account.clone()),
         );
-        outbox::stored(&event).map_err(encoding)
+        outbox::stored(&event)
     };
     state
         .accounts
