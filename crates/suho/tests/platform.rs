@@ -126,6 +126,13 @@ impl Running {
 }
 
 /// Reads `topic` from the beginning until `done` says so or `limit` passes.
+/// A record as the tests read it: (key, partition, JSON value or `null`).
+fn row(msg: &impl Message) -> (String, i32, Value) {
+    let key = String::from_utf8(msg.key().unwrap_or_default().to_vec()).unwrap();
+    let value = serde_json::from_slice(msg.payload().unwrap_or_default()).unwrap_or(Value::Null);
+    (key, msg.partition(), value)
+}
+
 /// Every record of `topic` up to its end as it stands now (`read_committed`: aborted records
 /// are skipped). Reads by assigning the partitions, so there is no consumer group to join and
 /// no time window to guess: it stops when each partition's position reaches its end.
@@ -181,11 +188,7 @@ async fn read_to_end(env: &TestEnv, topic: UserTopic) -> Vec<(String, i32, Value
         let wake = (tokio::time::Instant::now() + Duration::from_millis(200)).min(deadline);
         match tokio::time::timeout_at(wake, stream.next()).await {
             Ok(Some(msg)) => {
-                let msg = msg.unwrap();
-                let key = String::from_utf8(msg.key().unwrap_or_default().to_vec()).unwrap();
-                let value = serde_json::from_slice(msg.payload().unwrap_or_default())
-                    .unwrap_or(Value::Null);
-                seen.push((key, msg.partition(), value));
+                seen.push(row(&msg.unwrap()));
             }
             Ok(None) => break,
             Err(_) => assert!(
@@ -221,11 +224,7 @@ async fn consume(
         let Ok(Some(msg)) = tokio::time::timeout_at(deadline, stream.next()).await else {
             break;
         };
-        let msg = msg.unwrap();
-        let key = String::from_utf8(msg.key().unwrap_or_default().to_vec()).unwrap();
-        let value =
-            serde_json::from_slice(msg.payload().unwrap_or_default()).unwrap_or(Value::Null);
-        seen.push((key, msg.partition(), value));
+        seen.push(row(&msg.unwrap()));
     }
     seen
 }
