@@ -94,11 +94,7 @@ fn start_throwaway() -> Result<TestStack, suho_stack::StackError> {
         match start_throwaway_once() {
             Err(suho_stack::StackError::PortTaken { .. }) if attempt < 5 => {
                 // `start` stopped what it had started; begin again from an empty directory.
-                let dir = workspace_root()
-                    .join("target")
-                    .join("suho-test-stacks")
-                    .join(std::process::id().to_string());
-                let _ = std::fs::remove_dir_all(dir);
+                let _ = std::fs::remove_dir_all(stacks_dir().join(std::process::id().to_string()));
                 attempt += 1;
             }
             started => return started,
@@ -106,9 +102,14 @@ fn start_throwaway() -> Result<TestStack, suho_stack::StackError> {
     }
 }
 
+/// Where the throwaway stacks keep their data, a directory per test process.
+fn stacks_dir() -> PathBuf {
+    workspace_root().join("target").join("suho-test-stacks")
+}
+
 fn start_throwaway_once() -> Result<TestStack, suho_stack::StackError> {
     let root = workspace_root();
-    let stacks = root.join("target").join("suho-test-stacks");
+    let stacks = stacks_dir();
     remove_dead_stacks(&stacks);
     let dir = stacks.join(std::process::id().to_string());
     let port = || suho_stack::free_port().expect("a free port");
