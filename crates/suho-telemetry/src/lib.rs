@@ -3,6 +3,8 @@
 //!
 //! This crate knows nothing of NATS or Kafka clients; it only names and records.
 
+pub mod output;
+
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -71,13 +73,20 @@ pub fn metrics() -> PrometheusHandle {
 
 /// Sets up `tracing` to stderr: `pretty` (human) or `json`, filtered by `RUST_LOG` or
 /// else `default_filter`. Later calls are ignored.
+///
+/// Lines go through [`output::Stderr`]: a log call never blocks on, or panics because of, a
+/// stderr whose reader has gone; such lines are dropped.
 pub fn init_tracing(format: &str, default_filter: &str) {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    // `log_internal_errors(false)`: on a failed write the subscriber would otherwise report
+    // it with `eprintln!`, which panics when stderr is closed, in whatever thread logged
+    // (a librdkafka rebalance callback among them: the consumer then never closes).
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .log_internal_errors(false)
+        .with_writer(output::Stderr);
     let _ = if format == "json" {
         builder.json().try_init()
     } else {
