@@ -127,6 +127,11 @@ pub async fn run_audit(
             tracing::warn!(error = %e, "committing audit offsets failed; the batch may be read again (and skipped)");
         }
     }
+    // Every stored batch's offsets are committed above; leave the group off the async
+    // workers, within a deadline.
+    if let Err(e) = consumer.close(kafka::CLOSE_DEADLINE).await {
+        tracing::warn!(error = %e, "leaving the consumer group");
+    }
     tracing::info!("audit service stopped");
     Ok(())
 }

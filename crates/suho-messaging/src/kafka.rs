@@ -550,8 +550,97 @@ impl ConsumerContext for LagContext {
     }
 }
 
-/// A consumer of user topics that commits by hand.
-pub type UserConsumer = StreamConsumer<LagContext>;
+/// How long a service waits for its group consumer to close when it stops
+/// ([`UserConsumer::close`]).
+pub const CLOSE_DEADLINE: Duration = Duration::from_secs(3);
+
+/// A consumer that is never closed on an async worker.
+///
+/// It derefs to the rdkafka consumer. Closing one that has a `group.id` (librdkafka revokes
+/// the partitions, serves the rebalance, leaves the group and waits for the coordinator) can
+/// block, with no timeout of its own, so it never happens on an async worker:
+/// [`ClosingConsumer::close`] does it on a thread of its own within a deadline, and dropping
+/// it without `close` hands the same work to such a thread without waiting.
+pub struct ClosingConsumer<C: ConsumerContext + 'static = rdkafka::consumer::DefaultConsumerContext>
+{
+    inner: Option<StreamConsumer<C>>,
+    name: String,
+}
+
+/// A consumer of user topics in a group, that commits by hand.
+pub type UserConsumer = ClosingConsumer<LagContext>;
+
+impl<C: ConsumerContext + 'static> std::ops::Deref for ClosingConsumer<C> {
+    type Target = StreamConsumer<C>;
+
+    fn deref(&self) -> &Self::Target {
+        // Only `close` and `drop` take the consumer out, and both consume `self`.
+        self.inner
+            .as_ref()
+            .expect("a ClosingConsumer holds its consumer until it is closed")
+    }
+}
+
+impl<C: ConsumerContext + 'static> ClosingConsumer<C> {
+    /// Wraps `consumer`; `name` (its group or purpose) names its closing thread and errors.
+    pub fn new(consumer: StreamConsumer<C>, name: impl Into<String>) -> Self {
+        ClosingConsumer {
+            inner: Some(consumer),
+            name: name.into(),
+        }
+    }
+
+    /// Closes the consumer (leaving its group, if it joined one) on a thread of its own,
+    /// waiting at most `deadline`. Offsets are the caller's to commit before (these
+    /// consumers never commit on their own). Past the deadline the thread is left to finish
+    /// alone and the error says so: the process can still exit.
+    ///
+    /// # Errors
+    /// The close did not finish within `deadline` ([`MessagingError::CloseTimedOut`]).
+    pub async fn close(mut self, deadline: Duration) -> Result<(), MessagingError> {
+        let name = self.name.clone();
+        let Some(done) = self.close_in_background() else {
+            return Ok(());
+        };
+        match tokio::time::timeout(deadline, done).await {
+            Ok(_) => {
+                tracing::debug!(consumer = %name, "consumer closed");
+                Ok(())
+            }
+            Err(_) => Err(MessagingError::CloseTimedOut {
+                consumer: name,
+                deadline,
+            }),
+        }
+    }
+
+    /// Moves the consumer to a thread that drops it (rdkafka's drop closes it); the receiver
+    /// fires when that is done. `None` when there was nothing to close, or no thread could
+    /// be started (the consumer is then leaked rather than closed here).
+    fn close_in_background(&mut self) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        let consumer = self.inner.take()?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name(format!("kafka-close-{}", self.name))
+            .spawn(move || {
+                drop(consumer);
+                let _ = tx.send(());
+            });
+        match spawned {
+            Ok(_) => Some(rx),
+            Err(e) => {
+                tracing::warn!(consumer = %self.name, error = %e, "no thread to close the consumer on; leaving it open");
+                None
+            }
+        }
+    }
+}
+
+impl<C: ConsumerContext + 'static> Drop for ClosingConsumer<C> {
+    fn drop(&mut self) {
+        let _ = self.close_in_background();
+    }
+}
 
 /// Creates a consumer in `group` (the configured group prefix is prepended), subscribed
 /// to `topics`: manual commits, `read_committed`, starting from the earliest record for a
@@ -567,7 +656,7 @@ pub fn consumer(
 ) -> Result<UserConsumer, MessagingError> {
     use rdkafka::consumer::Consumer;
     let group_id = format!("{}{group}", config.group_prefix);
-    let consumer: UserConsumer = consumer_config(config, telemetry, &group_id)
+    let consumer: StreamConsumer<LagContext> = consumer_config(config, telemetry, &group_id)
         .create_with_context(LagContext {
             group: group.to_string(),
             prefix: config.topic_prefix.clone(),
@@ -579,7 +668,7 @@ pub fn consumer(
         .collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     consumer.subscribe(&refs)?;
-    Ok(consumer)
+    Ok(ClosingConsumer::new(consumer, group))
 }
 
 /// Counts one consumed record under `kafka_messages_consumed_total{topic,consumer_group}`.

@@ -40,6 +40,15 @@ pub enum MessagingError {
     /// A Kafka client call failed.
     #[error("Kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    /// A consumer did not close (and leave its group) within its deadline; its thread was
+    /// left to finish alone.
+    #[error("the Kafka consumer `{consumer}` did not close within {deadline:?}")]
+    CloseTimedOut {
+        /// The consumer's group (without the configured prefix) or purpose.
+        consumer: String,
+        /// How long it was given.
+        deadline: std::time::Duration,
+    },
     /// The broker refused an admin request about one topic.
     #[error("Kafka admin request for `{topic}`: {code}")]
     Admin {
@@ -69,7 +78,9 @@ impl MessagingError {
                     | Some(rdkafka::types::RDKafkaErrorCode::TopicAuthorizationFailed)
             ),
             MessagingError::Settings(_) => true,
-            MessagingError::Encode(_) | MessagingError::Admin { .. } => false,
+            MessagingError::Encode(_)
+            | MessagingError::Admin { .. }
+            | MessagingError::CloseTimedOut { .. } => false,
         }
     }
 }

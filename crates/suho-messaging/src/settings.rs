@@ -179,7 +179,7 @@ impl SettingsBook {
 
 /// Reads `user.settings` into a [`SettingsBook`].
 pub struct SettingsReader {
-    consumer: StreamConsumer,
+    consumer: crate::kafka::ClosingConsumer,
     book: SettingsBook,
     group: String,
     retry_initial: Duration,
@@ -234,7 +234,7 @@ impl SettingsReader {
         }
         consumer.assign(&assignment)?;
         let reader = SettingsReader {
-            consumer,
+            consumer: crate::kafka::ClosingConsumer::new(consumer, group),
             book,
             group: group.to_string(),
             retry_initial,

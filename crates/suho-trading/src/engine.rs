@@ -345,6 +345,11 @@ impl Engine {
             Err(e) => tracing::warn!(error = %e, "the broker's tick feed panicked"),
             Ok(Ok(())) => {}
         }
+        // Leave the group now, off the async workers and within a deadline, so the partitions
+        // move to another engine at once and nothing is left for a drop to block on.
+        if let Err(e) = self.consumer.close(kafka::CLOSE_DEADLINE).await {
+            tracing::warn!(error = %e, "leaving the consumer group");
+        }
         tracing::info!(group = GROUP, "trading engine stopped");
         result
     }

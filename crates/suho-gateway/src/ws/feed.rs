@@ -107,7 +107,7 @@ fn symbol_of(subject: &str) -> Option<Symbol> {
 /// The live user-event consumer, assigned every partition of the streamed topics at their
 /// current end.
 pub struct UserFeed {
-    consumer: StreamConsumer,
+    consumer: suho_messaging::kafka::ClosingConsumer,
     prefix: String,
 }
 
@@ -157,7 +157,10 @@ impl UserFeed {
             tpl.add_partition_offset(topic, *partition, Offset::Offset(*end))?;
         }
         consumer.assign(&tpl)?;
-        Ok(UserFeed { consumer, prefix })
+        Ok(UserFeed {
+            consumer: suho_messaging::kafka::ClosingConsumer::new(consumer, "gateway-ws"),
+            prefix,
+        })
     }
 
     /// Routes every record by key until `shutdown`. Read errors are logged and retried.
