@@ -11,8 +11,13 @@ use rdkafka::ClientConfig;
 
 use crate::process::{run, wait_ready, ManagedProcess};
 use crate::{Service, StackError, StackSpec, Tools};
+use std::sync::atomic::AtomicBool;
 
-pub(crate) fn start(spec: &StackSpec, tools: &Tools) -> Result<ManagedProcess, StackError> {
+pub(crate) fn start(
+    spec: &StackSpec,
+    tools: &Tools,
+    cancel: &AtomicBool,
+) -> Result<ManagedProcess, StackError> {
     let home = spec.dir.join("kafka");
     let data = home.join("data");
     std::fs::create_dir_all(&data).map_err(|e| StackError::io(&data, e))?;
@@ -51,7 +56,7 @@ pub(crate) fn start(spec: &StackSpec, tools: &Tools) -> Result<ManagedProcess, S
     tracing::info!(port = spec.kafka_port, version = %spec.kafka_version, "starting Apache Kafka");
     let mut proc = ManagedProcess::spawn(spec, Service::Kafka, cmd)?;
     let bootstrap = spec.kafka_bootstrap();
-    wait_ready(spec, &mut proc, Duration::from_secs(90), || {
+    wait_ready(spec, &mut proc, cancel, Duration::from_secs(90), || {
         metadata(&bootstrap)
     })?;
     Ok(proc)

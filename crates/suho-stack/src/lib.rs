@@ -20,10 +20,11 @@ mod process;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
 
 pub use install::{install, Tools};
-pub use process::ManagedProcess;
+pub use process::{kill_children, ManagedProcess, STOP_GRACE};
 
 /// Why the stack could not be installed, started or stopped. Each message says what is
 /// missing or wrong and what to do about it.
@@ -66,6 +67,13 @@ pub enum StackError {
         detail: String,
         /// Its log file.
         log: String,
+    },
+    /// The start was cancelled (a signal) while `service` was starting; what this call had
+    /// started is stopped again.
+    #[error("cancelled while {service} was starting")]
+    Cancelled {
+        /// The service that was starting.
+        service: Service,
     },
     /// File-system trouble under the stack directory.
     #[error("{path}: {source}")]
@@ -242,6 +250,19 @@ pub struct Started {
 /// A port held by a stranger, a failed `initdb` or Kafka format, or a server that exits
 /// or does not become ready in time; on error, what this call started is stopped again.
 pub fn start(spec: &StackSpec, tools: &Tools) -> Result<Started, StackError> {
+    start_cancellable(spec, tools, &AtomicBool::new(false))
+}
+
+/// [`start`], which gives up when `cancel` is set (checked while it waits for a server to
+/// become ready): it then stops what it started and returns [`StackError::Cancelled`].
+///
+/// # Errors
+/// As [`start`], and [`StackError::Cancelled`].
+pub fn start_cancellable(
+    spec: &StackSpec,
+    tools: &Tools,
+    cancel: &AtomicBool,
+) -> Result<Started, StackError> {
     for sub in ["logs", "run"] {
         let d = spec.dir.join(sub);
         std::fs::create_dir_all(&d).map_err(|e| StackError::io(&d, e))?;
@@ -254,9 +275,9 @@ pub fn start(spec: &StackSpec, tools: &Tools) -> Result<Started, StackError> {
             continue;
         }
         let result = check_port_free(spec, service).and_then(|()| match service {
-            Service::Nats => nats::start(spec, tools),
-            Service::Postgres => postgres::start(spec, tools),
-            Service::Kafka => kafka::start(spec, tools),
+            Service::Nats => nats::start(spec, tools, cancel),
+            Service::Postgres => postgres::start(spec, tools, cancel),
+            Service::Kafka => kafka::start(spec, tools, cancel),
         });
         match result {
             Ok(proc) => out.started.push(proc),
@@ -296,15 +317,23 @@ fn check_port_free(spec: &StackSpec, service: Service) -> Result<(), StackError>
     Ok(())
 }
 
-/// Stops the given processes (started by this process), all at once, within about 10 s.
-pub fn stop_processes(procs: &mut Vec<ManagedProcess>) {
+/// Stops the given processes (started by this process), all at once: each gets
+/// [`STOP_GRACE`] to stop cleanly, then is killed. Returns those still running after that
+/// (none, unless a SIGKILL did not take).
+pub fn stop_processes(procs: &mut Vec<ManagedProcess>) -> Vec<Service> {
     for p in procs.iter() {
         p.signal_stop();
     }
+    let deadline = Instant::now() + STOP_GRACE;
+    let mut left = Vec::new();
     for p in procs.iter_mut() {
-        p.wait_or_kill(Duration::from_secs(8));
+        let grace = deadline.saturating_duration_since(Instant::now());
+        if !p.wait_or_kill(grace) {
+            left.push(p.service);
+        }
     }
     procs.clear();
+    left
 }
 
 /// Stops every service of `spec.dir` that its pid file says is running, whoever started it.

@@ -8,8 +8,13 @@ use std::time::Duration;
 
 use crate::process::{wait_ready, ManagedProcess};
 use crate::{Service, StackError, StackSpec, Tools};
+use std::sync::atomic::AtomicBool;
 
-pub(crate) fn start(spec: &StackSpec, tools: &Tools) -> Result<ManagedProcess, StackError> {
+pub(crate) fn start(
+    spec: &StackSpec,
+    tools: &Tools,
+    cancel: &AtomicBool,
+) -> Result<ManagedProcess, StackError> {
     let home = spec.dir.join("nats");
     let store = home.join("jetstream");
     std::fs::create_dir_all(&store).map_err(|e| StackError::io(&store, e))?;
@@ -31,7 +36,9 @@ pub(crate) fn start(spec: &StackSpec, tools: &Tools) -> Result<ManagedProcess, S
     tracing::info!(port = spec.nats_port, "starting nats-server");
     let mut proc = ManagedProcess::spawn(spec, Service::Nats, cmd)?;
     let addr = SocketAddr::from(([127, 0, 0, 1], spec.nats_port));
-    wait_ready(spec, &mut proc, Duration::from_secs(20), || greets(addr))?;
+    wait_ready(spec, &mut proc, cancel, Duration::from_secs(20), || {
+        greets(addr)
+    })?;
     Ok(proc)
 }
 

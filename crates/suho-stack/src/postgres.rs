@@ -9,8 +9,13 @@ use std::time::Duration;
 
 use crate::process::{run, wait_ready, ManagedProcess};
 use crate::{Service, StackError, StackSpec, Tools};
+use std::sync::atomic::AtomicBool;
 
-pub(crate) fn start(spec: &StackSpec, tools: &Tools) -> Result<ManagedProcess, StackError> {
+pub(crate) fn start(
+    spec: &StackSpec,
+    tools: &Tools,
+    cancel: &AtomicBool,
+) -> Result<ManagedProcess, StackError> {
     let home = spec.dir.join("postgres");
     let data = home.join("data");
     let owner = server_user()?;
@@ -61,7 +66,7 @@ pub(crate) fn start(spec: &StackSpec, tools: &Tools) -> Result<ManagedProcess, S
     tracing::info!(port = spec.pg_port, "starting PostgreSQL");
     let mut proc = ManagedProcess::spawn(spec, Service::Postgres, cmd)?;
     let isready = tools.pg_bin.join("pg_isready");
-    wait_ready(spec, &mut proc, Duration::from_secs(30), || {
+    wait_ready(spec, &mut proc, cancel, Duration::from_secs(30), || {
         let out = Command::new(&isready)
             .args([
                 "-h",

@@ -6,9 +6,13 @@ use std::fs::OpenOptions;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::{Service, StackError, StackSpec};
+
+/// How long a server gets to stop cleanly before it is killed.
+pub const STOP_GRACE: Duration = Duration::from_secs(4);
 
 /// A server process of the stack.
 #[derive(Debug)]
@@ -97,8 +101,9 @@ impl ManagedProcess {
         send(self.pid, sig);
     }
 
-    /// Waits for the process to exit; after `grace`, kills it. Removes the pid file.
-    pub fn wait_or_kill(&mut self, grace: Duration) {
+    /// Waits for the process to exit; after `grace`, kills it (and waits at most 2 s
+    /// more). Removes the pid file once it has exited. Returns whether it has.
+    pub fn wait_or_kill(&mut self, grace: Duration) -> bool {
         let deadline = Instant::now() + grace;
         while self.is_alive() {
             if Instant::now() >= deadline {
@@ -110,10 +115,15 @@ impl ManagedProcess {
                 }
                 break;
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if self.is_alive() {
+            tracing::error!(service = %self.service, pid = self.pid, "still running after SIGKILL");
+            return false;
         }
         let _ = std::fs::remove_file(&self.pid_file);
         tracing::info!(service = %self.service, "stopped");
+        true
     }
 }
 
@@ -125,6 +135,57 @@ fn send(pid: u32, sig: libc::c_int) {
     unsafe {
         libc::kill(pid, sig);
     }
+}
+
+/// Stops every child process of this process at once, with no clean shutdown: the last
+/// resort of a stop that took too long (the servers this process started are its
+/// children; servers it reused are not). PostgreSQL's postmaster gets SIGQUIT (immediate
+/// shutdown, which also ends its backends), everything else SIGKILL; whatever still runs a
+/// second later gets SIGKILL too. Returns `(pid, name)` of those still running after that.
+pub fn kill_children() -> Vec<(u32, String)> {
+    let me = std::process::id();
+    let children: Vec<(u32, String)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let (head, rest) = stat.rsplit_once(')')?;
+            let mut fields = rest.split_whitespace();
+            let state = fields.next()?;
+            let ppid: u32 = fields.next()?.parse().ok()?;
+            let name = head.split_once('(')?.1.to_string();
+            (ppid == me && state != "Z" && state != "X").then_some((pid, name))
+        })
+        .collect();
+    for (pid, name) in &children {
+        send(
+            *pid,
+            if name == "postgres" {
+                libc::SIGQUIT
+            } else {
+                libc::SIGKILL
+            },
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while children.iter().any(|(pid, _)| pid_alive(*pid)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for (pid, _) in &children {
+        if pid_alive(*pid) {
+            send(*pid, libc::SIGKILL);
+        }
+    }
+    let hard = Instant::now() + Duration::from_secs(1);
+    while children.iter().any(|(pid, _)| pid_alive(*pid)) && Instant::now() < hard {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    children
+        .into_iter()
+        .filter(|(pid, _)| pid_alive(*pid))
+        .collect()
 }
 
 /// Whether `pid` names a live (non-zombie) process.
@@ -160,15 +221,24 @@ pub(crate) fn running_pid(spec: &StackSpec, service: Service) -> Option<u32> {
     cmdline.contains(marker).then_some(pid)
 }
 
-/// Polls `ready` every 100 ms until it answers `Ok`, the process dies, or `limit` passes.
+/// Polls `ready` every 100 ms until it answers `Ok`, the process dies, `limit` passes, or
+/// `cancel` is set (the process is then stopped again).
 pub(crate) fn wait_ready(
     spec: &StackSpec,
     proc: &mut ManagedProcess,
+    cancel: &AtomicBool,
     limit: Duration,
     mut ready: impl FnMut() -> Result<(), String>,
 ) -> Result<(), StackError> {
     let started = Instant::now();
     loop {
+        if cancel.load(Ordering::SeqCst) {
+            proc.signal_stop();
+            proc.wait_or_kill(STOP_GRACE);
+            return Err(StackError::Cancelled {
+                service: proc.service,
+            });
+        }
         let last = match ready() {
             Ok(()) => {
                 tracing::info!(service = %proc.service, pid = proc.pid, elapsed = ?started.elapsed(), "ready");
@@ -188,7 +258,7 @@ pub(crate) fn wait_ready(
         }
         if started.elapsed() > limit {
             proc.signal_stop();
-            proc.wait_or_kill(Duration::from_secs(5));
+            proc.wait_or_kill(STOP_GRACE);
             return Err(StackError::NotReady {
                 service: proc.service,
                 waited: started.elapsed(),
