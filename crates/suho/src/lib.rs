@@ -13,6 +13,7 @@
 //! historical backfill behind `suho backfill`).
 
 pub mod polygon;
+pub mod shutdown;
 pub mod web;
 
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use secrecy::SecretString;
+use shutdown::Running;
 use suho_accounts::Accounts;
 use suho_config::Config;
 use suho_domain::Symbol;
@@ -98,11 +100,24 @@ impl Application {
     }
 
     /// Runs every service until `shutdown` is cancelled or one of them fails; then stops
-    /// the rest and waits (at most 5 s) for them to finish.
+    /// the rest and waits (at most [`SERVICES_STOP_WITHIN`]) for them to finish.
     ///
     /// # Errors
     /// The first service that failed, by name.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        self.run_tracked(shutdown, &Running::default()).await
+    }
+
+    /// [`Application::run`], noting each service in `running` while it runs (the
+    /// [`shutdown::Watchdog`] names what did not stop).
+    ///
+    /// # Errors
+    /// The first service that failed, by name.
+    pub async fn run_tracked(
+        self,
+        shutdown: CancellationToken,
+        running: &Running,
+    ) -> anyhow::Result<()> {
         let Application {
             config,
             listener,
@@ -114,19 +129,24 @@ impl Application {
         } = self;
         let symbols = configured_symbols(&config.market)?;
         let stop = shutdown.child_token();
-        let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
+        let mut tasks = Tasks {
+            set: JoinSet::new(),
+            running: running.clone(),
+        };
         let every = Duration::from_millis(config.telemetry.heartbeat_interval_ms);
 
         // Market domain.
         let token = stop.clone();
-        tasks.spawn(async move { ("data-bridge", bridge.run(token).await.map_err(Into::into)) });
+        tasks.spawn("data-bridge", async move {
+            bridge.run(token).await.map_err(Into::into)
+        });
         // One tick subscription for the process, shared by every service that reads ticks.
         let mut hub = TickHub::new();
         let (signal_ticks, _) = hub.listen("signals");
         let (price_ticks, _) = hub.listen("price-service");
         let (analytics_ticks, _) = hub.listen("market-analytics");
         let ticks = hub.run(bus.clone(), stop.clone());
-        tasks.spawn(async move { ("tick-hub", ticks.await.map_err(Into::into)) });
+        tasks.spawn("tick-hub", async move { ticks.await.map_err(Into::into) });
         let mut signals = suho_signals::SignalsConfig::new(symbols.clone());
         signals.state_dir = Some(config.stack.dir.join("signals"));
         // After a restart the strategies and indicators pick up from the stored candles.
@@ -134,7 +154,7 @@ impl Application {
         signals.history = history.clone();
         let signals =
             suho_signals::run_signals_on(bus.clone(), signals, signal_ticks, stop.clone());
-        tasks.spawn(async move { ("signals", signals.await.map_err(Into::into)) });
+        tasks.spawn("signals", async move { signals.await.map_err(Into::into) });
         let price = run_price_service_on(
             bus.clone(),
             PriceServiceConfig {
@@ -145,7 +165,10 @@ impl Application {
             price_ticks,
             stop.clone(),
         );
-        tasks.spawn(async move { ("price-service", price.await.map_err(Into::into)) });
+        tasks.spawn(
+            "price-service",
+            async move { price.await.map_err(Into::into) },
+        );
         let analytics = run_analytics_on(
             bus.clone(),
             AnalyticsConfig {
@@ -155,9 +178,11 @@ impl Application {
             analytics_ticks,
             stop.clone(),
         );
-        tasks.spawn(async move { ("market-analytics", analytics.await.map_err(Into::into)) });
+        tasks.spawn("market-analytics", async move {
+            analytics.await.map_err(Into::into)
+        });
         let feed = feed_task(&config, &bus, &symbols, &stop)?;
-        tasks.spawn(async move { ("market-feed", feed.await) });
+        tasks.spawn("market-feed", feed);
 
         // User domain.
         let audit = suho_audit::run_audit(
@@ -167,16 +192,13 @@ impl Application {
             suho_audit::AuditConfig::default(),
             stop.clone(),
         );
-        tasks.spawn(async move { ("audit", audit.await.map_err(Into::into)) });
+        tasks.spawn("audit", async move { audit.await.map_err(Into::into) });
         if config.trading.engine_enabled {
             let engine = suho_trading::Engine::new(&config, bus.clone(), producer.clone())
                 .context("creating the trading engine")?;
             let token = stop.clone();
-            tasks.spawn(async move {
-                (
-                    "trading-engine",
-                    engine.run(token).await.map_err(Into::into),
-                )
+            tasks.spawn("trading-engine", async move {
+                engine.run(token).await.map_err(Into::into)
             });
         }
 
@@ -187,7 +209,7 @@ impl Application {
                 producer.clone(),
                 stop.clone(),
             );
-            tasks.spawn(async move { ("agent", agent.await.map_err(Into::into)) });
+            tasks.spawn("agent", async move { agent.await.map_err(Into::into) });
         }
 
         // Gateway.
@@ -211,13 +233,13 @@ impl Application {
         )
         .await
         .context("starting the WebSocket hub")?;
-        tasks.spawn(async move { ("ws-hub", ws_task.await.map_err(Into::into)) });
+        tasks.spawn("ws-hub", async move { ws_task.await.map_err(Into::into) });
         let token = stop.clone();
         let web_dir = config.http.web_dir.clone();
-        tasks.spawn(async move {
-            let served =
-                suho_gateway::serve_web(listener, state, Some(ws), Some(web_dir), token).await;
-            ("gateway", served.map_err(Into::into))
+        tasks.spawn("gateway", async move {
+            suho_gateway::serve_web(listener, state, Some(ws), Some(web_dir), token)
+                .await
+                .map_err(Into::into)
         });
 
         // Heartbeats of every service in this process.
@@ -243,12 +265,13 @@ impl Application {
                 every,
                 stop.clone(),
             );
-            tasks.spawn(async move {
+            tasks.spawn("heartbeat", async move {
                 beat.await;
-                ("heartbeat", Ok(()))
+                Ok(())
             });
         }
 
+        let mut tasks = tasks.set;
         let mut failure = None;
         tokio::select! {
             () = stop.cancelled() => {}
@@ -257,7 +280,7 @@ impl Application {
                 stop.cancel();
             }
         }
-        let drained = tokio::time::timeout(Duration::from_secs(5), async {
+        let drained = tokio::time::timeout(SERVICES_STOP_WITHIN, async {
             while let Some(joined) = tasks.join_next().await {
                 if let (name, Err(e)) = describe(joined) {
                     tracing::error!(service = name, error = %format!("{e:#}"), "stopped with an error");
@@ -265,8 +288,8 @@ impl Application {
             }
         })
         .await;
-        if drained.is_err() {
-            tracing::warn!("some services did not stop within 5 s; abandoning them");
+        let abandoned = drained.is_err().then(|| running.names().join(", "));
+        if abandoned.is_some() {
             tasks.abort_all();
         }
         match failure {
@@ -274,8 +297,34 @@ impl Application {
             Some((name, Ok(()))) if !shutdown.is_cancelled() => {
                 Err(anyhow::anyhow!("service `{name}` stopped unexpectedly"))
             }
-            _ => Ok(()),
+            _ => match abandoned {
+                Some(names) => Err(anyhow::anyhow!(
+                    "services did not stop within {}s and were abandoned: {names}",
+                    SERVICES_STOP_WITHIN.as_secs()
+                )),
+                None => Ok(()),
+            },
         }
+    }
+}
+
+/// How long [`Application::run`] waits for its services to stop once told to.
+pub const SERVICES_STOP_WITHIN: Duration = Duration::from_secs(3);
+
+/// The platform's tasks, each named, and noted in a [`Running`] while it runs.
+struct Tasks {
+    set: JoinSet<(&'static str, anyhow::Result<()>)>,
+    running: Running,
+}
+
+impl Tasks {
+    fn spawn(
+        &mut self,
+        name: &'static str,
+        task: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    ) {
+        let task = self.running.track(name, task);
+        self.set.spawn(async move { (name, task.await) });
     }
 }
 
@@ -423,10 +472,10 @@ pub async fn queue_money(
         .send(&command)
         .await
         .context("queuing the command on user.commands")?;
-    println!(
+    suho_telemetry::output::stdout_line(&format!(
         "{{\"status\":\"queued\",\"command_id\":\"{}\"}}",
         command.event_id
-    );
+    ));
     Ok(())
 }
 
@@ -471,10 +520,10 @@ pub async fn audit_export(
             records.len(),
             log.len()
         );
-        eprintln!(
+        suho_telemetry::output::stderr_line(&format!(
             "verified: {} records, the same in the store and in Kafka",
             records.len()
-        );
+        ));
     }
     let mut out = std::io::stdout().lock();
     suho_audit::write_export(&mut out, &records, format).context("writing the export")

@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use suho::shutdown::Watchdog;
+use tokio_util::sync::CancellationToken;
 
 /// mimalloc: per-thread free lists instead of glibc's arena locks, which the market path
 /// (a message, a header map and a parsed tick per tick) spent a fifth of its CPU in.
@@ -240,16 +242,26 @@ enum StackAction {
     Install,
 }
 
+/// `println!`, except that a reader that has gone (a closed pipe or terminal) loses the line
+/// instead of panicking the process.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        suho_telemetry::output::stdout_line(&format!($($arg)*))
+    };
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    let code = match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // `{:#}` prints the whole context chain on one line, without a backtrace.
-            eprintln!("suho: error: {e:#}");
+            suho_telemetry::output::stderr_line(&format!("suho: error: {e:#}"));
             std::process::ExitCode::FAILURE
         }
-    }
+    };
+    suho_telemetry::output::flush(std::time::Duration::from_secs(1));
+    code
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -265,12 +277,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     suho_telemetry::init_tracing(&config.telemetry.log_format, log_filter);
     match cli.command {
-        Command::Up => runtime()?.block_on(up(config)),
+        Command::Up => stoppable("suho up", |token, dog| up(config, token, dog)),
         Command::Topics {
             action: TopicsAction::Apply { fix },
-        } => runtime()?.block_on(async {
+        } => block_on(async {
             let report = suho_messaging::topics::apply(&config.kafka, fix).await?;
-            print!("{report}");
+            suho_telemetry::output::stdout_text(&report.to_string());
             let unresolved = report.unresolved().count();
             if unresolved > 0 {
                 anyhow::bail!("{unresolved} setting(s) differ from the contract; `suho topics apply --fix` repairs what Kafka allows");
@@ -285,7 +297,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     seconds,
                     nats_url,
                 },
-        } => runtime()?.block_on(async {
+        } => stoppable_bench("suho bench market", async {
             let mut opts = suho_bench::MarketBenchOptions::default();
             if let Some(r) = rates {
                 opts.rates = r;
@@ -293,7 +305,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             opts.duration = std::time::Duration::from_secs(seconds);
             opts.nats_url = nats_url;
             let report = suho_bench::bench_market(opts).await?;
-            println!("{report}");
+            say!("{report}");
             Ok(())
         }),
         Command::Bench {
@@ -305,7 +317,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     database_url,
                     nats_url,
                 },
-        } => runtime()?.block_on(async {
+        } => stoppable_bench("suho bench bridge", async {
             let opts = suho_bench::BridgeBenchOptions {
                 rows,
                 batch,
@@ -315,7 +327,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ..suho_bench::BridgeBenchOptions::default()
             };
             let report = suho_bench::bench_bridge(opts).await?;
-            println!("{report}");
+            say!("{report}");
             Ok(())
         }),
         Command::Bench {
@@ -328,7 +340,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     path,
                     p99_bound_ms,
                 },
-        } => runtime()?.block_on(async {
+        } => stoppable_bench("suho bench trading", async {
             let defaults = suho_bench::TradingBenchOptions::default();
             let paths = match path.as_str() {
                 "http" => vec![suho_bench::TradingPath::Http],
@@ -336,7 +348,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 _ => defaults.paths.clone(),
             };
             let opts = suho_bench::TradingBenchOptions {
-                rates: rate.map(|r| vec![r]).or(sweep).unwrap_or(defaults.rates.clone()),
+                rates: rate
+                    .map(|r| vec![r])
+                    .or(sweep)
+                    .unwrap_or(defaults.rates.clone()),
                 duration: std::time::Duration::from_secs(duration),
                 users,
                 paths,
@@ -350,7 +365,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ..defaults
             };
             let report = suho_bench::bench_trading(opts).await?;
-            println!("{report}");
+            say!("{report}");
             Ok(())
         }),
         Command::Bench {
@@ -364,7 +379,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     symbols,
                     p99_bound_ms,
                 },
-        } => runtime()?.block_on(async {
+        } => stoppable_bench("suho bench gateway", async {
             let defaults = suho_bench::GatewayBenchOptions::default();
             let opts = suho_bench::GatewayBenchOptions {
                 clients: clients.unwrap_or(defaults.clients),
@@ -384,21 +399,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 },
             };
             let report = suho_bench::bench_gateway(opts).await?;
-            println!("{report}");
+            say!("{report}");
             Ok(())
         }),
         Command::Config => {
-            println!("{config:#?}");
+            say!("{config:#?}");
             Ok(())
         }
-        Command::Engine => runtime()?.block_on(async {
-            let shutdown = tokio_util::sync::CancellationToken::new();
-            let signal = shutdown.clone();
-            tokio::spawn(async move {
-                wait_for_signal().await;
-                signal.cancel();
-            });
-            suho::run_engine(&config, shutdown).await
+        Command::Engine => stoppable("suho engine", |token, dog| async move {
+            dog.running()
+                .track("trading-engine", suho::run_engine(&config, token))
+                .await
         }),
         Command::Account { action } => {
             let (user, amount, withdrawal) = match action {
@@ -407,7 +418,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let amount = suho_domain::num::parse_decimal(&amount)
                 .map_err(|e| anyhow::anyhow!("--amount: {e}"))?;
-            runtime()?.block_on(suho::queue_money(&config, &user, amount, withdrawal))
+            block_on(suho::queue_money(&config, &user, amount, withdrawal))
         }
         Command::Audit {
             action:
@@ -419,14 +430,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     verify,
                 },
         } => {
-            let format: suho_audit::ExportFormat = format
-                .parse()
-                .map_err(|e: String| anyhow::anyhow!(e))?;
+            let format: suho_audit::ExportFormat =
+                format.parse().map_err(|e: String| anyhow::anyhow!(e))?;
             let from = suho::polygon::parse_bound(&from, false).context("--from")?;
             // A day includes its last millisecond; the range's end is excluded.
             let to = suho::polygon::parse_bound(&to, true).context("--to")?;
-            let to = if to % 86_400_000 == 86_399_999 { to + 1 } else { to };
-            runtime()?.block_on(suho::audit_export(&config, &user, from, to, format, verify))
+            let to = if to % 86_400_000 == 86_399_999 {
+                to + 1
+            } else {
+                to
+            };
+            block_on(suho::audit_export(&config, &user, from, to, format, verify))
         }
         Command::Backfill {
             symbols,
@@ -451,7 +465,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 publish: !no_publish,
                 progress: true,
             };
-            runtime()?.block_on(backfill(config, request))
+            stoppable("suho backfill", |token, dog| async move {
+                dog.running()
+                    .track("backfill", backfill(config, request, token))
+                    .await
+            })
         }
     }
 }
@@ -460,16 +478,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 async fn backfill(
     config: suho_config::Config,
     request: suho::polygon::BackfillRequest,
+    shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let signal = shutdown.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        signal.cancel();
-    });
     let summaries = suho::polygon::backfill(&config, &request, &shutdown).await?;
     for s in summaries {
-        println!(
+        say!(
             "{} {}: {} bars stored in {} pages{}",
             s.symbol,
             s.timeframe,
@@ -488,22 +501,21 @@ fn stack(config: &suho_config::Config, action: StackAction) -> anyhow::Result<()
             suho_stack::install(&spec)?;
         }
         StackAction::Up => {
-            let tools = suho_stack::install(&spec)?;
-            let started = suho_stack::start(&spec, &tools)?;
+            let started = stoppable("suho stack up", |token, _| stack_up(spec, token))?;
             for p in &started.started {
-                println!("{:<9} started (pid {})", p.service.name(), p.pid);
+                say!("{:<9} started (pid {})", p.service.name(), p.pid);
             }
             for s in &started.reused {
-                println!("{:<9} already running", s.name());
+                say!("{:<9} already running", s.name());
             }
         }
         StackAction::Down => {
             let stopped = suho_stack::stop(&spec);
             if stopped.is_empty() {
-                println!("nothing was running");
+                say!("nothing was running");
             }
             for s in stopped {
-                println!("{:<9} stopped", s.name());
+                say!("{:<9} stopped", s.name());
             }
         }
         StackAction::Status => {
@@ -514,98 +526,175 @@ fn stack(config: &suho_config::Config, action: StackAction) -> anyhow::Result<()
                     (None, true) => "port in use by another process".to_string(),
                     (None, false) => "stopped".to_string(),
                 };
-                println!("{:<9} 127.0.0.1:{:<5} {state}", s.service.name(), s.port);
+                say!("{:<9} 127.0.0.1:{:<5} {state}", s.service.name(), s.port);
             }
         }
     }
     Ok(())
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
+/// Runs `work` on a new runtime and then shuts the runtime down, waiting at most 1 s for
+/// tasks still blocked in a library call (they must not keep the process alive).
+fn block_on<T>(work: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?)
+        .build()?;
+    let out = runtime.block_on(work);
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    out
 }
 
-/// `suho up`: the stack (if managed and not running), topics, then the platform until
-/// Ctrl-C or SIGTERM; then the platform stops, then the stack servers this run started.
-async fn up(config: suho_config::Config) -> anyhow::Result<()> {
+/// Runs a long command (`what`, as the user typed it) that Ctrl-C, SIGTERM and SIGHUP stop:
+/// the handlers are installed before `work` starts anything; the first signal cancels the
+/// token `work` gets, and the watchdog ends the process if the stop takes longer than
+/// [`suho::shutdown::STOP_DEADLINE`] (a second signal ends it at once).
+fn stoppable<T, F, Fut>(what: &str, work: F) -> anyhow::Result<T>
+where
+    F: FnOnce(CancellationToken, Watchdog) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
     use anyhow::Context;
+    let dog = Watchdog::new(what);
+    block_on(async move {
+        let token = CancellationToken::new();
+        let _signals = suho::shutdown::on_signals(token.clone(), dog.clone())
+            .context("installing the signal handlers")?;
+        work(token, dog).await
+    })
+}
+
+/// A benchmark that a signal interrupts: its future is dropped, which stops the throwaway
+/// servers it started (their guards' `Drop`), and the run ends with an error.
+fn stoppable_bench(
+    what: &str,
+    bench: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    stoppable(what, |token, dog| async move {
+        let _step = dog.running().enter("benchmark");
+        tokio::select! {
+            r = bench => r,
+            () = token.cancelled() => Err(anyhow::anyhow!("interrupted; no report")),
+        }
+    })
+}
+
+/// `suho stack up`: install what is missing and start the servers (they keep running after
+/// it returns). A signal while it waits for a server stops what it had started.
+async fn stack_up(
+    spec: suho_stack::StackSpec,
+    token: CancellationToken,
+) -> anyhow::Result<suho_stack::Started> {
+    Ok(start_stack(spec, token).await??)
+}
+
+/// Installs what is missing and starts the stack on a blocking thread; the start gives up
+/// (and stops what it started) when `token` is cancelled.
+async fn start_stack(
+    spec: suho_stack::StackSpec,
+    token: CancellationToken,
+) -> anyhow::Result<Result<suho_stack::Started, suho_stack::StackError>> {
+    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = std::sync::Arc::clone(&cancel);
+    let watch = tokio::spawn(async move {
+        token.cancelled().await;
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    let started = tokio::task::spawn_blocking(move || {
+        let tools = suho_stack::install(&spec)?;
+        suho_stack::start_cancellable(&spec, &tools, &cancel)
+    })
+    .await;
+    watch.abort();
+    Ok(started?)
+}
+
+/// `suho up`: the stack (if managed and not running), topics, then the platform until a
+/// signal; then the platform stops, then the stack servers this run started.
+async fn up(
+    config: suho_config::Config,
+    token: CancellationToken,
+    dog: Watchdog,
+) -> anyhow::Result<()> {
     let mut started = Vec::new();
     if config.stack.manage {
         let spec = suho_stack::StackSpec::from_config(&config)?;
-        let s = tokio::task::spawn_blocking(move || {
-            let tools = suho_stack::install(&spec)?;
-            suho_stack::start(&spec, &tools)
-        })
-        .await??;
-        started = s.started;
+        let step = dog.running().enter("starting the stack");
+        match start_stack(spec, token.clone()).await? {
+            Ok(s) => started = s.started,
+            // Stopped by a signal: the start stopped what it had started.
+            Err(suho_stack::StackError::Cancelled { service }) => {
+                tracing::info!(%service, "stopped while the stack was starting");
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        }
+        drop(step);
     }
     // The dashboard the gateway serves at `/`: built with npm when missing or stale. Without
-    // it the API still runs, and `/` says how to build it.
+    // it the API still runs, and `/` says how to build it. A signal does not wait for npm.
     let web_dir = config.http.web_dir.clone();
-    match tokio::task::spawn_blocking(move || suho::web::ensure_built(&web_dir)).await? {
-        Ok(suho::web::WebBuild::Built { .. }) => tracing::info!("dashboard built"),
-        Ok(_) => {}
-        Err(e) => tracing::warn!("the dashboard is not built: {e:#}"),
+    let build = tokio::task::spawn_blocking(move || suho::web::ensure_built(&web_dir));
+    let built = dog
+        .running()
+        .track("building the dashboard", async {
+            tokio::select! {
+                r = build => Some(r),
+                () = token.cancelled() => None,
+            }
+        })
+        .await;
+    match built {
+        Some(Ok(Ok(suho::web::WebBuild::Built { .. }))) => tracing::info!("dashboard built"),
+        Some(Ok(Ok(_))) | None => {}
+        Some(Ok(Err(e))) => tracing::warn!("the dashboard is not built: {e:#}"),
+        Some(Err(e)) => tracing::warn!("the dashboard build did not finish: {e}"),
     }
-    let result = platform(config).await;
+    let result = if token.is_cancelled() {
+        Ok(())
+    } else {
+        platform(config, token, dog.running()).await
+    };
     if !started.is_empty() {
         tracing::info!("stopping the stack servers this run started");
-        tokio::task::spawn_blocking(move || suho_stack::stop_processes(&mut started))
-            .await
-            .context("stopping the stack")?;
+        let _step = dog.running().enter("stopping the stack servers");
+        suho_trading::failpoint::stall("up.stop_servers");
+        let stop = tokio::task::spawn_blocking(move || suho_stack::stop_processes(&mut started));
+        let left = stop.await?;
+        if !left.is_empty() {
+            let names: Vec<&str> = left.iter().map(|s| s.name()).collect();
+            anyhow::bail!("still running after SIGKILL: {}", names.join(", "));
+        }
     }
     result
 }
 
-async fn platform(config: suho_config::Config) -> anyhow::Result<()> {
+async fn platform(
+    config: suho_config::Config,
+    token: CancellationToken,
+    running: &suho::shutdown::Running,
+) -> anyhow::Result<()> {
     use anyhow::Context;
-    let report = suho_messaging::topics::apply(&config.kafka, false)
-        .await
-        .context("provisioning Kafka topics")?;
-    for t in &report.created {
-        tracing::info!(topic = %t, "topic created");
-    }
-    for d in report.unresolved() {
-        tracing::warn!(topic = %d.topic, setting = %d.setting, want = %d.want, have = %d.have, "topic drift (`suho topics apply --fix` repairs it)");
-    }
-    let app = suho::Application::build(config.clone()).await?;
+    let provisioning = async {
+        let report = suho_messaging::topics::apply(&config.kafka, false)
+            .await
+            .context("provisioning Kafka topics")?;
+        for t in &report.created {
+            tracing::info!(topic = %t, "topic created");
+        }
+        for d in report.unresolved() {
+            tracing::warn!(topic = %d.topic, setting = %d.setting, want = %d.want, have = %d.have, "topic drift (`suho topics apply --fix` repairs it)");
+        }
+        suho::Application::build(config.clone()).await
+    };
+    let app = tokio::select! {
+        app = running.track("starting the platform", provisioning) => app?,
+        () = token.cancelled() => return Ok(()),
+    };
     let addr = app.http_addr();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let signal = shutdown.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutting down (press Ctrl-C again to exit at once)");
-        signal.cancel();
-        wait_for_signal().await;
-        std::process::exit(130);
-    });
     tracing::info!(
         "suho is up: dashboard and HTTP API http://{addr}/ | NATS {} | Kafka {} | Ctrl-C stops it",
         config.nats.url,
         config.kafka.bootstrap
     );
-    app.run(shutdown).await
-}
-
-/// Waits for Ctrl-C (SIGINT), SIGTERM, or SIGHUP (the terminal closed): each one means
-/// "stop cleanly", so the servers this run started are stopped too.
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).ok();
-    let mut hangup = signal(SignalKind::hangup()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        Some(()) = recv(term.as_mut()) => {}
-        Some(()) = recv(hangup.as_mut()) => {}
-    }
-}
-
-/// The next delivery of `signal`, or never when it could not be installed.
-async fn recv(signal: Option<&mut tokio::signal::unix::Signal>) -> Option<()> {
-    match signal {
-        Some(s) => s.recv().await,
-        None => std::future::pending().await,
-    }
+    app.run_tracked(token, running).await
 }
