@@ -501,7 +501,10 @@ fn stack(config: &suho_config::Config, action: StackAction) -> anyhow::Result<()
             suho_stack::install(&spec)?;
         }
         StackAction::Up => {
-            let started = stoppable("suho stack up", |token, _| stack_up(spec, token))?;
+            // The servers keep running after it returns.
+            let started = stoppable("suho stack up", |token, _| async move {
+                Ok(start_stack(spec, token).await??)
+            })?;
             for p in &started.started {
                 say!("{:<9} started (pid {})", p.service.name(), p.pid);
             }
@@ -578,17 +581,8 @@ fn stoppable_bench(
     })
 }
 
-/// `suho stack up`: install what is missing and start the servers (they keep running after
-/// it returns). A signal while it waits for a server stops what it had started.
-async fn stack_up(
-    spec: suho_stack::StackSpec,
-    token: CancellationToken,
-) -> anyhow::Result<suho_stack::Started> {
-    Ok(start_stack(spec, token).await??)
-}
-
 /// Installs what is missing and starts the stack on a blocking thread; the start gives up
-/// (and stops what it started) when `token` is cancelled.
+/// (and stops what it started) when `token` is cancelled while it waits for a server.
 async fn start_stack(
     spec: suho_stack::StackSpec,
     token: CancellationToken,
@@ -662,7 +656,10 @@ async fn up(
         let left = stop.await?;
         if !left.is_empty() {
             let names: Vec<&str> = left.iter().map(|s| s.name()).collect();
-            anyhow::bail!("still running after SIGKILL: {}", names.join(", "));
+            return result.and(Err(anyhow::anyhow!(
+                "still running after SIGKILL: {}",
+                names.join(", ")
+            )));
         }
     }
     result

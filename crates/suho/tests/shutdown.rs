@@ -583,3 +583,23 @@ async fn a_stop_that_hangs_is_ended_by_the_watchdog_which_kills_the_servers() {
         "the watchdog names what did not stop:\n{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_ends_a_hanging_stop_at_once() {
+    let _serial = SERIAL.lock().await;
+    let dir = data_dir("second-signal");
+    let mut run = Run::start_with(&dir, Ports::pick(), Some("up.stop_servers"));
+    run.wait_serving().await;
+    run.close_output();
+    run.signal(libc::SIGINT);
+    // The stop hangs before the servers are stopped; a second signal must not wait for the
+    // watchdog's 8 s.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (took, status) = run.stop_within(libc::SIGTERM).await;
+    eprintln!("second signal: ended in {took:?} with {status}");
+    assert_eq!(status.code(), Some(130), "a second signal exits with 130");
+    assert!(
+        took < Duration::from_secs(5),
+        "the second signal ends the stop at once ({took:?})"
+    );
+}
