@@ -94,9 +94,28 @@ impl Ports {
     }
 }
 
+/// A test's data directory, removed when the test passes (kept for a look when it fails).
+struct DataDir(PathBuf);
+
+impl std::ops::Deref for DataDir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
 /// A data directory for a run (kept across the runs of one test), with the Kafka jars of
 /// the other test stacks.
-fn data_dir(name: &str) -> PathBuf {
+fn data_dir(name: &str) -> DataDir {
     let root = suho_testkit::workspace_root();
     let dir = root
         .join("target")
@@ -121,7 +140,7 @@ fn data_dir(name: &str) -> PathBuf {
         }
         up = parent;
     }
-    dir
+    DataDir(dir)
 }
 
 /// A running `suho up`, its output on pipes until [`Run::close_output`].
