@@ -9,7 +9,7 @@
 //! Secrets are [`secrecy::SecretString`]: their `Debug` prints `[REDACTED]`, so a
 //! logged or printed config never shows them.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use figment::providers::{Env, Format, Toml};
@@ -168,6 +168,11 @@ pub struct HttpConfig {
     /// `suho up` builds it with npm when its `package.json` sits in the parent directory
     /// (`web/`) and the build is missing or older than the sources.
     pub web_dir: PathBuf,
+    /// Reverse proxies whose `X-Forwarded-For` is believed (addresses or networks:
+    /// `"127.0.0.1"`, `"10.0.0.0/8"`). A request from one of them is taken to come from the
+    /// rightmost address of its `X-Forwarded-For` that is not itself a trusted proxy; from
+    /// anyone else, from its peer address, whatever the header says. Empty by default.
+    pub trusted_proxies: Vec<IpNetwork>,
 }
 
 impl Default for HttpConfig {
@@ -175,7 +180,78 @@ impl Default for HttpConfig {
         Self {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             web_dir: PathBuf::from("web/dist"),
+            trusted_proxies: Vec::new(),
         }
+    }
+}
+
+/// An IP network: an address and a prefix length, written `10.0.0.0/8` (or an address alone,
+/// which is the network of that one address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct IpNetwork {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNetwork {
+    /// Whether `ip` is in this network (an IPv4 address never is in an IPv6 network, nor
+    /// the other way round).
+    #[must_use]
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for IpNetwork {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, String> {
+        let (addr, prefix) = raw
+            .trim()
+            .split_once('/')
+            .map_or((raw.trim(), None), |(a, p)| (a, Some(p)));
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("`{raw}` is not an IP address or network (`10.0.0.0/8`)"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("`{raw}`: the prefix length must be 0 to {max}"))?,
+        };
+        Ok(IpNetwork { addr, prefix })
+    }
+}
+
+impl TryFrom<String> for IpNetwork {
+    type Error = String;
+
+    fn try_from(raw: String) -> Result<Self, String> {
+        raw.parse()
+    }
+}
+
+impl std::fmt::Display for IpNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
     }
 }
 
@@ -655,6 +731,29 @@ mod tests {
             Ok(())
         });
         out.expect("the jail ran")
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_networks_and_a_bad_one_is_refused() {
+        let c = load(
+            "[http]\ntrusted_proxies = [\"127.0.0.1\", \"10.0.0.0/8\", \"fd00::/8\"]\n",
+            &[],
+        )
+        .expect("valid networks load");
+        let nets = &c.http.trusted_proxies;
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(nets[0].contains(ip("127.0.0.1")) && !nets[0].contains(ip("127.0.0.2")));
+        assert!(nets[1].contains(ip("10.200.3.4")) && !nets[1].contains(ip("11.0.0.1")));
+        assert!(nets[2].contains(ip("fd12::1")) && !nets[2].contains(ip("10.0.0.1")));
+        assert!("0.0.0.0/0"
+            .parse::<IpNetwork>()
+            .unwrap()
+            .contains(ip("8.8.8.8")));
+        for bad in ["10.0.0.0/33", "localhost", "10.0.0.0/x"] {
+            let err = load(&format!("[http]\ntrusted_proxies = [\"{bad}\"]\n"), &[])
+                .expect_err("a bad network is refused");
+            assert!(err.to_string().contains(bad), "{err}");
+        }
     }
 
     #[test]

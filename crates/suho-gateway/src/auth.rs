@@ -2,7 +2,7 @@
 //! `user.auth` event (ids, address, IP and user agent; never a password or token), stored
 //! first with the change it announces, through the outbox ([`crate::outbox`]).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -65,7 +65,7 @@ fn auth_event(
     event_type: AuthEventType,
     user_id: UserId,
     email: Option<String>,
-    addr: SocketAddr,
+    ip: IpAddr,
     headers: &HeaderMap,
 ) -> AuthEvent {
     AuthEvent {
@@ -73,7 +73,7 @@ fn auth_event(
         event_type,
         user_id,
         email,
-        ip_address: Some(addr.ip().to_string()),
+        ip_address: Some(ip.to_string()),
         user_agent: headers
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
@@ -123,12 +123,13 @@ pub async fn register(
 ) -> Result<impl IntoResponse, ApiError> {
     let body = Body::parse(&body)?;
     let (email, password) = credentials(&body)?;
+    let ip = state.client_ip(addr, &headers);
     let event = |user: &suho_accounts::User| {
         let event = auth_event(
             AuthEventType::UserRegistered,
             user.user_id.clone(),
             Some(user.email.clone()),
-            addr,
+            ip,
             &headers,
         );
         outbox::stored(&event).map(Some)
@@ -148,7 +149,8 @@ pub async fn register(
 /// Issues a bearer token.
 ///
 /// Checks the credentials; publishes `USER_LOGIN` (or `USER_LOGIN_FAILED`) on `user.auth`.
-/// Failed logins are throttled per address and per client IP.
+/// Failed logins are throttled per account, per account and client IP, and (more loosely)
+/// per client IP.
 #[utoipa::path(
     post,
     path = "/api/auth/login",
@@ -159,7 +161,7 @@ pub async fn register(
         BodyErrors,
         (status = 401, description = "`unauthorized`: unknown address or wrong password (the same answer for both).", body = ErrorBody),
         (status = 422, description = "`invalid_field`: `email` or `password` is missing or not a string.", body = ErrorBody),
-        (status = 429, description = "`too_many_attempts`: too many failed logins for this address or from this IP.", body = ErrorBody,
+        (status = 429, description = "`too_many_attempts`: too many failed logins for this account (from this IP, or from all), or from this IP (2,000 in 15 minutes).", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds until a login may be tried again."))),
         (status = 500, description = "`internal`: checking the password failed.", body = ErrorBody),
         (status = 503, description = "`unavailable`: the database is down.", body = ErrorBody),
@@ -173,15 +175,16 @@ pub async fn login(
 ) -> Result<impl IntoResponse, ApiError> {
     let body = Body::parse(&body)?;
     let (email, password) = credentials(&body)?;
-    if let Some(wait) = state.login_throttle.check(email, addr.ip()) {
-        tracing::warn!(ip = %addr.ip(), "login throttled");
+    let ip = state.client_ip(addr, &headers);
+    if let Some(wait) = state.login_throttle.check(email, ip) {
+        tracing::warn!(%ip, "login throttled");
         return Err(ApiError::TooManyRequests(wait.as_secs().max(1)));
     }
     let result = state.accounts.login(email, &password).await;
     match &result {
         Ok(_) => state.login_throttle.succeeded(email),
         Err(AccountError::InvalidCredentials { .. }) => {
-            state.login_throttle.failed(email, addr.ip());
+            state.login_throttle.failed(email, ip);
         }
         Err(_) => {}
     }
@@ -191,7 +194,7 @@ pub async fn login(
                 AuthEventType::UserLogin,
                 user.user_id.clone(),
                 Some(user.email.clone()),
-                addr,
+                ip,
                 &headers,
             );
             record(&state, &event).await?;
@@ -206,13 +209,7 @@ pub async fn login(
         Err(AccountError::InvalidCredentials {
             user_id: Some(user_id),
         }) => {
-            let mut event = auth_event(
-                AuthEventType::UserLoginFailed,
-                user_id,
-                None,
-                addr,
-                &headers,
-            );
+            let mut event = auth_event(AuthEventType::UserLoginFailed, user_id, None, ip, &headers);
             event.reason = Some("wrong password".into());
             record(&state, &event).await?;
             Err(ApiError::Unauthorized("invalid email or password".into()))
@@ -245,7 +242,7 @@ pub async fn logout(
         AuthEventType::UserLogout,
         claims.user_id(),
         None,
-        addr,
+        state.client_ip(addr, &headers),
         &headers,
     );
     state

@@ -13,6 +13,7 @@
 //! The web dashboard (the files of a built `web/`, `http.web_dir`) is served for any other `GET`.
 
 mod auth;
+mod client_ip;
 mod error;
 mod input;
 mod market;
@@ -60,8 +61,10 @@ pub struct AppState {
     pub strategies: Vec<String>,
     /// The Kafka topic prefix (the audit store keeps full topic names).
     pub topic_prefix: String,
-    /// Failed-login counts (per address and per IP).
+    /// Failed-login counts (per account, per account and IP, per IP).
     pub login_throttle: LoginThrottle,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (`http.trusted_proxies`).
+    pub trusted_proxies: Vec<suho_config::IpNetwork>,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
     /// Process start, for `/health`.
@@ -72,8 +75,8 @@ pub struct AppState {
 
 impl AppState {
     /// A gateway's state over `accounts` and `producer`, trading `symbols` and offering
-    /// `strategies` for auto-trading, with the default login throttle and the process's
-    /// metrics recorder, started now.
+    /// `strategies` for auto-trading, with the default login throttle, no trusted proxy
+    /// ([`AppState::with_trusted_proxies`]) and the process's metrics recorder, started now.
     #[must_use]
     pub fn new(
         accounts: Accounts,
@@ -89,10 +92,29 @@ impl AppState {
             strategies,
             topic_prefix,
             login_throttle: LoginThrottle::new(ThrottleLimits::default()),
+            trusted_proxies: Vec::new(),
             metrics: suho_telemetry::metrics(),
             started: Instant::now(),
             relay: outbox::Relay::default(),
         }
+    }
+}
+
+impl AppState {
+    /// The same state, believing `X-Forwarded-For` from `proxies`.
+    #[must_use]
+    pub fn with_trusted_proxies(mut self, proxies: Vec<suho_config::IpNetwork>) -> AppState {
+        self.trusted_proxies = proxies;
+        self
+    }
+
+    /// The address a request from `peer` with `headers` comes from (see `client_ip`).
+    pub(crate) fn client_ip(
+        &self,
+        peer: std::net::SocketAddr,
+        headers: &axum::http::HeaderMap,
+    ) -> std::net::IpAddr {
+        client_ip::client_ip(peer, headers, &self.trusted_proxies)
     }
 }
 

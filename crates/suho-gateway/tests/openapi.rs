@@ -286,6 +286,7 @@ fn offline_state() -> Arc<AppState> {
         strategies: vec!["scalping".into()],
         topic_prefix: String::new(),
         login_throttle: LoginThrottle::new(ThrottleLimits::default()),
+        trusted_proxies: Vec::new(),
         metrics: metrics_exporter_prometheus::PrometheusBuilder::new()
             .build_recorder()
             .handle(),

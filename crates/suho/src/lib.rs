@@ -213,16 +213,19 @@ impl Application {
         }
 
         // Gateway.
-        let state = Arc::new(suho_gateway::AppState::new(
-            accounts,
-            producer,
-            symbols.iter().copied().collect(),
-            suho_signals::StrategyKind::ALL
-                .iter()
-                .map(|k| k.name().to_string())
-                .collect(),
-            config.kafka.topic_prefix.clone(),
-        ));
+        let state = Arc::new(
+            suho_gateway::AppState::new(
+                accounts,
+                producer,
+                symbols.iter().copied().collect(),
+                suho_signals::StrategyKind::ALL
+                    .iter()
+                    .map(|k| k.name().to_string())
+                    .collect(),
+                config.kafka.topic_prefix.clone(),
+            )
+            .with_trusted_proxies(config.http.trusted_proxies.clone()),
+        );
         // The WebSocket stream's shared inputs: one NATS subscription per subject pattern and
         // one Kafka consumer of every user-topic partition, for all connections.
         let (ws, ws_task) = suho_gateway::WsHub::start(

@@ -1025,3 +1025,57 @@ async fn repeated_failed_logins_are_throttled_with_retry_after() {
     let (_, _) = p.user("heidi@example.com").await;
     p.stop().await;
 }
+
+/// One client's failures lock out no one else: 100 failed logins for 20 other accounts from
+/// one IP (five times the old per-IP limit of 20) leave a third account's login working.
+#[tokio::test]
+async fn failed_logins_for_other_accounts_from_one_ip_do_not_lock_out_a_third() {
+    let p = Running::start().await;
+    let (_, _) = p.user("third@example.com").await;
+    let running = &p;
+    let attempts = futures::stream::iter(0..100).map(|i| {
+        let wrong = json!({"email": format!("other{}@example.com", i % 20), "password": "guess"});
+        async move { running.post("/api/auth/login", None, wrong).await.0 }
+    });
+    let statuses: Vec<u16> = attempts.buffer_unordered(8).collect().await;
+    assert!(
+        statuses.iter().all(|s| *s == 401 || *s == 429),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().filter(|s| **s == 401).count() >= 100,
+        "each other account is guessed 5 times, within its limit"
+    );
+    let right = json!({"email": "third@example.com", "password": "correct horse battery"});
+    let (status, body) = p.post("/api/auth/login", None, right).await;
+    assert_eq!(status, 200, "the third account logs in: {body}");
+    p.stop().await;
+}
+
+/// Behind a trusted reverse proxy, the throttle counts the client of `X-Forwarded-For`: one
+/// client guessing an account does not lock that account's owner out at another address.
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_throttle_counts_the_forwarded_client() {
+    let mut env = TestEnv::new().await;
+    env.config.http.trusted_proxies = vec!["127.0.0.1".parse().expect("an address")];
+    let p = Running::with(env).await;
+    let (_, _) = p.user("ivan@example.com").await;
+    let login = |password: &'static str, client: &'static str| {
+        p.http
+            .post(p.url("/api/auth/login"))
+            .header("x-forwarded-for", client)
+            .json(&json!({"email": "ivan@example.com", "password": password}))
+            .send()
+    };
+    for _ in 0..5 {
+        let r = login("guess", "198.51.100.1").await.expect("HTTP request");
+        assert_eq!(r.status().as_u16(), 401);
+    }
+    let r = login("guess", "198.51.100.1").await.expect("HTTP request");
+    assert_eq!(r.status().as_u16(), 429, "the guessing client is throttled");
+    let r = login("correct horse battery", "203.0.113.50")
+        .await
+        .expect("HTTP request");
+    assert_eq!(r.status().as_u16(), 200, "the owner, elsewhere, logs in");
+    p.stop().await;
+}
