@@ -104,18 +104,10 @@ impl ManagedProcess {
     /// Waits for the process to exit; after `grace`, kills it (and waits at most 2 s
     /// more). Removes the pid file once it has exited. Returns whether it has.
     pub fn wait_or_kill(&mut self, grace: Duration) -> bool {
-        let deadline = Instant::now() + grace;
-        while self.is_alive() {
-            if Instant::now() >= deadline {
-                tracing::warn!(service = %self.service, pid = self.pid, "did not stop in {grace:?}, killing it");
-                send(self.pid, libc::SIGKILL);
-                let hard = Instant::now() + Duration::from_secs(2);
-                while self.is_alive() && Instant::now() < hard {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if !wait_until(grace, || !self.is_alive()) {
+            tracing::warn!(service = %self.service, pid = self.pid, "did not stop in {grace:?}, killing it");
+            send(self.pid, libc::SIGKILL);
+            wait_until(Duration::from_secs(2), || !self.is_alive());
         }
         if self.is_alive() {
             tracing::error!(service = %self.service, pid = self.pid, "still running after SIGKILL");
@@ -150,37 +142,26 @@ pub fn kill_children() -> Vec<(u32, String)> {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter_map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let (head, rest) = stat.rsplit_once(')')?;
-            let mut fields = rest.split_whitespace();
-            let state = fields.next()?;
-            let ppid: u32 = fields.next()?.parse().ok()?;
-            let name = head.split_once('(')?.1.to_string();
-            (ppid == me && state != "Z" && state != "X").then_some((pid, name))
+            let s = stat(pid)?;
+            (s.ppid == me && s.is_alive()).then_some((pid, s.name))
         })
         .collect();
+    let all_gone = || children.iter().all(|(pid, _)| !pid_alive(*pid));
     for (pid, name) in &children {
-        send(
-            *pid,
-            if name == "postgres" {
-                libc::SIGQUIT
-            } else {
-                libc::SIGKILL
-            },
-        );
+        let sig = if name == "postgres" {
+            libc::SIGQUIT
+        } else {
+            libc::SIGKILL
+        };
+        send(*pid, sig);
     }
-    let deadline = Instant::now() + Duration::from_secs(1);
-    while children.iter().any(|(pid, _)| pid_alive(*pid)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    for (pid, _) in &children {
-        if pid_alive(*pid) {
-            send(*pid, libc::SIGKILL);
+    if !wait_until(Duration::from_secs(1), all_gone) {
+        for (pid, _) in &children {
+            if pid_alive(*pid) {
+                send(*pid, libc::SIGKILL);
+            }
         }
-    }
-    let hard = Instant::now() + Duration::from_secs(1);
-    while children.iter().any(|(pid, _)| pid_alive(*pid)) && Instant::now() < hard {
-        std::thread::sleep(Duration::from_millis(20));
+        wait_until(Duration::from_secs(1), all_gone);
     }
     children
         .into_iter()
@@ -188,16 +169,52 @@ pub fn kill_children() -> Vec<(u32, String)> {
         .collect()
 }
 
+/// Polls `done` every 20 ms until it holds or `within` has passed; returns whether it held.
+fn wait_until(within: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// What `/proc/<pid>/stat` says of a process.
+struct Stat {
+    /// The command name (in parentheses in the file).
+    name: String,
+    /// The state letter (`R`, `S`, `Z`...).
+    state: String,
+    /// The parent's pid.
+    ppid: u32,
+}
+
+impl Stat {
+    /// Neither exited nor a zombie.
+    fn is_alive(&self) -> bool {
+        self.state != "Z" && self.state != "X"
+    }
+}
+
+fn stat(pid: u32) -> Option<Stat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The name may hold spaces and parentheses: the fields after the last `)` are fixed.
+    let (head, rest) = text.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace();
+    Some(Stat {
+        name: head.split_once('(')?.1.to_string(),
+        state: fields.next()?.to_string(),
+        ppid: fields.next()?.parse().ok()?,
+    })
+}
+
 /// Whether `pid` names a live (non-zombie) process.
 fn pid_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state is the first field after the parenthesised command name.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
+    stat(pid).is_some_and(|s| s.is_alive())
 }
 
 /// The pid of `service` from its pid file, when that process is alive and is the

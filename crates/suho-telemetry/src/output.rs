@@ -83,11 +83,7 @@ pub fn stderr_line(line: &str) {
 /// Writes `text` and a newline to stdout now; a reader that has gone is ignored (the line is
 /// lost, the process goes on).
 pub fn stdout_line(text: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = out
-        .write_all(text.as_bytes())
-        .and_then(|()| out.write_all(b"\n"))
-        .and_then(|()| out.flush());
+    stdout_text(&format!("{text}\n"));
 }
 
 /// Writes `text` to stdout as is (no newline added), like [`stdout_line`].
