@@ -131,7 +131,7 @@ pub struct BridgeConfig {
 }
 
 /// Stream name without a prefix.
-pub const DEFAULT_STREAM: &str = "MARKET";
+pub const DEFAULT_STREAM: &str = suho_domain::subject::MARKET_STREAM;
 /// Consumer name without a prefix.
 pub const DEFAULT_CONSUMER: &str = "data-bridge";
 
@@ -142,14 +142,7 @@ impl BridgeConfig {
     #[must_use]
     pub fn new(subject_prefix: impl Into<String>) -> Self {
         let subject_prefix = subject_prefix.into();
-        let suffix = name_suffix(&subject_prefix);
-        let named = |base: &str| {
-            if suffix.is_empty() {
-                base.to_string()
-            } else {
-                format!("{base}_{suffix}")
-            }
-        };
+        let named = |base: &str| suho_domain::subject::jetstream_name(base, &subject_prefix);
         Self {
             stream_name: named(DEFAULT_STREAM),
             consumer_name: named(DEFAULT_CONSUMER),
@@ -210,15 +203,6 @@ impl BridgeConfig {
         }
         Ok(())
     }
-}
-
-/// `t1a2b3.` -> `t1a2b3`: the prefix's alphanumerics, anything else as `_`, trimmed of `_`.
-fn name_suffix(prefix: &str) -> String {
-    let s: String = prefix
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    s.trim_matches('_').to_string()
 }
 
 #[cfg(test)]

@@ -74,6 +74,27 @@ pub fn all_health(prefix: &str) -> String {
     format!("{prefix}system.health.*")
 }
 
+/// The data bridge's JetStream stream, before [`jetstream_name`] adds a prefix.
+pub const MARKET_STREAM: &str = "MARKET";
+
+/// The name of a JetStream object (a stream, a consumer) for a subject prefix: `base`, with
+/// `_{suffix}` appended when the prefix is not empty, where the suffix is the prefix's
+/// alphanumerics with anything else as `_`, trimmed of `_` (`t1a2b3.` gives `MARKET_t1a2b3`).
+/// JetStream names may not hold `.`, `*` or `>`.
+#[must_use]
+pub fn jetstream_name(base: &str, prefix: &str) -> String {
+    let suffix: String = prefix
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let suffix = suffix.trim_matches('_');
+    if suffix.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}_{suffix}")
+    }
+}
+
 /// The symbol of a `{prefix}market.{SYM}.{kind}` subject, e.g. `EURUSD` from
 /// `market.EURUSD.price`. `None` if the prefix does not match, the subject does not have exactly
 /// three tokens after it, or the symbol token is not in canonical form.
