@@ -62,6 +62,20 @@ pub struct Config {
     pub agent: AgentConfig,
     /// Logs, metrics, heartbeats.
     pub telemetry: TelemetryConfig,
+    /// Credentials and certificates of the services on NATS, Kafka and PostgreSQL.
+    pub security: SecurityConfig,
+}
+
+/// Where the services' credentials and the local CA live.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct SecurityConfig {
+    /// The secrets directory (passwords, the CA, the servers' certificate); `None` for
+    /// `{stack.dir}/secrets`.
+    pub secrets_dir: Option<PathBuf>,
+    /// Host names or IP addresses the servers' certificate names besides `127.0.0.1`, `::1`
+    /// and `localhost` (for servers reached by another name).
+    pub tls_hosts: Vec<String>,
 }
 
 /// Where and how the local stack lives.
@@ -80,6 +94,8 @@ pub struct StackConfig {
     pub kafka_heap: String,
     /// NATS HTTP monitoring port.
     pub nats_monitor_port: u16,
+    /// The `nats-server` release built from the Go module proxy (a pinned, current one).
+    pub nats_version: String,
 }
 
 impl Default for StackConfig {
@@ -91,6 +107,7 @@ impl Default for StackConfig {
             kafka_controller_port: 9093,
             kafka_heap: "512m".into(),
             nats_monitor_port: 8222,
+            nats_version: "2.15.3".into(),
         }
     }
 }
@@ -500,6 +517,15 @@ impl Default for TelemetryConfig {
 }
 
 impl Config {
+    /// The secrets directory: `security.secrets_dir`, or `{stack.dir}/secrets`.
+    #[must_use]
+    pub fn secrets_dir(&self) -> PathBuf {
+        self.security
+            .secrets_dir
+            .clone()
+            .unwrap_or_else(|| self.stack.dir.join("secrets"))
+    }
+
     /// Loads defaults, then the file (if it exists), then `SUHO__*` environment overrides.
     ///
     /// `file` of `None` means `SUHO_CONFIG`, else `suho.toml` in the working directory.

@@ -1,0 +1,7 @@
+//! suho's zero-trust plumbing.
+pub mod identity;
+pub mod nats;
+pub mod secrets;
+mod tls;
+pub use identity::{Identity, NatsGrants, Scope};
+pub use secrets::{Credentials, Secrets, SecretsError};
