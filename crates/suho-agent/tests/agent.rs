@@ -23,6 +23,7 @@ use suho_domain::{
     TradeCommand, UserId, UserTopic, SCHEMA_VERSION,
 };
 use suho_messaging::{now_ms, MarketBus, UserEventProducer};
+use suho_security::Identity;
 use suho_testkit::TestEnv;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -75,7 +76,7 @@ impl Running {
 }
 
 async fn start_agent(env: &TestEnv) -> Running {
-    let bus = MarketBus::connect(&env.config.nats, "agent").await.unwrap();
+    let bus = env.bus(Identity::Agent).await;
     let producer = UserEventProducer::new(&env.config.kafka).unwrap();
     let agent = Agent::start(AgentOptions::from_config(&env.config), bus, producer)
         .await
@@ -117,9 +118,7 @@ struct Signals {
 impl Signals {
     async fn new(env: &TestEnv) -> Signals {
         Signals {
-            bus: MarketBus::connect(&env.config.nats, "test-signals")
-                .await
-                .unwrap(),
+            bus: env.bus(Identity::Signals).await,
         }
     }
 

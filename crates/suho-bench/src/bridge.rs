@@ -82,6 +82,8 @@ pub struct BridgeBenchOptions {
     pub seed: u64,
     /// A phase fails when no row is stored for this long.
     pub stall_timeout: Duration,
+    /// Where the pinned `nats-server` of a throwaway server is built and cached.
+    pub stack: crate::server::StackOptions,
 }
 
 impl Default for BridgeBenchOptions {
@@ -98,6 +100,7 @@ impl Default for BridgeBenchOptions {
             symbols: suho_domain::major_fx(),
             seed: 42,
             stall_timeout: Duration::from_secs(30),
+            stack: crate::server::StackOptions::from_config(&suho_config::Config::default()),
         }
     }
 }
@@ -246,9 +249,12 @@ pub async fn bench_bridge(opts: BridgeBenchOptions) -> anyhow::Result<BridgeBenc
     let nats_server = match &opts.nats_url {
         Some(_) => None,
         None => Some(
-            tokio::task::spawn_blocking(ThrowawayNats::start_jetstream)
-                .await
-                .context("the nats-server starter panicked")??,
+            tokio::task::spawn_blocking({
+                let stack = opts.stack.clone();
+                move || ThrowawayNats::start_jetstream(&stack)
+            })
+            .await
+            .context("the nats-server starter panicked")??,
         ),
     };
     let pg_server = match &opts.database_url {

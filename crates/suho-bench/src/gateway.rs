@@ -83,11 +83,7 @@ impl Default for GatewayBenchOptions {
             users: 50,
             p99_bound: Duration::from_millis(100),
             symbols: vec![Symbol::parse("EURUSD").expect("EURUSD is a symbol")],
-            stack: StackOptions {
-                cache_dir: ".suho/cache".into(),
-                kafka_version: suho_config::Config::default().stack.kafka_version,
-                kafka_heap: suho_config::Config::default().stack.kafka_heap,
-            },
+            stack: StackOptions::from_config(&suho_config::Config::default()),
         }
     }
 }
@@ -472,10 +468,12 @@ async fn run_ws(mut ws: Ws, shared: Arc<Shared>, rx: Arc<Receiver>) {
     let _ = ws.close(None).await;
 }
 
-async fn open_raw(url: String, subject: String) -> anyhow::Result<async_nats::Subscriber> {
-    let client = async_nats::ConnectOptions::new()
-        .name("suho-bench-raw-subscriber")
-        .connect(url)
+async fn open_raw(
+    config: suho_config::Config,
+    subject: String,
+) -> anyhow::Result<async_nats::Subscriber> {
+    // As the `/ws` stream's identity, so that both paths pay the same TLS and auth.
+    let client = suho_messaging::nats::connect(&config, suho_security::Identity::Ws)
         .await
         .context("connecting a raw subscriber")?;
     let sub = client.subscribe(subject).await?;
@@ -537,6 +535,7 @@ pub async fn bench_gateway(opts: GatewayBenchOptions) -> anyhow::Result<GatewayB
         stack.kafka_bootstrap(),
         stack.nats_url(),
         stack.database_url(),
+        stack.secrets_dir(),
         &prefix,
     )?;
     let report = measure(&opts, &config, &run, began, nofile).await;
@@ -565,7 +564,7 @@ async fn measure(
         listener,
         addr,
         symbols,
-    } = platform::GatewayParts::connect(config, "suho-bench-gateway").await?;
+    } = platform::GatewayParts::connect(config, suho_security::Identity::Ws).await?;
     let state = platform::app_state(config, accounts, producer, &symbols);
     let stop_gateway = CancellationToken::new();
     let (hub, hub_task) = suho_gateway::WsHub::start(
@@ -608,7 +607,7 @@ async fn measure(
     let raw_prefix = format!("benchraw{run}.");
     let ws_prefix = config.nats.subject_prefix.clone();
     let raw_pattern = format!("{raw_prefix}market.*.tick");
-    let publisher = async_nats::connect(&config.nats.url)
+    let publisher = suho_messaging::nats::connect(config, suho_security::Identity::Feed)
         .await
         .context("connecting the publisher")?;
     let mut ws_rx: Vec<Arc<Receiver>> = Vec::new();
@@ -666,7 +665,7 @@ async fn measure(
         );
         let opened: Vec<anyhow::Result<async_nats::Subscriber>> =
             futures::stream::iter(raw_rx.len()..n)
-                .map(|_| open_raw(config.nats.url.clone(), raw_pattern.clone()))
+                .map(|_| open_raw(config.clone(), raw_pattern.clone()))
                 .buffered(32)
                 .collect()
                 .await;

@@ -74,6 +74,8 @@ pub struct MarketBenchOptions {
     pub drain_timeout: Duration,
     /// Seed of the synthetic feed.
     pub seed: u64,
+    /// Where the pinned `nats-server` of a throwaway server is built and cached.
+    pub stack: server::StackOptions,
 }
 
 impl Default for MarketBenchOptions {
@@ -92,6 +94,7 @@ impl Default for MarketBenchOptions {
             symbols: suho_domain::major_fx(),
             drain_timeout: Duration::from_secs(5),
             seed: 42,
+            stack: server::StackOptions::from_config(&suho_config::Config::default()),
         }
     }
 }
@@ -273,9 +276,12 @@ pub async fn bench_market(opts: MarketBenchOptions) -> anyhow::Result<MarketBenc
     let server = match &opts.nats_url {
         Some(_) => None,
         None => Some(
-            tokio::task::spawn_blocking(server::ThrowawayNats::start)
-                .await
-                .context("the nats-server starter panicked")??,
+            tokio::task::spawn_blocking({
+                let stack = opts.stack.clone();
+                move || server::ThrowawayNats::start(&stack)
+            })
+            .await
+            .context("the nats-server starter panicked")??,
         ),
     };
     let url = match (&opts.nats_url, &server) {

@@ -1,5 +1,5 @@
 //! Throwaway servers on free loopback ports, for runs that name no server: a bare
-//! `nats-server` (optionally with JetStream, its store in a temporary directory) and a
+//! `nats-server` (the stack's pinned release; optionally with JetStream, its store in a temporary directory) and a
 //! PostgreSQL cluster in a temporary directory. Stopped, and their files removed, when the
 //! guard drops.
 
@@ -19,25 +19,27 @@ pub(crate) struct ThrowawayNats {
 }
 
 impl ThrowawayNats {
-    /// Starts `nats-server` (from `PATH`) on a free port and waits until it accepts
-    /// connections (at most 10 s).
-    pub(crate) fn start() -> anyhow::Result<Self> {
-        Self::start_with(None)
+    /// Starts `nats-server` (the stack's pinned release, built into its cache when missing)
+    /// on a free port and waits until it accepts connections (at most 10 s).
+    pub(crate) fn start(stack: &StackOptions) -> anyhow::Result<Self> {
+        Self::start_with(stack, None)
     }
 
     /// Like [`ThrowawayNats::start`], with JetStream enabled and its store in a fresh
     /// temporary directory.
-    pub(crate) fn start_jetstream() -> anyhow::Result<Self> {
+    pub(crate) fn start_jetstream(stack: &StackOptions) -> anyhow::Result<Self> {
         let store = tempfile::Builder::new()
             .prefix("suho-bench-js-")
             .tempdir()
             .context("creating a JetStream store directory")?;
-        Self::start_with(Some(store))
+        Self::start_with(stack, Some(store))
     }
 
-    fn start_with(store: Option<tempfile::TempDir>) -> anyhow::Result<Self> {
+    fn start_with(stack: &StackOptions, store: Option<tempfile::TempDir>) -> anyhow::Result<Self> {
+        let binary = suho_stack::build_nats(&stack.cache_dir, &stack.nats_version)
+            .context("the pinned nats-server")?;
         let port = free_port()?;
-        let mut cmd = Command::new("nats-server");
+        let mut cmd = Command::new(binary);
         cmd.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
         if let Some(dir) = &store {
             cmd.arg("-js").arg("-sd").arg(dir.path());
@@ -47,7 +49,7 @@ impl ThrowawayNats {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .context("starting nats-server (is it installed? `suho stack up` installs it)")?;
+            .context("starting nats-server")?;
         let mut server = Self {
             child,
             url: format!("nats://127.0.0.1:{port}"),
@@ -266,6 +268,21 @@ pub struct StackOptions {
     pub kafka_version: String,
     /// Kafka's JVM heap (`stack.kafka_heap`).
     pub kafka_heap: String,
+    /// The `nats-server` release (`stack.nats_version`).
+    pub nats_version: String,
+}
+
+impl StackOptions {
+    /// The cache, Kafka version and heap, and `nats-server` release of `config`'s stack.
+    #[must_use]
+    pub fn from_config(config: &suho_config::Config) -> StackOptions {
+        StackOptions {
+            cache_dir: config.stack.dir.join("cache"),
+            kafka_version: config.stack.kafka_version.clone(),
+            kafka_heap: config.stack.kafka_heap.clone(),
+            nats_version: config.stack.nats_version.clone(),
+        }
+    }
 }
 
 /// A whole suho stack of its own (Apache Kafka in KRaft mode, `nats-server`, PostgreSQL),
@@ -277,6 +294,7 @@ pub(crate) struct ThrowawayStack {
     kafka_bootstrap: String,
     nats_url: String,
     database_url: String,
+    secrets_dir: PathBuf,
     stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
     dir: Option<tempfile::TempDir>,
@@ -310,6 +328,11 @@ impl ThrowawayStack {
             pg_user: "suho".into(),
             ephemeral: false,
             die_with_parent: true,
+            nats_version: opts.nats_version.clone(),
+            secrets_dir: dir.path().join("secrets"),
+            tls_hosts: Vec::new(),
+            // The bench's runs each take a one-token prefix of their own.
+            subject_scope: suho_security::Scope::AnyTestPrefix,
         };
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
@@ -336,6 +359,7 @@ impl ThrowawayStack {
             kafka_bootstrap: spec.kafka_bootstrap(),
             nats_url: spec.nats_url(),
             database_url: spec.database_url(&spec.pg_database),
+            secrets_dir: spec.secrets_dir.clone(),
             stop: Some(stop_tx),
             thread: Some(thread),
             dir: Some(dir),
@@ -358,6 +382,11 @@ impl ThrowawayStack {
     /// The NATS URL.
     pub(crate) fn nats_url(&self) -> &str {
         &self.nats_url
+    }
+
+    /// The stack's credentials and CA.
+    pub(crate) fn secrets_dir(&self) -> &std::path::Path {
+        &self.secrets_dir
     }
 
     /// The URL of the stack's (empty) `suho` database, as the superuser.

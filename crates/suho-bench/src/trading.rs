@@ -152,11 +152,7 @@ impl Default for TradingBenchOptions {
                 .filter_map(|s| Symbol::parse(s).ok())
                 .collect(),
             volume: Decimal::new(1, 2),
-            stack: StackOptions {
-                cache_dir: config.stack.dir.join("cache"),
-                kafka_version: config.stack.kafka_version,
-                kafka_heap: config.stack.kafka_heap,
-            },
+            stack: StackOptions::from_config(&config),
             platform: None,
         }
     }
@@ -394,6 +390,7 @@ pub async fn bench_trading(opts: TradingBenchOptions) -> anyhow::Result<TradingB
         stack.kafka_bootstrap(),
         stack.nats_url(),
         stack.database_url(),
+        stack.secrets_dir(),
         &prefix,
     )?;
     let report = measure(&opts, &rates, &config, &run, began).await;

@@ -21,6 +21,7 @@ use suho_bridge::{
 };
 use suho_domain::{subject, Candle, Symbol, Tick, Timeframe};
 use suho_market::SyntheticFeed;
+use suho_security::Identity;
 use suho_testkit::TestEnv;
 use tokio_util::sync::CancellationToken;
 
@@ -37,16 +38,40 @@ async fn pool(env: &TestEnv) -> PgPool {
         .expect("connecting to the test database")
 }
 
+/// The bridge's own connection.
 async fn nats(env: &TestEnv) -> async_nats::Client {
-    suho_messaging::nats::connect(&env.config.nats, "bridge-test")
-        .await
-        .expect("connecting to NATS")
+    env.bus(Identity::Bridge).await.client().clone()
+}
+
+/// The market feed's connection: the one identity that may publish ticks.
+async fn feed(env: &TestEnv) -> async_nats::Client {
+    env.bus(Identity::Feed).await.client().clone()
 }
 
 fn config(env: &TestEnv) -> BridgeConfig {
     let mut c = BridgeConfig::from_config(&env.config);
     c.batch_max = 500;
     c
+}
+
+/// The state of `stream` once its last sequence is `last` (at most 10 s). The feed publishes
+/// on a connection of its own, so the stream has every tick soon after the feed's flush, not
+/// at once.
+async fn stream_reaches(
+    client: &async_nats::Client,
+    stream: &str,
+    last: u64,
+) -> async_nats::jetstream::stream::State {
+    let js = async_nats::jetstream::new(client.clone());
+    let mut stream = js.get_stream(stream).await.expect("stream");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = stream.info().await.expect("info").state.clone();
+        if state.last_sequence >= last || Instant::now() > deadline {
+            return state;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Polls `check` every 50 ms until it is true, panicking with `what` after `timeout`.
@@ -116,10 +141,9 @@ fn ticks(n: usize, seed: u64) -> Vec<Tick> {
     ticks_from(BASE_MS, n, seed)
 }
 
-async fn publish_tick(client: &async_nats::Client, prefix: &str, t: &Tick) {
+async fn publish_tick(feed: &async_nats::Client, prefix: &str, t: &Tick) {
     let payload = serde_json::to_vec(t).expect("encode");
-    client
-        .publish(subject::tick(prefix, t.symbol), payload.into())
+    feed.publish(subject::tick(prefix, t.symbol), payload.into())
         .await
         .expect("publish");
 }
@@ -191,12 +215,13 @@ async fn stores_ticks_and_closed_candles_exactly() {
     let env = TestEnv::new().await;
     let pool = pool(&env).await;
     let client = nats(&env).await;
+    let feed = feed(&env).await;
     let shutdown = CancellationToken::new();
     let (task, stats) = spawn_bridge(config(&env), client.clone(), pool.clone(), &shutdown).await;
 
     let published = ticks(2_000, 42);
     for t in &published {
-        publish_tick(&client, &env.prefix, t).await;
+        publish_tick(&feed, &env.prefix, t).await;
     }
     let eur = Symbol::parse("EURUSD").expect("sym");
     let m1_start = Timeframe::M1.align(BASE_MS);
@@ -209,24 +234,22 @@ async fn stores_ticks_and_closed_candles_exactly() {
         open.closed = false;
         for v in [&open, c] {
             let payload = serde_json::to_vec(v).expect("encode");
-            client
-                .publish(
-                    subject::candle(&env.prefix, eur, Timeframe::M1),
-                    payload.into(),
-                )
-                .await
-                .expect("publish");
+            feed.publish(
+                subject::candle(&env.prefix, eur, Timeframe::M1),
+                payload.into(),
+            )
+            .await
+            .expect("publish");
         }
     }
     let h1 = closed_candle(eur, Timeframe::H1, Timeframe::H1.align(BASE_MS), 99);
-    client
-        .publish(
-            subject::candle(&env.prefix, eur, Timeframe::H1),
-            serde_json::to_vec(&h1).expect("encode").into(),
-        )
-        .await
-        .expect("publish");
-    client.flush().await.expect("flush");
+    feed.publish(
+        subject::candle(&env.prefix, eur, Timeframe::H1),
+        serde_json::to_vec(&h1).expect("encode").into(),
+    )
+    .await
+    .expect("publish");
+    feed.flush().await.expect("flush");
 
     wait_until(Duration::from_secs(30), "2000 ticks and 31 candles", || {
         let pool = pool.clone();
@@ -288,7 +311,7 @@ async fn killed_bridge_restarts_without_loss_or_duplicates() {
     const PER_TICK_MS: u64 = 2; // steady pace: ~500 ticks per second (10 every 20 ms)
     let env = TestEnv::new().await;
     let cfg = config(&env);
-    let client = nats(&env).await;
+    let feed = feed(&env).await;
     let published_ticks = ticks(N, 7);
 
     // Bridge 1, with its own NATS connection and pool, as a separate process would have.
@@ -303,7 +326,7 @@ async fn killed_bridge_restarts_without_loss_or_duplicates() {
     let published = Arc::new(AtomicU64::new(0));
     let (crash2_tx, mut crash2) = tokio::sync::watch::channel(false);
     let publisher = {
-        let client = client.clone();
+        let feed = feed.clone();
         let prefix = env.prefix.clone();
         let published = Arc::clone(&published);
         let ticks = published_ticks.clone();
@@ -316,11 +339,11 @@ async fn killed_bridge_restarts_without_loss_or_duplicates() {
                 }
                 pace.tick().await;
                 for t in chunk {
-                    publish_tick(&client, &prefix, t).await;
+                    publish_tick(&feed, &prefix, t).await;
                     published.fetch_add(1, Ordering::SeqCst);
                 }
             }
-            client.flush().await.expect("flush");
+            feed.flush().await.expect("flush");
         })
     };
     let observer = pool(&env).await;
@@ -460,14 +483,15 @@ async fn replayed_batches_insert_nothing_twice() {
 
     // Stream level: a second consumer on the same stream redelivers every message.
     let client = nats(&env).await;
+    let feed = feed(&env).await;
     let shutdown = CancellationToken::new();
     let cfg = config(&env);
     let (task, stats) = spawn_bridge(cfg.clone(), client.clone(), pool.clone(), &shutdown).await;
     let more = ticks_from(BASE_MS + 3_600_000, 1_000, 4);
     for t in &more {
-        publish_tick(&client, &env.prefix, t).await;
+        publish_tick(&feed, &env.prefix, t).await;
     }
-    client.flush().await.expect("flush");
+    feed.flush().await.expect("flush");
     wait_until(Duration::from_secs(30), "1300 ticks", || {
         let p = pool.clone();
         async move { count(&p).await == 1_300 }
@@ -498,6 +522,7 @@ async fn malformed_messages_are_skipped_and_do_not_block() {
     let env = TestEnv::new().await;
     let pool = pool(&env).await;
     let client = nats(&env).await;
+    let feed = feed(&env).await;
     let shutdown = CancellationToken::new();
     let cfg = config(&env);
     let (task, stats) = spawn_bridge(cfg.clone(), client.clone(), pool.clone(), &shutdown).await;
@@ -527,14 +552,13 @@ async fn malformed_messages_are_skipped_and_do_not_block() {
     ];
     for (i, t) in good.iter().enumerate() {
         if let Some((subj, payload)) = bad.get(i) {
-            client
-                .publish(subj.clone(), payload.clone().into())
+            feed.publish(subj.clone(), payload.clone().into())
                 .await
                 .expect("publish");
         }
-        publish_tick(&client, &env.prefix, t).await;
+        publish_tick(&feed, &env.prefix, t).await;
     }
-    client.flush().await.expect("flush");
+    feed.flush().await.expect("flush");
     wait_until(Duration::from_secs(30), "the good ticks", || {
         let p = pool.clone();
         async move { count(&p).await == 60 }
@@ -569,7 +593,7 @@ async fn malformed_messages_are_skipped_and_do_not_block() {
 
     // And a later good tick still gets through.
     let late = ticks(61, 9).pop().expect("tick");
-    publish_tick(&client, &env.prefix, &late).await;
+    publish_tick(&feed, &env.prefix, &late).await;
     wait_until(Duration::from_secs(10), "a later tick", || {
         let p = pool.clone();
         async move { count(&p).await == 61 }
@@ -666,6 +690,7 @@ async fn failed_batches_are_reread_from_the_cursor() {
     let env = TestEnv::new().await;
     let pool = pool(&env).await;
     let client = nats(&env).await;
+    let feed = feed(&env).await;
     let mut cfg = config(&env);
     cfg.retry_max = Duration::from_millis(800);
     let shutdown = CancellationToken::new();
@@ -681,9 +706,9 @@ async fn failed_batches_are_reread_from_the_cursor() {
 
     let published = ticks(N, 21);
     for t in &published {
-        publish_tick(&client, &env.prefix, t).await;
+        publish_tick(&feed, &env.prefix, t).await;
     }
-    client.flush().await.expect("flush");
+    feed.flush().await.expect("flush");
     wait_until(Duration::from_secs(30), "failed batches", || {
         let s = stats.snapshot();
         async move { s.batch_errors >= 3 }
@@ -721,6 +746,7 @@ async fn two_bridges_of_one_name_store_everything_once() {
     let env = TestEnv::new().await;
     let pool = pool(&env).await;
     let client = nats(&env).await;
+    let feed = feed(&env).await;
     let shutdown = CancellationToken::new();
     let cfg = config(&env);
     let (task1, stats1) = spawn_bridge(cfg.clone(), client.clone(), pool.clone(), &shutdown).await;
@@ -728,9 +754,9 @@ async fn two_bridges_of_one_name_store_everything_once() {
         spawn_bridge(cfg.clone(), nats(&env).await, pool.clone(), &shutdown).await;
     let published = ticks(N, 31);
     for t in &published {
-        publish_tick(&client, &env.prefix, t).await;
+        publish_tick(&feed, &env.prefix, t).await;
     }
-    client.flush().await.expect("flush");
+    feed.flush().await.expect("flush");
     let n = i64::try_from(N).expect("small");
     wait_until(Duration::from_secs(60), "every tick stored", || {
         let p = pool.clone();
@@ -776,6 +802,7 @@ async fn a_bridge_resumes_from_the_old_durable_consumer() {
     let env = TestEnv::new().await;
     let pool = pool(&env).await;
     let client = nats(&env).await;
+    let feed = feed(&env).await;
     let cfg = config(&env);
     // Creates the stream and the cursor table; not run yet.
     let starter = Bridge::start(cfg.clone(), client.clone(), pool.clone())
@@ -798,9 +825,10 @@ async fn a_bridge_resumes_from_the_old_durable_consumer() {
         .expect("old durable consumer");
     let published = ticks(N, 5);
     for t in &published {
-        publish_tick(&client, &env.prefix, t).await;
+        publish_tick(&feed, &env.prefix, t).await;
     }
-    client.flush().await.expect("flush");
+    feed.flush().await.expect("flush");
+    stream_reaches(&client, &cfg.stream_name, N as u64).await;
     // The old bridge stored and acknowledged the first ACKED messages.
     let mut messages = old
         .fetch()
@@ -858,6 +886,7 @@ async fn messages_the_stream_dropped_are_counted_as_a_gap() {
     let env = TestEnv::new().await;
     let pool = pool(&env).await;
     let client = nats(&env).await;
+    let feed = feed(&env).await;
     let mut cfg = config(&env);
     cfg.max_bytes = Some(64 * 1024);
     let bridge = Bridge::start(cfg.clone(), client.clone(), pool.clone())
@@ -865,12 +894,10 @@ async fn messages_the_stream_dropped_are_counted_as_a_gap() {
         .expect("start");
     let published = ticks(N, 8);
     for t in &published {
-        publish_tick(&client, &env.prefix, t).await;
+        publish_tick(&feed, &env.prefix, t).await;
     }
-    client.flush().await.expect("flush");
-    let js = async_nats::jetstream::new(client.clone());
-    let mut stream = js.get_stream(&cfg.stream_name).await.expect("stream");
-    let state = stream.info().await.expect("info").state.clone();
+    feed.flush().await.expect("flush");
+    let state = stream_reaches(&client, &cfg.stream_name, N as u64).await;
     assert_eq!(state.last_sequence, N as u64);
     let dropped = state.first_sequence - 1;
     assert!(dropped > 0, "the cap dropped the oldest messages");

@@ -15,6 +15,7 @@ use suho_accounts::Accounts;
 use suho_domain::UserTopic;
 use suho_gateway::{AppState, WsHub, WsOptions};
 use suho_messaging::{MarketBus, UserEventProducer};
+use suho_security::Identity;
 use suho_testkit::TestEnv;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -55,9 +56,7 @@ impl Gateway {
         .expect("PostgreSQL");
         accounts.migrate().await.expect("migrations");
         let producer = UserEventProducer::new(&env.config.kafka).expect("a producer");
-        let bus = MarketBus::connect(&env.config.nats, "ws-test")
-            .await
-            .expect("NATS");
+        let bus = env.bus(Identity::Ws).await;
         let stop = CancellationToken::new();
         let addr = serve(&env, &accounts, &producer, &bus, options, &stop).await;
         Gateway {
@@ -144,14 +143,27 @@ impl Gateway {
         format!("user.trades:{}:{}", d.partition, d.offset)
     }
 
+    /// Publishes `data` on `subject` as the service whose row allows it.
     async fn publish(&self, subject: &str, data: Value) {
-        self.bus
-            .publish_bytes(
-                format!("{}{subject}", self.env.prefix),
-                data.to_string().into(),
-            )
-            .await
-            .expect("NATS takes it");
+        let identity = if subject.ends_with(".tick") {
+            Identity::Feed
+        } else if subject.ends_with(".price") {
+            Identity::Engine
+        } else if subject.starts_with("signals.") {
+            Identity::Signals
+        } else {
+            Identity::Analytics
+        };
+        let bus = self.env.bus(identity).await;
+        bus.publish_bytes(
+            format!("{}{subject}", self.env.prefix),
+            data.to_string().into(),
+        )
+        .await
+        .expect("NATS takes it");
+        // The connection closes when `bus` drops: the server has the message first, and so
+        // before the next one published.
+        bus.client().flush().await.expect("NATS has it");
     }
 }
 

@@ -17,7 +17,7 @@ use suho_market::{
     run_analytics, run_analytics_with, run_feed, AnalyticsConfig, Atr, Bollinger, CandleAggregator,
     Ema, IndicatorParams, IndicatorReadings, Macd, Rsi, Sma, SyntheticFeed, TickDisposition,
 };
-use suho_messaging::MarketBus;
+use suho_security::Identity;
 use suho_testkit::TestEnv;
 use tokio_util::sync::CancellationToken;
 
@@ -704,22 +704,21 @@ fn jdec(v: &Value) -> Decimal {
 async fn analytics_publishes_contract_candles_from_the_feed() {
     let env = TestEnv::new().await;
     let shutdown = CancellationToken::new();
-    let bus = MarketBus::connect(&env.config.nats, "test-analytics")
-        .await
-        .unwrap();
+    let bus = env.bus(Identity::Operator).await;
+    let feed = env.bus(Identity::Feed).await;
     let mut sub = bus
         .subscribe(format!("{}market.EURUSD.1m", env.prefix))
         .await
         .unwrap();
     let symbols = vec![eur(), Symbol::parse("GBPUSD").unwrap()];
     tokio::spawn(run_analytics(
-        bus.clone(),
+        env.bus(Identity::Analytics).await,
         symbols.clone(),
         shutdown.clone(),
     ));
     tokio::time::sleep(Duration::from_millis(300)).await;
     tokio::spawn(run_feed(
-        bus.clone(),
+        feed.clone(),
         SyntheticFeed::new(&symbols, 42),
         symbols.len(),
         200.0,
@@ -778,9 +777,8 @@ async fn analytics_publishes_contract_candles_from_the_feed() {
 async fn analytics_publishes_indicators_for_closed_candles() {
     let env = TestEnv::new().await;
     let shutdown = CancellationToken::new();
-    let bus = MarketBus::connect(&env.config.nats, "test-indicators")
-        .await
-        .unwrap();
+    let bus = env.bus(Identity::Operator).await;
+    let feed = env.bus(Identity::Feed).await;
     let mut candles = bus
         .subscribe(format!("{}market.EURUSD.1m", env.prefix))
         .await
@@ -796,13 +794,17 @@ async fn analytics_publishes_indicators_for_closed_candles() {
         max_future_ms: None,
         ..AnalyticsConfig::new(vec![eur()])
     };
-    tokio::spawn(run_analytics_with(bus.clone(), config, shutdown.clone()));
+    tokio::spawn(run_analytics_with(
+        env.bus(Identity::Analytics).await,
+        config,
+        shutdown.clone(),
+    ));
     let base = Timeframe::D1.align(suho_messaging::now_ms()) + 2 * Timeframe::D1.duration_ms();
     let prices: Vec<Decimal> = (0..40)
         .map(|i| Decimal::new(108_500 + (i * 37 % 23) - 11 + i, 5))
         .collect();
     let publish = |i: usize| {
-        let bus = bus.clone();
+        let bus = feed.clone();
         let t = Tick::new(
             eur(),
             prices[i],
@@ -895,9 +897,8 @@ async fn analytics_publishes_indicators_for_closed_candles() {
 async fn forming_candles_are_coalesced_and_never_follow_their_closed_candle() {
     let env = TestEnv::new().await;
     let shutdown = CancellationToken::new();
-    let bus = MarketBus::connect(&env.config.nats, "test-coalesce")
-        .await
-        .unwrap();
+    let bus = env.bus(Identity::Operator).await;
+    let feed = env.bus(Identity::Feed).await;
     let mut sub = bus
         .subscribe(format!("{}market.EURUSD.1m", env.prefix))
         .await
@@ -908,11 +909,15 @@ async fn forming_candles_are_coalesced_and_never_follow_their_closed_candle() {
         update_interval: Some(Duration::from_millis(200)),
         ..AnalyticsConfig::new(vec![eur()])
     };
-    tokio::spawn(run_analytics_with(bus.clone(), config, shutdown.clone()));
+    tokio::spawn(run_analytics_with(
+        env.bus(Identity::Analytics).await,
+        config,
+        shutdown.clone(),
+    ));
     // Two days ahead, so the service's close timer (wall clock) leaves the minutes alone.
     let base = Timeframe::D1.align(suho_messaging::now_ms()) + 2 * Timeframe::D1.duration_ms();
     let send = |ts: i64, pipettes: i64| {
-        let bus = bus.clone();
+        let bus = feed.clone();
         let t = Tick::new(
             eur(),
             Decimal::new(pipettes, 5),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use rust_decimal::Decimal;
 use suho_domain::{subject, Symbol, Tick};
 use suho_market::TickHub;
-use suho_messaging::MarketBus;
+use suho_security::Identity;
 use suho_testkit::TestEnv;
 use tokio_util::sync::CancellationToken;
 
@@ -27,15 +27,16 @@ fn tick(symbol: Symbol, i: i64) -> Tick {
 #[tokio::test]
 async fn every_listener_gets_every_tick_in_order_and_a_stalled_one_only_misses_its_own() {
     let env = TestEnv::new().await;
-    let bus = MarketBus::connect(&env.config.nats, "test").await.unwrap();
+    let bus = env.bus(Identity::Feed).await;
     let shutdown = CancellationToken::new();
     let mut hub = TickHub::new();
     let (mut reader, reader_missed) = hub.listen("reader");
     // Never read until the end: its queue fills and it misses the rest.
     let (mut stalled, stalled_missed) = hub.listen("stalled");
-    tokio::spawn(hub.run(bus.clone(), shutdown.clone()));
+    let ticks = env.bus(Identity::Ticks).await;
+    tokio::spawn(hub.run(ticks.clone(), shutdown.clone()));
     tokio::time::sleep(Duration::from_millis(200)).await;
-    bus.client().flush().await.unwrap();
+    ticks.client().flush().await.unwrap();
 
     let eur = Symbol::parse("EURUSD").unwrap();
     let total = TickHub::QUEUE as i64 + 5_000;
@@ -91,7 +92,7 @@ async fn every_listener_gets_every_tick_in_order_and_a_stalled_one_only_misses_i
 #[tokio::test]
 async fn listeners_see_the_end_when_the_hub_stops() {
     let env = TestEnv::new().await;
-    let bus = MarketBus::connect(&env.config.nats, "test").await.unwrap();
+    let bus = env.bus(Identity::Ticks).await;
     let shutdown = CancellationToken::new();
     let mut hub = TickHub::new();
     let (mut ticks, _) = hub.listen("reader");

@@ -9,14 +9,15 @@ use rust_decimal::Decimal;
 use suho_domain::{PriceErrorKind, PriceReply, Symbol};
 use suho_market::{run_feed, run_price_service, PriceServiceConfig, SyntheticFeed};
 use suho_messaging::MarketBus;
+use suho_security::Identity;
 use suho_testkit::TestEnv;
 use tokio_util::sync::CancellationToken;
 
+/// Starts the price service and the feed; returns a bus that may ask for quotes.
 async fn start(env: &TestEnv, shutdown: &CancellationToken) -> MarketBus {
-    let bus = MarketBus::connect(&env.config.nats, "test").await.unwrap();
     let symbols = suho_domain::major_fx();
     tokio::spawn(run_price_service(
-        bus.clone(),
+        env.bus(Identity::Price).await,
         PriceServiceConfig {
             symbols: symbols.iter().copied().collect(),
             max_age_ms: 5000,
@@ -27,22 +28,20 @@ async fn start(env: &TestEnv, shutdown: &CancellationToken) -> MarketBus {
     // Let the price service subscribe before the feed starts.
     tokio::time::sleep(Duration::from_millis(100)).await;
     tokio::spawn(run_feed(
-        bus.clone(),
+        env.bus(Identity::Feed).await,
         SyntheticFeed::new(&symbols, 42),
         symbols.len(),
         50.0,
         shutdown.clone(),
     ));
-    bus
+    env.bus(Identity::Operator).await
 }
 
 #[tokio::test]
 async fn ticks_have_the_contract_shape() {
     let env = TestEnv::new().await;
     let shutdown = CancellationToken::new();
-    let bus = MarketBus::connect(&env.config.nats, "test-sub")
-        .await
-        .unwrap();
+    let bus = env.bus(Identity::Operator).await;
     let mut sub = bus
         .subscribe(format!("{}market.EURUSD.tick", env.prefix))
         .await
@@ -127,7 +126,8 @@ async fn price_service_answers_known_and_unknown_symbols() {
 async fn a_recorded_file_replays_in_order_at_the_chosen_speed() {
     use suho_market::{run_replay, Recording, ReplayOptions};
     let env = TestEnv::new().await;
-    let bus = MarketBus::connect(&env.config.nats, "test").await.unwrap();
+    let bus = env.bus(Identity::Operator).await;
+    let feed = env.bus(Identity::Feed).await;
     let mut sub = bus
         .subscribe(format!("{}market.*.tick", env.prefix))
         .await
@@ -149,7 +149,7 @@ async fn a_recorded_file_replays_in_order_at_the_chosen_speed() {
     // 10 ticks one second apart, played 20x faster: about 450 ms from first to last.
     let started = std::time::Instant::now();
     let sent = run_replay(
-        bus.clone(),
+        feed.clone(),
         recording,
         ReplayOptions {
             speed: 20.0,
@@ -185,7 +185,7 @@ async fn a_recorded_file_replays_in_order_at_the_chosen_speed() {
     // Bars go out as closed candles, as fast as possible with speed 0.
     let bar_file = "start,symbol,timeframe,open,high,low,close,volume\n1704931200000,GBPUSD,1m,1.27,1.2705,1.2695,1.2701,42\n";
     run_replay(
-        bus.clone(),
+        feed.clone(),
         Recording::parse(bar_file).unwrap(),
         ReplayOptions {
             speed: 0.0,

@@ -27,6 +27,9 @@ pub enum MessagingError {
         /// Why.
         detail: String,
     },
+    /// A service's credentials could not be read.
+    #[error("credentials: {0}")]
+    Credentials(#[from] suho_security::SecretsError),
     /// A NATS publish, subscribe or request failed.
     #[error("NATS {op} on `{subject}`: {detail}")]
     Nats {
@@ -79,6 +82,7 @@ impl MessagingError {
             ),
             MessagingError::Settings(_) => true,
             MessagingError::Encode(_)
+            | MessagingError::Credentials(_)
             | MessagingError::Admin { .. }
             | MessagingError::CloseTimedOut { .. } => false,
         }

@@ -3,33 +3,72 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use secrecy::ExposeSecret;
 use serde::Serialize;
+use suho_security::{Credentials, Identity, Secrets};
 use suho_telemetry::names;
 
 use crate::MessagingError;
 
-/// Connects to NATS with a client name (shown in the server's monitoring) and a
+/// Connects to NATS as `identity`, with its credentials from the secrets directory
+/// (`security.secrets_dir`), over TLS verified against the local CA, with the identity's own
+/// inbox prefix, a client name of `suho-{identity}` (shown in the server's monitoring) and a
 /// 5 s connect timeout.
 ///
 /// # Errors
-/// The server is unreachable or refuses the connection.
+/// The credentials are missing, or the server is unreachable or refuses the connection.
 pub async fn connect(
+    config: &suho_config::Config,
+    identity: Identity,
+) -> Result<async_nats::Client, MessagingError> {
+    let credentials = Secrets::at(config.secrets_dir()).credentials(identity)?;
+    connect_with(&config.nats, &credentials).await
+}
+
+/// [`connect`] with credentials at hand.
+///
+/// # Errors
+/// The server is unreachable or refuses the connection (a wrong password, no TLS).
+pub async fn connect_with(
     config: &suho_config::NatsConfig,
-    name: &str,
+    credentials: &Credentials,
 ) -> Result<async_nats::Client, MessagingError> {
     let fail = |detail: String| MessagingError::NatsConnect {
         url: config.url.clone(),
         detail,
     };
-    let connect = async_nats::ConnectOptions::new()
-        .name(name)
-        .connection_timeout(Duration::from_secs(5))
-        .request_timeout(Some(Duration::from_millis(config.request_timeout_ms)))
-        .connect(config.url.as_str());
+    let identity = credentials.identity;
+    // The NATS client logs a refused connection and retries; a first connect does not: it
+    // fails with the server's reason.
+    let connect = async_nats::ConnectOptions::with_user_and_password(
+        identity.name().to_string(),
+        credentials.password.expose_secret().to_string(),
+    )
+    .require_tls(true)
+    .add_root_certificates(credentials.ca_file.clone())
+    .custom_inbox_prefix(identity.inbox_prefix())
+    .name(format!("suho-{identity}"))
+    // The server reports a denied publish or subscription asynchronously: log it, with who.
+    .event_callback(move |event| async move {
+        match event {
+            async_nats::Event::ServerError(e) => {
+                tracing::error!(%identity, error = %e, "NATS server error");
+            }
+            async_nats::Event::Disconnected => {
+                tracing::warn!(%identity, "NATS connection lost; reconnecting");
+            }
+            async_nats::Event::Connected => tracing::debug!(%identity, "NATS connected"),
+            async_nats::Event::Closed => tracing::debug!(%identity, "NATS connection closed"),
+            other => tracing::warn!(%identity, event = %other, "NATS client event"),
+        }
+    })
+    .connection_timeout(Duration::from_secs(5))
+    .request_timeout(Some(Duration::from_millis(config.request_timeout_ms)))
+    .connect(config.url.as_str());
     tokio::time::timeout(Duration::from_secs(6), connect)
         .await
         .map_err(|_| fail("timed out".into()))?
-        .map_err(|e| fail(e.to_string()))
+        .map_err(|e| fail(format!("as `{identity}`: {e}")))
 }
 
 /// A NATS client and the prefix every subject carries. Cheap to clone.
@@ -48,17 +87,17 @@ impl MarketBus {
         }
     }
 
-    /// Connects using the `[nats]` configuration.
+    /// Connects as `identity` (see [`connect`]), with the configuration's subject prefix.
     ///
     /// # Errors
     /// See [`connect`].
     pub async fn connect(
-        config: &suho_config::NatsConfig,
-        name: &str,
+        config: &suho_config::Config,
+        identity: Identity,
     ) -> Result<Self, MessagingError> {
         Ok(Self::new(
-            connect(config, name).await?,
-            config.subject_prefix.clone(),
+            connect(config, identity).await?,
+            config.nats.subject_prefix.clone(),
         ))
     }
 

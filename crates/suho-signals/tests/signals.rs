@@ -12,7 +12,7 @@ use rust_decimal::Decimal;
 use serde_json::Value;
 use suho_domain::{Candle, Symbol, Tick, Timeframe};
 use suho_market::{CandleAggregator, SyntheticFeed};
-use suho_messaging::MarketBus;
+use suho_security::Identity;
 use suho_signals::service::state_file;
 use suho_signals::{
     run_signals, step, MeanReversion, OnlineLogistic, Scalping, SignalsConfig, StateError,
@@ -212,9 +212,9 @@ async fn next_json(sub: &mut async_nats::Subscriber, wait: Duration) -> Option<V
 async fn the_service_publishes_contract_signals_and_alerts_and_saves_its_model() {
     let env = TestEnv::new().await;
     let shutdown = CancellationToken::new();
-    let bus = MarketBus::connect(&env.config.nats, "test-signals")
-        .await
-        .unwrap();
+    let bus = env.bus(Identity::Operator).await;
+    let analytics = env.bus(Identity::Analytics).await;
+    let feed = env.bus(Identity::Feed).await;
     let mut signals = bus
         .subscribe(format!("{}signals.*.EURUSD", env.prefix))
         .await
@@ -229,7 +229,11 @@ async fn the_service_publishes_contract_signals_and_alerts_and_saves_its_model()
         save_interval: Duration::from_millis(200),
         ..SignalsConfig::new(vec![eur()])
     };
-    let service = tokio::spawn(run_signals(bus.clone(), config, shutdown.clone()));
+    let service = tokio::spawn(run_signals(
+        env.bus(Identity::Signals).await,
+        config,
+        shutdown.clone(),
+    ));
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let candle_subject = suho_domain::subject::candle(bus.prefix(), eur(), Timeframe::M1);
@@ -242,7 +246,10 @@ async fn the_service_publishes_contract_signals_and_alerts_and_saves_its_model()
         // A forming candle is ignored.
         let mut forming = crafted(base)[0].clone();
         forming.closed = false;
-        bus.publish(candle_subject.clone(), &forming).await.unwrap();
+        analytics
+            .publish(candle_subject.clone(), &forming)
+            .await
+            .unwrap();
         // Calm ticks, then a spike.
         for i in 0..30 {
             let mid = if i % 2 == 0 { "1.10010" } else { "1.10000" };
@@ -254,12 +261,12 @@ async fn the_service_publishes_contract_signals_and_alerts_and_saves_its_model()
                 "test",
             )
             .unwrap();
-            bus.publish(tick_subject.clone(), &t).await.unwrap();
+            feed.publish(tick_subject.clone(), &t).await.unwrap();
         }
         let spike = Tick::new(eur(), px(1.1050), px(1.1052), base + 30_500, "test").unwrap();
-        bus.publish(tick_subject.clone(), &spike).await.unwrap();
+        feed.publish(tick_subject.clone(), &spike).await.unwrap();
         for c in crafted(base + MIN) {
-            bus.publish(candle_subject.clone(), &c).await.unwrap();
+            analytics.publish(candle_subject.clone(), &c).await.unwrap();
         }
         if let Some(v) = next_json(&mut signals, Duration::from_secs(3)).await {
             first_signal = Some(v);

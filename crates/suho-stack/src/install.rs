@@ -1,5 +1,7 @@
-//! Finds the stack's tools and installs only what is missing: `nats-server`, PostgreSQL,
-//! a Java 17+ runtime and Maven from apt; Apache Kafka's jars from Maven Central.
+//! Finds the stack's tools and installs only what is missing: PostgreSQL, a Java 17+ runtime
+//! and Maven from apt; Apache Kafka's jars from Maven Central; a pinned `nats-server` release
+//! built from the Go module proxy (Debian's 2.9 predates the fix of NATS's advisory on
+//! unrestricted JetStream admin APIs).
 //! Safe to call from several processes at once (an exclusive file lock serialises it) and
 //! as often as one likes (a second call finds everything and does nothing).
 
@@ -39,9 +41,6 @@ pub fn install(spec: &StackSpec) -> Result<Tools, StackError> {
     let _lock = Lock::exclusive(&spec.cache_dir.join("install.lock"))?;
 
     let mut missing: Vec<&str> = Vec::new();
-    if which("nats-server").is_none() {
-        missing.push("nats-server");
-    }
     if find_pg_bin().is_none() {
         missing.push("postgresql");
     }
@@ -55,13 +54,13 @@ pub fn install(spec: &StackSpec) -> Result<Tools, StackError> {
         apt_install(&missing)?;
     }
 
-    let nats_server = which("nats-server").ok_or_else(|| missing_after_apt("nats-server"))?;
     let pg_bin = find_pg_bin().ok_or_else(|| missing_after_apt("postgresql"))?;
     let java = java_binary().ok_or_else(|| StackError::Missing {
         what: "Java 17 or newer (Apache Kafka 4 needs it)".into(),
         hint: "Install a JDK or JRE 17+ (apt-get install openjdk-17-jre-headless) or set JAVA_HOME to one.".into(),
     })?;
     let kafka_libs = fetch_kafka(spec)?;
+    let nats_server = build_nats(&spec.cache_dir, &spec.nats_version)?;
     Ok(Tools {
         nats_server,
         pg_bin,
@@ -160,6 +159,45 @@ fn fetch_kafka(spec: &StackSpec) -> Result<PathBuf, StackError> {
     })?;
     std::fs::write(&done, "").map_err(|e| StackError::io(&done, e))?;
     Ok(libs)
+}
+
+/// The `nats-server` binary of release `version`, built with `go install` from the Go module
+/// proxy into `cache_dir` when it is not there yet (once; about a minute).
+///
+/// # Errors
+/// Go is missing, or the build failed.
+pub fn build_nats(cache_dir: &Path, version: &str) -> Result<PathBuf, StackError> {
+    std::fs::create_dir_all(cache_dir).map_err(|e| StackError::io(cache_dir, e))?;
+    let _lock = Lock::exclusive(&cache_dir.join("nats-build.lock"))?;
+    let home = cache_dir.join(format!("nats-server-v{version}"));
+    let binary = home.join("nats-server");
+    let done = home.join(".complete");
+    if done.exists() && binary.exists() {
+        return Ok(binary);
+    }
+    let go = which("go")
+        .or_else(|| Some(PathBuf::from("/usr/local/go/bin/go")).filter(|p| p.exists()))
+        .ok_or_else(|| StackError::Missing {
+            what: "Go (to build the pinned nats-server)".into(),
+            hint: "Install Go 1.24 or newer (https://go.dev/doc/install) and put `go` on PATH."
+                .into(),
+        })?;
+    tracing::info!(%version, "building nats-server from the Go module proxy (once, about a minute)");
+    std::fs::create_dir_all(&home).map_err(|e| StackError::io(&home, e))?;
+    run(Command::new(go)
+        .env("GOBIN", &home)
+        .env("CGO_ENABLED", "0")
+        .arg("install")
+        .arg(format!("github.com/nats-io/nats-server/v2@v{version}")))
+    .map_err(|e| match e {
+        StackError::Command { detail, .. } => StackError::Missing {
+            what: format!("nats-server v{version}"),
+            hint: format!("Building it from the Go module proxy failed: {detail}"),
+        },
+        other => other,
+    })?;
+    std::fs::write(&done, "").map_err(|e| StackError::io(&done, e))?;
+    Ok(binary)
 }
 
 fn kafka_pom(version: &str) -> String {

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-pub use install::{install, Tools};
+pub use install::{build_nats, install, Tools};
 pub use process::{kill_children, ManagedProcess, STOP_GRACE};
 
 /// Why the stack could not be installed, started or stopped. Each message says what is
@@ -75,6 +75,9 @@ pub enum StackError {
         /// The service that was starting.
         service: Service,
     },
+    /// The credentials or certificates could not be made or read.
+    #[error(transparent)]
+    Secrets(#[from] suho_security::SecretsError),
     /// File-system trouble under the stack directory.
     #[error("{path}: {source}")]
     Io {
@@ -154,6 +157,15 @@ pub struct StackSpec {
     pub ephemeral: bool,
     /// Kill the servers when the process that started them dies (test harnesses).
     pub die_with_parent: bool,
+    /// The `nats-server` release to build and run.
+    pub nats_version: String,
+    /// The services' credentials, the local CA and the servers' certificate (made on first
+    /// start, see [`suho_security::Secrets`]).
+    pub secrets_dir: PathBuf,
+    /// Names the servers' certificate carries besides the loopback ones.
+    pub tls_hosts: Vec<String>,
+    /// The subjects the NATS permissions cover: the deployment's prefix, or any test prefix.
+    pub subject_scope: suho_security::Scope,
 }
 
 impl StackSpec {
@@ -185,6 +197,11 @@ impl StackSpec {
             pg_user: db.1,
             ephemeral: false,
             die_with_parent: false,
+            nats_version: config.stack.nats_version.clone(),
+            secrets_dir: std::path::absolute(config.secrets_dir())
+                .unwrap_or_else(|_| config.secrets_dir()),
+            tls_hosts: config.security.tls_hosts.clone(),
+            subject_scope: suho_security::Scope::Prefix(config.nats.subject_prefix.clone()),
         })
     }
 
@@ -203,9 +220,15 @@ impl StackSpec {
         format!("127.0.0.1:{}", self.kafka_port)
     }
 
-    /// The NATS URL clients use.
+    /// The NATS URL clients use (TLS is required by the server; clients verify it against
+    /// the local CA).
     pub fn nats_url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.nats_port)
+        format!("tls://127.0.0.1:{}", self.nats_port)
+    }
+
+    /// The secrets the servers are configured with.
+    pub fn secrets(&self) -> suho_security::Secrets {
+        suho_security::Secrets::at(&self.secrets_dir)
     }
 
     /// A PostgreSQL URL for `database` on this stack.
@@ -267,12 +290,20 @@ pub fn start_cancellable(
         let d = spec.dir.join(sub);
         std::fs::create_dir_all(&d).map_err(|e| StackError::io(&d, e))?;
     }
+    suho_security::Secrets::ensure(&spec.secrets_dir, &spec.tls_hosts)?;
     let mut out = Started::default();
     for service in Service::ALL {
-        if process::running_pid(spec, service).is_some() {
-            tracing::info!(%service, "already running, reusing it");
-            out.reused.push(service);
-            continue;
+        if let Some(pid) = process::running_pid(spec, service) {
+            if outdated(service, pid, tools) {
+                // A server from before this build's settings (Debian's nats-server, which
+                // knew no users or TLS): replace it rather than leave it open.
+                tracing::warn!(%service, pid, "an older build is running; restarting it as this one");
+                stop_processes(&mut vec![ManagedProcess::adopt(spec, service, pid)]);
+            } else {
+                tracing::info!(%service, "already running, reusing it");
+                out.reused.push(service);
+                continue;
+            }
         }
         let result = check_port_free(spec, service).and_then(|()| match service {
             Service::Nats => nats::start(spec, tools, cancel),
@@ -288,6 +319,18 @@ pub fn start_cancellable(
         }
     }
     Ok(out)
+}
+
+/// Whether the running server `pid` is another build than the one this stack runs (only
+/// NATS's binary has changed: it is built from a pinned release).
+fn outdated(service: Service, pid: u32, tools: &Tools) -> bool {
+    match service {
+        Service::Nats => {
+            let ours = std::fs::canonicalize(&tools.nats_server).unwrap_or_default();
+            std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe != ours)
+        }
+        Service::Postgres | Service::Kafka => false,
+    }
 }
 
 fn check_port_free(spec: &StackSpec, service: Service) -> Result<(), StackError> {
@@ -394,6 +437,24 @@ pub fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?
         .local_addr()?
         .port())
+}
+
+/// Writes a file only its owner can read (a server configuration holding credentials).
+pub(crate) fn write_private(path: &Path, text: &str) -> Result<(), StackError> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| StackError::io(path, e))?;
+    // An older file keeps its mode through `open`: set it.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| StackError::io(path, e))?;
+    f.write_all(text.as_bytes())
+        .map_err(|e| StackError::io(path, e))
 }
 
 /// The last `n` lines of a log file, for error messages.

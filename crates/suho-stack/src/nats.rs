@@ -1,5 +1,6 @@
-//! `nats-server` with JetStream enabled, listening on loopback; ready when it greets a
-//! client with `INFO`.
+//! `nats-server` with JetStream enabled, listening on loopback, TLS required and one user per
+//! identity with the permissions of the identity table ([`suho_security::nats`]); no
+//! anonymous connection. Ready when it greets a client with `INFO`.
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
@@ -19,8 +20,8 @@ pub(crate) fn start(
     let store = home.join("jetstream");
     std::fs::create_dir_all(&store).map_err(|e| StackError::io(&store, e))?;
     let conf = home.join("nats.conf");
-    let text = format!(
-        "# Written by suho-stack on every start.\n\
+    let mut text = format!(
+        "# Written by suho-stack on every start, from the identity table.\n\
          listen: 127.0.0.1:{port}\n\
          http: 127.0.0.1:{monitor}\n\
          server_name: suho\n\
@@ -30,7 +31,11 @@ pub(crate) fn start(
         monitor = spec.nats_monitor_port,
         store = store.display(),
     );
-    std::fs::write(&conf, text).map_err(|e| StackError::io(&conf, e))?;
+    text.push_str(&suho_security::nats::server_config(
+        &spec.secrets(),
+        &spec.subject_scope,
+    )?);
+    crate::write_private(&conf, &text)?;
     let mut cmd = Command::new(&tools.nats_server);
     cmd.arg("-c").arg(&conf);
     tracing::info!(port = spec.nats_port, "starting nats-server");

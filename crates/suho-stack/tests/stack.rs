@@ -26,6 +26,10 @@ fn spec(dir: &std::path::Path) -> StackSpec {
         pg_user: "suho".into(),
         ephemeral: true,
         die_with_parent: false,
+        nats_version: suho_config::Config::default().stack.nats_version,
+        secrets_dir: dir.join("secrets"),
+        tls_hosts: Vec::new(),
+        subject_scope: suho_security::Scope::AnyTestPrefix,
     }
 }
 

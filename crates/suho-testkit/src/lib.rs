@@ -2,8 +2,8 @@
 //!
 //! - [`stack`] starts, once per test binary, a throwaway Apache Kafka, NATS and PostgreSQL on
 //!   free ports under `target/suho-test-stacks/<pid>` (killed when the test process exits),
-//!   or, with `SUHO_TEST_REUSE=1`, uses the running stack that the normal configuration names
-//!   (for example one started by `suho stack up`).
+//!   secured as `suho stack up` secures its stack: TLS, and a user per identity whose NATS
+//!   permissions cover any one-token test prefix ([`suho_security::Scope::AnyTestPrefix`]).
 //! - [`TestEnv::new`] gives each test its own world on that stack: a unique topic, group and
 //!   subject prefix, its own topics, and its own database, so tests run in parallel and in any
 //!   order.
@@ -24,7 +24,9 @@ pub struct TestStack {
     pub nats_url: String,
     /// URL of a database on the server that may create databases.
     pub admin_database_url: String,
-    /// Directory of the stack's data and logs (`None` when reusing one).
+    /// The stack's credentials and CA (`security.secrets_dir`).
+    pub secrets_dir: PathBuf,
+    /// Directory of the stack's data and logs.
     pub dir: Option<PathBuf>,
 }
 
@@ -44,9 +46,6 @@ pub fn stack() -> &'static TestStack {
     static STACK: OnceLock<TestStack> = OnceLock::new();
     STACK.get_or_init(|| {
         suho_telemetry::init_tracing("pretty", "warn,suho=info,suho_stack=info");
-        if std::env::var("SUHO_TEST_REUSE").is_ok_and(|v| v == "1") {
-            return reuse();
-        }
         // The servers die with the thread that spawned them (PR_SET_PDEATHSIG), so spawn
         // them from a thread that lives as long as the process.
         let (tx, rx) = std::sync::mpsc::channel();
@@ -68,22 +67,6 @@ pub fn stack() -> &'static TestStack {
             Err(e) => panic!("could not start the test stack: {e}"),
         }
     })
-}
-
-fn reuse() -> TestStack {
-    use secrecy::ExposeSecret;
-    let config = Config::load(None).expect("SUHO_TEST_REUSE=1: the configuration must load");
-    let url = config.database.url.expose_secret().to_string();
-    let admin = match url.rsplit_once('/') {
-        Some((base, _)) => format!("{base}/postgres"),
-        None => url,
-    };
-    TestStack {
-        kafka_bootstrap: config.kafka.bootstrap.clone(),
-        nats_url: config.nats.url.clone(),
-        admin_database_url: admin,
-        dir: None,
-    }
 }
 
 fn start_throwaway() -> Result<TestStack, suho_stack::StackError> {
@@ -127,6 +110,11 @@ fn start_throwaway_once() -> Result<TestStack, suho_stack::StackError> {
         pg_user: "suho".into(),
         ephemeral: true,
         die_with_parent: true,
+        nats_version: Config::default().stack.nats_version,
+        secrets_dir: dir.join("secrets"),
+        tls_hosts: Vec::new(),
+        // Every test has a one-token prefix of its own.
+        subject_scope: suho_security::Scope::AnyTestPrefix,
     };
     let tools = suho_stack::install(&spec)?;
     let started = suho_stack::start(&spec, &tools)?;
@@ -136,6 +124,7 @@ fn start_throwaway_once() -> Result<TestStack, suho_stack::StackError> {
         kafka_bootstrap: spec.kafka_bootstrap(),
         nats_url: spec.nats_url(),
         admin_database_url: spec.database_url("postgres"),
+        secrets_dir: spec.secrets_dir.clone(),
         dir: Some(dir),
     })
 }
@@ -206,6 +195,7 @@ impl TestEnv {
         config.kafka.topic_prefix.clone_from(&prefix);
         config.kafka.group_prefix.clone_from(&prefix);
         config.nats.url.clone_from(&stack.nats_url);
+        config.security.secrets_dir = Some(stack.secrets_dir.clone());
         config.nats.subject_prefix.clone_from(&prefix);
         config.database.url = SecretString::from(format!("{base}/{database}"));
         config.http.addr = "127.0.0.1:0".parse().expect("loopback address");
@@ -229,6 +219,19 @@ impl TestEnv {
             prefix,
             database,
         }
+    }
+}
+
+impl TestEnv {
+    /// A NATS connection as `identity`, with this test's subject prefix: what that service
+    /// may do, the server allows; the rest it refuses.
+    ///
+    /// # Panics
+    /// The connection is refused.
+    pub async fn bus(&self, identity: suho_security::Identity) -> suho_messaging::MarketBus {
+        suho_messaging::MarketBus::connect(&self.config, identity)
+            .await
+            .unwrap_or_else(|e| panic!("connecting to NATS as `{identity}`: {e}"))
     }
 }
 

@@ -17,7 +17,8 @@ use suho_domain::{
     UserTopic,
 };
 use suho_market::{run_feed, run_price_service, PriceServiceConfig, SyntheticFeed};
-use suho_messaging::{now_ms, MarketBus, UserEventProducer};
+use suho_messaging::{now_ms, UserEventProducer};
+use suho_security::Identity;
 use suho_testkit::TestEnv;
 use suho_trading::{Engine, EngineError};
 use tokio::task::JoinHandle;
@@ -60,9 +61,7 @@ impl SeenQuotes {
 /// Starts the price service, and (with `feed`) the synthetic feed; returns what the feed
 /// published, as seen by a subscriber started before it.
 async fn start_market(env: &TestEnv, shutdown: &CancellationToken, feed: bool) -> SeenQuotes {
-    let bus = MarketBus::connect(&env.config.nats, "test-market")
-        .await
-        .unwrap();
+    let bus = env.bus(Identity::Operator).await;
     let symbols = suho_domain::major_fx();
     let seen = SeenQuotes::default();
     let mut ticks = bus
@@ -85,7 +84,7 @@ async fn start_market(env: &TestEnv, shutdown: &CancellationToken, feed: bool) -
         }
     });
     tokio::spawn(run_price_service(
-        bus.clone(),
+        env.bus(Identity::Price).await,
         PriceServiceConfig {
             symbols: symbols.iter().copied().collect(),
             max_age_ms: 5000,
@@ -98,7 +97,7 @@ async fn start_market(env: &TestEnv, shutdown: &CancellationToken, feed: bool) -
         bus.client().flush().await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         tokio::spawn(run_feed(
-            bus,
+            env.bus(Identity::Feed).await,
             SyntheticFeed::new(&symbols, 42),
             symbols.len(),
             50.0,
@@ -112,9 +111,7 @@ async fn start_engine(
     env: &TestEnv,
     shutdown: &CancellationToken,
 ) -> JoinHandle<Result<(), EngineError>> {
-    let bus = MarketBus::connect(&env.config.nats, "trading-engine")
-        .await
-        .unwrap();
+    let bus = env.bus(Identity::Engine).await;
     let producer = UserEventProducer::new(&env.config.kafka).unwrap();
     let engine = Engine::new(&env.config, bus, producer).unwrap();
     tokio::spawn(engine.run(shutdown.clone()))
@@ -366,9 +363,8 @@ async fn a_command_without_a_price_waits_across_a_restart_and_executes_once() {
 
     // A listener on the price subject that never answers: every request times out, and the
     // engine asks again and again for the same command without answering it.
-    let watcher = MarketBus::connect(&env.config.nats, "test-watcher")
-        .await
-        .unwrap();
+    // As the price service: the only identity that may hear price requests.
+    let watcher = env.bus(Identity::Price).await;
     let mut requests = watcher
         .subscribe(suho_domain::subject::price(&env.prefix, sym("EURUSD")))
         .await

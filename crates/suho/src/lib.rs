@@ -32,6 +32,7 @@ use suho_market::{
     PriceServiceConfig, SyntheticFeed, TickHub, TradingHours,
 };
 use suho_messaging::{MarketBus, UserEventProducer};
+use suho_security::Identity;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -40,7 +41,7 @@ pub struct Application {
     config: Config,
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
-    bus: MarketBus,
+    buses: Buses,
     producer: UserEventProducer,
     accounts: Accounts,
     bridge: suho_bridge::Bridge,
@@ -54,9 +55,7 @@ impl Application {
     /// A service is unreachable, the schema cannot be migrated, the port is taken, or the
     /// configuration is unusable; each message says which.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
-        let bus = MarketBus::connect(&config.nats, "suho")
-            .await
-            .context("connecting to NATS")?;
+        let buses = Buses::connect(&config).await?;
         let producer =
             UserEventProducer::new(&config.kafka).context("creating the Kafka producer")?;
         let secret = jwt_secret(&config).context("loading the JWT key")?;
@@ -74,7 +73,7 @@ impl Application {
         // nothing from the first tick on.
         let bridge = suho_bridge::Bridge::start(
             suho_bridge::BridgeConfig::from_config(&config),
-            bus.client().clone(),
+            buses.get(Identity::Bridge).client().clone(),
             accounts.pool().clone(),
         )
         .await
@@ -87,7 +86,7 @@ impl Application {
             config,
             listener,
             addr,
-            bus,
+            buses,
             producer,
             accounts,
             bridge,
@@ -122,7 +121,7 @@ impl Application {
             config,
             listener,
             addr: _,
-            bus,
+            buses,
             producer,
             accounts,
             bridge,
@@ -145,18 +144,22 @@ impl Application {
         let (signal_ticks, _) = hub.listen("signals");
         let (price_ticks, _) = hub.listen("price-service");
         let (analytics_ticks, _) = hub.listen("market-analytics");
-        let ticks = hub.run(bus.clone(), stop.clone());
+        let ticks = hub.run(buses.get(Identity::Ticks), stop.clone());
         tasks.spawn("tick-hub", async move { ticks.await.map_err(Into::into) });
         let mut signals = suho_signals::SignalsConfig::new(symbols.clone());
         signals.state_dir = Some(config.stack.dir.join("signals"));
         // After a restart the strategies and indicators pick up from the stored candles.
         let history = stored_candles(accounts.pool(), &symbols).await;
         signals.history = history.clone();
-        let signals =
-            suho_signals::run_signals_on(bus.clone(), signals, signal_ticks, stop.clone());
+        let signals = suho_signals::run_signals_on(
+            buses.get(Identity::Signals),
+            signals,
+            signal_ticks,
+            stop.clone(),
+        );
         tasks.spawn("signals", async move { signals.await.map_err(Into::into) });
         let price = run_price_service_on(
-            bus.clone(),
+            buses.get(Identity::Price),
             PriceServiceConfig {
                 symbols: symbols.iter().copied().collect(),
                 max_age_ms: i64::try_from(config.market.max_quote_age_ms).unwrap_or(i64::MAX),
@@ -170,7 +173,7 @@ impl Application {
             async move { price.await.map_err(Into::into) },
         );
         let analytics = run_analytics_on(
-            bus.clone(),
+            buses.get(Identity::Analytics),
             AnalyticsConfig {
                 history,
                 ..AnalyticsConfig::new(symbols.clone())
@@ -181,7 +184,7 @@ impl Application {
         tasks.spawn("market-analytics", async move {
             analytics.await.map_err(Into::into)
         });
-        let feed = feed_task(&config, &bus, &symbols, &stop)?;
+        let feed = feed_task(&config, &buses.get(Identity::Feed), &symbols, &stop)?;
         tasks.spawn("market-feed", feed);
 
         // User domain.
@@ -194,8 +197,9 @@ impl Application {
         );
         tasks.spawn("audit", async move { audit.await.map_err(Into::into) });
         if config.trading.engine_enabled {
-            let engine = suho_trading::Engine::new(&config, bus.clone(), producer.clone())
-                .context("creating the trading engine")?;
+            let engine =
+                suho_trading::Engine::new(&config, buses.get(Identity::Engine), producer.clone())
+                    .context("creating the trading engine")?;
             let token = stop.clone();
             tasks.spawn("trading-engine", async move {
                 engine.run(token).await.map_err(Into::into)
@@ -205,7 +209,7 @@ impl Application {
         if config.agent.enabled {
             let agent = suho_agent::run_agent(
                 suho_agent::AgentOptions::from_config(&config),
-                bus.clone(),
+                buses.get(Identity::Agent),
                 producer.clone(),
                 stop.clone(),
             );
@@ -229,7 +233,7 @@ impl Application {
         // The WebSocket stream's shared inputs: one NATS subscription per subject pattern and
         // one Kafka consumer of every user-topic partition, for all connections.
         let (ws, ws_task) = suho_gateway::WsHub::start(
-            &bus,
+            &buses.get(Identity::Ws),
             &config.kafka,
             suho_gateway::WsOptions::default(),
             stop.clone(),
@@ -245,23 +249,11 @@ impl Application {
                 .map_err(Into::into)
         });
 
-        // Heartbeats of every service in this process.
-        let mut services = vec![
-            "market-feed",
-            "price-service",
-            "market-analytics",
-            "signals",
-            "data-bridge",
-            "gateway",
-            "audit",
-        ];
-        if config.trading.engine_enabled {
-            services.push("trading-engine");
-        }
-        if config.agent.enabled {
-            services.push("agent");
-        }
-        for service in services {
+        // Heartbeats of every service in this process, each under its own identity.
+        for (&identity, bus) in &buses.0 {
+            let Some(service) = identity.heartbeat() else {
+                continue;
+            };
             let beat = suho_messaging::health::heartbeat(
                 bus.clone(),
                 service.to_string(),
@@ -308,6 +300,40 @@ impl Application {
                 None => Ok(()),
             },
         }
+    }
+}
+
+/// A NATS connection per identity of the services this process runs: each service talks to
+/// NATS as itself, so the server holds it to its own row of the identity table.
+struct Buses(std::collections::BTreeMap<Identity, MarketBus>);
+
+impl Buses {
+    /// The identities [`Application`] runs, with the engine and the agent when enabled.
+    async fn connect(config: &Config) -> anyhow::Result<Buses> {
+        let mut buses = std::collections::BTreeMap::new();
+        for identity in Identity::ALL {
+            let runs = match identity {
+                Identity::Engine => config.trading.engine_enabled,
+                Identity::Agent => config.agent.enabled,
+                Identity::Operator => false,
+                _ => true,
+            };
+            if runs {
+                let bus = MarketBus::connect(config, identity)
+                    .await
+                    .with_context(|| format!("connecting to NATS as `{identity}`"))?;
+                buses.insert(identity, bus);
+            }
+        }
+        Ok(Buses(buses))
+    }
+
+    /// The bus of `identity`, which [`Buses::connect`] connected.
+    fn get(&self, identity: Identity) -> MarketBus {
+        self.0
+            .get(&identity)
+            .unwrap_or_else(|| panic!("no NATS connection for `{identity}`"))
+            .clone()
     }
 }
 
@@ -431,12 +457,46 @@ fn describe(
     joined.unwrap_or_else(|e| ("a service task", Err(anyhow::anyhow!("panicked: {e}"))))
 }
 
+/// The `KEY=value` settings `suho stack credentials` prints for an identity: how an outside
+/// client connects to this stack as it. NATS requires TLS (verified against `SUHO_CA_FILE`)
+/// and the identity's user and password.
+#[must_use]
+pub fn credentials_env(
+    config: &Config,
+    credentials: &suho_security::Credentials,
+) -> Vec<(&'static str, String)> {
+    use secrecy::ExposeSecret;
+    vec![
+        ("SUHO_NATS_URL", config.nats.url.clone()),
+        ("SUHO_NATS_USER", credentials.user().to_string()),
+        (
+            "SUHO_NATS_PASSWORD",
+            credentials.password.expose_secret().to_string(),
+        ),
+        ("SUHO_KAFKA_BOOTSTRAP", config.kafka.bootstrap.clone()),
+        // Kafka's listener is not yet behind SASL/TLS: say so rather than print settings
+        // that would not work.
+        ("SUHO_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT".to_string()),
+        (
+            "SUHO_CA_FILE",
+            std::path::absolute(&credentials.ca_file)
+                .unwrap_or_else(|_| credentials.ca_file.clone())
+                .display()
+                .to_string(),
+        ),
+        (
+            "SUHO_DATABASE_URL",
+            config.database.url.expose_secret().to_string(),
+        ),
+    ]
+}
+
 /// `suho engine`: the trading engine alone, until `shutdown`.
 ///
 /// # Errors
 /// NATS or Kafka is unreachable, or the engine fails for good.
 pub async fn run_engine(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let bus = MarketBus::connect(&config.nats, "suho-engine")
+    let bus = MarketBus::connect(config, Identity::Engine)
         .await
         .context("connecting to NATS")?;
     let producer = UserEventProducer::new(&config.kafka).context("creating the Kafka producer")?;

@@ -240,6 +240,16 @@ enum StackAction {
     Status,
     /// Install what is missing, start nothing.
     Install,
+    /// Print an identity's connection settings as `KEY=value` lines (for an outside client or
+    /// tool), or with `--list` every identity and what it is for.
+    Credentials {
+        /// The identity (`operator` for an outside tool; see `--list`).
+        #[arg(required_unless_present = "list")]
+        identity: Option<String>,
+        /// List the identities instead.
+        #[arg(long, conflicts_with = "identity")]
+        list: bool,
+    },
 }
 
 /// `println!`, except that a reader that has gone (a closed pipe or terminal) loses the line
@@ -357,11 +367,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 paths,
                 p99_bound: std::time::Duration::from_millis(p99_bound_ms),
                 // The Kafka jars `suho stack up` downloaded, and its Kafka version and heap.
-                stack: suho_bench::StackOptions {
-                    cache_dir: config.stack.dir.join("cache"),
-                    kafka_version: config.stack.kafka_version.clone(),
-                    kafka_heap: config.stack.kafka_heap.clone(),
-                },
+                stack: suho_bench::StackOptions::from_config(&config),
                 ..defaults
             };
             let report = suho_bench::bench_trading(opts).await?;
@@ -392,11 +398,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .take(usize::from(symbols))
                     .collect(),
                 p99_bound: std::time::Duration::from_millis(p99_bound_ms),
-                stack: suho_bench::StackOptions {
-                    cache_dir: config.stack.dir.join("cache"),
-                    kafka_version: config.stack.kafka_version.clone(),
-                    kafka_heap: config.stack.kafka_heap.clone(),
-                },
+                stack: suho_bench::StackOptions::from_config(&config),
             };
             let report = suho_bench::bench_gateway(opts).await?;
             say!("{report}");
@@ -495,6 +497,7 @@ async fn backfill(
 }
 
 fn stack(config: &suho_config::Config, action: StackAction) -> anyhow::Result<()> {
+    use anyhow::Context;
     let spec = suho_stack::StackSpec::from_config(config)?;
     match action {
         StackAction::Install => {
@@ -519,6 +522,24 @@ fn stack(config: &suho_config::Config, action: StackAction) -> anyhow::Result<()
             }
             for s in stopped {
                 say!("{:<9} stopped", s.name());
+            }
+        }
+        StackAction::Credentials { identity, list } => {
+            if list {
+                for i in suho_security::Identity::ALL {
+                    say!("{:<10} {}", i.name(), i.purpose());
+                }
+                return Ok(());
+            }
+            let name = identity.unwrap_or_default();
+            let identity = suho_security::Identity::from_name(&name).with_context(|| {
+                format!("no identity {name:?}; `suho stack credentials --list` names them")
+            })?;
+            let credentials = suho_security::Secrets::at(config.secrets_dir())
+                .credentials(identity)
+                .with_context(|| format!("the credentials of `{identity}`"))?;
+            for (key, value) in suho::credentials_env(config, &credentials) {
+                say!("{key}={value}");
             }
         }
         StackAction::Status => {

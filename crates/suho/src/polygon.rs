@@ -225,7 +225,7 @@ pub async fn backfill(
         .await
         .context("opening the candle store")?;
     let bus = if request.publish {
-        let bus = MarketBus::connect(&config.nats, "suho-backfill")
+        let bus = MarketBus::connect(config, suho_security::Identity::Feed)
             .await
             .context("connecting to NATS (nats.url) to publish the bars")?;
         Some(bus)

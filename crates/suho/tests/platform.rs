@@ -437,9 +437,7 @@ async fn no_market_data_ever_appears_in_kafka() {
 
 /// Counts ticks on every `market.*.tick` of this test for 3 s.
 async fn async_nats_sub(env: &TestEnv) -> impl std::future::Future<Output = usize> {
-    let bus = suho_messaging::MarketBus::connect(&env.config.nats, "test")
-        .await
-        .unwrap();
+    let bus = env.bus(suho_security::Identity::Operator).await;
     let mut sub = bus
         .subscribe(format!("{}market.*.tick", env.prefix))
         .await
@@ -576,9 +574,7 @@ async fn bad_requests_name_the_field_and_queue_nothing() {
 #[tokio::test]
 async fn health_metrics_and_heartbeats() {
     let p = Running::start().await;
-    let bus = suho_messaging::MarketBus::connect(&p.env.config.nats, "test")
-        .await
-        .unwrap();
+    let bus = p.env.bus(suho_security::Identity::Operator).await;
     let mut beats = bus
         .subscribe(format!("{}system.health.*", p.env.prefix))
         .await
@@ -723,9 +719,7 @@ async fn the_replay_feed_plays_a_file_and_the_platform_stays_up() {
     env.config.market.replay_file = Some(file.clone());
     env.config.market.replay_speed = 0.0;
     env.config.validate().unwrap();
-    let bus = suho_messaging::MarketBus::connect(&env.config.nats, "test")
-        .await
-        .unwrap();
+    let bus = env.bus(suho_security::Identity::Operator).await;
     let mut ticks = bus
         .subscribe(format!("{}market.*.tick", env.prefix))
         .await
@@ -832,9 +826,7 @@ async fn every_market_subject_carries_contract_messages() {
     // The recording is years old; the price service must still answer from it.
     env.config.market.max_quote_age_ms = 1 << 50;
     env.config.validate().unwrap();
-    let bus = suho_messaging::MarketBus::connect(&env.config.nats, "test")
-        .await
-        .unwrap();
+    let bus = env.bus(suho_security::Identity::Operator).await;
     let mut all = bus.subscribe(format!("{}>", env.prefix)).await.unwrap();
     let p = env.prefix.clone();
     let running = Running::with(env).await;
@@ -1078,4 +1070,109 @@ async fn behind_a_trusted_proxy_the_throttle_counts_the_forwarded_client() {
         .expect("HTTP request");
     assert_eq!(r.status().as_u16(), 200, "the owner, elsewhere, logs in");
     p.stop().await;
+}
+
+/// `suho stack credentials IDENTITY` prints, as `KEY=value` lines, exactly what an outside
+/// client needs: with them it connects to NATS over TLS as that identity, and is held to
+/// its row (the operator reads every subject and may not publish a tick).
+#[tokio::test]
+async fn stack_credentials_print_what_an_outside_client_connects_with() {
+    let env = TestEnv::new().await;
+    let suho = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_suho"))
+            .args(args)
+            .env("SUHO_CONFIG", "/nonexistent/suho.toml")
+            .env("SUHO__NATS__URL", &env.config.nats.url)
+            .env("SUHO__SECURITY__SECRETS_DIR", env.config.secrets_dir())
+            .output()
+            .expect("running suho")
+    };
+    let list = suho(&["stack", "credentials", "--list"]);
+    assert!(list.status.success());
+    let names: Vec<String> = String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect();
+    let all: Vec<String> = suho_security::Identity::ALL
+        .iter()
+        .map(|i| i.name().to_string())
+        .collect();
+    assert_eq!(names, all);
+
+    let unknown = suho(&["stack", "credentials", "root"]);
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("--list"));
+
+    let printed = suho(&["stack", "credentials", "operator"]);
+    assert!(printed.status.success(), "{printed:?}");
+    let vars: BTreeMap<String, String> = String::from_utf8_lossy(&printed.stdout)
+        .lines()
+        .map(|l| {
+            let (k, v) = l.split_once('=').expect("KEY=value");
+            (k.to_string(), v.to_string())
+        })
+        .collect();
+    let keys: Vec<&str> = vars.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        [
+            "SUHO_CA_FILE",
+            "SUHO_DATABASE_URL",
+            "SUHO_KAFKA_BOOTSTRAP",
+            "SUHO_KAFKA_SECURITY_PROTOCOL",
+            "SUHO_NATS_PASSWORD",
+            "SUHO_NATS_URL",
+            "SUHO_NATS_USER",
+        ]
+    );
+    assert_eq!(vars["SUHO_NATS_USER"], "operator");
+
+    let (tx, mut errors) = tokio::sync::mpsc::unbounded_channel();
+    let client = async_nats::ConnectOptions::new()
+        .user_and_password(
+            vars["SUHO_NATS_USER"].clone(),
+            vars["SUHO_NATS_PASSWORD"].clone(),
+        )
+        .require_tls(true)
+        .add_root_certificates(vars["SUHO_CA_FILE"].clone().into())
+        .event_callback(move |event| {
+            let tx = tx.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = event {
+                    let _ = tx.send(e.to_string());
+                }
+            }
+        })
+        .connect(vars["SUHO_NATS_URL"].as_str())
+        .await
+        .expect("the printed settings connect");
+    let mut everything = client
+        .subscribe(format!("{}>", env.prefix))
+        .await
+        .expect("subscribe");
+    let tick = format!("{}market.EURUSD.tick", env.prefix);
+    client
+        .publish(tick.clone(), "{}".into())
+        .await
+        .expect("publish");
+    client.flush().await.expect("flush");
+    let denied = tokio::time::timeout(Duration::from_secs(5), errors.recv())
+        .await
+        .expect("the server answers the forged tick")
+        .expect("an error");
+    assert!(
+        denied.contains("Permissions Violation") && denied.contains(&tick),
+        "{denied}"
+    );
+    let feed = env.bus(suho_security::Identity::Feed).await;
+    feed.publish_bytes(tick.clone(), "{\"real\":true}".into())
+        .await
+        .expect("the feed publishes");
+    feed.client().flush().await.expect("flush");
+    let seen = tokio::time::timeout(Duration::from_secs(5), everything.next())
+        .await
+        .expect("the operator reads the feed's tick")
+        .expect("a message");
+    assert_eq!(seen.subject.as_str(), tick);
+    assert_eq!(&seen.payload[..], b"{\"real\":true}");
 }

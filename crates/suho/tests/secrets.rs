@@ -1,7 +1,8 @@
 //! No password, token or MT5 credential in any log line or Kafka event: the platform runs
 //! on the real servers with every suho log line captured (at debug level), a user registers,
 //! fails a login, logs in, links an MT5 account, changes settings, trades and logs out; then
-//! the captured logs and every record of every user topic are searched for each secret.
+//! the captured logs and every record of every user topic are searched for each secret, the
+//! services' broker passwords and the CA's and servers' private keys among them.
 //!
 //! Its own test binary, so the capturing subscriber is the process's only one.
 
@@ -173,7 +174,7 @@ async fn no_secret_reaches_a_log_line_or_a_kafka_record() {
     let credentials_key =
         std::fs::read_to_string(env.config.stack.dir.join("secrets").join("credentials.key"))
             .unwrap_or_default();
-    let secrets = [
+    let mut secrets = vec![
         ("the login password", password.to_string()),
         ("a wrong password", wrong_password.to_string()),
         ("the MT5 password", mt5_password.to_string()),
@@ -185,6 +186,19 @@ async fn no_secret_reaches_a_log_line_or_a_kafka_record() {
         ("the JWT key", jwt_key.expose_secret().to_string()),
         ("the credentials key", credentials_key.trim().to_string()),
     ];
+    // Every service's broker password, and the private keys of the CA and the servers.
+    let stack_secrets = suho_security::Secrets::at(env.config.secrets_dir());
+    for identity in suho_security::Identity::ALL {
+        let password = stack_secrets
+            .password(identity)
+            .expect("a service password");
+        secrets.push(("a service's password", password.expose_secret().to_string()));
+    }
+    for key in [stack_secrets.ca_key_file(), stack_secrets.server_key_file()] {
+        let pem = std::fs::read_to_string(&key).expect("a private key");
+        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        secrets.push(("a private key", body));
+    }
     let logs = String::from_utf8_lossy(&logs.0.lock().expect("logs")).into_owned();
     assert!(logs.lines().count() > 20, "logs were captured:\n{logs}");
     assert!(records.len() >= 5, "records were read: {records:?}");

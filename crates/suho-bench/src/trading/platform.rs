@@ -20,6 +20,7 @@ use suho_market::{
     TradingHours,
 };
 use suho_messaging::{MarketBus, UserEventProducer};
+use suho_security::Identity;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -32,7 +33,7 @@ type Tasks = JoinSet<(&'static str, anyhow::Result<()>)>;
 pub(crate) struct Platform {
     /// Where the gateway listens.
     pub(crate) http_addr: SocketAddr,
-    /// The market bus (the engine's prefix).
+    /// The market bus, as the engine (which may ask the price service for quotes).
     pub(crate) bus: MarketBus,
     stop: CancellationToken,
     tasks: Tasks,
@@ -60,17 +61,23 @@ impl Platform {
             listener,
             addr: http_addr,
             symbols,
-        } = GatewayParts::connect(config, "suho-bench-platform").await?;
+        } = GatewayParts::connect(config, Identity::Engine).await?;
+        // Each service on NATS as itself, as `suho up` runs them.
+        let as_identity = |identity| async move {
+            MarketBus::connect(config, identity)
+                .await
+                .with_context(|| format!("connecting to NATS as `{identity}`"))
+        };
         let stop = CancellationToken::new();
         let mut tasks = Tasks::new();
 
         // Market: one tick subscription (the hub) feeding the price service; the feed.
         let mut hub = TickHub::new();
         let (price_ticks, _) = hub.listen("price-service");
-        let ticks = hub.run(bus.clone(), stop.clone());
+        let ticks = hub.run(as_identity(Identity::Ticks).await?, stop.clone());
         tasks.spawn(async move { ("tick-hub", ticks.await.map_err(Into::into)) });
         let price = run_price_service_on(
-            bus.clone(),
+            as_identity(Identity::Price).await?,
             PriceServiceConfig {
                 symbols: symbols.iter().copied().collect(),
                 max_age_ms: i64::try_from(config.market.max_quote_age_ms).unwrap_or(i64::MAX),
@@ -83,7 +90,7 @@ impl Platform {
         let hours = TradingHours::from_name(&config.market.trading_hours)
             .context("market.trading_hours")?;
         let feed = run_feed(
-            bus.clone(),
+            as_identity(Identity::Feed).await?,
             SyntheticFeed::new(&symbols, config.market.seed).with_hours(hours),
             symbols.len(),
             config.market.ticks_per_second,
@@ -162,9 +169,11 @@ pub(crate) fn config(
     kafka_bootstrap: &str,
     nats_url: &str,
     database_url: &str,
+    secrets_dir: &std::path::Path,
     prefix: &str,
 ) -> anyhow::Result<Config> {
     let mut config = Config::default();
+    config.security.secrets_dir = Some(secrets_dir.to_path_buf());
     config.stack.manage = false;
     config.kafka.bootstrap = kafka_bootstrap.to_string();
     config.kafka.topic_prefix = prefix.to_string();
@@ -284,7 +293,7 @@ async fn post(
 
 /// What the gateway is built from, connected as `suho::Application::build` connects it.
 pub(crate) struct GatewayParts {
-    /// NATS, as the client named at [`GatewayParts::connect`].
+    /// NATS, as the identity named at [`GatewayParts::connect`].
     pub(crate) bus: MarketBus,
     /// The user-event producer.
     pub(crate) producer: UserEventProducer,
@@ -299,12 +308,15 @@ pub(crate) struct GatewayParts {
 }
 
 impl GatewayParts {
-    /// Connects NATS (as `client`), Kafka and PostgreSQL, migrates, and binds `http.addr`.
+    /// Connects NATS (as `identity`), Kafka and PostgreSQL, migrates, and binds `http.addr`.
     ///
     /// # Errors
     /// A server is unreachable, or the configuration lacks the JWT secret.
-    pub(crate) async fn connect(config: &Config, client: &str) -> anyhow::Result<GatewayParts> {
-        let bus = MarketBus::connect(&config.nats, client)
+    pub(crate) async fn connect(
+        config: &Config,
+        identity: Identity,
+    ) -> anyhow::Result<GatewayParts> {
+        let bus = MarketBus::connect(config, identity)
             .await
             .context("connecting to NATS")?;
         let producer =

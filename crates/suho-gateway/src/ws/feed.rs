@@ -1,6 +1,7 @@
 //! The hub's inputs, one of each per gateway instance, shared by every connection:
-//! - three NATS subscriptions (`market.*.*`, `indicators.*.*`, `signals.*.*`, with the
-//!   deployment's prefix), routed by the subject's symbol;
+//! - the NATS subscriptions the identity table grants `/ws` (ticks, candles of every
+//!   timeframe, `indicators.*.*`, `signals.*.*`, with the deployment's prefix), routed by the
+//!   subject's symbol;
 //! - one Kafka consumer of the four streamed user topics, `read_committed`, with **every**
 //!   partition assigned (no consumer group) from the end at start, routed by record key
 //!   (`user_id`). Every gateway instance therefore sees every user's events and hands each
@@ -28,7 +29,7 @@ use super::WsError;
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The three NATS subscriptions, already registered with the server.
+/// The NATS subscriptions, already registered with the server.
 pub struct MarketFeed {
     subscribers: Vec<async_nats::Subscriber>,
     prefix: String,
@@ -39,8 +40,12 @@ impl MarketFeed {
     pub async fn subscribe(bus: &MarketBus) -> Result<MarketFeed, WsError> {
         let prefix = bus.prefix().to_string();
         let mut subscribers = Vec::new();
-        for pattern in ["market.*.*", "indicators.*.*", "signals.*.*"] {
-            subscribers.push(bus.subscribe(format!("{prefix}{pattern}")).await?);
+        // Exactly what the identity table lets `/ws` read: ticks, every timeframe's candles,
+        // indicators and signals (never the price requests on `market.*.price`).
+        let grants =
+            suho_security::Identity::Ws.nats(&suho_security::Scope::Prefix(prefix.clone()));
+        for pattern in grants.subscribe {
+            subscribers.push(bus.subscribe(pattern).await?);
         }
         tokio::time::timeout(Duration::from_secs(5), bus.client().flush())
             .await

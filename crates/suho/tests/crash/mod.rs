@@ -33,6 +33,7 @@ fn engine_instance(
         .env("SUHO__KAFKA__TOPIC_PREFIX", &c.kafka.topic_prefix)
         .env("SUHO__KAFKA__GROUP_PREFIX", &c.kafka.group_prefix)
         .env("SUHO__STACK__DIR", &c.stack.dir)
+        .env("SUHO__SECURITY__SECRETS_DIR", c.secrets_dir())
         .env("SUHO__TRADING__RETRY_INITIAL_MS", "50")
         .env("SUHO__TRADING__INSTANCE_ID", instance)
         .env("RUST_LOG", log)

@@ -71,9 +71,7 @@ async fn polygon_feed_ticks_reach_the_tick_subject_and_the_price_service() {
     .await;
     let env = polygon_env(&fake.url, KEY).await;
     let p = env.prefix.clone();
-    let bus = suho_messaging::MarketBus::connect(&env.config.nats, "test")
-        .await
-        .unwrap();
+    let bus = env.bus(suho_security::Identity::Operator).await;
     let mut ticks = bus
         .subscribe(format!("{p}market.EURUSD.tick"))
         .await
@@ -176,9 +174,7 @@ async fn polygon_backfill_stores_every_bar_once_publishes_them_and_resumes() {
         publish: true,
         progress: false,
     };
-    let bus = suho_messaging::MarketBus::connect(&env.config.nats, "test")
-        .await
-        .unwrap();
+    let bus = env.bus(suho_security::Identity::Operator).await;
     let mut published = bus
         .subscribe(format!("{}market.EURUSD.1m", env.prefix))
         .await
