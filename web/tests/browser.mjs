@@ -34,7 +34,10 @@ async function shot(page, name) {
 
 /** Registers `email`, logs in, and waits until the stream is live. */
 async function signIn(page, email) {
-  await page.goto(base, { waitUntil: "domcontentloaded" });
+  const response = await page.goto(base, { waitUntil: "domcontentloaded" });
+  // The page runs under the gateway's policy: no inline script, no framing.
+  const csp = response.headers()["content-security-policy"] ?? "";
+  assert(/script-src 'self';/.test(csp) && /frame-ancestors 'none'/.test(csp), `the dashboard's CSP: ${csp}`);
   await page.fill("#email", email);
   await page.fill("#password", "correct horse battery");
   await page.click("#register");
@@ -75,6 +78,7 @@ try {
   const a = await ctxA.newPage();
   pages.push(["a", a]);
   a.on("pageerror", (e) => { log("page error (A):", e.message); failed = true; });
+  a.on("console", (m) => { if (/Content.Security.Policy/i.test(m.text())) { log("CSP violation (A):", m.text()); failed = true; } });
   const stamp = Date.now();
   await signIn(a, `browser-a-${stamp}@example.com`);
 
@@ -213,6 +217,7 @@ try {
   const b = await ctxB.newPage();
   pages.push(["b", b]);
   b.on("pageerror", (e) => { log("page error (B):", e.message); failed = true; });
+  b.on("console", (m) => { if (/Content.Security.Policy/i.test(m.text())) { log("CSP violation (B):", m.text()); failed = true; } });
   await signIn(b, `browser-b-${stamp}@example.com`);
 
   // A trades again, while B watches the same market.

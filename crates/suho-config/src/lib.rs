@@ -190,6 +190,10 @@ pub struct HttpConfig {
     /// rightmost address of its `X-Forwarded-For` that is not itself a trusted proxy; from
     /// anyone else, from its peer address, whatever the header says. Empty by default.
     pub trusted_proxies: Vec<IpNetwork>,
+    /// Origins besides the gateway's own whose pages may call the API from a browser
+    /// (CORS), each `scheme://host[:port]` (`"https://app.example.com"`). Empty by default:
+    /// only the gateway's own pages, the dashboard, may.
+    pub cors_origins: Vec<CorsOrigin>,
 }
 
 impl Default for HttpConfig {
@@ -198,6 +202,7 @@ impl Default for HttpConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             web_dir: PathBuf::from("web/dist"),
             trusted_proxies: Vec::new(),
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -269,6 +274,42 @@ impl TryFrom<String> for IpNetwork {
 impl std::fmt::Display for IpNetwork {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// A web origin, `http(s)://host[:port]` with nothing after it, as a browser sends it in
+/// `Origin` (a wildcard is refused: name each origin).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct CorsOrigin(String);
+
+impl CorsOrigin {
+    /// The origin as a browser spells it.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for CorsOrigin {
+    type Error = String;
+
+    fn try_from(raw: String) -> Result<Self, Self::Error> {
+        let bad = || {
+            format!(
+                "{raw:?} is not an origin: write scheme://host[:port], as https://app.example.com"
+            )
+        };
+        let url = url::Url::parse(&raw).map_err(|_| bad())?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(bad());
+        }
+        let origin = url.origin().ascii_serialization();
+        // Anything after the origin (a path, even `/`, a query) is not part of one.
+        if origin != raw {
+            return Err(bad());
+        }
+        Ok(CorsOrigin(origin))
     }
 }
 
@@ -779,6 +820,31 @@ mod tests {
             let err = load(&format!("[http]\ntrusted_proxies = [\"{bad}\"]\n"), &[])
                 .expect_err("a bad network is refused");
             assert!(err.to_string().contains(bad), "{err}");
+        }
+    }
+
+    #[test]
+    fn cors_origins_are_exact_origins() {
+        let c = load(
+            "[http]\ncors_origins = [\"https://app.example.com\", \"http://127.0.0.1:5173\"]\n",
+            &[],
+        )
+        .expect("origins load");
+        let origins: Vec<&str> = c.http.cors_origins.iter().map(CorsOrigin::as_str).collect();
+        assert_eq!(
+            origins,
+            ["https://app.example.com", "http://127.0.0.1:5173"]
+        );
+        for bad in [
+            "*",
+            "app.example.com",
+            "https://app.example.com/",
+            "ftp://x.org",
+            "https://a.b/path",
+        ] {
+            let err = load(&format!("[http]\ncors_origins = [\"{bad}\"]\n"), &[])
+                .expect_err("not an origin");
+            assert!(err.to_string().contains("is not an origin"), "{bad}: {err}");
         }
     }
 

@@ -14,6 +14,7 @@
 
 mod auth;
 mod client_ip;
+mod edge;
 mod error;
 mod input;
 mod market;
@@ -65,6 +66,8 @@ pub struct AppState {
     pub login_throttle: LoginThrottle,
     /// Reverse proxies whose `X-Forwarded-For` names the client (`http.trusted_proxies`).
     pub trusted_proxies: Vec<suho_config::IpNetwork>,
+    /// Other origins whose pages may call the API (`http.cors_origins`; none by default).
+    pub cors_origins: Vec<suho_config::CorsOrigin>,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
     /// Process start, for `/health`.
@@ -93,6 +96,7 @@ impl AppState {
             topic_prefix,
             login_throttle: LoginThrottle::new(ThrottleLimits::default()),
             trusted_proxies: Vec::new(),
+            cors_origins: Vec::new(),
             metrics: suho_telemetry::metrics(),
             started: Instant::now(),
             relay: outbox::Relay::default(),
@@ -105,6 +109,13 @@ impl AppState {
     #[must_use]
     pub fn with_trusted_proxies(mut self, proxies: Vec<suho_config::IpNetwork>) -> AppState {
         self.trusted_proxies = proxies;
+        self
+    }
+
+    /// The same state, letting pages of `origins` call the API (CORS).
+    #[must_use]
+    pub fn with_cors_origins(mut self, origins: Vec<suho_config::CorsOrigin>) -> AppState {
+        self.cors_origins = origins;
         self
     }
 
@@ -166,11 +177,13 @@ pub fn router_with_web(
         }
         None => router.fallback(|| async { ApiError::NotFound }),
     };
+    let origins = state.cors_origins.clone();
     let router = router.with_state(state);
-    match ws {
+    let router = match ws {
         Some(hub) => router.layer(Extension(hub)),
         None => router,
-    }
+    };
+    edge::layers(router, &origins)
 }
 
 /// The OpenAPI document of every route.

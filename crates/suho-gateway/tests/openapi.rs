@@ -287,6 +287,7 @@ fn offline_state() -> Arc<AppState> {
         topic_prefix: String::new(),
         login_throttle: LoginThrottle::new(ThrottleLimits::default()),
         trusted_proxies: Vec::new(),
+        cors_origins: Vec::new(),
         metrics: metrics_exporter_prometheus::PrometheusBuilder::new()
             .build_recorder()
             .handle(),

@@ -228,7 +228,8 @@ impl Application {
                     .collect(),
                 config.kafka.topic_prefix.clone(),
             )
-            .with_trusted_proxies(config.http.trusted_proxies.clone()),
+            .with_trusted_proxies(config.http.trusted_proxies.clone())
+            .with_cors_origins(config.http.cors_origins.clone()),
         );
         // The WebSocket stream's shared inputs: one NATS subscription per subject pattern and
         // one Kafka consumer of every user-topic partition, for all connections.
