@@ -38,8 +38,8 @@ pub async fn connect_with(
         detail,
     };
     let identity = credentials.identity;
-    // The NATS client logs a refused connection and retries; a first connect does not: it
-    // fails with the server's reason.
+    // A first connect the server refuses (a wrong password, no TLS) fails here with the
+    // server's reason; a lost connection later is retried by the client on its own.
     let connect = async_nats::ConnectOptions::with_user_and_password(
         identity.name().to_string(),
         credentials.password.expose_secret().to_string(),
