@@ -4,4 +4,4 @@ pub mod nats;
 pub mod secrets;
 mod tls;
 pub use identity::{Identity, NatsGrants, Scope};
-pub use secrets::{Credentials, Secrets, SecretsError};
+pub use secrets::{write_private, Credentials, Secrets, SecretsError};

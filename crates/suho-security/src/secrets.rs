@@ -206,8 +206,13 @@ fn random_password() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// Writes `bytes` to `path` as a new file of mode 0600 (replacing it atomically).
-pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), SecretsError> {
+/// Writes `bytes` to `path` as a new file of mode 0600, replacing any file there atomically
+/// (so an older file's mode never carries over): every file of secrets is written this way,
+/// the servers' configurations that hold credentials too.
+///
+/// # Errors
+/// The file cannot be written.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), SecretsError> {
     let tmp = path.with_extension("tmp");
     let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()

@@ -439,24 +439,6 @@ pub fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
-/// Writes a file only its owner can read (a server configuration holding credentials).
-pub(crate) fn write_private(path: &Path, text: &str) -> Result<(), StackError> {
-    use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| StackError::io(path, e))?;
-    // An older file keeps its mode through `open`: set it.
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| StackError::io(path, e))?;
-    f.write_all(text.as_bytes())
-        .map_err(|e| StackError::io(path, e))
-}
-
 /// The last `n` lines of a log file, for error messages.
 pub(crate) fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();

@@ -35,7 +35,7 @@ pub(crate) fn start(
         &spec.secrets(),
         &spec.subject_scope,
     )?);
-    crate::write_private(&conf, &text)?;
+    suho_security::write_private(&conf, text.as_bytes())?;
     let mut cmd = Command::new(&tools.nats_server);
     cmd.arg("-c").arg(&conf);
     tracing::info!(port = spec.nats_port, "starting nats-server");

@@ -660,20 +660,11 @@ fn write_secret_file(path: &Path) -> anyhow::Result<SecretString> {
     Ok(SecretString::from(key))
 }
 
-/// Writes `content` to `path` (mode 0600), creating the directory.
+/// Writes `content` to `path` (mode 0600, see [`suho_security::write_private`]), creating the
+/// directory.
 fn write_private_file(path: &Path, content: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(content.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))
+    Ok(suho_security::write_private(path, content.as_bytes())?)
 }
