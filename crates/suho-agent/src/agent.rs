@@ -28,7 +28,7 @@ use suho_messaging::settings::{SettingsBook, SettingsReader};
 /// The consumer group name of the settings reader (the configured group prefix is prepended).
 /// The reader is assigned its partitions, so the group never rebalances and commits nothing;
 /// the name only labels its metrics and its connections.
-pub const GROUP: &str = "agent";
+pub const GROUP: &str = suho_security::kafka::names::AGENT;
 
 /// Most commands of one signal waiting for Kafka at once.
 pub const MAX_IN_FLIGHT: usize = 64;
@@ -49,17 +49,19 @@ pub struct AgentOptions {
 }
 
 impl AgentOptions {
-    /// The options `config` sets.
-    #[must_use]
-    pub fn from_config(config: &suho_config::Config) -> AgentOptions {
+    /// The options `config` sets, logged in to Kafka as the agent.
+    ///
+    /// # Errors
+    /// The agent's credentials are missing.
+    pub fn from_config(config: &suho_config::Config) -> Result<AgentOptions, MessagingError> {
         let a = &config.agent;
-        AgentOptions {
-            kafka: config.kafka.clone(),
+        Ok(AgentOptions {
+            kafka: suho_messaging::kafka::bind(config, suho_security::Identity::Agent)?,
             retry_initial: Duration::from_millis(a.retry_initial_ms),
             retry_max: Duration::from_millis(a.retry_max_ms),
             command_deadline: Duration::from_millis(a.command_deadline_ms),
             recent_capacity: a.recent_capacity,
-        }
+        })
     }
 }
 
@@ -81,11 +83,8 @@ impl Agent {
     /// # Errors
     /// NATS or Kafka is unreachable, or `user.settings` cannot be read (see
     /// [`SettingsReader::open`]).
-    pub async fn start(
-        options: AgentOptions,
-        bus: MarketBus,
-        producer: UserEventProducer,
-    ) -> Result<Agent, AgentError> {
+    pub async fn start(options: AgentOptions, bus: MarketBus) -> Result<Agent, AgentError> {
+        let producer = UserEventProducer::new(&options.kafka)?;
         let subject = format!("{}signals.*.*", bus.prefix());
         let signals = bus.subscribe(subject.clone()).await?;
         // The server has the subscription once it answers the flush's ping: from here on no
@@ -154,12 +153,11 @@ impl Agent {
 pub async fn run_agent(
     options: AgentOptions,
     bus: MarketBus,
-    producer: UserEventProducer,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
     let agent = tokio::select! {
         () = shutdown.cancelled() => return Ok(()),
-        started = Agent::start(options, bus, producer) => started?,
+        started = Agent::start(options, bus) => started?,
     };
     agent.run(shutdown).await
 }

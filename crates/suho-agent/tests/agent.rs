@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -77,10 +76,8 @@ impl Running {
 
 async fn start_agent(env: &TestEnv) -> Running {
     let bus = env.bus(Identity::Agent).await;
-    let producer = UserEventProducer::new(&env.config.kafka).unwrap();
-    let agent = Agent::start(AgentOptions::from_config(&env.config), bus, producer)
-        .await
-        .expect("the agent starts");
+    let options = AgentOptions::from_config(&env.config).unwrap();
+    let agent = Agent::start(options, bus).await.expect("the agent starts");
     let book = agent.book();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(agent.run(shutdown.clone()));
@@ -148,13 +145,13 @@ struct Commands {
 
 impl Commands {
     fn new(env: &TestEnv) -> Commands {
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &env.config.kafka.bootstrap)
-            .set("group.id", format!("{}test-commands", env.prefix))
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
-            .create()
-            .unwrap();
+        let consumer: StreamConsumer =
+            suho_messaging::kafka::base_config(&env.kafka(Identity::Operator))
+                .set("group.id", format!("{}test-commands", env.prefix))
+                .set("enable.auto.commit", "false")
+                .set("isolation.level", "read_committed")
+                .create()
+                .unwrap();
         let topic = UserTopic::Commands.full_name(&env.prefix);
         let mut tpl = TopicPartitionList::new();
         for p in 0..UserTopic::Commands.partitions() {
@@ -225,7 +222,7 @@ fn signal_of(c: &TradeCommand) -> &str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_opted_in_user_gets_one_open_trade_per_signal_even_when_it_comes_twice() {
     let env = TestEnv::new().await;
-    let producer = UserEventProducer::new(&env.config.kafka).unwrap();
+    let producer = UserEventProducer::new(&env.kafka(Identity::Gateway)).unwrap();
     // Opted in before the agent starts: read back from the compacted topic at start.
     put_settings(&producer, "usr_alice", auto("scalping", true, 0.25, 10.0)).await;
     let agent = start_agent(&env).await;
@@ -285,7 +282,7 @@ async fn an_opted_in_user_gets_one_open_trade_per_signal_even_when_it_comes_twic
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_not_opted_in_to_the_strategy_get_nothing_and_flat_opens_nothing() {
     let env = TestEnv::new().await;
-    let producer = UserEventProducer::new(&env.config.kafka).unwrap();
+    let producer = UserEventProducer::new(&env.kafka(Identity::Gateway)).unwrap();
     put_settings(&producer, "usr_alice", auto("scalping", true, 0.1, 10.0)).await;
     // Default settings: no auto-trading at all.
     put_settings(
@@ -342,7 +339,7 @@ async fn users_not_opted_in_to_the_strategy_get_nothing_and_flat_opens_nothing()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_volume_is_capped_by_the_users_max_volume() {
     let env = TestEnv::new().await;
-    let producer = UserEventProducer::new(&env.config.kafka).unwrap();
+    let producer = UserEventProducer::new(&env.kafka(Identity::Gateway)).unwrap();
     // Not something the API accepts (volume above max_volume), but the agent caps it anyway.
     put_settings(&producer, "usr_frank", auto("scalping", true, 5.0, 2.0)).await;
     put_settings(&producer, "usr_alice", auto("scalping", true, 0.5, 10.0)).await;
@@ -372,7 +369,7 @@ async fn the_volume_is_capped_by_the_users_max_volume() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_settings_change_after_start_applies_to_the_next_signal() {
     let env = TestEnv::new().await;
-    let producer = UserEventProducer::new(&env.config.kafka).unwrap();
+    let producer = UserEventProducer::new(&env.kafka(Identity::Gateway)).unwrap();
     put_settings(&producer, "usr_alice", auto("scalping", true, 0.1, 10.0)).await;
     let agent = start_agent(&env).await;
     let signals = Signals::new(&env).await;

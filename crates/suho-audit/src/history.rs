@@ -34,7 +34,16 @@ pub async fn kafka_history(
     from_ms: i64,
     to_ms: i64,
 ) -> Result<Vec<AuditRecord>, HistoryError> {
-    let base = suho_messaging::kafka::base_config(kafka);
+    let mut base = suho_messaging::kafka::base_config(kafka);
+    // Assigned, never joined; the id still names a group the login must be granted.
+    base.set(
+        "group.id",
+        format!(
+            "{}{}",
+            kafka.group_prefix,
+            suho_security::kafka::names::AUDIT_HISTORY
+        ),
+    );
     tokio::task::spawn_blocking(move || read(&base, &topic_names, &user_id, from_ms, to_ms))
         .await
         .map_err(|e| HistoryError::Join(e.to_string()))?
@@ -50,7 +59,6 @@ fn read(
     let timeout = Duration::from_secs(10);
     let consumer: BaseConsumer = base
         .clone()
-        .set("group.id", "suho-audit-history")
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .create()?;

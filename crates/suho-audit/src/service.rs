@@ -17,7 +17,7 @@ use crate::store::{self, AuditRecord, AUDITED_TOPICS};
 use crate::AuditError;
 
 /// The consumer group (the configured group prefix is prepended).
-pub const GROUP: &str = "audit";
+pub const GROUP: &str = suho_security::kafka::names::AUDIT;
 
 /// How the audit service batches and retries.
 #[derive(Debug, Clone)]

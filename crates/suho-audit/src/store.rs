@@ -6,15 +6,7 @@ use suho_domain::UserTopic;
 
 /// The topics the audit service reads: every contract user topic (not the dead-letter one,
 /// whose records are already stored from `user.commands`).
-pub const AUDITED_TOPICS: [UserTopic; 7] = [
-    UserTopic::Auth,
-    UserTopic::Settings,
-    UserTopic::Commands,
-    UserTopic::Trades,
-    UserTopic::Mt5Status,
-    UserTopic::RiskAlerts,
-    UserTopic::Transactions,
-];
+pub const AUDITED_TOPICS: [UserTopic; 7] = UserTopic::CONTRACT;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS audit_events (

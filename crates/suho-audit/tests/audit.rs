@@ -70,11 +70,11 @@ async fn stored(pool: &PgPool) -> i64 {
 async fn the_export_for_a_user_and_range_is_exactly_theirs_and_matches_kafka() {
     let env = TestEnv::new().await;
     let pool = pool(&env).await;
-    let producer = UserEventProducer::new(&env.config.kafka).expect("producer");
+    let producer = UserEventProducer::new(&env.admin_kafka()).expect("producer");
     let shutdown = CancellationToken::new();
     let audit = tokio::spawn({
         let (kafka, telemetry, pool, shutdown) = (
-            env.config.kafka.clone(),
+            env.kafka(suho_security::Identity::Audit),
             env.config.telemetry.clone(),
             pool.clone(),
             shutdown.clone(),
@@ -131,9 +131,15 @@ async fn the_export_for_a_user_and_range_is_exactly_theirs_and_matches_kafka() {
         .filter_map(|r| r.event_type.as_deref())
         .collect();
     assert_eq!(types, ["OPEN_TRADE", "TRADE_EXECUTED", "DEPOSIT"]);
-    let from_kafka = kafka_history(&env.config.kafka, topics.clone(), users[0].into(), from, to)
-        .await
-        .expect("history");
+    let from_kafka = kafka_history(
+        &env.kafka(suho_security::Identity::Operator),
+        topics.clone(),
+        users[0].into(),
+        from,
+        to,
+    )
+    .await
+    .expect("history");
     assert_eq!(export, from_kafka, "the store matches the log");
 
     // The whole range of user A: its nine events and the garbage, nothing of B or C.
@@ -143,7 +149,7 @@ async fn the_export_for_a_user_and_range_is_exactly_theirs_and_matches_kafka() {
     assert_eq!(all_a.len(), 10);
     assert_eq!(all_a.iter().filter(|r| r.payload.is_none()).count(), 1);
     let all_a_kafka = kafka_history(
-        &env.config.kafka,
+        &env.kafka(suho_security::Identity::Operator),
         topics.clone(),
         users[0].into(),
         0,
@@ -153,8 +159,8 @@ async fn the_export_for_a_user_and_range_is_exactly_theirs_and_matches_kafka() {
     .unwrap();
     assert_eq!(all_a, all_a_kafka);
 
-    // A second reader of the same log (another group) inserts nothing.
-    let mut other = env.config.kafka.clone();
+    // A second reader of the same log (another group, the operator's) inserts nothing.
+    let mut other = env.kafka(suho_security::Identity::Operator);
     other.group_prefix = format!("{}replay.", other.group_prefix);
     let replay_stop = CancellationToken::new();
     let replay = tokio::spawn({

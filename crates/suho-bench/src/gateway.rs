@@ -538,6 +538,7 @@ pub async fn bench_gateway(opts: GatewayBenchOptions) -> anyhow::Result<GatewayB
         stack.secrets_dir(),
         &prefix,
     )?;
+    let config = platform::secure(config).await?;
     let report = measure(&opts, &config, &run, began, nofile).await;
     drop(stack);
     report
@@ -569,7 +570,7 @@ async fn measure(
     let stop_gateway = CancellationToken::new();
     let (hub, hub_task) = suho_gateway::WsHub::start(
         &bus,
-        &config.kafka,
+        &suho_messaging::kafka::bind(config, suho_security::Identity::Ws)?,
         suho_gateway::WsOptions::default(),
         stop_gateway.clone(),
     )

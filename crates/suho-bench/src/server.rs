@@ -333,6 +333,7 @@ impl ThrowawayStack {
             tls_hosts: Vec::new(),
             // The bench's runs each take a one-token prefix of their own.
             subject_scope: suho_security::Scope::AnyTestPrefix,
+            kafka_acl_prefixes: None,
         };
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();

@@ -377,7 +377,7 @@ pub async fn bench_trading(opts: TradingBenchOptions) -> anyhow::Result<TradingB
 
     let run = format!("{}", std::process::id());
     if let Some(given) = &opts.platform {
-        let config = platform::bench_settings(given.clone())?;
+        let config = platform::secure(platform::bench_settings(given.clone())?).await?;
         return measure(&opts, &rates, &config, &run, began).await;
     }
     tracing::info!("bench trading: starting a throwaway Kafka, NATS and PostgreSQL");
@@ -393,6 +393,7 @@ pub async fn bench_trading(opts: TradingBenchOptions) -> anyhow::Result<TradingB
         stack.secrets_dir(),
         &prefix,
     )?;
+    let config = platform::secure(config).await?;
     let report = measure(&opts, &rates, &config, &run, began).await;
     drop(stack);
     report
@@ -438,7 +439,9 @@ async fn sweep(
     let reader = ours::spawn_outcome_reader(config, Arc::clone(&outcomes), stop_reader.clone())?;
     // Stops the reader however this function ends.
     let _reader_guard = stop_reader.clone().drop_guard();
-    let producer = suho_messaging::UserEventProducer::new(&config.kafka)
+    // The bench's commands come in as the gateway's do.
+    let gateway = suho_messaging::kafka::bind(config, suho_security::Identity::Gateway)?;
+    let producer = suho_messaging::UserEventProducer::new(&gateway)
         .context("creating the bench's command producer")?;
     let ctx = ours::Context {
         users: Arc::new(users),

@@ -144,6 +144,25 @@ pub struct KafkaConfig {
     pub topic_prefix: String,
     /// Prepended to every consumer group id.
     pub group_prefix: String,
+    /// Who the client logs in as, over TLS. Never read from the file or the environment:
+    /// each service binds its own identity's credentials from the secrets directory at
+    /// start (`suho_messaging::kafka::bind`); a client without it is refused by the broker.
+    #[serde(skip)]
+    pub login: Option<KafkaLogin>,
+}
+
+/// A Kafka client's login: SASL/SCRAM-SHA-512 over TLS, the server verified against the CA.
+#[derive(Debug, Clone)]
+pub struct KafkaLogin {
+    /// The principal's name (the identity's name).
+    pub username: String,
+    /// Its password.
+    pub password: SecretString,
+    /// The CA certificate (PEM) the broker's certificate is checked against.
+    pub ca_file: PathBuf,
+    /// The SASL mechanism: `SCRAM-SHA-512` for every service; `PLAIN` only for the stack's
+    /// own admin principal.
+    pub mechanism: &'static str,
 }
 
 impl Default for KafkaConfig {
@@ -152,6 +171,7 @@ impl Default for KafkaConfig {
             bootstrap: "127.0.0.1:9092".into(),
             topic_prefix: String::new(),
             group_prefix: String::new(),
+            login: None,
         }
     }
 }

@@ -42,6 +42,18 @@ impl UserTopic {
         UserTopic::CommandsDlq,
     ];
 
+    /// The contract's seven topics, in contract order: every topic but the dead-letter one
+    /// (what the audit keeps).
+    pub const CONTRACT: [UserTopic; 7] = [
+        UserTopic::Auth,
+        UserTopic::Settings,
+        UserTopic::Commands,
+        UserTopic::Trades,
+        UserTopic::Mt5Status,
+        UserTopic::RiskAlerts,
+        UserTopic::Transactions,
+    ];
+
     /// The topic name without any prefix, e.g. `user.trades`.
     #[must_use]
     pub const fn name(&self) -> &'static str {

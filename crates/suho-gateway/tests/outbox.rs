@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::{ClientConfig, Message};
+use rdkafka::Message;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 use suho_accounts::Accounts;
 use suho_domain::{Symbol, UserTopic};
 use suho_gateway::AppState;
 use suho_messaging::UserEventProducer;
+use suho_security::Identity;
 use suho_testkit::TestEnv;
 use tokio_util::sync::CancellationToken;
 
@@ -69,7 +70,7 @@ async fn a_change_made_while_kafka_is_down_is_acknowledged_and_published_later()
     let user = user.user_id.as_str().to_string();
 
     // A gateway whose Kafka does not answer (nothing listens on port 1).
-    let mut down = env.config.kafka.clone();
+    let mut down = env.kafka(Identity::Gateway);
     down.bootstrap = "127.0.0.1:1".into();
     let stop_down = CancellationToken::new();
     let (addr, task) = gateway(&env, &accounts, &down, &stop_down).await;
@@ -109,7 +110,7 @@ async fn a_change_made_while_kafka_is_down_is_acknowledged_and_published_later()
     // Kafka is reachable again, from a gateway instance that can reach it: its relay
     // publishes what the other one stored.
     let stop = CancellationToken::new();
-    let _live = gateway(&env, &accounts, &env.config.kafka, &stop).await;
+    let _live = gateway(&env, &accounts, &env.kafka(Identity::Gateway), &stop).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while accounts.outbox_len().await.expect("outbox") > 0 {
         assert!(
@@ -119,13 +120,13 @@ async fn a_change_made_while_kafka_is_down_is_acknowledged_and_published_later()
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &env.config.kafka.bootstrap)
-        .set("group.id", format!("{}outbox-test", env.prefix))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("a consumer");
+    let consumer: StreamConsumer =
+        suho_messaging::kafka::base_config(&env.kafka(Identity::Operator))
+            .set("group.id", format!("{}outbox-test", env.prefix))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("a consumer");
     consumer
         .subscribe(&[&UserTopic::Settings.full_name(&env.config.kafka.topic_prefix)])
         .expect("subscribes");

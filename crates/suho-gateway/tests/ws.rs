@@ -30,7 +30,10 @@ struct Gateway {
     env: TestEnv,
     addr: SocketAddr,
     accounts: Accounts,
+    /// The gateway's own producer (its HTTP API).
     producer: UserEventProducer,
+    /// The engine's side: the outcome events the tests stand in for.
+    engine: UserEventProducer,
     bus: MarketBus,
     stop: CancellationToken,
     users: std::sync::atomic::AtomicU32,
@@ -55,7 +58,8 @@ impl Gateway {
         .await
         .expect("PostgreSQL");
         accounts.migrate().await.expect("migrations");
-        let producer = UserEventProducer::new(&env.config.kafka).expect("a producer");
+        let producer = UserEventProducer::new(&env.kafka(Identity::Gateway)).expect("a producer");
+        let engine = UserEventProducer::new(&env.kafka(Identity::Engine)).expect("a producer");
         let bus = env.bus(Identity::Ws).await;
         let stop = CancellationToken::new();
         let addr = serve(&env, &accounts, &producer, &bus, options, &stop).await;
@@ -64,6 +68,7 @@ impl Gateway {
             addr,
             accounts,
             producer,
+            engine,
             bus,
             stop,
             users: std::sync::atomic::AtomicU32::new(0),
@@ -136,7 +141,7 @@ impl Gateway {
             "schema_version": 1,
         });
         let d = self
-            .producer
+            .engine
             .send_raw(UserTopic::Trades, user, event.to_string().as_bytes(), None)
             .await
             .expect("Kafka takes the event");
@@ -176,7 +181,7 @@ async fn serve(
     options: WsOptions,
     stop: &CancellationToken,
 ) -> SocketAddr {
-    let (hub, task) = WsHub::start(bus, &env.config.kafka, options, stop.clone())
+    let (hub, task) = WsHub::start(bus, &env.kafka(Identity::Ws), options, stop.clone())
         .await
         .expect("the hub starts");
     tokio::spawn(async move {
@@ -787,7 +792,7 @@ async fn the_ready_positions_resume_every_topic_without_a_gap() {
         (UserTopic::RiskAlerts, "MARGIN_CALL"),
         (UserTopic::Transactions, "DEPOSIT"),
     ] {
-        gw.producer
+        gw.engine
             .send_raw(topic, &user, event(kind).as_bytes(), None)
             .await
             .expect("Kafka takes it");

@@ -12,6 +12,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::util::Timeout;
 use rdkafka::ClientContext;
+use secrecy::ExposeSecret;
 use serde::Serialize;
 use suho_domain::{UserEvent, UserTopic};
 use suho_telemetry::names;
@@ -109,13 +110,80 @@ fn murmur2(data: &[u8]) -> u32 {
     h
 }
 
-/// The settings every suho Kafka client shares.
+/// The settings every suho Kafka client shares, with its login (`config.login`): SASL over
+/// TLS, the broker's certificate and host name verified against the local CA. A
+/// configuration with no login connects in plaintext, which a suho broker refuses; bind one
+/// first ([`bind`]).
 pub fn base_config(config: &suho_config::KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &config.bootstrap)
         .set("client.id", "suho")
         .set("socket.nagle.disable", "true");
+    match &config.login {
+        Some(login) => {
+            c.set("client.id", format!("suho-{}", login.username))
+                .set("security.protocol", "SASL_SSL")
+                .set("sasl.mechanism", login.mechanism)
+                .set("sasl.username", &login.username)
+                .set("sasl.password", login.password.expose_secret())
+                .set("ssl.ca.location", login.ca_file.display().to_string())
+                .set("ssl.endpoint.identification.algorithm", "https");
+        }
+        None => tracing::warn!(
+            bootstrap = %config.bootstrap,
+            "a Kafka client without a login: a secured broker will refuse it"
+        ),
+    }
     c
+}
+
+/// `kafka` logged in as `credentials`' identity (SCRAM-SHA-512 over TLS).
+#[must_use]
+pub fn with_login(
+    kafka: &suho_config::KafkaConfig,
+    credentials: &suho_security::Credentials,
+) -> suho_config::KafkaConfig {
+    let mut k = kafka.clone();
+    k.login = Some(suho_config::KafkaLogin {
+        username: credentials.user().to_string(),
+        password: credentials.password.clone(),
+        ca_file: credentials.ca_file.clone(),
+        mechanism: suho_security::kafka::SERVICE_MECHANISM,
+    });
+    k
+}
+
+/// `config.kafka` logged in as `identity`, with its credentials from the secrets directory:
+/// what every service does before it makes a Kafka client.
+///
+/// # Errors
+/// The credentials are missing or unreadable.
+pub fn bind(
+    config: &suho_config::Config,
+    identity: suho_security::Identity,
+) -> Result<suho_config::KafkaConfig, MessagingError> {
+    let credentials = suho_security::Secrets::at(config.secrets_dir()).credentials(identity)?;
+    Ok(with_login(&config.kafka, &credentials))
+}
+
+/// `kafka` logged in as the stack's admin principal (PLAIN over TLS): only the stack and
+/// the test harness, to make SCRAM credentials and ACLs.
+///
+/// # Errors
+/// The admin password or the CA is missing or unreadable.
+pub fn with_admin_login(
+    kafka: &suho_config::KafkaConfig,
+    secrets: &suho_security::Secrets,
+) -> Result<suho_config::KafkaConfig, MessagingError> {
+    let principal = suho_security::ServerPrincipal::KafkaAdmin;
+    let mut k = kafka.clone();
+    k.login = Some(suho_config::KafkaLogin {
+        username: principal.name().to_string(),
+        password: secrets.server_password(principal)?,
+        ca_file: secrets.ca_file(),
+        mechanism: suho_security::kafka::SERVER_MECHANISM,
+    });
+    Ok(k)
 }
 
 /// The settings of [`UserEventProducer::new`]: idempotent, `acks=all`, Kafka's partitioner.

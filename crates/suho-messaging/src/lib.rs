@@ -9,6 +9,7 @@
 
 pub mod health;
 pub mod kafka;
+pub mod kafka_admin;
 pub mod nats;
 pub mod settings;
 pub mod topics;
@@ -60,6 +61,9 @@ pub enum MessagingError {
         /// The broker's error code.
         code: rdkafka::types::RDKafkaErrorCode,
     },
+    /// An admin request about ACLs or SCRAM credentials failed.
+    #[error("{0}")]
+    KafkaAdmin(String),
     /// A value could not be encoded as JSON.
     #[error("encoding JSON: {0}")]
     Encode(#[from] serde_json::Error),
@@ -79,11 +83,15 @@ impl MessagingError {
                 Some(rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge)
                     | Some(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition)
                     | Some(rdkafka::types::RDKafkaErrorCode::TopicAuthorizationFailed)
+                    | Some(rdkafka::types::RDKafkaErrorCode::GroupAuthorizationFailed)
+                    | Some(rdkafka::types::RDKafkaErrorCode::TransactionalIdAuthorizationFailed)
+                    | Some(rdkafka::types::RDKafkaErrorCode::ClusterAuthorizationFailed)
             ),
             MessagingError::Settings(_) => true,
             MessagingError::Encode(_)
             | MessagingError::Credentials(_)
             | MessagingError::Admin { .. }
+            | MessagingError::KafkaAdmin(_)
             | MessagingError::CloseTimedOut { .. } => false,
         }
     }

@@ -10,7 +10,7 @@ use suho_messaging::topics::{apply, desired};
 use suho_testkit::TestEnv;
 
 fn admin(env: &TestEnv) -> AdminClient<DefaultClientContext> {
-    suho_messaging::kafka::base_config(&env.config.kafka)
+    suho_messaging::kafka::base_config(&env.kafka(suho_security::Identity::Operator))
         .create()
         .unwrap()
 }
@@ -70,7 +70,9 @@ async fn topics_exist_with_the_contracts_partitions_and_retention() {
 #[tokio::test]
 async fn apply_is_idempotent_and_reports_then_fixes_drift() {
     let env = TestEnv::new().await;
-    let again = apply(&env.config.kafka, false).await.unwrap();
+    let again = apply(&env.kafka(suho_security::Identity::Operator), false)
+        .await
+        .unwrap();
     assert!(again.created.is_empty());
     assert_eq!(again.unchanged.len(), desired(&env.prefix).len());
     assert!(again.drift.is_empty());
@@ -96,7 +98,9 @@ async fn apply_is_idempotent_and_reports_then_fixes_drift() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let report = apply(&env.config.kafka, false).await.unwrap();
+    let report = apply(&env.kafka(suho_security::Identity::Operator), false)
+        .await
+        .unwrap();
     let drift: Vec<_> = report.unresolved().collect();
     assert_eq!(drift.len(), 1, "{report}");
     assert_eq!(drift[0].topic, trades);
@@ -109,7 +113,9 @@ async fn apply_is_idempotent_and_reports_then_fixes_drift() {
         "report only"
     );
 
-    let fixed = apply(&env.config.kafka, true).await.unwrap();
+    let fixed = apply(&env.kafka(suho_security::Identity::Operator), true)
+        .await
+        .unwrap();
     assert_eq!(fixed.unresolved().count(), 0, "{fixed}");
     let mut repaired = None;
     for _ in 0..100 {
@@ -120,7 +126,7 @@ async fn apply_is_idempotent_and_reports_then_fixes_drift() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(repaired.as_deref(), Some("220903200000"));
-    assert!(apply(&env.config.kafka, false)
+    assert!(apply(&env.kafka(suho_security::Identity::Operator), false)
         .await
         .unwrap()
         .drift
@@ -132,7 +138,9 @@ async fn records_land_where_partition_of_says() {
     // The engines decide which accounts they act on from `partition_of`; it must agree with
     // the producers' partitioner on a real broker.
     let env = TestEnv::new().await;
-    let producer = suho_messaging::UserEventProducer::new(&env.config.kafka).expect("producer");
+    let producer =
+        suho_messaging::UserEventProducer::new(&env.kafka(suho_security::Identity::Gateway))
+            .expect("producer");
     let partitions = UserTopic::Commands.partitions();
     for i in 0..40 {
         let key = format!("user-{i}-{}", i * 7919 + 13);

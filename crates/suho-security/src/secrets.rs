@@ -6,6 +6,7 @@
 //! | `ca.pem`, `ca.key` | the local certificate authority every client trusts |
 //! | `server.pem`, `server.key` | the certificate NATS, Kafka and PostgreSQL present (SANs `127.0.0.1`, `localhost` and the configured hosts), signed by the CA |
 //! | `{identity}.password` | that identity's password on every server |
+//! | `kafka-broker.password`, `kafka-admin.password` | Kafka's own principals (see [`ServerPrincipal`]) |
 //!
 //! A deployment can hand a password in through the environment instead:
 //! `SUHO_SECRET_{IDENTITY}` (upper case, e.g. `SUHO_SECRET_ENGINE`) wins over the file.
@@ -62,6 +63,39 @@ fn io(path: &Path, source: std::io::Error) -> SecretsError {
     }
 }
 
+/// A principal of the servers themselves, not of a suho service: it has no row in the
+/// identity table and no NATS user, and it is a Kafka super user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerPrincipal {
+    /// The Kafka broker, to itself (inter-broker) and to its controller.
+    KafkaBroker,
+    /// The stack's own Kafka administration: SCRAM credentials and ACLs. Only `suho stack`
+    /// and the test harness log in as it.
+    KafkaAdmin,
+}
+
+impl ServerPrincipal {
+    /// Both, in order.
+    pub const ALL: [ServerPrincipal; 2] =
+        [ServerPrincipal::KafkaBroker, ServerPrincipal::KafkaAdmin];
+
+    /// The principal's user name (`User:{name}` to Kafka's authorizer).
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            ServerPrincipal::KafkaBroker => "broker",
+            ServerPrincipal::KafkaAdmin => "admin",
+        }
+    }
+
+    fn file_stem(self) -> &'static str {
+        match self {
+            ServerPrincipal::KafkaBroker => "kafka-broker",
+            ServerPrincipal::KafkaAdmin => "kafka-admin",
+        }
+    }
+}
+
 /// The secrets directory.
 #[derive(Debug, Clone)]
 pub struct Secrets {
@@ -113,8 +147,11 @@ impl Secrets {
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| io(dir, e))?;
-        for identity in Identity::ALL {
-            let path = secrets.password_file(identity);
+        let files = Identity::ALL
+            .into_iter()
+            .map(|i| secrets.password_file(i))
+            .chain(ServerPrincipal::ALL.map(|p| secrets.server_password_file(p)));
+        for path in files {
             if !path.exists() {
                 write_private(&path, random_password().as_bytes())?;
             }
@@ -131,6 +168,23 @@ impl Secrets {
     #[must_use]
     pub fn password_file(&self, identity: Identity) -> PathBuf {
         self.dir.join(format!("{}.password", identity.name()))
+    }
+
+    /// The file holding a server principal's password.
+    #[must_use]
+    pub fn server_password_file(&self, principal: ServerPrincipal) -> PathBuf {
+        self.dir.join(format!("{}.password", principal.file_stem()))
+    }
+
+    /// A server principal's password, from its file.
+    ///
+    /// # Errors
+    /// The file is missing, unreadable or readable by others.
+    pub fn server_password(
+        &self,
+        principal: ServerPrincipal,
+    ) -> Result<SecretString, SecretsError> {
+        read_secret(&self.server_password_file(principal))
     }
 
     /// The CA certificate (PEM).
@@ -168,15 +222,7 @@ impl Secrets {
                 return Ok(SecretString::from(value));
             }
         }
-        let path = self.password_file(identity);
-        if !path.exists() {
-            return Err(SecretsError::Missing {
-                path: path.display().to_string(),
-            });
-        }
-        check_private(&path)?;
-        let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
-        Ok(SecretString::from(text.trim().to_string()))
+        read_secret(&self.password_file(identity))
     }
 
     /// What `identity` presents to the servers.
@@ -196,6 +242,18 @@ impl Secrets {
             ca_file,
         })
     }
+}
+
+/// The secret in `path`, which must exist and be private.
+fn read_secret(path: &Path) -> Result<SecretString, SecretsError> {
+    if !path.exists() {
+        return Err(SecretsError::Missing {
+            path: path.display().to_string(),
+        });
+    }
+    check_private(path)?;
+    let text = std::fs::read_to_string(path).map_err(|e| io(path, e))?;
+    Ok(SecretString::from(text.trim().to_string()))
 }
 
 /// 32 random bytes, base64url without padding (43 characters, no shell or URL specials).

@@ -1,13 +1,18 @@
 //! Apache Kafka in KRaft mode, broker and controller in one JVM, listening on loopback.
 //! The log directory is formatted once (with a fresh cluster id) and reused after; ready
 //! when the broker answers a metadata request naming itself.
+//!
+//! Secured as `suho_security::kafka` describes: SASL_SSL only, the controller listener
+//! closed to all but the broker, the standard authorizer denying what no ACL allows. After
+//! every start [`secure`] sets each identity's SCRAM-SHA-512 credential and, outside the
+//! test stacks, its ACLs; a cluster from before authentication gets both in place, its data
+//! untouched.
 
 use std::process::Command;
 use std::time::Duration;
 
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::producer::{BaseProducer, Producer};
-use rdkafka::ClientConfig;
 
 use crate::process::{run, wait_ready, ManagedProcess};
 use crate::{Service, StackError, StackSpec, Tools};
@@ -21,11 +26,26 @@ pub(crate) fn start(
     let home = spec.dir.join("kafka");
     let data = home.join("data");
     std::fs::create_dir_all(&data).map_err(|e| StackError::io(&data, e))?;
-    let props = home.join("server.properties");
-    write(
-        &props,
-        &server_properties(spec, &data.display().to_string()),
-    )?;
+    let props = properties_file(spec);
+    let secrets = suho_security::Secrets::at(&spec.secrets_dir);
+    // The broker reads its key and certificate from one PEM file.
+    let keystore = home.join("keystore.pem");
+    let mut pem = std::fs::read(secrets.server_key_file())
+        .map_err(|e| StackError::io(secrets.server_key_file(), e))?;
+    pem.extend(
+        std::fs::read(secrets.server_cert_file())
+            .map_err(|e| StackError::io(secrets.server_cert_file(), e))?,
+    );
+    suho_security::write_private(&keystore, &pem)?;
+    // It holds the broker's own passwords: private, as the secrets are.
+    let text = server_properties(spec, &data.display().to_string())
+        + &suho_security::kafka::server_properties(
+            &secrets,
+            spec.kafka_port,
+            spec.kafka_controller_port,
+            &keystore,
+        )?;
+    suho_security::write_private(&props, text.as_bytes())?;
     let log4j = home.join("log4j2.properties");
     write(&log4j, LOG4J2)?;
     let classpath = format!("{}/*", tools.kafka_libs.display());
@@ -55,24 +75,74 @@ pub(crate) fn start(
         .arg(&props);
     tracing::info!(port = spec.kafka_port, version = %spec.kafka_version, "starting Apache Kafka");
     let mut proc = ManagedProcess::spawn(spec, Service::Kafka, cmd)?;
-    let bootstrap = spec.kafka_bootstrap();
+    let admin = admin_config(spec)?;
     wait_ready(spec, &mut proc, cancel, Duration::from_secs(90), || {
-        metadata(&bootstrap)
+        metadata(&admin)
     })?;
     Ok(proc)
+}
+
+/// The broker's configuration file, written at every start.
+pub(crate) fn properties_file(spec: &StackSpec) -> std::path::PathBuf {
+    spec.dir.join("kafka").join("server.properties")
+}
+
+/// A client of this stack's broker, logged in as the admin principal.
+fn admin_config(spec: &StackSpec) -> Result<suho_config::KafkaConfig, StackError> {
+    let kafka = suho_config::KafkaConfig {
+        bootstrap: spec.kafka_bootstrap(),
+        ..suho_config::KafkaConfig::default()
+    };
+    suho_messaging::kafka::with_admin_login(&kafka, &suho_security::Secrets::at(&spec.secrets_dir))
+        .map_err(|e| StackError::KafkaSecurity(e.to_string()))
+}
+
+/// Sets every identity's SCRAM-SHA-512 credential from its password, grants the ACLs of
+/// [`StackSpec::kafka_acl_prefixes`] (when set), and waits until a service can log in.
+///
+/// # Errors
+/// The broker refused a request, or no service login worked within 30 s.
+pub(crate) fn secure(spec: &StackSpec) -> Result<(), StackError> {
+    use suho_security::Identity;
+    let fail = |e: suho_messaging::MessagingError| StackError::KafkaSecurity(e.to_string());
+    let admin = admin_config(spec)?;
+    let secrets = suho_security::Secrets::at(&spec.secrets_dir);
+    let mut users = Vec::new();
+    for identity in Identity::ALL {
+        users.push((identity.name(), secrets.password(identity)?));
+    }
+    suho_messaging::kafka_admin::upsert_scram(&admin, &users).map_err(fail)?;
+    if let Some((topics, groups)) = &spec.kafka_acl_prefixes {
+        let acls = suho_security::kafka::all_acls(topics, groups);
+        suho_messaging::kafka_admin::create_acls(&admin, &acls).map_err(fail)?;
+    }
+    // A credential reaches the broker a moment after the controller takes it.
+    let operator =
+        suho_messaging::kafka::with_login(&admin, &secrets.credentials(Identity::Operator)?);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match metadata(&operator) {
+            Ok(()) => return Ok(()),
+            Err(e) if std::time::Instant::now() > deadline => {
+                return Err(StackError::KafkaSecurity(format!(
+                    "a service could not log in with its SCRAM credential: {e}"
+                )))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
 }
 
 fn write(path: &std::path::Path, text: &str) -> Result<(), StackError> {
     std::fs::write(path, text).map_err(|e| StackError::io(path, e))
 }
 
-/// Asks the broker for cluster metadata; ready once it lists a broker.
-fn metadata(bootstrap: &str) -> Result<(), String> {
-    let addr: std::net::SocketAddr = bootstrap.parse().map_err(|e| format!("{e}"))?;
+/// Asks the broker for cluster metadata as `kafka`'s login; ready once it lists a broker.
+fn metadata(kafka: &suho_config::KafkaConfig) -> Result<(), String> {
+    let addr: std::net::SocketAddr = kafka.bootstrap.parse().map_err(|e| format!("{e}"))?;
     std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300))
         .map_err(|e| format!("port not open: {e}"))?;
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let producer: BaseProducer = suho_messaging::kafka::base_config(kafka)
         .set_log_level(RDKafkaLogLevel::Emerg)
         .create()
         .map_err(|e| e.to_string())?;
@@ -114,11 +184,6 @@ fn server_properties(spec: &StackSpec, log_dir: &str) -> String {
          process.roles=broker,controller\n\
          node.id=1\n\
          controller.quorum.voters=1@127.0.0.1:{controller}\n\
-         listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}\n\
-         advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n\
-         controller.listener.names=CONTROLLER\n\
-         inter.broker.listener.name=PLAINTEXT\n\
-         listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
          log.dirs={log_dir}\n\
          num.partitions=1\n\
          default.replication.factor=1\n\
@@ -134,7 +199,6 @@ fn server_properties(spec: &StackSpec, log_dir: &str) -> String {
          auto.create.topics.enable=false\n\
          unclean.leader.election.enable=false\n",
         controller = spec.kafka_controller_port,
-        port = spec.kafka_port,
     )
 }
 

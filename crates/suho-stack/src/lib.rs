@@ -78,6 +78,9 @@ pub enum StackError {
     /// The credentials or certificates could not be made or read.
     #[error(transparent)]
     Secrets(#[from] suho_security::SecretsError),
+    /// The broker did not take the services' SCRAM credentials or ACLs.
+    #[error("securing Kafka: {0}")]
+    KafkaSecurity(String),
     /// File-system trouble under the stack directory.
     #[error("{path}: {source}")]
     Io {
@@ -166,6 +169,9 @@ pub struct StackSpec {
     pub tls_hosts: Vec<String>,
     /// The subjects the NATS permissions cover: the deployment's prefix, or any test prefix.
     pub subject_scope: suho_security::Scope,
+    /// The Kafka topic and group prefixes the stack grants each identity's ACLs under, at
+    /// every start; `None` for a test stack, where each test grants its own prefixes.
+    pub kafka_acl_prefixes: Option<(String, String)>,
 }
 
 impl StackSpec {
@@ -202,6 +208,10 @@ impl StackSpec {
                 .unwrap_or_else(|_| config.secrets_dir()),
             tls_hosts: config.security.tls_hosts.clone(),
             subject_scope: suho_security::Scope::Prefix(config.nats.subject_prefix.clone()),
+            kafka_acl_prefixes: Some((
+                config.kafka.topic_prefix.clone(),
+                config.kafka.group_prefix.clone(),
+            )),
         })
     }
 
@@ -294,7 +304,7 @@ pub fn start_cancellable(
     let mut out = Started::default();
     for service in Service::ALL {
         if let Some(pid) = process::running_pid(spec, service) {
-            if outdated(service, pid, tools) {
+            if outdated(spec, service, pid, tools) {
                 // A server from before this build's settings (Debian's nats-server, which
                 // knew no users or TLS): replace it rather than leave it open.
                 tracing::warn!(%service, pid, "an older build is running; restarting it as this one");
@@ -318,18 +328,28 @@ pub fn start_cancellable(
             }
         }
     }
+    // Every start, a reused broker's too: a password made since, or an identity added, is
+    // in place before any service logs in.
+    if let Err(e) = kafka::secure(spec) {
+        stop_processes(&mut out.started);
+        return Err(e);
+    }
     Ok(out)
 }
 
 /// Whether the running server `pid` is another build than the one this stack runs (only
 /// NATS's binary has changed: it is built from a pinned release).
-fn outdated(service: Service, pid: u32, tools: &Tools) -> bool {
+fn outdated(spec: &StackSpec, service: Service, pid: u32, tools: &Tools) -> bool {
     match service {
         Service::Nats => {
             let ours = std::fs::canonicalize(&tools.nats_server).unwrap_or_default();
             std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe != ours)
         }
-        Service::Postgres | Service::Kafka => false,
+        // A broker started before authentication: its configuration (written when it
+        // started) has no SASL_SSL listener.
+        Service::Kafka => std::fs::read_to_string(kafka::properties_file(spec))
+            .is_ok_and(|p| !p.contains("SASL_SSL")),
+        Service::Postgres => false,
     }
 }
 

@@ -30,6 +30,7 @@ fn spec(dir: &std::path::Path) -> StackSpec {
         secrets_dir: dir.join("secrets"),
         tls_hosts: Vec::new(),
         subject_scope: suho_security::Scope::AnyTestPrefix,
+        kafka_acl_prefixes: None,
     }
 }
 
@@ -127,10 +128,16 @@ fn the_stack_stops_and_starts_again_on_its_own_data() {
 }
 
 fn admin(spec: &StackSpec) -> rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> {
-    rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", spec.kafka_bootstrap())
-        .create()
-        .unwrap()
+    let kafka = suho_config::KafkaConfig {
+        bootstrap: spec.kafka_bootstrap(),
+        ..suho_config::KafkaConfig::default()
+    };
+    let secrets = suho_security::Secrets::at(&spec.secrets_dir);
+    suho_messaging::kafka::base_config(
+        &suho_messaging::kafka::with_admin_login(&kafka, &secrets).unwrap(),
+    )
+    .create()
+    .unwrap()
 }
 
 fn create_topic(spec: &StackSpec, name: &str) {

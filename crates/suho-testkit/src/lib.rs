@@ -5,8 +5,11 @@
 //!   secured as `suho stack up` secures its stack: TLS, and a user per identity whose NATS
 //!   permissions cover any one-token test prefix ([`suho_security::Scope::AnyTestPrefix`]).
 //! - [`TestEnv::new`] gives each test its own world on that stack: a unique topic, group and
-//!   subject prefix, its own topics, and its own database, so tests run in parallel and in any
-//!   order.
+//!   subject prefix, every identity's Kafka ACLs under those prefixes, its own topics, and
+//!   its own database, so tests run in parallel and in any order.
+//!
+//! `TestEnv::config.kafka` has no login: a service logs in as its own identity (its code
+//! binds it), and a test's own clients say who they are ([`TestEnv::kafka`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -115,6 +118,7 @@ fn start_throwaway_once() -> Result<TestStack, suho_stack::StackError> {
         tls_hosts: Vec::new(),
         // Every test has a one-token prefix of its own.
         subject_scope: suho_security::Scope::AnyTestPrefix,
+        kafka_acl_prefixes: None,
     };
     let tools = suho_stack::install(&spec)?;
     let started = suho_stack::start(&spec, &tools)?;
@@ -206,14 +210,28 @@ impl TestEnv {
         // the default 1 GiB would exhaust a small disk's store.
         config.market.bridge_buffer_bytes = 32 << 20;
 
-        let report = suho_messaging::topics::apply(&config.kafka, false)
+        // Every identity's ACLs under this test's prefixes, granted by the stack's admin.
+        let admin = suho_messaging::kafka::with_admin_login(
+            &config.kafka,
+            &suho_security::Secrets::at(&stack.secrets_dir),
+        )
+        .expect("the stack's Kafka admin login");
+        let acls = suho_security::kafka::all_acls(&prefix, &prefix);
+        tokio::task::spawn_blocking(move || {
+            suho_messaging::kafka_admin::create_acls(&admin, &acls)
+        })
+        .await
+        .expect("the ACL thread")
+        .expect("granting this test's Kafka ACLs");
+        let operator = bind_kafka(&config, suho_security::Identity::Operator);
+        let report = suho_messaging::topics::apply(&operator, false)
             .await
             .expect("creating this test's topics");
         assert_eq!(
             report.created.len(),
             suho_messaging::topics::desired(&prefix).len()
         );
-        wait_for_topics(&config.kafka, &prefix);
+        wait_for_topics(&operator, &prefix);
         TestEnv {
             config,
             prefix,
@@ -223,6 +241,31 @@ impl TestEnv {
 }
 
 impl TestEnv {
+    /// This test's Kafka settings, logged in as `identity`: what that service may do, the
+    /// broker allows; the rest it refuses.
+    ///
+    /// # Panics
+    /// The identity's credentials are missing.
+    #[must_use]
+    pub fn kafka(&self, identity: suho_security::Identity) -> suho_config::KafkaConfig {
+        bind_kafka(&self.config, identity)
+    }
+
+    /// This test's Kafka settings logged in as the stack's admin principal, a super user: for
+    /// a test that plays the world around a service (seeding the topics that several services
+    /// write), never for a service under test.
+    ///
+    /// # Panics
+    /// The admin password is missing.
+    #[must_use]
+    pub fn admin_kafka(&self) -> suho_config::KafkaConfig {
+        suho_messaging::kafka::with_admin_login(
+            &self.config.kafka,
+            &suho_security::Secrets::at(self.config.secrets_dir()),
+        )
+        .expect("the stack's Kafka admin login")
+    }
+
     /// A NATS connection as `identity`, with this test's subject prefix: what that service
     /// may do, the server allows; the rest it refuses.
     ///
@@ -233,6 +276,11 @@ impl TestEnv {
             .await
             .unwrap_or_else(|e| panic!("connecting to NATS as `{identity}`: {e}"))
     }
+}
+
+fn bind_kafka(config: &Config, identity: suho_security::Identity) -> suho_config::KafkaConfig {
+    suho_messaging::kafka::bind(config, identity)
+        .unwrap_or_else(|e| panic!("Kafka credentials of `{identity}`: {e}"))
 }
 
 /// Waits until the broker's metadata lists every topic of `prefix` (creation reaches the

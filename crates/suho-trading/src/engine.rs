@@ -214,17 +214,11 @@ impl Engine {
     ///
     /// # Errors
     /// The Kafka consumer cannot be created or subscribed.
-    pub fn new(
-        config: &suho_config::Config,
-        bus: MarketBus,
-        producer: UserEventProducer,
-    ) -> Result<Engine, EngineError> {
-        let consumer = kafka::consumer(
-            &config.kafka,
-            &config.telemetry,
-            GROUP,
-            &[UserTopic::Commands],
-        )?;
+    pub fn new(config: &suho_config::Config, bus: MarketBus) -> Result<Engine, EngineError> {
+        // Every Kafka client of the engine logs in as the engine.
+        let kafka = kafka::bind(config, suho_security::Identity::Engine)?;
+        let producer = UserEventProducer::new(&kafka)?;
+        let consumer = kafka::consumer(&kafka, &config.telemetry, GROUP, &[UserTopic::Commands])?;
         // Users who never saved settings trade under the default risk settings.
         let risk = suho_domain::RiskSettings::default();
         let account = AccountConfig {
@@ -246,12 +240,12 @@ impl Engine {
             producer,
             backoff: Backoff::new(&config.trading),
             broker: Arc::new(broker),
-            kafka: config.kafka.clone(),
             tx: std::sync::OnceLock::new(),
             transactional_id: format!(
                 "{}{GROUP}-{}",
-                config.kafka.group_prefix, config.trading.instance_id
+                kafka.group_prefix, config.trading.instance_id
             ),
+            kafka,
             dirty: std::sync::atomic::AtomicBool::new(false),
             changes: AtomicU64::new(0),
             assignment,

@@ -49,7 +49,7 @@ use rdkafka::error::KafkaError;
 use suho_messaging::MessagingError;
 
 /// The engine's consumer group (the configured group prefix is prepended).
-pub const GROUP: &str = "trading-engine";
+pub const GROUP: &str = suho_security::kafka::names::ENGINE;
 
 /// The engine stopped for a reason other than shutdown.
 #[derive(Debug, thiserror::Error)]

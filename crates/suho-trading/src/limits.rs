@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::EngineError;
 
 /// The name the engine's settings reader reports its reads under (it joins no group).
-pub const READER: &str = "trading-engine-settings";
+pub const READER: &str = suho_security::kafka::names::ENGINE_SETTINGS;
 
 /// The limits `risk` sets on an account.
 #[must_use]

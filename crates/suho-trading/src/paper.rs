@@ -152,7 +152,7 @@ pub fn read_committed(
     let timeout = Duration::from_secs(10);
     let consumer: BaseConsumer = base
         .clone()
-        .set("group.id", "suho-engine-rebuild")
+        .set("group.id", suho_security::kafka::names::ENGINE_REBUILD)
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .create()?;

@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rust_decimal::Decimal;
@@ -112,8 +111,7 @@ async fn start_engine(
     shutdown: &CancellationToken,
 ) -> JoinHandle<Result<(), EngineError>> {
     let bus = env.bus(Identity::Engine).await;
-    let producer = UserEventProducer::new(&env.config.kafka).unwrap();
-    let engine = Engine::new(&env.config, bus, producer).unwrap();
+    let engine = Engine::new(&env.config, bus).unwrap();
     tokio::spawn(engine.run(shutdown.clone()))
 }
 
@@ -128,17 +126,17 @@ async fn stop_engine(shutdown: &CancellationToken, engine: JoinHandle<Result<(),
 
 /// A plain consumer of one topic, in its own group, reading only committed records.
 fn reader(env: &TestEnv, topic: UserTopic) -> StreamConsumer {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &env.config.kafka.bootstrap)
-        .set(
-            "group.id",
-            format!("{}test-reader-{}", env.prefix, topic.name()),
-        )
-        .set("auto.offset.reset", "earliest")
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
+    let consumer: StreamConsumer =
+        suho_messaging::kafka::base_config(&env.kafka(Identity::Operator))
+            .set(
+                "group.id",
+                format!("{}test-reader-{}", env.prefix, topic.name()),
+            )
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
     consumer
         .subscribe(&[topic.full_name(&env.prefix).as_str()])
         .unwrap();
@@ -232,7 +230,7 @@ async fn open_trades_execute_at_the_quote_keyed_by_user() {
     let engine = start_engine(&env, &shutdown).await;
     let out = reader(&env, UserTopic::Trades);
 
-    let producer = UserEventProducer::new(&env.config.kafka).unwrap();
+    let producer = UserEventProducer::new(&env.kafka(Identity::Gateway)).unwrap();
     let commands = [
         open("alice", "EURUSD", Side::Buy),
         open("bob", "GBPUSD", Side::Sell),
@@ -270,7 +268,7 @@ async fn garbage_is_dead_lettered_and_the_partition_keeps_flowing() {
     let trades_out = reader(&env, UserTopic::Trades);
     let dlq = reader(&env, UserTopic::CommandsDlq);
 
-    let producer = UserEventProducer::new(&env.config.kafka).unwrap();
+    let producer = UserEventProducer::new(&env.kafka(Identity::Gateway)).unwrap();
     let garbage = b"\x00not json";
     let at = producer
         .send_raw(UserTopic::Commands, "carol", garbage, None)
@@ -312,7 +310,7 @@ async fn close_and_mis_keyed_commands_are_rejected_with_a_reason() {
     let engine = start_engine(&env, &shutdown).await;
     let out = reader(&env, UserTopic::Trades);
 
-    let producer = UserEventProducer::new(&env.config.kafka).unwrap();
+    let producer = UserEventProducer::new(&env.kafka(Identity::Gateway)).unwrap();
     let close = TradeCommand::close(UserId::new("dave"), "trd_123", now_ms());
     producer.send(&close).await.unwrap();
     let mis_keyed = open("erin", "EURUSD", Side::Buy);
@@ -357,7 +355,7 @@ async fn price_requests(sub: &mut async_nats::Subscriber, n: usize) {
 async fn a_command_without_a_price_waits_across_a_restart_and_executes_once() {
     let env = TestEnv::new().await;
     let out = reader(&env, UserTopic::Trades);
-    let producer = UserEventProducer::new(&env.config.kafka).unwrap();
+    let producer = UserEventProducer::new(&env.kafka(Identity::Gateway)).unwrap();
     let cmd = open("frank", "EURUSD", Side::Sell);
     producer.send(&cmd).await.unwrap();
 
@@ -430,7 +428,7 @@ fn sized(user: &str, volume: &str) -> TradeCommand {
 #[tokio::test]
 async fn users_own_limits_from_their_settings_are_enforced() {
     let env = TestEnv::new().await;
-    let producer = UserEventProducer::new(&env.config.kafka).unwrap();
+    let producer = UserEventProducer::new(&env.kafka(Identity::Gateway)).unwrap();
     // Saved before the engine starts: read on its first pass over user.settings.
     producer
         .send(&settings_event(
@@ -528,7 +526,7 @@ async fn a_users_command_rate_is_limited() {
     start_market(&env, &shutdown, true).await;
     let engine = start_engine(&env, &shutdown).await;
     let out = reader(&env, UserTopic::Trades);
-    let producer = UserEventProducer::new(&env.config.kafka).unwrap();
+    let producer = UserEventProducer::new(&env.kafka(Identity::Gateway)).unwrap();
     let burst: Vec<TradeCommand> = (0..5).map(|_| sized("erin", "0.01")).collect();
     let other = sized("frank", "0.01");
     // Sent first: the producer's first send waits for its connection. The burst is then queued

@@ -56,8 +56,11 @@ impl Application {
     /// configuration is unusable; each message says which.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         let buses = Buses::connect(&config).await?;
+        // The gateway's producer (the HTTP API and its outbox relay); the engine and the
+        // agent make their own, each logged in as itself.
+        let gateway_kafka = suho_messaging::kafka::bind(&config, Identity::Gateway)?;
         let producer =
-            UserEventProducer::new(&config.kafka).context("creating the Kafka producer")?;
+            UserEventProducer::new(&gateway_kafka).context("creating the Kafka producer")?;
         let secret = jwt_secret(&config).context("loading the JWT key")?;
         let accounts = Accounts::connect(
             &config.database.url,
@@ -189,7 +192,7 @@ impl Application {
 
         // User domain.
         let audit = suho_audit::run_audit(
-            config.kafka.clone(),
+            suho_messaging::kafka::bind(&config, Identity::Audit)?,
             config.telemetry.clone(),
             accounts.pool().clone(),
             suho_audit::AuditConfig::default(),
@@ -197,9 +200,8 @@ impl Application {
         );
         tasks.spawn("audit", async move { audit.await.map_err(Into::into) });
         if config.trading.engine_enabled {
-            let engine =
-                suho_trading::Engine::new(&config, buses.get(Identity::Engine), producer.clone())
-                    .context("creating the trading engine")?;
+            let engine = suho_trading::Engine::new(&config, buses.get(Identity::Engine))
+                .context("creating the trading engine")?;
             let token = stop.clone();
             tasks.spawn("trading-engine", async move {
                 engine.run(token).await.map_err(Into::into)
@@ -208,9 +210,8 @@ impl Application {
 
         if config.agent.enabled {
             let agent = suho_agent::run_agent(
-                suho_agent::AgentOptions::from_config(&config),
+                suho_agent::AgentOptions::from_config(&config)?,
                 buses.get(Identity::Agent),
-                producer.clone(),
                 stop.clone(),
             );
             tasks.spawn("agent", async move { agent.await.map_err(Into::into) });
@@ -235,7 +236,7 @@ impl Application {
         // one Kafka consumer of every user-topic partition, for all connections.
         let (ws, ws_task) = suho_gateway::WsHub::start(
             &buses.get(Identity::Ws),
-            &config.kafka,
+            &suho_messaging::kafka::bind(&config, Identity::Ws)?,
             suho_gateway::WsOptions::default(),
             stop.clone(),
         )
@@ -460,7 +461,8 @@ fn describe(
 
 /// The `KEY=value` settings `suho stack credentials` prints for an identity: how an outside
 /// client connects to this stack as it. NATS requires TLS (verified against `SUHO_CA_FILE`)
-/// and the identity's user and password.
+/// and the identity's user and password; Kafka SASL_SSL with SCRAM-SHA-512, the same user and
+/// password, and the same CA.
 #[must_use]
 pub fn credentials_env(
     config: &Config,
@@ -475,9 +477,16 @@ pub fn credentials_env(
             credentials.password.expose_secret().to_string(),
         ),
         ("SUHO_KAFKA_BOOTSTRAP", config.kafka.bootstrap.clone()),
-        // Kafka's listener is not yet behind SASL/TLS: say so rather than print settings
-        // that would not work.
-        ("SUHO_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT".to_string()),
+        ("SUHO_KAFKA_SECURITY_PROTOCOL", "SASL_SSL".to_string()),
+        (
+            "SUHO_KAFKA_SASL_MECHANISM",
+            suho_security::kafka::SERVICE_MECHANISM.to_string(),
+        ),
+        ("SUHO_KAFKA_SASL_USERNAME", credentials.user().to_string()),
+        (
+            "SUHO_KAFKA_SASL_PASSWORD",
+            credentials.password.expose_secret().to_string(),
+        ),
         (
             "SUHO_CA_FILE",
             std::path::absolute(&credentials.ca_file)
@@ -500,9 +509,7 @@ pub async fn run_engine(config: &Config, shutdown: CancellationToken) -> anyhow:
     let bus = MarketBus::connect(config, Identity::Engine)
         .await
         .context("connecting to NATS")?;
-    let producer = UserEventProducer::new(&config.kafka).context("creating the Kafka producer")?;
-    let engine =
-        suho_trading::Engine::new(config, bus, producer).context("creating the trading engine")?;
+    let engine = suho_trading::Engine::new(config, bus).context("creating the trading engine")?;
     tracing::info!(instance = %config.trading.instance_id, "trading engine starting");
     engine.run(shutdown).await.context("the trading engine")
 }
@@ -531,7 +538,10 @@ pub async fn queue_money(
     command
         .validate()
         .map_err(|e| anyhow::anyhow!("--amount: {e}"))?;
-    let producer = UserEventProducer::new(&config.kafka).context("creating the Kafka producer")?;
+    // A command enters `user.commands` as every command does: through the gateway's login
+    // (the operator reads everything and writes no commands).
+    let kafka = suho_messaging::kafka::bind(config, Identity::Gateway)?;
+    let producer = UserEventProducer::new(&kafka).context("creating the Kafka producer")?;
     producer
         .send(&command)
         .await
@@ -574,10 +584,10 @@ pub async fn audit_export(
         .await
         .context("reading the audit store")?;
     if verify {
-        let log =
-            suho_audit::kafka_history(&config.kafka, topics, user.to_string(), from_ms, to_ms)
-                .await
-                .context("reading the history from Kafka")?;
+        let operator = suho_messaging::kafka::bind(config, Identity::Operator)?;
+        let log = suho_audit::kafka_history(&operator, topics, user.to_string(), from_ms, to_ms)
+            .await
+            .context("reading the history from Kafka")?;
         anyhow::ensure!(
             log == records,
             "the audit store ({} records) differs from Kafka ({} records) for {user} in [{from_ms}, {to_ms}): the audit service may be behind",

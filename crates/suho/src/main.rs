@@ -291,7 +291,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Topics {
             action: TopicsAction::Apply { fix },
         } => block_on(async {
-            let report = suho_messaging::topics::apply(&config.kafka, fix).await?;
+            // The operator administers topics (and reads them); it writes nothing.
+            let operator = suho_messaging::kafka::bind(&config, suho_security::Identity::Operator)?;
+            let report = suho_messaging::topics::apply(&operator, fix).await?;
             suho_telemetry::output::stdout_text(&report.to_string());
             let unresolved = report.unresolved().count();
             if unresolved > 0 {
@@ -693,7 +695,8 @@ async fn platform(
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     let provisioning = async {
-        let report = suho_messaging::topics::apply(&config.kafka, false)
+        let operator = suho_messaging::kafka::bind(&config, suho_security::Identity::Operator)?;
+        let report = suho_messaging::topics::apply(&operator, false)
             .await
             .context("provisioning Kafka topics")?;
         for t in &report.created {

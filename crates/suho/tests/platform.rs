@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::{ClientConfig, Message};
+use rdkafka::Message;
 use serde_json::{json, Value};
 use suho_domain::UserTopic;
 use suho_testkit::TestEnv;
@@ -140,19 +140,19 @@ async fn read_to_end(env: &TestEnv, topic: UserTopic) -> Vec<(String, i32, Value
     use rdkafka::consumer::BaseConsumer;
     use rdkafka::{Offset, TopicPartitionList};
     let name = topic.full_name(&env.prefix);
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &env.config.kafka.bootstrap)
-        .set("group.id", format!("{}reader-{}", env.prefix, uuid_like()))
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .create()
-        .unwrap();
-    let ends = {
-        let probe: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &env.config.kafka.bootstrap)
+    let consumer: StreamConsumer =
+        suho_messaging::kafka::base_config(&env.kafka(suho_security::Identity::Operator))
+            .set("group.id", format!("{}reader-{}", env.prefix, uuid_like()))
+            .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")
             .create()
             .unwrap();
+    let ends = {
+        let probe: BaseConsumer =
+            suho_messaging::kafka::base_config(&env.kafka(suho_security::Identity::Operator))
+                .set("isolation.level", "read_committed")
+                .create()
+                .unwrap();
         let name = name.clone();
         tokio::task::spawn_blocking(move || {
             suho_messaging::kafka::watermarks(&probe, &name, Duration::from_secs(30))
@@ -206,14 +206,14 @@ async fn consume(
     limit: Duration,
     mut done: impl FnMut(&[(String, i32, Value)]) -> bool,
 ) -> Vec<(String, i32, Value)> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &env.config.kafka.bootstrap)
-        .set("group.id", format!("{}reader-{}", env.prefix, uuid_like()))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .create()
-        .unwrap();
+    let consumer: StreamConsumer =
+        suho_messaging::kafka::base_config(&env.kafka(suho_security::Identity::Operator))
+            .set("group.id", format!("{}reader-{}", env.prefix, uuid_like()))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .create()
+            .unwrap();
     consumer
         .subscribe(&[&topic.full_name(&env.prefix)])
         .unwrap();
@@ -373,11 +373,11 @@ async fn no_market_data_ever_appears_in_kafka() {
     .await;
 
     // No topic anywhere on the broker is a market-data topic.
-    let admin: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &p.env.config.kafka.bootstrap)
-        .set("group.id", "metadata-only")
-        .create()
-        .unwrap();
+    let admin: StreamConsumer =
+        suho_messaging::kafka::base_config(&p.env.kafka(suho_security::Identity::Operator))
+            .set("group.id", "metadata-only")
+            .create()
+            .unwrap();
     let md = admin.fetch_metadata(None, Duration::from_secs(10)).unwrap();
     for t in md.topics() {
         let name = t.name();
@@ -1073,8 +1073,9 @@ async fn behind_a_trusted_proxy_the_throttle_counts_the_forwarded_client() {
 }
 
 /// `suho stack credentials IDENTITY` prints, as `KEY=value` lines, exactly what an outside
-/// client needs: with them it connects to NATS over TLS as that identity, and is held to
-/// its row (the operator reads every subject and may not publish a tick).
+/// client needs: with them it connects to NATS over TLS and to Kafka over SASL_SSL
+/// (SCRAM-SHA-512) as that identity, and is held to its row (the operator reads every
+/// subject and topic, and may neither publish a tick nor produce a command).
 #[tokio::test]
 async fn stack_credentials_print_what_an_outside_client_connects_with() {
     let env = TestEnv::new().await;
@@ -1083,6 +1084,7 @@ async fn stack_credentials_print_what_an_outside_client_connects_with() {
             .args(args)
             .env("SUHO_CONFIG", "/nonexistent/suho.toml")
             .env("SUHO__NATS__URL", &env.config.nats.url)
+            .env("SUHO__KAFKA__BOOTSTRAP", &env.config.kafka.bootstrap)
             .env("SUHO__SECURITY__SECRETS_DIR", env.config.secrets_dir())
             .output()
             .expect("running suho")
@@ -1119,6 +1121,9 @@ async fn stack_credentials_print_what_an_outside_client_connects_with() {
             "SUHO_CA_FILE",
             "SUHO_DATABASE_URL",
             "SUHO_KAFKA_BOOTSTRAP",
+            "SUHO_KAFKA_SASL_MECHANISM",
+            "SUHO_KAFKA_SASL_PASSWORD",
+            "SUHO_KAFKA_SASL_USERNAME",
             "SUHO_KAFKA_SECURITY_PROTOCOL",
             "SUHO_NATS_PASSWORD",
             "SUHO_NATS_URL",
@@ -1175,4 +1180,58 @@ async fn stack_credentials_print_what_an_outside_client_connects_with() {
         .expect("a message");
     assert_eq!(seen.subject.as_str(), tick);
     assert_eq!(&seen.payload[..], b"{\"real\":true}");
+
+    // Kafka, with nothing but the printed settings, as a client in another language would.
+    assert_eq!(vars["SUHO_KAFKA_SECURITY_PROTOCOL"], "SASL_SSL");
+    assert_eq!(vars["SUHO_KAFKA_SASL_MECHANISM"], "SCRAM-SHA-512");
+    let kafka = |extra: &[(&str, &str)]| {
+        let mut c = rdkafka::ClientConfig::new();
+        for (k, v) in [
+            ("bootstrap.servers", "SUHO_KAFKA_BOOTSTRAP"),
+            ("security.protocol", "SUHO_KAFKA_SECURITY_PROTOCOL"),
+            ("sasl.mechanism", "SUHO_KAFKA_SASL_MECHANISM"),
+            ("sasl.username", "SUHO_KAFKA_SASL_USERNAME"),
+            ("sasl.password", "SUHO_KAFKA_SASL_PASSWORD"),
+            ("ssl.ca.location", "SUHO_CA_FILE"),
+        ] {
+            c.set(k, &vars[v]);
+        }
+        for (k, v) in extra {
+            c.set(*k, *v);
+        }
+        c
+    };
+    let commands = UserTopic::Commands.full_name(&env.prefix);
+    let producer: rdkafka::producer::FutureProducer = kafka(&[("message.timeout.ms", "10000")])
+        .create()
+        .expect("a producer");
+    let refused = producer
+        .send(
+            rdkafka::producer::FutureRecord::to(&commands)
+                .key("usr_x")
+                .payload("{}"),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect_err("the operator produces no commands");
+    assert_eq!(
+        refused.0.rdkafka_error_code(),
+        Some(rdkafka::types::RDKafkaErrorCode::TopicAuthorizationFailed),
+        "{refused:?}"
+    );
+    let reader: rdkafka::consumer::BaseConsumer = kafka(&[("group.id", "outside")])
+        .create()
+        .expect("a consumer");
+    let md = reader
+        .fetch_metadata(Some(&commands), Duration::from_secs(10))
+        .expect("the operator sees the topics");
+    assert_eq!(
+        md.topics()[0].partitions().len(),
+        usize::try_from(UserTopic::Commands.partitions()).unwrap()
+    );
+    assert!(
+        md.topics()[0].error().is_none(),
+        "{:?}",
+        md.topics()[0].error()
+    );
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::{ClientConfig, Message};
+use rdkafka::Message;
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use suho_domain::UserTopic;
@@ -54,14 +54,14 @@ async fn post(
 
 /// Every record of every user topic under the test's prefix, as text.
 async fn all_records(env: &TestEnv) -> Vec<String> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &env.config.kafka.bootstrap)
-        .set("group.id", format!("{}secrets-scan", env.prefix))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_uncommitted")
-        .create()
-        .expect("consumer");
+    let consumer: StreamConsumer =
+        suho_messaging::kafka::base_config(&env.kafka(suho_security::Identity::Operator))
+            .set("group.id", format!("{}secrets-scan", env.prefix))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_uncommitted")
+            .create()
+            .expect("consumer");
     let names: Vec<String> = UserTopic::ALL
         .iter()
         .map(|t| t.full_name(&env.config.kafka.topic_prefix))

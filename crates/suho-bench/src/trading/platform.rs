@@ -99,7 +99,7 @@ impl Platform {
         tasks.spawn(async move { ("market-feed", feed.await.map_err(Into::into)) });
 
         // The trading engine.
-        let engine = suho_trading::Engine::new(config, bus.clone(), producer.clone())
+        let engine = suho_trading::Engine::new(config, bus.clone())
             .context("creating the trading engine")?;
         let token = stop.clone();
         tasks.spawn(async move {
@@ -182,6 +182,28 @@ pub(crate) fn config(
     config.nats.subject_prefix = prefix.to_string();
     config.database.url = SecretString::from(database_url.to_string());
     bench_settings(config)
+}
+
+/// Grants every identity's Kafka ACLs under `config`'s prefixes (the bench's run has
+/// prefixes of its own), as the stack's admin principal, and returns `config` with that
+/// admin login for the bench's own clients (topics, baselines, observers); the platform's
+/// services log in as themselves.
+///
+/// # Errors
+/// The admin password is missing, or the broker refused the ACLs.
+pub(crate) async fn secure(mut config: Config) -> anyhow::Result<Config> {
+    let secrets = suho_security::Secrets::at(config.secrets_dir());
+    let admin = suho_messaging::kafka::with_admin_login(&config.kafka, &secrets)
+        .context("the stack's Kafka admin login")?;
+    let acls =
+        suho_security::kafka::all_acls(&config.kafka.topic_prefix, &config.kafka.group_prefix);
+    let grant = admin.clone();
+    tokio::task::spawn_blocking(move || suho_messaging::kafka_admin::create_acls(&grant, &acls))
+        .await
+        .context("the ACL thread")?
+        .context("granting the bench's Kafka ACLs")?;
+    config.kafka = admin;
+    Ok(config)
 }
 
 /// `config` with the bench's own settings: an ephemeral HTTP port on loopback, a random JWT
@@ -319,8 +341,8 @@ impl GatewayParts {
         let bus = MarketBus::connect(config, identity)
             .await
             .context("connecting to NATS")?;
-        let producer =
-            UserEventProducer::new(&config.kafka).context("creating the Kafka producer")?;
+        let gateway = suho_messaging::kafka::bind(config, Identity::Gateway)?;
+        let producer = UserEventProducer::new(&gateway).context("creating the Kafka producer")?;
         let secret = config
             .auth
             .jwt_secret

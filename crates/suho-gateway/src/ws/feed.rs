@@ -122,7 +122,11 @@ fn client_config(kafka: &suho_config::KafkaConfig, purpose: &str) -> ClientConfi
     // nothing is committed.
     c.set(
         "group.id",
-        format!("{}gateway-ws-{purpose}", kafka.group_prefix),
+        format!(
+            "{}{}{purpose}",
+            kafka.group_prefix,
+            suho_security::kafka::names::WS
+        ),
     )
     .set("enable.auto.commit", "false")
     .set("enable.auto.offset.store", "false")

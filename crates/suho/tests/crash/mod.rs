@@ -116,7 +116,9 @@ async fn two_engines_answer_every_command_once_and_in_order_through_a_kill_and_r
     let log = "warn";
     let mut a = engine_instance(&p.env, "a", None, log);
     let mut b = engine_instance(&p.env, "b", None, log);
-    let producer = suho_messaging::UserEventProducer::new(&p.env.config.kafka).expect("producer");
+    let producer =
+        suho_messaging::UserEventProducer::new(&p.env.kafka(suho_security::Identity::Gateway))
+            .expect("producer");
     let users: Vec<UserId> = (0..USERS)
         .map(|i| UserId::new(format!("twin-{i:03}")))
         .collect();
