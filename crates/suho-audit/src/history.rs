@@ -4,6 +4,7 @@
 //! store, so it checks the audit store against the log itself.
 
 use std::time::Duration;
+use suho_messaging::kafka::Quiet;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -57,11 +58,11 @@ fn read(
     to_ms: i64,
 ) -> Result<Vec<AuditRecord>, HistoryError> {
     let timeout = Duration::from_secs(10);
-    let consumer: BaseConsumer = base
+    let consumer: BaseConsumer<Quiet> = base
         .clone()
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
-        .create()?;
+        .create_with_context(Quiet)?;
     let mut out = Vec::new();
     for topic in topic_names {
         let metadata = consumer.fetch_metadata(Some(topic), timeout)?;

@@ -29,8 +29,8 @@ const PARTITIONER: &str = "murmur2_random";
 ///
 /// # Errors
 /// A metadata or watermark request failed.
-pub fn watermarks(
-    consumer: &BaseConsumer,
+pub fn watermarks<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
     topic: &str,
     timeout: Duration,
 ) -> Result<Vec<(i32, i64, i64)>, rdkafka::error::KafkaError> {
@@ -475,6 +475,60 @@ impl Queued {
     }
 }
 
+/// Whether a librdkafka complaint is the known noise of a consumer torn down while its group
+/// coordinator connection was still authenticating (librdkafka#5003,
+/// confluent-kafka-python#1780): nothing failed, and nothing is retried for it.
+fn is_teardown_noise(message: &str) -> bool {
+    message.contains("GroupCoordinator")
+        && message.contains("SASL authentication error")
+        && message.contains("Broker transport failure")
+        && message.contains("in state DOWN")
+}
+
+/// How every suho Kafka client logs librdkafka: as rdkafka's default does, under the
+/// `librdkafka` target, except [`is_teardown_noise`], which goes to debug.
+fn log_librdkafka(level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+    use rdkafka::config::RDKafkaLogLevel as L;
+    if is_teardown_noise(message) {
+        tracing::debug!(target: "librdkafka", "librdkafka: {fac} {message} (a consumer closing)");
+        return;
+    }
+    match level {
+        L::Emerg | L::Alert | L::Critical | L::Error => {
+            tracing::error!(target: "librdkafka", "librdkafka: {fac} {message}");
+        }
+        L::Warning => tracing::warn!(target: "librdkafka", "librdkafka: {fac} {message}"),
+        L::Notice | L::Info => tracing::info!(target: "librdkafka", "librdkafka: {fac} {message}"),
+        L::Debug => tracing::debug!(target: "librdkafka", "librdkafka: {fac} {message}"),
+    }
+}
+
+/// A client's global error, as rdkafka's default logs it, but for [`is_teardown_noise`].
+fn log_client_error(error: &rdkafka::error::KafkaError, reason: &str) {
+    if is_teardown_noise(reason) {
+        tracing::debug!(target: "librdkafka", "librdkafka: {error}: {reason} (a consumer closing)");
+    } else {
+        tracing::error!(target: "librdkafka", "librdkafka: {error}: {reason}");
+    }
+}
+
+/// The context of a suho consumer that needs no other: it logs librdkafka as
+/// [`LagContext`] does.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Quiet;
+
+impl ClientContext for Quiet {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        log_librdkafka(level, fac, message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        log_client_error(&error, reason);
+    }
+}
+
+impl ConsumerContext for Quiet {}
+
 /// A consumer's context: turns librdkafka's periodic statistics into the
 /// `kafka_consumer_lag{topic,partition,consumer_group}` gauge, and keeps track of the
 /// partitions the group gave this consumer.
@@ -557,6 +611,14 @@ impl Assignment {
 }
 
 impl ClientContext for LagContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        log_librdkafka(level, fac, message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        log_client_error(&error, reason);
+    }
+
     fn stats(&self, statistics: Statistics) {
         for (topic, t) in &statistics.topics {
             let shown = topic
@@ -629,8 +691,7 @@ pub const CLOSE_DEADLINE: Duration = Duration::from_secs(3);
 /// block, with no timeout of its own, so it never happens on an async worker:
 /// [`ClosingConsumer::close`] does it on a thread of its own within a deadline, and dropping
 /// it without `close` hands the same work to such a thread without waiting.
-pub struct ClosingConsumer<C: ConsumerContext + 'static = rdkafka::consumer::DefaultConsumerContext>
-{
+pub struct ClosingConsumer<C: ConsumerContext + 'static = Quiet> {
     inner: Option<StreamConsumer<C>>,
     name: String,
 }
@@ -787,6 +848,16 @@ async fn blocking(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_the_closing_consumers_sasl_noise_is_quieted() {
+        assert!(super::is_teardown_noise(
+            "GroupCoordinator: SASL authentication error: SaslAuthenticateRequest failed: Local: Broker transport failure (after 0ms in state DOWN)"
+        ));
+        assert!(!super::is_teardown_noise(
+            "sasl_ssl://127.0.0.1:9092/bootstrap: SASL authentication error: Authentication failed during authentication due to invalid credentials with SASL mechanism SCRAM-SHA-512 (after 3ms in state AUTH_REQ)"
+        ));
+    }
+
     use super::*;
 
     #[test]

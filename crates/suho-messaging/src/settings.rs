@@ -227,7 +227,8 @@ impl SettingsReader {
                 Err(e) => return Err(e),
             }
         };
-        let consumer: StreamConsumer = base.create()?;
+        let consumer: StreamConsumer<crate::kafka::Quiet> =
+            base.create_with_context(crate::kafka::Quiet)?;
         let mut assignment = TopicPartitionList::new();
         for (partition, _, _) in &ends {
             assignment.add_partition_offset(&topic, *partition, Offset::Beginning)?;

@@ -213,7 +213,8 @@ impl Engine {
     /// [`GROUP`] (the configured group prefix is prepended), with manual commits.
     ///
     /// # Errors
-    /// The Kafka consumer cannot be created or subscribed.
+    /// The engine's credentials are missing, or the Kafka clients cannot be created or the
+    /// consumer subscribed.
     pub fn new(config: &suho_config::Config, bus: MarketBus) -> Result<Engine, EngineError> {
         // Every Kafka client of the engine logs in as the engine.
         let kafka = kafka::bind(config, suho_security::Identity::Engine)?;

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use suho_messaging::kafka::Quiet;
 
 use futures::StreamExt;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -150,12 +151,12 @@ pub fn read_committed(
     topics: &[&str],
 ) -> Result<Vec<Record>, EngineError> {
     let timeout = Duration::from_secs(10);
-    let consumer: BaseConsumer = base
+    let consumer: BaseConsumer<Quiet> = base
         .clone()
         .set("group.id", suho_security::kafka::names::ENGINE_REBUILD)
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
-        .create()?;
+        .create_with_context(Quiet)?;
     let mut out = Vec::new();
     for &name in topics {
         let metadata = consumer.fetch_metadata(Some(name), timeout)?;
@@ -207,7 +208,7 @@ pub async fn partition_count(
 ) -> Result<i32, EngineError> {
     let base = suho_messaging::kafka::base_config(kafka);
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = base.create()?;
+        let consumer: BaseConsumer<Quiet> = base.create_with_context(Quiet)?;
         let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
         let n = metadata
             .topics()

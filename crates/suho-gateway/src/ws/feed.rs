@@ -13,6 +13,7 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use suho_messaging::kafka::Quiet;
 
 use futures::StreamExt;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
@@ -160,7 +161,7 @@ impl UserFeed {
                 Err(e) => return Err(e),
             }
         };
-        let consumer: StreamConsumer = config.create()?;
+        let consumer: StreamConsumer<Quiet> = config.create_with_context(Quiet)?;
         let mut tpl = TopicPartitionList::new();
         for (topic, partition, end) in &ends {
             tpl.add_partition_offset(topic, *partition, Offset::Offset(*end))?;
@@ -230,7 +231,7 @@ fn record<M: Message>(prefix: &str, m: &M, user: &str) -> Option<UserRecord> {
 
 /// `(topic, partition, end)` of every partition of the streamed topics (blocking).
 fn ends(config: &ClientConfig, prefix: &str) -> Result<Vec<(String, i32, i64)>, WsError> {
-    let consumer: BaseConsumer = config.create()?;
+    let consumer: BaseConsumer<Quiet> = config.create_with_context(Quiet)?;
     let mut out = Vec::new();
     for topic in USER_TOPICS {
         let name = topic.full_name(prefix);
@@ -280,7 +281,7 @@ fn read_start(
     positions: &[Position],
     limit: Duration,
 ) -> Result<Start, WsError> {
-    let consumer: BaseConsumer = config.create()?;
+    let consumer: BaseConsumer<Quiet> = config.create_with_context(Quiet)?;
     let mut live_from = Vec::new();
     for topic in USER_TOPICS {
         let partition = partition_of(user.as_bytes(), topic.partitions());
