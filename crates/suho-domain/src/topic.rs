@@ -42,17 +42,17 @@ impl UserTopic {
         UserTopic::CommandsDlq,
     ];
 
-    /// The contract's seven topics, in contract order: every topic but the dead-letter one
-    /// (what the audit keeps).
-    pub const CONTRACT: [UserTopic; 7] = [
-        UserTopic::Auth,
-        UserTopic::Settings,
-        UserTopic::Commands,
-        UserTopic::Trades,
-        UserTopic::Mt5Status,
-        UserTopic::RiskAlerts,
-        UserTopic::Transactions,
-    ];
+    /// The contract's seven topics, in contract order: [`UserTopic::ALL`] without the
+    /// dead-letter topic (what the audit keeps).
+    pub const CONTRACT: [UserTopic; 7] = {
+        let mut out = [UserTopic::Auth; 7];
+        let mut i = 0;
+        while i < out.len() {
+            out[i] = UserTopic::ALL[i];
+            i += 1;
+        }
+        out
+    };
 
     /// The topic name without any prefix, e.g. `user.trades`.
     #[must_use]

@@ -319,17 +319,7 @@ fn describe_all(rk: *mut rd::rd_kafka_t) -> Result<Vec<Acl>, MessagingError> {
                 _ => continue,
             };
             let op = rd::rd_kafka_AclBinding_operation(b);
-            let Some(op) = [
-                Operation::Read,
-                Operation::Write,
-                Operation::Create,
-                Operation::Alter,
-                Operation::DescribeConfigs,
-                Operation::AlterConfigs,
-                Operation::Describe,
-            ]
-            .into_iter()
-            .find(|o| operation(*o) == op) else {
+            let Some(op) = Operation::ALL.into_iter().find(|o| operation(*o) == op) else {
                 continue;
             };
             let principal = text(rd::rd_kafka_AclBinding_principal(b));

@@ -78,6 +78,19 @@ pub enum Operation {
     Describe,
 }
 
+impl Operation {
+    /// Every operation, in declaration order.
+    pub const ALL: [Operation; 7] = [
+        Operation::Read,
+        Operation::Write,
+        Operation::Create,
+        Operation::Alter,
+        Operation::DescribeConfigs,
+        Operation::AlterConfigs,
+        Operation::Describe,
+    ];
+}
+
 /// One allow rule for one identity, from any host. Nothing else is allowed
 /// (`allow.everyone.if.no.acl.found=false`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
