@@ -16,7 +16,7 @@ use argon2::Argon2;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::PgPool;
 use suho_domain::UserId;
 
 pub mod credentials;
@@ -145,25 +145,8 @@ fn now_s() -> u64 {
 }
 
 impl Accounts {
-    /// Connects a pool to `database_url`.
-    ///
-    /// # Errors
-    /// The database is unreachable.
-    pub async fn connect(
-        database_url: &SecretString,
-        max_connections: u32,
-        jwt_secret: &SecretString,
-        token_ttl: Duration,
-    ) -> Result<Accounts, AccountError> {
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect(database_url.expose_secret())
-            .await?;
-        Ok(Self::with_pool(pool, jwt_secret, token_ttl))
-    }
-
-    /// Uses an existing pool.
+    /// Account operations over `pool`, which logs in as the gateway's role (the schema is
+    /// the owner's, migrated from [`MIGRATOR`] before).
     pub fn with_pool(pool: PgPool, jwt_secret: &SecretString, token_ttl: Duration) -> Accounts {
         let key = jwt_secret.expose_secret().as_bytes();
         Accounts {
@@ -187,16 +170,7 @@ impl Accounts {
         self.keyring.as_ref()
     }
 
-    /// Applies pending schema migrations.
-    ///
-    /// # Errors
-    /// A migration failed.
-    pub async fn migrate(&self) -> Result<(), AccountError> {
-        MIGRATOR.run(&self.pool).await?;
-        Ok(())
-    }
-
-    /// The connection pool, shared with the other stores of the same database.
+    /// The connection pool (the gateway's role).
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }

@@ -8,16 +8,11 @@ use suho_testkit::TestEnv;
 
 async fn accounts(ttl: Duration) -> Accounts {
     let env = TestEnv::new().await;
-    let a = Accounts::connect(
-        &env.config.database.url,
-        5,
+    Accounts::with_pool(
+        env.pool(suho_security::Identity::Gateway).await,
         &SecretString::from("k".repeat(32)),
         ttl,
     )
-    .await
-    .unwrap();
-    a.migrate().await.unwrap();
-    a
 }
 
 fn pw(s: &str) -> SecretString {

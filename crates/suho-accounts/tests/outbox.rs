@@ -13,16 +13,12 @@ use tokio::sync::Notify;
 
 async fn accounts_and_user() -> (Accounts, UserId) {
     let env = TestEnv::new().await;
-    let a = Accounts::connect(
-        &env.config.database.url,
-        5,
+    let a = Accounts::with_pool(
+        env.pool(suho_security::Identity::Gateway).await,
         &SecretString::from("k".repeat(32)),
         Duration::from_secs(60),
     )
-    .await
-    .unwrap()
     .with_keyring(Keyring::new("k1", [("k1".to_string(), Keyring::generate_key())]).unwrap());
-    a.migrate().await.unwrap();
     let user = a
         .register(
             "outbox@example.com",

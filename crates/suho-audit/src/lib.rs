@@ -21,7 +21,7 @@ mod store;
 pub use export::{write_export, ExportFormat, CSV_HEADER};
 pub use history::{kafka_history, HistoryError};
 pub use service::{run_audit, AuditConfig, GROUP};
-pub use store::{ensure_schema, latest_event, user_events, AuditRecord, AUDITED_TOPICS};
+pub use store::{latest_event, migrate, user_events, AuditRecord, AUDITED_TOPICS};
 
 /// Why the audit service stopped.
 #[derive(Debug, thiserror::Error)]

@@ -48,8 +48,10 @@ const STORED_METRIC: &str = "audit_records_stored_total";
 
 /// Runs the audit service until `shutdown`.
 ///
+/// `pool` logs in as the audit's role; the table is the schema owner's ([`crate::migrate`]).
+///
 /// # Errors
-/// The table cannot be created, or Kafka refuses the consumer.
+/// Kafka refuses the consumer.
 pub async fn run_audit(
     kafka_config: suho_config::KafkaConfig,
     telemetry: suho_config::TelemetryConfig,
@@ -57,7 +59,6 @@ pub async fn run_audit(
     config: AuditConfig,
     shutdown: CancellationToken,
 ) -> Result<(), AuditError> {
-    store::ensure_schema(&pool).await?;
     let consumer = kafka::consumer(&kafka_config, &telemetry, GROUP, &AUDITED_TOPICS)?;
     tracing::info!(
         group = GROUP,

@@ -33,15 +33,34 @@ DO $$ BEGIN
             FOR EACH ROW EXECUTE FUNCTION audit_events_append_only();
     END IF;
 END $$;
+CREATE OR REPLACE FUNCTION compliance_user_events(
+    p_user_id text, p_from_ms bigint, p_to_ms bigint, p_topics text[])
+RETURNS SETOF audit_events LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = public, pg_temp AS $$
+    SELECT * FROM audit_events
+    WHERE user_id = p_user_id AND kafka_ts >= p_from_ms AND kafka_ts < p_to_ms
+      AND topic = ANY(p_topics)
+    ORDER BY kafka_ts, topic, kafka_partition, kafka_offset
+$$;
+CREATE OR REPLACE FUNCTION compliance_latest_event(p_user_id text, p_topic text)
+RETURNS jsonb LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = public, pg_temp AS $$
+    SELECT payload FROM audit_events
+    WHERE user_id = p_user_id AND topic = p_topic AND payload IS NOT NULL
+    ORDER BY kafka_ts DESC, kafka_offset DESC LIMIT 1
+$$;
 ";
 
-/// Creates the table, its index and its append-only trigger if missing (concurrent callers
-/// are serialised by an advisory lock).
+/// Creates the table, its index, its append-only trigger and the compliance queries' functions
+/// if missing (concurrent callers are serialised by an advisory lock); run by the schema's
+/// owner, since the audit's own role may only insert and read rows.
 ///
 /// # Errors
 /// The database refused the DDL.
-pub async fn ensure_schema(pool: &PgPool) -> Result<(), sqlx::Error> {
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
+    // Existing objects are the normal case: no notice for each.
+    exec(&mut tx, "SET LOCAL client_min_messages TO warning").await?;
     // "suhoaudt": one DDL run at a time.
     sqlx::query("SELECT pg_advisory_xact_lock(8319670714222601332)")
         .execute(&mut *tx)
@@ -51,7 +70,7 @@ pub async fn ensure_schema(pool: &PgPool) -> Result<(), sqlx::Error> {
 }
 
 /// Runs `sql` (several statements) on `conn`, as a plain named function: a `raw_sql` call
-/// inside `ensure_schema` would make its future too general to be `Send`.
+/// inside `migrate` would make its future too general to be `Send`.
 async fn exec(conn: &mut sqlx::PgConnection, sql: &str) -> Result<(), sqlx::Error> {
     sqlx::Executor::execute(conn, sql).await.map(|_| ())
 }
@@ -118,10 +137,11 @@ pub async fn user_events(
     from_ms: i64,
     to_ms: i64,
 ) -> Result<Vec<AuditRecord>, sqlx::Error> {
+    // Through the owner's function (the compliance grant): the roles that read a user's
+    // history may not read the table.
     sqlx::query_as::<_, AuditRecord>(
         "SELECT topic, kafka_partition, kafka_offset, user_id, event_type, event_id, kafka_ts, \
-         payload, raw FROM audit_events \
-         WHERE user_id = $1 AND kafka_ts >= $2 AND kafka_ts < $3 AND topic = ANY($4) \
+         payload, raw FROM compliance_user_events($1, $2, $3, $4) \
          ORDER BY kafka_ts, topic, kafka_partition, kafka_offset",
     )
     .bind(user_id)
@@ -180,13 +200,11 @@ pub async fn latest_event(
     topic: &str,
     user_id: &str,
 ) -> Result<Option<serde_json::Value>, sqlx::Error> {
-    let row: Option<(serde_json::Value,)> = sqlx::query_as(
-        "SELECT payload FROM audit_events WHERE user_id = $1 AND topic = $2 \
-         AND payload IS NOT NULL ORDER BY kafka_ts DESC, kafka_offset DESC LIMIT 1",
-    )
-    .bind(user_id)
-    .bind(topic)
-    .fetch_optional(pool)
-    .await?;
-    Ok(row.map(|(v,)| v))
+    let row: Option<serde_json::Value> =
+        sqlx::query_scalar("SELECT compliance_latest_event($1, $2)")
+            .bind(user_id)
+            .bind(topic)
+            .fetch_one(pool)
+            .await?;
+    Ok(row)
 }

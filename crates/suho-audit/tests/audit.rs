@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use rust_decimal::Decimal;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::PgPool;
 use suho_audit::{kafka_history, run_audit, user_events, AuditConfig, AUDITED_TOPICS};
 use suho_domain::{
     new_event_id, Order, Side, Symbol, TradeCommand, TradeEvent, TradeEventType, Transaction,
@@ -16,13 +16,9 @@ use suho_messaging::{now_ms, UserEventProducer};
 use suho_testkit::TestEnv;
 use tokio_util::sync::CancellationToken;
 
+/// The audit's own role: it inserts and reads its table, nothing else.
 async fn pool(env: &TestEnv) -> PgPool {
-    use secrecy::ExposeSecret;
-    PgPoolOptions::new()
-        .max_connections(4)
-        .connect(env.config.database.url.expose_secret())
-        .await
-        .expect("connecting to the test database")
+    env.pool(suho_security::Identity::Audit).await
 }
 
 /// Publishes one command, one trade event and one deposit for `user`; returns how many.
@@ -120,7 +116,9 @@ async fn the_export_for_a_user_and_range_is_exactly_theirs_and_matches_kafka() {
         .collect();
     // The middle round of user A only.
     let (from, to) = (marks[1], marks[2]);
-    let export = user_events(&pool, &topics, users[0], from, to)
+    // The compliance query, as the operator (its grant is the function, not the table).
+    let operator = env.pool(suho_security::Identity::Operator).await;
+    let export = user_events(&operator, &topics, users[0], from, to)
         .await
         .expect("export");
     assert_eq!(export.len(), 3, "{export:#?}");
@@ -143,7 +141,7 @@ async fn the_export_for_a_user_and_range_is_exactly_theirs_and_matches_kafka() {
     assert_eq!(export, from_kafka, "the store matches the log");
 
     // The whole range of user A: its nine events and the garbage, nothing of B or C.
-    let all_a = user_events(&pool, &topics, users[0], 0, i64::MAX)
+    let all_a = user_events(&operator, &topics, users[0], 0, i64::MAX)
         .await
         .unwrap();
     assert_eq!(all_a.len(), 10);
@@ -180,12 +178,16 @@ async fn the_export_for_a_user_and_range_is_exactly_theirs_and_matches_kafka() {
     replay.await.unwrap();
     assert_eq!(stored(&pool).await, total as i64, "a replay adds no row");
 
-    // Append-only.
+    // Append-only: the audit's role may not change a row, and even the table's owner is
+    // stopped by the trigger.
+    let owner = env.owner_pool().await;
     for sql in [
         "UPDATE audit_events SET user_id = 'x'",
         "DELETE FROM audit_events",
     ] {
         let err = sqlx::query(sql).execute(&pool).await.expect_err(sql);
+        assert!(err.to_string().contains("permission denied"), "{err}");
+        let err = sqlx::query(sql).execute(&owner).await.expect_err(sql);
         assert!(err.to_string().contains("append-only"), "{err}");
     }
     shutdown.cancel();

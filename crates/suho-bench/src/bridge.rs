@@ -297,6 +297,10 @@ async fn run_all(
     pool: &PgPool,
 ) -> anyhow::Result<BridgeBenchReport> {
     let ticks = generate(&opts.symbols, opts.seed, opts.rows)?;
+    // The bench's database has one role, which owns the tables too.
+    suho_bridge::migrate(pool)
+        .await
+        .context("creating the market tables")?;
     let store = Store::open(pool.clone())
         .await
         .context("creating the bridge's tables")?;

@@ -359,7 +359,8 @@ impl ThrowawayStack {
         let mut stack = Self {
             kafka_bootstrap: spec.kafka_bootstrap(),
             nats_url: spec.nats_url(),
-            database_url: spec.database_url(&spec.pg_database),
+            // The services log in as their own roles; the URL names the server and database.
+            database_url: format!("postgres://127.0.0.1:{}/{}", spec.pg_port, spec.pg_database),
             secrets_dir: spec.secrets_dir.clone(),
             stop: Some(stop_tx),
             thread: Some(thread),
@@ -390,7 +391,7 @@ impl ThrowawayStack {
         &self.secrets_dir
     }
 
-    /// The URL of the stack's (empty) `suho` database, as the superuser.
+    /// The URL of the stack's (empty) `suho` database, owned by the schema's owner.
     pub(crate) fn database_url(&self) -> &str {
         &self.database_url
     }

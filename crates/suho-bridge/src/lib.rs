@@ -38,7 +38,9 @@
 //! - This crate knows nothing of HTTP: the gateway calls [`candle_history`].
 //! - It never publishes on the market subjects and never writes to Kafka.
 //! - It owns only the `market_ticks` / `market_candles` tables (and their partitions); it does
-//!   not use `sqlx::migrate!` (another crate owns `_sqlx_migrations`).
+//!   not use `sqlx::migrate!` (another crate owns `_sqlx_migrations`). [`migrate`] makes them,
+//!   as the schema's owner; the bridge's role only reads and writes rows, and creates
+//!   partitions through the owner's `market_create_partition`.
 
 mod bridge;
 mod parse;
@@ -51,7 +53,7 @@ use std::time::Duration;
 pub use bridge::{run_bridge, Bridge, BridgeStats, StatsSnapshot};
 pub use parse::{classify, Classified};
 pub use query::{candle_count, candle_history, tick_count, MAX_HISTORY_LIMIT};
-pub use schema::StorageMode;
+pub use schema::{migrate, StorageMode};
 pub use store::{stored_cursor, ticks_copy_csv, CursorAdvance, Store, StoreReport, TICKS_COPY};
 
 /// Counter of rows inserted, label `table` (`market_ticks` / `market_candles`).
@@ -95,6 +97,9 @@ pub enum BridgeError {
         /// Where this bridge expected it.
         expected: u64,
     },
+    /// The market tables do not exist: the schema's owner has not migrated this database.
+    #[error("the market tables do not exist: the database is not migrated (suho up migrates it as the `owner` role)")]
+    NoSchema,
 }
 
 impl BridgeError {

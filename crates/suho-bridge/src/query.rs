@@ -33,15 +33,10 @@ pub async fn candle_history(
     if from_ms >= to_ms {
         return Ok(Vec::new());
     }
+    // Through the owner's function: the gateway's role may call it but not read the table.
     let rows = sqlx::query(
-        "SELECT (extract(epoch FROM start_ts) * 1000)::bigint AS start_ms, \
-                (extract(epoch FROM end_ts) * 1000)::bigint AS end_ms, \
-                open, high, low, close, volume \
-         FROM market_candles \
-         WHERE symbol = $1 AND timeframe = $2 \
-           AND start_ts >= timestamptz 'epoch' + $3 * interval '1 millisecond' \
-           AND start_ts < timestamptz 'epoch' + $4 * interval '1 millisecond' \
-         ORDER BY start_ts LIMIT $5",
+        "SELECT start_ms, end_ms, open, high, low, close, volume \
+         FROM market_candle_history($1, $2, $3, $4, $5) ORDER BY start_ms",
     )
     .bind(symbol.as_str())
     .bind(tf.as_str())

@@ -1,5 +1,7 @@
-//! The bridge's tables, created idempotently at start with plain `CREATE .. IF NOT EXISTS`
-//! (not `sqlx::migrate!`: another crate's migrator owns `_sqlx_migrations`).
+//! The bridge's tables, created idempotently by the schema's owner ([`migrate`]) with plain
+//! `CREATE .. IF NOT EXISTS` (not `sqlx::migrate!`: another crate's migrator owns
+//! `_sqlx_migrations`). The bridge's own role makes no DDL: new partitions come from the
+//! owner's `market_create_partition` function.
 //!
 //! ```sql
 //! market_ticks   (symbol text, ts timestamptz, bid numeric, ask numeric, source text,
@@ -57,58 +59,112 @@ const CANDLES_COLUMNS: &str = "symbol text NOT NULL, timeframe text NOT NULL, \
      close numeric NOT NULL, volume numeric NOT NULL, \
      PRIMARY KEY (symbol, timeframe, start_ts)";
 
-impl Schema {
-    /// Creates the tables if missing and finds out their layout.
-    pub(crate) async fn ensure(pool: &PgPool) -> Result<Schema, BridgeError> {
-        let mut tx = ddl_transaction(pool).await?;
-        let existing: Option<String> = sqlx::query_scalar(
-            "SELECT c.relkind::text FROM pg_class c \
-             WHERE c.oid = to_regclass('market_ticks')",
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
-        let mode = match existing.as_deref() {
-            Some("p") => StorageMode::Partitioned,
-            Some(_) => StorageMode::Timescale,
-            None => {
-                if timescale_ready(&mut tx).await? {
-                    StorageMode::Timescale
-                } else {
-                    StorageMode::Partitioned
-                }
+/// Creates or replaces the partition `name` of `parent` (one of the two market tables) for
+/// `[lower, upper)`: the one piece of DDL the bridge itself needs, run with its owner's rights
+/// so that the bridge's role needs none.
+const CREATE_PARTITION_FUNCTION: &str = "CREATE OR REPLACE FUNCTION market_create_partition(\
+      parent text, name text, lower timestamptz, upper timestamptz) RETURNS void \
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$ \
+    BEGIN \
+      IF parent NOT IN ('market_ticks', 'market_candles') \
+         OR name !~ ('^' || parent || '_[0-9]{6,8}$') THEN \
+        RAISE EXCEPTION 'not a market partition: % of %', name, parent; \
+      END IF; \
+      EXECUTE format('CREATE TABLE IF NOT EXISTS %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)', \
+        name, parent, lower, upper); \
+    END $$";
+
+/// The candle history query (see [`crate::candle_history`]), callable by roles that may not
+/// read the table itself.
+const CANDLE_HISTORY_FUNCTION: &str = "CREATE OR REPLACE FUNCTION market_candle_history(\
+      p_symbol text, p_timeframe text, p_from_ms bigint, p_to_ms bigint, p_limit bigint) \
+    RETURNS TABLE (start_ms bigint, end_ms bigint, open numeric, high numeric, low numeric, \
+      close numeric, volume numeric) \
+    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$ \
+      SELECT (extract(epoch FROM c.start_ts) * 1000)::bigint, \
+             (extract(epoch FROM c.end_ts) * 1000)::bigint, \
+             c.open, c.high, c.low, c.close, c.volume \
+      FROM market_candles c \
+      WHERE c.symbol = p_symbol AND c.timeframe = p_timeframe \
+        AND c.start_ts >= timestamptz 'epoch' + p_from_ms * interval '1 millisecond' \
+        AND c.start_ts < timestamptz 'epoch' + p_to_ms * interval '1 millisecond' \
+      ORDER BY c.start_ts LIMIT p_limit $$";
+
+/// Creates the market tables, the cursor table and their functions if missing, keeping
+/// whichever layout existing tables have; run by the schema's owner before any bridge
+/// starts.
+///
+/// # Errors
+/// The database refused the DDL.
+pub async fn migrate(pool: &PgPool) -> Result<StorageMode, BridgeError> {
+    let mut tx = ddl_transaction(pool).await?;
+    let mode = match layout(&mut tx).await? {
+        Some(mode) => mode,
+        None => {
+            if timescale_ready(&mut tx).await? {
+                StorageMode::Timescale
+            } else {
+                StorageMode::Partitioned
             }
-        };
-        match mode {
-            StorageMode::Timescale => {
-                exec(
-                    &mut tx,
-                    &format!(
-                        "CREATE TABLE IF NOT EXISTS market_ticks ({TICKS_COLUMNS});\n\
+        }
+    };
+    match mode {
+        StorageMode::Timescale => {
+            exec(
+                &mut tx,
+                &format!(
+                    "CREATE TABLE IF NOT EXISTS market_ticks ({TICKS_COLUMNS});\n\
                      CREATE TABLE IF NOT EXISTS market_candles ({CANDLES_COLUMNS});\n\
                      SELECT create_hypertable('market_ticks', 'ts', \
                        chunk_time_interval => interval '1 day', if_not_exists => true);\n\
                      SELECT create_hypertable('market_candles', 'start_ts', \
                        chunk_time_interval => interval '30 days', if_not_exists => true);"
-                    ),
-                )
-                .await?;
-            }
-            StorageMode::Partitioned => {
-                exec(
-                    &mut tx,
-                    &format!(
-                        "CREATE TABLE IF NOT EXISTS market_ticks ({TICKS_COLUMNS}) \
+                ),
+            )
+            .await?;
+        }
+        StorageMode::Partitioned => {
+            exec(
+                &mut tx,
+                &format!(
+                    "CREATE TABLE IF NOT EXISTS market_ticks ({TICKS_COLUMNS}) \
                        PARTITION BY RANGE (ts);\n\
                      CREATE TABLE IF NOT EXISTS market_candles ({CANDLES_COLUMNS}) \
                        PARTITION BY RANGE (start_ts);"
-                    ),
-                )
-                .await?;
-            }
+                ),
+            )
+            .await?;
         }
-        exec(&mut tx, CURSOR_TABLE).await?;
-        tx.commit().await?;
-        tracing::info!(?mode, "market tables ready");
+    }
+    exec(&mut tx, CURSOR_TABLE).await?;
+    exec(&mut tx, CREATE_PARTITION_FUNCTION).await?;
+    exec(&mut tx, CANDLE_HISTORY_FUNCTION).await?;
+    tx.commit().await?;
+    tracing::info!(?mode, "market tables ready");
+    Ok(mode)
+}
+
+/// The layout of the existing market tables, if they exist.
+async fn layout(conn: &mut sqlx::PgConnection) -> Result<Option<StorageMode>, BridgeError> {
+    let existing: Option<String> = sqlx::query_scalar(
+        "SELECT c.relkind::text FROM pg_class c WHERE c.oid = to_regclass('market_ticks')",
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(existing.map(|kind| {
+        if kind == "p" {
+            StorageMode::Partitioned
+        } else {
+            StorageMode::Timescale
+        }
+    }))
+}
+
+impl Schema {
+    /// Finds out the layout of the tables [`migrate`] made.
+    pub(crate) async fn detect(pool: &PgPool) -> Result<Schema, BridgeError> {
+        let mut conn = pool.acquire().await?;
+        let mode = layout(&mut conn).await?.ok_or(BridgeError::NoSchema)?;
         Ok(Schema {
             mode,
             known: Mutex::new(HashSet::new()),
@@ -125,7 +181,7 @@ impl Schema {
         if self.mode == StorageMode::Timescale {
             return Ok(());
         }
-        let mut wanted: Vec<(String, String)> = Vec::new();
+        let mut wanted: Vec<Partition> = Vec::new();
         {
             let known = self
                 .known
@@ -135,7 +191,7 @@ impl Schema {
             for day in tick_times.iter().map(|t| t.div_euclid(DAY_MS)) {
                 if seen.insert(("t", day)) {
                     let p = tick_partition(day);
-                    if !known.contains(&p.0) {
+                    if !known.contains(&p.name) {
                         wanted.push(p);
                     }
                 }
@@ -143,7 +199,7 @@ impl Schema {
             for month in candle_times.iter().copied().map(month_of_ms) {
                 if seen.insert(("c", month)) {
                     let p = candle_partition(month);
-                    if !known.contains(&p.0) {
+                    if !known.contains(&p.name) {
                         wanted.push(p);
                     }
                 }
@@ -153,20 +209,35 @@ impl Schema {
             return Ok(());
         }
         let mut tx = ddl_transaction(pool).await?;
-        for (_, ddl) in &wanted {
-            exec(&mut tx, ddl).await?;
+        for p in &wanted {
+            sqlx::query("SELECT market_create_partition($1, $2, $3::timestamptz, $4::timestamptz)")
+                .bind(p.parent)
+                .bind(&p.name)
+                .bind(&p.lower)
+                .bind(&p.upper)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         let mut known = self
             .known
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (name, _) in wanted {
-            tracing::debug!(partition = %name, "partition ready");
-            known.insert(name);
+        for p in wanted {
+            tracing::debug!(partition = %p.name, "partition ready");
+            known.insert(p.name);
         }
         Ok(())
     }
+}
+
+/// One time partition of a market table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Partition {
+    parent: &'static str,
+    name: String,
+    lower: String,
+    upper: String,
 }
 
 /// Runs `sql` (one or more statements, no parameters) with the simple query protocol.
@@ -213,28 +284,28 @@ async fn timescale_ready(tx: &mut sqlx::PgConnection) -> Result<bool, BridgeErro
     }
 }
 
-/// `(name, DDL)` of the daily tick partition of epoch day `day`.
-fn tick_partition(day: i64) -> (String, String) {
+/// The daily tick partition of epoch day `day`.
+fn tick_partition(day: i64) -> Partition {
     let (y, m, d) = civil_from_days(day);
     let (ny, nm, nd) = civil_from_days(day + 1);
-    let name = format!("market_ticks_{y:04}{m:02}{d:02}");
-    let ddl = format!(
-        "CREATE TABLE IF NOT EXISTS {name} PARTITION OF market_ticks FOR VALUES \
-         FROM ('{y:04}-{m:02}-{d:02} 00:00:00+00') TO ('{ny:04}-{nm:02}-{nd:02} 00:00:00+00')"
-    );
-    (name, ddl)
+    Partition {
+        parent: "market_ticks",
+        name: format!("market_ticks_{y:04}{m:02}{d:02}"),
+        lower: format!("{y:04}-{m:02}-{d:02} 00:00:00+00"),
+        upper: format!("{ny:04}-{nm:02}-{nd:02} 00:00:00+00"),
+    }
 }
 
-/// `(name, DDL)` of the monthly candle partition of month index `month` (`year * 12 + m - 1`).
-fn candle_partition(month: i64) -> (String, String) {
+/// The monthly candle partition of month index `month` (`year * 12 + m - 1`).
+fn candle_partition(month: i64) -> Partition {
     let (y, m) = (month.div_euclid(12), month.rem_euclid(12) + 1);
     let (ny, nm) = ((month + 1).div_euclid(12), (month + 1).rem_euclid(12) + 1);
-    let name = format!("market_candles_{y:04}{m:02}");
-    let ddl = format!(
-        "CREATE TABLE IF NOT EXISTS {name} PARTITION OF market_candles FOR VALUES \
-         FROM ('{y:04}-{m:02}-01 00:00:00+00') TO ('{ny:04}-{nm:02}-01 00:00:00+00')"
-    );
-    (name, ddl)
+    Partition {
+        parent: "market_candles",
+        name: format!("market_candles_{y:04}{m:02}"),
+        lower: format!("{y:04}-{m:02}-01 00:00:00+00"),
+        upper: format!("{ny:04}-{nm:02}-01 00:00:00+00"),
+    }
 }
 
 fn month_of_ms(ms: i64) -> i64 {
@@ -272,13 +343,19 @@ mod tests {
 
     #[test]
     fn partition_bounds() {
-        let (name, ddl) = tick_partition(19_782);
-        assert_eq!(name, "market_ticks_20240229");
-        assert!(ddl.contains("FROM ('2024-02-29 00:00:00+00') TO ('2024-03-01 00:00:00+00')"));
+        let p = tick_partition(19_782);
+        assert_eq!(p.name, "market_ticks_20240229");
+        assert_eq!(
+            (p.lower.as_str(), p.upper.as_str()),
+            ("2024-02-29 00:00:00+00", "2024-03-01 00:00:00+00")
+        );
         let month = month_of_ms(1_704_931_234_567);
         assert_eq!(month, 2024 * 12);
-        let (name, ddl) = candle_partition(2024 * 12 + 11);
-        assert_eq!(name, "market_candles_202412");
-        assert!(ddl.contains("FROM ('2024-12-01 00:00:00+00') TO ('2025-01-01 00:00:00+00')"));
+        let p = candle_partition(2024 * 12 + 11);
+        assert_eq!(p.name, "market_candles_202412");
+        assert_eq!(
+            (p.lower.as_str(), p.upper.as_str()),
+            ("2024-12-01 00:00:00+00", "2025-01-01 00:00:00+00")
+        );
     }
 }

@@ -77,12 +77,13 @@ const MOVE_CANDLES: &str = "INSERT INTO market_candles \
     FROM bridge_candles_stage ON CONFLICT DO NOTHING";
 
 impl Store {
-    /// Creates the tables if missing (see [`crate::StorageMode`]) and wraps the pool.
+    /// Wraps the pool, once it finds the tables [`crate::migrate`] made (see
+    /// [`crate::StorageMode`]).
     ///
     /// # Errors
-    /// The database is unreachable or refuses the DDL.
+    /// The database is unreachable, or [`BridgeError::NoSchema`].
     pub async fn open(pool: PgPool) -> Result<Store, BridgeError> {
-        let schema = Schema::ensure(&pool).await?;
+        let schema = Schema::detect(&pool).await?;
         Ok(Store { pool, schema })
     }
 

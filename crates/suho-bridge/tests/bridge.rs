@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use rust_decimal::Decimal;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::PgPool;
 use sqlx::Row;
 use suho_bridge::{
     candle_count, candle_history, stored_cursor, tick_count, Bridge, BridgeConfig, BridgeStats,
@@ -28,14 +28,9 @@ use tokio_util::sync::CancellationToken;
 /// 2024-01-10T00:00:00Z: synthetic tick times count up from here, one per millisecond.
 const BASE_MS: i64 = 1_704_844_800_000;
 
+/// The bridge's own role (its table rights, no DDL).
 async fn pool(env: &TestEnv) -> PgPool {
-    use secrecy::ExposeSecret;
-    PgPoolOptions::new()
-        .max_connections(4)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect(env.config.database.url.expose_secret())
-        .await
-        .expect("connecting to the test database")
+    env.pool(Identity::Bridge).await
 }
 
 /// The bridge's own connection.
@@ -695,13 +690,15 @@ async fn failed_batches_are_reread_from_the_cursor() {
     cfg.retry_max = Duration::from_millis(800);
     let shutdown = CancellationToken::new();
     let (task, stats) = spawn_bridge(cfg, client.clone(), pool.clone(), &shutdown).await;
+    // Only the tables' owner may add a trigger.
+    let owner = env.owner_pool().await;
     for sql in [
         "CREATE FUNCTION bridge_test_refuse() RETURNS trigger LANGUAGE plpgsql AS \
          $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$",
         "CREATE TRIGGER bridge_test_refuse BEFORE INSERT ON market_ticks \
          FOR EACH ROW EXECUTE FUNCTION bridge_test_refuse()",
     ] {
-        sqlx::query(sql).execute(&pool).await.expect(sql);
+        sqlx::query(sql).execute(&owner).await.expect(sql);
     }
 
     let published = ticks(N, 21);
@@ -717,7 +714,7 @@ async fn failed_batches_are_reread_from_the_cursor() {
     assert_eq!(count(&pool).await, 0, "nothing stored while refused");
 
     sqlx::query("DROP TRIGGER bridge_test_refuse ON market_ticks")
-        .execute(&pool)
+        .execute(&owner)
         .await
         .expect("drop trigger");
     let n = i64::try_from(N).expect("small");
@@ -809,8 +806,9 @@ async fn a_bridge_resumes_from_the_old_durable_consumer() {
         .await
         .expect("start");
     drop(starter);
+    // The bridge's role may not delete its cursor; the owner may.
     sqlx::query("DELETE FROM market_bridge_cursor")
-        .execute(&pool)
+        .execute(&env.owner_pool().await)
         .await
         .expect("forget the cursor");
     let js = async_nats::jetstream::new(client.clone());

@@ -49,15 +49,11 @@ async fn gateway(
 async fn a_change_made_while_kafka_is_down_is_acknowledged_and_published_later() {
     let env = TestEnv::new().await;
     let secret = env.config.auth.jwt_secret.clone().expect("a test JWT key");
-    let accounts = Accounts::connect(
-        &env.config.database.url,
-        5,
+    let accounts = Accounts::with_pool(
+        env.pool(Identity::Gateway).await,
         &secret,
         Duration::from_secs(600),
-    )
-    .await
-    .expect("PostgreSQL");
-    accounts.migrate().await.expect("migrations");
+    );
     let password = SecretString::from("correct horse battery".to_string());
     accounts
         .register("outbox@example.com", &password, |_| Ok(None))

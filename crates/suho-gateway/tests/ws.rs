@@ -49,15 +49,11 @@ impl Gateway {
     async fn start(options: WsOptions) -> Gateway {
         let env = TestEnv::new().await;
         let secret = env.config.auth.jwt_secret.clone().expect("a test JWT key");
-        let accounts = Accounts::connect(
-            &env.config.database.url,
-            5,
+        let accounts = Accounts::with_pool(
+            env.pool(Identity::Gateway).await,
             &secret,
             Duration::from_secs(3600),
-        )
-        .await
-        .expect("PostgreSQL");
-        accounts.migrate().await.expect("migrations");
+        );
         let producer = UserEventProducer::new(&env.kafka(Identity::Gateway)).expect("a producer");
         let engine = UserEventProducer::new(&env.kafka(Identity::Engine)).expect("a producer");
         let bus = env.bus(Identity::Ws).await;
@@ -347,14 +343,11 @@ async fn missing_bad_expired_and_logged_out_tokens_are_refused() {
 
     // A connection ends when its token expires: whatever it is doing, ready or still
     // catching up, the close comes with the token's `exp`.
-    let short = Accounts::connect(
-        &gw.env.config.database.url,
-        1,
+    let short = Accounts::with_pool(
+        gw.env.pool(Identity::Gateway).await,
         gw.env.config.auth.jwt_secret.as_ref().expect("a key"),
         Duration::from_secs(3),
-    )
-    .await
-    .expect("PostgreSQL");
+    );
     let password = SecretString::from("correct horse battery".to_string());
     let (_, brief) = short
         .login("ws0@example.com", &password)

@@ -2,6 +2,7 @@
 pub mod identity;
 pub mod kafka;
 pub mod nats;
+pub mod postgres;
 pub mod secrets;
 mod tls;
 pub use identity::{Identity, NatsGrants, Scope};

@@ -72,19 +72,31 @@ pub enum ServerPrincipal {
     /// The stack's own Kafka administration: SCRAM credentials and ACLs. Only `suho stack`
     /// and the test harness log in as it.
     KafkaAdmin,
+    /// PostgreSQL's superuser (the `initdb` user, named by `database.url`): makes the roles
+    /// and the database. Only `suho stack` and the test harness log in as it.
+    PostgresAdmin,
+    /// The owner of every table, function and trigger (`owner`): runs the migrations and
+    /// grants each service's role its row of the identity table; no service runs as it.
+    PostgresOwner,
 }
 
 impl ServerPrincipal {
     /// Both, in order.
-    pub const ALL: [ServerPrincipal; 2] =
-        [ServerPrincipal::KafkaBroker, ServerPrincipal::KafkaAdmin];
+    pub const ALL: [ServerPrincipal; 4] = [
+        ServerPrincipal::KafkaBroker,
+        ServerPrincipal::KafkaAdmin,
+        ServerPrincipal::PostgresAdmin,
+        ServerPrincipal::PostgresOwner,
+    ];
 
-    /// The principal's user name (`User:{name}` to Kafka's authorizer).
+    /// The principal's user name (`User:{name}` to Kafka's authorizer, the role in
+    /// PostgreSQL). PostgreSQL's superuser is named by `database.url` instead.
     #[must_use]
     pub fn name(self) -> &'static str {
         match self {
             ServerPrincipal::KafkaBroker => "broker",
-            ServerPrincipal::KafkaAdmin => "admin",
+            ServerPrincipal::KafkaAdmin | ServerPrincipal::PostgresAdmin => "admin",
+            ServerPrincipal::PostgresOwner => crate::postgres::OWNER,
         }
     }
 
@@ -92,6 +104,8 @@ impl ServerPrincipal {
         match self {
             ServerPrincipal::KafkaBroker => "kafka-broker",
             ServerPrincipal::KafkaAdmin => "kafka-admin",
+            ServerPrincipal::PostgresAdmin => "postgres-admin",
+            ServerPrincipal::PostgresOwner => "postgres-owner",
         }
     }
 }

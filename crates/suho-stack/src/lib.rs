@@ -330,7 +330,7 @@ pub fn start_cancellable(
     }
     // Every start, a reused broker's too: a password made since, or an identity added, is
     // in place before any service logs in.
-    if let Err(e) = kafka::secure(spec) {
+    if let Err(e) = kafka::secure(spec).and_then(|()| postgres::secure(spec, tools)) {
         stop_processes(&mut out.started);
         return Err(e);
     }
@@ -349,7 +349,9 @@ fn outdated(spec: &StackSpec, service: Service, pid: u32, tools: &Tools) -> bool
         // started) has no SASL_SSL listener.
         Service::Kafka => std::fs::read_to_string(kafka::properties_file(spec))
             .is_ok_and(|p| !p.contains("SASL_SSL")),
-        Service::Postgres => false,
+        // A server started before authentication: it runs on initdb's own pg_hba.conf
+        // (trust), since ours did not exist.
+        Service::Postgres => !postgres::hba_file(spec).exists(),
     }
 }
 

@@ -6,7 +6,9 @@
 //!   permissions cover any one-token test prefix ([`suho_security::Scope::AnyTestPrefix`]).
 //! - [`TestEnv::new`] gives each test its own world on that stack: a unique topic, group and
 //!   subject prefix, every identity's Kafka ACLs under those prefixes, its own topics, and
-//!   its own database, so tests run in parallel and in any order.
+//!   its own database (owned by the schema's owner, migrated, each role granted its row), so
+//!   tests run in parallel and in any order. A test's database clients log in as a service
+//!   ([`TestEnv::pool`]).
 //!
 //! `TestEnv::config.kafka` has no login: a service logs in as its own identity (its code
 //! binds it), and a test's own clients say who they are ([`TestEnv::kafka`]).
@@ -25,8 +27,10 @@ pub struct TestStack {
     pub kafka_bootstrap: String,
     /// NATS URL.
     pub nats_url: String,
-    /// URL of a database on the server that may create databases.
-    pub admin_database_url: String,
+    /// PostgreSQL's port.
+    pub pg_port: u16,
+    /// PostgreSQL's superuser, which creates each test's database.
+    pub pg_user: String,
     /// The stack's credentials and CA (`security.secrets_dir`).
     pub secrets_dir: PathBuf,
     /// Directory of the stack's data and logs.
@@ -127,10 +131,35 @@ fn start_throwaway_once() -> Result<TestStack, suho_stack::StackError> {
     Ok(TestStack {
         kafka_bootstrap: spec.kafka_bootstrap(),
         nats_url: spec.nats_url(),
-        admin_database_url: spec.database_url("postgres"),
+        pg_port: spec.pg_port,
+        pg_user: spec.pg_user.clone(),
         secrets_dir: spec.secrets_dir.clone(),
         dir: Some(dir),
     })
+}
+
+impl TestStack {
+    /// Connection settings for `database` as the stack's PostgreSQL superuser, over TLS
+    /// checked against the stack's CA.
+    ///
+    /// # Panics
+    /// The superuser's password is missing.
+    #[must_use]
+    pub fn admin_options(&self, database: &str) -> sqlx::postgres::PgConnectOptions {
+        use secrecy::ExposeSecret;
+        let secrets = suho_security::Secrets::at(&self.secrets_dir);
+        let password = secrets
+            .server_password(suho_security::ServerPrincipal::PostgresAdmin)
+            .expect("the stack's PostgreSQL superuser password");
+        sqlx::postgres::PgConnectOptions::new()
+            .host("127.0.0.1")
+            .port(self.pg_port)
+            .username(&self.pg_user)
+            .password(password.expose_secret())
+            .database(database)
+            .ssl_mode(sqlx::postgres::PgSslMode::VerifyFull)
+            .ssl_root_cert(secrets.ca_file())
+    }
 }
 
 /// Deletes the directories of earlier test runs whose process is gone.
@@ -173,18 +202,17 @@ impl TestEnv {
         let prefix = format!("t{}.", &id[..12]);
         let database = format!("suho_test_{}", &id[..16]);
 
-        let mut admin = sqlx::PgConnection::connect(&stack.admin_database_url)
+        let mut admin = sqlx::PgConnection::connect_with(&stack.admin_options("postgres"))
             .await
-            .expect("connecting to the test PostgreSQL");
-        sqlx::query(&format!("CREATE DATABASE \"{database}\""))
-            .execute(&mut admin)
-            .await
-            .expect("creating the test database");
+            .expect("connecting to the test PostgreSQL as its superuser");
+        sqlx::query(&format!(
+            "CREATE DATABASE \"{database}\" OWNER \"{}\"",
+            suho_security::postgres::OWNER
+        ))
+        .execute(&mut admin)
+        .await
+        .expect("creating the test database");
         let _ = admin.close().await;
-        let base = stack
-            .admin_database_url
-            .rsplit_once('/')
-            .map_or(stack.admin_database_url.as_str(), |(b, _)| b);
 
         let mut config = Config::default();
         config.stack.manage = false;
@@ -201,7 +229,8 @@ impl TestEnv {
         config.nats.url.clone_from(&stack.nats_url);
         config.security.secrets_dir = Some(stack.secrets_dir.clone());
         config.nats.subject_prefix.clone_from(&prefix);
-        config.database.url = SecretString::from(format!("{base}/{database}"));
+        config.database.url =
+            SecretString::from(format!("postgres://127.0.0.1:{}/{database}", stack.pg_port));
         config.http.addr = "127.0.0.1:0".parse().expect("loopback address");
         config.auth.jwt_secret = Some(SecretString::from(format!("test-secret-{id}")));
         config.telemetry.heartbeat_interval_ms = 500;
@@ -232,6 +261,9 @@ impl TestEnv {
             suho_messaging::topics::desired(&prefix).len()
         );
         wait_for_topics(&operator, &prefix);
+        suho_database::migrate(&config)
+            .await
+            .expect("migrating this test's database as its owner");
         TestEnv {
             config,
             prefix,
@@ -264,6 +296,28 @@ impl TestEnv {
             &suho_security::Secrets::at(self.config.secrets_dir()),
         )
         .expect("the stack's Kafka admin login")
+    }
+
+    /// A pool on this test's database logged in as `identity`'s role: what that service may
+    /// do, the server allows; the rest it refuses with `permission denied`.
+    ///
+    /// # Panics
+    /// The identity has no role, or the login is refused.
+    pub async fn pool(&self, identity: suho_security::Identity) -> sqlx::PgPool {
+        suho_database::pool(&self.config, identity)
+            .await
+            .unwrap_or_else(|e| panic!("connecting to PostgreSQL as `{identity}`: {e}"))
+    }
+
+    /// A pool on this test's database logged in as the schema's owner: for a test that
+    /// plays the operator's migrations or checks what only the owner may do.
+    ///
+    /// # Panics
+    /// The login is refused.
+    pub async fn owner_pool(&self) -> sqlx::PgPool {
+        suho_database::pool_of(&self.config, suho_database::Login::Owner, 4)
+            .await
+            .unwrap_or_else(|e| panic!("connecting to PostgreSQL as the owner: {e}"))
     }
 
     /// A NATS connection as `identity`, with this test's subject prefix: what that service

@@ -45,11 +45,16 @@ pub struct Application {
     producer: UserEventProducer,
     accounts: Accounts,
     bridge: suho_bridge::Bridge,
+    /// The audit's role.
+    audit_pool: sqlx::PgPool,
+    /// The analytics' role, for the warm-up candles.
+    analytics_pool: sqlx::PgPool,
 }
 
 impl Application {
-    /// Connects to NATS, Kafka and PostgreSQL (migrating it), creates the data bridge's
-    /// JetStream stream and tables, and binds the HTTP port.
+    /// Connects to NATS, Kafka and PostgreSQL (migrating it as the schema's owner, then
+    /// logging each service in as its own role), creates the data bridge's JetStream stream,
+    /// and binds the HTTP port.
     ///
     /// # Errors
     /// A service is unreachable, the schema cannot be migrated, the port is taken, or the
@@ -62,22 +67,29 @@ impl Application {
         let producer =
             UserEventProducer::new(&gateway_kafka).context("creating the Kafka producer")?;
         let secret = jwt_secret(&config).context("loading the JWT key")?;
-        let accounts = Accounts::connect(
-            &config.database.url,
-            config.database.max_connections,
+        suho_database::migrate(&config)
+            .await
+            .context("migrating the database")?;
+        let db = |identity| suho_database::pool(&config, identity);
+        let accounts = Accounts::with_pool(
+            db(Identity::Gateway).await?,
             &secret,
             Duration::from_secs(config.auth.token_ttl_s),
         )
-        .await
-        .context("connecting to PostgreSQL")?
         .with_keyring(credentials_keyring(&config).context("loading the credentials keys")?);
-        accounts.migrate().await.context("migrating the database")?;
+        let audit_pool = db(Identity::Audit).await?;
+        let analytics_pool = suho_database::pool_of(
+            &config,
+            suho_database::Login::Service(Identity::Analytics),
+            1,
+        )
+        .await?;
         // The bridge's JetStream stream exists before the feed speaks, so the store misses
         // nothing from the first tick on.
         let bridge = suho_bridge::Bridge::start(
             suho_bridge::BridgeConfig::from_config(&config),
             buses.get(Identity::Bridge).client().clone(),
-            accounts.pool().clone(),
+            db(Identity::Bridge).await?,
         )
         .await
         .context("starting the data bridge (its JetStream stream and tables)")?;
@@ -93,6 +105,8 @@ impl Application {
             producer,
             accounts,
             bridge,
+            audit_pool,
+            analytics_pool,
         })
     }
 
@@ -128,6 +142,8 @@ impl Application {
             producer,
             accounts,
             bridge,
+            audit_pool,
+            analytics_pool,
         } = self;
         let symbols = configured_symbols(&config.market)?;
         let stop = shutdown.child_token();
@@ -152,7 +168,8 @@ impl Application {
         let mut signals = suho_signals::SignalsConfig::new(symbols.clone());
         signals.state_dir = Some(config.stack.dir.join("signals"));
         // After a restart the strategies and indicators pick up from the stored candles.
-        let history = stored_candles(accounts.pool(), &symbols).await;
+        let history = stored_candles(&analytics_pool, &symbols).await;
+        analytics_pool.close().await;
         signals.history = history.clone();
         let signals = suho_signals::run_signals_on(
             buses.get(Identity::Signals),
@@ -194,7 +211,7 @@ impl Application {
         let audit = suho_audit::run_audit(
             suho_messaging::kafka::bind(&config, Identity::Audit)?,
             config.telemetry.clone(),
-            accounts.pool().clone(),
+            audit_pool,
             suho_audit::AuditConfig::default(),
             stop.clone(),
         );
@@ -462,7 +479,7 @@ fn describe(
 /// The `KEY=value` settings `suho stack credentials` prints for an identity: how an outside
 /// client connects to this stack as it. NATS requires TLS (verified against `SUHO_CA_FILE`)
 /// and the identity's user and password; Kafka SASL_SSL with SCRAM-SHA-512, the same user and
-/// password, and the same CA.
+/// password, and the same CA; PostgreSQL the same over TLS with SCRAM (`SUHO_DATABASE_URL`).
 #[must_use]
 pub fn credentials_env(
     config: &Config,
@@ -494,11 +511,34 @@ pub fn credentials_env(
                 .display()
                 .to_string(),
         ),
-        (
-            "SUHO_DATABASE_URL",
-            config.database.url.expose_secret().to_string(),
-        ),
+        ("SUHO_DATABASE_URL", database_url(config, credentials)),
     ]
+}
+
+/// A libpq URL that logs in as the identity's role over TLS that verifies the server
+/// (`sslmode=verify-full` against the local CA). An identity whose row grants nothing in
+/// PostgreSQL has no role: the server refuses its URL.
+fn database_url(config: &Config, credentials: &suho_security::Credentials) -> String {
+    use secrecy::ExposeSecret;
+    let (host, port, database) = suho_database::base_options(config).map_or_else(
+        |_| ("127.0.0.1".to_string(), 5432, "suho".to_string()),
+        |o| {
+            (
+                o.get_host().to_string(),
+                o.get_port(),
+                o.get_database().unwrap_or("suho").to_string(),
+            )
+        },
+    );
+    let ca =
+        std::path::absolute(&credentials.ca_file).unwrap_or_else(|_| credentials.ca_file.clone());
+    // Passwords are base64url: nothing in them needs escaping in a URL.
+    format!(
+        "postgres://{}:{}@{host}:{port}/{database}?sslmode=verify-full&sslrootcert={}",
+        credentials.user(),
+        credentials.password.expose_secret(),
+        ca.display()
+    )
 }
 
 /// `suho engine`: the trading engine alone, until `shutdown`.
@@ -566,16 +606,9 @@ pub async fn audit_export(
     format: suho_audit::ExportFormat,
     verify: bool,
 ) -> anyhow::Result<()> {
-    use secrecy::ExposeSecret;
     anyhow::ensure!(from_ms < to_ms, "--from must be before --to");
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .connect(config.database.url.expose_secret())
-        .await
-        .context("connecting to PostgreSQL")?;
-    suho_audit::ensure_schema(&pool)
-        .await
-        .context("the audit table")?;
+    let pool = suho_database::pool_of(config, suho_database::Login::Service(Identity::Operator), 2)
+        .await?;
     let topics: Vec<String> = suho_audit::AUDITED_TOPICS
         .iter()
         .map(|t| t.full_name(&config.kafka.topic_prefix))

@@ -215,12 +215,13 @@ pub async fn backfill(
     let history = PolygonHistory::new(adapter_config(config)?)
         .context("[polygon] settings")?
         .with_progress(request.progress);
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect(config.database.url.expose_secret())
-        .await
-        .context("connecting to PostgreSQL (database.url)")?;
+    // The bars go where the bridge keeps them, through the bridge's role.
+    let pool = suho_database::pool_of(
+        config,
+        suho_database::Login::Service(suho_security::Identity::Bridge),
+        2,
+    )
+    .await?;
     let store = suho_bridge::Store::open(pool)
         .await
         .context("opening the candle store")?;

@@ -694,11 +694,9 @@ async fn the_bridge_stores_ticks_and_the_history_route_validates() {
     p.stop().await;
 }
 
+/// The operator's role: it reads every table and writes none.
 async fn sqlx_pool(env: &TestEnv) -> sqlx::PgPool {
-    use secrecy::ExposeSecret;
-    sqlx::PgPool::connect(env.config.database.url.expose_secret())
-        .await
-        .unwrap()
+    env.pool(suho_security::Identity::Operator).await
 }
 
 #[tokio::test]
@@ -1086,6 +1084,10 @@ async fn stack_credentials_print_what_an_outside_client_connects_with() {
             .env("SUHO__NATS__URL", &env.config.nats.url)
             .env("SUHO__KAFKA__BOOTSTRAP", &env.config.kafka.bootstrap)
             .env("SUHO__SECURITY__SECRETS_DIR", env.config.secrets_dir())
+            .env(
+                "SUHO__DATABASE__URL",
+                secrecy::ExposeSecret::expose_secret(&env.config.database.url),
+            )
             .output()
             .expect("running suho")
     };
@@ -1233,5 +1235,24 @@ async fn stack_credentials_print_what_an_outside_client_connects_with() {
         md.topics()[0].error().is_none(),
         "{:?}",
         md.topics()[0].error()
+    );
+
+    // PostgreSQL, with nothing but the printed URL, as psql would: the operator reads and
+    // writes nothing.
+    let url = &vars["SUHO_DATABASE_URL"];
+    assert!(url.contains("sslmode=verify-full"), "{url}");
+    let psql = |sql: &str| {
+        std::process::Command::new("psql")
+            .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql, url])
+            .output()
+            .expect("running psql")
+    };
+    let read = psql("SELECT count(*) FROM users");
+    assert!(read.status.success(), "{read:?}");
+    let write = psql("DELETE FROM users");
+    assert!(!write.status.success());
+    assert!(
+        String::from_utf8_lossy(&write.stderr).contains("permission denied"),
+        "{write:?}"
     );
 }

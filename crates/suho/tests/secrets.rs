@@ -194,6 +194,16 @@ async fn no_secret_reaches_a_log_line_or_a_kafka_record() {
             .expect("a service password");
         secrets.push(("a service's password", password.expose_secret().to_string()));
     }
+    // The servers' own principals: Kafka's broker and admin, PostgreSQL's superuser and owner.
+    for principal in suho_security::ServerPrincipal::ALL {
+        let password = stack_secrets
+            .server_password(principal)
+            .expect("a server principal's password");
+        secrets.push((
+            "a server principal's password",
+            password.expose_secret().to_string(),
+        ));
+    }
     for key in [stack_secrets.ca_key_file(), stack_secrets.server_key_file()] {
         let pem = std::fs::read_to_string(&key).expect("a private key");
         let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();

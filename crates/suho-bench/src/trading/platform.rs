@@ -348,15 +348,14 @@ impl GatewayParts {
             .jwt_secret
             .clone()
             .context("the bench sets auth.jwt_secret")?;
-        let accounts = suho_accounts::Accounts::connect(
-            &config.database.url,
-            config.database.max_connections,
+        suho_database::migrate(config)
+            .await
+            .context("migrating the database")?;
+        let accounts = suho_accounts::Accounts::with_pool(
+            suho_database::pool(config, Identity::Gateway).await?,
             &secret,
             Duration::from_secs(config.auth.token_ttl_s),
-        )
-        .await
-        .context("connecting to PostgreSQL")?;
-        accounts.migrate().await.context("migrating the database")?;
+        );
         let listener = tokio::net::TcpListener::bind(config.http.addr)
             .await
             .context("binding the HTTP API")?;
