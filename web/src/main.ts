@@ -15,7 +15,7 @@ import {
 // ---------------------------------------------------------------- types and state
 
 type Json = Record<string, any>;
-interface Session { token: string; userId: string; email: string }
+interface Session { token: string; userId: string; email: string; expiresAt?: number }
 interface Quote { bid: number; ask: number; mid: number; ts: number; dir: number }
 interface Position {
   trade_id: string; symbol: string; action: "BUY" | "SELL"; volume: number;
@@ -114,8 +114,12 @@ function showAuth(message = "") {
     ev.preventDefault();
     const r = await api("POST", "/api/auth/login", creds());
     if (r.status === 200) {
-      state.session = { token: r.data.access_token, userId: r.data.user_id, email: r.data.email };
+      state.session = {
+        token: r.data.access_token, userId: r.data.user_id, email: r.data.email,
+        expiresAt: Date.now() + r.data.expires_in * 1000,
+      };
       sessionStorage.setItem("suho.session", JSON.stringify(state.session));
+      scheduleRefresh();
       showDashboard();
     } else err(r.data?.message ?? `login failed (${r.status})`);
   });
@@ -127,7 +131,40 @@ function showAuth(message = "") {
   });
 }
 
+// ---------------------------------------------------------------- token refresh
+
+let refreshTimer: number | undefined;
+
+/** Renews the access token a minute before it expires (or at 80% of its life, if shorter),
+ * and hands the new one to the open stream, so neither drops. When the server refuses (the
+ * session is over), the user logs in again. */
+function scheduleRefresh() {
+  if (refreshTimer) clearTimeout(refreshTimer);
+  refreshTimer = undefined;
+  const s = state.session;
+  if (!s?.expiresAt) return;
+  const left = s.expiresAt - Date.now();
+  const at = Math.max(1_000, Math.min(left - 60_000, left * 0.8));
+  refreshTimer = window.setTimeout(refresh, at);
+}
+
+async function refresh() {
+  const s = state.session;
+  if (!s) return;
+  const r = await api("POST", "/api/auth/refresh").catch(() => null);
+  if (!r) { refreshTimer = window.setTimeout(refresh, 10_000); return; }
+  if (r.status === 401 || r.status === 403) { logout(false); return; }
+  if (r.status !== 200) { refreshTimer = window.setTimeout(refresh, 10_000); return; }
+  s.token = r.data.access_token;
+  s.expiresAt = Date.now() + r.data.expires_in * 1000;
+  sessionStorage.setItem("suho.session", JSON.stringify(s));
+  send({ action: "auth", token: s.token });
+  scheduleRefresh();
+}
+
 async function logout(callApi = true) {
+  if (refreshTimer) clearTimeout(refreshTimer);
+  refreshTimer = undefined;
   if (callApi && state.session) await api("POST", "/api/auth/logout").catch(() => undefined);
   state.session = null;
   sessionStorage.removeItem("suho.session");
@@ -315,6 +352,8 @@ async function loadAccount() {
 // ---------------------------------------------------------------- WebSocket
 
 let socket: WebSocket | null = null;
+/** Whether the current socket has said `authenticated` (a later one answers a renewal). */
+let authed = false;
 let retry = 0;
 let retryTimer: number | undefined;
 let holdUntil = 0; // tests: stay disconnected until then
@@ -342,6 +381,7 @@ function connect() {
   setConn(retry ? "reconnecting" : "connecting", retry ? "Reconnecting" : "Connecting");
   const ws = new WebSocket(url);
   socket = ws;
+  authed = false;
   ws.onmessage = (m) => { try { onMessage(JSON.parse(m.data)); } catch (e) { console.warn("bad message", e); } };
   ws.onclose = (ev) => {
     if (socket !== ws) return;
@@ -377,7 +417,9 @@ function follow() {
 
 function onMessage(m: Json) {
   if (m.channel === "control") {
+    if (m.event === "authenticated" && authed) return; // a renewed token: nothing changes
     if (m.event === "authenticated") {
+      authed = true;
       state.watch = Array.isArray(m.symbols) && m.symbols.length ? m.symbols : DEFAULT_WATCH;
       state.followed = new Set(m.symbols ?? []);
       follow();
@@ -775,7 +817,7 @@ const saved = sessionStorage.getItem("suho.session");
 if (saved) {
   try { state.session = JSON.parse(saved); } catch { state.session = null; }
 }
-if (state.session) showDashboard(); else showAuth();
+if (state.session) { scheduleRefresh(); showDashboard(); } else showAuth();
 
 // For the browser tests and for debugging from the console.
 (window as any).suho = {

@@ -19,10 +19,12 @@ use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgPool;
 use suho_domain::UserId;
 
+pub mod api_keys;
 pub mod credentials;
 pub mod outbox;
 pub mod profile;
 
+pub use api_keys::{ApiKey, ApiScope, NewApiKey};
 pub use credentials::{CredentialError, Keyring, Sealed};
 pub use outbox::{OutboxEvent, Relayed};
 pub use profile::ClientOrder;
@@ -100,14 +102,37 @@ pub struct Claims {
     pub iat: u64,
     /// Expiry, seconds since the epoch.
     pub exp: u64,
-    /// Token id, for revocation.
+    /// Token id, for revocation (an API key's id for a key).
     pub jti: String,
+    /// When the password login that began this session happened, seconds since the epoch: a
+    /// refreshed token keeps it, and no refresh reaches past [`MAX_SESSION`] from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_time: Option<u64>,
+    /// An API key's scopes; `None` for a password login's token, which may do everything.
+    #[serde(skip)]
+    pub scopes: Option<Vec<ApiScope>>,
 }
+
+/// Longest a session lasts from its password login, however often its token is refreshed.
+pub const MAX_SESSION: Duration = Duration::from_secs(12 * 3600);
 
 impl Claims {
     /// The user this token speaks for.
     pub fn user_id(&self) -> UserId {
         UserId::new(self.sub.clone())
+    }
+
+    /// Whether these claims come from a password login (not an API key).
+    #[must_use]
+    pub fn is_session(&self) -> bool {
+        self.scopes.is_none()
+    }
+
+    /// Whether these claims may do what `scope` covers: a session may do everything, a key
+    /// what its scopes name.
+    #[must_use]
+    pub fn allows(&self, scope: ApiScope) -> bool {
+        self.scopes.as_ref().is_none_or(|s| s.contains(&scope))
     }
 }
 
@@ -250,17 +275,21 @@ impl Accounts {
                 user_id: Some(user_id),
             });
         }
-        let token = self.issue(&user_id)?;
+        let token = self.issue(&user_id, None)?;
         Ok((User { user_id, email }, token))
     }
 
-    fn issue(&self, user_id: &UserId) -> Result<AccessToken, AccountError> {
+    fn issue(&self, user_id: &UserId, auth_time: Option<u64>) -> Result<AccessToken, AccountError> {
         let iat = now_s();
+        let auth_time = auth_time.unwrap_or(iat);
         let claims = Claims {
             sub: user_id.as_str().to_string(),
             iat,
-            exp: iat + self.ttl.as_secs(),
+            // Never past the session's end.
+            exp: (iat + self.ttl.as_secs()).min(auth_time + MAX_SESSION.as_secs()),
             jti: uuid::Uuid::new_v4().simple().to_string(),
+            auth_time: Some(auth_time),
+            scopes: None,
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| AccountError::InvalidToken(e.to_string()))?;
@@ -275,6 +304,9 @@ impl Accounts {
     /// # Errors
     /// [`AccountError::InvalidToken`] with the reason, or a database failure.
     pub async fn authenticate(&self, token: &str) -> Result<Claims, AccountError> {
+        if token.starts_with(api_keys::KEY_PREFIX) {
+            return self.authenticate_key(token).await;
+        }
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
         validation.set_required_spec_claims(&["exp", "sub"]);
@@ -297,6 +329,28 @@ impl Accounts {
             return Err(AccountError::InvalidToken("logged out".into()));
         }
         Ok(data.claims)
+    }
+
+    /// A new access token for the session `claims` belong to (a password login's, checked by
+    /// [`Accounts::authenticate`]): what the dashboard asks for before its token expires. The
+    /// old token stays valid until its own `exp`; the session ends [`MAX_SESSION`] after its
+    /// login, whatever the refreshes.
+    ///
+    /// # Errors
+    /// [`AccountError::InvalidToken`] for an API key's claims or an ended session.
+    pub fn refresh(&self, claims: &Claims) -> Result<AccessToken, AccountError> {
+        if !claims.is_session() {
+            return Err(AccountError::InvalidToken(
+                "an API key is not refreshed: it does not expire".into(),
+            ));
+        }
+        let auth_time = claims.auth_time.unwrap_or(claims.iat);
+        if now_s() + 60 >= auth_time + MAX_SESSION.as_secs() {
+            return Err(AccountError::InvalidToken(
+                "the session is over: log in again".into(),
+            ));
+        }
+        self.issue(&claims.user_id(), Some(auth_time))
     }
 
     /// Ends the token's session: it is refused from now on. `event` (announcing the logout)

@@ -77,3 +77,69 @@ async fn expired_and_forged_tokens_are_refused() {
         matches!(a.authenticate(&t).await, Err(AccountError::InvalidToken(r)) if r == "expired")
     );
 }
+
+#[tokio::test]
+async fn refresh_keeps_the_session_and_keys_keep_their_scopes() {
+    use suho_accounts::ApiScope;
+    let a = accounts(Duration::from_secs(60)).await;
+    let user = a
+        .register("keys@example.com", &pw("correct horse"), |_| Ok(None))
+        .await
+        .unwrap();
+    let (_, token) = a
+        .login("keys@example.com", &pw("correct horse"))
+        .await
+        .unwrap();
+    let claims = a.authenticate(token.token.expose_secret()).await.unwrap();
+    assert!(claims.is_session() && claims.allows(ApiScope::Trade));
+    let fresh = a.refresh(&claims).unwrap();
+    let renewed = a.authenticate(fresh.token.expose_secret()).await.unwrap();
+    assert_eq!(renewed.user_id(), user.user_id);
+    assert_ne!(renewed.jti, claims.jti);
+    assert_eq!(
+        renewed.auth_time, claims.auth_time,
+        "the session is the same"
+    );
+
+    let made = a
+        .create_api_key(&user.user_id, "bot", &[ApiScope::Read, ApiScope::Read])
+        .await
+        .unwrap();
+    assert_eq!(made.key.scopes, [ApiScope::Read]);
+    let key = made.secret.expose_secret().to_string();
+    let by_key = a.authenticate(&key).await.unwrap();
+    assert_eq!(by_key.user_id(), user.user_id);
+    assert!(!by_key.is_session());
+    assert!(by_key.allows(ApiScope::Read) && !by_key.allows(ApiScope::Trade));
+    assert!(matches!(
+        a.refresh(&by_key),
+        Err(AccountError::InvalidToken(_))
+    ));
+    // A wrong secret with a real id, and a revoked key, are refused.
+    let (id_part, _) = key.rsplit_once('_').unwrap();
+    assert!(matches!(
+        a.authenticate(&format!("{id_part}_wrong")).await,
+        Err(AccountError::InvalidToken(_))
+    ));
+    assert_eq!(a.api_keys(&user.user_id).await.unwrap().len(), 1);
+    assert!(a
+        .revoke_api_key(&user.user_id, &made.key.key_id)
+        .await
+        .unwrap());
+    assert!(!a
+        .revoke_api_key(&user.user_id, &made.key.key_id)
+        .await
+        .unwrap());
+    assert!(matches!(
+        a.authenticate(&key).await,
+        Err(AccountError::InvalidToken(r)) if r.contains("revoked")
+    ));
+    assert!(a.api_keys(&user.user_id).await.unwrap().is_empty());
+    assert!(matches!(
+        a.create_api_key(&user.user_id, "none", &[]).await,
+        Err(AccountError::InvalidField {
+            field: "scopes",
+            ..
+        })
+    ));
+}

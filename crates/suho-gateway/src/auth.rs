@@ -12,13 +12,13 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use secrecy::{ExposeSecret, SecretString};
-use suho_accounts::{AccountError, Claims};
+use suho_accounts::{AccountError, ApiScope, Claims};
 use suho_domain::{new_event_id, AuthEvent, AuthEventType, UserId, SCHEMA_VERSION};
 use suho_messaging::now_ms;
 
 use crate::input::Body;
 use crate::openapi::{
-    BodyErrors, Credentials, ErrorBody, LoginAnswer, Registered, TokenType, Unauthorized,
+    BodyErrors, Credentials, ErrorBody, LoginAnswer, Refreshed, Registered, TokenType, Unauthorized,
 };
 use crate::{outbox, ApiError, AppState};
 
@@ -36,6 +36,38 @@ impl FromRequestParts<Arc<AppState>> for AuthUser {
             .ok_or_else(|| ApiError::Unauthorized("missing Authorization: Bearer token".into()))?;
         Ok(AuthUser(state.accounts.authenticate(token).await?))
     }
+}
+
+/// What a route needs of the caller's token, beyond being the path's user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Need {
+    /// Reading the user's own data: a session or a key with `read`.
+    Read,
+    /// Trading and moving money: a session or a key with `trade`.
+    Trade,
+    /// Changing the account itself (settings, linked accounts, API keys, the session): a
+    /// password login's token, never an API key.
+    Session,
+}
+
+/// Whether `claims` may do what `need` names.
+///
+/// # Errors
+/// [`ApiError::Scope`] (403) saying what is missing.
+pub(crate) fn need(claims: &Claims, need: Need) -> Result<(), ApiError> {
+    let ok = match need {
+        Need::Read => claims.allows(ApiScope::Read),
+        Need::Trade => claims.allows(ApiScope::Trade),
+        Need::Session => claims.is_session(),
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(ApiError::Scope(match need {
+        Need::Read => "this API key lacks the `read` scope",
+        Need::Trade => "this API key lacks the `trade` scope",
+        Need::Session => "an API key may not do this: log in with the account's password",
+    }))
 }
 
 /// The token of an `Authorization: Bearer <jwt>` header; `None` without the header.
@@ -238,6 +270,7 @@ pub async fn logout(
     headers: HeaderMap,
     AuthUser(claims): AuthUser,
 ) -> Result<impl IntoResponse, ApiError> {
+    need(&claims, Need::Session)?;
     let event = auth_event(
         AuthEventType::UserLogout,
         claims.user_id(),
@@ -251,4 +284,37 @@ pub async fn logout(
         .await?;
     outbox::publish_now(&state).await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A new access token for the caller's session.
+///
+/// What the dashboard calls before its token expires (and then hands the new token to its
+/// open `/ws` with `{"action":"auth","token":...}`). The old token stays valid until its own
+/// expiry. A session ends 12 hours after its password login, however often it is refreshed;
+/// then this answers 401 and the user logs in again. An API key is not refreshed (it does not
+/// expire).
+#[utoipa::path(
+    post,
+    path = "/api/auth/refresh",
+    tag = "auth",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A new token for the same session.", body = Refreshed),
+        Unauthorized,
+        (status = 403, description = "`forbidden`: the token is an API key.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database is down.", body = ErrorBody),
+    )
+)]
+pub async fn refresh(
+    State(state): State<Arc<AppState>>,
+    AuthUser(claims): AuthUser,
+) -> Result<impl IntoResponse, ApiError> {
+    need(&claims, Need::Session)?;
+    let token = state.accounts.refresh(&claims)?;
+    Ok(Json(Refreshed {
+        access_token: token.token.expose_secret().to_string(),
+        token_type: TokenType::Bearer,
+        expires_in: token.expires_in,
+        user_id: claims.user_id(),
+    }))
 }

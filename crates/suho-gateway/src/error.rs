@@ -24,6 +24,9 @@ pub enum ApiError {
     Unauthorized(String),
     /// The token is valid but not for this resource (403).
     Forbidden,
+    /// The token is valid but may not do this: an API key without the scope, or an API key
+    /// where a password login is needed (403), with why.
+    Scope(&'static str),
     /// The resource exists already (409).
     Conflict(String),
     /// No such route (404).
@@ -83,6 +86,12 @@ impl IntoResponse for ApiError {
                 StatusCode::FORBIDDEN,
                 ErrorCode::Forbidden,
                 "this token may not access that user's data".into(),
+                None,
+            ),
+            ApiError::Scope(why) => (
+                StatusCode::FORBIDDEN,
+                ErrorCode::Forbidden,
+                why.into(),
                 None,
             ),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, ErrorCode::Conflict, m, None),

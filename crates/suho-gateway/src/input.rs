@@ -32,6 +32,20 @@ impl Body {
         }
     }
 
+    /// Refuses any field not in `known`: a field the API does not know is bad input.
+    ///
+    /// # Errors
+    /// The first unknown field, by name.
+    pub fn only(&self, known: &[&'static str]) -> Result<(), ApiError> {
+        match self.0.keys().find(|k| !known.contains(&k.as_str())) {
+            Some(k) => Err(ApiError::invalid(
+                k.clone(),
+                format!("unknown field (known: {})", known.join(", ")),
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// The whole object.
     pub fn into_value(self) -> Value {
         Value::Object(self.0)
@@ -50,6 +64,24 @@ impl Body {
             None => Err(ApiError::invalid(field, "is required")),
             Some(Value::String(s)) => Ok(s),
             Some(_) => Err(ApiError::invalid(field, "must be a string")),
+        }
+    }
+
+    /// A required list of strings.
+    ///
+    /// # Errors
+    /// Missing, not a list, or an item not a string.
+    pub fn strings(&self, field: &'static str) -> Result<Vec<&str>, ApiError> {
+        match self.get(field) {
+            None => Err(ApiError::invalid(field, "is required")),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .ok_or_else(|| ApiError::invalid(field, "must be a list of strings"))
+                })
+                .collect(),
+            Some(_) => Err(ApiError::invalid(field, "must be a list of strings")),
         }
     }
 

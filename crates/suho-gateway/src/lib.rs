@@ -17,6 +17,7 @@ mod client_ip;
 mod edge;
 mod error;
 mod input;
+mod keys;
 mod market;
 pub mod openapi;
 pub mod outbox;
@@ -137,6 +138,9 @@ pub fn api() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(auth::register))
         .routes(routes!(auth::login))
         .routes(routes!(auth::logout))
+        .routes(routes!(auth::refresh))
+        .routes(routes!(keys::create, keys::list))
+        .routes(routes!(keys::revoke))
         .routes(routes!(trade::open))
         .routes(routes!(trade::close))
         .routes(routes!(trade::modify))

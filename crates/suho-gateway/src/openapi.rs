@@ -58,9 +58,14 @@ impl Modify for BearerScheme {
                     .scheme(HttpAuthScheme::Bearer)
                     .bearer_format("JWT")
                     .description(Some(
-                        "The `access_token` of `POST /api/auth/login`, as \
+                        "The `access_token` of `POST /api/auth/login` (renewed by \
+                         `POST /api/auth/refresh`), or an API key (`suho_ak_...`, from \
+                         `POST /api/user/{user_id}/api-keys`), as \
                          `Authorization: Bearer <token>`. A missing, malformed, expired, \
-                         forged or logged-out token is answered 401.",
+                         forged, logged-out or revoked token is answered 401; an API key \
+                         outside its scopes (`read`: the user's own `GET`s and `/ws`; `trade`: \
+                         trading and money), or where a password login is needed (settings, \
+                         linked accounts, keys, refresh, logout), 403.",
                     ))
                     .build(),
             ),
@@ -176,6 +181,76 @@ pub struct LoginAnswer {
     pub user_id: UserId,
     /// The user's address.
     pub email: String,
+}
+
+/// A refreshed bearer token.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Refreshed {
+    /// The new JWT for `Authorization: Bearer ...`.
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: TokenType,
+    /// Seconds until the new token expires.
+    pub expires_in: u64,
+    /// The user's id.
+    pub user_id: UserId,
+}
+
+/// What an API key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyScope {
+    /// Read the user's own data (every `GET` under `/api/user/{user_id}`) and stream it on
+    /// `/ws`.
+    Read,
+    /// Send trading commands, deposits and withdrawals.
+    Trade,
+}
+
+/// `POST /api/user/{user_id}/api-keys`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"name": "my bot", "scopes": ["read", "trade"]}))]
+pub struct NewKeyRequest {
+    /// A label, 1 to 64 characters.
+    #[schema(min_length = 1, max_length = 64)]
+    pub name: String,
+    /// At least one scope.
+    #[schema(min_items = 1)]
+    pub scopes: Vec<KeyScope>,
+}
+
+/// An API key as listed: never its secret.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyInfo {
+    /// The key's id (`ak_` and 16 hex digits).
+    #[schema(pattern = "^ak_[0-9a-f]{16}$")]
+    pub key_id: String,
+    /// Its label.
+    pub name: String,
+    /// What it may do.
+    pub scopes: Vec<KeyScope>,
+    /// Made at, epoch ms.
+    pub created_at: i64,
+    /// Last used at (to the minute), epoch ms; `null` if never.
+    pub last_used_at: Option<i64>,
+}
+
+/// A key just made.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NewKey {
+    /// The key as listed.
+    #[serde(flatten)]
+    pub info: KeyInfo,
+    /// The whole key, for `Authorization: Bearer ...` (HTTP and `/ws`). Shown this once:
+    /// suho keeps only its hash.
+    pub key: String,
+}
+
+/// The caller's API keys that are not revoked, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyList {
+    /// The keys.
+    pub api_keys: Vec<KeyInfo>,
 }
 
 /// The kind of token.

@@ -51,6 +51,7 @@ pub async fn open(
     AuthUser(claims): AuthUser,
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
+    crate::auth::need(&claims, crate::auth::Need::Trade)?;
     let body = Body::parse(&body)?;
     let order = parse_order(&body, &state)?;
     let client_order_id = body.opt_string("client_order_id")?.map(str::to_string);
@@ -143,6 +144,7 @@ pub async fn close(
     AuthUser(claims): AuthUser,
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
+    crate::auth::need(&claims, crate::auth::Need::Trade)?;
     let body = Body::parse(&body)?;
     let command = TradeCommand::close(claims.user_id(), trade_id(&body)?, now_ms());
     state.producer.send(&command).await?;
@@ -173,6 +175,7 @@ pub async fn modify(
     AuthUser(claims): AuthUser,
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
+    crate::auth::need(&claims, crate::auth::Need::Trade)?;
     let body = Body::parse(&body)?;
     let trade_id = trade_id(&body)?;
     let stop_loss = positive_price(&body, "stop_loss")?;

@@ -22,7 +22,7 @@ use suho_domain::{
 };
 use suho_messaging::now_ms;
 
-use crate::auth::AuthUser;
+use crate::auth::{AuthUser, Need};
 use crate::input::Body;
 use crate::openapi::{
     BodyErrors, ErrorBody, LinkStatus, MoneyRequest, Mt5LinkRequest, Mt5Linked, NotYours, Queued,
@@ -30,13 +30,13 @@ use crate::openapi::{
 };
 use crate::{outbox, ApiError, AppState};
 
-/// The path's user, if it is the caller.
-pub(crate) fn own(claims: &Claims, user_id: &str) -> Result<UserId, ApiError> {
-    if claims.sub == user_id {
-        Ok(claims.user_id())
-    } else {
-        Err(ApiError::Forbidden)
+/// The path's user, if it is the caller and the caller's token may do `need`.
+pub(crate) fn own(claims: &Claims, user_id: &str, need: Need) -> Result<UserId, ApiError> {
+    if claims.sub != user_id {
+        return Err(ApiError::Forbidden);
     }
+    crate::auth::need(claims, need)?;
+    Ok(claims.user_id())
 }
 
 fn settings_event(
@@ -78,7 +78,7 @@ pub async fn get_settings(
     AuthUser(claims): AuthUser,
     Path(user_id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let user_id = own(&claims, &user_id)?;
+    let user_id = own(&claims, &user_id, Need::Read)?;
     Ok(Json(state.accounts.settings(&user_id).await?))
 }
 
@@ -110,7 +110,7 @@ pub async fn put_settings(
     Path(user_id): Path<String>,
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
-    let user_id = own(&claims, &user_id)?;
+    let user_id = own(&claims, &user_id, Need::Session)?;
     let patch = Body::parse(&body)?.into_value();
     let strategies: Vec<&str> = state.strategies.iter().map(String::as_str).collect();
     let settings = state
@@ -160,7 +160,7 @@ pub async fn link_mt5(
     Path(user_id): Path<String>,
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
-    let user_id = own(&claims, &user_id)?;
+    let user_id = own(&claims, &user_id, Need::Session)?;
     let body = Body::parse(&body)?;
     let account = body.string("mt5_account")?.trim().to_string();
     let password = SecretString::from(body.string("password")?.to_string());
@@ -213,7 +213,7 @@ pub async fn trades(
     Path(user_id): Path<String>,
     axum::extract::Query(params): axum::extract::Query<std::collections::HashMap<String, String>>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let user_id = own(&claims, &user_id)?;
+    let user_id = own(&claims, &user_id, Need::Read)?;
     let millis = |field: &'static str| crate::input::query_millis(&params, field);
     let to = millis("to")?.unwrap_or_else(|| now_ms() + 1);
     let from = millis("from")?.unwrap_or(to - 86_400_000);
@@ -242,7 +242,7 @@ async fn money(
     body: &Bytes,
     withdrawal: bool,
 ) -> Result<(axum::http::StatusCode, Json<Queued>), ApiError> {
-    let user_id = own(claims, user_id)?;
+    let user_id = own(claims, user_id, Need::Trade)?;
     let body = Body::parse(body)?;
     let amount = body.decimal("amount")?;
     if amount <= rust_decimal::Decimal::ZERO || amount.round_dp(2) != amount {
@@ -339,7 +339,7 @@ pub async fn account(
     AuthUser(claims): AuthUser,
     Path(user_id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let user_id = own(&claims, &user_id)?;
+    let user_id = own(&claims, &user_id, Need::Read)?;
     let topic = suho_domain::UserTopic::Mt5Status.full_name(&state.topic_prefix);
     let latest = suho_audit::latest_event(state.accounts.pool(), &topic, user_id.as_str())
         .await

@@ -882,3 +882,261 @@ async fn two_gateway_instances_serve_any_user_and_resume_each_others_positions()
     assert_eq!(seqs, (10..EACH + 10).collect::<Vec<_>>());
     quiet(&mut resumed).await;
 }
+
+/// A connection renews its token in place: a fresh token of the same user moves its expiry
+/// (the stream outlives the first token), while an invalid or another user's token is an
+/// error and changes nothing.
+#[tokio::test]
+async fn a_connection_renewed_with_a_fresh_token_outlives_the_first_one() {
+    let gw = Gateway::start(WsOptions::default()).await;
+    let (user, _) = gw.user().await;
+    let (_, other) = gw.user().await;
+    let short = Accounts::with_pool(
+        gw.env.pool(Identity::Gateway).await,
+        gw.env.config.auth.jwt_secret.as_ref().expect("a key"),
+        Duration::from_secs(3),
+    );
+    let password = SecretString::from("correct horse battery".to_string());
+    let (_, brief) = short
+        .login("ws0@example.com", &password)
+        .await
+        .expect("logs in");
+    let brief = brief.token.expose_secret().to_string();
+    let mut ws = gw.connect(&format!("token={brief}")).await;
+    until(&mut ws, "ready", control("ready")).await;
+
+    for (token, why) in [
+        ("not.a.jwt".to_string(), "invalid token"),
+        (other.clone(), "another user's"),
+    ] {
+        send(&mut ws, json!({"action": "auth", "token": token})).await;
+        let e = until(&mut ws, "an error", |v| v["channel"] == "error").await;
+        assert_eq!(e["field"], "token");
+        assert!(
+            e["message"].as_str().unwrap_or_default().contains(why),
+            "{e}"
+        );
+    }
+    // The dashboard's path: refresh over HTTP, then hand the new token to the stream.
+    let claims = gw.accounts.authenticate(&brief).await.expect("valid");
+    let fresh = gw.accounts.refresh(&claims).expect("a refreshed token");
+    send(
+        &mut ws,
+        json!({"action": "auth", "token": fresh.token.expose_secret()}),
+    )
+    .await;
+    let again = until(&mut ws, "authenticated", control("authenticated")).await;
+    assert_eq!(again["user_id"], user.as_str());
+    // Past the first token's expiry, the connection is still open.
+    match read(&mut ws, Duration::from_secs(5)).await {
+        Read::Timeout | Read::Json(_) => {}
+        Read::Closed(c) => panic!("closed although renewed: {c:?}"),
+    }
+    send(
+        &mut ws,
+        json!({"action": "subscribe", "symbols": ["EURUSD"]}),
+    )
+    .await;
+    until(&mut ws, "subscribed", control("subscribed")).await;
+}
+
+/// API keys over HTTP and `/ws`: made with a password login's token and shown once, stored
+/// only as a hash, held to their scopes, unable to manage keys or the account, and refused
+/// (an open stream closed) once revoked.
+#[tokio::test]
+async fn api_keys_are_scoped_shown_once_and_refused_once_revoked() {
+    let options = WsOptions {
+        token_recheck: Duration::from_millis(300),
+        ..WsOptions::default()
+    };
+    let gw = Gateway::start(options).await;
+    let (user, session) = gw.user().await;
+    let (other, _) = gw.user().await;
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", gw.addr);
+    let call = |method: reqwest::Method, path: String, token: String, body: Option<Value>| {
+        let http = http.clone();
+        let url = format!("{base}{path}");
+        async move {
+            let mut req = http.request(method, url).bearer_auth(token);
+            if let Some(b) = body {
+                req = req.json(&b);
+            }
+            let resp = req.send().await.expect("an answer");
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let keys = format!("/api/user/{user}/api-keys");
+    let make = |scopes: Value| {
+        call(
+            reqwest::Method::POST,
+            keys.clone(),
+            session.clone(),
+            Some(json!({"name": "bot", "scopes": scopes})),
+        )
+    };
+
+    // Bad requests name their field.
+    for (body, field) in [
+        (json!({"name": "bot", "scopes": []}), "scopes"),
+        (json!({"name": "bot", "scopes": ["admin"]}), "scopes"),
+        (json!({"name": "", "scopes": ["read"]}), "name"),
+        (json!({"name": "bot", "scopes": ["read"], "ttl": 5}), "ttl"),
+    ] {
+        let (status, e) = call(
+            reqwest::Method::POST,
+            keys.clone(),
+            session.clone(),
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(
+            (status, e["field"].as_str()),
+            (422, Some(field)),
+            "{body} -> {e}"
+        );
+    }
+
+    let (status, read_key) = make(json!(["read"])).await;
+    assert_eq!(status, 201, "{read_key}");
+    let read_secret = read_key["key"].as_str().expect("the key").to_string();
+    assert!(read_secret.starts_with("suho_ak_"), "{read_secret}");
+    let (_, trade_key) = make(json!(["trade"])).await;
+    let trade_secret = trade_key["key"].as_str().expect("the key").to_string();
+
+    // Listed without secrets; stored as a hash.
+    let (status, list) = call(reqwest::Method::GET, keys.clone(), session.clone(), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(list["api_keys"].as_array().map(Vec::len), Some(2));
+    assert!(!list.to_string().contains(&read_secret[8..]), "{list}");
+    let operator = gw.env.pool(Identity::Operator).await;
+    let stored: Vec<(String, Vec<u8>)> = sqlx::query_as("SELECT key_id, secret_hash FROM api_keys")
+        .fetch_all(&operator)
+        .await
+        .expect("the keys' rows");
+    for (_, hash) in &stored {
+        assert_eq!(hash.len(), 32);
+        assert!(!read_secret
+            .as_bytes()
+            .windows(hash.len())
+            .any(|w| w == hash.as_slice()));
+    }
+
+    // Scopes.
+    let settings = format!("/api/user/{user}/settings");
+    let open = || json!({"symbol": "EURUSD", "type": "BUY", "volume": 0.01});
+    for (method, path, key, body, want) in [
+        (
+            reqwest::Method::GET,
+            settings.clone(),
+            &read_secret,
+            None,
+            200,
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/trade/open".to_string(),
+            &read_secret,
+            Some(open()),
+            403,
+        ),
+        (
+            reqwest::Method::GET,
+            settings.clone(),
+            &trade_secret,
+            None,
+            403,
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/trade/open".to_string(),
+            &trade_secret,
+            Some(open()),
+            202,
+        ),
+    ] {
+        let (status, e) = call(method.clone(), path.clone(), key.clone(), body).await;
+        assert_eq!(status, want, "{method} {path}: {e}");
+        if status == 403 {
+            let message = e["message"].as_str().unwrap_or_default();
+            assert!(message.contains("scope"), "{e}");
+        }
+    }
+    // Never the account itself, another user's data, keys or a refresh.
+    for (method, path, body) in [
+        (
+            reqwest::Method::PUT,
+            settings.clone(),
+            Some(json!({"watchlist": ["EURUSD"]})),
+        ),
+        (
+            reqwest::Method::POST,
+            keys.clone(),
+            Some(json!({"name": "x", "scopes": ["read"]})),
+        ),
+        (reqwest::Method::GET, keys.clone(), None),
+        (
+            reqwest::Method::GET,
+            format!("/api/user/{other}/settings"),
+            None,
+        ),
+        (reqwest::Method::POST, "/api/auth/refresh".into(), None),
+        (reqwest::Method::POST, "/api/auth/logout".into(), None),
+    ] {
+        let (status, e) = call(method.clone(), path.clone(), read_secret.clone(), body).await;
+        assert_eq!(status, 403, "{method} {path}: {e}");
+    }
+    // A session refreshes.
+    let (status, fresh) = call(
+        reqwest::Method::POST,
+        "/api/auth/refresh".into(),
+        session.clone(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{fresh}");
+    let fresh = fresh["access_token"].as_str().expect("a token").to_string();
+    let (status, _) = call(reqwest::Method::GET, settings.clone(), fresh, None).await;
+    assert_eq!(status, 200);
+
+    // The stream: a read key streams, a trade-only key may not.
+    assert_eq!(gw.refused(&format!("token={trade_secret}")).await, 403);
+    let mut ws = gw.connect(&format!("token={read_secret}")).await;
+    let hello = until(&mut ws, "authenticated", control("authenticated")).await;
+    assert_eq!(hello["user_id"], user.as_str());
+    until(&mut ws, "ready", control("ready")).await;
+
+    // Revoked: refused at once, and the open stream is closed at its next check.
+    let key_id = read_key["key_id"].as_str().expect("an id");
+    let (status, _) = call(
+        reqwest::Method::DELETE,
+        format!("{keys}/{key_id}"),
+        session.clone(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    let (status, _) = call(
+        reqwest::Method::DELETE,
+        format!("{keys}/{key_id}"),
+        session.clone(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, e) = call(reqwest::Method::GET, settings, read_secret.clone(), None).await;
+    assert_eq!(status, 401, "{e}");
+    match read(&mut ws, Duration::from_secs(5)).await {
+        Read::Closed(Some((code, reason))) => {
+            assert_eq!(code, CloseCode::Policy);
+            assert!(
+                reason.contains("revoked") || reason.contains("logged out"),
+                "{reason}"
+            );
+        }
+        other => panic!("a revoked key's stream: {other:?}"),
+    }
+    let (_, list) = call(reqwest::Method::GET, keys, session, None).await;
+    assert_eq!(list["api_keys"].as_array().map(Vec::len), Some(1));
+}

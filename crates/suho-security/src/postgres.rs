@@ -43,17 +43,20 @@ pub mod tables {
     pub const MARKET_CANDLES: &str = "market_candles";
     /// The bridge's stream cursor.
     pub const MARKET_BRIDGE_CURSOR: &str = "market_bridge_cursor";
+    /// Programmatic clients' keys, hashed.
+    pub const API_KEYS: &str = "api_keys";
     /// sqlx's record of the accounts migrations.
     pub const MIGRATIONS: &str = "_sqlx_migrations";
 
-    /// Every table, in the order above.
-    pub const ALL: [&str; 11] = [
+    /// Every table.
+    pub const ALL: [&str; 12] = [
         USERS,
         REVOKED_TOKENS,
         USER_SETTINGS,
         MT5_ACCOUNTS,
         CLIENT_ORDERS,
         EVENT_OUTBOX,
+        API_KEYS,
         AUDIT_EVENTS,
         MARKET_TICKS,
         MARKET_CANDLES,
@@ -165,6 +168,8 @@ impl Identity {
                     (CLIENT_ORDERS, vec![Select, Insert, Delete]),
                     // The outbox and its relay.
                     (EVENT_OUTBOX, vec![Select, Insert, Delete]),
+                    // Made, listed, revoked and marked used; never deleted.
+                    (API_KEYS, vec![Select, Insert, Update]),
                 ];
                 g.sequences = vec!["event_outbox_id_seq"];
                 g.functions = vec![

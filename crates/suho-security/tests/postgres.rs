@@ -23,7 +23,9 @@ fn may(identity: Identity, table: &str) -> BTreeSet<&'static str> {
         (Identity::Gateway, "revoked_tokens" | "client_orders" | "event_outbox") => {
             &[Select, Insert, Delete]
         }
-        (Identity::Gateway, "user_settings" | "mt5_accounts") => &[Select, Insert, Update],
+        (Identity::Gateway, "user_settings" | "mt5_accounts" | "api_keys") => {
+            &[Select, Insert, Update]
+        }
         (Identity::Audit, "audit_events") => &[Select, Insert],
         (Identity::Bridge, "market_ticks" | "market_candles") => &[Select, Insert],
         (Identity::Bridge, "market_bridge_cursor") => &[Select, Insert, Update],
@@ -127,7 +129,7 @@ async fn every_role_may_do_its_row_and_is_denied_the_rest() {
         wrong.len(),
         wrong.join("\n")
     );
-    assert_eq!(checks, 5 * (11 * 4 + 4));
+    assert_eq!(checks, 5 * (12 * 4 + 4));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -159,6 +159,29 @@ async fn no_secret_reaches_a_log_line_or_a_kafka_record() {
     )
     .await;
     assert_eq!(s, 202, "{body}");
+    // An API key, made and then used for a trade, and a refreshed token.
+    let (s, body) = post(
+        &http,
+        &base,
+        &format!("/api/user/{user}/api-keys"),
+        Some(&token),
+        json!({"name": "bot", "scopes": ["trade"]}),
+    )
+    .await;
+    assert_eq!(s, 201, "{body}");
+    let api_key = body["key"].as_str().expect("the key").to_string();
+    let (s, body) = post(
+        &http,
+        &base,
+        "/api/trade/open",
+        Some(&api_key),
+        json!({"symbol": "EURUSD", "type": "BUY", "volume": 0.1}),
+    )
+    .await;
+    assert_eq!(s, 202, "{body}");
+    let (s, body) = post(&http, &base, "/api/auth/refresh", Some(&token), json!({})).await;
+    assert_eq!(s, 200, "{body}");
+    let refreshed = body["access_token"].as_str().expect("a token").to_string();
     // A bad token is refused (and must not be logged either).
     let forged = format!("{token}x");
     let (s, _) = post(&http, &base, "/api/trade/open", Some(&forged), json!({})).await;
@@ -179,6 +202,12 @@ async fn no_secret_reaches_a_log_line_or_a_kafka_record() {
         ("a wrong password", wrong_password.to_string()),
         ("the MT5 password", mt5_password.to_string()),
         ("the access token", token.clone()),
+        ("the refreshed token", refreshed.clone()),
+        ("the API key", api_key.clone()),
+        (
+            "the API key's secret part",
+            api_key.rsplit('_').next().unwrap_or_default().to_string(),
+        ),
         (
             "the token's signature",
             token.rsplit('.').next().unwrap_or_default().to_string(),

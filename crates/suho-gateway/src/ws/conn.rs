@@ -49,7 +49,7 @@ pub async fn run(socket: WebSocket, session: Session) {
         positions,
     } = session;
     let (mut sink, mut stream) = socket.split();
-    let (claims, token, positions) = match claims {
+    let (mut claims, mut token, positions) = match claims {
         Some((c, t)) => (c, t, positions),
         None => match first_message(&mut stream, &hub, &state).await {
             Ok(x) => x,
@@ -127,7 +127,29 @@ pub async fn run(socket: WebSocket, session: Session) {
             Some(_) = resumes.join_next() => {}
             message = stream.next() => match message {
                 Some(Ok(Message::Text(text))) => {
-                    handle(&text, &hub, &state, &client, &mut symbols, &mut resumes);
+                    if let Ok(ClientMessage::Auth { token: fresh, .. }) =
+                        protocol::parse(&text, &state.symbols)
+                    {
+                        match renew(&state, &claims, &fresh).await {
+                            Ok(renewed) => {
+                                expiry
+                                    .as_mut()
+                                    .reset(tokio::time::Instant::now() + until_expiry(&renewed));
+                                claims = renewed;
+                                token = SecretString::from(fresh);
+                                client.push_ordered(
+                                    protocol::control(
+                                        "authenticated",
+                                        json!({"user_id": claims.sub, "symbols": protocol::symbol_names(&symbols)}),
+                                    ),
+                                    Channel::Control,
+                                );
+                            }
+                            Err(e) => client.push_ordered(protocol::error(&e), Channel::Error),
+                        }
+                    } else {
+                        handle(&text, &hub, &state, &client, &mut symbols, &mut resumes);
+                    }
                 }
                 Some(Ok(Message::Binary(_))) => client.push_ordered(
                     protocol::error(&Invalid {
@@ -177,6 +199,9 @@ async fn first_message(
         Err(e) => return Err(policy(&truncate(&e.message))),
     };
     match state.accounts.authenticate(&token).await {
+        Ok(claims) if !claims.allows(suho_accounts::ApiScope::Read) => {
+            Err(policy("this API key lacks the `read` scope"))
+        }
         Ok(claims) => Ok((claims, SecretString::from(token), positions)),
         Err(AccountError::InvalidToken(reason)) => Err(policy(&format!("invalid token: {reason}"))),
         Err(e) => {
@@ -189,12 +214,39 @@ async fn first_message(
     }
 }
 
-/// The time left until the token's `exp`.
+/// The time left until the token's `exp` (at most a year: an API key's claims name the far
+/// future, and its revocation, not its expiry, ends the stream).
 fn until_expiry(claims: &Claims) -> Duration {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    Duration::from_secs(claims.exp).saturating_sub(now)
+    Duration::from_secs(claims.exp)
+        .saturating_sub(now)
+        .min(Duration::from_secs(365 * 24 * 3600))
+}
+
+/// The claims of `fresh`, a token a connection of `current`'s user renews itself with.
+async fn renew(state: &AppState, current: &Claims, fresh: &str) -> Result<Claims, Invalid> {
+    let invalid = |message: String| Invalid {
+        field: "token".into(),
+        message,
+    };
+    match state.accounts.authenticate(fresh).await {
+        Ok(c) if c.sub != current.sub => Err(invalid(
+            "token: it is another user's; this connection keeps its own".into(),
+        )),
+        Ok(c) if !c.allows(suho_accounts::ApiScope::Read) => {
+            Err(invalid("token: this API key lacks the `read` scope".into()))
+        }
+        Ok(c) => Ok(c),
+        Err(AccountError::InvalidToken(reason)) => {
+            Err(invalid(format!("token: invalid token: {reason}")))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "renewing a WebSocket connection's token");
+            Err(invalid("token: cannot be checked now; try again".into()))
+        }
+    }
 }
 
 /// A close reason fits in 123 bytes.
@@ -262,13 +314,8 @@ fn handle(
                 client.push_ordered(protocol::error(&e), Channel::Error);
             }
         }
-        Ok(ClientMessage::Auth { .. }) => {
-            let e = Invalid {
-                field: "action".into(),
-                message: "action: this connection is already authenticated".into(),
-            };
-            client.push_ordered(protocol::error(&e), Channel::Error);
-        }
+        // Renewals are taken before this (`renew`).
+        Ok(ClientMessage::Auth { .. }) => {}
         Err(e) => client.push_ordered(protocol::error(&e), Channel::Error),
     }
 }
@@ -347,7 +394,9 @@ async fn write(mut sink: Sink, client: Arc<Client>) {
             close_code::POLICY,
             "token expired: reconnect with a new token and resume",
         )),
-        Some(CloseReason::TokenRevoked) => Some((close_code::POLICY, "invalid token: logged out")),
+        Some(CloseReason::TokenRevoked) => {
+            Some((close_code::POLICY, "invalid token: logged out or revoked"))
+        }
         Some(CloseReason::ResumeFailed) => Some((close_code::ERROR, "resume failed; try again")),
         None => None,
     };

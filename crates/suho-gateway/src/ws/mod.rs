@@ -5,9 +5,13 @@
 //! - **Auth**: the JWT in the `token` query parameter or `Authorization: Bearer` header (a bad
 //!   one is a 401 before the upgrade), or the first message `{"action":"auth","token":...}`
 //!   within [`WsOptions::auth_timeout`] (otherwise closed with 1008 and the reason). Tokens are
-//!   checked as the HTTP API checks them (signature, expiry, not logged out); the connection is
-//!   closed (1008) when its token expires, or at the next check
-//!   ([`WsOptions::token_recheck`]) after it was logged out.
+//!   checked as the HTTP API checks them (signature, expiry, not logged out); an API key needs
+//!   its `read` scope. The connection is closed (1008) when its token expires, or at the next
+//!   check ([`WsOptions::token_recheck`]) after it was logged out or its key revoked. A
+//!   client renews it in place: another `{"action":"auth","token":...}` with a fresh token of
+//!   the same user (from `POST /api/auth/refresh`) moves the expiry and is answered with
+//!   `authenticated` again; a token that is invalid or another user's is an `error`, and the
+//!   connection keeps its own.
 //! - **Market data**: the user's watchlist on connect, then `subscribe` / `unsubscribe`.
 //! - **Shared inputs** ([`WsHub`]): one NATS subscription per subject pattern and one Kafka
 //!   consumer per gateway instance, whatever the number of connections; each message is
@@ -227,10 +231,11 @@ pub async fn upgrade(
         None => crate::auth::bearer(&headers)?,
     };
     let claims = match token {
-        Some(t) => Some((
-            state.accounts.authenticate(t).await?,
-            secrecy::SecretString::from(t.to_string()),
-        )),
+        Some(t) => {
+            let claims = state.accounts.authenticate(t).await?;
+            crate::auth::need(&claims, crate::auth::Need::Read)?;
+            Some((claims, secrecy::SecretString::from(t.to_string())))
+        }
         None => None,
     };
     let positions = match params.resume.as_deref() {
