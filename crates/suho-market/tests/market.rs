@@ -136,6 +136,9 @@ async fn a_recorded_file_replays_in_order_at_the_chosen_speed() {
         .subscribe(format!("{}market.GBPUSD.1m", env.prefix))
         .await
         .unwrap();
+    // The server has both subscriptions before the feed (another connection) publishes:
+    // without this, a loaded machine can lose the first tick.
+    bus.client().flush().await.unwrap();
     let mut csv = String::from("timestamp,symbol,bid,ask\n");
     for i in 0..10 {
         csv.push_str(&format!(
