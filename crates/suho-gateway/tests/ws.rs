@@ -93,6 +93,21 @@ impl Gateway {
         )
     }
 
+    /// A 3-second token of the first user (`ws0@`), from accounts with that lifetime.
+    async fn brief_token(&self) -> String {
+        let short = Accounts::with_pool(
+            self.env.pool(Identity::Gateway).await,
+            self.env.config.auth.jwt_secret.as_ref().expect("a key"),
+            Duration::from_secs(3),
+        );
+        let password = SecretString::from("correct horse battery".to_string());
+        let (_, brief) = short
+            .login("ws0@example.com", &password)
+            .await
+            .expect("logs in");
+        brief.token.expose_secret().to_string()
+    }
+
     fn url(&self, query: &str) -> String {
         format!("ws://{}/ws?{query}", self.addr)
     }
@@ -343,19 +358,8 @@ async fn missing_bad_expired_and_logged_out_tokens_are_refused() {
 
     // A connection ends when its token expires: whatever it is doing, ready or still
     // catching up, the close comes with the token's `exp`.
-    let short = Accounts::with_pool(
-        gw.env.pool(Identity::Gateway).await,
-        gw.env.config.auth.jwt_secret.as_ref().expect("a key"),
-        Duration::from_secs(3),
-    );
-    let password = SecretString::from("correct horse battery".to_string());
-    let (_, brief) = short
-        .login("ws0@example.com", &password)
-        .await
-        .expect("logs in");
-    let mut ws = gw
-        .connect(&format!("token={}", brief.token.expose_secret()))
-        .await;
+    let brief = gw.brief_token().await;
+    let mut ws = gw.connect(&format!("token={brief}")).await;
     until(&mut ws, "authenticated", control("authenticated")).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -891,17 +895,7 @@ async fn a_connection_renewed_with_a_fresh_token_outlives_the_first_one() {
     let gw = Gateway::start(WsOptions::default()).await;
     let (user, _) = gw.user().await;
     let (_, other) = gw.user().await;
-    let short = Accounts::with_pool(
-        gw.env.pool(Identity::Gateway).await,
-        gw.env.config.auth.jwt_secret.as_ref().expect("a key"),
-        Duration::from_secs(3),
-    );
-    let password = SecretString::from("correct horse battery".to_string());
-    let (_, brief) = short
-        .login("ws0@example.com", &password)
-        .await
-        .expect("logs in");
-    let brief = brief.token.expose_secret().to_string();
+    let brief = gw.brief_token().await;
     let mut ws = gw.connect(&format!("token={brief}")).await;
     until(&mut ws, "ready", control("ready")).await;
 
