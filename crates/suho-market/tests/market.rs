@@ -128,17 +128,28 @@ async fn a_recorded_file_replays_in_order_at_the_chosen_speed() {
     let env = TestEnv::new().await;
     let bus = env.bus(Identity::Operator).await;
     let feed = env.bus(Identity::Feed).await;
-    let mut sub = bus
-        .subscribe(format!("{}market.*.tick", env.prefix))
-        .await
-        .unwrap();
     let mut bars = bus
         .subscribe(format!("{}market.GBPUSD.1m", env.prefix))
         .await
         .unwrap();
-    // The server has both subscriptions before the feed (another connection) publishes:
-    // without this, a loaded machine can lose the first tick.
-    bus.client().flush().await.unwrap();
+    let mut sub = bus
+        .subscribe(format!("{}market.*.tick", env.prefix))
+        .await
+        .unwrap();
+    // The server has both subscriptions before the feed (another connection) publishes, or a
+    // loaded machine loses the first tick. A flush only empties the client's buffer, so the
+    // feed sends probes until one comes back: the server then has the tick subscription, and
+    // the bars one too (made before it on the same connection, which the server reads in order).
+    let probe = format!("{}market.PROBE.tick", env.prefix);
+    loop {
+        feed.publish_bytes(probe.clone(), "{}".into())
+            .await
+            .unwrap();
+        feed.client().flush().await.unwrap();
+        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(200), sub.next()).await {
+            break;
+        }
+    }
     let mut csv = String::from("timestamp,symbol,bid,ask\n");
     for i in 0..10 {
         csv.push_str(&format!(
@@ -170,10 +181,16 @@ async fn a_recorded_file_replays_in_order_at_the_chosen_speed() {
     );
     let mut previous = 0;
     for i in 0..10 {
-        let msg = tokio::time::timeout(Duration::from_secs(5), sub.next())
-            .await
-            .unwrap()
-            .unwrap();
+        let msg = loop {
+            let msg = tokio::time::timeout(Duration::from_secs(5), sub.next())
+                .await
+                .unwrap()
+                .unwrap();
+            // A probe still on its way when the first one came back.
+            if msg.subject.as_str() != probe {
+                break msg;
+            }
+        };
         let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
         assert_eq!(v["source"], "replay");
         let ts = v["timestamp"].as_i64().unwrap();
