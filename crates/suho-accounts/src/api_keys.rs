@@ -128,11 +128,11 @@ impl Accounts {
         name: &str,
         scopes: &[ApiScope],
     ) -> Result<NewApiKey, AccountError> {
-        let name = name.trim();
-        if name.is_empty() || name.chars().count() > MAX_NAME {
+        if name.is_empty() || name.chars().count() > MAX_NAME || name.chars().any(char::is_control)
+        {
             return Err(AccountError::InvalidField {
                 field: "name",
-                message: "must be 1 to 64 characters",
+                message: "must be 1 to 64 characters, none of them a control character",
             });
         }
         let mut scopes = scopes.to_vec();
@@ -161,10 +161,7 @@ impl Accounts {
         .fetch_one(&mut *tx)
         .await?;
         if held >= MAX_KEYS {
-            return Err(AccountError::InvalidField {
-                field: "name",
-                message: "a user holds at most 25 keys; revoke one first",
-            });
+            return Err(AccountError::TooManyKeys(MAX_KEYS));
         }
         let created_at: i64 = sqlx::query_scalar(
             "INSERT INTO api_keys (key_id, user_id, name, scopes, secret_hash) \

@@ -72,28 +72,84 @@ pub struct SettingsError {
     pub field: String,
     /// What is wrong.
     pub message: String,
+    /// The field is valid on its own but disagrees with another setting (an auto-trading
+    /// volume above `risk.max_volume`, the stored one or the patch's): the HTTP API's 409.
+    pub conflict: bool,
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> SettingsError {
     SettingsError {
         field: field.into(),
         message: message.into(),
+        conflict: false,
     }
+}
+
+/// The settings' own keys, each level's: a patch naming any other is refused.
+const TOP_KEYS: &[&str] = &["risk", "watchlist", "auto_trading"];
+const RISK_KEYS: &[&str] = &["leverage", "max_volume", "max_open_positions"];
+const AUTO_KEYS: &[&str] = &["enabled", "volume"];
+
+/// Refuses a key the settings do not have, at any depth, before the patch is merged: in the
+/// merge a `null` for an unknown key would vanish unseen.
+fn check_keys(patch: &Value, strategies: &[&str]) -> Result<(), SettingsError> {
+    let unknown = |field: String, known: &[&str]| {
+        invalid(
+            field,
+            format!("unknown setting; known: {}", known.join(", ")),
+        )
+    };
+    let Value::Object(top) = patch else {
+        return Ok(());
+    };
+    for (key, value) in top {
+        match (key.as_str(), value) {
+            ("risk", Value::Object(risk)) => {
+                if let Some(k) = risk.keys().find(|k| !RISK_KEYS.contains(&k.as_str())) {
+                    return Err(unknown(format!("risk.{k}"), RISK_KEYS));
+                }
+            }
+            ("auto_trading", Value::Object(entries)) => {
+                for (name, entry) in entries {
+                    if !strategies.contains(&name.as_str()) {
+                        return Err(invalid(
+                            format!("auto_trading.{name}"),
+                            format!("unknown strategy; known: {}", strategies.join(", ")),
+                        ));
+                    }
+                    if let Value::Object(o) = entry {
+                        if let Some(k) = o.keys().find(|k| !AUTO_KEYS.contains(&k.as_str())) {
+                            return Err(unknown(format!("auto_trading.{name}.{k}"), AUTO_KEYS));
+                        }
+                    }
+                }
+            }
+            (k, _) if TOP_KEYS.contains(&k) => {}
+            (k, _) => return Err(unknown(k.to_string(), TOP_KEYS)),
+        }
+    }
+    Ok(())
 }
 
 /// RFC 7386: merges `patch` into `target`.
 fn merge(target: &mut Value, patch: &Value) {
-    match (target, patch) {
-        (Value::Object(t), Value::Object(p)) => {
-            for (k, v) in p {
-                if v.is_null() {
-                    t.remove(k);
-                } else {
-                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
-                }
+    let Value::Object(p) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    // An object patch onto anything else (a new entry) merges into an empty object, so its
+    // own `null`s are dropped too.
+    if !target.is_object() {
+        *target = Value::Object(serde_json::Map::new());
+    }
+    if let Value::Object(t) = target {
+        for (k, v) in p {
+            if v.is_null() {
+                t.remove(k);
+            } else {
+                merge(t.entry(k.clone()).or_insert(Value::Null), v);
             }
         }
-        (t, p) => *t = p.clone(),
     }
 }
 
@@ -112,6 +168,7 @@ impl UserSettings {
         if !patch.is_object() {
             return Err(invalid("settings", "must be a JSON object"));
         }
+        check_keys(patch, strategies)?;
         let mut value =
             serde_json::to_value(self).map_err(|e| invalid("settings", e.to_string()))?;
         merge(&mut value, patch);
@@ -165,16 +222,24 @@ impl UserSettings {
                 ));
             }
             if auto.volume <= Decimal::ZERO
-                || auto.volume > r.max_volume
+                || auto.volume > MAX_ORDER_VOLUME
                 || !(auto.volume % LOT_STEP).is_zero()
             {
                 return Err(invalid(
                     format!("auto_trading.{name}.volume"),
                     format!(
-                        "must be positive, on the lot step {LOT_STEP} and at most risk.max_volume ({})",
-                        r.max_volume
+                        "must be positive, on the lot step {LOT_STEP} and at most {MAX_ORDER_VOLUME}"
                     ),
                 ));
+            }
+            if auto.volume > r.max_volume {
+                return Err(SettingsError {
+                    conflict: true,
+                    ..invalid(
+                        format!("auto_trading.{name}.volume"),
+                        format!("is above risk.max_volume ({})", r.max_volume),
+                    )
+                });
             }
         }
         Ok(())
@@ -236,6 +301,7 @@ fn from_value(value: &Value) -> Result<UserSettings, SettingsError> {
             .iter()
             .map(|v| {
                 v.as_str()
+                    .filter(|s| s.trim() == *s)
                     .ok_or_else(|| invalid("watchlist", "must be a list of symbols"))
                     .and_then(|s| Symbol::parse(s).map_err(|e| invalid("watchlist", e.to_string())))
             })
@@ -279,7 +345,7 @@ fn decimal(v: &Value) -> Option<Decimal> {
             .as_f64()
             .and_then(|f| crate::num::from_f64(f).ok())
             .or_else(|| n.as_i64().map(Decimal::from)),
-        Value::String(s) => crate::num::parse_decimal(s).ok(),
+        // A JSON number, as the HTTP API documents it: a string is refused.
         _ => None,
     }
 }

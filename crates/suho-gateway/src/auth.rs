@@ -18,7 +18,8 @@ use suho_messaging::now_ms;
 
 use crate::input::Body;
 use crate::openapi::{
-    BodyErrors, Credentials, ErrorBody, LoginAnswer, Refreshed, Registered, TokenType, Unauthorized,
+    BodyErrors, Credentials, ErrorBody, LoginAnswer, Refreshed, Registered, Registration,
+    TokenType, Unauthorized,
 };
 use crate::{outbox, ApiError, AppState};
 
@@ -125,6 +126,7 @@ async fn record(state: &AppState, event: &AuthEvent) -> Result<(), ApiError> {
 
 /// The `{email, password}` of a register or login body.
 fn credentials(body: &Body) -> Result<(&str, SecretString), ApiError> {
+    body.only(&["email", "password"])?;
     let email = body.string("email")?;
     let password = SecretString::from(body.string("password")?.to_string());
     Ok((email, password))
@@ -137,7 +139,7 @@ fn credentials(body: &Body) -> Result<(&str, SecretString), ApiError> {
     post,
     path = "/api/auth/register",
     tag = "auth",
-    request_body = Credentials,
+    request_body = Registration,
     responses(
         (status = 201, description = "Registered.", body = Registered),
         BodyErrors,

@@ -144,6 +144,9 @@ impl From<suho_accounts::AccountError> for ApiError {
             }
             E::InvalidToken(r) => ApiError::Unauthorized(format!("invalid token: {r}")),
             E::InvalidField { field, message } => ApiError::invalid(field, message),
+            E::TooManyKeys(max) => ApiError::Conflict(format!(
+                "a user holds at most {max} API keys; revoke one first"
+            )),
             E::NotLinked => ApiError::invalid("mt5_account", "is not linked to this user"),
             E::NoCredentialsKey => {
                 tracing::error!("no credentials key configured; MT5 passwords cannot be sealed");
@@ -163,7 +166,11 @@ impl From<suho_accounts::AccountError> for ApiError {
 
 impl From<suho_domain::SettingsError> for ApiError {
     fn from(e: suho_domain::SettingsError) -> Self {
-        ApiError::invalid(e.field, e.message)
+        if e.conflict {
+            ApiError::Conflict(format!("{}: {}", e.field, e.message))
+        } else {
+            ApiError::invalid(e.field, e.message)
+        }
     }
 }
 

@@ -85,6 +85,51 @@ impl Body {
         }
     }
 
+    /// A required text of `min..=max` characters (Unicode scalar values, as JSON Schema's
+    /// `minLength` and `maxLength` count them) and no control character: see [`PRINTABLE`].
+    ///
+    /// # Errors
+    /// Missing, not a string, too short or long, or holding a control character.
+    pub fn text(&self, field: &'static str, min: usize, max: usize) -> Result<&str, ApiError> {
+        let s = self.string(field)?;
+        check_text(field, s, min, max)?;
+        Ok(s)
+    }
+
+    /// An optional [`Body::text`].
+    ///
+    /// # Errors
+    /// Present and not such a text.
+    pub fn opt_text(
+        &self,
+        field: &'static str,
+        min: usize,
+        max: usize,
+    ) -> Result<Option<&str>, ApiError> {
+        let s = self.opt_string(field)?;
+        if let Some(s) = s {
+            check_text(field, s, min, max)?;
+        }
+        Ok(s)
+    }
+
+    /// An optional price: positive, at most [`MAX_PRICE`], on the step [`PRICE_STEP`].
+    ///
+    /// # Errors
+    /// Present and not such a price.
+    pub fn opt_price(&self, field: &'static str) -> Result<Option<Decimal>, ApiError> {
+        let Some(p) = self.opt_decimal(field)? else {
+            return Ok(None);
+        };
+        if p <= Decimal::ZERO || p > MAX_PRICE || !(p % PRICE_STEP).is_zero() {
+            return Err(ApiError::invalid(
+                field,
+                format!("must be a positive price, at most {MAX_PRICE}, on the step {PRICE_STEP}"),
+            ));
+        }
+        Ok(Some(p))
+    }
+
     /// An optional string.
     ///
     /// # Errors
@@ -97,15 +142,15 @@ impl Body {
         }
     }
 
-    /// An optional exact decimal (a JSON number, or a string holding one).
+    /// An optional exact decimal: a JSON number (a string is refused, as the document says),
+    /// read from its text.
     ///
     /// # Errors
-    /// Present but not a number.
+    /// Present but not a number a decimal holds (28 significant digits).
     pub fn opt_decimal(&self, field: &'static str) -> Result<Option<Decimal>, ApiError> {
         let text = match self.get(field) {
             None => return Ok(None),
             Some(Value::Number(n)) => n.to_string(),
-            Some(Value::String(s)) => s.clone(),
             Some(_) => return Err(ApiError::invalid(field, "must be a number")),
         };
         suho_domain::num::parse_decimal(&text)
@@ -123,10 +168,41 @@ impl Body {
     }
 }
 
-/// An optional query parameter holding epoch milliseconds.
+/// The pattern of every free text the API stores or publishes (names, ids chosen by the
+/// client): no control character (Unicode category Cc), which neither PostgreSQL's `text`
+/// (no NUL) nor a JSON log line reader should have to take. [`Body::text`] checks the same
+/// rule with [`char::is_control`]; the document gives clients this pattern.
+pub const PRINTABLE: &str = r"^[^\x00-\x1f\x7f-\x9f]*$";
+
+/// The step of every price the API takes (stops): five decimal places.
+pub const PRICE_STEP: Decimal = Decimal::from_parts(1, 0, 0, false, 5);
+/// The largest price the API takes.
+pub const MAX_PRICE: Decimal = Decimal::from_parts(1_000_000, 0, 0, false, 0);
+
+/// The latest time the API takes, epoch ms: the end of the year 9999 (UTC).
+pub const MAX_MILLIS: i64 = 253_402_300_799_999;
+
+fn check_text(field: &'static str, s: &str, min: usize, max: usize) -> Result<(), ApiError> {
+    let n = s.chars().count();
+    if n < min || n > max {
+        return Err(ApiError::invalid(
+            field,
+            format!("must be {min} to {max} characters"),
+        ));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// An optional query parameter holding epoch milliseconds, `0..=`[`MAX_MILLIS`].
 ///
 /// # Errors
-/// Present but not an integer.
+/// Present but not such an integer.
 pub fn query_millis(
     params: &std::collections::HashMap<String, String>,
     field: &'static str,
@@ -135,7 +211,38 @@ pub fn query_millis(
         .get(field)
         .map(|v| {
             v.parse::<i64>()
-                .map_err(|_| ApiError::invalid(field, "must be epoch milliseconds"))
+                .ok()
+                .filter(|t| (0..=MAX_MILLIS).contains(t))
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        field,
+                        format!("must be epoch milliseconds, 0 to {MAX_MILLIS}"),
+                    )
+                })
         })
         .transpose()
+}
+
+/// A symbol traded here, exactly as the document's `TradedSymbol` pattern allows: six
+/// letters in any case, optionally split by `/` or `-` (no spaces around it).
+///
+/// # Errors
+/// Not a pair, or not one of `symbols`.
+pub fn traded_symbol(
+    field: &'static str,
+    text: &str,
+    symbols: &std::collections::HashSet<suho_domain::Symbol>,
+) -> Result<suho_domain::Symbol, ApiError> {
+    if text.trim() != text {
+        return Err(ApiError::invalid(field, "must not have surrounding spaces"));
+    }
+    let symbol =
+        suho_domain::Symbol::parse(text).map_err(|e| ApiError::invalid(field, e.to_string()))?;
+    if !symbols.contains(&symbol) {
+        return Err(ApiError::invalid(
+            field,
+            format!("{symbol} is not traded here"),
+        ));
+    }
+    Ok(symbol)
 }

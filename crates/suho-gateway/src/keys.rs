@@ -52,7 +52,8 @@ fn info(key: ApiKey) -> KeyInfo {
         BodyErrors,
         Unauthorized,
         NotYours,
-        (status = 422, description = "`invalid_field`: `name` is not 1 to 64 characters, `scopes` is not a non-empty list of `read` and `trade`, an unknown field, or the user holds 25 keys.", body = ErrorBody),
+        (status = 422, description = "`invalid_field`: `name` is not 1 to 64 characters, `scopes` is not a non-empty list of `read` and `trade`, or an unknown field.", body = ErrorBody),
+        (status = 409, description = "`conflict`: the user holds 25 keys already; revoke one first.", body = ErrorBody),
         (status = 503, description = "`unavailable`: the database is down.", body = ErrorBody),
     )
 )]
@@ -65,7 +66,7 @@ pub async fn create(
     let user_id = own(&claims, &user_id, Need::Session)?;
     let body = Body::parse(&body)?;
     body.only(&["name", "scopes"])?;
-    let name = body.string("name")?;
+    let name = body.text("name", 1, suho_accounts::api_keys::MAX_NAME)?;
     let scopes = body.strings("scopes")?;
     let scopes = scopes
         .iter()

@@ -30,7 +30,7 @@ pub mod ws;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::State;
@@ -315,14 +315,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         (status = 200, description = "The OpenAPI document.", body = Object, content_type = "application/json"),
     )
 )]
-async fn openapi_json() -> impl IntoResponse {
-    static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
-        openapi()
-            .to_json()
-            .expect("an OpenAPI document always serializes")
-    });
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        DOCUMENT.as_str(),
-    )
+async fn openapi_json(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let document = openapi::served(&state.symbols, &state.strategies);
+    Json(document)
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
 use axum::Json;
-use suho_domain::{Candle, Symbol, Timeframe};
+use suho_domain::{Candle, Timeframe};
 use suho_messaging::now_ms;
 
 use crate::openapi::{CandlesQuery, ErrorBody};
@@ -19,7 +19,8 @@ const DEFAULT_LIMIT: i64 = 500;
 /// The candle history of one symbol.
 ///
 /// Stored closed candles of one symbol and timeframe with `start` in `[from, to)`, oldest
-/// first; without `from`/`to`, the last `limit` periods.
+/// first; without `from`/`to`, the last `limit` periods. An empty range (`from` not before
+/// `to`) is answered with an empty list.
 #[utoipa::path(
     get,
     path = "/api/market/{symbol}/candles",
@@ -39,13 +40,7 @@ pub async fn candles(
     Path(symbol): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Vec<Candle>>, ApiError> {
-    let symbol = Symbol::parse(&symbol).map_err(|e| ApiError::invalid("symbol", e.to_string()))?;
-    if !state.symbols.contains(&symbol) {
-        return Err(ApiError::invalid(
-            "symbol",
-            format!("{symbol} is not quoted here"),
-        ));
-    }
+    let symbol = crate::input::traded_symbol("symbol", &symbol, &state.symbols)?;
     let tf = Timeframe::parse(params.get("tf").map_or("1m", String::as_str))
         .map_err(|_| ApiError::invalid("tf", "must be one of 1m 5m 15m 30m 1h 4h 1d"))?;
     let millis = |field: &'static str| crate::input::query_millis(&params, field);
@@ -63,9 +58,13 @@ pub async fn candles(
             })?,
     };
     let to = millis("to")?.unwrap_or_else(|| now_ms() + 1);
-    let from = millis("from")?.unwrap_or_else(|| to - tf.duration_ms() * limit);
+    let from = millis("from")?.unwrap_or_else(|| {
+        to.saturating_sub(tf.duration_ms().saturating_mul(limit))
+            .max(0)
+    });
     if from >= to {
-        return Err(ApiError::invalid("from", "must be before `to`"));
+        // An empty range holds nothing.
+        return Ok(Json(Vec::new()));
     }
     let candles = suho_bridge::candle_history(state.accounts.pool(), symbol, tf, from, to, limit)
         .await

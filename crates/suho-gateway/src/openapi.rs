@@ -148,14 +148,29 @@ pub enum ErrorCode {
 
 // ---- auth ------------------------------------------------------------------------------------
 
-/// `{email, password}`, for register and login.
+/// `{email, password}` of a login.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[schema(example = json!({"email": "me@example.com", "password": "correct horse"}))]
 pub struct Credentials {
-    /// An e-mail address (at most 254 characters; compared case-insensitively).
+    /// The account's e-mail address (compared case-insensitively).
     pub email: String,
-    /// At registration, 8 to 256 characters.
+    /// The account's password.
     #[schema(format = Password)]
+    pub password: String,
+}
+
+/// `{email, password}` of a new account.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"email": "me@example.com", "password": "correct horse"}))]
+pub struct Registration {
+    /// An e-mail address: a local part, `@` and a dotted domain, no white space, at most 254
+    /// characters (kept as given; compared case-insensitively).
+    #[schema(max_length = 254)]
+    pub email: String,
+    /// 8 to 256 characters.
+    #[schema(format = Password, min_length = 8, max_length = 256)]
     pub password: String,
 }
 
@@ -209,9 +224,10 @@ pub enum KeyScope {
 
 /// `POST /api/user/{user_id}/api-keys`.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[schema(example = json!({"name": "my bot", "scopes": ["read", "trade"]}))]
 pub struct NewKeyRequest {
-    /// A label, 1 to 64 characters.
+    /// A label, 1 to 64 characters, no control character.
     #[schema(min_length = 1, max_length = 64)]
     pub name: String,
     /// At least one scope.
@@ -262,40 +278,41 @@ pub enum TokenType {
 
 // ---- trading ---------------------------------------------------------------------------------
 
-/// `OPEN_TRADE`: a market order. Unknown fields are ignored.
+/// `OPEN_TRADE`: a market order. Unknown fields are refused.
+///
+/// With both stops, `stop_loss` must be below `take_profit` for a BUY and above it for a
+/// SELL (a rule between two fields, which JSON Schema cannot state): else `422` on
+/// `stop_loss`.
 #[derive(Debug, Deserialize, ToSchema)]
-#[schema(example = json!({"symbol": "EURUSD", "type": "BUY", "volume": 0.1, "stop_loss": 1.08, "client_order_id": "my-order-1"}))]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"symbol": "EURUSD", "type": "BUY", "volume": 0.1, "stop_loss": 1.08, "take_profit": 1.1, "client_order_id": "my-order-1"}))]
 pub struct OpenTradeRequest {
-    /// A pair traded here: `EURUSD`, `EUR/USD`, any case.
+    /// A pair traded here (`TradedSymbol`).
     #[schema(example = "EURUSD")]
     pub symbol: String,
-    /// The side (any case).
+    /// The side.
     #[serde(rename = "type")]
     pub side: TradeSide,
     /// Lots: positive, at most 100, a multiple of the lot step 0.01.
     #[serde(with = "suho_domain::num")]
-    #[schema(
-        exclusive_minimum = 0,
-        maximum = 100,
-        multiple_of = 0.01,
-        example = 0.1
-    )]
+    #[schema(example = 0.1)]
     pub volume: Decimal,
-    /// A positive price; below `take_profit` for a BUY, above it for a SELL.
+    /// A stop loss (`Price`); below `take_profit` for a BUY, above it for a SELL.
     #[serde(default, with = "suho_domain::num::option")]
-    #[schema(exclusive_minimum = 0)]
+    #[schema(example = 1.08)]
     pub stop_loss: Option<Decimal>,
-    /// A positive price.
+    /// A take profit (`Price`).
     #[serde(default, with = "suho_domain::num::option")]
-    #[schema(exclusive_minimum = 0)]
+    #[schema(example = 1.1)]
     pub take_profit: Option<Decimal>,
-    /// The caller's own id for this order, 1 to 64 characters. A repeated one is answered
-    /// with the first order's `command_id`, and nothing new is queued.
+    /// The caller's own id for this order, 1 to 64 characters, no control character. A
+    /// repeated one is answered with the first order's `command_id`, and nothing new is
+    /// queued.
     #[schema(min_length = 1, max_length = 64)]
     pub client_order_id: Option<String>,
 }
 
-/// An order side, as sent (any case is accepted).
+/// An order side.
 #[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum TradeSide {
@@ -307,31 +324,33 @@ pub enum TradeSide {
 
 /// `CLOSE_TRADE`: close one open position.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CloseTradeRequest {
-    /// The position's id (from its `TRADE_EXECUTED`), 1 to 128 characters.
+    /// The position's id (from its `TRADE_EXECUTED`), 1 to 128 characters, no control
+    /// character.
     #[schema(min_length = 1, max_length = 128)]
     pub trade_id: String,
 }
 
 /// `MODIFY_TRADE`: change a position's stops. At least one of `stop_loss` and
-/// `take_profit` is required.
+/// `take_profit` is required (not `null`).
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ModifyTradeRequest {
-    /// The position's id, 1 to 128 characters.
+    /// The position's id, 1 to 128 characters, no control character.
     #[schema(min_length = 1, max_length = 128)]
     pub trade_id: String,
-    /// A positive price.
+    /// The new stop loss (`Price`).
     #[serde(default, with = "suho_domain::num::option")]
-    #[schema(exclusive_minimum = 0)]
     pub stop_loss: Option<Decimal>,
-    /// A positive price.
+    /// The new take profit (`Price`).
     #[serde(default, with = "suho_domain::num::option")]
-    #[schema(exclusive_minimum = 0)]
     pub take_profit: Option<Decimal>,
 }
 
 /// `{amount}` of a deposit or withdrawal.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct MoneyRequest {
     /// Account currency: positive, whole cents, at most 1000000000.
     #[serde(with = "suho_domain::num")]
@@ -373,7 +392,8 @@ pub enum QueuedStatus {
 pub struct SettingsPatch {
     /// Risk parameters.
     pub risk: Option<RiskSettingsPatch>,
-    /// At most 100 symbols traded here (replaces the whole list).
+    /// At most 100 symbols traded here (`TradedSymbol`; replaces the whole list).
+    #[schema(max_items = 100)]
     pub watchlist: Option<Vec<String>>,
     /// Auto-trading opt-ins by strategy name (`scalping`, `mean_reversion`,
     /// `online_logistic`); an entry set to `null` removes that opt-in.
@@ -389,7 +409,6 @@ pub struct RiskSettingsPatch {
     pub leverage: Option<u32>,
     /// Largest volume of one order, lots: positive, at most 100, on the lot step 0.01.
     #[serde(default, with = "suho_domain::num::option")]
-    #[schema(exclusive_minimum = 0, maximum = 100, multiple_of = 0.01)]
     pub max_volume: Option<Decimal>,
     /// Most positions open at once, 1 to 200.
     #[schema(minimum = 1, maximum = 200)]
@@ -398,22 +417,25 @@ pub struct RiskSettingsPatch {
 
 /// One strategy's opt-in in a `SettingsPatch`.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct AutoTradingPatch {
     /// Whether the agent trades the strategy's signals for the user (default false).
     pub enabled: Option<bool>,
-    /// Lots per trade (default 0.1): positive, on the lot step, at most `risk.max_volume`.
+    /// Lots per trade (default 0.1): positive, on the lot step 0.01, at most 100. Above
+    /// `risk.max_volume` (the stored one, or the patch's) it is a `409`.
     #[serde(default, with = "suho_domain::num::option")]
-    #[schema(exclusive_minimum = 0, multiple_of = 0.01)]
     pub volume: Option<Decimal>,
 }
 
 /// `{mt5_account, password}`: link (or re-link with a new password) an MT5 account.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Mt5LinkRequest {
     /// The account number: 1 to 32 letters, digits or dashes.
     #[schema(min_length = 1, max_length = 32, pattern = "^[A-Za-z0-9-]+$")]
     pub mt5_account: String,
-    /// The MT5 password, 1 to 128 characters; stored sealed, never published.
+    /// The MT5 password, 1 to 128 characters, no control character; stored sealed, never
+    /// published.
     #[schema(format = Password, min_length = 1, max_length = 128)]
     pub password: String,
 }
@@ -441,7 +463,7 @@ pub enum LinkStatus {
 pub struct TradesQuery {
     /// First Kafka record time, epoch ms, inclusive (default: 24 hours before `to`).
     pub from: Option<i64>,
-    /// End, epoch ms, exclusive (default: now). Must be after `from`.
+    /// End, epoch ms, exclusive (default: now).
     pub to: Option<i64>,
 }
 
@@ -456,7 +478,7 @@ pub struct CandlesQuery {
     pub tf: Option<Timeframe>,
     /// Earliest candle `start`, epoch ms, inclusive (default: `limit` periods before `to`).
     pub from: Option<i64>,
-    /// Candle `start` before this, epoch ms, exclusive (default: now). Must be after `from`.
+    /// Candle `start` before this, epoch ms, exclusive (default: now).
     pub to: Option<i64>,
     /// Most candles returned (default 500).
     #[param(minimum = 1, maximum = 10_000)]
@@ -503,4 +525,138 @@ pub enum CheckState {
     Ok,
     /// It does not.
     Down,
+}
+
+// ---- the served document ---------------------------------------------------------------------
+
+/// The document as this server serves it (`GET /api/openapi.json`): [`crate::openapi()`],
+/// with the rules whose home is code or configuration written into its schemas: the traded
+/// symbols and strategies, the lot and price steps, the text and e-mail patterns, the time
+/// bounds. A client generated from it sends only what the handlers take, and the handlers
+/// take all of it (the fuzz test, `crates/suho/tests/fuzz.rs`, holds them to that).
+#[must_use]
+pub fn served(
+    symbols: &std::collections::HashSet<suho_domain::Symbol>,
+    strategies: &[String],
+) -> serde_json::Value {
+    use serde_json::{json, Value};
+    use suho_domain::settings::{LOT_STEP, MAX_ORDER_VOLUME};
+
+    use crate::input::{MAX_MILLIS, MAX_PRICE, PRICE_STEP, PRINTABLE};
+
+    let number = |d: Decimal| -> Value {
+        serde_json::from_str(&d.normalize().to_string()).expect("a decimal is a JSON number")
+    };
+    let lots = json!({"exclusiveMinimum": 0, "maximum": number(MAX_ORDER_VOLUME), "multipleOf": number(LOT_STEP)});
+    let price = json!({"exclusiveMinimum": 0, "maximum": number(MAX_PRICE), "multipleOf": number(PRICE_STEP)});
+    let printable = json!({ "pattern": PRINTABLE });
+    let traded = json!({"$ref": "#/components/schemas/TradedSymbol"});
+
+    let mut doc = serde_json::to_value(crate::openapi()).expect("the document serializes");
+    let schemas = &mut doc["components"]["schemas"];
+    let mut sorted: Vec<&str> = symbols.iter().map(suho_domain::Symbol::as_str).collect();
+    sorted.sort_unstable();
+    schemas["TradedSymbol"] = json!({
+        "type": "string",
+        "description": format!(
+            "A pair traded here: {}. Six letters in any case, optionally split by `/` or `-` \
+             (`EURUSD`, `eur/usd`, `EUR-USD`).",
+            sorted.join(", ")
+        ),
+        "pattern": symbol_pattern(&sorted),
+        "examples": sorted.first().map(|s| vec![*s]).unwrap_or_default(),
+    });
+    let mut merge = |schema: &str, field: &str, extra: &Value| {
+        let target = &mut schemas[schema]["properties"][field];
+        assert!(target.is_object(), "no property {schema}.{field}");
+        if let (Value::Object(t), Value::Object(e)) = (target, extra) {
+            t.extend(e.clone());
+        }
+    };
+    merge(
+        "Registration",
+        "email",
+        &json!({ "pattern": suho_accounts::EMAIL_PATTERN }),
+    );
+    merge("NewKeyRequest", "name", &printable);
+    merge("Mt5LinkRequest", "password", &printable);
+    merge("OpenTradeRequest", "volume", &lots);
+    merge("RiskSettingsPatch", "max_volume", &lots);
+    merge("AutoTradingPatch", "volume", &lots);
+    merge("OpenTradeRequest", "client_order_id", &printable);
+    for schema in ["OpenTradeRequest", "ModifyTradeRequest"] {
+        merge(schema, "stop_loss", &price);
+        merge(schema, "take_profit", &price);
+    }
+    for schema in ["CloseTradeRequest", "ModifyTradeRequest"] {
+        merge(schema, "trade_id", &printable);
+    }
+    let symbol = &mut schemas["OpenTradeRequest"]["properties"]["symbol"];
+    *symbol =
+        json!({"$ref": "#/components/schemas/TradedSymbol", "description": symbol["description"]});
+    schemas["SettingsPatch"]["properties"]["watchlist"]["items"] = traded.clone();
+    // The strategies this server runs are the only keys; `null` removes an opt-in.
+    let entries: serde_json::Map<String, Value> = strategies
+        .iter()
+        .map(|s| {
+            let entry = json!({"oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/AutoTradingPatch"}]});
+            (s.clone(), entry)
+        })
+        .collect();
+    let auto = &mut schemas["SettingsPatch"]["properties"]["auto_trading"];
+    *auto = json!({
+        "type": ["object", "null"],
+        "description": auto["description"],
+        "properties": entries,
+        "additionalProperties": false,
+    });
+    // At least one stop, and not `null`.
+    schemas["ModifyTradeRequest"]["anyOf"] = json!([
+        {"required": ["stop_loss"], "properties": {"stop_loss": {"type": "number"}}},
+        {"required": ["take_profit"], "properties": {"take_profit": {"type": "number"}}},
+    ]);
+
+    let user_id = json!({"type": "string", "pattern": "^usr_[0-9a-f]{32}$"});
+    let millis = json!({"type": "integer", "format": "int64", "minimum": 0, "maximum": MAX_MILLIS});
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for item in paths.values_mut() {
+            let Some(item) = item.as_object_mut() else {
+                continue;
+            };
+            for op in item.values_mut() {
+                let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) else {
+                    continue;
+                };
+                for p in params {
+                    let schema = match (p["in"].as_str(), p["name"].as_str()) {
+                        (Some("path"), Some("user_id")) => user_id.clone(),
+                        (Some("path"), Some("symbol")) => traded.clone(),
+                        (Some("query"), Some("from" | "to")) => millis.clone(),
+                        (Some("query"), Some("resume")) => json!({
+                            "type": "string",
+                            "pattern": crate::ws::protocol::Position::list_pattern(),
+                        }),
+                        _ => continue,
+                    };
+                    p["schema"] = schema;
+                }
+            }
+        }
+    }
+    doc
+}
+
+/// A pattern that matches each of `symbols` in any case, optionally split by `/` or `-`, and
+/// nothing else (what [`crate::input::traded_symbol`] takes).
+fn symbol_pattern(symbols: &[&str]) -> String {
+    let any_case = |s: &str| -> String {
+        s.chars()
+            .map(|c| format!("[{}{}]", c.to_ascii_uppercase(), c.to_ascii_lowercase()))
+            .collect()
+    };
+    let alternatives: Vec<String> = symbols
+        .iter()
+        .map(|s| format!("{}[/-]?{}", any_case(&s[..3]), any_case(&s[3..])))
+        .collect();
+    format!("^(?:{})$", alternatives.join("|"))
 }

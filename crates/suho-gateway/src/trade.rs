@@ -11,7 +11,8 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
 use rust_decimal::Decimal;
-use suho_domain::{Order, Side, Symbol, TradeCommand};
+use suho_domain::settings::{LOT_STEP, MAX_ORDER_VOLUME};
+use suho_domain::{Order, Side, TradeCommand};
 use suho_messaging::now_ms;
 
 use suho_accounts::ClientOrder;
@@ -24,9 +25,17 @@ use crate::openapi::{
 };
 use crate::{ApiError, AppState};
 
-/// Smallest volume step and the largest order, in lots.
-const LOT_STEP: Decimal = Decimal::from_parts(1, 0, 0, false, 2);
-const MAX_VOLUME: Decimal = Decimal::from_parts(100, 0, 0, false, 0);
+/// The fields of each trade body: any other is refused.
+pub(crate) const OPEN_FIELDS: &[&str] = &[
+    "symbol",
+    "type",
+    "volume",
+    "stop_loss",
+    "take_profit",
+    "client_order_id",
+];
+const CLOSE_FIELDS: &[&str] = &["trade_id"];
+const MODIFY_FIELDS: &[&str] = &["trade_id", "stop_loss", "take_profit"];
 
 /// Opens a position (a market order).
 ///
@@ -53,17 +62,9 @@ pub async fn open(
 ) -> Result<impl IntoResponse, ApiError> {
     crate::auth::need(&claims, crate::auth::Need::Trade)?;
     let body = Body::parse(&body)?;
+    body.only(OPEN_FIELDS)?;
     let order = parse_order(&body, &state)?;
-    let client_order_id = body.opt_string("client_order_id")?.map(str::to_string);
-    if client_order_id
-        .as_ref()
-        .is_some_and(|c| c.is_empty() || c.len() > 64)
-    {
-        return Err(ApiError::invalid(
-            "client_order_id",
-            "must be 1 to 64 characters",
-        ));
-    }
+    let client_order_id = body.opt_text("client_order_id", 1, 64)?.map(str::to_string);
     let user_id = claims.user_id();
     let command = TradeCommand::open(user_id.clone(), order, client_order_id.clone(), now_ms());
     if let Some(coid) = &client_order_id {
@@ -105,21 +106,9 @@ pub(crate) fn queued(command_id: &str) -> (StatusCode, Json<Queued>) {
     )
 }
 
-/// An optional price field, positive when present.
-fn positive_price(body: &Body, field: &'static str) -> Result<Option<Decimal>, ApiError> {
-    match body.opt_decimal(field)? {
-        Some(p) if p <= Decimal::ZERO => Err(ApiError::invalid(field, "must be a positive price")),
-        other => Ok(other),
-    }
-}
-
-/// The `trade_id` of a close or modify body.
+/// The `trade_id` of a close or modify body, as sent.
 fn trade_id(body: &Body) -> Result<String, ApiError> {
-    let id = body.string("trade_id")?.trim();
-    if id.is_empty() || id.len() > 128 {
-        return Err(ApiError::invalid("trade_id", "must be 1 to 128 characters"));
-    }
-    Ok(id.to_string())
+    Ok(body.text("trade_id", 1, 128)?.to_string())
 }
 
 /// Closes a position.
@@ -146,6 +135,7 @@ pub async fn close(
 ) -> Result<impl IntoResponse, ApiError> {
     crate::auth::need(&claims, crate::auth::Need::Trade)?;
     let body = Body::parse(&body)?;
+    body.only(CLOSE_FIELDS)?;
     let command = TradeCommand::close(claims.user_id(), trade_id(&body)?, now_ms());
     state.producer.send(&command).await?;
     tracing::info!(user_id = %command.user_id, command_id = %command.event_id, "CLOSE_TRADE queued");
@@ -177,9 +167,10 @@ pub async fn modify(
 ) -> Result<impl IntoResponse, ApiError> {
     crate::auth::need(&claims, crate::auth::Need::Trade)?;
     let body = Body::parse(&body)?;
+    body.only(MODIFY_FIELDS)?;
     let trade_id = trade_id(&body)?;
-    let stop_loss = positive_price(&body, "stop_loss")?;
-    let take_profit = positive_price(&body, "take_profit")?;
+    let stop_loss = body.opt_price("stop_loss")?;
+    let take_profit = body.opt_price("take_profit")?;
     if stop_loss.is_none() && take_profit.is_none() {
         return Err(ApiError::invalid(
             "stop_loss",
@@ -194,15 +185,8 @@ pub async fn modify(
 }
 
 fn parse_order(body: &Body, state: &AppState) -> Result<Order, ApiError> {
-    let symbol = Symbol::parse(body.string("symbol")?)
-        .map_err(|e| ApiError::invalid("symbol", e.to_string()))?;
-    if !state.symbols.contains(&symbol) {
-        return Err(ApiError::invalid(
-            "symbol",
-            format!("{symbol} is not traded here"),
-        ));
-    }
-    let side = match body.string("type")?.to_ascii_uppercase().as_str() {
+    let symbol = crate::input::traded_symbol("symbol", body.string("symbol")?, &state.symbols)?;
+    let side = match body.string("type")? {
         "BUY" => Side::Buy,
         "SELL" => Side::Sell,
         _ => return Err(ApiError::invalid("type", "must be BUY or SELL")),
@@ -211,10 +195,10 @@ fn parse_order(body: &Body, state: &AppState) -> Result<Order, ApiError> {
     if volume <= Decimal::ZERO {
         return Err(ApiError::invalid("volume", "must be positive"));
     }
-    if volume > MAX_VOLUME {
+    if volume > MAX_ORDER_VOLUME {
         return Err(ApiError::invalid(
             "volume",
-            format!("must be at most {MAX_VOLUME} lots"),
+            format!("must be at most {MAX_ORDER_VOLUME} lots"),
         ));
     }
     if !(volume % LOT_STEP).is_zero() {
@@ -223,8 +207,8 @@ fn parse_order(body: &Body, state: &AppState) -> Result<Order, ApiError> {
             format!("must be a multiple of the lot step {LOT_STEP}"),
         ));
     }
-    let stop_loss = positive_price(body, "stop_loss")?;
-    let take_profit = positive_price(body, "take_profit")?;
+    let stop_loss = body.opt_price("stop_loss")?;
+    let take_profit = body.opt_price("take_profit")?;
     if let (Some(sl), Some(tp)) = (stop_loss, take_profit) {
         let wrong = match side {
             Side::Buy => sl >= tp,

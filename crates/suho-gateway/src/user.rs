@@ -99,6 +99,7 @@ pub async fn get_settings(
         BodyErrors,
         Unauthorized,
         NotYours,
+        (status = 409, description = "`conflict`: an auto-trading volume above `risk.max_volume` (the stored one or the patch's); nothing is stored.", body = ErrorBody),
         (status = 422, description = "`invalid_field`: an unknown or invalid setting, named by its dotted path (`risk.leverage`, `watchlist`, `auto_trading.scalping.volume`, ...).", body = ErrorBody),
         (status = 500, description = "`internal`: the stored settings no longer read.", body = ErrorBody),
         (status = 503, description = "`unavailable`: the database is down (nothing is stored).", body = ErrorBody),
@@ -162,8 +163,21 @@ pub async fn link_mt5(
 ) -> Result<impl IntoResponse, ApiError> {
     let user_id = own(&claims, &user_id, Need::Session)?;
     let body = Body::parse(&body)?;
-    let account = body.string("mt5_account")?.trim().to_string();
-    let password = SecretString::from(body.string("password")?.to_string());
+    body.only(&["mt5_account", "password"])?;
+    let account = body.string("mt5_account")?;
+    if account.is_empty()
+        || account.len() > 32
+        || !account
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err(ApiError::invalid(
+            "mt5_account",
+            "must be 1 to 32 letters, digits or dashes",
+        ));
+    }
+    let account = account.to_string();
+    let password = SecretString::from(body.text("password", 1, 128)?.to_string());
     // user.settings is compacted to the latest record per user: every record carries the
     // whole settings object, so a link is never the record that erases them.
     let event = |settings: &UserSettings| {
@@ -192,7 +206,8 @@ pub async fn link_mt5(
 /// The caller's trade events in a time range (the compliance query).
 ///
 /// The caller's `user.trades` events with a Kafka time in `[from, to)` (epoch ms; default:
-/// the last 24 hours), from the audit store, oldest first (the seed's compliance query).
+/// the last 24 hours), from the audit store, oldest first (the seed's compliance query). An
+/// empty range (`from` not before `to`) is answered with an empty list.
 #[utoipa::path(
     get,
     path = "/api/user/{user_id}/trades",
@@ -203,7 +218,7 @@ pub async fn link_mt5(
         (status = 200, description = "The caller's `user.trades` events in the range, oldest first, as stored.", body = [TradeEvent]),
         Unauthorized,
         NotYours,
-        (status = 422, description = "`invalid_field`: `from` or `to` is not epoch milliseconds, or `from` is not before `to`.", body = ErrorBody),
+        (status = 422, description = "`invalid_field`: `from` or `to` is not epoch milliseconds (0 to the end of 9999).", body = ErrorBody),
         (status = 503, description = "`unavailable`: the audit store is down.", body = ErrorBody),
     )
 )]
@@ -216,9 +231,10 @@ pub async fn trades(
     let user_id = own(&claims, &user_id, Need::Read)?;
     let millis = |field: &'static str| crate::input::query_millis(&params, field);
     let to = millis("to")?.unwrap_or_else(|| now_ms() + 1);
-    let from = millis("from")?.unwrap_or(to - 86_400_000);
+    let from = millis("from")?.unwrap_or(to.saturating_sub(86_400_000));
     if from >= to {
-        return Err(ApiError::invalid("from", "must be before `to`"));
+        // An empty range holds nothing.
+        return Ok(Json(Vec::new()));
     }
     let topic = suho_domain::UserTopic::Trades.full_name(&state.topic_prefix);
     let records =
@@ -244,6 +260,7 @@ async fn money(
 ) -> Result<(axum::http::StatusCode, Json<Queued>), ApiError> {
     let user_id = own(claims, user_id, Need::Trade)?;
     let body = Body::parse(body)?;
+    body.only(&["amount"])?;
     let amount = body.decimal("amount")?;
     if amount <= rust_decimal::Decimal::ZERO || amount.round_dp(2) != amount {
         return Err(ApiError::invalid(

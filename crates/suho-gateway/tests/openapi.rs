@@ -308,7 +308,9 @@ async fn the_router_serves_every_documented_operation_and_no_other_method() {
         .expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     let stop = CancellationToken::new();
-    let server = tokio::spawn(suho_gateway::serve(listener, offline_state(), stop.clone()));
+    let state = offline_state();
+    let served_document = suho_gateway::openapi::served(&state.symbols, &state.strategies);
+    let server = tokio::spawn(suho_gateway::serve(listener, state, stop.clone()));
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -374,7 +376,18 @@ async fn the_router_serves_every_documented_operation_and_no_other_method() {
         "application/json"
     );
     let served: Value = served.json().await.expect("the served document is JSON");
-    assert_eq!(served, doc);
+    assert_eq!(served, served_document);
+    // The served document is the annotations' with the configured rules written in.
+    assert_eq!(
+        served["paths"].as_object().map(|p| p.len()),
+        doc["paths"].as_object().map(|p| p.len())
+    );
+    let traded = &served["components"]["schemas"]["TradedSymbol"]["pattern"];
+    let pattern = traded.as_str().expect("a symbol pattern");
+    assert!(
+        pattern.contains("[Ee][Uu][Rr][/-]?[Uu][Ss][Dd]"),
+        "{pattern}"
+    );
 
     stop.cancel();
     server.await.expect("joins").expect("serves");

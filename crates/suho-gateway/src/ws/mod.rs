@@ -191,7 +191,8 @@ pub struct WsParams {
     /// The access token (instead of the `Authorization` header or the auth message).
     pub token: Option<String>,
     /// Resume after these positions: `topic:partition:offset`, comma-separated (the
-    /// `position` of the last event received on each partition).
+    /// `position` of the last event received on each partition; of a partition named twice,
+    /// the greater offset).
     pub resume: Option<String>,
 }
 
@@ -206,7 +207,8 @@ pub struct WsParams {
     path = "/ws",
     tag = "stream",
     params(WsParams),
-    security(("bearer" = [])),
+    // The token may also come in the first message, after the upgrade: optional here.
+    security((), ("bearer" = [])),
     responses(
         (status = 101, description = "Switched to the WebSocket protocol."),
         (status = 401, description = "`unauthorized`: the token in the query or header is invalid, expired or logged out.", body = ErrorBody),

@@ -72,14 +72,22 @@ impl Position {
                     USER_TOPICS.map(|t| t.name()).join(", ")
                 )
             })?;
-        let partition: i32 = partition
-            .parse()
-            .ok()
+        // Written as suho writes them: no sign, no leading zero, at most 18 digits.
+        let canonical = |t: &str| {
+            t == "-1"
+                || (!t.is_empty()
+                    && t.len() <= 18
+                    && (t == "0" || !t.starts_with('0'))
+                    && t.bytes().all(|b| b.is_ascii_digit()))
+        };
+        let partition: i32 = Some(partition)
+            .filter(|t| canonical(t))
+            .and_then(|t| t.parse().ok())
             .filter(|p| (0..topic.partitions()).contains(p))
             .ok_or_else(|| format!("partition {partition:?} of {} does not exist", topic.name()))?;
-        let offset: i64 = offset
-            .parse()
-            .ok()
+        let offset: i64 = Some(offset)
+            .filter(|t| canonical(t))
+            .and_then(|t| t.parse().ok())
             .filter(|o| *o >= -1)
             .ok_or_else(|| format!("offset {offset:?} is not an integer >= -1"))?;
         Ok(Position {
@@ -94,24 +102,48 @@ impl Position {
     /// # Errors
     /// The first bad entry.
     pub fn parse_list(text: &str) -> Result<Vec<Position>, String> {
-        let list: Result<Vec<_>, _> = text
-            .split(',')
-            .filter(|s| !s.trim().is_empty())
-            .map(|s| Position::parse(s.trim()))
+        if text.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list: Result<Vec<_>, _> = text.split(',').map(Position::parse).collect();
+        Ok(latest(list?))
+    }
+
+    /// What [`Position::parse_list`] takes, as a pattern (ECMA-262) for the OpenAPI
+    /// document: entries of a user topic, one of its partitions and an offset of at most 18
+    /// digits without a leading zero (or `-1`), comma-separated, no spaces; or nothing.
+    #[must_use]
+    pub fn list_pattern() -> String {
+        let topics: Vec<String> = USER_TOPICS
+            .iter()
+            .map(|t| {
+                let partitions: Vec<String> = (0..t.partitions()).map(|p| p.to_string()).collect();
+                format!(
+                    "{}:(?:{})",
+                    t.name().replace('.', r"\."),
+                    partitions.join("|")
+                )
+            })
             .collect();
-        unique(list?)
+        let entry = format!(r"(?:{}):(?:-1|0|[1-9][0-9]{{0,17}})", topics.join("|"));
+        format!("^(?:{entry}(?:,{entry})*)?$")
     }
 }
 
-/// At most one position per partition.
-fn unique(positions: Vec<Position>) -> Result<Vec<Position>, String> {
-    let mut seen = HashSet::new();
-    for p in &positions {
-        if !seen.insert((p.topic, p.partition)) {
-            return Err(format!("{}:{} is named twice", p.topic.name(), p.partition));
+/// One position per partition: of one named more than once, the greatest offset (the
+/// latest event received there).
+fn latest(positions: Vec<Position>) -> Vec<Position> {
+    let mut out: Vec<Position> = Vec::with_capacity(positions.len());
+    for p in positions {
+        match out
+            .iter_mut()
+            .find(|q| q.topic == p.topic && q.partition == p.partition)
+        {
+            Some(q) => q.offset = q.offset.max(p.offset),
+            None => out.push(p),
         }
     }
-    Ok(positions)
+    out
 }
 
 /// A client message.
@@ -223,7 +255,7 @@ fn positions(obj: &Map<String, Value>) -> Result<Vec<Position>, Invalid> {
         };
         out.push(Position::parse(s).map_err(|e| invalid(field, e))?);
     }
-    unique(out).map_err(|e| invalid("positions", e))
+    Ok(latest(out))
 }
 
 /// `{"channel":"market","subject":...,"data":...}`; `None` if `payload` is not JSON.
@@ -335,9 +367,38 @@ mod tests {
             "not a streamed topic"
         );
         assert!(Position::parse("user.trades:0:-2").is_err());
-        assert!(Position::parse_list("user.trades:1:4,user.trades:1:5").is_err());
+        for bad in [
+            "user.trades:01:4",
+            "user.trades:+1:4",
+            "user.trades:1:007",
+            "user.trades:1:-0",
+        ] {
+            assert!(Position::parse(bad).is_err(), "{bad}");
+        }
+        // A partition named twice: the later event, the greater offset.
+        let twice = Position::parse_list("user.trades:1:5,user.trades:1:4").unwrap();
+        assert_eq!(twice, vec![Position::parse("user.trades:1:5").unwrap()]);
         let list = Position::parse_list("user.trades:1:4,user.mt5_status:0:-1").unwrap();
         assert_eq!(list.len(), 2);
+        assert!(Position::parse_list("").unwrap().is_empty());
+        assert!(Position::parse_list("user.trades:1:4, user.mt5_status:0:-1").is_err());
+        // The document's pattern takes what the parser takes.
+        let pattern = regex::Regex::new(&Position::list_pattern()).unwrap();
+        for ok in [
+            "",
+            "user.trades:5:41",
+            "user.trades:1:4,user.mt5_status:0:-1",
+        ] {
+            assert!(pattern.is_match(ok), "{ok}");
+        }
+        for bad in [
+            "user.trades:6:1",
+            "user.trades:01:4",
+            " user.trades:1:4",
+            "user.trades:1:4,",
+        ] {
+            assert!(!pattern.is_match(bad), "{bad}");
+        }
         let e = parse(
             r#"{"action":"resume","positions":["user.trades:1:4",7]}"#,
             &traded(),

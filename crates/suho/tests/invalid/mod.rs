@@ -223,6 +223,94 @@ async fn every_invalid_request_names_its_field_or_is_rejected_with_a_reason() {
             json!({"auto_trading": {"no_such_strategy": {"enabled": true, "volume": 0.1}}}),
             "auto_trading.no_such_strategy",
         ),
+        // What the OpenAPI document forbids is refused: unknown fields (even `null`), numbers
+        // as strings, a side in lower case, text around a symbol or an address, control
+        // characters in stored text, off-step prices.
+        (
+            post.clone(),
+            "/api/trade/open".into(),
+            json!({"symbol": "EURUSD", "type": "BUY", "volume": 0.1, "leverage": 50}),
+            "leverage",
+        ),
+        (
+            post.clone(),
+            "/api/trade/open".into(),
+            json!({"symbol": "EURUSD", "type": "BUY", "volume": "0.1"}),
+            "volume",
+        ),
+        (
+            post.clone(),
+            "/api/trade/open".into(),
+            json!({"symbol": "EURUSD", "type": "buy", "volume": 0.1}),
+            "type",
+        ),
+        (
+            post.clone(),
+            "/api/trade/open".into(),
+            json!({"symbol": " EURUSD", "type": "BUY", "volume": 0.1}),
+            "symbol",
+        ),
+        (
+            post.clone(),
+            "/api/trade/open".into(),
+            json!({"symbol": "EURUSD", "type": "BUY", "volume": 0.1, "stop_loss": 1.085_001}),
+            "stop_loss",
+        ),
+        (
+            post.clone(),
+            "/api/trade/open".into(),
+            json!({"symbol": "EURUSD", "type": "BUY", "volume": 0.1, "client_order_id": "a\u{0}b"}),
+            "client_order_id",
+        ),
+        (
+            post.clone(),
+            "/api/trade/close".into(),
+            json!({"trade_id": "trd_x", "volume": 1}),
+            "volume",
+        ),
+        (
+            post.clone(),
+            "/api/trade/modify".into(),
+            json!({"trade_id": "trd_x", "stop_loss": null, "take_profit": null}),
+            "stop_loss",
+        ),
+        (
+            post.clone(),
+            me("deposit"),
+            json!({"amount": 5, "note": "x"}),
+            "note",
+        ),
+        (
+            post.clone(),
+            me("mt5/link"),
+            json!({"mt5_account": " 5012345", "password": "x"}),
+            "mt5_account",
+        ),
+        (
+            post.clone(),
+            "/api/auth/register".into(),
+            json!({"email": " new@example.com", "password": "correct horse battery"}),
+            "email",
+        ),
+        (
+            post.clone(),
+            "/api/auth/register".into(),
+            json!({"email": "new@example.com", "password": "correct horse battery", "admin": true}),
+            "admin",
+        ),
+        (put.clone(), me("settings"), json!({"": null}), ""),
+        (
+            put.clone(),
+            me("settings"),
+            json!({"risk": {"margin_call": null}}),
+            "risk.margin_call",
+        ),
+        (
+            put.clone(),
+            me("settings"),
+            json!({"watchlist": ["EURUSD "]}),
+            "watchlist",
+        ),
     ];
     let mut failures = Vec::new();
     for (method, path, body, field) in &invalid {
@@ -265,6 +353,26 @@ async fn every_invalid_request_names_its_field_or_is_rejected_with_a_reason() {
         if status != 403 {
             failures.push(format!("{method} {path} -> {status} {answer} (wanted 403)"));
         }
+    }
+    // A volume valid on its own above the user's own `risk.max_volume`: a conflict with the
+    // stored settings (409), named in the message; nothing stored.
+    let (status, answer) = p
+        .send_text(
+            put.clone(),
+            &me("settings"),
+            &token,
+            &json!({"auto_trading": {"scalping": {"enabled": true, "volume": 50}}}).to_string(),
+        )
+        .await;
+    if status != 409
+        || !answer["message"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("auto_trading.scalping.volume")
+    {
+        failures.push(format!(
+            "an auto-trading volume over risk.max_volume -> {status} {answer} (wanted 409)"
+        ));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 

@@ -303,7 +303,7 @@ async fn deposit_trade_stop_loss_close_and_the_balance_to_the_cent() {
         .post(
             &format!("/api/user/{user}/deposit"),
             Some(&token),
-            serde_json::json!({"amount": "10000.00"}),
+            serde_json::json!({"amount": 10000.00}),
         )
         .await;
     assert_eq!(s, 202, "{body}");
@@ -322,7 +322,7 @@ async fn deposit_trade_stop_loss_close_and_the_balance_to_the_cent() {
         .post(
             "/api/trade/open",
             Some(&token),
-            serde_json::json!({"symbol": "EURUSD", "type": "BUY", "volume": "1.00", "stop_loss": "1.09500"}),
+            serde_json::json!({"symbol": "EURUSD", "type": "BUY", "volume": 1.00, "stop_loss": 1.09500}),
         )
         .await;
     assert_eq!(s, 202, "{body}");
