@@ -17,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 mod browser;
 /// The engine killed between execution and commit (in `tests/crash/`).
 mod crash;
+/// The HTTP API fuzzed from its OpenAPI document (in `tests/fuzz/`).
+mod fuzz;
 /// Every kind of invalid request (in `tests/invalid/`).
 mod invalid;
 /// The Polygon feed and backfill (in `tests/polygon/`).
@@ -684,12 +686,27 @@ async fn the_bridge_stores_ticks_and_the_history_route_validates() {
         ("/api/market/EURUSD/candles?tf=2m", "tf"),
         ("/api/market/XAUXAG/candles?tf=1m", "symbol"),
         ("/api/market/EURUSD/candles?tf=1m&from=yesterday", "from"),
-        ("/api/market/EURUSD/candles?tf=1m&from=10&to=5", "from"),
+        ("/api/market/EURUSD/candles?tf=1m&from=-1", "from"),
+        (
+            "/api/market/EURUSD/candles?tf=1m&to=-9223372036854775808",
+            "to",
+        ),
         ("/api/market/EURUSD/candles?tf=1m&limit=0", "limit"),
+        ("/api/market/%20EURUSD/candles", "symbol"),
     ] {
         let (status, body) = get(query.into()).await;
         assert_eq!(status, 422, "{query} -> {body}");
         assert_eq!(body["field"], field, "{query} -> {body}");
+    }
+    // An empty or inverted range holds nothing: it is not an error.
+    for query in [
+        "/api/market/EURUSD/candles?tf=1m&from=10&to=5",
+        "/api/market/EURUSD/candles?tf=1m&from=5&to=5",
+        "/api/market/eur-usd/candles?tf=1d&to=0",
+    ] {
+        let (status, body) = get(query.into()).await;
+        assert_eq!(status, 200, "{query} -> {body}");
+        assert_eq!(body, json!([]), "{query}");
     }
     p.stop().await;
 }
