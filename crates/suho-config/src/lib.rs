@@ -92,7 +92,9 @@ pub struct StackConfig {
     pub kafka_controller_port: u16,
     /// Kafka JVM heap, e.g. `512m`.
     pub kafka_heap: String,
-    /// NATS HTTP monitoring port.
+    /// NATS monitoring port, served over HTTPS with the servers' certificate; `0` (the
+    /// default) serves none. The endpoint has no authentication of its own (any local process
+    /// reaching it reads connection names and subscriptions), so it is off unless asked for.
     pub nats_monitor_port: u16,
     /// The `nats-server` release built from the Go module proxy (a pinned, current one).
     pub nats_version: String,
@@ -106,7 +108,7 @@ impl Default for StackConfig {
             kafka_version: "4.1.1".into(),
             kafka_controller_port: 9093,
             kafka_heap: "512m".into(),
-            nats_monitor_port: 8222,
+            nats_monitor_port: 0,
             nats_version: "2.15.3".into(),
         }
     }

@@ -23,14 +23,17 @@ pub(crate) fn start(
     let mut text = format!(
         "# Written by suho-stack on every start, from the identity table.\n\
          listen: 127.0.0.1:{port}\n\
-         http: 127.0.0.1:{monitor}\n\
          server_name: suho\n\
          max_payload: 1MB\n\
          jetstream {{\n  store_dir: \"{store}\"\n}}\n",
         port = spec.nats_port,
-        monitor = spec.nats_monitor_port,
         store = store.display(),
     );
+    // Monitoring has no authentication of its own: only when asked for, and over TLS (the
+    // `tls` block below serves it too).
+    if spec.nats_monitor_port != 0 {
+        text.push_str(&format!("https: 127.0.0.1:{}\n", spec.nats_monitor_port));
+    }
     text.push_str(&suho_security::nats::server_config(
         &spec.secrets(),
         &spec.subject_scope,

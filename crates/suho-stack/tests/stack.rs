@@ -92,6 +92,20 @@ fn the_stack_stops_and_starts_again_on_its_own_data() {
     assert!(suho_stack::status(&spec)
         .iter()
         .all(|s| s.pid.is_some() && s.listening));
+    // NATS monitoring, when asked for, is HTTPS only: a plaintext request reads nothing.
+    {
+        use std::io::{Read, Write};
+        let mut http = std::net::TcpStream::connect(("127.0.0.1", spec.nats_monitor_port)).unwrap();
+        http.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        http.write_all(b"GET /connz HTTP/1.0\r\n\r\n").unwrap();
+        let mut answer = Vec::new();
+        let _ = http.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            !answer.contains("200 OK") && !answer.contains("connections"),
+            "{answer}"
+        );
+    }
     let meta = std::fs::read_to_string(dir.path().join("kafka/data/meta.properties")).unwrap();
     create_topic(&spec, "kept-across-restarts");
 
