@@ -167,7 +167,6 @@ pub struct Credentials {
 pub struct Registration {
     /// An e-mail address: a local part, `@` and a dotted domain, no white space, at most 254
     /// characters (kept as given; compared case-insensitively).
-    #[schema(max_length = 254)]
     pub email: String,
     /// 8 to 256 characters.
     #[schema(format = Password, min_length = 8, max_length = 256)]
@@ -297,11 +296,11 @@ pub struct OpenTradeRequest {
     #[serde(with = "suho_domain::num")]
     #[schema(example = 0.1)]
     pub volume: Decimal,
-    /// A stop loss (`Price`); below `take_profit` for a BUY, above it for a SELL.
+    /// A stop loss (a price: the bounds and step are in the schema); below `take_profit` for a BUY, above it for a SELL.
     #[serde(default, with = "suho_domain::num::option")]
     #[schema(example = 1.08)]
     pub stop_loss: Option<Decimal>,
-    /// A take profit (`Price`).
+    /// A take profit (a price: the bounds and step are in the schema).
     #[serde(default, with = "suho_domain::num::option")]
     #[schema(example = 1.1)]
     pub take_profit: Option<Decimal>,
@@ -340,10 +339,10 @@ pub struct ModifyTradeRequest {
     /// The position's id, 1 to 128 characters, no control character.
     #[schema(min_length = 1, max_length = 128)]
     pub trade_id: String,
-    /// The new stop loss (`Price`).
+    /// The new stop loss (a price: the bounds and step are in the schema).
     #[serde(default, with = "suho_domain::num::option")]
     pub stop_loss: Option<Decimal>,
-    /// The new take profit (`Price`).
+    /// The new take profit (a price: the bounds and step are in the schema).
     #[serde(default, with = "suho_domain::num::option")]
     pub take_profit: Option<Decimal>,
 }
@@ -576,7 +575,7 @@ pub fn served(
     merge(
         "Registration",
         "email",
-        &json!({ "pattern": suho_accounts::EMAIL_PATTERN }),
+        &json!({ "pattern": suho_accounts::EMAIL_PATTERN, "maxLength": suho_accounts::MAX_EMAIL }),
     );
     merge("NewKeyRequest", "name", &printable);
     merge("Mt5LinkRequest", "password", &printable);

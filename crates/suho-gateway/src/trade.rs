@@ -26,7 +26,7 @@ use crate::openapi::{
 use crate::{ApiError, AppState};
 
 /// The fields of each trade body: any other is refused.
-pub(crate) const OPEN_FIELDS: &[&str] = &[
+const OPEN_FIELDS: &[&str] = &[
     "symbol",
     "type",
     "volume",
