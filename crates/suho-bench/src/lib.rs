@@ -45,6 +45,17 @@ pub use gateway::{
     GATEWAY_STALL_GOAL, GATEWAY_THROUGHPUT_GOAL,
 };
 pub use server::StackOptions;
+
+/// Which market runs `suho bench market` makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Security {
+    /// A plain server only.
+    Off,
+    /// A secured server only.
+    On,
+    /// A plain run, then a secured one, and their ratios ([`SecurityCost`]).
+    Both,
+}
 pub use trading::{
     bench_trading, TradingBenchOptions, TradingBenchReport, TradingPath, TradingPhaseResult,
     TradingRateResult, TRADING_GOAL_RATIO, TRADING_KEPT_PACE,
@@ -76,6 +87,11 @@ pub struct MarketBenchOptions {
     pub seed: u64,
     /// Where the pinned `nats-server` of a throwaway server is built and cached.
     pub stack: server::StackOptions,
+    /// A throwaway server secured as `suho stack up` secures its own (TLS, a user per service
+    /// identity and its permissions), every connection logging in as the identity that makes
+    /// it in the platform; `false`: a plain server, no login. Needs a throwaway server, and a
+    /// one-token `subject_prefix` (the identities' permissions allow one prefix token).
+    pub secured: bool,
 }
 
 impl Default for MarketBenchOptions {
@@ -90,11 +106,12 @@ impl Default for MarketBenchOptions {
             ],
             duration: Duration::from_secs(5),
             nats_url: None,
-            subject_prefix: "bench.".into(),
+            subject_prefix: "bench".into(),
             symbols: suho_domain::major_fx(),
             drain_timeout: Duration::from_secs(5),
             seed: 42,
             stack: server::StackOptions::from_config(&suho_config::Config::default()),
+            secured: false,
         }
     }
 }
@@ -195,6 +212,9 @@ pub struct MarketBenchReport {
     pub payload_bytes: usize,
     /// Whether the run started its own NATS server.
     pub throwaway_nats: bool,
+    /// Whether that server was secured (TLS, a user per identity) and every connection logged
+    /// in ([`MarketBenchOptions::secured`]).
+    pub secured: bool,
     /// Wall time of the whole run.
     pub elapsed: Duration,
 }
@@ -272,18 +292,29 @@ pub async fn bench_market(opts: MarketBenchOptions) -> anyhow::Result<MarketBenc
     if opts.symbols.is_empty() {
         bail!("bench market: at least one symbol is needed");
     }
+    if opts.secured && opts.nats_url.is_some() {
+        bail!("bench market: a secured run starts its own nats-server (no --nats-url)");
+    }
     let began = Instant::now();
     let server = match &opts.nats_url {
         Some(_) => None,
         None => Some(
             tokio::task::spawn_blocking({
                 let stack = opts.stack.clone();
-                move || server::ThrowawayNats::start(&stack)
+                let secured = opts.secured;
+                move || {
+                    if secured {
+                        server::ThrowawayNats::start_secured(&stack)
+                    } else {
+                        server::ThrowawayNats::start(&stack)
+                    }
+                }
             })
             .await
             .context("the nats-server starter panicked")??,
         ),
     };
+    let secrets = server.as_ref().and_then(server::ThrowawayNats::secrets);
     let url = match (&opts.nats_url, &server) {
         (Some(url), _) => url.clone(),
         (None, Some(s)) => s.url().to_string(),
@@ -302,8 +333,9 @@ pub async fn bench_market(opts: MarketBenchOptions) -> anyhow::Result<MarketBenc
             drain_timeout: opts.drain_timeout,
             seed: opts.seed,
             epoch,
+            secrets,
         };
-        tracing::info!(rate, "bench market: raw baseline");
+        tracing::info!(rate, secured = opts.secured, "bench market: raw baseline");
         let raw = phase::run(&phase("raw"), phase::Path::Raw).await?;
         tracing::info!(rate, "bench market: our path");
         let ours = phase::run(&phase("ours"), phase::Path::Ours).await?;
@@ -316,8 +348,63 @@ pub async fn bench_market(opts: MarketBenchOptions) -> anyhow::Result<MarketBenc
         symbols: opts.symbols.len(),
         payload_bytes: phase::typical_payload_bytes(&opts.symbols, opts.seed),
         throwaway_nats: opts.nats_url.is_none(),
+        secured: opts.secured,
         elapsed: began.elapsed(),
     })
+}
+
+/// The cost of TLS and a login per connection: a secured run beside a plain one of the same
+/// rates, in the same process (`suho bench market --security both`). Per rate, each path's
+/// msg/s and p99 secured / plain.
+pub struct SecurityCost<'a> {
+    /// The plain run.
+    pub plain: &'a MarketBenchReport,
+    /// The secured run.
+    pub secured: &'a MarketBenchReport,
+}
+
+impl fmt::Display for SecurityCost<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "security cost (secured / plain, same rates, same run): msg/s and p99 per path"
+        )?;
+        writeln!(
+            f,
+            "{:>8}  {:>12} {:>12} {:>12} {:>12}",
+            "rate/s", "ours msg/s", "ours p99", "raw msg/s", "raw p99"
+        )?;
+        for on in &self.secured.rates {
+            let Some(off) = self.plain.rates.iter().find(|r| r.rate == on.rate) else {
+                continue;
+            };
+            let x = |v: Option<f64>| format!("{}x", opt(v, 2));
+            writeln!(
+                f,
+                "{:>8}  {:>12} {:>12} {:>12} {:>12}",
+                on.rate,
+                x(ratio(on.ours.delivered_per_sec, off.ours.delivered_per_sec)),
+                x(on.ours
+                    .latency_us(0.99)
+                    .zip(off.ours.latency_us(0.99))
+                    .and_then(|(a, b)| ratio(a, b))),
+                x(ratio(on.raw.delivered_per_sec, off.raw.delivered_per_sec)),
+                x(on.raw
+                    .latency_us(0.99)
+                    .zip(off.raw.latency_us(0.99))
+                    .and_then(|(a, b)| ratio(a, b))),
+            )?;
+        }
+        let show = |v: Option<u32>| v.map_or_else(|| "none".to_string(), |r| format!("{r}/s"));
+        writeln!(
+            f,
+            "kept pace: ours {} plain, {} secured; raw {} plain, {} secured",
+            show(self.plain.kept_pace_ours()),
+            show(self.secured.kept_pace_ours()),
+            show(self.plain.kept_pace_raw()),
+            show(self.secured.kept_pace_raw()),
+        )
+    }
 }
 
 fn opt(v: Option<f64>, digits: usize) -> String {
@@ -328,11 +415,16 @@ impl fmt::Display for MarketBenchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "market bench: open loop, {:.1} s per path and rate, {} symbols, ~{} B tick JSON, {} NATS, {:.1} s in all",
+            "market bench: open loop, {:.1} s per path and rate, {} symbols, ~{} B tick JSON, {} NATS {}, {:.1} s in all",
             self.duration.as_secs_f64(),
             self.symbols,
             self.payload_bytes,
             if self.throwaway_nats { "throwaway" } else { "given" },
+            if self.secured {
+                "secured (TLS, a user per service identity)"
+            } else {
+                "plain (no TLS, no login)"
+            },
             self.elapsed.as_secs_f64(),
         )?;
         writeln!(
@@ -463,6 +555,7 @@ mod tests {
             symbols: 1,
             payload_bytes: 1,
             throwaway_nats: true,
+            secured: false,
             elapsed: Duration::ZERO,
         };
         assert_eq!(report.highest_lossless_raw(), Some(400));
@@ -497,6 +590,7 @@ mod tests {
             symbols: 1,
             payload_bytes: 1,
             throwaway_nats: true,
+            secured: false,
             elapsed: Duration::ZERO,
         };
         // Every phase lossless; ours fell behind at 300/s, raw at 400/s.

@@ -17,6 +17,7 @@ use suho_market::{
     TickHub, TickObserver,
 };
 use suho_messaging::{now_ms, MarketBus};
+use suho_security::Identity;
 use tokio_util::sync::CancellationToken;
 
 use crate::PathResult;
@@ -51,6 +52,9 @@ pub(crate) struct Phase<'a> {
     pub(crate) seed: u64,
     /// The run's clock origin, shared by publisher and subscribers.
     pub(crate) epoch: Instant,
+    /// A secured server's credentials: each connection logs in over TLS as the service
+    /// identity that makes it in the platform (`None`: a plain server, no login).
+    pub(crate) secrets: Option<&'a suho_security::Secrets>,
 }
 
 /// Client events of one connection that the report counts.
@@ -64,8 +68,25 @@ async fn connect(
     url: &str,
     name: &str,
     counts: Option<Arc<EventCounts>>,
+    login: Option<(&suho_security::Secrets, Identity)>,
 ) -> anyhow::Result<Client> {
-    let mut options = ConnectOptions::new()
+    use secrecy::ExposeSecret;
+    let options = match login {
+        Some((secrets, identity)) => {
+            let c = secrets
+                .credentials(identity)
+                .with_context(|| format!("the credentials of `{identity}`"))?;
+            ConnectOptions::with_user_and_password(
+                identity.name().to_string(),
+                c.password.expose_secret().to_string(),
+            )
+            .require_tls(true)
+            .add_root_certificates(c.ca_file.clone())
+            .custom_inbox_prefix(identity.inbox_prefix())
+        }
+        None => ConnectOptions::new(),
+    };
+    let mut options = options
         .name(name)
         .connection_timeout(Duration::from_secs(5));
     if let Some(counts) = counts {
@@ -222,16 +243,30 @@ pub(crate) fn typical_payload_bytes(symbols: &[Symbol], seed: u64) -> usize {
 /// Runs one phase and measures it.
 pub(crate) async fn run(phase: &Phase<'_>, path: Path) -> anyhow::Result<PathResult> {
     let counts = Arc::new(EventCounts::default());
-    let subscriber_client = connect(
+    // One connection per service identity, as the platform makes them: the process's tick
+    // subscription (`ticks`), the analytics' publications, the price service.
+    let login = |identity: Identity| phase.secrets.map(|s| (s, identity));
+    let subscriber = |name: &'static str, identity: Identity| {
+        connect(phase.url, name, Some(Arc::clone(&counts)), login(identity))
+    };
+    let subscriber_client = match path {
+        Path::Ours => subscriber("suho-bench-ticks", Identity::Ticks).await?,
+        Path::Raw => subscriber("suho-bench-raw-subscriber", Identity::Ticks).await?,
+    };
+    let service_clients = match path {
+        Path::Ours => vec![
+            subscriber("suho-bench-analytics", Identity::Analytics).await?,
+            subscriber("suho-bench-price", Identity::Price).await?,
+        ],
+        Path::Raw => Vec::new(),
+    };
+    let publisher = connect(
         phase.url,
-        match path {
-            Path::Ours => "suho-bench-services",
-            Path::Raw => "suho-bench-raw-subscriber",
-        },
-        Some(Arc::clone(&counts)),
+        "suho-bench-publisher",
+        None,
+        login(Identity::Feed),
     )
     .await?;
-    let publisher = connect(phase.url, "suho-bench-publisher", None).await?;
 
     let stop = CancellationToken::new();
     let mut services = Vec::new();
@@ -242,6 +277,8 @@ pub(crate) async fn run(phase: &Phase<'_>, path: Path) -> anyhow::Result<PathRes
     match path {
         Path::Ours => {
             let bus = MarketBus::new(subscriber_client.clone(), phase.prefix.clone());
+            let analytics_bus = MarketBus::new(service_clients[0].clone(), phase.prefix.clone());
+            let price_bus = MarketBus::new(service_clients[1].clone(), phase.prefix.clone());
             let analytics = Arc::new(Recorder::new(phase.epoch)?);
             let prices = Arc::new(Recorder::new(phase.epoch)?);
             let observer = |recorder: &Arc<Recorder>| {
@@ -265,13 +302,13 @@ pub(crate) async fn run(phase: &Phase<'_>, path: Path) -> anyhow::Result<PathRes
             let (price_ticks, price_missed) = hub.listen("price-service");
             hub_missed.extend([analytics_missed, price_missed]);
             services.push(tokio::spawn(run_analytics_on(
-                bus.clone(),
+                analytics_bus,
                 analytics_config,
                 analytics_ticks,
                 stop.child_token(),
             )));
             services.push(tokio::spawn(run_price_service_on(
-                bus.clone(),
+                price_bus,
                 prices_config,
                 price_ticks,
                 stop.child_token(),
@@ -303,10 +340,12 @@ pub(crate) async fn run(phase: &Phase<'_>, path: Path) -> anyhow::Result<PathRes
     };
     // Let the services subscribe, then make sure the server has every subscription.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    tokio::time::timeout(Duration::from_secs(5), subscriber_client.flush())
-        .await
-        .context("flushing the subscribers: timed out")?
-        .context("flushing the subscribers")?;
+    for client in std::iter::once(&subscriber_client).chain(&service_clients) {
+        tokio::time::timeout(Duration::from_secs(5), client.flush())
+            .await
+            .context("flushing the subscribers: timed out")?
+            .context("flushing the subscribers")?;
+    }
 
     let schedule = PhaseSchedule {
         prefix: phase.prefix.clone(),
@@ -354,6 +393,7 @@ pub(crate) async fn run(phase: &Phase<'_>, path: Path) -> anyhow::Result<PathRes
         }
     }
     drop(subscriber_client);
+    drop(service_clients);
 
     let delivered = delivered();
     let mut latency_ns = new_histogram()?;

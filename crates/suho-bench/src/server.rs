@@ -14,8 +14,11 @@ use anyhow::{bail, Context};
 pub(crate) struct ThrowawayNats {
     child: Child,
     url: String,
-    /// The JetStream store, removed after the server.
+    /// The JetStream store, or a secured server's secrets and configuration, removed after
+    /// the server.
     _store: Option<tempfile::TempDir>,
+    /// A secured server's credentials: every identity's password and the CA.
+    secrets: Option<suho_security::Secrets>,
 }
 
 impl ThrowawayNats {
@@ -33,6 +36,50 @@ impl ThrowawayNats {
             .tempdir()
             .context("creating a JetStream store directory")?;
         Self::start_with(stack, Some(store))
+    }
+
+    /// Like [`ThrowawayNats::start`], secured as `suho stack up` secures its own: TLS
+    /// required (a fresh local CA), one user per service identity with the identity table's
+    /// permissions for any one-token subject prefix, no anonymous connection.
+    pub(crate) fn start_secured(stack: &StackOptions) -> anyhow::Result<Self> {
+        let binary = suho_stack::build_nats(&stack.cache_dir, &stack.nats_version)
+            .context("the pinned nats-server")?;
+        let dir = tempfile::Builder::new()
+            .prefix("suho-bench-nats-")
+            .tempdir()
+            .context("creating a directory for the secured nats-server")?;
+        let secrets = suho_security::Secrets::ensure(dir.path().join("secrets"), &[])
+            .context("making the secured nats-server's secrets")?;
+        let port = free_port()?;
+        let mut conf = format!("listen: 127.0.0.1:{port}\nmax_payload: 1MB\n");
+        conf.push_str(
+            &suho_security::nats::server_config(&secrets, &suho_security::Scope::AnyTestPrefix)
+                .context("the secured nats-server's users")?,
+        );
+        let conf_path = dir.path().join("nats.conf");
+        suho_security::write_private(&conf_path, conf.as_bytes())
+            .context("writing the secured nats-server's configuration")?;
+        let child = Command::new(binary)
+            .arg("-c")
+            .arg(&conf_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting nats-server")?;
+        let mut server = Self {
+            child,
+            url: format!("tls://127.0.0.1:{port}"),
+            _store: Some(dir),
+            secrets: Some(secrets),
+        };
+        wait_listening(&mut server.child, "nats-server", port)?;
+        Ok(server)
+    }
+
+    /// A secured server's credentials (`None` for a plain one).
+    pub(crate) fn secrets(&self) -> Option<&suho_security::Secrets> {
+        self.secrets.as_ref()
     }
 
     fn start_with(stack: &StackOptions, store: Option<tempfile::TempDir>) -> anyhow::Result<Self> {
@@ -54,6 +101,7 @@ impl ThrowawayNats {
             child,
             url: format!("nats://127.0.0.1:{port}"),
             _store: store,
+            secrets: None,
         };
         wait_listening(&mut server.child, "nats-server", port)?;
         Ok(server)

@@ -7,14 +7,31 @@ use suho_bench::{bench_market, MarketBenchOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tiny_market_bench_gives_a_well_formed_report() {
+    tiny(false).await;
+}
+
+/// The same on a secured server: every connection logs in as its service's identity over
+/// TLS, and the identities' permissions let each do its part (nothing is lost to a denial).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiny_secured_market_bench_delivers_through_tls_and_the_permissions() {
+    let report = tiny(true).await;
+    assert!(report.secured);
+    assert!(report.to_string().contains("secured (TLS"));
+    let r = &report.rates[0];
+    assert!(r.ours.lossless() && r.raw.lossless(), "{report}");
+}
+
+async fn tiny(secured: bool) -> suho_bench::MarketBenchReport {
     let mut stack = suho_bench::StackOptions::from_config(&suho_config::Config::default());
     stack.cache_dir = suho_testkit::workspace_root().join(".suho").join("cache");
     let opts = MarketBenchOptions {
         rates: vec![500],
         duration: Duration::from_secs(1),
         nats_url: None,
-        subject_prefix: format!("t{}.", std::process::id()),
+        // One token: the identities' permissions allow one prefix token.
+        subject_prefix: format!("t{}", std::process::id()),
         stack,
+        secured,
         ..MarketBenchOptions::default()
     };
     let report = bench_market(opts).await.expect("the bench runs");
@@ -36,4 +53,5 @@ async fn a_tiny_market_bench_gives_a_well_formed_report() {
     assert!(report.payload_bytes > 0);
     let table = report.to_string();
     assert!(table.contains("ours") && table.contains("raw") && table.contains("ratio"));
+    report
 }

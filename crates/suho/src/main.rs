@@ -98,6 +98,11 @@ enum BenchTarget {
         /// An existing NATS server to use (default: a throwaway one on a free port).
         #[arg(long)]
         nats_url: Option<String>,
+        /// `off`: a plain throwaway server; `on`: one secured as `suho stack up` secures its
+        /// own (TLS, a user per service identity); `both` (the default without --nats-url):
+        /// both sweeps in one run and the secured / plain ratios.
+        #[arg(long, value_parser = ["off", "on", "both"])]
+        security: Option<String>,
     },
     /// The data bridge's sustained rows/s into PostgreSQL (ticks published on NATS, through
     /// JetStream, stored by the real bridge) against a raw COPY of the same rows into the same
@@ -308,16 +313,42 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     rates,
                     seconds,
                     nats_url,
+                    security,
                 },
         } => stoppable_bench("suho bench market", async {
+            use suho_bench::Security;
             let mut opts = suho_bench::MarketBenchOptions::default();
             if let Some(r) = rates {
                 opts.rates = r;
             }
             opts.duration = std::time::Duration::from_secs(seconds);
+            let security = match (security.as_deref(), &nats_url) {
+                (Some("on"), _) => Security::On,
+                (Some("both"), _) | (None, None) => Security::Both,
+                _ => Security::Off,
+            };
             opts.nats_url = nats_url;
-            let report = suho_bench::bench_market(opts).await?;
-            say!("{report}");
+            let plain = if security == Security::On {
+                None
+            } else {
+                let report = suho_bench::bench_market(opts.clone()).await?;
+                say!("{report}");
+                Some(report)
+            };
+            if security != Security::Off {
+                opts.secured = true;
+                let secured = suho_bench::bench_market(opts).await?;
+                say!("{secured}");
+                if let Some(plain) = &plain {
+                    say!(
+                        "{}",
+                        suho_bench::SecurityCost {
+                            plain,
+                            secured: &secured
+                        }
+                    );
+                }
+            }
             Ok(())
         }),
         Command::Bench {
