@@ -42,8 +42,7 @@ impl ThrowawayNats {
     /// required (a fresh local CA), one user per service identity with the identity table's
     /// permissions for any one-token subject prefix, no anonymous connection.
     pub(crate) fn start_secured(stack: &StackOptions) -> anyhow::Result<Self> {
-        let binary = suho_stack::build_nats(&stack.cache_dir, &stack.nats_version)
-            .context("the pinned nats-server")?;
+        let binary = nats_binary(stack)?;
         let dir = tempfile::Builder::new()
             .prefix("suho-bench-nats-")
             .tempdir()
@@ -59,22 +58,9 @@ impl ThrowawayNats {
         let conf_path = dir.path().join("nats.conf");
         suho_security::write_private(&conf_path, conf.as_bytes())
             .context("writing the secured nats-server's configuration")?;
-        let child = Command::new(binary)
-            .arg("-c")
-            .arg(&conf_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting nats-server")?;
-        let mut server = Self {
-            child,
-            url: format!("tls://127.0.0.1:{port}"),
-            _store: Some(dir),
-            secrets: Some(secrets),
-        };
-        wait_listening(&mut server.child, "nats-server", port)?;
-        Ok(server)
+        let mut cmd = Command::new(binary);
+        cmd.arg("-c").arg(&conf_path);
+        Self::run(cmd, port, "tls", Some(dir), Some(secrets))
     }
 
     /// A secured server's credentials (`None` for a plain one).
@@ -83,14 +69,25 @@ impl ThrowawayNats {
     }
 
     fn start_with(stack: &StackOptions, store: Option<tempfile::TempDir>) -> anyhow::Result<Self> {
-        let binary = suho_stack::build_nats(&stack.cache_dir, &stack.nats_version)
-            .context("the pinned nats-server")?;
         let port = free_port()?;
-        let mut cmd = Command::new(binary);
+        let mut cmd = Command::new(nats_binary(stack)?);
         cmd.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
         if let Some(dir) = &store {
             cmd.arg("-js").arg("-sd").arg(dir.path());
         }
+        Self::run(cmd, port, "nats", store, None)
+    }
+
+    /// Runs `cmd`, a `nats-server` that listens on `port`, with its output discarded, and
+    /// waits until it accepts connections; the guard keeps `dir` and `secrets` until the
+    /// server is gone.
+    fn run(
+        mut cmd: Command,
+        port: u16,
+        scheme: &str,
+        dir: Option<tempfile::TempDir>,
+        secrets: Option<suho_security::Secrets>,
+    ) -> anyhow::Result<Self> {
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -99,9 +96,9 @@ impl ThrowawayNats {
             .context("starting nats-server")?;
         let mut server = Self {
             child,
-            url: format!("nats://127.0.0.1:{port}"),
-            _store: store,
-            secrets: None,
+            url: format!("{scheme}://127.0.0.1:{port}"),
+            _store: dir,
+            secrets,
         };
         wait_listening(&mut server.child, "nats-server", port)?;
         Ok(server)
@@ -118,6 +115,11 @@ impl Drop for ThrowawayNats {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The stack's pinned `nats-server`, built into its cache when missing.
+fn nats_binary(stack: &StackOptions) -> anyhow::Result<PathBuf> {
+    suho_stack::build_nats(&stack.cache_dir, &stack.nats_version).context("the pinned nats-server")
 }
 
 fn free_port() -> anyhow::Result<u16> {

@@ -246,34 +246,16 @@ impl UserSettings {
     }
 }
 
-/// Reads the merged object field by field, so a wrong type names its field.
+/// Reads the merged object field by field, so a wrong type names its field. Its keys are
+/// known ones: the stored settings' and a patch's that [`check_keys`] passed.
 fn from_value(value: &Value) -> Result<UserSettings, SettingsError> {
     let defaults = UserSettings::default();
     let obj = value
         .as_object()
         .ok_or_else(|| invalid("settings", "must be a JSON object"))?;
-    for key in obj.keys() {
-        if !matches!(key.as_str(), "risk" | "watchlist" | "auto_trading") {
-            return Err(invalid(
-                key.clone(),
-                "unknown setting; known: risk, watchlist, auto_trading",
-            ));
-        }
-    }
     let risk = match obj.get("risk") {
         None => defaults.risk,
         Some(Value::Object(r)) => {
-            for key in r.keys() {
-                if !matches!(
-                    key.as_str(),
-                    "leverage" | "max_volume" | "max_open_positions"
-                ) {
-                    return Err(invalid(
-                        format!("risk.{key}"),
-                        "unknown setting; known: leverage, max_volume, max_open_positions",
-                    ));
-                }
-            }
             let int = |k: &str, default: u32| -> Result<u32, SettingsError> {
                 match r.get(k) {
                     None => Ok(default),
