@@ -71,6 +71,9 @@ pub struct GatewayBenchOptions {
     pub symbols: Vec<Symbol>,
     /// Where the throwaway stack finds Kafka.
     pub stack: StackOptions,
+    /// The throwaway stack secured as `suho stack up` secures its own (the default), or
+    /// plain, for the figures security's cost is read against ([`GatewaySecurityCost`]).
+    pub transport: suho_config::Transport,
 }
 
 impl Default for GatewayBenchOptions {
@@ -84,6 +87,7 @@ impl Default for GatewayBenchOptions {
             p99_bound: Duration::from_millis(100),
             symbols: vec![Symbol::parse("EURUSD").expect("EURUSD is a symbol")],
             stack: StackOptions::from_config(&suho_config::Config::default()),
+            transport: suho_config::Transport::Secured,
         }
     }
 }
@@ -255,6 +259,8 @@ pub struct GatewayBenchReport {
     pub symbols: Vec<Symbol>,
     /// The open-file limit the run had.
     pub nofile: u64,
+    /// Secured (TLS, a login per service, permissions) or plain.
+    pub transport: suho_config::Transport,
     /// Setup time (stack, gateway, users).
     pub setup: Duration,
     /// Whole run.
@@ -272,6 +278,102 @@ impl GatewayBenchReport {
             .take_while(|r| if raw { &r.raw } else { &r.ws }.sustained(self.p99_bound))
             .map(|r| r.rate)
             .last()
+    }
+
+    /// The highest deliveries/s the path reached with `clients` at any swept rate,
+    /// sustained or not: its fan-out capacity (ws conflates what it cannot write).
+    #[must_use]
+    pub fn peak(&self, clients: usize, raw: bool) -> f64 {
+        self.rates
+            .iter()
+            .filter(|r| r.clients == clients)
+            .map(|r| if raw { &r.raw } else { &r.ws }.delivered_per_sec)
+            .fold(0.0_f64, f64::max)
+    }
+
+    /// The client counts run, in increasing order.
+    fn counts(&self) -> Vec<usize> {
+        let mut counts: Vec<usize> = self.rates.iter().map(|r| r.clients).collect();
+        counts.sort_unstable();
+        counts.dedup();
+        counts
+    }
+}
+
+/// The goal for what security costs the gateway: secured deliveries/s at least this
+/// share of the plain run's.
+pub const GATEWAY_SECURITY_GOAL: f64 = 0.9;
+
+/// What TLS, the logins and the permissions cost the fan-out: a plain run's and a secured
+/// run's figures side by side, with secured / plain ratios.
+pub struct GatewaySecurityCost<'a> {
+    /// The run on the plain stack.
+    pub plain: &'a GatewayBenchReport,
+    /// The run on the secured stack.
+    pub secured: &'a GatewayBenchReport,
+}
+
+impl fmt::Display for GatewaySecurityCost<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "security cost (secured / plain, same client counts and rates, same run): deliveries/s and readers' p99 per path"
+        )?;
+        writeln!(
+            f,
+            "{:>7} {:>7}  {:>11} {:>10} {:>11}  {:>11} {:>10}",
+            "clients", "rate/s", "ws deliv/s", "ws p99", "stall p99", "raw deliv/s", "raw p99"
+        )?;
+        for on in &self.secured.rates {
+            let Some(off) = self
+                .plain
+                .rates
+                .iter()
+                .find(|r| r.clients == on.clients && r.rate == on.rate)
+            else {
+                continue;
+            };
+            writeln!(
+                f,
+                "{:>7} {:>7}  {:>11} {:>10} {:>11}  {:>11} {:>10}",
+                on.clients,
+                on.rate,
+                crate::times(
+                    Some(on.ws.delivered_per_sec),
+                    Some(off.ws.delivered_per_sec)
+                ),
+                crate::times(on.ws.latency_ms(0.99), off.ws.latency_ms(0.99)),
+                crate::times(on.stall.latency_ms(0.99), off.stall.latency_ms(0.99)),
+                crate::times(
+                    Some(on.raw.delivered_per_sec),
+                    Some(off.raw.delivered_per_sec)
+                ),
+                crate::times(on.raw.latency_ms(0.99), off.raw.latency_ms(0.99)),
+            )?;
+        }
+        let show = |v: Option<u32>| v.map_or_else(|| "none".to_string(), |r| format!("{r}/s"));
+        for n in self.secured.counts() {
+            if !self.plain.counts().contains(&n) {
+                continue;
+            }
+            let (on, off) = (self.secured.peak(n, false), self.plain.peak(n, false));
+            let x = (off > 0.0).then(|| on / off);
+            writeln!(
+                f,
+                "{n} clients: ws peak deliveries/s {on:.0} secured, {off:.0} plain: {}x (goal >= {GATEWAY_SECURITY_GOAL}x: {}); raw peak {:.0} secured, {:.0} plain; highest sustained ws {} plain, {} secured",
+                crate::opt(x, 2),
+                match x {
+                    Some(v) if v >= GATEWAY_SECURITY_GOAL => "met",
+                    Some(_) => "not met",
+                    None => "-",
+                },
+                self.secured.peak(n, true),
+                self.plain.peak(n, true),
+                show(self.plain.highest_sustained(n, false)),
+                show(self.secured.highest_sustained(n, false)),
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -526,19 +628,13 @@ pub async fn bench_gateway(opts: GatewayBenchOptions) -> anyhow::Result<GatewayB
     }
     tracing::info!("bench gateway: starting a throwaway Kafka, NATS and PostgreSQL");
     let stack_opts = opts.stack.clone();
-    let stack = tokio::task::spawn_blocking(move || ThrowawayStack::start(&stack_opts))
+    let transport = opts.transport;
+    let stack = tokio::task::spawn_blocking(move || ThrowawayStack::start(&stack_opts, transport))
         .await
         .context("the stack starter panicked")??;
     let run = format!("{}", std::process::id());
     let prefix = format!("bench{run}.");
-    let config = platform::config(
-        stack.kafka_bootstrap(),
-        stack.nats_url(),
-        stack.database_url(),
-        stack.secrets_dir(),
-        &prefix,
-    )?;
-    let config = platform::secure(config).await?;
+    let config = platform::secure(platform::config(&stack, &prefix)?).await?;
     let report = measure(&opts, &config, &run, began, nofile).await;
     drop(stack);
     report
@@ -787,6 +883,7 @@ async fn measure(
         payload_bytes,
         symbols: opts.symbols.clone(),
         nofile,
+        transport: config.security.transport,
         setup,
         elapsed: began.elapsed(),
     })
@@ -1015,13 +1112,14 @@ impl fmt::Display for GatewayBenchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "gateway bench: open loop, {:.1} s per phase, {} symbol(s) ({}), ~{} B tick JSON, {} users, {}% stalled in ws-stall; throwaway Kafka / NATS / PostgreSQL; open files {}; setup {:.1} s, {:.1} s in all",
+            "gateway bench: open loop, {:.1} s per phase, {} symbol(s) ({}), ~{} B tick JSON, {} users, {}% stalled in ws-stall; throwaway Kafka / NATS / PostgreSQL {}; open files {}; setup {:.1} s, {:.1} s in all",
             self.duration.as_secs_f64(),
             self.symbols.len(),
             self.symbols.iter().map(Symbol::as_str).collect::<Vec<_>>().join(","),
             self.payload_bytes,
             self.users,
             self.stalled_percent,
+            crate::transport_text(self.transport),
             self.nofile,
             self.setup.as_secs_f64(),
             self.elapsed.as_secs_f64(),
@@ -1130,11 +1228,8 @@ impl fmt::Display for GatewayBenchReport {
                 per(m.after_raw, m.after_ws),
             )?;
         }
-        let mut counts: Vec<usize> = self.rates.iter().map(|r| r.clients).collect();
-        counts.sort_unstable();
-        counts.dedup();
         let bound = self.p99_bound.as_secs_f64() * 1e3;
-        for &n in &counts {
+        for n in self.counts() {
             let top = self
                 .rates
                 .iter()
@@ -1171,14 +1266,7 @@ impl fmt::Display for GatewayBenchReport {
                     if raw == top { "; raw's limit lies above the sweep, so this ratio is an upper bound" } else { "" },
                 )?;
             }
-            let peak = |raw: bool| {
-                self.rates
-                    .iter()
-                    .filter(|r| r.clients == n)
-                    .map(|r| if raw { &r.raw } else { &r.ws }.delivered_per_sec)
-                    .fold(0.0_f64, f64::max)
-            };
-            let (peak_ws, peak_raw) = (peak(false), peak(true));
+            let (peak_ws, peak_raw) = (self.peak(n, false), self.peak(n, true));
             if peak_raw > 0.0 {
                 let ratio = peak_ws / peak_raw;
                 writeln!(
@@ -1287,6 +1375,7 @@ mod tests {
             payload_bytes: 1,
             symbols: vec![Symbol::parse("EURUSD").expect("symbol")],
             nofile: 1,
+            transport: suho_config::Transport::Secured,
             setup: Duration::ZERO,
             elapsed: Duration::ZERO,
         };
@@ -1297,6 +1386,26 @@ mod tests {
         assert!(
             text.contains("at 100/s (half the highest sustained)"),
             "{text}"
+        );
+        // The cost of security: the peak deliveries of ws, secured over plain.
+        let mut plain = report.clone();
+        plain.transport = suho_config::Transport::Plain;
+        plain.rates = vec![row(100, 1_000, 2), row(200, 1_000, 3)];
+        plain.rates[1].ws.delivered_per_sec = 2_000.0;
+        let text = GatewaySecurityCost {
+            plain: &plain,
+            secured: &report,
+        }
+        .to_string();
+        assert!(
+            text.contains("10 clients: ws peak deliveries/s 1000 secured, 2000 plain: 0.50x (goal >= 0.9x: not met)"),
+            "{text}"
+        );
+        // Rate by rate, where both ran: 200/s is 1000 / 2000 deliveries/s.
+        assert!(text.contains("0.50x"), "{text}");
+        assert!(
+            !text.contains("    300 "),
+            "300/s ran secured only:\n{text}"
         );
     }
 }

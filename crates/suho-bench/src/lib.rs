@@ -41,8 +41,8 @@ pub use bridge::{
 };
 pub use gateway::{
     bench_gateway, GatewayBenchOptions, GatewayBenchReport, GatewayMemory, GatewayPath,
-    GatewayPhaseResult, GatewayRateResult, GATEWAY_KEPT_PACE, GATEWAY_P99_GOAL_MS,
-    GATEWAY_STALL_GOAL, GATEWAY_THROUGHPUT_GOAL,
+    GatewayPhaseResult, GatewayRateResult, GatewaySecurityCost, GATEWAY_KEPT_PACE,
+    GATEWAY_P99_GOAL_MS, GATEWAY_SECURITY_GOAL, GATEWAY_STALL_GOAL, GATEWAY_THROUGHPUT_GOAL,
 };
 pub use server::StackOptions;
 
@@ -58,7 +58,8 @@ pub enum Security {
 }
 pub use trading::{
     bench_trading, TradingBenchOptions, TradingBenchReport, TradingPath, TradingPhaseResult,
-    TradingRateResult, TRADING_GOAL_RATIO, TRADING_KEPT_PACE,
+    TradingRateResult, TradingSecurityCost, TRADING_GOAL_RATIO, TRADING_KEPT_PACE,
+    TRADING_SECURITY_GOAL,
 };
 
 use std::fmt;
@@ -378,21 +379,20 @@ impl fmt::Display for SecurityCost<'_> {
             let Some(off) = self.plain.rates.iter().find(|r| r.rate == on.rate) else {
                 continue;
             };
-            let x = |v: Option<f64>| format!("{}x", opt(v, 2));
             writeln!(
                 f,
                 "{:>8}  {:>12} {:>12} {:>12} {:>12}",
                 on.rate,
-                x(ratio(on.ours.delivered_per_sec, off.ours.delivered_per_sec)),
-                x(on.ours
-                    .latency_us(0.99)
-                    .zip(off.ours.latency_us(0.99))
-                    .and_then(|(a, b)| ratio(a, b))),
-                x(ratio(on.raw.delivered_per_sec, off.raw.delivered_per_sec)),
-                x(on.raw
-                    .latency_us(0.99)
-                    .zip(off.raw.latency_us(0.99))
-                    .and_then(|(a, b)| ratio(a, b))),
+                times(
+                    Some(on.ours.delivered_per_sec),
+                    Some(off.ours.delivered_per_sec)
+                ),
+                times(on.ours.latency_us(0.99), off.ours.latency_us(0.99)),
+                times(
+                    Some(on.raw.delivered_per_sec),
+                    Some(off.raw.delivered_per_sec)
+                ),
+                times(on.raw.latency_us(0.99), off.raw.latency_us(0.99)),
             )?;
         }
         let show = |v: Option<u32>| v.map_or_else(|| "none".to_string(), |r| format!("{r}/s"));
@@ -405,6 +405,21 @@ impl fmt::Display for SecurityCost<'_> {
             show(self.secured.kept_pace_raw()),
         )
     }
+}
+
+/// How a report names its servers' transport.
+fn transport_text(transport: suho_config::Transport) -> &'static str {
+    match transport {
+        suho_config::Transport::Secured => {
+            "secured (TLS, a login per service identity, its permissions)"
+        }
+        suho_config::Transport::Plain => "plain (no TLS, no login, no permissions)",
+    }
+}
+
+/// `on / off` of two optional figures, as `1.23x` (or `-`).
+fn times(on: Option<f64>, off: Option<f64>) -> String {
+    format!("{}x", opt(on.zip(off).and_then(|(a, b)| ratio(a, b)), 2))
 }
 
 fn opt(v: Option<f64>, digits: usize) -> String {

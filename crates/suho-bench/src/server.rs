@@ -345,6 +345,7 @@ pub(crate) struct ThrowawayStack {
     nats_url: String,
     database_url: String,
     secrets_dir: PathBuf,
+    transport: suho_config::Transport,
     stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
     dir: Option<tempfile::TempDir>,
@@ -352,8 +353,13 @@ pub(crate) struct ThrowawayStack {
 
 impl ThrowawayStack {
     /// Installs what is missing (as `suho stack install`), starts the three servers and waits
-    /// until each is ready. Blocking (Kafka takes some seconds).
-    pub(crate) fn start(opts: &StackOptions) -> anyhow::Result<Self> {
+    /// until each is ready, secured as `suho stack up` secures its own, or plain (no TLS, no
+    /// logins, no permissions) for the figures security is measured against. Blocking
+    /// (Kafka takes some seconds).
+    pub(crate) fn start(
+        opts: &StackOptions,
+        transport: suho_config::Transport,
+    ) -> anyhow::Result<Self> {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::Builder::new()
             .prefix("suho-bench-stack-")
@@ -384,6 +390,7 @@ impl ThrowawayStack {
             // The bench's runs each take a one-token prefix of their own.
             subject_scope: suho_security::Scope::AnyTestPrefix,
             kafka_acl_prefixes: None,
+            transport,
         };
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
@@ -412,6 +419,7 @@ impl ThrowawayStack {
             // The services log in as their own roles; the URL names the server and database.
             database_url: format!("postgres://127.0.0.1:{}/{}", spec.pg_port, spec.pg_database),
             secrets_dir: spec.secrets_dir.clone(),
+            transport,
             stop: Some(stop_tx),
             thread: Some(thread),
             dir: Some(dir),
@@ -444,6 +452,11 @@ impl ThrowawayStack {
     /// The URL of the stack's (empty) `suho` database, owned by the schema's owner.
     pub(crate) fn database_url(&self) -> &str {
         &self.database_url
+    }
+
+    /// Secured, or plain.
+    pub(crate) fn transport(&self) -> suho_config::Transport {
+        self.transport
     }
 }
 

@@ -58,8 +58,8 @@ use hdrhistogram::Histogram;
 use rust_decimal::Decimal;
 use suho_domain::Symbol;
 
-use crate::opt;
 use crate::server::{StackOptions, ThrowawayStack};
+use crate::{opt, times, transport_text};
 
 /// Largest latency the histograms hold (longer ones are clamped to it).
 const MAX_LATENCY_NS: u64 = 600_000_000_000;
@@ -132,6 +132,9 @@ pub struct TradingBenchOptions {
     /// The bench's own settings (an ephemeral HTTP port, a JWT key, no per-user rate limit)
     /// are applied over it. The database gets the bench's users.
     pub platform: Option<suho_config::Config>,
+    /// The throwaway stack secured as `suho stack up` secures its own (the default), or
+    /// plain, for the figures security's cost is read against ([`TradingSecurityCost`]).
+    pub transport: suho_config::Transport,
 }
 
 impl Default for TradingBenchOptions {
@@ -154,6 +157,7 @@ impl Default for TradingBenchOptions {
             volume: Decimal::new(1, 2),
             stack: StackOptions::from_config(&config),
             platform: None,
+            transport: suho_config::Transport::Secured,
         }
     }
 }
@@ -294,6 +298,8 @@ pub struct TradingBenchReport {
     pub p99_bound: Duration,
     /// The servers, e.g. `throwaway Kafka 4.1.1 / NATS / PostgreSQL`.
     pub servers: String,
+    /// Secured (TLS, a login per service, permissions) or plain.
+    pub transport: suho_config::Transport,
     /// Starting the stack and the platform, registering the users, warming up.
     pub setup: Duration,
     /// Rates of the options that were not run: every path of ours had stopped (or a phase
@@ -382,18 +388,12 @@ pub async fn bench_trading(opts: TradingBenchOptions) -> anyhow::Result<TradingB
     }
     tracing::info!("bench trading: starting a throwaway Kafka, NATS and PostgreSQL");
     let stack_opts = opts.stack.clone();
-    let stack = tokio::task::spawn_blocking(move || ThrowawayStack::start(&stack_opts))
+    let transport = opts.transport;
+    let stack = tokio::task::spawn_blocking(move || ThrowawayStack::start(&stack_opts, transport))
         .await
         .context("the stack starter panicked")??;
     let prefix = format!("bench{run}.");
-    let config = platform::config(
-        stack.kafka_bootstrap(),
-        stack.nats_url(),
-        stack.database_url(),
-        stack.secrets_dir(),
-        &prefix,
-    )?;
-    let config = platform::secure(config).await?;
+    let config = platform::secure(platform::config(&stack, &prefix)?).await?;
     let report = measure(&opts, &rates, &config, &run, began).await;
     drop(stack);
     report
@@ -541,6 +541,7 @@ async fn sweep(
                 opts.stack.kafka_version
             )
         },
+        transport: config.security.transport,
         setup,
         not_run,
         elapsed: began.elapsed(),
@@ -552,11 +553,12 @@ impl fmt::Display for TradingBenchReport {
         let bound_ms = self.p99_bound.as_secs_f64() * 1_000.0;
         writeln!(
             f,
-            "trading bench: open loop, {:.1} s per path and rate, {} users, {}-lot BUY opens alternating with closes, {}; setup {:.1} s, {:.1} s in all",
+            "trading bench: open loop, {:.1} s per path and rate, {} users, {}-lot BUY opens alternating with closes, {} {}; setup {:.1} s, {:.1} s in all",
             self.duration.as_secs_f64(),
             self.users,
             self.volume,
             self.servers,
+            transport_text(self.transport),
             self.setup.as_secs_f64(),
             self.elapsed.as_secs_f64(),
         )?;
@@ -721,6 +723,108 @@ impl fmt::Display for TradingBenchReport {
     }
 }
 
+/// The goal for what security costs the trading path: the secured p99 at most this
+/// factor of the plain one.
+pub const TRADING_SECURITY_GOAL: f64 = 1.2;
+
+/// What TLS, the logins and the permissions cost the trading paths: a plain run's and a
+/// secured run's figures side by side, rate by rate, with secured / plain ratios.
+pub struct TradingSecurityCost<'a> {
+    /// The run on the plain stack.
+    pub plain: &'a TradingBenchReport,
+    /// The run on the secured stack.
+    pub secured: &'a TradingBenchReport,
+}
+
+impl fmt::Display for TradingSecurityCost<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "security cost (secured / plain, same rates, same run): p99 and cmd/s per path"
+        )?;
+        writeln!(
+            f,
+            "{:>7}  {:<8} {:>12} {:>14} {:>8} {:>8}",
+            "rate/s", "path", "plain p99 ms", "secured p99 ms", "p99", "cmd/s"
+        )?;
+        for on in &self.secured.rates {
+            let Some(off) = self.plain.at(on.rate) else {
+                continue;
+            };
+            let mut first = true;
+            for p in &on.phases {
+                let Some(q) = off.phase(p.path) else { continue };
+                writeln!(
+                    f,
+                    "{:>7}  {:<8} {:>12} {:>14} {:>8} {:>8}",
+                    if first {
+                        on.rate.to_string()
+                    } else {
+                        String::new()
+                    },
+                    p.path.name(),
+                    opt(q.fill_ms(0.99), 1),
+                    opt(p.fill_ms(0.99), 1),
+                    times(p.fill_ms(0.99), q.fill_ms(0.99)),
+                    times(Some(p.answered_per_sec), Some(q.answered_per_sec)),
+                )?;
+                first = false;
+            }
+        }
+        let show = |v: Option<u32>| v.map_or_else(|| "none".to_string(), |r| format!("{r}/s"));
+        for path in [TradingPath::Http, TradingPath::Kafka] {
+            if self.secured.rates.iter().all(|r| r.phase(path).is_none()) {
+                continue;
+            }
+            writeln!(
+                f,
+                "highest sustained, {}: {} plain, {} secured",
+                path.name(),
+                show(self.plain.highest_sustained(path)),
+                show(self.secured.highest_sustained(path)),
+            )?;
+            // The goal is read at the rate where both ran it, else at the highest
+            // rate both sustained.
+            let both = |rate: u32| {
+                let p = self.plain.at(rate)?.phase(path)?;
+                let s = self.secured.at(rate)?.phase(path)?;
+                Some((rate, p, s))
+            };
+            let read = both(1_000)
+                .filter(|(_, p, s)| {
+                    p.sustained(self.plain.p99_bound) && s.sustained(self.secured.p99_bound)
+                })
+                .or_else(|| {
+                    let top = self
+                        .plain
+                        .highest_sustained(path)?
+                        .min(self.secured.highest_sustained(path)?);
+                    both(top)
+                });
+            if let Some((rate, p, s)) = read {
+                let x = s
+                    .fill_ms(0.99)
+                    .zip(p.fill_ms(0.99))
+                    .and_then(|(a, b)| (b > 0.0).then(|| a / b));
+                writeln!(
+                    f,
+                    "at {rate}/s, {}: p99 {} ms secured, {} ms plain: {}x (goal <= {TRADING_SECURITY_GOAL}x: {})",
+                    path.name(),
+                    opt(s.fill_ms(0.99), 1),
+                    opt(p.fill_ms(0.99), 1),
+                    opt(x, 2),
+                    match x {
+                        Some(v) if v <= TRADING_SECURITY_GOAL => "met",
+                        Some(_) => "not met",
+                        None => "-",
+                    },
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Why a phase is not sustained, briefly.
 fn why_not(p: &TradingPhaseResult, p99_bound: Duration) -> String {
     let mut reasons = Vec::new();
@@ -769,6 +873,7 @@ mod tests {
             volume: Decimal::new(1, 2),
             p99_bound: Duration::from_millis(500),
             servers: "throwaway Kafka 4.1.1 / NATS / PostgreSQL".into(),
+            transport: suho_config::Transport::Secured,
             setup: Duration::ZERO,
             not_run: vec![],
             elapsed: Duration::ZERO,
@@ -823,6 +928,45 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("no (p99)"), "{text}");
+    }
+
+    #[test]
+    fn the_security_cost_is_read_at_1000_per_second_against_the_goal() {
+        let rate = |rate, http_ms| TradingRateResult {
+            rate,
+            phases: vec![
+                phase(TradingPath::Echo, rate, 10),
+                phase(TradingPath::Http, rate, http_ms),
+            ],
+        };
+        let plain = report(vec![rate(500, 20), rate(1_000, 20)]);
+        let secured = report(vec![rate(500, 22), rate(1_000, 30)]);
+        let text = TradingSecurityCost {
+            plain: &plain,
+            secured: &secured,
+        }
+        .to_string();
+        assert!(text.contains("1.10x"), "{text}");
+        assert!(
+            text.contains("at 1000/s, http: p99 30.0 ms secured, 20.0 ms plain: 1.50x (goal <= 1.2x: not met)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("highest sustained, http: 1000/s plain, 1000/s secured"),
+            "{text}"
+        );
+        // Without 1,000/s in both, at the highest rate both sustained.
+        let text = TradingSecurityCost {
+            plain: &report(vec![rate(500, 20)]),
+            secured: &report(vec![rate(500, 22)]),
+        }
+        .to_string();
+        assert!(
+            text.contains(
+                "at 500/s, http: p99 22.0 ms secured, 20.0 ms plain: 1.10x (goal <= 1.2x: met)"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -57,3 +57,35 @@ async fn a_tiny_trading_bench_answers_every_command_once() {
         assert!(table.contains(word), "{word} in\n{table}");
     }
 }
+
+/// The plain stack the security cost is measured against (`--security off|both`) is the
+/// same platform with TLS, the logins and the permissions taken out: it must run the same
+/// commands to the same outcomes, or the cost it shows means nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiny_trading_bench_on_a_plain_throwaway_stack_answers_every_command_once() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("the workspace root");
+    let mut stack = suho_bench::StackOptions::from_config(&suho_config::Config::default());
+    // The jars and the nats-server the test stacks use.
+    stack.cache_dir = root.join(".suho").join("cache");
+    let opts = TradingBenchOptions {
+        rates: vec![10],
+        duration: Duration::from_secs(2),
+        users: 2,
+        paths: vec![TradingPath::Kafka],
+        p99_bound: Duration::from_secs(30),
+        stack,
+        transport: suho_config::Transport::Plain,
+        ..TradingBenchOptions::default()
+    };
+    let report = bench_trading(opts).await.expect("the bench runs");
+    assert_eq!(report.transport, suho_config::Transport::Plain);
+    let r = &report.rates[0];
+    for p in &r.phases {
+        assert_eq!(p.answered, 20, "{:?}: {:?}", p.path, p.first_refusal);
+        assert!(p.exactly_once(), "{:?}", p.path);
+    }
+    assert!(report.to_string().contains("plain (no TLS"), "{report}");
+}

@@ -76,6 +76,36 @@ pub struct SecurityConfig {
     /// Host names or IP addresses the servers' certificate names besides `127.0.0.1`, `::1`
     /// and `localhost` (for servers reached by another name).
     pub tls_hosts: Vec<String>,
+    /// How the services reach NATS, Kafka and PostgreSQL. Never read from the file or the
+    /// environment, so every deployment is [`Transport::Secured`]; only a benchmark that
+    /// measures what security costs sets [`Transport::Plain`], on a throwaway stack of its own.
+    #[serde(skip)]
+    pub transport: Transport,
+}
+
+/// How clients and servers talk: the platform's one way, or the benches' plain baseline.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// TLS verified against the local CA, a login per service identity, each identity's
+    /// permissions enforced by the server: what `suho stack up` runs and what every
+    /// service connects with.
+    #[default]
+    Secured,
+    /// No TLS, no login, no permissions: the same servers and services with security
+    /// taken out, so that a benchmark can show its cost beside the secured figure. Only a
+    /// throwaway benchmark stack runs it; a secured server refuses such a client.
+    Plain,
+}
+
+impl Transport {
+    /// `plain` or `secured`, as the bench reports name it.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Secured => "secured",
+            Transport::Plain => "plain",
+        }
+    }
 }
 
 /// Where and how the local stack lives.
@@ -820,6 +850,16 @@ mod tests {
             Ok(())
         });
         out.expect("the jail ran")
+    }
+
+    #[test]
+    fn no_file_or_environment_can_turn_security_off() {
+        let c = load(
+            "[security]\ntransport = \"plain\"\n",
+            &[("SUHO__SECURITY__TRANSPORT", "plain")],
+        )
+        .expect("loads");
+        assert_eq!(c.security.transport, Transport::Secured);
     }
 
     #[test]

@@ -67,20 +67,29 @@ impl Login {
 }
 
 /// The connection settings of `login` for `config`'s database: its role and password, TLS
-/// with the server verified against the local CA.
+/// with the server verified against the local CA. On a benchmark's plain stack
+/// (`security.transport`), its role with no password and no TLS.
 ///
 /// # Errors
 /// `database.url` does not parse, the identity has no role, or its password or the CA is
 /// missing.
 pub fn options(config: &Config, login: Login) -> Result<PgConnectOptions, DatabaseError> {
+    if let Login::Service(identity) = login {
+        if identity.postgres().is_empty() {
+            return Err(DatabaseError::NoRole(identity.name()));
+        }
+    }
+    let with_role = |options: PgConnectOptions| {
+        options
+            .username(login.role())
+            .application_name(&format!("suho-{}", login.role()))
+    };
+    if config.security.transport == suho_config::Transport::Plain {
+        return Ok(with_role(base_options(config)?).ssl_mode(PgSslMode::Disable));
+    }
     let secrets = Secrets::at(config.secrets_dir());
     let password = match login {
-        Login::Service(identity) => {
-            if identity.postgres().is_empty() {
-                return Err(DatabaseError::NoRole(identity.name()));
-            }
-            secrets.password(identity)?
-        }
+        Login::Service(identity) => secrets.password(identity)?,
         Login::Owner => secrets.server_password(ServerPrincipal::PostgresOwner)?,
     };
     let ca = secrets.ca_file();
@@ -90,12 +99,10 @@ pub fn options(config: &Config, login: Login) -> Result<PgConnectOptions, Databa
         }
         .into());
     }
-    Ok(base_options(config)?
-        .username(login.role())
+    Ok(with_role(base_options(config)?)
         .password(password.expose_secret())
         .ssl_mode(PgSslMode::VerifyFull)
-        .ssl_root_cert(ca)
-        .application_name(&format!("suho-{}", login.role())))
+        .ssl_root_cert(ca))
 }
 
 /// The server and database `database.url` names, with no login.

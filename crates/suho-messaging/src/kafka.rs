@@ -112,8 +112,8 @@ fn murmur2(data: &[u8]) -> u32 {
 
 /// The settings every suho Kafka client shares, with its login (`config.login`): SASL over
 /// TLS, the broker's certificate and host name verified against the local CA. A
-/// configuration with no login connects in plaintext, which a suho broker refuses; bind one
-/// first ([`bind`]).
+/// configuration with no login connects in plaintext, which a suho broker refuses (only a
+/// benchmark's plain stack takes it); bind one first ([`bind`]).
 pub fn base_config(config: &suho_config::KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &config.bootstrap)
@@ -129,10 +129,13 @@ pub fn base_config(config: &suho_config::KafkaConfig) -> ClientConfig {
                 .set("ssl.ca.location", login.ca_file.display().to_string())
                 .set("ssl.endpoint.identification.algorithm", "https");
         }
-        None => tracing::warn!(
-            bootstrap = %config.bootstrap,
-            "a Kafka client without a login: a secured broker will refuse it"
-        ),
+        None => {
+            c.set("security.protocol", "plaintext");
+            tracing::debug!(
+                bootstrap = %config.bootstrap,
+                "a Kafka client without a login: plaintext, which a secured broker refuses"
+            );
+        }
     }
     c
 }
@@ -154,7 +157,8 @@ pub fn with_login(
 }
 
 /// `config.kafka` logged in as `identity`, with its credentials from the secrets directory:
-/// what every service does before it makes a Kafka client.
+/// what every service does before it makes a Kafka client. On a benchmark's plain stack
+/// (`security.transport`), `config.kafka` with no login.
 ///
 /// # Errors
 /// The credentials are missing or unreadable.
@@ -162,6 +166,11 @@ pub fn bind(
     config: &suho_config::Config,
     identity: suho_security::Identity,
 ) -> Result<suho_config::KafkaConfig, MessagingError> {
+    if config.security.transport == suho_config::Transport::Plain {
+        let mut plain = config.kafka.clone();
+        plain.login = None;
+        return Ok(plain);
+    }
     let credentials = suho_security::Secrets::at(config.secrets_dir()).credentials(identity)?;
     Ok(with_login(&config.kafka, &credentials))
 }

@@ -13,7 +13,8 @@ use crate::MessagingError;
 /// Connects to NATS as `identity`, with its credentials from the secrets directory
 /// (`security.secrets_dir`), over TLS verified against the local CA, with the identity's own
 /// inbox prefix, a client name of `suho-{identity}` (shown in the server's monitoring) and a
-/// 5 s connect timeout.
+/// 5 s connect timeout. On a benchmark's plain stack (`security.transport`), the same
+/// connection with no TLS and no login.
 ///
 /// # Errors
 /// The credentials are missing, or the server is unreachable or refuses the connection.
@@ -21,8 +22,15 @@ pub async fn connect(
     config: &suho_config::Config,
     identity: Identity,
 ) -> Result<async_nats::Client, MessagingError> {
-    let credentials = Secrets::at(config.secrets_dir()).credentials(identity)?;
-    connect_with(&config.nats, &credentials).await
+    match config.security.transport {
+        suho_config::Transport::Secured => {
+            let credentials = Secrets::at(config.secrets_dir()).credentials(identity)?;
+            connect_with(&config.nats, &credentials).await
+        }
+        suho_config::Transport::Plain => {
+            open(&config.nats, identity, async_nats::ConnectOptions::new()).await
+        }
+    }
 }
 
 /// [`connect`] with credentials at hand.
@@ -33,38 +41,48 @@ pub async fn connect_with(
     config: &suho_config::NatsConfig,
     credentials: &Credentials,
 ) -> Result<async_nats::Client, MessagingError> {
+    let login = async_nats::ConnectOptions::with_user_and_password(
+        credentials.identity.name().to_string(),
+        credentials.password.expose_secret().to_string(),
+    )
+    .require_tls(true)
+    .add_root_certificates(credentials.ca_file.clone());
+    open(config, credentials.identity, login).await
+}
+
+/// Connects with `login` (the credentials and TLS, or none) and the settings every suho
+/// connection shares.
+async fn open(
+    config: &suho_config::NatsConfig,
+    identity: Identity,
+    login: async_nats::ConnectOptions,
+) -> Result<async_nats::Client, MessagingError> {
     let fail = |detail: String| MessagingError::NatsConnect {
         url: config.url.clone(),
         detail,
     };
-    let identity = credentials.identity;
     // A first connect the server refuses (a wrong password, no TLS) fails here with the
     // server's reason; a lost connection later is retried by the client on its own.
-    let connect = async_nats::ConnectOptions::with_user_and_password(
-        identity.name().to_string(),
-        credentials.password.expose_secret().to_string(),
-    )
-    .require_tls(true)
-    .add_root_certificates(credentials.ca_file.clone())
-    .custom_inbox_prefix(identity.inbox_prefix())
-    .name(format!("suho-{identity}"))
-    // The server reports a denied publish or subscription asynchronously: log it, with who.
-    .event_callback(move |event| async move {
-        match event {
-            async_nats::Event::ServerError(e) => {
-                tracing::error!(%identity, error = %e, "NATS server error");
+    let connect = login
+        .custom_inbox_prefix(identity.inbox_prefix())
+        .name(format!("suho-{identity}"))
+        // The server reports a denied publish or subscription asynchronously: log it, with who.
+        .event_callback(move |event| async move {
+            match event {
+                async_nats::Event::ServerError(e) => {
+                    tracing::error!(%identity, error = %e, "NATS server error");
+                }
+                async_nats::Event::Disconnected => {
+                    tracing::warn!(%identity, "NATS connection lost; reconnecting");
+                }
+                async_nats::Event::Connected => tracing::debug!(%identity, "NATS connected"),
+                async_nats::Event::Closed => tracing::debug!(%identity, "NATS connection closed"),
+                other => tracing::warn!(%identity, event = %other, "NATS client event"),
             }
-            async_nats::Event::Disconnected => {
-                tracing::warn!(%identity, "NATS connection lost; reconnecting");
-            }
-            async_nats::Event::Connected => tracing::debug!(%identity, "NATS connected"),
-            async_nats::Event::Closed => tracing::debug!(%identity, "NATS connection closed"),
-            other => tracing::warn!(%identity, event = %other, "NATS client event"),
-        }
-    })
-    .connection_timeout(Duration::from_secs(5))
-    .request_timeout(Some(Duration::from_millis(config.request_timeout_ms)))
-    .connect(config.url.as_str());
+        })
+        .connection_timeout(Duration::from_secs(5))
+        .request_timeout(Some(Duration::from_millis(config.request_timeout_ms)))
+        .connect(config.url.as_str());
     tokio::time::timeout(Duration::from_secs(6), connect)
         .await
         .map_err(|_| fail("timed out".into()))?

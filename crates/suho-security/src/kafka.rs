@@ -317,6 +317,20 @@ pub fn server_properties(
     ))
 }
 
+/// The listener settings of a benchmark's plain broker (`suho_config::Transport::Plain`):
+/// the same two listeners as [`server_properties`], in plaintext, with no SASL and no
+/// authorizer, so that the benchmark can show what [`server_properties`] costs.
+#[must_use]
+pub fn plain_server_properties(port: u16, controller_port: u16) -> String {
+    format!(
+        "listeners=CLIENT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}\n\
+         advertised.listeners=CLIENT://127.0.0.1:{port}\n\
+         listener.security.protocol.map=CLIENT:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
+         inter.broker.listener.name=CLIENT\n\
+         controller.listener.names=CONTROLLER\n"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

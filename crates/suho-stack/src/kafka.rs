@@ -6,7 +6,7 @@
 //! closed to all but the broker, the standard authorizer denying what no ACL allows. After
 //! every start [`secure`] sets each identity's SCRAM-SHA-512 credential and, outside the
 //! test stacks, its ACLs; a cluster from before authentication gets both in place, its data
-//! untouched.
+//! untouched. A benchmark's plain stack has one plaintext listener and no authorizer.
 
 use std::process::Command;
 use std::time::Duration;
@@ -27,24 +27,28 @@ pub(crate) fn start(
     let data = home.join("data");
     std::fs::create_dir_all(&data).map_err(|e| StackError::io(&data, e))?;
     let props = properties_file(spec);
-    let secrets = suho_security::Secrets::at(&spec.secrets_dir);
-    // The broker reads its key and certificate from one PEM file.
-    let keystore = home.join("keystore.pem");
-    let mut pem = std::fs::read(secrets.server_key_file())
-        .map_err(|e| StackError::io(secrets.server_key_file(), e))?;
-    pem.extend(
-        std::fs::read(secrets.server_cert_file())
-            .map_err(|e| StackError::io(secrets.server_cert_file(), e))?,
-    );
-    suho_security::write_private(&keystore, &pem)?;
-    // It holds the broker's own passwords: private, as the secrets are.
-    let text = server_properties(spec, &data.display().to_string())
-        + &suho_security::kafka::server_properties(
+    let listeners = if spec.secured() {
+        let secrets = suho_security::Secrets::at(&spec.secrets_dir);
+        // The broker reads its key and certificate from one PEM file.
+        let keystore = home.join("keystore.pem");
+        let mut pem = std::fs::read(secrets.server_key_file())
+            .map_err(|e| StackError::io(secrets.server_key_file(), e))?;
+        pem.extend(
+            std::fs::read(secrets.server_cert_file())
+                .map_err(|e| StackError::io(secrets.server_cert_file(), e))?,
+        );
+        suho_security::write_private(&keystore, &pem)?;
+        suho_security::kafka::server_properties(
             &secrets,
             spec.kafka_port,
             spec.kafka_controller_port,
             &keystore,
-        )?;
+        )?
+    } else {
+        suho_security::kafka::plain_server_properties(spec.kafka_port, spec.kafka_controller_port)
+    };
+    // It holds the broker's own passwords: private, as the secrets are.
+    let text = server_properties(spec, &data.display().to_string()) + &listeners;
     suho_security::write_private(&props, text.as_bytes())?;
     let log4j = home.join("log4j2.properties");
     write(&log4j, LOG4J2)?;
@@ -87,12 +91,16 @@ pub(crate) fn properties_file(spec: &StackSpec) -> std::path::PathBuf {
     spec.dir.join("kafka").join("server.properties")
 }
 
-/// A client of this stack's broker, logged in as the admin principal.
+/// A client of this stack's broker, logged in as the admin principal (a plain stack's: no
+/// login).
 fn admin_config(spec: &StackSpec) -> Result<suho_config::KafkaConfig, StackError> {
     let kafka = suho_config::KafkaConfig {
         bootstrap: spec.kafka_bootstrap(),
         ..suho_config::KafkaConfig::default()
     };
+    if !spec.secured() {
+        return Ok(kafka);
+    }
     suho_messaging::kafka::with_admin_login(&kafka, &suho_security::Secrets::at(&spec.secrets_dir))
         .map_err(|e| StackError::KafkaSecurity(e.to_string()))
 }

@@ -172,6 +172,10 @@ pub struct StackSpec {
     /// The Kafka topic and group prefixes the stack grants each identity's ACLs under, at
     /// every start; `None` for a test stack, where each test grants its own prefixes.
     pub kafka_acl_prefixes: Option<(String, String)>,
+    /// Secured (TLS, logins, permissions: what `suho stack up` always runs), or plain: the
+    /// same servers with security taken out, only for a benchmark's throwaway stack that
+    /// measures its cost ([`suho_config::Transport`]).
+    pub transport: suho_config::Transport,
 }
 
 impl StackSpec {
@@ -212,6 +216,7 @@ impl StackSpec {
                 config.kafka.topic_prefix.clone(),
                 config.kafka.group_prefix.clone(),
             )),
+            transport: config.security.transport,
         })
     }
 
@@ -231,9 +236,18 @@ impl StackSpec {
     }
 
     /// The NATS URL clients use (TLS is required by the server; clients verify it against
-    /// the local CA).
+    /// the local CA); `nats://` on a plain stack.
     pub fn nats_url(&self) -> String {
-        format!("tls://127.0.0.1:{}", self.nats_port)
+        let scheme = match self.transport {
+            suho_config::Transport::Secured => "tls",
+            suho_config::Transport::Plain => "nats",
+        };
+        format!("{scheme}://127.0.0.1:{}", self.nats_port)
+    }
+
+    /// Whether the servers run secured (every stack but a benchmark's plain one).
+    pub(crate) fn secured(&self) -> bool {
+        self.transport == suho_config::Transport::Secured
     }
 
     /// The secrets the servers are configured with.
@@ -329,8 +343,16 @@ pub fn start_cancellable(
         }
     }
     // Every start, a reused broker's too: a password made since, or an identity added, is
-    // in place before any service logs in.
-    if let Err(e) = kafka::secure(spec).and_then(|()| postgres::secure(spec, tools)) {
+    // in place before any service logs in. (A plain stack's broker has no logins; its
+    // database still has the services' roles, which the grants name.)
+    let kafka = || {
+        if spec.secured() {
+            kafka::secure(spec)
+        } else {
+            Ok(())
+        }
+    };
+    if let Err(e) = kafka().and_then(|()| postgres::secure(spec, tools)) {
         stop_processes(&mut out.started);
         return Err(e);
     }
@@ -348,7 +370,7 @@ fn outdated(spec: &StackSpec, service: Service, pid: u32, tools: &Tools) -> bool
         // A broker started before authentication: its configuration (written when it
         // started) has no SASL_SSL listener.
         Service::Kafka => std::fs::read_to_string(kafka::properties_file(spec))
-            .is_ok_and(|p| !p.contains("SASL_SSL")),
+            .is_ok_and(|p| p.contains("SASL_SSL") != spec.secured()),
         // A server started before authentication: it runs on initdb's own pg_hba.conf
         // (trust), since ours did not exist.
         Service::Postgres => !postgres::hba_file(spec).exists(),

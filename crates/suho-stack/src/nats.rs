@@ -1,6 +1,7 @@
 //! `nats-server` with JetStream enabled, listening on loopback, TLS required and one user per
 //! identity with the permissions of the identity table ([`suho_security::nats`]); no
-//! anonymous connection. Ready when it greets a client with `INFO`.
+//! anonymous connection (a benchmark's plain stack: none of that). Ready when it greets a
+//! client with `INFO`.
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
@@ -31,13 +32,17 @@ pub(crate) fn start(
     );
     // Monitoring has no authentication of its own: only when asked for, and over TLS (the
     // `tls` block below serves it too).
+    // (A plain stack's has no TLS to serve it with, and nothing to protect.)
     if spec.nats_monitor_port != 0 {
-        text.push_str(&format!("https: 127.0.0.1:{}\n", spec.nats_monitor_port));
+        let scheme = if spec.secured() { "https" } else { "http" };
+        text.push_str(&format!("{scheme}: 127.0.0.1:{}\n", spec.nats_monitor_port));
     }
-    text.push_str(&suho_security::nats::server_config(
-        &spec.secrets(),
-        &spec.subject_scope,
-    )?);
+    if spec.secured() {
+        text.push_str(&suho_security::nats::server_config(
+            &spec.secrets(),
+            &spec.subject_scope,
+        )?);
+    }
     suho_security::write_private(&conf, text.as_bytes())?;
     let mut cmd = Command::new(&tools.nats_server);
     cmd.arg("-c").arg(&conf);

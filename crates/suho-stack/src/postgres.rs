@@ -28,6 +28,22 @@ const PG_HBA: &str = "# Written by suho at every start: TLS with scram-sha-256, 
 hostssl all all 127.0.0.1/32 scram-sha-256\n\
 hostssl all all ::1/128 scram-sha-256\n";
 
+/// A benchmark's plain stack's: no TLS, no password, from loopback only.
+const PG_HBA_PLAIN: &str =
+    "# Written by suho for a benchmark's plain stack: no TLS, no password.\n\
+host all all 127.0.0.1/32 trust\n\
+host all all ::1/128 trust\n";
+
+/// How a client reaches this stack's server (`PGSSLMODE`): TLS verified against the CA, or
+/// a plain stack's plaintext.
+fn ssl_mode(spec: &StackSpec) -> &'static str {
+    if spec.secured() {
+        "verify-full"
+    } else {
+        "disable"
+    }
+}
+
 /// The file marking that the superuser's password is set (the cluster is from before the
 /// roles until it exists).
 const ADMIN_SET: &str = "suho-admin-password-set";
@@ -83,7 +99,9 @@ pub(crate) fn start(
             "unix_socket_directories=",
         ])
         .args(["-c", "max_connections=300"])
-        .args(["-c", "ssl=on", "-c", "ssl_min_protocol_version=TLSv1.2"])
+        .arg("-c")
+        .arg(if spec.secured() { "ssl=on" } else { "ssl=off" })
+        .args(["-c", "ssl_min_protocol_version=TLSv1.2"])
         .args(["-c", "password_encryption=scram-sha-256"])
         .arg("-c")
         .arg(format!("ssl_cert_file={}", tls.cert.display()))
@@ -107,7 +125,10 @@ pub(crate) fn start(
     wait_ready(spec, &mut proc, cancel, Duration::from_secs(30), || {
         // The server answers a bare startup packet (refusing it) once it accepts logins.
         let out = Command::new(&isready)
-            .env("PGSSLMODE", "require")
+            .env(
+                "PGSSLMODE",
+                if spec.secured() { "require" } else { "disable" },
+            )
             .args([
                 "-h",
                 "127.0.0.1",
@@ -189,7 +210,7 @@ fn psql(spec: &StackSpec, tools: &Tools, database: &str, sql: &str) -> Result<St
     let password = secrets.server_password(suho_security::ServerPrincipal::PostgresAdmin)?;
     let mut cmd = Command::new(tools.pg_bin.join("psql"));
     cmd.env("PGPASSWORD", password.expose_secret())
-        .env("PGSSLMODE", "verify-full")
+        .env("PGSSLMODE", ssl_mode(spec))
         .env("PGSSLROOTCERT", secrets.ca_file())
         .env("PGCONNECT_TIMEOUT", "10")
         .args([
@@ -308,7 +329,8 @@ fn server_files(
     };
     copy(&secrets.server_cert_file(), &files.cert)?;
     copy(&secrets.server_key_file(), &files.key)?;
-    suho_security::write_private(&files.hba, PG_HBA.as_bytes())?;
+    let hba = if spec.secured() { PG_HBA } else { PG_HBA_PLAIN };
+    suho_security::write_private(&files.hba, hba.as_bytes())?;
     for path in [&files.cert, &files.key, &files.hba] {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| StackError::io(path, e))?;

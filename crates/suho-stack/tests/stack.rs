@@ -31,6 +31,7 @@ fn spec(dir: &std::path::Path) -> StackSpec {
         tls_hosts: Vec::new(),
         subject_scope: suho_security::Scope::AnyTestPrefix,
         kafka_acl_prefixes: None,
+        transport: suho_config::Transport::Secured,
     }
 }
 

@@ -123,6 +123,7 @@ fn start_throwaway_once() -> Result<TestStack, suho_stack::StackError> {
         // Every test has a one-token prefix of its own.
         subject_scope: suho_security::Scope::AnyTestPrefix,
         kafka_acl_prefixes: None,
+        transport: suho_config::Transport::Secured,
     };
     let tools = suho_stack::install(&spec)?;
     let started = suho_stack::start(&spec, &tools)?;

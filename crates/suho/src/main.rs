@@ -148,6 +148,11 @@ enum BenchTarget {
         /// Highest p99 (command -> TRADE_EXECUTED) of a sustained rate, milliseconds.
         #[arg(long, default_value_t = 500)]
         p99_bound_ms: u64,
+        /// `on`: the stack secured as `suho stack up` secures its own (TLS, a login per
+        /// service, its permissions); `off`: the same stack plain; `both` (the default): a
+        /// plain run, then a secured one, and the secured / plain ratios.
+        #[arg(long, default_value = "both", value_parser = ["off", "on", "both"])]
+        security: String,
     },
     /// Ticks fanned out through the real gateway's WebSocket /ws to many clients (and with a
     /// share of them not reading), against raw NATS fan-out to as many plain subscribers, at
@@ -177,6 +182,11 @@ enum BenchTarget {
         /// Highest p99 (tick -> client) of a sustained rate, milliseconds.
         #[arg(long, default_value_t = 100)]
         p99_bound_ms: u64,
+        /// `on`: the stack secured as `suho stack up` secures its own (TLS, a login per
+        /// service, its permissions); `off`: the same stack plain; `both` (the default): a
+        /// plain run, then a secured one, and the secured / plain ratios.
+        #[arg(long, default_value = "both", value_parser = ["off", "on", "both"])]
+        security: String,
     },
 }
 
@@ -277,6 +287,17 @@ fn main() -> std::process::ExitCode {
     };
     suho_telemetry::output::flush(std::time::Duration::from_secs(1));
     code
+}
+
+/// The stacks a bench's `--security` runs on, in order: plain first, as the market bench's
+/// sweeps (each run starts, and removes, a stack of its own).
+fn transports(security: &str) -> Vec<suho_config::Transport> {
+    use suho_config::Transport;
+    match security {
+        "off" => vec![Transport::Plain],
+        "on" => vec![Transport::Secured],
+        _ => vec![Transport::Plain, Transport::Secured],
+    }
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -382,6 +403,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     users,
                     path,
                     p99_bound_ms,
+                    security,
                 },
         } => stoppable_bench("suho bench trading", async {
             let defaults = suho_bench::TradingBenchOptions::default();
@@ -403,8 +425,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 stack: suho_bench::StackOptions::from_config(&config),
                 ..defaults
             };
-            let report = suho_bench::bench_trading(opts).await?;
-            say!("{report}");
+            let mut reports = Vec::new();
+            for transport in transports(&security) {
+                let report = suho_bench::bench_trading(suho_bench::TradingBenchOptions {
+                    transport,
+                    ..opts.clone()
+                })
+                .await?;
+                say!("{report}");
+                reports.push(report);
+            }
+            if let [plain, secured] = reports.as_slice() {
+                say!("{}", suho_bench::TradingSecurityCost { plain, secured });
+            }
             Ok(())
         }),
         Command::Bench {
@@ -417,6 +450,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     users,
                     symbols,
                     p99_bound_ms,
+                    security,
                 },
         } => stoppable_bench("suho bench gateway", async {
             let defaults = suho_bench::GatewayBenchOptions::default();
@@ -432,9 +466,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .collect(),
                 p99_bound: std::time::Duration::from_millis(p99_bound_ms),
                 stack: suho_bench::StackOptions::from_config(&config),
+                transport: suho_config::Transport::Secured,
             };
-            let report = suho_bench::bench_gateway(opts).await?;
-            say!("{report}");
+            let mut reports = Vec::new();
+            for transport in transports(&security) {
+                let report = suho_bench::bench_gateway(suho_bench::GatewayBenchOptions {
+                    transport,
+                    ..opts.clone()
+                })
+                .await?;
+                say!("{report}");
+                reports.push(report);
+            }
+            if let [plain, secured] = reports.as_slice() {
+                say!("{}", suho_bench::GatewaySecurityCost { plain, secured });
+            }
             Ok(())
         }),
         Command::Config => {

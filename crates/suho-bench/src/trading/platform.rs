@@ -22,6 +22,8 @@ use suho_market::{
 use suho_messaging::{MarketBus, UserEventProducer};
 use suho_security::Identity;
 use tokio::task::JoinSet;
+
+use crate::server::ThrowawayStack;
 use tokio_util::sync::CancellationToken;
 
 /// The password of every bench user.
@@ -164,34 +166,33 @@ impl Platform {
 }
 
 /// The configuration of the bench's platform on a throwaway stack: suho's defaults, with the
-/// stack's addresses and the run's own prefixes, then [`bench_settings`].
-pub(crate) fn config(
-    kafka_bootstrap: &str,
-    nats_url: &str,
-    database_url: &str,
-    secrets_dir: &std::path::Path,
-    prefix: &str,
-) -> anyhow::Result<Config> {
+/// stack's addresses, its transport and the run's own prefixes, then [`bench_settings`].
+pub(crate) fn config(stack: &ThrowawayStack, prefix: &str) -> anyhow::Result<Config> {
     let mut config = Config::default();
-    config.security.secrets_dir = Some(secrets_dir.to_path_buf());
+    config.security.secrets_dir = Some(stack.secrets_dir().to_path_buf());
+    config.security.transport = stack.transport();
     config.stack.manage = false;
-    config.kafka.bootstrap = kafka_bootstrap.to_string();
+    config.kafka.bootstrap = stack.kafka_bootstrap().to_string();
     config.kafka.topic_prefix = prefix.to_string();
     config.kafka.group_prefix = prefix.to_string();
-    config.nats.url = nats_url.to_string();
+    config.nats.url = stack.nats_url().to_string();
     config.nats.subject_prefix = prefix.to_string();
-    config.database.url = SecretString::from(database_url.to_string());
+    config.database.url = SecretString::from(stack.database_url().to_string());
     bench_settings(config)
 }
 
 /// Grants every identity's Kafka ACLs under `config`'s prefixes (the bench's run has
 /// prefixes of its own), as the stack's admin principal, and returns `config` with that
 /// admin login for the bench's own clients (topics, baselines, observers); the platform's
-/// services log in as themselves.
+/// services log in as themselves. A plain stack has neither ACLs nor logins: `config` as it
+/// is.
 ///
 /// # Errors
 /// The admin password is missing, or the broker refused the ACLs.
 pub(crate) async fn secure(mut config: Config) -> anyhow::Result<Config> {
+    if config.security.transport == suho_config::Transport::Plain {
+        return Ok(config);
+    }
     let secrets = suho_security::Secrets::at(config.secrets_dir());
     let admin = suho_messaging::kafka::with_admin_login(&config.kafka, &secrets)
         .context("the stack's Kafka admin login")?;
