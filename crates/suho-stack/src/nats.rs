@@ -31,8 +31,7 @@ pub(crate) fn start(
         store = store.display(),
     );
     // Monitoring has no authentication of its own: only when asked for, and over TLS (the
-    // `tls` block below serves it too).
-    // (A plain stack's has no TLS to serve it with, and nothing to protect.)
+    // `tls` block below serves it too); a plain stack has no TLS, and nothing to protect.
     if spec.nats_monitor_port != 0 {
         let scheme = if spec.secured() { "https" } else { "http" };
         text.push_str(&format!("{scheme}: 127.0.0.1:{}\n", spec.nats_monitor_port));
