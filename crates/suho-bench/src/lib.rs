@@ -46,15 +46,40 @@ pub use gateway::{
 };
 pub use server::StackOptions;
 
-/// Which market runs `suho bench market` makes.
+/// Which runs a benchmark's `--security` makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Security {
-    /// A plain server only.
+    /// On plain servers only.
     Off,
-    /// A secured server only.
+    /// On secured servers only.
     On,
-    /// A plain run, then a secured one, and their ratios ([`SecurityCost`]).
+    /// A plain run, then a secured one, and their ratios ([`MarketSecurityCost`],
+    /// [`TradingSecurityCost`], [`GatewaySecurityCost`]).
     Both,
+}
+
+impl Security {
+    /// `off`, `on` or `both` (a command line's `--security`).
+    #[must_use]
+    pub fn parse(text: &str) -> Option<Security> {
+        match text {
+            "off" => Some(Security::Off),
+            "on" => Some(Security::On),
+            "both" => Some(Security::Both),
+            _ => None,
+        }
+    }
+
+    /// The runs, in order: plain first (each run starts, and removes, servers of its own).
+    #[must_use]
+    pub fn transports(self) -> Vec<suho_config::Transport> {
+        use suho_config::Transport;
+        match self {
+            Security::Off => vec![Transport::Plain],
+            Security::On => vec![Transport::Secured],
+            Security::Both => vec![Transport::Plain, Transport::Secured],
+        }
+    }
 }
 pub use trading::{
     bench_trading, TradingBenchOptions, TradingBenchReport, TradingPath, TradingPhaseResult,
@@ -88,11 +113,13 @@ pub struct MarketBenchOptions {
     pub seed: u64,
     /// Where the pinned `nats-server` of a throwaway server is built and cached.
     pub stack: server::StackOptions,
-    /// A throwaway server secured as `suho stack up` secures its own (TLS, a user per service
-    /// identity and its permissions), every connection logging in as the identity that makes
-    /// it in the platform; `false`: a plain server, no login. Needs a throwaway server, and a
-    /// one-token `subject_prefix` (the identities' permissions allow one prefix token).
-    pub secured: bool,
+    /// [`Transport::Secured`](suho_config::Transport::Secured): a throwaway server secured as
+    /// `suho stack up` secures its own (TLS, a user per service identity and its permissions),
+    /// every connection logging in as the identity that makes it in the platform; needs a
+    /// throwaway server, and a one-token `subject_prefix` (the identities' permissions allow
+    /// one prefix token). `Plain` (the default): a plain server, or the one `nats_url` names,
+    /// no login.
+    pub transport: suho_config::Transport,
 }
 
 impl Default for MarketBenchOptions {
@@ -112,7 +139,7 @@ impl Default for MarketBenchOptions {
             drain_timeout: Duration::from_secs(5),
             seed: 42,
             stack: server::StackOptions::from_config(&suho_config::Config::default()),
-            secured: false,
+            transport: suho_config::Transport::Plain,
         }
     }
 }
@@ -214,8 +241,8 @@ pub struct MarketBenchReport {
     /// Whether the run started its own NATS server.
     pub throwaway_nats: bool,
     /// Whether that server was secured (TLS, a user per identity) and every connection logged
-    /// in ([`MarketBenchOptions::secured`]).
-    pub secured: bool,
+    /// in ([`MarketBenchOptions::transport`]).
+    pub transport: suho_config::Transport,
     /// Wall time of the whole run.
     pub elapsed: Duration,
 }
@@ -293,7 +320,8 @@ pub async fn bench_market(opts: MarketBenchOptions) -> anyhow::Result<MarketBenc
     if opts.symbols.is_empty() {
         bail!("bench market: at least one symbol is needed");
     }
-    if opts.secured && opts.nats_url.is_some() {
+    let secured = opts.transport == suho_config::Transport::Secured;
+    if secured && opts.nats_url.is_some() {
         bail!("bench market: a secured run starts its own nats-server (no --nats-url)");
     }
     let began = Instant::now();
@@ -302,7 +330,6 @@ pub async fn bench_market(opts: MarketBenchOptions) -> anyhow::Result<MarketBenc
         None => Some(
             tokio::task::spawn_blocking({
                 let stack = opts.stack.clone();
-                let secured = opts.secured;
                 move || {
                     if secured {
                         server::ThrowawayNats::start_secured(&stack)
@@ -336,7 +363,11 @@ pub async fn bench_market(opts: MarketBenchOptions) -> anyhow::Result<MarketBenc
             epoch,
             secrets,
         };
-        tracing::info!(rate, secured = opts.secured, "bench market: raw baseline");
+        tracing::info!(
+            rate,
+            transport = opts.transport.name(),
+            "bench market: raw baseline"
+        );
         let raw = phase::run(&phase("raw"), phase::Path::Raw).await?;
         tracing::info!(rate, "bench market: our path");
         let ours = phase::run(&phase("ours"), phase::Path::Ours).await?;
@@ -349,7 +380,7 @@ pub async fn bench_market(opts: MarketBenchOptions) -> anyhow::Result<MarketBenc
         symbols: opts.symbols.len(),
         payload_bytes: phase::typical_payload_bytes(&opts.symbols, opts.seed),
         throwaway_nats: opts.nats_url.is_none(),
-        secured: opts.secured,
+        transport: opts.transport,
         elapsed: began.elapsed(),
     })
 }
@@ -357,14 +388,14 @@ pub async fn bench_market(opts: MarketBenchOptions) -> anyhow::Result<MarketBenc
 /// The cost of TLS and a login per connection: a secured run beside a plain one of the same
 /// rates, in the same process (`suho bench market --security both`). Per rate, each path's
 /// msg/s and p99 secured / plain.
-pub struct SecurityCost<'a> {
+pub struct MarketSecurityCost<'a> {
     /// The plain run.
     pub plain: &'a MarketBenchReport,
     /// The secured run.
     pub secured: &'a MarketBenchReport,
 }
 
-impl fmt::Display for SecurityCost<'_> {
+impl fmt::Display for MarketSecurityCost<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
@@ -435,11 +466,7 @@ impl fmt::Display for MarketBenchReport {
             self.symbols,
             self.payload_bytes,
             if self.throwaway_nats { "throwaway" } else { "given" },
-            if self.secured {
-                "secured (TLS, a user per service identity)"
-            } else {
-                "plain (no TLS, no login)"
-            },
+            transport_text(self.transport),
             self.elapsed.as_secs_f64(),
         )?;
         writeln!(
@@ -570,7 +597,7 @@ mod tests {
             symbols: 1,
             payload_bytes: 1,
             throwaway_nats: true,
-            secured: false,
+            transport: suho_config::Transport::Plain,
             elapsed: Duration::ZERO,
         };
         assert_eq!(report.highest_lossless_raw(), Some(400));
@@ -605,7 +632,7 @@ mod tests {
             symbols: 1,
             payload_bytes: 1,
             throwaway_nats: true,
-            secured: false,
+            transport: suho_config::Transport::Plain,
             elapsed: Duration::ZERO,
         };
         // Every phase lossless; ours fell behind at 300/s, raw at 400/s.

@@ -7,21 +7,21 @@ use suho_bench::{bench_market, MarketBenchOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tiny_market_bench_gives_a_well_formed_report() {
-    tiny(false).await;
+    tiny(suho_config::Transport::Plain).await;
 }
 
 /// The same on a secured server: every connection logs in as its service's identity over
 /// TLS, and the identities' permissions let each do its part (nothing is lost to a denial).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tiny_secured_market_bench_delivers_through_tls_and_the_permissions() {
-    let report = tiny(true).await;
-    assert!(report.secured);
+    let report = tiny(suho_config::Transport::Secured).await;
+    assert_eq!(report.transport, suho_config::Transport::Secured);
     assert!(report.to_string().contains("secured (TLS"));
     let r = &report.rates[0];
     assert!(r.ours.lossless() && r.raw.lossless(), "{report}");
 }
 
-async fn tiny(secured: bool) -> suho_bench::MarketBenchReport {
+async fn tiny(transport: suho_config::Transport) -> suho_bench::MarketBenchReport {
     let mut stack = suho_bench::StackOptions::from_config(&suho_config::Config::default());
     stack.cache_dir = suho_testkit::workspace_root().join(".suho").join("cache");
     let opts = MarketBenchOptions {
@@ -31,7 +31,7 @@ async fn tiny(secured: bool) -> suho_bench::MarketBenchReport {
         // One token: the identities' permissions allow one prefix token.
         subject_prefix: format!("t{}", std::process::id()),
         stack,
-        secured,
+        transport,
         ..MarketBenchOptions::default()
     };
     let report = bench_market(opts).await.expect("the bench runs");

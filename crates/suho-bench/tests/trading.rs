@@ -63,13 +63,9 @@ async fn a_tiny_trading_bench_answers_every_command_once() {
 /// commands to the same outcomes, or the cost it shows means nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tiny_trading_bench_on_a_plain_throwaway_stack_answers_every_command_once() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .nth(2)
-        .expect("the workspace root");
     let mut stack = suho_bench::StackOptions::from_config(&suho_config::Config::default());
     // The jars and the nats-server the test stacks use.
-    stack.cache_dir = root.join(".suho").join("cache");
+    stack.cache_dir = suho_testkit::workspace_root().join(".suho").join("cache");
     let opts = TradingBenchOptions {
         rates: vec![10],
         duration: Duration::from_secs(2),

@@ -289,15 +289,25 @@ fn main() -> std::process::ExitCode {
     code
 }
 
-/// The stacks a bench's `--security` runs on, in order: plain first, as the market bench's
-/// sweeps (each run starts, and removes, a stack of its own).
-fn transports(security: &str) -> Vec<suho_config::Transport> {
-    use suho_config::Transport;
-    match security {
-        "off" => vec![Transport::Plain],
-        "on" => vec![Transport::Secured],
-        _ => vec![Transport::Plain, Transport::Secured],
+/// A bench's `--security` (clap allows only `off`, `on` and `both`).
+fn security(text: &str) -> suho_bench::Security {
+    suho_bench::Security::parse(text).unwrap_or(suho_bench::Security::Both)
+}
+
+/// Runs a bench once per transport `runs` names, printing each report as it comes.
+async fn each_run<R, F, Fut>(runs: suho_bench::Security, mut bench: F) -> anyhow::Result<Vec<R>>
+where
+    R: std::fmt::Display,
+    F: FnMut(suho_config::Transport) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<R>>,
+{
+    let mut reports = Vec::new();
+    for transport in runs.transports() {
+        let report = bench(transport).await?;
+        say!("{report}");
+        reports.push(report);
     }
+    Ok(reports)
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -337,38 +347,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     security,
                 },
         } => stoppable_bench("suho bench market", async {
-            use suho_bench::Security;
             let mut opts = suho_bench::MarketBenchOptions::default();
             if let Some(r) = rates {
                 opts.rates = r;
             }
             opts.duration = std::time::Duration::from_secs(seconds);
-            let security = match (security.as_deref(), &nats_url) {
-                (Some("on"), _) => Security::On,
-                (Some("both"), _) | (None, None) => Security::Both,
-                _ => Security::Off,
+            // A given server is whatever it is: one plain run unless told otherwise.
+            let runs = match (security.as_deref(), &nats_url) {
+                (Some(text), _) => self::security(text),
+                (None, None) => suho_bench::Security::Both,
+                (None, Some(_)) => suho_bench::Security::Off,
             };
             opts.nats_url = nats_url;
-            let plain = if security == Security::On {
-                None
-            } else {
-                let report = suho_bench::bench_market(opts.clone()).await?;
-                say!("{report}");
-                Some(report)
-            };
-            if security != Security::Off {
-                opts.secured = true;
-                let secured = suho_bench::bench_market(opts).await?;
-                say!("{secured}");
-                if let Some(plain) = &plain {
-                    say!(
-                        "{}",
-                        suho_bench::SecurityCost {
-                            plain,
-                            secured: &secured
-                        }
-                    );
-                }
+            let reports = each_run(runs, |transport| {
+                suho_bench::bench_market(suho_bench::MarketBenchOptions {
+                    transport,
+                    ..opts.clone()
+                })
+            })
+            .await?;
+            if let [plain, secured] = reports.as_slice() {
+                say!("{}", suho_bench::MarketSecurityCost { plain, secured });
             }
             Ok(())
         }),
@@ -425,16 +424,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 stack: suho_bench::StackOptions::from_config(&config),
                 ..defaults
             };
-            let mut reports = Vec::new();
-            for transport in transports(&security) {
-                let report = suho_bench::bench_trading(suho_bench::TradingBenchOptions {
+            let reports = each_run(self::security(&security), |transport| {
+                suho_bench::bench_trading(suho_bench::TradingBenchOptions {
                     transport,
                     ..opts.clone()
                 })
-                .await?;
-                say!("{report}");
-                reports.push(report);
-            }
+            })
+            .await?;
             if let [plain, secured] = reports.as_slice() {
                 say!("{}", suho_bench::TradingSecurityCost { plain, secured });
             }
@@ -468,16 +464,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 stack: suho_bench::StackOptions::from_config(&config),
                 transport: suho_config::Transport::Secured,
             };
-            let mut reports = Vec::new();
-            for transport in transports(&security) {
-                let report = suho_bench::bench_gateway(suho_bench::GatewayBenchOptions {
+            let reports = each_run(self::security(&security), |transport| {
+                suho_bench::bench_gateway(suho_bench::GatewayBenchOptions {
                     transport,
                     ..opts.clone()
                 })
-                .await?;
-                say!("{report}");
-                reports.push(report);
-            }
+            })
+            .await?;
             if let [plain, secured] = reports.as_slice() {
                 say!("{}", suho_bench::GatewaySecurityCost { plain, secured });
             }
