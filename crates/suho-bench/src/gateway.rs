@@ -357,7 +357,7 @@ impl fmt::Display for GatewaySecurityCost<'_> {
                 continue;
             }
             let (on, off) = (self.secured.peak(n, false), self.plain.peak(n, false));
-            let x = (off > 0.0).then(|| on / off);
+            let x = crate::ratio(on, off);
             writeln!(
                 f,
                 "{n} clients: ws peak deliveries/s {on:.0} secured, {off:.0} plain: {}x (goal >= {GATEWAY_SECURITY_GOAL}x: {}); raw peak {:.0} secured, {:.0} plain; highest sustained ws {} plain, {} secured",

@@ -448,9 +448,14 @@ fn transport_text(transport: suho_config::Transport) -> &'static str {
     }
 }
 
-/// `on / off` of two optional figures, as `1.23x` (or `-`).
+/// `on / off` of two optional figures, when both are there and `off` is positive.
+fn ratio_of(on: Option<f64>, off: Option<f64>) -> Option<f64> {
+    on.zip(off).and_then(|(a, b)| ratio(a, b))
+}
+
+/// [`ratio_of`] as `1.23x` (or `-x`).
 fn times(on: Option<f64>, off: Option<f64>) -> String {
-    format!("{}x", opt(on.zip(off).and_then(|(a, b)| ratio(a, b)), 2))
+    format!("{}x", opt(ratio_of(on, off), 2))
 }
 
 fn opt(v: Option<f64>, digits: usize) -> String {

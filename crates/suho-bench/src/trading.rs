@@ -802,10 +802,7 @@ impl fmt::Display for TradingSecurityCost<'_> {
                     both(top)
                 });
             if let Some((rate, p, s)) = read {
-                let x = s
-                    .fill_ms(0.99)
-                    .zip(p.fill_ms(0.99))
-                    .and_then(|(a, b)| (b > 0.0).then(|| a / b));
+                let x = crate::ratio_of(s.fill_ms(0.99), p.fill_ms(0.99));
                 writeln!(
                     f,
                     "at {rate}/s, {}: p99 {} ms secured, {} ms plain: {}x (goal <= {TRADING_SECURITY_GOAL}x: {})",
