@@ -101,8 +101,8 @@ enum BenchTarget {
         /// `off`: a plain throwaway server; `on`: one secured as `suho stack up` secures its
         /// own (TLS, a user per service identity); `both` (the default without --nats-url):
         /// both sweeps in one run and the secured / plain ratios.
-        #[arg(long, value_parser = ["off", "on", "both"])]
-        security: Option<String>,
+        #[arg(long, value_parser = security_arg)]
+        security: Option<suho_bench::Security>,
     },
     /// The data bridge's sustained rows/s into PostgreSQL (ticks published on NATS, through
     /// JetStream, stored by the real bridge) against a raw COPY of the same rows into the same
@@ -151,8 +151,8 @@ enum BenchTarget {
         /// `on`: the stack secured as `suho stack up` secures its own (TLS, a login per
         /// service, its permissions); `off`: the same stack plain; `both` (the default): a
         /// plain run, then a secured one, and the secured / plain ratios.
-        #[arg(long, default_value = "both", value_parser = ["off", "on", "both"])]
-        security: String,
+        #[arg(long, default_value = "both", value_parser = security_arg)]
+        security: suho_bench::Security,
     },
     /// Ticks fanned out through the real gateway's WebSocket /ws to many clients (and with a
     /// share of them not reading), against raw NATS fan-out to as many plain subscribers, at
@@ -185,8 +185,8 @@ enum BenchTarget {
         /// `on`: the stack secured as `suho stack up` secures its own (TLS, a login per
         /// service, its permissions); `off`: the same stack plain; `both` (the default): a
         /// plain run, then a secured one, and the secured / plain ratios.
-        #[arg(long, default_value = "both", value_parser = ["off", "on", "both"])]
-        security: String,
+        #[arg(long, default_value = "both", value_parser = security_arg)]
+        security: suho_bench::Security,
     },
 }
 
@@ -289,9 +289,9 @@ fn main() -> std::process::ExitCode {
     code
 }
 
-/// A bench's `--security` (clap allows only `off`, `on` and `both`).
-fn security(text: &str) -> suho_bench::Security {
-    suho_bench::Security::parse(text).unwrap_or(suho_bench::Security::Both)
+/// A bench's `--security`: `off`, `on` or `both`.
+fn security_arg(text: &str) -> Result<suho_bench::Security, String> {
+    suho_bench::Security::parse(text).ok_or_else(|| "expected off, on or both".to_string())
 }
 
 /// Runs a bench once per transport `runs` names, printing each report as it comes.
@@ -353,8 +353,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             opts.duration = std::time::Duration::from_secs(seconds);
             // A given server is whatever it is: one plain run unless told otherwise.
-            let runs = match (security.as_deref(), &nats_url) {
-                (Some(text), _) => self::security(text),
+            let runs = match (security, &nats_url) {
+                (Some(runs), _) => runs,
                 (None, None) => suho_bench::Security::Both,
                 (None, Some(_)) => suho_bench::Security::Off,
             };
@@ -424,7 +424,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 stack: suho_bench::StackOptions::from_config(&config),
                 ..defaults
             };
-            let reports = each_run(self::security(&security), |transport| {
+            let reports = each_run(security, |transport| {
                 suho_bench::bench_trading(suho_bench::TradingBenchOptions {
                     transport,
                     ..opts.clone()
@@ -464,7 +464,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 stack: suho_bench::StackOptions::from_config(&config),
                 transport: suho_config::Transport::Secured,
             };
-            let reports = each_run(self::security(&security), |transport| {
+            let reports = each_run(security, |transport| {
                 suho_bench::bench_gateway(suho_bench::GatewayBenchOptions {
                     transport,
                     ..opts.clone()
