@@ -216,7 +216,7 @@ fn plan_signal(signal: &Signal, book: &SettingsBook, recent: &RecentSet) -> Vec<
     let mut commands = Vec::new();
     for (user, settings) in book.opted_in(strategy) {
         match plan::decide(signal, &user, &settings, now) {
-            Decision::Open(command) if recent.contains(&command.event_id) => {
+            Decision::Open(command) if recent.contains(&command.head.event_id) => {
                 tracing::debug!(user_id = %user, signal_id = %signal.signal_id, "signal already traded for this user");
                 count(strategy, "duplicate");
             }
@@ -244,11 +244,13 @@ async fn send(
     shutdown: &CancellationToken,
 ) -> Option<String> {
     let strategy = command
+        .head
         .metadata
         .as_ref()
         .and_then(|m| m.strategy.clone())
         .unwrap_or_default();
     let signal_id = command
+        .head
         .metadata
         .as_ref()
         .and_then(|m| m.signal_id.clone())
@@ -258,7 +260,7 @@ async fn send(
         let attempt = tokio::select! {
             biased;
             () = shutdown.cancelled() => {
-                tracing::warn!(user_id = %command.user_id, command_id = %command.event_id, %signal_id, "shutdown before Kafka acknowledged the command; it may or may not be queued");
+                tracing::warn!(user_id = %command.head.user_id, command_id = %command.head.event_id, %signal_id, "shutdown before Kafka acknowledged the command; it may or may not be queued");
                 return None;
             }
             r = producer.send(&command) => r,
@@ -266,13 +268,13 @@ async fn send(
         let error = match attempt {
             Ok(delivery) => {
                 let (symbol, side, volume) = command
-                    .order
-                    .as_ref()
+                    .kind
+                    .order()
                     .map(|o| (o.symbol.to_string(), o.side.as_str(), o.volume.to_string()))
                     .unwrap_or_default();
                 tracing::info!(
-                    user_id = %command.user_id,
-                    command_id = %command.event_id,
+                    user_id = %command.head.user_id,
+                    command_id = %command.head.event_id,
                     %strategy,
                     %signal_id,
                     %symbol,
@@ -283,14 +285,14 @@ async fn send(
                     "OPEN_TRADE queued for a signal"
                 );
                 count(&strategy, "emitted");
-                return Some(command.event_id);
+                return Some(command.head.event_id);
             }
             Err(e) => e,
         };
         if !error.is_retryable() || Instant::now() + backoff > deadline {
             tracing::error!(
-                user_id = %command.user_id,
-                command_id = %command.event_id,
+                user_id = %command.head.user_id,
+                command_id = %command.head.event_id,
                 %strategy,
                 %signal_id,
                 topic = UserTopic::Commands.name(),
@@ -301,10 +303,10 @@ async fn send(
             count(&strategy, "failed");
             return None;
         }
-        tracing::warn!(user_id = %command.user_id, command_id = %command.event_id, %signal_id, error = %error, retry_in = ?backoff, "Kafka did not take the command; retrying");
+        tracing::warn!(user_id = %command.head.user_id, command_id = %command.head.event_id, %signal_id, error = %error, retry_in = ?backoff, "Kafka did not take the command; retrying");
         tokio::select! {
             () = shutdown.cancelled() => {
-                tracing::warn!(user_id = %command.user_id, command_id = %command.event_id, %signal_id, "shutdown while retrying; the command was not queued");
+                tracing::warn!(user_id = %command.head.user_id, command_id = %command.head.event_id, %signal_id, "shutdown while retrying; the command was not queued");
                 return None;
             }
             () = tokio::time::sleep(backoff) => {}

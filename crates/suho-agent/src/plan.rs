@@ -12,7 +12,7 @@
 //!   `event_id`, executes a duplicate once.
 
 use rust_decimal::Decimal;
-use suho_domain::settings::LOT_STEP;
+use suho_domain::money::LOT_STEP;
 use suho_domain::{
     CommandMetadata, Direction, Order, Side, Signal, TradeCommand, UserId, UserSettings,
 };
@@ -103,8 +103,8 @@ pub fn decide(signal: &Signal, user: &UserId, settings: &UserSettings, now_ms: i
         take_profit: None,
     };
     let mut command = TradeCommand::open(user.clone(), order, None, now_ms);
-    command.event_id = command_id(user, &signal.signal_id);
-    command.metadata = Some(CommandMetadata {
+    command.head.event_id = command_id(user, &signal.signal_id);
+    command.head.metadata = Some(CommandMetadata {
         strategy: Some(signal.strategy.clone()),
         signal_id: Some(signal.signal_id.clone()),
     });
@@ -193,15 +193,15 @@ mod tests {
         else {
             panic!("expected a command");
         };
-        assert_eq!(cmd.event_type, CommandType::OpenTrade);
-        assert_eq!(cmd.event_id, command_id(&user, &s.signal_id));
-        assert_eq!(cmd.user_id, user);
-        assert_eq!(cmd.timestamp, 5);
-        let order = cmd.order.as_ref().unwrap();
+        assert_eq!(cmd.command_type(), CommandType::OpenTrade);
+        assert_eq!(cmd.head.event_id, command_id(&user, &s.signal_id));
+        assert_eq!(cmd.head.user_id, user);
+        assert_eq!(cmd.head.timestamp, 5);
+        let order = cmd.kind.order().unwrap();
         assert_eq!(order.side, Side::Sell);
         assert_eq!(order.symbol, s.symbol);
         assert_eq!(order.volume, dec("0.25"));
-        let meta = cmd.metadata.as_ref().unwrap();
+        let meta = cmd.head.metadata.as_ref().unwrap();
         assert_eq!(meta.strategy.as_deref(), Some("scalping"));
         assert_eq!(meta.signal_id.as_deref(), Some(s.signal_id.as_str()));
         cmd.validate().unwrap();

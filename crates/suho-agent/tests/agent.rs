@@ -213,7 +213,8 @@ impl Commands {
 }
 
 fn signal_of(c: &TradeCommand) -> &str {
-    c.metadata
+    c.head
+        .metadata
         .as_ref()
         .and_then(|m| m.signal_id.as_deref())
         .unwrap_or_default()
@@ -253,26 +254,29 @@ async fn an_opted_in_user_gets_one_open_trade_per_signal_even_when_it_comes_twic
     assert_eq!(for_buy.len(), 1, "one command per user and signal: {all:?}");
     let (key, cmd) = for_buy[0];
     assert_eq!(key, "usr_alice", "keyed by the user");
-    assert_eq!(cmd.user_id.as_str(), "usr_alice");
-    assert_eq!(cmd.event_type, CommandType::OpenTrade);
+    assert_eq!(cmd.head.user_id.as_str(), "usr_alice");
+    assert_eq!(cmd.command_type(), CommandType::OpenTrade);
     assert_eq!(
-        cmd.event_id,
+        cmd.head.event_id,
         command_id(&UserId::new("usr_alice"), &buy.signal_id),
         "the id is derived from (user, signal)"
     );
-    let meta = cmd.metadata.as_ref().expect("metadata");
+    let meta = cmd.head.metadata.as_ref().expect("metadata");
     assert_eq!(meta.strategy.as_deref(), Some("scalping"));
     assert_eq!(meta.signal_id.as_deref(), Some(buy.signal_id.as_str()));
-    let order = cmd.order.as_ref().expect("order");
+    let order = cmd.kind.order().expect("order");
     assert_eq!(order.symbol, buy.symbol);
     assert_eq!(order.side, Side::Buy);
     assert_eq!(order.volume, dec("0.25"));
-    assert!((now_ms() - cmd.timestamp).abs() < 60_000, "stamped now");
+    assert!(
+        (now_ms() - cmd.head.timestamp).abs() < 60_000,
+        "stamped now"
+    );
     cmd.validate().expect("a valid command");
     let fence = commands.of("usr_alice");
     assert_eq!(fence.len(), 2, "{all:?}");
     assert_eq!(
-        fence[1].order.as_ref().map(|o| o.side),
+        fence[1].kind.order().map(|o| o.side),
         Some(Side::Sell),
         "SELL for a SELL signal"
     );
@@ -358,10 +362,10 @@ async fn the_volume_is_capped_by_the_users_max_volume() {
     let frank = commands.of("usr_frank");
     assert_eq!(frank.len(), 2);
     for c in &frank {
-        assert_eq!(c.order.as_ref().map(|o| o.volume), Some(dec("2")));
+        assert_eq!(c.kind.order().map(|o| o.volume), Some(dec("2")));
     }
     let alice = commands.of("usr_alice");
-    assert_eq!(alice[0].order.as_ref().map(|o| o.volume), Some(dec("0.5")));
+    assert_eq!(alice[0].kind.order().map(|o| o.volume), Some(dec("0.5")));
     assert!(commands.of("usr_gina").is_empty(), "below the lot step");
     agent.stop().await;
 }
@@ -386,7 +390,7 @@ async fn a_settings_change_after_start_applies_to_the_next_signal() {
     commands.through("usr_henry", "sig_b").await;
     let henry = commands.of("usr_henry");
     assert_eq!(henry.len(), 1);
-    assert_eq!(henry[0].order.as_ref().map(|o| o.volume), Some(dec("0.3")));
+    assert_eq!(henry[0].kind.order().map(|o| o.volume), Some(dec("0.3")));
 
     // And opts out again.
     put_settings(&producer, "usr_henry", auto("scalping", false, 0.3, 10.0)).await;

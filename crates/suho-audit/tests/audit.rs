@@ -34,7 +34,8 @@ async fn publish_round(producer: &UserEventProducer, user: &str) -> usize {
     let command = TradeCommand::open(user_id.clone(), order, None, now_ms());
     producer.send(&command).await.expect("command");
     let executed = TradeEvent::for_command(
-        &command,
+        &command.head,
+        &command.kind,
         TradeEventType::TradeExecuted,
         new_event_id("exec"),
         now_ms(),

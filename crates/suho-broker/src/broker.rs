@@ -5,7 +5,10 @@ use std::future::{ready, Future};
 use std::sync::{Mutex, PoisonError};
 
 use rust_decimal::Decimal;
-use suho_domain::{AccountStatus, Tick, TradeCommand, TradeEvent, Transaction, UserId};
+use suho_domain::{
+    AccountStatus, CloseTrade, CommandHead, ModifyTrade, OpenTrade, Symbol, Tick, TradeEvent,
+    Transaction, UserId,
+};
 
 use crate::account::{
     AccountConfig, AccountEvent, Applied, ApplyError, ConfigError, Outcome, PaperAccount,
@@ -26,7 +29,7 @@ pub struct AccountKey {
 impl AccountKey {
     /// The account a command trades on.
     #[must_use]
-    pub fn of_command(command: &TradeCommand) -> AccountKey {
+    pub fn of(command: &CommandHead) -> AccountKey {
         AccountKey {
             user_id: command.user_id.clone(),
             mt5_account: command.mt5_account.clone(),
@@ -58,16 +61,27 @@ impl BrokerError {
 /// A result of a broker call.
 pub type BrokerResult<T> = Result<T, BrokerError>;
 
-/// The broker port the trading engine calls.
+/// Which accounts a tick may act on (those of the users whose partitions this engine owns).
+pub type ActsOn<'a> = &'a (dyn Fn(&AccountKey) -> bool + Sync);
+
+/// The broker port the trading engine calls: every venue (the paper broker, a real MT5
+/// terminal, a test venue) implements it, and the engine sees nothing else.
 ///
 /// **Design.** Methods return `impl Future<Output = ...> + Send` (return-position `impl Trait`
 /// in traits, stable since Rust 1.75) rather than `async fn`, so implementations promise a
 /// `Send` future that a multi-threaded runtime can hold across `.await`. The trait is therefore
 /// not object-safe: the engine is generic over `B: BrokerAdapter` (one broker per process);
 /// should several kinds coexist, wrap them in an enum that implements the trait. Futures may
-/// borrow the arguments. Ids are derived from command / request ids, so a retried call after
-/// [`BrokerError::Unavailable`] returns the original event with `replayed: true` if the first
-/// attempt did execute.
+/// borrow the arguments. Each trade method takes the command's head and its typed kind, so
+/// nothing behind the port asks again what kind of command it was given. Ids are derived from
+/// command / request ids, so a retried call after [`BrokerError::Unavailable`] returns the
+/// original event with `replayed: true` if the first attempt did execute.
+///
+/// **State.** The engine's log (`user.trades`, `user.transactions`) is the record of what
+/// every account did; [`BrokerAdapter::restore`] hands it to the venue whenever the engine
+/// takes partitions over (the paper broker rebuilds its accounts from it; a real venue
+/// would reconcile its journal of command ids). Users' own limits
+/// ([`BrokerAdapter::set_limits`]) come from their settings.
 ///
 /// **Prices.** The engine passes the [`Tick`] it got from the price service (with its own
 /// staleness guard); the paper broker fills at it (BUY at the ask, SELL at the bid).
@@ -91,7 +105,8 @@ pub trait BrokerAdapter: Send + Sync {
     /// Opens a position for an `OPEN_TRADE` command; the outcome event is `TRADE_EXECUTED`.
     fn open(
         &self,
-        command: &TradeCommand,
+        command: &CommandHead,
+        open: &OpenTrade,
         tick: &Tick,
         now_ms: i64,
     ) -> impl Future<Output = BrokerResult<Outcome<TradeEvent>>> + Send;
@@ -99,7 +114,8 @@ pub trait BrokerAdapter: Send + Sync {
     /// Closes a position for a `CLOSE_TRADE` command; `TRADE_CLOSED` with the profit.
     fn close(
         &self,
-        command: &TradeCommand,
+        command: &CommandHead,
+        close: &CloseTrade,
         tick: &Tick,
         now_ms: i64,
     ) -> impl Future<Output = BrokerResult<Outcome<TradeEvent>>> + Send;
@@ -107,10 +123,19 @@ pub trait BrokerAdapter: Send + Sync {
     /// Changes stops for a `MODIFY_TRADE` command; `TRADE_MODIFIED`.
     fn modify(
         &self,
-        command: &TradeCommand,
+        command: &CommandHead,
+        modify: &ModifyTrade,
         tick: &Tick,
         now_ms: i64,
     ) -> impl Future<Output = BrokerResult<Outcome<TradeEvent>>> + Send;
+
+    /// The symbol the command `command` on position `trade_id` must be priced in (to close or
+    /// modify it); `Ok(None)` when no such position is open (the command is rejected).
+    fn position_symbol(
+        &self,
+        command: &CommandHead,
+        trade_id: &str,
+    ) -> impl Future<Output = BrokerResult<Option<Symbol>>> + Send;
 
     /// Credits an account; `request_id` is the idempotency key.
     fn deposit(
@@ -137,12 +162,25 @@ pub trait BrokerAdapter: Send + Sync {
         now_ms: i64,
     ) -> impl Future<Output = BrokerResult<AccountStatus>> + Send;
 
-    /// A market tick: broker-initiated closes and risk alerts of every account, to publish.
+    /// A market tick, seen by every account; broker-initiated closes and risk alerts of the
+    /// accounts `acts_on` accepts, to publish.
     fn on_tick(
         &self,
         tick: &Tick,
         now_ms: i64,
+        acts_on: ActsOn<'_>,
     ) -> impl Future<Output = BrokerResult<TickOutcome>> + Send;
+
+    /// Every account the venue holds, sorted.
+    fn accounts(&self) -> Vec<AccountKey>;
+
+    /// Replaces the venue's state by what `events` (the log, in order per partition) record,
+    /// in one step: no other call sees a half-restored venue.
+    fn restore(&self, events: &[(AccountKey, AccountEvent)]) -> Rebuilt;
+
+    /// Sets `user`'s own limits on every account of theirs, now and when one is created;
+    /// `None` goes back to the venue's configured ones.
+    fn set_limits(&self, user: &UserId, limits: Option<UserLimits>);
 }
 
 /// Settings of a [`PaperBroker`].
@@ -153,6 +191,28 @@ pub struct PaperBrokerConfig {
     /// Balance of a new account (default 0: money arrives by deposit). Not an event: a
     /// rebuild must use the same value.
     pub initial_balance: Decimal,
+}
+
+impl PaperBrokerConfig {
+    /// The platform's paper accounts (`trading.paper_leverage`, `trading.paper_opening_balance`
+    /// in whole units of the account currency), with the default user risk limits
+    /// ([`suho_domain::RiskSettings::default`]) for users who never saved settings.
+    ///
+    /// # Errors
+    /// [`ConfigError::Leverage`] for a leverage of 0.
+    pub fn platform(leverage: u32, opening_balance: u64) -> Result<PaperBrokerConfig, ConfigError> {
+        let risk = suho_domain::RiskSettings::default();
+        let account = AccountConfig {
+            leverage: std::num::NonZeroU32::new(leverage).ok_or(ConfigError::Leverage)?,
+            max_volume: risk.max_volume,
+            max_open_positions: usize::try_from(risk.max_open_positions).unwrap_or(usize::MAX),
+            ..AccountConfig::default()
+        };
+        Ok(PaperBrokerConfig {
+            account,
+            initial_balance: Decimal::from(opening_balance),
+        })
+    }
 }
 
 #[derive(Debug, Default)]
@@ -191,13 +251,21 @@ impl PaperBroker {
     pub fn new(config: PaperBrokerConfig) -> Result<PaperBroker, ConfigError> {
         config.account.validate()?;
         let b = config.initial_balance;
-        if b < Decimal::ZERO || b > MAX_BALANCE || b.round_dp(2) != b {
+        if b < Decimal::ZERO || b > MAX_BALANCE || !suho_domain::money::is_whole_cents(b) {
             return Err(ConfigError::InitialBalance(b));
         }
         Ok(PaperBroker {
             config,
             state: Mutex::new(State::default()),
         })
+    }
+
+    /// The platform's paper broker: [`PaperBrokerConfig::platform`].
+    ///
+    /// # Errors
+    /// As [`PaperBrokerConfig::platform`].
+    pub fn for_platform(leverage: u32, opening_balance: u64) -> Result<PaperBroker, ConfigError> {
+        PaperBroker::new(PaperBrokerConfig::platform(leverage, opening_balance)?)
     }
 
     /// Runs `f` on the account `key`, created if new.
@@ -230,7 +298,7 @@ impl PaperBroker {
     }
 
     /// Sets `user`'s own limits on every account of theirs, now and when one is created.
-    pub fn set_limits(&self, user: &UserId, limits: UserLimits) {
+    fn put_limits(&self, user: &UserId, limits: UserLimits) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         for (key, account) in &mut state.accounts {
             if &key.user_id == user {
@@ -241,7 +309,7 @@ impl PaperBroker {
     }
 
     /// Forgets `user`'s own limits: their accounts go back to the configured ones.
-    pub fn clear_limits(&self, user: &UserId) {
+    fn clear_limits(&self, user: &UserId) {
         let configured = UserLimits {
             leverage: self.config.account.leverage,
             max_volume: self.config.account.max_volume,
@@ -324,10 +392,10 @@ impl PaperBroker {
 
     fn trade(
         &self,
-        command: &TradeCommand,
+        command: &CommandHead,
         op: impl FnOnce(&mut PaperAccount) -> Result<Outcome<TradeEvent>, RejectReason>,
     ) -> BrokerResult<Outcome<TradeEvent>> {
-        let key = AccountKey::of_command(command);
+        let key = AccountKey::of(command);
         self.with_account(&key, op).map_err(BrokerError::from)
     }
 }
@@ -335,29 +403,43 @@ impl PaperBroker {
 impl BrokerAdapter for PaperBroker {
     fn open(
         &self,
-        command: &TradeCommand,
+        command: &CommandHead,
+        open: &OpenTrade,
         tick: &Tick,
         now_ms: i64,
     ) -> impl Future<Output = BrokerResult<Outcome<TradeEvent>>> + Send {
-        ready(self.trade(command, |a| a.open(command, tick, now_ms)))
+        ready(self.trade(command, |a| a.open(command, open, tick, now_ms)))
     }
 
     fn close(
         &self,
-        command: &TradeCommand,
+        command: &CommandHead,
+        close: &CloseTrade,
         tick: &Tick,
         now_ms: i64,
     ) -> impl Future<Output = BrokerResult<Outcome<TradeEvent>>> + Send {
-        ready(self.trade(command, |a| a.close(command, tick, now_ms)))
+        ready(self.trade(command, |a| a.close(command, close, tick, now_ms)))
     }
 
     fn modify(
         &self,
-        command: &TradeCommand,
+        command: &CommandHead,
+        modify: &ModifyTrade,
         tick: &Tick,
         now_ms: i64,
     ) -> impl Future<Output = BrokerResult<Outcome<TradeEvent>>> + Send {
-        ready(self.trade(command, |a| a.modify(command, tick, now_ms)))
+        ready(self.trade(command, |a| a.modify(command, modify, tick, now_ms)))
+    }
+
+    fn position_symbol(
+        &self,
+        command: &CommandHead,
+        trade_id: &str,
+    ) -> impl Future<Output = BrokerResult<Option<Symbol>>> + Send {
+        let key = AccountKey::of(command);
+        ready(Ok(
+            self.with_account(&key, |a| a.position_symbol(command, trade_id))
+        ))
     }
 
     fn deposit(
@@ -398,8 +480,24 @@ impl BrokerAdapter for PaperBroker {
         &self,
         tick: &Tick,
         now_ms: i64,
+        acts_on: ActsOn<'_>,
     ) -> impl Future<Output = BrokerResult<TickOutcome>> + Send {
-        ready(Ok(self.on_tick_where(tick, now_ms, |_| true)))
+        ready(Ok(self.on_tick_where(tick, now_ms, acts_on)))
+    }
+
+    fn accounts(&self) -> Vec<AccountKey> {
+        self.account_keys()
+    }
+
+    fn restore(&self, events: &[(AccountKey, AccountEvent)]) -> Rebuilt {
+        self.rebuild(events)
+    }
+
+    fn set_limits(&self, user: &UserId, limits: Option<UserLimits>) {
+        match limits {
+            Some(l) => self.put_limits(user, l),
+            None => self.clear_limits(user),
+        }
     }
 }
 
@@ -409,7 +507,7 @@ mod tests {
     use std::str::FromStr;
     use std::task::{Context, Poll, Waker};
 
-    use suho_domain::{Order, Side, Symbol};
+    use suho_domain::{Order, Side};
 
     use super::*;
 
@@ -437,7 +535,10 @@ mod tests {
         }
     }
 
-    fn buy(k: &AccountKey, id: &str, s: &str, vol: &str, sl: Option<&str>) -> TradeCommand {
+    /// An `OPEN_TRADE`'s head and kind.
+    type Opened = (CommandHead, OpenTrade);
+
+    fn buy(k: &AccountKey, id: &str, s: &str, vol: &str, sl: Option<&str>) -> Opened {
         let order = Order {
             symbol: Symbol::parse(s).expect("symbol"),
             side: Side::Buy,
@@ -445,19 +546,30 @@ mod tests {
             stop_loss: sl.map(d),
             take_profit: None,
         };
-        let mut c = TradeCommand::open(k.user_id.clone(), order, None, 0);
-        c.event_id = format!("cmd_{id}");
-        c.mt5_account = k.mt5_account.clone();
-        c
+        let head = CommandHead {
+            event_id: format!("cmd_{id}"),
+            mt5_account: k.mt5_account.clone(),
+            ..CommandHead::new(k.user_id.clone(), 0)
+        };
+        let open = OpenTrade {
+            order,
+            client_order_id: None,
+        };
+        (head, open)
     }
 
     /// The engine's generic use of the port.
-    async fn fill<B: BrokerAdapter>(
-        b: &B,
-        c: &TradeCommand,
-        t: &Tick,
-    ) -> BrokerResult<Outcome<TradeEvent>> {
-        b.open(c, t, 5).await
+    fn open<'a, B: BrokerAdapter>(
+        b: &'a B,
+        c: &'a Opened,
+        t: &'a Tick,
+        now_ms: i64,
+    ) -> impl Future<Output = BrokerResult<Outcome<TradeEvent>>> + 'a {
+        b.open(&c.0, &c.1, t, now_ms)
+    }
+
+    fn acts_on_all(_: &AccountKey) -> bool {
+        true
     }
 
     #[test]
@@ -472,10 +584,11 @@ mod tests {
         let dep = now(b.deposit(&k2, "r1", d("1000"), 1)).expect("deposit");
         assert_eq!(dep.event.balance_after, Some(d("1500.00")));
         assert_eq!(now(b.status(&k1, 1)).expect("status").balance, d("500.00"));
-        let ev = now(fill(
+        let ev = now(open(
             &b,
             &buy(&k2, "x", "EURUSD", "1", None),
             &tick("EURUSD", "1.1", "1.1002", 1),
+            5,
         ));
         let ev = ev.expect("open").event;
         assert_eq!(
@@ -497,11 +610,13 @@ mod tests {
         assert!(!err.is_retryable());
         now(b.deposit(&k, "r", d("5000"), 1)).expect("deposit");
         // A rebuilt account with a position but no quotes yet cannot be valued: retry later.
+        let (head, opened) = buy(&k, "1", "EURUSD", "1", None);
         let exec = TradeEvent {
             trade_id: Some("trd_1".into()),
             open_price: Some(d("1.1")),
             ..TradeEvent::for_command(
-                &buy(&k, "1", "EURUSD", "1", None),
+                &head,
+                &opened,
                 suho_domain::TradeEventType::TradeExecuted,
                 "exec_cmd_1".into(),
                 1,
@@ -517,7 +632,7 @@ mod tests {
             BrokerError::Unavailable("no quote for EURUSD yet".into())
         );
         assert!(err.is_retryable());
-        now(b.on_tick(&tick("EURUSD", "1.1", "1.1002", 3), 3)).expect("tick");
+        now(b.on_tick(&tick("EURUSD", "1.1", "1.1002", 3), 3, &acts_on_all)).expect("tick");
         assert_eq!(now(b.status(&k, 4)).expect("status").margin, d("1100.10"));
     }
 
@@ -528,16 +643,17 @@ mod tests {
             tick("EURUSD", "1.1", "1.1002", 1),
             tick("GBPUSD", "1.25", "1.2502", 1),
         ] {
-            now(b.on_tick(&t, 1)).expect("tick");
+            now(b.on_tick(&t, 1, &acts_on_all)).expect("tick");
         }
         let (k1, k2) = (key("u1", "a"), key("u2", "a"));
         for k in [&k1, &k2] {
             now(b.deposit(k, "r", d("10000"), 1)).expect("deposit");
             // EURGBP needs EURUSD and GBPUSD, seen before this account existed.
             let c = buy(k, "x", "EURGBP", "1", Some("0.84"));
-            now(b.open(&c, &tick("EURGBP", "0.85", "0.8501", 2), 2)).expect("open");
+            now(open(&b, &c, &tick("EURGBP", "0.85", "0.8501", 2), 2)).expect("open");
         }
-        let out = now(b.on_tick(&tick("EURGBP", "0.8399", "0.8400", 3), 3)).expect("tick");
+        let out =
+            now(b.on_tick(&tick("EURGBP", "0.8399", "0.8400", 3), 3, &acts_on_all)).expect("tick");
         let who: Vec<_> = out.closed.iter().map(|e| e.user_id.as_str()).collect();
         assert_eq!(who, ["u1", "u2"]);
         // (0.8399 - 0.8501) × 100,000 = -1,020 GBP × 1.2501 = -1,275.102 -> -1,275.10.
@@ -565,29 +681,29 @@ mod tests {
         .expect("config");
         let (k1, k2) = (key("u1", "a"), key("u1", "b"));
         let t = tick("EURUSD", "1.1", "1.1002", 1);
-        now(b.open(&buy(&k1, "x", "EURUSD", "0.5", None), &t, 1)).expect("open");
+        now(open(&b, &buy(&k1, "x", "EURUSD", "0.5", None), &t, 1)).expect("open");
         b.set_limits(
             &UserId::new("u1"),
-            UserLimits {
+            Some(UserLimits {
                 leverage: std::num::NonZeroU32::new(50).expect("nonzero"),
                 max_volume: d("0.2"),
                 max_open_positions: 1,
-            },
+            }),
         );
         // Margin follows the new leverage: 0.5 × 100,000 EUR at the mid 1.1001, / 50.
         assert_eq!(now(b.status(&k1, 2)).expect("status").margin, d("1100.10"));
-        let too_big = now(b.open(&buy(&k2, "y", "EURUSD", "0.3", None), &t, 2));
+        let too_big = now(open(&b, &buy(&k2, "y", "EURUSD", "0.3", None), &t, 2));
         assert!(matches!(
             too_big,
             Err(BrokerError::Rejected(RejectReason::VolumeAboveMax { .. }))
         ));
-        let full = now(b.open(&buy(&k1, "z", "EURUSD", "0.1", None), &t, 2));
+        let full = now(open(&b, &buy(&k1, "z", "EURUSD", "0.1", None), &t, 2));
         assert!(matches!(
             full,
             Err(BrokerError::Rejected(RejectReason::TooManyPositions { .. }))
         ));
         // A rebuild replaces the accounts in one step and keeps the limits.
-        let opened = now(b.open(&buy(&k2, "w", "EURUSD", "0.2", None), &t, 3)).expect("open");
+        let opened = now(open(&b, &buy(&k2, "w", "EURUSD", "0.2", None), &t, 3)).expect("open");
         let events = [(k2.clone(), AccountEvent::from(opened.event))];
         let done = b.rebuild(&events);
         assert_eq!((done.applied, done.refused.len()), (1, 0));
@@ -605,7 +721,7 @@ mod tests {
         let (k1, k2) = (key("u1", "a"), key("u2", "a"));
         let t = tick("EURUSD", "1.1", "1.1002", 1);
         for k in [&k1, &k2] {
-            now(b.open(&buy(k, "x", "EURUSD", "1", Some("1.09")), &t, 1)).expect("open");
+            now(open(&b, &buy(k, "x", "EURUSD", "1", Some("1.09")), &t, 1)).expect("open");
         }
         let low = tick("EURUSD", "1.0899", "1.0901", 2);
         let out = b.on_tick_where(&low, 2, |k| k.user_id.as_str() == "u2");

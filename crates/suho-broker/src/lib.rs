@@ -6,10 +6,12 @@
 //! stop out. A real MT5 terminal adapter would implement the same trait (see its docs).
 //!
 //! Map:
-//! - [`quotes`]: the latest ticks and currency conversion (mid of `XA` or `AX`), cents rounding.
+//! - [`quotes`]: the latest ticks and currency conversion (mid of `XA` or `AX`).
 //! - [`reject`]: [`RejectReason`], the permanent refusals that become `TRADE_REJECTED`.
-//! - [`account`]: [`PaperAccount`], its operations, [`PaperAccount::on_tick`], and
-//!   [`PaperAccount::apply`] for rebuilding from its own events.
+//! - [`account`]: [`PaperAccount`], its rules and events, and [`PaperAccount::apply`] for
+//!   rebuilding from them; `account::positions` (open, close, modify, stops),
+//!   `account::margin` (valuation, margin call, stop-out, [`PaperAccount::on_tick`]) and
+//!   `account::money` (deposits, withdrawals).
 //! - [`broker`]: [`BrokerAdapter`], [`BrokerError`] and [`PaperBroker`].
 //!
 //! Invariants: no I/O, no clock, no randomness (time and prices are arguments, ids derive from
@@ -28,7 +30,8 @@ pub use account::{
     Outcome, PaperAccount, Position, TickOutcome, UserLimits, MAX_BALANCE,
 };
 pub use broker::{
-    AccountKey, BrokerAdapter, BrokerError, BrokerResult, PaperBroker, PaperBrokerConfig, Rebuilt,
+    AccountKey, ActsOn, BrokerAdapter, BrokerError, BrokerResult, PaperBroker, PaperBrokerConfig,
+    Rebuilt,
 };
-pub use quotes::{round_money, Quotes, ValuationError, CONTRACT_SIZE};
+pub use quotes::{Quotes, ValuationError};
 pub use reject::RejectReason;

@@ -5,26 +5,12 @@
 //! `X == A` is the amount itself; if `XA` is quoted, `amount × mid(XA)`; else if `AX` is quoted,
 //! `amount / mid(AX)` (a division, not a multiplication by a rounded inverse); otherwise
 //! [`ValuationError::NoConversion`]. There are no two-hop crosses. Results are exact decimals,
-//! unrounded; only realised profit is rounded (see [`round_money`]).
+//! unrounded; only realised profit is rounded (see [`suho_domain::money::round_cents`]).
 
 use std::collections::BTreeMap;
 
-use rust_decimal::{Decimal, RoundingStrategy};
+use rust_decimal::Decimal;
 use suho_domain::{Symbol, Tick};
-
-/// Units of the base currency in one lot: 100,000.
-pub const CONTRACT_SIZE: Decimal = Decimal::from_parts(100_000, 0, 0, false, 0);
-
-/// Rounds money to cents, midpoint away from zero (`-0.005` becomes `-0.01`); never `-0`.
-#[must_use]
-pub fn round_money(amount: Decimal) -> Decimal {
-    let cents = amount.round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero);
-    if cents.is_zero() {
-        cents.abs()
-    } else {
-        cents
-    }
-}
 
 /// A position or amount that cannot be valued in the account currency.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -125,16 +111,6 @@ mod tests {
 
     fn tick(sym: &str, bid: &str, ask: &str, ts: i64) -> Tick {
         Tick::new(Symbol::parse(sym).expect("sym"), d(bid), d(ask), ts, "test").expect("tick")
-    }
-
-    #[test]
-    fn rounding_is_to_cents_midpoint_away_from_zero() {
-        assert_eq!(round_money(d("0.005")), d("0.01"));
-        assert_eq!(round_money(d("-0.005")), d("-0.01"));
-        assert_eq!(round_money(d("12.344999")), d("12.34"));
-        assert_eq!(round_money(d("-13.3333333")), d("-13.33"));
-        assert_eq!(round_money(d("2.675")), d("2.68"));
-        assert_eq!(round_money(d("-0.001")).to_string(), "0.00");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use rust_decimal::Decimal;
 use suho_domain::{
-    CommandError, CommandType, RiskAlert, RiskAlertType, Side, Symbol, TradeCommand, TradeEvent,
+    CommandError, CommandHead, DescribesTrade, RiskAlert, RiskAlertType, Side, Symbol, TradeEvent,
     SCHEMA_VERSION,
 };
 
@@ -22,14 +22,6 @@ pub enum RejectReason {
     /// The command lacks a field or has a non-positive number.
     #[error(transparent)]
     InvalidCommand(#[from] CommandError),
-    /// An operation was given a command of another type.
-    #[error("expected {expected}, got a {got} command")]
-    WrongCommand {
-        /// The type the operation handles.
-        expected: CommandType,
-        /// The command's type.
-        got: CommandType,
-    },
     /// The command names another user or MT5 account than the account it was given to.
     #[error("the command is for another account")]
     WrongAccount,
@@ -106,6 +98,10 @@ pub enum RejectReason {
         /// Account currency.
         currency: String,
     },
+    /// The venue itself refused the command (an MT5 return code such as "market closed" or
+    /// "trade disabled", in the venue's words).
+    #[error("the venue refused the order: {0}")]
+    Venue(String),
     /// The trade or the account cannot be valued in the account currency.
     #[error("cannot value the trade: {0}")]
     Valuation(#[from] ValuationError),
@@ -147,16 +143,22 @@ impl RejectReason {
         )
     }
 
-    /// The `TRADE_REJECTED` event answering `command` (id `rej_{command_id}`).
+    /// The `TRADE_REJECTED` event answering the command `head` of kind `what` (id
+    /// `rej_{command_id}`).
     #[must_use]
-    pub fn rejected_event(&self, command: &TradeCommand, now_ms: i64) -> TradeEvent {
-        TradeEvent::rejected(command, self.to_string(), now_ms)
+    pub fn rejected_event(
+        &self,
+        head: &CommandHead,
+        what: &impl DescribesTrade,
+        now_ms: i64,
+    ) -> TradeEvent {
+        TradeEvent::rejected(head, what, self.to_string(), now_ms)
     }
 
     /// The `RISK_LIMIT_BREACH` alert for a limit breach (id `breach_{command_id}`); `None`
     /// for any other reason.
     #[must_use]
-    pub fn breach_alert(&self, command: &TradeCommand, now_ms: i64) -> Option<RiskAlert> {
+    pub fn breach_alert(&self, command: &CommandHead, now_ms: i64) -> Option<RiskAlert> {
         self.is_limit_breach().then(|| RiskAlert {
             event_id: format!("breach_{}", command.event_id),
             event_type: RiskAlertType::RiskLimitBreach,

@@ -520,6 +520,48 @@ pub struct TradingConfig {
     /// (`SUHO__TRADING__INSTANCE_ID=2`).
     #[serde(deserialize_with = "string_or_number")]
     pub instance_id: String,
+    /// The venue commands execute on.
+    pub venue: Venue,
+    /// How the scripted venue misbehaves (read only with `venue = "scripted"`).
+    pub scripted: ScriptedVenueConfig,
+}
+
+/// The venue behind the trading engine's broker port.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Venue {
+    /// The simulated MT5 broker (`suho_broker::PaperBroker`), the default.
+    #[default]
+    Paper,
+    /// A test venue: the paper broker's books behind a venue that refuses some orders, fills
+    /// late and is unavailable now and then, as `trading.scripted` says. For tests of the engine
+    /// through a venue other than the paper broker; never for money.
+    Scripted,
+}
+
+/// The scripted venue's misbehaviour; each is deterministic in the command id, so every
+/// engine (and a restarted one) treats a command alike.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ScriptedVenueConfig {
+    /// Refuse one command in this many (chosen by a hash of its id; 0: none).
+    pub reject_every: u32,
+    /// Hold every fill this long before answering, milliseconds.
+    pub fill_delay_ms: u64,
+    /// Answer the first try of one trade command in this many "unavailable" (a transient
+    /// failure the engine retries; chosen by another hash of its id, counted per engine
+    /// process; 0: none).
+    pub unavailable_every: u32,
+}
+
+impl Default for ScriptedVenueConfig {
+    fn default() -> Self {
+        Self {
+            reject_every: 7,
+            fill_delay_ms: 20,
+            unavailable_every: 3,
+        }
+    }
 }
 
 /// A string, or a number taken as its decimal digits (environment overrides such as
@@ -549,6 +591,8 @@ impl Default for TradingConfig {
             paper_leverage: 100,
             max_commands_per_second: 50,
             instance_id: "1".into(),
+            venue: Venue::Paper,
+            scripted: ScriptedVenueConfig::default(),
         }
     }
 }

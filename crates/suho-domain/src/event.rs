@@ -12,6 +12,7 @@ use std::fmt;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+pub use crate::command::{CommandHead, CommandMetadata, DescribesTrade, Order, TradeCommand};
 pub use crate::envelope::{KafkaEnvelope, NatsEnvelope};
 use crate::symbol::Symbol;
 use crate::topic::UserTopic;
@@ -227,248 +228,6 @@ wire_enum! {
     Mt5AccountUnlinked => "MT5_ACCOUNT_UNLINKED" }
 }
 
-/// Where a command came from, when a strategy sent it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct CommandMetadata {
-    /// Strategy name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub strategy: Option<String>,
-    /// Signal id the command follows.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signal_id: Option<String>,
-}
-
-/// The order of an `OPEN_TRADE` command.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Order {
-    /// The pair (canonical form).
-    pub symbol: Symbol,
-    /// Buy or sell (`type` on the wire).
-    #[serde(rename = "type")]
-    pub side: Side,
-    /// Lots.
-    #[serde(with = "crate::num")]
-    pub volume: Decimal,
-    /// Stop-loss price.
-    #[serde(
-        default,
-        with = "crate::num::option",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub stop_loss: Option<Decimal>,
-    /// Take-profit price.
-    #[serde(
-        default,
-        with = "crate::num::option",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub take_profit: Option<Decimal>,
-}
-
-/// A command that is structurally incomplete for its type.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CommandError {
-    /// A required field is missing.
-    #[error("{event_type} command is missing `{field}`")]
-    Missing {
-        /// Command type.
-        event_type: CommandType,
-        /// Field name.
-        field: &'static str,
-    },
-    /// Volume is zero or negative.
-    #[error("volume {0} must be positive")]
-    NonPositiveVolume(Decimal),
-    /// A deposit or withdrawal amount is not positive or has more than 2 decimals.
-    #[error("amount {0} must be positive with at most 2 decimals")]
-    BadAmount(Decimal),
-    /// A price is zero or negative.
-    #[error("`{field}` {value} must be positive")]
-    NonPositivePrice {
-        /// Field name.
-        field: &'static str,
-        /// The value.
-        value: Decimal,
-    },
-}
-
-/// A trade command on `user.commands` (seed Appendix B "User Trade Command").
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TradeCommand {
-    /// Unique id; the idempotency key.
-    pub event_id: String,
-    /// Open, close or modify.
-    pub event_type: CommandType,
-    /// The user.
-    pub user_id: UserId,
-    /// The MT5 account to trade on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mt5_account: Option<String>,
-    /// The order (`OPEN_TRADE`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub order: Option<Order>,
-    /// The position (`CLOSE_TRADE`, `MODIFY_TRADE`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub trade_id: Option<String>,
-    /// New stop loss (`MODIFY_TRADE`).
-    #[serde(
-        default,
-        with = "crate::num::option",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub stop_loss: Option<Decimal>,
-    /// New take profit (`MODIFY_TRADE`).
-    #[serde(
-        default,
-        with = "crate::num::option",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub take_profit: Option<Decimal>,
-    /// The client's own id for de-duplication.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_order_id: Option<String>,
-    /// Money of a `DEPOSIT` / `WITHDRAWAL`, account currency, at most 2 decimals.
-    #[serde(
-        default,
-        with = "crate::num::option",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub amount: Option<Decimal>,
-    /// Epoch ms.
-    pub timestamp: i64,
-    /// Strategy / signal provenance.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metadata: Option<CommandMetadata>,
-    /// Schema version (1 when absent).
-    #[serde(default = "one")]
-    pub schema_version: u32,
-}
-
-impl TradeCommand {
-    fn base(event_type: CommandType, user_id: UserId, now_ms: i64) -> TradeCommand {
-        TradeCommand {
-            event_id: new_event_id("cmd"),
-            event_type,
-            user_id,
-            mt5_account: None,
-            order: None,
-            trade_id: None,
-            stop_loss: None,
-            take_profit: None,
-            client_order_id: None,
-            amount: None,
-            timestamp: now_ms,
-            metadata: None,
-            schema_version: SCHEMA_VERSION,
-        }
-    }
-
-    /// A new `OPEN_TRADE` command with a fresh `cmd_` id.
-    #[must_use]
-    pub fn open(
-        user_id: UserId,
-        order: Order,
-        client_order_id: Option<String>,
-        now_ms: i64,
-    ) -> TradeCommand {
-        TradeCommand {
-            order: Some(order),
-            client_order_id,
-            ..TradeCommand::base(CommandType::OpenTrade, user_id, now_ms)
-        }
-    }
-
-    /// A new `CLOSE_TRADE` command with a fresh `cmd_` id.
-    #[must_use]
-    pub fn close(user_id: UserId, trade_id: impl Into<String>, now_ms: i64) -> TradeCommand {
-        TradeCommand {
-            trade_id: Some(trade_id.into()),
-            ..TradeCommand::base(CommandType::CloseTrade, user_id, now_ms)
-        }
-    }
-
-    /// A new `MODIFY_TRADE` command with a fresh `cmd_` id.
-    #[must_use]
-    pub fn modify(
-        user_id: UserId,
-        trade_id: impl Into<String>,
-        stop_loss: Option<Decimal>,
-        take_profit: Option<Decimal>,
-        now_ms: i64,
-    ) -> TradeCommand {
-        TradeCommand {
-            trade_id: Some(trade_id.into()),
-            stop_loss,
-            take_profit,
-            ..TradeCommand::base(CommandType::ModifyTrade, user_id, now_ms)
-        }
-    }
-
-    /// A new `DEPOSIT` (or, with `withdrawal`, `WITHDRAWAL`) command with a fresh `cmd_` id.
-    #[must_use]
-    pub fn money(user_id: UserId, amount: Decimal, withdrawal: bool, now_ms: i64) -> TradeCommand {
-        let kind = if withdrawal {
-            CommandType::Withdrawal
-        } else {
-            CommandType::Deposit
-        };
-        TradeCommand {
-            amount: Some(amount),
-            ..TradeCommand::base(kind, user_id, now_ms)
-        }
-    }
-
-    /// Checks that the fields its type needs are present and positive: an order with a
-    /// positive volume for `OPEN_TRADE`, a `trade_id` for close / modify, and at least one stop
-    /// for modify. Market-dependent checks (lot step, stop side) belong to the trading service.
-    ///
-    /// # Errors
-    /// The first [`CommandError`] found.
-    pub fn validate(&self) -> Result<(), CommandError> {
-        let missing = |field| CommandError::Missing {
-            event_type: self.event_type,
-            field,
-        };
-        let positive = |field, value: Option<Decimal>| match value {
-            Some(v) if v <= Decimal::ZERO => {
-                Err(CommandError::NonPositivePrice { field, value: v })
-            }
-            _ => Ok(()),
-        };
-        match self.event_type {
-            CommandType::OpenTrade => {
-                let order = self.order.as_ref().ok_or_else(|| missing("order"))?;
-                if order.volume <= Decimal::ZERO {
-                    return Err(CommandError::NonPositiveVolume(order.volume));
-                }
-                positive("stop_loss", order.stop_loss)?;
-                positive("take_profit", order.take_profit)?;
-            }
-            CommandType::CloseTrade => {
-                self.trade_id.as_ref().ok_or_else(|| missing("trade_id"))?;
-            }
-            CommandType::ModifyTrade => {
-                self.trade_id.as_ref().ok_or_else(|| missing("trade_id"))?;
-                if self.stop_loss.is_none() && self.take_profit.is_none() {
-                    return Err(missing("stop_loss or take_profit"));
-                }
-                positive("stop_loss", self.stop_loss)?;
-                positive("take_profit", self.take_profit)?;
-            }
-            CommandType::Deposit | CommandType::Withdrawal => {
-                let amount = self.amount.ok_or_else(|| missing("amount"))?;
-                if amount <= Decimal::ZERO || amount.round_dp(2) != amount {
-                    return Err(CommandError::BadAmount(amount));
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-user_event!(TradeCommand, UserTopic::Commands);
-
 /// A trade execution result on `user.trades` (seed Appendix B "Trade Execution Result").
 ///
 /// A rejection has `event_type: TRADE_REJECTED`, `status: REJECTED` and a human-readable
@@ -566,55 +325,75 @@ pub struct TradeEvent {
 }
 
 impl TradeEvent {
-    /// An event of `event_type` answering `command`, with the command's user, account, symbol,
-    /// side, volume, stops and metadata copied and every result field empty.
+    /// An event of `event_type` answering the command `head` whose kind is `what`, with the
+    /// command's user, account and metadata, what the kind names (see [`DescribesTrade`])
+    /// copied, and every result field empty.
     #[must_use]
     pub fn for_command(
-        command: &TradeCommand,
+        head: &CommandHead,
+        what: &impl DescribesTrade,
         event_type: TradeEventType,
         event_id: String,
         now_ms: i64,
     ) -> TradeEvent {
-        let order = command.order.as_ref();
-        TradeEvent {
+        let mut event = TradeEvent {
             event_id,
             event_type,
-            command_id: Some(command.event_id.clone()),
-            user_id: command.user_id.clone(),
-            mt5_account: command.mt5_account.clone(),
-            trade_id: command.trade_id.clone(),
-            symbol: order.map(|o| o.symbol),
-            action: order.map(|o| o.side),
-            volume: order.map(|o| o.volume),
+            command_id: Some(head.event_id.clone()),
+            user_id: head.user_id.clone(),
+            mt5_account: head.mt5_account.clone(),
+            trade_id: None,
+            symbol: None,
+            action: None,
+            volume: None,
             open_price: None,
             execution_price: None,
             close_price: None,
             profit: None,
-            stop_loss: order.and_then(|o| o.stop_loss).or(command.stop_loss),
-            take_profit: order.and_then(|o| o.take_profit).or(command.take_profit),
+            stop_loss: None,
+            take_profit: None,
             status: Some(TradeStatus::Success),
             reason: None,
             timestamp: now_ms,
-            latency_ms: Some(now_ms.saturating_sub(command.timestamp).max(0)),
-            metadata: command.metadata.clone(),
+            latency_ms: Some(now_ms.saturating_sub(head.timestamp).max(0)),
+            metadata: head.metadata.clone(),
             schema_version: SCHEMA_VERSION,
-        }
+        };
+        what.describe(&mut event);
+        event
     }
 
-    /// The `TRADE_REJECTED` event for `command`. Its `event_id` is `rej_` + the command's
-    /// `event_id`, so a retried rejection of the same command has the same id.
+    /// The `TRADE_REJECTED` event for the command `head` whose kind is `what` (`None` when
+    /// the kind could not be read). Its `event_id` is `rej_` + the command's `event_id`, so a
+    /// retried rejection of the same command has the same id.
     #[must_use]
-    pub fn rejected(command: &TradeCommand, reason: impl Into<String>, now_ms: i64) -> TradeEvent {
+    pub fn rejected(
+        head: &CommandHead,
+        what: &impl DescribesTrade,
+        reason: impl Into<String>,
+        now_ms: i64,
+    ) -> TradeEvent {
         TradeEvent {
             status: Some(TradeStatus::Rejected),
             reason: Some(reason.into()),
             ..TradeEvent::for_command(
-                command,
+                head,
+                what,
                 TradeEventType::TradeRejected,
-                format!("rej_{}", command.event_id),
+                format!("rej_{}", head.event_id),
                 now_ms,
             )
         }
+    }
+
+    /// [`TradeEvent::rejected`] for a whole command.
+    #[must_use]
+    pub fn rejected_command(
+        command: &TradeCommand,
+        reason: impl Into<String>,
+        now_ms: i64,
+    ) -> TradeEvent {
+        TradeEvent::rejected(&command.head, &command.kind, reason, now_ms)
     }
 }
 
@@ -812,52 +591,14 @@ mod tests {
     }
 
     #[test]
-    fn open_command_shape() {
-        let cmd = TradeCommand::open(UserId::new("u1"), order(), Some("c1".into()), 10);
-        assert!(cmd.event_id.starts_with("cmd_"));
-        cmd.validate().expect("valid");
-        let v = serde_json::to_value(&cmd).expect("write");
-        assert_eq!(
-            v,
-            json!({"event_id": cmd.event_id, "event_type":"OPEN_TRADE","user_id":"u1",
-                "order":{"symbol":"EURUSD","type":"BUY","volume":0.1},
-                "client_order_id":"c1","timestamp":10,"schema_version":1})
-        );
-        assert_eq!(cmd.topic(), UserTopic::Commands);
-        assert_eq!(cmd.event_type_str(), "OPEN_TRADE");
-    }
-
-    #[test]
-    fn command_validation() {
-        let mut bad = TradeCommand::open(UserId::new("u1"), order(), None, 1);
-        if let Some(o) = bad.order.as_mut() {
-            o.volume = Decimal::ZERO;
-        }
-        assert!(matches!(
-            bad.validate(),
-            Err(CommandError::NonPositiveVolume(_))
-        ));
-        let close = TradeCommand::close(UserId::new("u1"), "t1", 1);
-        close.validate().expect("close ok");
-        let m = TradeCommand::modify(UserId::new("u1"), "t1", None, None, 1);
-        assert!(m.validate().is_err());
-        let m = TradeCommand::modify(UserId::new("u1"), "t1", Some(dec("1.08")), None, 1);
-        m.validate().expect("modify ok");
-        let mut c = close.clone();
-        c.trade_id = None;
-        let err = c.validate().expect_err("missing");
-        assert_eq!(err.to_string(), "CLOSE_TRADE command is missing `trade_id`");
-    }
-
-    #[test]
     fn rejection_is_stable_and_explained() {
         let cmd = TradeCommand::open(UserId::new("u1"), order(), None, 100);
-        let r1 = TradeEvent::rejected(&cmd, "market closed", 150);
-        let r2 = TradeEvent::rejected(&cmd, "market closed", 160);
+        let r1 = TradeEvent::rejected_command(&cmd, "market closed", 150);
+        let r2 = TradeEvent::rejected_command(&cmd, "market closed", 160);
         assert_eq!(r1.event_id, r2.event_id);
         assert_eq!(r1.event_type, TradeEventType::TradeRejected);
         assert_eq!(r1.status, Some(TradeStatus::Rejected));
-        assert_eq!(r1.command_id.as_deref(), Some(cmd.event_id.as_str()));
+        assert_eq!(r1.command_id.as_deref(), Some(cmd.head.event_id.as_str()));
         assert_eq!(r1.latency_ms, Some(50));
         let v = serde_json::to_value(&r1).expect("write");
         assert_eq!(v["status"], "REJECTED");

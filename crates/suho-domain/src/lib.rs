@@ -11,26 +11,33 @@
 //! - [`market`]: NATS market-data payloads (ticks, candles, price replies, signals...).
 //! - [`subject`]: NATS subject builders.
 //! - [`topic`]: the Kafka user topics and their settings.
+//! - [`command`]: commands on `user.commands`, a head and a kind tagged by `event_type`.
 //! - [`event`]: Kafka user/trading events.
+//! - [`money`]: whole cents, the contract size and the lot step.
 //! - [`envelope`]: the `{subject, data}` and `{topic, key, partition, value}` envelopes.
 //!
 //! With the `openapi` feature, the types the HTTP API sends implement `utoipa::ToSchema`.
 
+pub mod command;
 pub mod envelope;
 pub mod event;
 pub mod market;
+pub mod money;
 pub mod num;
 pub mod settings;
 pub mod subject;
 pub mod symbol;
 pub mod topic;
 
+pub use command::{
+    CloseTrade, CommandError, CommandHead, CommandKind, CommandMetadata, DescribesTrade,
+    ModifyTrade, Money, OpenTrade, Order, TradeCommand,
+};
 pub use envelope::{KafkaEnvelope, NatsEnvelope};
 pub use event::{
-    new_event_id, AccountStatus, AccountStatusType, AuthEvent, AuthEventType, CommandError,
-    CommandMetadata, CommandType, Order, RiskAlert, RiskAlertType, SettingsEvent,
-    SettingsEventType, Side, TradeCommand, TradeEvent, TradeEventType, TradeStatus, Transaction,
-    TransactionType, UserEvent, UserId, SCHEMA_VERSION,
+    new_event_id, AccountStatus, AccountStatusType, AuthEvent, AuthEventType, CommandType,
+    RiskAlert, RiskAlertType, SettingsEvent, SettingsEventType, Side, TradeEvent, TradeEventType,
+    TradeStatus, Transaction, TransactionType, UserEvent, UserId, SCHEMA_VERSION,
 };
 pub use market::{
     Candle, Direction, HealthStatus, Heartbeat, IndicatorValue, MarketAlert, MarketError,

@@ -13,10 +13,7 @@ use serde_json::Value;
 
 use crate::Symbol;
 
-/// Smallest volume step, in lots.
-pub const LOT_STEP: Decimal = Decimal::from_parts(1, 0, 0, false, 2);
-/// Largest order any user may set as their maximum, in lots.
-pub const MAX_ORDER_VOLUME: Decimal = Decimal::from_parts(100, 0, 0, false, 0);
+use crate::money::{on_lot_step, LOT_STEP, MAX_ORDER_VOLUME};
 
 /// Risk parameters the trading engine enforces for the user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,7 +193,7 @@ impl UserSettings {
                 format!("must be positive and at most {MAX_ORDER_VOLUME} lots"),
             ));
         }
-        if !(r.max_volume % LOT_STEP).is_zero() {
+        if !on_lot_step(r.max_volume) {
             return Err(invalid(
                 "risk.max_volume",
                 format!("must be a multiple of the lot step {LOT_STEP}"),
@@ -223,7 +220,7 @@ impl UserSettings {
             }
             if auto.volume <= Decimal::ZERO
                 || auto.volume > MAX_ORDER_VOLUME
-                || !(auto.volume % LOT_STEP).is_zero()
+                || !on_lot_step(auto.volume)
             {
                 return Err(invalid(
                     format!("auto_trading.{name}.volume"),

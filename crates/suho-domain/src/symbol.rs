@@ -92,6 +92,22 @@ impl Symbol {
     pub fn quote(&self) -> &str {
         &self.as_str()[3..]
     }
+
+    /// Decimal places a price of this pair is quoted with: 3 for yen pairs, else 5.
+    #[must_use]
+    pub fn digits(&self) -> u32 {
+        if self.quote() == "JPY" {
+            3
+        } else {
+            5
+        }
+    }
+
+    /// One pip: 0.01 for yen pairs, else 0.0001 (ten points of [`Symbol::digits`]).
+    #[must_use]
+    pub fn pip(&self) -> rust_decimal::Decimal {
+        rust_decimal::Decimal::new(1, self.digits() - 1)
+    }
 }
 
 impl fmt::Display for Symbol {

@@ -107,9 +107,9 @@ fn trade_command_fixture_round_trips() {
     let fx = fixture("user-trade-command.json");
     let (cmd, back) = round_trip::<TradeCommand>(&fx);
     assert_eq!(back, with(fx, "", "schema_version", json!(1)));
-    assert_eq!(cmd.event_type, CommandType::OpenTrade);
-    assert_eq!(cmd.schema_version, 1);
-    let order = cmd.order.as_ref().expect("order");
+    assert_eq!(cmd.command_type(), CommandType::OpenTrade);
+    assert_eq!(cmd.head.schema_version, 1);
+    let order = cmd.kind.order().expect("order");
     assert_eq!(order.side, Side::Buy);
     assert_eq!(order.volume, dec("0.1"));
     assert_eq!(order.stop_loss, Some(dec("1.082")));

@@ -539,7 +539,7 @@ pub fn served(
     strategies: &[String],
 ) -> serde_json::Value {
     use serde_json::{json, Value};
-    use suho_domain::settings::{LOT_STEP, MAX_ORDER_VOLUME};
+    use suho_domain::money::{LOT_STEP, MAX_ORDER_VOLUME};
 
     use crate::input::{MAX_MILLIS, MAX_PRICE, PRICE_STEP, PRINTABLE};
 

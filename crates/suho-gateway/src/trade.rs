@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
 use rust_decimal::Decimal;
-use suho_domain::settings::{LOT_STEP, MAX_ORDER_VOLUME};
+use suho_domain::money::{LOT_STEP, MAX_ORDER_VOLUME};
 use suho_domain::{Order, Side, TradeCommand};
 use suho_messaging::now_ms;
 
@@ -71,7 +71,7 @@ pub async fn open(
         // A retried request: answer with the first command, queue nothing.
         if let ClientOrder::Existing(first) = state
             .accounts
-            .claim_client_order(&user_id, coid, &command.event_id)
+            .claim_client_order(&user_id, coid, &command.head.event_id)
             .await?
         {
             tracing::info!(user_id = %user_id, client_order_id = %coid, command_id = %first, "repeated client_order_id; nothing queued");
@@ -83,7 +83,7 @@ pub async fn open(
             // Not queued: free the id so the client's retry can queue it.
             if let Err(release) = state
                 .accounts
-                .release_client_order(&user_id, coid, &command.event_id)
+                .release_client_order(&user_id, coid, &command.head.event_id)
                 .await
             {
                 tracing::error!(user_id = %user_id, client_order_id = %coid, error = %release, "releasing an unqueued client_order_id failed; a retry will be answered with a command that was never queued");
@@ -91,8 +91,8 @@ pub async fn open(
         }
         return Err(e.into());
     }
-    tracing::info!(user_id = %command.user_id, command_id = %command.event_id, "OPEN_TRADE queued");
-    Ok(queued(&command.event_id))
+    tracing::info!(user_id = %command.head.user_id, command_id = %command.head.event_id, "OPEN_TRADE queued");
+    Ok(queued(&command.head.event_id))
 }
 
 /// `202 {status: "queued", command_id}`.
@@ -138,8 +138,8 @@ pub async fn close(
     body.only(CLOSE_FIELDS)?;
     let command = TradeCommand::close(claims.user_id(), trade_id(&body)?, now_ms());
     state.producer.send(&command).await?;
-    tracing::info!(user_id = %command.user_id, command_id = %command.event_id, "CLOSE_TRADE queued");
-    Ok(queued(&command.event_id))
+    tracing::info!(user_id = %command.head.user_id, command_id = %command.head.event_id, "CLOSE_TRADE queued");
+    Ok(queued(&command.head.event_id))
 }
 
 /// Changes a position's stops.
@@ -180,8 +180,8 @@ pub async fn modify(
     let command =
         TradeCommand::modify(claims.user_id(), trade_id, stop_loss, take_profit, now_ms());
     state.producer.send(&command).await?;
-    tracing::info!(user_id = %command.user_id, command_id = %command.event_id, "MODIFY_TRADE queued");
-    Ok(queued(&command.event_id))
+    tracing::info!(user_id = %command.head.user_id, command_id = %command.head.event_id, "MODIFY_TRADE queued");
+    Ok(queued(&command.head.event_id))
 }
 
 fn parse_order(body: &Body, state: &AppState) -> Result<Order, ApiError> {

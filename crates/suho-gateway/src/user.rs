@@ -273,8 +273,8 @@ async fn money(
     }
     let command = suho_domain::TradeCommand::money(user_id, amount, withdrawal, now_ms());
     state.producer.send(&command).await?;
-    tracing::info!(user_id = %command.user_id, command_id = %command.event_id, kind = %command.event_type, "money command queued");
-    Ok(crate::trade::queued(&command.event_id))
+    tracing::info!(user_id = %command.head.user_id, command_id = %command.head.event_id, kind = %command.command_type(), "money command queued");
+    Ok(crate::trade::queued(&command.head.event_id))
 }
 
 /// Deposits money into the caller's paper account.

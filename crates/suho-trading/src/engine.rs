@@ -3,7 +3,7 @@
 //! A batch of `user.commands` records per Kafka transaction: the first record to arrive and
 //! whatever else has already arrived (up to `MAX_BATCH`). Begin a transaction; for each
 //! record in order, plan it ([`crate::plan`]) and carry the plan out (a dead-letter record, a
-//! rejection, or a price request on NATS and an execution on the paper account), queueing
+//! rejection, or a price request on NATS and an execution at the venue), queueing
 //! its outcome without waiting; then wait for every outcome's acknowledgement and commit them
 //! with the records' next offsets in that transaction. One transaction per batch rather than
 //! per command is what lets the engine keep up: a commit costs several broker round trips.
@@ -22,7 +22,7 @@
 //! rebuilds its accounts from the log before it handles another record: the previous owner
 //! committed (or aborted) its last transaction before it let the partition go, so the
 //! rebuild sees every outcome of that partition's commands. Between commands an engine acts
-//! only on the accounts of the users whose partitions it owns ([`paper::Ownership`]).
+//! only on the accounts of the users whose partitions it owns ([`ledger::Ownership`]).
 
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
@@ -36,29 +36,27 @@ use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::types::RDKafkaErrorCode;
-use rust_decimal::Decimal;
-use suho_broker::{
-    AccountConfig, AccountKey, BrokerAdapter, BrokerError, PaperBroker, PaperBrokerConfig,
-};
+use suho_broker::{AccountKey, BrokerAdapter, BrokerError};
 use suho_domain::{
-    CommandType, PriceReply, TradeCommand, TradeEvent, UserEvent, UserId, UserTopic,
+    CommandHead, DescribesTrade, PriceReply, TradeEvent, UserEvent, UserId, UserTopic,
 };
 use suho_messaging::kafka::{self, Assignment, Queued, UserConsumer};
 use suho_messaging::{now_ms, MarketBus, UserEventProducer};
 use tokio_util::sync::CancellationToken;
 
-use crate::paper;
+use crate::ledger;
 use crate::plan::{self, Plan, Priced};
 use crate::{EngineError, GROUP};
 
 /// The trading engine: consumes `user.commands` in the consumer group [`GROUP`] and answers
-/// every command on `user.trades` (or dead-letters an unreadable record).
-pub struct Engine {
+/// every command on `user.trades` (or dead-letters an unreadable record), executing them on
+/// the venue `B` through its [`BrokerAdapter`] port.
+pub struct Engine<B> {
     consumer: UserConsumer,
     bus: MarketBus,
     producer: UserEventProducer,
     backoff: Backoff,
-    broker: Arc<PaperBroker>,
+    broker: Arc<B>,
     kafka: suho_config::KafkaConfig,
     /// The transactional producer every command's outcome and offset go through (set by
     /// [`Engine::run`]).
@@ -76,9 +74,9 @@ pub struct Engine {
     /// The per-user command rate limit.
     rate: RateLimit,
     /// Live ticks, applied to the accounts in the engine's transactions.
-    ticks: Arc<paper::TickInbox>,
+    ticks: Arc<ledger::TickInbox>,
     /// Which accounts this engine acts on between commands (set by [`Engine::run`]).
-    ownership: std::sync::OnceLock<paper::Ownership>,
+    ownership: std::sync::OnceLock<ledger::Ownership>,
     /// When the owned accounts' statuses were last all published.
     statuses_sent: Mutex<std::time::Instant>,
 }
@@ -124,7 +122,7 @@ impl RateLimit {
     }
 }
 
-impl std::fmt::Debug for Engine {
+impl<B> std::fmt::Debug for Engine<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
             .field("group", &GROUP)
@@ -208,32 +206,23 @@ enum Settled {
     Interrupted,
 }
 
-impl Engine {
-    /// Creates the engine and its consumer, subscribed to `user.commands` in the group
-    /// [`GROUP`] (the configured group prefix is prepended), with manual commits.
+impl<B: BrokerAdapter + 'static> Engine<B> {
+    /// Creates the engine on the venue `broker` and its consumer, subscribed to
+    /// `user.commands` in the group [`GROUP`] (the configured group prefix is prepended), with
+    /// manual commits.
     ///
     /// # Errors
     /// The engine's credentials are missing, or the Kafka clients cannot be created or the
     /// consumer subscribed.
-    pub fn new(config: &suho_config::Config, bus: MarketBus) -> Result<Engine, EngineError> {
+    pub fn new(
+        config: &suho_config::Config,
+        bus: MarketBus,
+        broker: B,
+    ) -> Result<Engine<B>, EngineError> {
         // Every Kafka client of the engine logs in as the engine.
         let kafka = kafka::bind(config, suho_security::Identity::Engine)?;
         let producer = UserEventProducer::new(&kafka)?;
         let consumer = kafka::consumer(&kafka, &config.telemetry, GROUP, &[UserTopic::Commands])?;
-        // Users who never saved settings trade under the default risk settings.
-        let risk = suho_domain::RiskSettings::default();
-        let account = AccountConfig {
-            leverage: std::num::NonZeroU32::new(config.trading.paper_leverage)
-                .ok_or_else(|| EngineError::Broker("paper_leverage must be positive".into()))?,
-            max_volume: risk.max_volume,
-            max_open_positions: usize::try_from(risk.max_open_positions).unwrap_or(usize::MAX),
-            ..AccountConfig::default()
-        };
-        let broker = PaperBroker::new(PaperBrokerConfig {
-            account,
-            initial_balance: Decimal::from(config.trading.paper_opening_balance),
-        })
-        .map_err(|e| EngineError::Broker(e.to_string()))?;
         let assignment = consumer.context().assignment().clone();
         Ok(Engine {
             consumer,
@@ -252,7 +241,7 @@ impl Engine {
             assignment,
             rebuilt_for: AtomicU64::new(0),
             rate: RateLimit::new(config.trading.max_commands_per_second),
-            ticks: Arc::new(paper::TickInbox::default()),
+            ticks: Arc::new(ledger::TickInbox::default()),
             ownership: std::sync::OnceLock::new(),
             statuses_sent: Mutex::new(std::time::Instant::now()),
         })
@@ -289,7 +278,7 @@ impl Engine {
         let commands = UserTopic::Commands.full_name(&self.kafka.topic_prefix);
         let mut delay = self.backoff.initial;
         let partitions = loop {
-            match paper::partition_count(&self.kafka, commands.clone()).await {
+            match ledger::partition_count(&self.kafka, commands.clone()).await {
                 Ok(n) => break n,
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in_ms = millis(delay), "reading user.commands' partitions failed; retrying");
@@ -300,7 +289,7 @@ impl Engine {
                 }
             }
         };
-        let ownership = paper::Ownership::new(self.assignment.clone(), commands, partitions);
+        let ownership = ledger::Ownership::new(self.assignment.clone(), commands, partitions);
         // The transactional producer: its initialisation also aborts what a previous engine
         // with the same transactional id left open.
         let mut delay = self.backoff.initial;
@@ -311,7 +300,7 @@ impl Engine {
                     break;
                 }
                 Err(suho_messaging::MessagingError::Kafka(KafkaError::ClientCreation(e))) => {
-                    return Err(EngineError::Broker(format!(
+                    return Err(EngineError::Config(format!(
                         "the transactional producer's configuration: {e}"
                     )));
                 }
@@ -325,7 +314,7 @@ impl Engine {
             }
         }
         let _ = self.ownership.set(ownership);
-        let ticks = tokio::spawn(paper::run_ticks(
+        let ticks = tokio::spawn(ledger::run_ticks(
             self.bus.clone(),
             Arc::clone(&self.ticks),
             shutdown.clone(),
@@ -363,7 +352,7 @@ impl Engine {
                 let tick_round = async {
                     tokio::select! {
                         () = self.ticks.arrived() => {}
-                        () = tokio::time::sleep(paper::STATUS_EVERY) => {}
+                        () = tokio::time::sleep(ledger::STATUS_EVERY) => {}
                     }
                     tokio::time::sleep_until(last_round + TICK_ROUND_EVERY).await;
                 };
@@ -443,14 +432,15 @@ impl Engine {
     /// The plan of `t`, or a rejection if it would take its user over the rate limit
     /// (counting `earlier` commands of this batch).
     fn rate_checked<'t>(&self, t: &'t Taken, earlier: &[(UserId, i64)]) -> Cow<'t, Plan> {
-        if let Plan::Open { command, .. } | Plan::Execute { command } = &t.plan {
+        if let Some(head) = t.plan.head().filter(|_| t.plan.executes()) {
             let in_batch = earlier
                 .iter()
-                .filter(|(u, at)| u == &command.user_id && *at <= t.at && *at > t.at - 1_000)
+                .filter(|(u, at)| u == &head.user_id && *at <= t.at && *at > t.at - 1_000)
                 .count();
-            if !self.rate.allows(&command.user_id, t.at, in_batch) {
+            if !self.rate.allows(&head.user_id, t.at, in_batch) {
                 return Cow::Owned(Plan::Reject {
-                    command: command.clone(),
+                    head: head.clone(),
+                    kind: None,
                     reason: suho_broker::RejectReason::RateLimited(self.rate.limit).to_string(),
                 });
             }
@@ -471,22 +461,22 @@ impl Engine {
             let owned = self.assignment.partitions(&commands);
             if owned.is_empty() {
                 // Nothing to act on until partitions come back, then rebuilt afresh.
-                self.broker.rebuild(&[]);
+                self.broker.restore(&[]);
                 self.rebuilt_for.store(changes, Ordering::SeqCst);
                 return true;
             }
-            match paper::rebuild(&self.broker, &self.kafka).await {
+            match ledger::rebuild(&*self.broker, &self.kafka).await {
                 Ok(applied) => {
                     self.rebuilt_for.store(changes, Ordering::SeqCst);
                     tracing::info!(
                         events = applied,
-                        accounts = self.broker.account_keys().len(),
+                        accounts = self.broker.accounts().len(),
                         partitions = ?owned,
-                        "paper accounts rebuilt for this engine's partitions"
+                        "accounts rebuilt for this engine's partitions"
                     );
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in_ms = millis(delay), "rebuilding the paper accounts failed; retrying");
+                    tracing::warn!(error = %e, retry_in_ms = millis(delay), "rebuilding the accounts failed; retrying");
                     if !wait(delay, shutdown).await {
                         return false;
                     }
@@ -573,11 +563,8 @@ impl Engine {
             match self.attempt(&t.msg, &plan, &mut prices, &mut sends).await? {
                 Attempt::Done => {
                     done += 1;
-                    if let Plan::Open { command, .. }
-                    | Plan::Execute { command }
-                    | Plan::Reject { command, .. } = plan.as_ref()
-                    {
-                        counted.push((command.user_id.clone(), t.at));
+                    if let Some(head) = plan.head() {
+                        counted.push((head.user_id.clone(), t.at));
                     }
                 }
                 Attempt::Retry(reason) => {
@@ -664,11 +651,11 @@ impl Engine {
         }
         if self.dirty.swap(false, std::sync::atomic::Ordering::SeqCst) {
             loop {
-                match paper::rebuild(&self.broker, &self.kafka).await {
+                match ledger::rebuild(&*self.broker, &self.kafka).await {
                     Ok(applied) => {
                         tracing::info!(
                             events = applied,
-                            "paper accounts rebuilt after an aborted transaction"
+                            "accounts rebuilt after an aborted transaction"
                         );
                         return;
                     }
@@ -684,7 +671,7 @@ impl Engine {
     /// Applies the ticks that arrived since the last time to the accounts this engine owns,
     /// queueing what the broker did (closes at stop loss or take profit, stop-outs, margin
     /// calls, and the statuses of the accounts concerned) in the open transaction; and every
-    /// [`paper::STATUS_EVERY`] the status of every owned account. `Err(reason)` when an
+    /// [`ledger::STATUS_EVERY`] the status of every owned account. `Err(reason)` when an
     /// applied close could not be queued: the transaction must be aborted (and the accounts
     /// rebuilt).
     async fn apply_ticks(
@@ -696,15 +683,20 @@ impl Engine {
         };
         let mut touched: Vec<AccountKey> = Vec::new();
         for tick in self.ticks.take() {
-            let outcome = self
-                .broker
-                .on_tick_where(&tick, now_ms(), |k| own.owns(&k.user_id));
+            let acts_on = |k: &AccountKey| own.owns(&k.user_id);
+            let outcome = match self.broker.on_tick(&tick, now_ms(), &acts_on).await {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::warn!(symbol = %tick.symbol, error = %e, "the venue could not take a tick; the next one is tried");
+                    continue;
+                }
+            };
             for e in &outcome.errors {
-                tracing::debug!(error = %e, "the paper broker could not value an account on a tick");
+                tracing::debug!(error = %e, "the venue could not value an account on a tick");
             }
             for event in &outcome.closed {
                 self.touched();
-                touched.push(paper::trade_key(event));
+                touched.push(ledger::trade_key(event));
                 if let Attempt::Retry(why) = self.queue(event, sends)? {
                     return Ok(Err(why));
                 }
@@ -724,7 +716,7 @@ impl Engine {
                 .statuses_sent
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            let due = sent.elapsed() >= paper::STATUS_EVERY;
+            let due = sent.elapsed() >= ledger::STATUS_EVERY;
             if due {
                 *sent = std::time::Instant::now();
             }
@@ -733,7 +725,7 @@ impl Engine {
         if all_due {
             touched = self
                 .broker
-                .account_keys()
+                .accounts()
                 .into_iter()
                 .filter(|k| own.owns(&k.user_id))
                 .collect();
@@ -814,78 +806,79 @@ impl Engine {
         prices: &mut Prices,
         sends: &mut Vec<Queued>,
     ) -> Result<Attempt, EngineError> {
+        let now = now_ms();
         match plan {
             Plan::DeadLetter { reason } => self.dead_letter(msg, reason, sends),
-            Plan::Reject { command, reason } => self.queue(
-                &TradeEvent::rejected(command, reason.as_str(), now_ms()),
+            Plan::Reject { head, kind, reason } => self.queue(
+                &TradeEvent::rejected(head, kind, reason.as_str(), now),
                 sends,
             ),
-            Plan::Open { command, order } => {
-                let tick = match self.priced(order.symbol, prices).await? {
+            Plan::Open { head, open } => {
+                let tick = match self.priced(open.order.symbol, prices).await? {
                     Priced::Tick(t) => t,
                     Priced::Reject(reason) => {
-                        return self.queue(&TradeEvent::rejected(command, reason, now_ms()), sends)
+                        return self.queue(&TradeEvent::rejected(head, open, reason, now), sends)
                     }
                     Priced::Retry(reason) => return Ok(Attempt::Retry(reason)),
                 };
-                let outcome = self.broker.open(command, &tick, now_ms()).await;
-                self.answer(command, outcome, sends).await
+                let outcome = self.broker.open(head, open, &tick, now_ms()).await;
+                self.answer(head, open, outcome, sends).await
             }
-            Plan::Execute { command } => match command.event_type {
-                CommandType::Deposit | CommandType::Withdrawal => {
-                    let key = AccountKey::of_command(command);
-                    let amount = command.amount.unwrap_or_default();
-                    let outcome = if command.event_type == CommandType::Deposit {
-                        self.broker
-                            .deposit(&key, &command.event_id, amount, now_ms())
-                            .await
-                    } else {
-                        self.broker
-                            .withdraw(&key, &command.event_id, amount, now_ms())
-                            .await
-                    };
-                    match outcome {
-                        Ok(done) => {
-                            self.touched();
-                            let sent = self.queue(&done.event, sends)?;
-                            if matches!(sent, Attempt::Done) {
-                                self.queue_status(&key, sends).await;
-                            }
-                            Ok(sent)
-                        }
-                        Err(BrokerError::Rejected(reason)) => {
-                            self.queue(&reason.rejected_event(command, now_ms()), sends)
-                        }
-                        Err(e) => Ok(Attempt::Retry(format!("paper broker: {e}"))),
+            Plan::Close { head, close } => {
+                let tick = match self.position_priced(head, &close.trade_id, prices).await? {
+                    Priced::Tick(t) => t,
+                    Priced::Reject(reason) => {
+                        return self.queue(&TradeEvent::rejected(head, close, reason, now), sends)
                     }
-                }
-                _ => {
-                    let key = AccountKey::of_command(command);
-                    let Some(symbol) = self
-                        .broker
-                        .with_account(&key, |a| a.command_symbol(command))
-                    else {
-                        let reason = suho_broker::RejectReason::UnknownPosition(
-                            command.trade_id.clone().unwrap_or_default(),
-                        );
-                        return self.queue(&reason.rejected_event(command, now_ms()), sends);
-                    };
-                    let tick = match self.priced(symbol, prices).await? {
-                        Priced::Tick(t) => t,
-                        Priced::Reject(reason) => {
-                            return self
-                                .queue(&TradeEvent::rejected(command, reason, now_ms()), sends)
-                        }
-                        Priced::Retry(reason) => return Ok(Attempt::Retry(reason)),
-                    };
-                    let outcome = if command.event_type == CommandType::CloseTrade {
-                        self.broker.close(command, &tick, now_ms()).await
-                    } else {
-                        self.broker.modify(command, &tick, now_ms()).await
-                    };
-                    self.answer(command, outcome, sends).await
-                }
-            },
+                    Priced::Retry(reason) => return Ok(Attempt::Retry(reason)),
+                };
+                let outcome = self.broker.close(head, close, &tick, now_ms()).await;
+                self.answer(head, close, outcome, sends).await
+            }
+            Plan::Modify { head, modify } => {
+                let tick = match self.position_priced(head, &modify.trade_id, prices).await? {
+                    Priced::Tick(t) => t,
+                    Priced::Reject(reason) => {
+                        return self.queue(&TradeEvent::rejected(head, modify, reason, now), sends)
+                    }
+                    Priced::Retry(reason) => return Ok(Attempt::Retry(reason)),
+                };
+                let outcome = self.broker.modify(head, modify, &tick, now_ms()).await;
+                self.answer(head, modify, outcome, sends).await
+            }
+            Plan::Deposit { head, money } => {
+                let key = AccountKey::of(head);
+                let outcome = self
+                    .broker
+                    .deposit(&key, &head.event_id, money.amount, now)
+                    .await;
+                self.transacted(head, money, &key, outcome, sends).await
+            }
+            Plan::Withdraw { head, money } => {
+                let key = AccountKey::of(head);
+                let outcome = self
+                    .broker
+                    .withdraw(&key, &head.event_id, money.amount, now)
+                    .await;
+                self.transacted(head, money, &key, outcome, sends).await
+            }
+        }
+    }
+
+    /// The quote a close or modify of position `trade_id` fills from: that of the position's
+    /// symbol; a rejection when no such position is open; a retry when the venue cannot say.
+    async fn position_priced(
+        &self,
+        head: &CommandHead,
+        trade_id: &str,
+        prices: &mut Prices,
+    ) -> Result<Priced, EngineError> {
+        match self.broker.position_symbol(head, trade_id).await {
+            Ok(Some(symbol)) => self.priced(symbol, prices).await,
+            Ok(None) => Ok(Priced::Reject(
+                suho_broker::RejectReason::UnknownPosition(trade_id.to_owned()).to_string(),
+            )),
+            Err(e) => Ok(Priced::Retry(format!("venue: {e}"))),
         }
     }
 
@@ -905,24 +898,19 @@ impl Engine {
 
     /// Asks the price service for every symbol the batch's trades need, all at once.
     async fn prefetch(&self, batch: &VecDeque<Taken>) -> Prices {
-        let mut symbols: Vec<suho_domain::Symbol> = batch
-            .iter()
-            .filter_map(|t| match &t.plan {
-                Plan::Open { order, .. } => Some(order.symbol),
-                Plan::Execute { command }
-                    if matches!(
-                        command.event_type,
-                        CommandType::CloseTrade | CommandType::ModifyTrade
-                    ) =>
-                {
-                    self.broker
-                        .with_account(&AccountKey::of_command(command), |a| {
-                            a.command_symbol(command)
-                        })
-                }
-                _ => None,
-            })
-            .collect();
+        let mut symbols: Vec<suho_domain::Symbol> = Vec::new();
+        for t in batch {
+            let symbol = match &t.plan {
+                Plan::Open { open, .. } => Some(open.order.symbol),
+                Plan::Close { head, close } => self.symbol_of(head, &close.trade_id).await,
+                Plan::Modify { head, modify } => self.symbol_of(head, &modify.trade_id).await,
+                Plan::DeadLetter { .. }
+                | Plan::Reject { .. }
+                | Plan::Deposit { .. }
+                | Plan::Withdraw { .. } => None,
+            };
+            symbols.extend(symbol);
+        }
         symbols.sort_unstable();
         symbols.dedup();
         let asked = futures::future::join_all(symbols.iter().map(|&s| self.tick(s))).await;
@@ -931,6 +919,15 @@ impl Engine {
             .zip(asked)
             .filter_map(|(s, p)| p.ok().map(|p| (s, p)))
             .collect()
+    }
+
+    /// The symbol of an open position, if the venue knows it now.
+    async fn symbol_of(&self, head: &CommandHead, trade_id: &str) -> Option<suho_domain::Symbol> {
+        self.broker
+            .position_symbol(head, trade_id)
+            .await
+            .ok()
+            .flatten()
     }
 
     /// The latest quote of `symbol` from the price service, as a tick for the broker.
@@ -954,30 +951,56 @@ impl Engine {
     /// `RISK_LIMIT_BREACH` when the user's own limits were hit), then the account's status.
     async fn answer(
         &self,
-        command: &TradeCommand,
+        head: &CommandHead,
+        what: &impl DescribesTrade,
         outcome: suho_broker::BrokerResult<suho_broker::Outcome<TradeEvent>>,
         sends: &mut Vec<Queued>,
     ) -> Result<Attempt, EngineError> {
-        let key = AccountKey::of_command(command);
         let sent = match outcome {
             Ok(done) => {
                 self.touched();
                 self.queue(&done.event, sends)?
             }
             Err(BrokerError::Rejected(reason)) => {
-                if let Some(alert) = reason.breach_alert(command, now_ms()) {
+                if let Some(alert) = reason.breach_alert(head, now_ms()) {
                     if let Attempt::Retry(why) = self.queue(&alert, sends)? {
                         return Ok(Attempt::Retry(why));
                     }
                 }
-                self.queue(&reason.rejected_event(command, now_ms()), sends)?
+                self.queue(&reason.rejected_event(head, what, now_ms()), sends)?
             }
-            Err(e) => return Ok(Attempt::Retry(format!("paper broker: {e}"))),
+            Err(e) => return Ok(Attempt::Retry(format!("venue: {e}"))),
         };
         if matches!(sent, Attempt::Done) {
-            self.queue_status(&key, sends).await;
+            self.queue_status(&AccountKey::of(head), sends).await;
         }
         Ok(sent)
+    }
+
+    /// Queues the venue's answer to a deposit or withdrawal (its transaction, or a
+    /// rejection), then the account's status.
+    async fn transacted(
+        &self,
+        head: &CommandHead,
+        what: &impl DescribesTrade,
+        key: &AccountKey,
+        outcome: suho_broker::BrokerResult<suho_broker::Outcome<suho_domain::Transaction>>,
+        sends: &mut Vec<Queued>,
+    ) -> Result<Attempt, EngineError> {
+        match outcome {
+            Ok(done) => {
+                self.touched();
+                let sent = self.queue(&done.event, sends)?;
+                if matches!(sent, Attempt::Done) {
+                    self.queue_status(key, sends).await;
+                }
+                Ok(sent)
+            }
+            Err(BrokerError::Rejected(reason)) => {
+                self.queue(&reason.rejected_event(head, what, now_ms()), sends)
+            }
+            Err(e) => Ok(Attempt::Retry(format!("venue: {e}"))),
+        }
     }
 
     /// Queues the account's status (skipped, at debug, while a conversion rate is missing:

@@ -2,7 +2,7 @@
 //!
 //! Every engine reads the whole compacted topic into a [`SettingsBook`]
 //! (`suho_messaging::settings`, as the auto-trading agent does) and applies each user's
-//! `risk` (leverage, maximum volume, open-position limit) to their paper accounts. The engine
+//! `risk` (leverage, maximum volume, open-position limit) to their accounts at the venue. The engine
 //! waits for the first read to reach the end of the topic before it executes a command; after
 //! that, a change takes effect as soon as it is read (milliseconds after the settings API
 //! answered). Users who never saved settings, or whose settings were forgotten (a tombstone,
@@ -13,8 +13,8 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use suho_broker::{PaperBroker, UserLimits};
-use suho_domain::RiskSettings;
+use suho_broker::{BrokerAdapter, UserLimits};
+use suho_domain::{RiskSettings, UserId};
 use suho_messaging::settings::{SettingsBook, SettingsReader};
 use tokio_util::sync::CancellationToken;
 
@@ -35,10 +35,14 @@ pub fn user_limits(risk: &RiskSettings) -> UserLimits {
 
 /// A book that sets each change on `broker`.
 #[must_use]
-pub fn book(broker: Arc<PaperBroker>) -> SettingsBook {
-    SettingsBook::with_hook(move |user, settings| match settings {
-        Some(s) => broker.set_limits(user, user_limits(&s.risk)),
-        None => broker.clear_limits(user),
+pub fn book<B: BrokerAdapter + 'static>(broker: Arc<B>) -> SettingsBook {
+    book_with(move |user, limits| broker.set_limits(user, limits))
+}
+
+/// A book that hands each user's limits (`None`: forgotten) to `set`.
+fn book_with(set: impl Fn(&UserId, Option<UserLimits>) + Send + Sync + 'static) -> SettingsBook {
+    SettingsBook::with_hook(move |user, settings| {
+        set(user, settings.map(|s| user_limits(&s.risk)));
     })
 }
 
@@ -47,8 +51,8 @@ pub fn book(broker: Arc<PaperBroker>) -> SettingsBook {
 ///
 /// # Errors
 /// The topic could not be listed or read to its end within two minutes of retries.
-pub async fn follow(
-    broker: Arc<PaperBroker>,
+pub async fn follow<B: BrokerAdapter + 'static>(
+    broker: Arc<B>,
     kafka: &suho_config::KafkaConfig,
     retry: (Duration, Duration),
     shutdown: CancellationToken,
@@ -73,8 +77,7 @@ pub async fn follow(
 mod tests {
     use super::*;
     use rust_decimal::Decimal;
-    use suho_broker::{AccountKey, PaperBrokerConfig};
-    use suho_domain::UserId;
+    use std::sync::Mutex;
 
     fn settings(leverage: u32, max_volume: &str, positions: u32) -> Vec<u8> {
         serde_json::json!({"event_id":"s1","event_type":"SETTINGS_UPDATED","user_id":"u1",
@@ -87,43 +90,24 @@ mod tests {
 
     #[test]
     fn the_book_sets_and_clears_a_users_limits() {
-        let broker = Arc::new(PaperBroker::new(PaperBrokerConfig::default()).expect("broker"));
-        let book = book(Arc::clone(&broker));
-        let key = AccountKey {
-            user_id: UserId::new("u1"),
-            mt5_account: None,
-        };
-        let configured = broker.with_account(&key, |a| a.config().clone());
+        type Calls = Vec<(String, Option<UserLimits>)>;
+        let seen: Arc<Mutex<Calls>> = Arc::default();
+        let sink = Arc::clone(&seen);
+        let book = book_with(move |user, limits| {
+            sink.lock().expect("lock").push((user.to_string(), limits));
+        });
         book.apply(Some(b"u1"), Some(&settings(30, "0.5", 3)));
-        let config = broker.with_account(&key, |a| a.config().clone());
-        assert_eq!(
-            (
-                config.leverage.get(),
-                config.max_volume,
-                config.max_open_positions
-            ),
-            (30, Decimal::new(5, 1), 3)
-        );
         // A link without settings changes nothing; an unreadable record forgets the user.
         let link = br#"{"event_id":"s2","event_type":"MT5_ACCOUNT_LINKED","user_id":"u1","mt5_account":"1","timestamp":2}"#;
         book.apply(Some(b"u1"), Some(link));
-        assert_eq!(
-            broker.with_account(&key, |a| a.config().max_open_positions),
-            3
-        );
         book.apply(Some(b"u1"), Some(b"not json"));
-        let config = broker.with_account(&key, |a| a.config().clone());
-        assert_eq!(
-            (
-                config.leverage,
-                config.max_volume,
-                config.max_open_positions
-            ),
-            (
-                configured.leverage,
-                configured.max_volume,
-                configured.max_open_positions
-            )
-        );
+        let limits = UserLimits {
+            leverage: NonZeroU32::new(30).expect("nonzero"),
+            max_volume: Decimal::new(5, 1),
+            max_open_positions: 3,
+        };
+        let seen = seen.lock().expect("lock").clone();
+        let calls: Vec<_> = seen.iter().map(|(u, l)| (u.as_str(), l.clone())).collect();
+        assert_eq!(calls, [("u1", Some(limits)), ("u1", None)]);
     }
 }

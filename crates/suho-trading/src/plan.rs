@@ -6,12 +6,16 @@
 //! rules can be tested without a broker and a redelivered record is always decided the same
 //! way. Ids of outcome events are derived from the command's `event_id` for the same reason.
 
-use suho_domain::{CommandType, Order, PriceErrorKind, PriceReply, TradeCommand, SCHEMA_VERSION};
+use suho_domain::{
+    CloseTrade, CommandHead, CommandKind, ModifyTrade, Money, OpenTrade, PriceErrorKind,
+    PriceReply, TradeCommand, SCHEMA_VERSION,
+};
 
 /// The reason given when a record's key is not the command's `user_id`.
 pub const KEY_MISMATCH: &str = "record key does not match user_id";
 
-/// What to do with one `user.commands` record.
+/// What to do with one `user.commands` record: one variant per command kind, each holding
+/// exactly what carrying it out needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {
     /// The record is not a command at all: send it to the dead-letter topic with `reason`.
@@ -19,26 +23,74 @@ pub enum Plan {
         /// Why it could not be read, for the `dlq.reason` header.
         reason: String,
     },
-    /// A readable command that will not be executed: answer `TRADE_REJECTED` with `reason`.
+    /// A command with a readable head that will not be executed: answer `TRADE_REJECTED`
+    /// with `reason`.
     Reject {
-        /// The command.
-        command: TradeCommand,
+        /// The command's head.
+        head: CommandHead,
+        /// Its kind, when that could be read.
+        kind: Option<CommandKind>,
         /// Human-readable reason (the event's `reason`).
         reason: String,
     },
-    /// A valid `OPEN_TRADE`: price it, then fill it.
+    /// A valid `OPEN_TRADE`: price its symbol, then fill it.
     Open {
-        /// The command.
-        command: TradeCommand,
-        /// Its order (present, validated).
-        order: Order,
+        /// The command's head.
+        head: CommandHead,
+        /// The order.
+        open: OpenTrade,
     },
-    /// A valid `CLOSE_TRADE`, `MODIFY_TRADE`, `DEPOSIT` or `WITHDRAWAL`: carry it out on the
-    /// user's paper account.
-    Execute {
-        /// The command.
-        command: TradeCommand,
+    /// A valid `CLOSE_TRADE`: price the position's symbol, then close it.
+    Close {
+        /// The command's head.
+        head: CommandHead,
+        /// The position.
+        close: CloseTrade,
     },
+    /// A valid `MODIFY_TRADE`: price the position's symbol, then change its stops.
+    Modify {
+        /// The command's head.
+        head: CommandHead,
+        /// The position and its new stops.
+        modify: ModifyTrade,
+    },
+    /// A valid `DEPOSIT`: credit the account.
+    Deposit {
+        /// The command's head.
+        head: CommandHead,
+        /// The amount.
+        money: Money,
+    },
+    /// A valid `WITHDRAWAL`: debit the account.
+    Withdraw {
+        /// The command's head.
+        head: CommandHead,
+        /// The amount.
+        money: Money,
+    },
+}
+
+impl Plan {
+    /// The head of the command this plan answers (none for a dead letter).
+    #[must_use]
+    pub fn head(&self) -> Option<&CommandHead> {
+        match self {
+            Plan::DeadLetter { .. } => None,
+            Plan::Reject { head, .. }
+            | Plan::Open { head, .. }
+            | Plan::Close { head, .. }
+            | Plan::Modify { head, .. }
+            | Plan::Deposit { head, .. }
+            | Plan::Withdraw { head, .. } => Some(head),
+        }
+    }
+
+    /// Whether the plan executes something on the account (and so counts against the
+    /// user's command rate).
+    #[must_use]
+    pub fn executes(&self) -> bool {
+        !matches!(self, Plan::DeadLetter { .. } | Plan::Reject { .. })
+    }
 }
 
 /// A quote for the broker, or why there is none.
@@ -83,11 +135,13 @@ pub fn quote_tick(symbol: suho_domain::Symbol, reply: PriceReply) -> Priced {
 
 /// Decides what a record with `key` and `payload` asks for.
 ///
-/// A record that is not a JSON [`TradeCommand`] (no value, not JSON, wrong shape, empty
-/// `user_id`) is dead-lettered: there is no user to answer. A readable command is rejected
-/// when its record key is not its `user_id`, when its `schema_version` is newer than this
-/// engine understands, when it fails [`TradeCommand::validate`], or when it is a
-/// `CLOSE_TRADE` / `MODIFY_TRADE` (this engine keeps no positions yet).
+/// A record without a readable command head (no value, not JSON, no `event_id`, `user_id`
+/// or `timestamp`, an empty `user_id`) is dead-lettered: there is no user to answer. A
+/// readable head is answered with a rejection when its record key is not its `user_id`,
+/// when its `schema_version` is newer than this engine understands, when its kind cannot be
+/// read (an unknown `event_type`, a field its kind needs missing or malformed), or when the
+/// kind's values break its rules ([`CommandKind::validate`]). Anything else is planned by
+/// its kind.
 #[must_use]
 pub fn plan(key: Option<&[u8]>, payload: Option<&[u8]>) -> Plan {
     let Some(payload) = payload else {
@@ -95,45 +149,46 @@ pub fn plan(key: Option<&[u8]>, payload: Option<&[u8]>) -> Plan {
             reason: "record has no value".into(),
         };
     };
-    let command: TradeCommand = match serde_json::from_slice(payload) {
-        Ok(c) => c,
-        Err(e) => {
-            return Plan::DeadLetter {
-                reason: format!("not a trade command: {e}"),
+    let (head, kind) = match serde_json::from_slice::<TradeCommand>(payload) {
+        Ok(c) => (c.head, Ok(c.kind)),
+        Err(e) => match serde_json::from_slice::<CommandHead>(payload) {
+            Ok(head) => (head, Err(e)),
+            Err(_) => {
+                return Plan::DeadLetter {
+                    reason: format!("not a trade command: {e}"),
+                }
             }
-        }
+        },
     };
-    if command.user_id.as_str().is_empty() {
+    if head.user_id.as_str().is_empty() {
         return Plan::DeadLetter {
             reason: "not a trade command: `user_id` is empty".into(),
         };
     }
-    let reject = |command: TradeCommand, reason: String| Plan::Reject { command, reason };
-    if key != Some(command.user_id.as_str().as_bytes()) {
-        return reject(command, KEY_MISMATCH.into());
+    let reject = |head, kind, reason| Plan::Reject { head, kind, reason };
+    if key != Some(head.user_id.as_str().as_bytes()) {
+        return reject(head, kind.ok(), KEY_MISMATCH.into());
     }
-    if command.schema_version > SCHEMA_VERSION {
+    if head.schema_version > SCHEMA_VERSION {
         let reason = format!(
             "schema_version {} is newer than this engine understands ({SCHEMA_VERSION})",
-            command.schema_version
+            head.schema_version
         );
-        return reject(command, reason);
+        return reject(head, kind.ok(), reason);
     }
-    if let Err(e) = command.validate() {
-        let reason = e.to_string();
-        return reject(command, reason);
+    let kind = match kind {
+        Ok(k) => k,
+        Err(e) => return reject(head, None, format!("not a valid command: {e}")),
+    };
+    if let Err(e) = kind.validate() {
+        return reject(head, Some(kind), e.to_string());
     }
-    match (command.event_type, command.order.clone()) {
-        (CommandType::OpenTrade, Some(order)) => Plan::Open { command, order },
-        // `validate` guarantees an order for OPEN_TRADE; answer rather than panic if not.
-        (CommandType::OpenTrade, None) => reject(command, "OPEN_TRADE command has no order".into()),
-        (
-            CommandType::CloseTrade
-            | CommandType::ModifyTrade
-            | CommandType::Deposit
-            | CommandType::Withdrawal,
-            _,
-        ) => Plan::Execute { command },
+    match kind {
+        CommandKind::OpenTrade(open) => Plan::Open { head, open },
+        CommandKind::CloseTrade(close) => Plan::Close { head, close },
+        CommandKind::ModifyTrade(modify) => Plan::Modify { head, modify },
+        CommandKind::Deposit(money) => Plan::Deposit { head, money },
+        CommandKind::Withdrawal(money) => Plan::Withdraw { head, money },
     }
 }
 
@@ -141,7 +196,7 @@ pub fn plan(key: Option<&[u8]>, payload: Option<&[u8]>) -> Plan {
 mod tests {
     use super::*;
     use rust_decimal::Decimal;
-    use suho_domain::{PriceError, PriceQuote, Side, Symbol, UserId};
+    use suho_domain::{Order, PriceError, PriceQuote, Side, Symbol, UserId};
 
     fn eur() -> Symbol {
         Symbol::parse("EURUSD").expect("symbol")
@@ -190,7 +245,7 @@ mod tests {
             );
         }
         let mut cmd = open("u1", Side::Buy);
-        cmd.user_id = UserId::new("");
+        cmd.head.user_id = UserId::new("");
         assert!(matches!(
             plan(Some(b""), Some(&bytes(&cmd))),
             Plan::DeadLetter { .. }
@@ -202,8 +257,8 @@ mod tests {
         let cmd = open("u1", Side::Buy);
         for key in [Some(&b"u2"[..]), None] {
             match plan(key, Some(&bytes(&cmd))) {
-                Plan::Reject { command, reason } => {
-                    assert_eq!(command, cmd);
+                Plan::Reject { head, kind, reason } => {
+                    assert_eq!((head, kind), (cmd.head.clone(), Some(cmd.kind.clone())));
                     assert_eq!(reason, KEY_MISMATCH);
                 }
                 other => panic!("{other:?}"),
@@ -212,53 +267,67 @@ mod tests {
     }
 
     #[test]
-    fn invalid_newer_and_unsupported_commands_are_rejected() {
+    fn invalid_newer_and_unreadable_kinds_are_rejected() {
         let mut bad = open("u1", Side::Buy);
-        if let Some(o) = bad.order.as_mut() {
-            o.volume = Decimal::ZERO;
+        if let CommandKind::OpenTrade(o) = &mut bad.kind {
+            o.order.volume = Decimal::ZERO;
         }
         let mut newer = open("u1", Side::Buy);
-        newer.schema_version = SCHEMA_VERSION + 1;
-        let no_amount = TradeCommand {
-            amount: None,
-            ..TradeCommand::money(UserId::new("u1"), Decimal::ONE, false, 1)
-        };
+        newer.head.schema_version = SCHEMA_VERSION + 1;
         let sub_cent = TradeCommand::money(UserId::new("u1"), Decimal::new(1001, 3), true, 1);
         for (cmd, want) in [
-            (bad, "must be positive"),
-            (newer, "schema_version 2"),
-            (no_amount, "missing `amount`"),
-            (sub_cent, "at most 2 decimals"),
+            (bytes(&bad), "must be positive"),
+            (bytes(&newer), "schema_version 2"),
+            (bytes(&sub_cent), "at most 2 decimals"),
+            (
+                br#"{"event_id":"c","event_type":"DEPOSIT","user_id":"u1","timestamp":1}"#.to_vec(),
+                "missing field `amount`",
+            ),
+            (
+                br#"{"event_id":"c","event_type":"EXPLODE","user_id":"u1","timestamp":1}"#.to_vec(),
+                "unknown variant `EXPLODE`",
+            ),
         ] {
-            match plan(Some(b"u1"), Some(&bytes(&cmd))) {
+            match plan(Some(b"u1"), Some(&cmd)) {
                 Plan::Reject { reason, .. } => assert!(reason.contains(want), "{reason}"),
                 other => panic!("{other:?}"),
             }
         }
-        // Close, modify, deposit and withdrawal go to the paper account.
-        for cmd in [
-            TradeCommand::close(UserId::new("u1"), "trd_1", 1),
-            TradeCommand::modify(UserId::new("u1"), "trd_1", Some(Decimal::ONE), None, 1),
-            TradeCommand::money(UserId::new("u1"), Decimal::new(10_000, 2), false, 1),
-            TradeCommand::money(UserId::new("u1"), Decimal::new(5_000, 2), true, 1),
-        ] {
-            assert!(
-                matches!(plan(Some(b"u1"), Some(&bytes(&cmd))), Plan::Execute { .. }),
-                "{cmd:?}"
-            );
-        }
     }
 
     #[test]
-    fn a_valid_open_is_planned() {
-        let cmd = open("u1", Side::Sell);
-        assert_eq!(
-            plan(Some(b"u1"), Some(&bytes(&cmd))),
-            Plan::Open {
-                command: cmd.clone(),
-                order: order(Side::Sell)
-            }
-        );
+    fn each_kind_gets_its_own_plan() {
+        let u = || UserId::new("u1");
+        let cases = [
+            (open("u1", Side::Sell), "open"),
+            (TradeCommand::close(u(), "trd_1", 1), "close"),
+            (
+                TradeCommand::modify(u(), "trd_1", Some(Decimal::ONE), None, 1),
+                "modify",
+            ),
+            (
+                TradeCommand::money(u(), Decimal::new(10_000, 2), false, 1),
+                "deposit",
+            ),
+            (
+                TradeCommand::money(u(), Decimal::new(5_000, 2), true, 1),
+                "withdraw",
+            ),
+        ];
+        for (cmd, want) in cases {
+            let planned = plan(Some(b"u1"), Some(&bytes(&cmd)));
+            let got = match &planned {
+                Plan::Open { open, .. } if Some(&open.order) == cmd.kind.order() => "open",
+                Plan::Close { .. } => "close",
+                Plan::Modify { .. } => "modify",
+                Plan::Deposit { .. } => "deposit",
+                Plan::Withdraw { .. } => "withdraw",
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(got, want);
+            assert_eq!(planned.head(), Some(&cmd.head));
+            assert!(planned.executes());
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ use futures::StreamExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rust_decimal::Decimal;
+use suho_broker::PaperBroker;
 use suho_domain::{
     Order, Side, Symbol, Tick, TradeCommand, TradeEvent, TradeEventType, TradeStatus, UserId,
     UserTopic,
@@ -111,7 +112,9 @@ async fn start_engine(
     shutdown: &CancellationToken,
 ) -> JoinHandle<Result<(), EngineError>> {
     let bus = env.bus(Identity::Engine).await;
-    let engine = Engine::new(&env.config, bus).unwrap();
+    let t = &env.config.trading;
+    let venue = PaperBroker::for_platform(t.paper_leverage, t.paper_opening_balance).unwrap();
+    let engine = Engine::new(&env.config, bus, venue).unwrap();
     tokio::spawn(engine.run(shutdown.clone()))
 }
 
@@ -188,25 +191,25 @@ async fn trades(consumer: &StreamConsumer, n: usize) -> Vec<(String, TradeEvent)
 fn find<'a>(events: &'a [(String, TradeEvent)], cmd: &TradeCommand) -> &'a (String, TradeEvent) {
     let mut matching = events
         .iter()
-        .filter(|(_, e)| e.command_id.as_deref() == Some(cmd.event_id.as_str()));
+        .filter(|(_, e)| e.command_id.as_deref() == Some(cmd.head.event_id.as_str()));
     let found = matching
         .next()
-        .unwrap_or_else(|| panic!("no event for {}", cmd.event_id));
+        .unwrap_or_else(|| panic!("no event for {}", cmd.head.event_id));
     assert!(matching.next().is_none(), "one event per command");
     found
 }
 
 fn assert_executed(found: &(String, TradeEvent), cmd: &TradeCommand, quotes: &SeenQuotes) {
     let (key, event) = found;
-    let order = cmd.order.as_ref().unwrap();
-    assert_eq!(key, cmd.user_id.as_str(), "record key is the user id");
+    let order = cmd.kind.order().unwrap();
+    assert_eq!(key, cmd.head.user_id.as_str(), "record key is the user id");
     assert_eq!(event.event_type, TradeEventType::TradeExecuted, "{event:?}");
     assert_eq!(event.status, Some(TradeStatus::Success));
-    assert_eq!(event.user_id, cmd.user_id);
-    assert_eq!(event.event_id, format!("exec_{}", cmd.event_id));
+    assert_eq!(event.user_id, cmd.head.user_id);
+    assert_eq!(event.event_id, format!("exec_{}", cmd.head.event_id));
     assert_eq!(
         event.trade_id.as_deref(),
-        Some(format!("trd_{}", &cmd.event_id["cmd_".len()..]).as_str())
+        Some(format!("trd_{}", &cmd.head.event_id["cmd_".len()..]).as_str())
     );
     assert_eq!(event.symbol, Some(order.symbol));
     assert_eq!(event.action, Some(order.side));
@@ -330,10 +333,10 @@ async fn close_and_mis_keyed_commands_are_rejected_with_a_reason() {
         (&mis_keyed, "record key does not match user_id"),
     ] {
         let (key, event) = find(&events, cmd);
-        assert_eq!(key, cmd.user_id.as_str());
+        assert_eq!(key, cmd.head.user_id.as_str());
         assert_eq!(event.event_type, TradeEventType::TradeRejected);
         assert_eq!(event.status, Some(TradeStatus::Rejected));
-        assert_eq!(event.event_id, format!("rej_{}", cmd.event_id));
+        assert_eq!(event.event_id, format!("rej_{}", cmd.head.event_id));
         let reason = event.reason.as_deref().unwrap_or_default();
         assert!(reason.contains(want), "{reason}");
         assert!(event.execution_price.is_none());
@@ -416,8 +419,8 @@ fn settings_event(user: &str, risk: serde_json::Value) -> suho_domain::SettingsE
 
 fn sized(user: &str, volume: &str) -> TradeCommand {
     let mut c = open(user, "EURUSD", Side::Buy);
-    if let Some(o) = c.order.as_mut() {
-        o.volume = volume.parse().unwrap();
+    if let suho_domain::CommandKind::OpenTrade(o) = &mut c.kind {
+        o.order.volume = volume.parse().unwrap();
     }
     c
 }

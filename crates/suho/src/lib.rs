@@ -14,6 +14,7 @@
 
 pub mod polygon;
 pub mod shutdown;
+pub mod venue;
 pub mod web;
 
 use std::net::SocketAddr;
@@ -217,8 +218,12 @@ impl Application {
         );
         tasks.spawn("audit", async move { audit.await.map_err(Into::into) });
         if config.trading.engine_enabled {
-            let engine = suho_trading::Engine::new(&config, buses.get(Identity::Engine))
-                .context("creating the trading engine")?;
+            let engine = suho_trading::Engine::new(
+                &config,
+                buses.get(Identity::Engine),
+                venue::venue(&config)?,
+            )
+            .context("creating the trading engine")?;
             let token = stop.clone();
             tasks.spawn("trading-engine", async move {
                 engine.run(token).await.map_err(Into::into)
@@ -549,7 +554,8 @@ pub async fn run_engine(config: &Config, shutdown: CancellationToken) -> anyhow:
     let bus = MarketBus::connect(config, Identity::Engine)
         .await
         .context("connecting to NATS")?;
-    let engine = suho_trading::Engine::new(config, bus).context("creating the trading engine")?;
+    let engine = suho_trading::Engine::new(config, bus, venue::venue(config)?)
+        .context("creating the trading engine")?;
     tracing::info!(instance = %config.trading.instance_id, "trading engine starting");
     engine.run(shutdown).await.context("the trading engine")
 }
@@ -588,7 +594,7 @@ pub async fn queue_money(
         .context("queuing the command on user.commands")?;
     suho_telemetry::output::stdout_line(&format!(
         "{{\"status\":\"queued\",\"command_id\":\"{}\"}}",
-        command.event_id
+        command.head.event_id
     ));
     Ok(())
 }

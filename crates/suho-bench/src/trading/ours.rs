@@ -204,7 +204,7 @@ pub(crate) async fn warm_up(ctx: &Context, timeout: Duration) -> anyhow::Result<
     loop {
         let answered = ctx
             .outcomes
-            .answered(commands.iter().map(|c| c.event_id.as_str()));
+            .answered(commands.iter().map(|c| c.head.event_id.as_str()));
         if answered == commands.len() {
             return Ok(());
         }
@@ -311,7 +311,7 @@ fn send_schedule(
                 let producer = s.producer.clone();
                 handle.spawn(async move {
                     match producer.send(&command).await {
-                        Ok(_) => sending.accept(command.event_id, due, is_close),
+                        Ok(_) => sending.accept(command.head.event_id, due, is_close),
                         Err(e) => sending.refuse(format!("producing: {e}")),
                     }
                     sending.in_flight.fetch_sub(1, Ordering::Relaxed);

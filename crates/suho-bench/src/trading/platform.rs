@@ -101,7 +101,11 @@ impl Platform {
         tasks.spawn(async move { ("market-feed", feed.await.map_err(Into::into)) });
 
         // The trading engine.
-        let engine = suho_trading::Engine::new(config, bus.clone())
+        let t = &config.trading;
+        let venue =
+            suho_broker::PaperBroker::for_platform(t.paper_leverage, t.paper_opening_balance)
+                .context("trading.paper_*")?;
+        let engine = suho_trading::Engine::new(config, bus.clone(), venue)
             .context("creating the trading engine")?;
         let token = stop.clone();
         tasks.spawn(async move {

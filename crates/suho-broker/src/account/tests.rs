@@ -3,7 +3,10 @@
 
 use std::str::FromStr;
 
-use suho_domain::Order;
+use suho_domain::{
+    CloseTrade, CommandHead, CommandKind, ModifyTrade, OpenTrade, Order, RiskAlertType, Side,
+    TradeCommand, TradeStatus,
+};
 
 use super::*;
 
@@ -34,13 +37,19 @@ fn funded(amount: &str) -> PaperAccount {
     a
 }
 
-fn command(id: &str, event_type: CommandType) -> TradeCommand {
-    let mut c = TradeCommand::close(UserId::new("u1"), "", 0);
-    c.event_id = format!("cmd_{id}");
-    c.event_type = event_type;
-    c.trade_id = None;
-    c.mt5_account = Some("mt1".into());
-    c
+fn head(id: &str) -> CommandHead {
+    CommandHead {
+        event_id: format!("cmd_{id}"),
+        mt5_account: Some("mt1".into()),
+        ..CommandHead::new(UserId::new("u1"), 0)
+    }
+}
+
+fn command(id: &str, kind: CommandKind) -> TradeCommand {
+    TradeCommand {
+        head: head(id),
+        kind,
+    }
 }
 
 fn open_cmd(
@@ -51,48 +60,78 @@ fn open_cmd(
     sl: Option<&str>,
     tp: Option<&str>,
 ) -> TradeCommand {
-    TradeCommand {
-        order: Some(Order {
-            symbol: sym(s),
-            side,
-            volume: d(vol),
-            stop_loss: sl.map(d),
-            take_profit: tp.map(d),
+    let order = Order {
+        symbol: sym(s),
+        side,
+        volume: d(vol),
+        stop_loss: sl.map(d),
+        take_profit: tp.map(d),
+    };
+    command(
+        id,
+        CommandKind::OpenTrade(OpenTrade {
+            order,
+            client_order_id: None,
         }),
-        ..command(id, CommandType::OpenTrade)
-    }
+    )
 }
 
 fn close_cmd(id: &str, trade: &str) -> TradeCommand {
-    TradeCommand {
-        trade_id: Some(trade.into()),
-        ..command(id, CommandType::CloseTrade)
-    }
+    let close = CloseTrade {
+        trade_id: trade.into(),
+    };
+    command(id, CommandKind::CloseTrade(close))
 }
 
 fn modify_cmd(id: &str, trade: &str, sl: Option<&str>, tp: Option<&str>) -> TradeCommand {
-    TradeCommand {
-        trade_id: Some(trade.into()),
+    let modify = ModifyTrade {
+        trade_id: trade.into(),
         stop_loss: sl.map(d),
         take_profit: tp.map(d),
-        ..command(id, CommandType::ModifyTrade)
+    };
+    command(id, CommandKind::ModifyTrade(modify))
+}
+
+/// Carries out a trade command by its kind, as the engine's plan does.
+trait Exec {
+    fn exec(
+        &mut self,
+        c: &TradeCommand,
+        t: &Tick,
+        now_ms: i64,
+    ) -> Result<Outcome<TradeEvent>, RejectReason>;
+}
+
+impl Exec for PaperAccount {
+    fn exec(
+        &mut self,
+        c: &TradeCommand,
+        t: &Tick,
+        now_ms: i64,
+    ) -> Result<Outcome<TradeEvent>, RejectReason> {
+        match &c.kind {
+            CommandKind::OpenTrade(o) => self.open(&c.head, o, t, now_ms),
+            CommandKind::CloseTrade(x) => self.close(&c.head, x, t, now_ms),
+            CommandKind::ModifyTrade(m) => self.modify(&c.head, m, t, now_ms),
+            other => panic!("not a trade command: {other:?}"),
+        }
     }
 }
 
 fn buy(a: &mut PaperAccount, id: &str, s: &str, vol: &str, t: &Tick) -> TradeEvent {
-    a.open(&open_cmd(id, s, Side::Buy, vol, None, None), t, 1)
+    a.exec(&open_cmd(id, s, Side::Buy, vol, None, None), t, 1)
         .expect("open")
         .event
 }
 
 fn sell(a: &mut PaperAccount, id: &str, s: &str, vol: &str, t: &Tick) -> TradeEvent {
-    a.open(&open_cmd(id, s, Side::Sell, vol, None, None), t, 1)
+    a.exec(&open_cmd(id, s, Side::Sell, vol, None, None), t, 1)
         .expect("open")
         .event
 }
 
 fn close(a: &mut PaperAccount, id: &str, trade: &str, t: &Tick) -> TradeEvent {
-    a.close(&close_cmd(id, trade), t, 2).expect("close").event
+    a.exec(&close_cmd(id, trade), t, 2).expect("close").event
 }
 
 fn margin(a: &PaperAccount) -> Decimal {
@@ -107,7 +146,7 @@ fn worked_example_stop_loss_by_hand() {
     let mut a = funded("10000.00");
     let cmd = open_cmd("w1", "EURUSD", Side::Buy, "1.00", Some("1.09500"), None);
     let exec = a
-        .open(&cmd, &tick("EURUSD", "1.10000", "1.10020", 1), 1)
+        .exec(&cmd, &tick("EURUSD", "1.10000", "1.10020", 1), 1)
         .expect("open")
         .event;
     assert_eq!(
@@ -116,9 +155,7 @@ fn worked_example_stop_loss_by_hand() {
     );
     assert_eq!(exec.execution_price, Some(d("1.10020")));
     // An id without the `cmd_` prefix keeps all of it.
-    let mut odd = cmd.clone();
-    odd.event_id = "abc".into();
-    assert_eq!(crate::trade_id(&odd), "trd_abc");
+    assert_eq!(crate::trade_id("abc"), "trd_abc");
     let out = a.on_tick(&tick("EURUSD", "1.09480", "1.09500", 2), 2);
     assert_eq!(out.closed.len(), 1);
     let closed = &out.closed[0];
@@ -204,7 +241,7 @@ fn eurgbp_margin_via_eurusd_profit_via_gbpusd() {
     // 0.85510: 500 GBP × mid(GBPUSD) 1.25010 = 625.05 USD.
     let mut a = funded("5000");
     let cross = tick("EURGBP", "0.85000", "0.85010", 1);
-    let no_rate = a.open(
+    let no_rate = a.exec(
         &open_cmd("x", "EURGBP", Side::Buy, "1", None, None),
         &cross,
         1,
@@ -218,7 +255,7 @@ fn eurgbp_margin_via_eurusd_profit_via_gbpusd() {
         RejectReason::Valuation(want)
     );
     a.on_tick(&tick("EURUSD", "1.10000", "1.10020", 1), 1);
-    let no_rate = a.open(
+    let no_rate = a.exec(
         &open_cmd("x", "EURGBP", Side::Buy, "1", None, None),
         &cross,
         1,
@@ -329,7 +366,7 @@ fn stops_trigger_on_both_sides_at_the_tick_price() {
     let mut a = funded("10000");
     let t = tick("EURUSD", "1.10000", "1.10020", 1);
     let open = |a: &mut PaperAccount, id, side, sl, tp| {
-        a.open(&open_cmd(id, "EURUSD", side, "0.1", sl, tp), &t, 1)
+        a.exec(&open_cmd(id, "EURUSD", side, "0.1", sl, tp), &t, 1)
             .expect("open");
     };
     open(&mut a, "btp", Side::Buy, None, Some("1.10100"));
@@ -455,20 +492,10 @@ fn every_rejection_reason_names_what_failed() {
     let mut a = PaperAccount::new(UserId::new("u1"), Some("mt1".into()), small).expect("config");
     let t = tick("EURUSD", "1.10000", "1.10020", 1);
     let mut try_open =
-        |c: TradeCommand, t: &Tick| a.open(&c, t, 1).expect_err("rejected").to_string();
+        |c: TradeCommand, t: &Tick| a.exec(&c, t, 1).expect_err("rejected").to_string();
     let o = |vol, sl, tp| open_cmd("r", "EURUSD", Side::Buy, vol, sl, tp);
     let s = |sl, tp| open_cmd("r", "EURUSD", Side::Sell, "1", sl, tp);
     let cases = [
-        (
-            close_cmd("r", "trd_x"),
-            &t,
-            "expected OPEN_TRADE, got a CLOSE_TRADE command",
-        ),
-        (
-            command("r", CommandType::OpenTrade),
-            &t,
-            "OPEN_TRADE command is missing `order`",
-        ),
         (o("0", None, None), &t, "volume 0 must be positive"),
         (
             o("1", None, None),
@@ -526,18 +553,18 @@ fn every_rejection_reason_names_what_failed() {
     }
     a.deposit("d", d("2000"), 1).expect("deposit");
     buy(&mut a, "ok", "EURUSD", "1", &t);
-    let full = a.open(&o("1", None, None), &t, 1).expect_err("limit");
+    let full = a.exec(&o("1", None, None), &t, 1).expect_err("limit");
     assert_eq!(full.to_string(), "1 positions are open, the limit is 1");
     let unknown = a
-        .close(&close_cmd("c", "trd_nope"), &t, 1)
+        .exec(&close_cmd("c", "trd_nope"), &t, 1)
         .expect_err("unknown");
     assert_eq!(unknown.to_string(), "position trd_nope is not open");
     let mut elsewhere = close_cmd("c", "trd_ok");
-    elsewhere.mt5_account = Some("mt2".into());
-    let misrouted = a.close(&elsewhere, &t, 1).expect_err("other account");
+    elsewhere.head.mt5_account = Some("mt2".into());
+    let misrouted = a.exec(&elsewhere, &t, 1).expect_err("other account");
     assert_eq!(misrouted, RejectReason::WrongAccount);
     let bad_modify = a
-        .modify(&modify_cmd("m", "trd_ok", Some("1.2"), None), &t, 1)
+        .exec(&modify_cmd("m", "trd_ok", Some("1.2"), None), &t, 1)
         .expect_err("side");
     assert_eq!(
         bad_modify.to_string(),
@@ -560,13 +587,13 @@ fn every_rejection_reason_names_what_failed() {
     };
     let cmd = o("101", None, None);
     assert!(too_big.is_limit_breach() && full.is_limit_breach() && !unknown.is_limit_breach());
-    let alert = too_big.breach_alert(&cmd, 5).expect("alert");
+    let alert = too_big.breach_alert(&cmd.head, 5).expect("alert");
     assert_eq!(
         (alert.event_id.as_str(), alert.event_type),
         ("breach_cmd_r", RiskAlertType::RiskLimitBreach)
     );
-    assert!(unknown.breach_alert(&cmd, 5).is_none());
-    let rej = too_big.rejected_event(&cmd, 5);
+    assert!(unknown.breach_alert(&cmd.head, 5).is_none());
+    let rej = too_big.rejected_event(&cmd.head, &cmd.kind, 5);
     assert_eq!(
         (rej.event_id.as_str(), rej.status),
         ("rej_cmd_r", Some(TradeStatus::Rejected))
@@ -608,9 +635,9 @@ fn retried_commands_return_the_same_events() {
     assert_eq!(a.balance(), d("5000"));
     let t = tick("EURUSD", "1.10000", "1.10020", 1);
     let cmd = open_cmd("id1", "EURUSD", Side::Buy, "1", None, None);
-    let first = a.open(&cmd, &t, 1).expect("open");
+    let first = a.exec(&cmd, &t, 1).expect("open");
     let again = a
-        .open(&cmd, &tick("EURUSD", "1.2", "1.3", 9), 9)
+        .exec(&cmd, &tick("EURUSD", "1.2", "1.3", 9), 9)
         .expect("retry");
     assert_eq!(
         (again.event.clone(), again.replayed, first.replayed),
@@ -618,14 +645,14 @@ fn retried_commands_return_the_same_events() {
     );
     assert_eq!(a.positions().count(), 1);
     let m = a
-        .modify(&modify_cmd("m1", "trd_id1", None, Some("1.2")), &t, 2)
+        .exec(&modify_cmd("m1", "trd_id1", None, Some("1.2")), &t, 2)
         .expect("modify");
     assert_eq!(
         (m.event.event_id.as_str(), m.event.take_profit),
         ("mod_cmd_m1", Some(d("1.2")))
     );
     assert!(
-        a.modify(&modify_cmd("m1", "trd_id1", None, Some("1.3")), &t, 2)
+        a.exec(&modify_cmd("m1", "trd_id1", None, Some("1.3")), &t, 2)
             .expect("retry")
             .replayed
     );
@@ -634,7 +661,7 @@ fn retried_commands_return_the_same_events() {
         Some(d("1.2"))
     );
     let c = close(&mut a, "c1", "trd_id1", &t);
-    let again = a.close(&close_cmd("c1", "trd_id1"), &t, 3).expect("retry");
+    let again = a.exec(&close_cmd("c1", "trd_id1"), &t, 3).expect("retry");
     assert_eq!((again.event, again.replayed), (c, true));
     assert_eq!(a.balance(), d("4980.00"));
 }
@@ -653,16 +680,16 @@ fn scenario() -> (PaperAccount, Vec<AccountEvent>) {
     let gu = tick("GBPUSD", "1.25000", "1.25020", 2);
     let uj = tick("USDJPY", "149.990", "150.010", 2);
     let cmd = open_cmd("a", "EURUSD", Side::Buy, "1", Some("1.09500"), None);
-    log.push(a.open(&cmd, &eu, 2).expect("open").event.into());
+    log.push(a.exec(&cmd, &eu, 2).expect("open").event.into());
     log.push(sell(&mut a, "b", "GBPUSD", "0.5", &gu).into());
     log.push(buy(&mut a, "c", "USDJPY", "0.3", &uj).into());
-    let m = a.modify(
+    let m = a.exec(
         &modify_cmd("m", "trd_c", Some("149.000"), Some("151.000")),
         &uj,
         3,
     );
     log.push(m.expect("modify").event.into());
-    let rejected = a.open(
+    let rejected = a.exec(
         &open_cmd("big", "EURUSD", Side::Buy, "500", None, None),
         &eu,
         3,
@@ -671,7 +698,7 @@ fn scenario() -> (PaperAccount, Vec<AccountEvent>) {
     log.push(
         rejected
             .expect_err("too big")
-            .rejected_event(&big, 3)
+            .rejected_event(&big.head, &big.kind, 3)
             .into(),
     );
     log.push(

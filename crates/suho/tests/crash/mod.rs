@@ -3,6 +3,10 @@
 //! and its outcome sent in the open Kafka transaction, before the commit. A new engine process
 //! then takes over: the command is executed once, and `read_committed` readers see one
 //! `TRADE_EXECUTED`.
+//!
+//! Each test runs twice: on the paper broker, and on the scripted venue (`trading.venue =
+//! "scripted"`: the engine behind the same port meets refusals, late fills and transient
+//! failures; which commands it refuses follows from their ids, `suho::venue::refuses`).
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -13,12 +17,34 @@ use suho_testkit::TestEnv;
 
 use super::{consume, read_to_end, Running};
 
-fn engine_process(env: &TestEnv, failpoint: Option<&str>) -> tokio::process::Child {
-    engine_instance(env, "1", failpoint, "warn,suho_trading=info")
+/// The venue an engine process runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum On {
+    Paper,
+    Scripted,
+}
+
+/// The scripted venue's settings in these tests: one command in `REFUSE_ONE_IN` refused, fills
+/// 20 ms late, the first try of one command in three unavailable.
+const REFUSE_ONE_IN: u32 = 7;
+
+impl On {
+    /// The answer a command with id `command_id` expecting `event_type` gets on this venue.
+    fn expect<'e>(self, command_id: &str, event_type: &'e str) -> &'e str {
+        match self {
+            On::Scripted if suho::venue::refuses(command_id, REFUSE_ONE_IN) => "TRADE_REJECTED",
+            _ => event_type,
+        }
+    }
+}
+
+fn engine_process(env: &TestEnv, on: On, failpoint: Option<&str>) -> tokio::process::Child {
+    engine_instance(env, on, "1", failpoint, "warn,suho_trading=info")
 }
 
 fn engine_instance(
     env: &TestEnv,
+    on: On,
     instance: &str,
     failpoint: Option<&str>,
     log: &str,
@@ -40,6 +66,15 @@ fn engine_instance(
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
+    if on == On::Scripted {
+        cmd.env("SUHO__TRADING__VENUE", "scripted")
+            .env(
+                "SUHO__TRADING__SCRIPTED__REJECT_EVERY",
+                REFUSE_ONE_IN.to_string(),
+            )
+            .env("SUHO__TRADING__SCRIPTED__FILL_DELAY_MS", "20")
+            .env("SUHO__TRADING__SCRIPTED__UNAVAILABLE_EVERY", "3");
+    }
     match failpoint {
         Some(f) => cmd.env("SUHO_FAILPOINT", f),
         None => cmd.env_remove("SUHO_FAILPOINT"),
@@ -49,6 +84,15 @@ fn engine_instance(
 
 #[tokio::test]
 async fn an_engine_killed_between_execution_and_commit_executes_the_command_once() {
+    killed_between_execution_and_commit(On::Paper).await;
+}
+
+#[tokio::test]
+async fn on_the_scripted_venue_an_engine_killed_before_its_commit_answers_once() {
+    killed_between_execution_and_commit(On::Scripted).await;
+}
+
+async fn killed_between_execution_and_commit(on: On) {
     let mut env = TestEnv::new().await;
     // The platform without its engine: feed, price service, API.
     env.config.trading.engine_enabled = false;
@@ -65,7 +109,7 @@ async fn an_engine_killed_between_execution_and_commit_executes_the_command_once
     let command_id = body["command_id"].as_str().unwrap().to_string();
 
     // The first engine executes the command and dies before committing.
-    let mut first = engine_process(&p.env, Some("engine.before_commit"));
+    let mut first = engine_process(&p.env, on, Some("engine.before_commit"));
     let status = tokio::time::timeout(Duration::from_secs(90), first.wait())
         .await
         .expect("the engine reaches the failpoint within 90 s")
@@ -78,7 +122,7 @@ async fn an_engine_killed_between_execution_and_commit_executes_the_command_once
     );
 
     // A new engine takes over.
-    let mut second = engine_process(&p.env, None);
+    let mut second = engine_process(&p.env, on, None);
     let executed = consume(&p.env, UserTopic::Trades, Duration::from_secs(60), |s| {
         s.iter()
             .any(|(_, _, v)| v["command_id"] == command_id.as_str())
@@ -95,7 +139,11 @@ async fn an_engine_killed_between_execution_and_commit_executes_the_command_once
     assert_eq!(answers.len(), 1, "executed once: {answers:?}");
     let (key, _, event) = answers[0];
     assert_eq!(key, &user);
-    assert_eq!(event["event_type"], "TRADE_EXECUTED", "{event}");
+    assert_eq!(
+        event["event_type"],
+        on.expect(&command_id, "TRADE_EXECUTED"),
+        "{event}"
+    );
     let _ = second.start_kill();
     let _ = second.wait().await;
     p.stop().await;
@@ -108,14 +156,23 @@ async fn an_engine_killed_between_execution_and_commit_executes_the_command_once
 /// rebuilt the accounts its predecessor had changed.
 #[tokio::test]
 async fn two_engines_answer_every_command_once_and_in_order_through_a_kill_and_restart() {
+    two_engines_through_a_kill(On::Paper).await;
+}
+
+#[tokio::test]
+async fn on_the_scripted_venue_two_engines_answer_every_command_once_through_a_kill() {
+    two_engines_through_a_kill(On::Scripted).await;
+}
+
+async fn two_engines_through_a_kill(on: On) {
     const USERS: usize = 100;
     const ROUNDS: usize = 20;
     let mut env = TestEnv::new().await;
     env.config.trading.engine_enabled = false;
     let p = Running::with(env).await;
     let log = "warn";
-    let mut a = engine_instance(&p.env, "a", None, log);
-    let mut b = engine_instance(&p.env, "b", None, log);
+    let mut a = engine_instance(&p.env, on, "a", None, log);
+    let mut b = engine_instance(&p.env, on, "b", None, log);
     let producer =
         suho_messaging::UserEventProducer::new(&p.env.kafka(suho_security::Identity::Gateway))
             .expect("producer");
@@ -132,14 +189,14 @@ async fn two_engines_answer_every_command_once_and_in_order_through_a_kill_and_r
                 eprintln!("engine a killed after {} commands", round * USERS);
             }
             9 => {
-                restarted = Some(engine_instance(&p.env, "a", None, log));
+                restarted = Some(engine_instance(&p.env, on, "a", None, log));
                 eprintln!("engine a restarted after {} commands", round * USERS);
             }
             _ => {}
         }
         for user in &users {
             let now = suho_messaging::now_ms();
-            let (command, expect) = if round % 2 == 0 {
+            let (command, planned) = if round % 2 == 0 {
                 let order = Order {
                     symbol: Symbol::parse("EURUSD").expect("symbol"),
                     side: if round % 4 == 0 {
@@ -163,10 +220,21 @@ async fn two_engines_answer_every_command_once_and_in_order_through_a_kill_and_r
                     "TRADE_CLOSED",
                 )
             };
+            // On the scripted venue a refused command is rejected, and so is the close of a
+            // position whose open was refused.
+            let opened = sent
+                .get(user.as_str())
+                .and_then(|c| c.last())
+                .is_none_or(|(_, answer)| *answer == "TRADE_EXECUTED");
+            let expect = if planned == "TRADE_CLOSED" && !opened {
+                "TRADE_REJECTED"
+            } else {
+                on.expect(&command.head.event_id, planned)
+            };
             producer.send(&command).await.expect("command queued");
             sent.entry(user.as_str().to_owned())
                 .or_default()
-                .push((command.event_id.clone(), expect));
+                .push((command.head.event_id.clone(), expect));
         }
         tokio::time::sleep(Duration::from_millis(400)).await;
     }

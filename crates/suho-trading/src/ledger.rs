@@ -1,4 +1,4 @@
-//! The engine's side of the paper broker: rebuilding every account from its Kafka events
+//! The engine's side of the venue's accounts: restoring them from their Kafka events
 //! (whenever the group assigns partitions), which accounts this engine acts on, and the
 //! inbox of live ticks the engine applies to them (stop loss, take profit, stop-out, margin
 //! calls) in its transactions.
@@ -12,7 +12,7 @@ use futures::StreamExt;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use suho_broker::{AccountEvent, AccountKey, PaperBroker};
+use suho_broker::{AccountEvent, AccountKey, BrokerAdapter};
 use suho_domain::{subject, Tick, TradeEvent, Transaction, UserTopic};
 use suho_messaging::kafka::{partition_of, Assignment};
 use suho_messaging::MarketBus;
@@ -111,17 +111,17 @@ pub async fn read_events(
     Ok(out)
 }
 
-/// Replaces every account of `broker` by its events read back from Kafka, in one step; the
-/// number applied.
+/// Restores every account of `broker` from its events read back from Kafka, in one step;
+/// the number applied.
 ///
 /// # Errors
 /// Kafka is unreachable.
-pub async fn rebuild(
-    broker: &Arc<PaperBroker>,
+pub async fn rebuild<B: BrokerAdapter>(
+    broker: &B,
     kafka: &suho_config::KafkaConfig,
 ) -> Result<usize, EngineError> {
     let events = read_events(kafka).await?;
-    let done = broker.rebuild(&events);
+    let done = broker.restore(&events);
     for (event_id, e) in &done.refused {
         tracing::warn!(event_id, error = %e, "an account event could not be applied on rebuild");
     }

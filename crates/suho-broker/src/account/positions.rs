@@ -1,0 +1,446 @@
+//! Positions: opening at market, closing, changing stops, and the broker's own closes at a
+//! stop loss, a take profit or a stop-out. The profit formula lives here
+//! ([`Position::quote_profit`]), once.
+
+use rust_decimal::Decimal;
+use suho_domain::money::{round_cents, CONTRACT_SIZE};
+use suho_domain::{
+    CloseTrade, CommandHead, ModifyTrade, OpenTrade, Side, Symbol, Tick, TradeEvent,
+    TradeEventType, TradeStatus, SCHEMA_VERSION,
+};
+
+use super::{add, AccountEvent, ApplyError, Outcome, PaperAccount};
+use crate::quotes::ValuationError;
+use crate::reject::RejectReason;
+
+/// One open position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    /// Position id (`trd_...`), the `trade_id` of its events.
+    pub id: String,
+    /// The pair.
+    pub symbol: Symbol,
+    /// Buy or sell.
+    pub side: Side,
+    /// Lots.
+    pub volume: Decimal,
+    /// Fill price.
+    pub open_price: Decimal,
+    /// Stop loss.
+    pub stop_loss: Option<Decimal>,
+    /// Take profit.
+    pub take_profit: Option<Decimal>,
+    /// Opening time, epoch ms.
+    pub open_time: i64,
+    /// The `OPEN_TRADE` command that opened it.
+    pub command_id: Option<String>,
+}
+
+impl Position {
+    /// The price the position closes at on `tick`: the bid for a BUY, the ask for a SELL.
+    #[must_use]
+    pub fn exit_price(&self, tick: &Tick) -> Decimal {
+        match self.side {
+            Side::Buy => tick.bid,
+            Side::Sell => tick.ask,
+        }
+    }
+
+    /// Profit in the quote currency if closed at `price`, unrounded:
+    /// `(price - open) × lots × 100,000` for a BUY, `(open - price) × ...` for a SELL.
+    ///
+    /// # Errors
+    /// [`ValuationError::Overflow`] for absurd prices.
+    pub fn quote_profit(&self, price: Decimal) -> Result<Decimal, ValuationError> {
+        let diff = match self.side {
+            Side::Buy => price.checked_sub(self.open_price),
+            Side::Sell => self.open_price.checked_sub(price),
+        };
+        diff.and_then(|d| d.checked_mul(self.volume))
+            .and_then(|d| d.checked_mul(CONTRACT_SIZE))
+            .ok_or(ValuationError::Overflow("computing profit"))
+    }
+
+    /// Which stop `tick` triggers: BUY `bid <= SL` or `bid >= TP`; SELL `ask >= SL` or
+    /// `ask <= TP`.
+    pub(super) fn stop_hit(&self, tick: &Tick) -> Option<CloseKind> {
+        let price = self.exit_price(tick);
+        let (hits_sl, hits_tp) = match self.side {
+            Side::Buy => (
+                self.stop_loss.is_some_and(|sl| price <= sl),
+                self.take_profit.is_some_and(|tp| price >= tp),
+            ),
+            Side::Sell => (
+                self.stop_loss.is_some_and(|sl| price >= sl),
+                self.take_profit.is_some_and(|tp| price <= tp),
+            ),
+        };
+        if hits_sl {
+            Some(CloseKind::StopLoss)
+        } else if hits_tp {
+            Some(CloseKind::TakeProfit)
+        } else {
+            None
+        }
+    }
+
+    pub(super) fn from_event(e: &TradeEvent) -> Result<Position, ApplyError> {
+        let missing = |field| ApplyError::Missing {
+            event_id: e.event_id.clone(),
+            field,
+        };
+        Ok(Position {
+            id: e.trade_id.clone().ok_or_else(|| missing("trade_id"))?,
+            symbol: e.symbol.ok_or_else(|| missing("symbol"))?,
+            side: e.action.ok_or_else(|| missing("action"))?,
+            volume: e.volume.ok_or_else(|| missing("volume"))?,
+            open_price: e.open_price.ok_or_else(|| missing("open_price"))?,
+            stop_loss: e.stop_loss,
+            take_profit: e.take_profit,
+            open_time: e.timestamp,
+            command_id: e.command_id.clone(),
+        })
+    }
+}
+
+/// Why the broker closed a position on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CloseKind {
+    StopLoss,
+    TakeProfit,
+    StopOut,
+}
+
+/// The position id an `OPEN_TRADE` with id `command_id` creates: `trd_` + the id without its
+/// `cmd_` prefix.
+#[must_use]
+pub fn trade_id(command_id: &str) -> String {
+    format!(
+        "trd_{}",
+        command_id.strip_prefix("cmd_").unwrap_or(command_id)
+    )
+}
+
+fn check_stops(
+    side: Side,
+    price: Decimal,
+    stop_loss: Option<Decimal>,
+    take_profit: Option<Decimal>,
+) -> Result<(), RejectReason> {
+    // A BUY's stop loss sits below the price and its take profit above; a SELL's the reverse.
+    let sl_below = side == Side::Buy;
+    let wrong = |level: Option<Decimal>, below: bool| {
+        level.filter(|l| if below { *l >= price } else { *l <= price })
+    };
+    if let Some(stop_loss) = wrong(stop_loss, sl_below) {
+        return Err(RejectReason::StopLossWrongSide {
+            side,
+            stop_loss,
+            price,
+        });
+    }
+    if let Some(take_profit) = wrong(take_profit, !sl_below) {
+        return Err(RejectReason::TakeProfitWrongSide {
+            side,
+            take_profit,
+            price,
+        });
+    }
+    Ok(())
+}
+
+fn expect_tick(expected: Symbol, tick: &Tick) -> Result<(), RejectReason> {
+    if tick.symbol == expected {
+        Ok(())
+    } else {
+        Err(RejectReason::WrongTick {
+            expected,
+            got: tick.symbol,
+        })
+    }
+}
+
+impl PaperAccount {
+    /// Checks the command is addressed to this account.
+    fn expect_account(&self, head: &CommandHead) -> Result<(), RejectReason> {
+        if head.user_id != self.user_id || head.mt5_account != self.mt5_account {
+            return Err(RejectReason::WrongAccount);
+        }
+        Ok(())
+    }
+
+    /// The symbol a close or modify of position `trade_id` by command `head` needs a price
+    /// for: that of the event it already produced (a retried command), else that of its
+    /// position; `None` for an unknown position (the command is then rejected whatever the
+    /// price).
+    #[must_use]
+    pub fn position_symbol(&self, head: &CommandHead, trade_id: &str) -> Option<Symbol> {
+        for prefix in ["cls_", "mod_"] {
+            if let Some(AccountEvent::Trade(e)) =
+                self.journal.get(&format!("{prefix}{}", head.event_id))
+            {
+                return e.symbol;
+            }
+        }
+        self.positions.get(trade_id).map(|p| p.symbol)
+    }
+
+    /// A success event about `pos`, answering `command` when there is one.
+    fn trade_event(
+        &self,
+        event_type: TradeEventType,
+        event_id: String,
+        command: Option<&CommandHead>,
+        pos: &Position,
+        now_ms: i64,
+    ) -> TradeEvent {
+        TradeEvent {
+            event_id,
+            event_type,
+            command_id: command.map(|c| c.event_id.clone()),
+            user_id: self.user_id.clone(),
+            mt5_account: self.mt5_account.clone(),
+            trade_id: Some(pos.id.clone()),
+            symbol: Some(pos.symbol),
+            action: Some(pos.side),
+            volume: Some(pos.volume),
+            open_price: Some(pos.open_price),
+            execution_price: None,
+            close_price: None,
+            profit: None,
+            stop_loss: pos.stop_loss,
+            take_profit: pos.take_profit,
+            status: Some(TradeStatus::Success),
+            reason: None,
+            timestamp: now_ms,
+            latency_ms: command.map(|c| now_ms.saturating_sub(c.timestamp).max(0)),
+            metadata: command.and_then(|c| c.metadata.clone()),
+            schema_version: SCHEMA_VERSION,
+        }
+    }
+
+    /// Opens a position for an `OPEN_TRADE` command: a BUY fills at `tick.ask`, a SELL at
+    /// `tick.bid`. Checks, in order: command shape, tick symbol, allowed symbol, volume (min,
+    /// max, step), stops on the right side of the fill (BUY `SL < price < TP`, SELL
+    /// `TP < price < SL`), open-position limit, conversion paths, then free margin: the
+    /// current free margin must cover the new position's margin.
+    ///
+    /// # Errors
+    /// The first failed check as a [`RejectReason`].
+    pub fn open(
+        &mut self,
+        command: &CommandHead,
+        open: &OpenTrade,
+        tick: &Tick,
+        now_ms: i64,
+    ) -> Result<Outcome<TradeEvent>, RejectReason> {
+        let event_id = format!("exec_{}", command.event_id);
+        if let Some(done) = self.replay_trade(&event_id) {
+            return Ok(done);
+        }
+        self.expect_account(command)?;
+        open.validate()?;
+        let order = &open.order;
+        expect_tick(order.symbol, tick)?;
+        self.quotes.update(tick);
+        let c = &self.config;
+        if c.allowed_symbols
+            .as_ref()
+            .is_some_and(|s| !s.contains(&order.symbol))
+        {
+            return Err(RejectReason::SymbolNotAllowed(order.symbol));
+        }
+        let volume = order.volume;
+        if volume < c.min_volume {
+            let min = c.min_volume;
+            return Err(RejectReason::VolumeBelowMin { volume, min });
+        }
+        if volume > c.max_volume {
+            let max = c.max_volume;
+            return Err(RejectReason::VolumeAboveMax { volume, max });
+        }
+        if !volume
+            .checked_rem(c.volume_step)
+            .is_some_and(|r| r.is_zero())
+        {
+            let step = c.volume_step;
+            return Err(RejectReason::VolumeOffStep { volume, step });
+        }
+        let price = match order.side {
+            Side::Buy => tick.ask,
+            Side::Sell => tick.bid,
+        };
+        check_stops(order.side, price, order.stop_loss, order.take_profit)?;
+        if self.positions.len() >= c.max_open_positions {
+            let (open, max) = (self.positions.len(), c.max_open_positions);
+            return Err(RejectReason::TooManyPositions { open, max });
+        }
+        let required = self.margin_of(order.symbol, volume)?;
+        self.quotes
+            .convert(Decimal::ZERO, order.symbol.quote(), &self.config.currency)?;
+        let free = self.metrics()?.free_margin;
+        if free < required {
+            return Err(RejectReason::InsufficientMargin {
+                required: round_cents(required),
+                free: round_cents(free),
+                currency: self.config.currency.clone(),
+            });
+        }
+        let pos = Position {
+            id: trade_id(&command.event_id),
+            symbol: order.symbol,
+            side: order.side,
+            volume,
+            open_price: price,
+            stop_loss: order.stop_loss,
+            take_profit: order.take_profit,
+            open_time: now_ms,
+            command_id: Some(command.event_id.clone()),
+        };
+        let mut event = self.trade_event(
+            TradeEventType::TradeExecuted,
+            event_id,
+            Some(command),
+            &pos,
+            now_ms,
+        );
+        event.execution_price = Some(price);
+        Ok(Outcome {
+            event: self.commit(event)?,
+            replayed: false,
+        })
+    }
+
+    /// Closes the position named by a `CLOSE_TRADE` command: a BUY at `tick.bid`, a SELL at
+    /// `tick.ask`. Profit is converted at the latest quotes and rounded to cents.
+    ///
+    /// # Errors
+    /// [`RejectReason::UnknownPosition`] when it is not open (e.g. its stop loss closed it);
+    /// command shape, tick symbol or valuation errors.
+    pub fn close(
+        &mut self,
+        command: &CommandHead,
+        close: &CloseTrade,
+        tick: &Tick,
+        now_ms: i64,
+    ) -> Result<Outcome<TradeEvent>, RejectReason> {
+        let event_id = format!("cls_{}", command.event_id);
+        if let Some(done) = self.replay_trade(&event_id) {
+            return Ok(done);
+        }
+        let pos = self.commanded_position(command, &close.trade_id, tick)?;
+        let price = pos.exit_price(tick);
+        let event = self.close_event(&pos, price, event_id, Some(command), None, now_ms)?;
+        Ok(Outcome {
+            event: self.commit(event)?,
+            replayed: false,
+        })
+    }
+
+    /// Changes the stops of the position named by a `MODIFY_TRADE` command; an absent stop
+    /// keeps its value. The resulting stops must be on the right side of the position's
+    /// current exit price on `tick` (BUY: `SL < bid < TP`; SELL: `TP < ask < SL`). The event
+    /// carries the resulting stops.
+    ///
+    /// # Errors
+    /// As [`PaperAccount::close`], plus the stop-side reasons.
+    pub fn modify(
+        &mut self,
+        command: &CommandHead,
+        modify: &ModifyTrade,
+        tick: &Tick,
+        now_ms: i64,
+    ) -> Result<Outcome<TradeEvent>, RejectReason> {
+        let event_id = format!("mod_{}", command.event_id);
+        if let Some(done) = self.replay_trade(&event_id) {
+            return Ok(done);
+        }
+        modify.validate()?;
+        let mut pos = self.commanded_position(command, &modify.trade_id, tick)?;
+        pos.stop_loss = modify.stop_loss.or(pos.stop_loss);
+        pos.take_profit = modify.take_profit.or(pos.take_profit);
+        check_stops(
+            pos.side,
+            pos.exit_price(tick),
+            pos.stop_loss,
+            pos.take_profit,
+        )?;
+        let event = self.trade_event(
+            TradeEventType::TradeModified,
+            event_id,
+            Some(command),
+            &pos,
+            now_ms,
+        );
+        Ok(Outcome {
+            event: self.commit(event)?,
+            replayed: false,
+        })
+    }
+
+    fn commanded_position(
+        &mut self,
+        command: &CommandHead,
+        id: &str,
+        tick: &Tick,
+    ) -> Result<Position, RejectReason> {
+        self.expect_account(command)?;
+        let pos = self
+            .positions
+            .get(id)
+            .ok_or_else(|| RejectReason::UnknownPosition(id.to_owned()))?
+            .clone();
+        expect_tick(pos.symbol, tick)?;
+        self.quotes.update(tick);
+        Ok(pos)
+    }
+
+    fn close_event(
+        &self,
+        pos: &Position,
+        price: Decimal,
+        event_id: String,
+        command: Option<&CommandHead>,
+        reason: Option<String>,
+        now_ms: i64,
+    ) -> Result<TradeEvent, ValuationError> {
+        let profit = round_cents(self.profit_at(pos, price)?);
+        add(self.balance, profit)?;
+        let mut event =
+            self.trade_event(TradeEventType::TradeClosed, event_id, command, pos, now_ms);
+        event.execution_price = Some(price);
+        event.close_price = Some(price);
+        event.profit = Some(profit);
+        event.reason = reason;
+        Ok(event)
+    }
+
+    /// Closes `pos` on the broker's initiative at `price` and applies the event.
+    pub(super) fn auto_close(
+        &mut self,
+        pos: &Position,
+        price: Decimal,
+        kind: CloseKind,
+        detail: &str,
+        now_ms: i64,
+    ) -> Result<TradeEvent, ValuationError> {
+        let (prefix, reason) = match kind {
+            CloseKind::StopLoss => ("sl", format!("stop loss {} hit", opt(pos.stop_loss))),
+            CloseKind::TakeProfit => ("tp", format!("take profit {} hit", opt(pos.take_profit))),
+            CloseKind::StopOut => ("so", format!("stop out: {detail}")),
+        };
+        let reason = format!("{reason}; closed at {price}");
+        let event_id = format!("{prefix}_{}", pos.id);
+        let event = self.close_event(pos, price, event_id, None, Some(reason), now_ms)?;
+        // The event is complete and ours, and the balance sum was checked above, so only an
+        // overflow could refuse it; never report a close that did not happen.
+        match self.apply(&AccountEvent::Trade(event.clone())) {
+            Ok(_) => Ok(event),
+            Err(_) => Err(ValuationError::Overflow("recording a close")),
+        }
+    }
+}
+
+fn opt(v: Option<Decimal>) -> String {
+    v.map(|d| d.to_string()).unwrap_or_default()
+}
