@@ -22,13 +22,16 @@ interface Position {
   open_price: number; stop_loss?: number; take_profit?: number; timestamp: number;
 }
 
-const PAIRS = [
-  "EURUSD", "GBPUSD", "USDJPY", "USDCHF", "AUDUSD", "USDCAD", "NZDUSD", "EURGBP",
-  "EURJPY", "GBPJPY", "EURCHF", "AUDJPY", "EURAUD", "GBPCHF",
-];
+/** A pair as the server trades it (`GET /api/symbols`): the one source of the symbol list,
+ * price digits and contract size. */
+interface SymbolSpec {
+  symbol: string; display: string; base: string; quote: string; digits: number; pip: number;
+  contract_size: number; min_volume: number; max_volume: number; volume_step: number;
+}
 const DEFAULT_WATCH = ["EURUSD", "GBPUSD", "USDJPY", "AUDUSD", "USDCHF"];
 const TIMEFRAMES = ["1m", "5m", "15m", "30m", "1h", "4h", "1d"];
-const CONTRACT = 100_000;
+/** The pairs traded here, in the server's order, loaded before the dashboard is shown. */
+const symbols = new Map<string, SymbolSpec>();
 
 const state = {
   session: null as Session | null,
@@ -57,7 +60,7 @@ const app = $("#app");
 function esc(s: unknown): string {
   return String(s ?? "").replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 }
-function digits(sym: string): number { return sym.endsWith("JPY") ? 3 : 5; }
+function digits(sym: string): number { return symbols.get(sym)?.digits ?? 5; }
 function px(sym: string, v: number | undefined | null): string {
   return v == null || !Number.isFinite(v) ? "—" : v.toFixed(digits(sym));
 }
@@ -218,7 +221,7 @@ function showDashboard() {
         </form></div></section>
       <section class="panel ticket"><h2>Order ticket</h2><div class="body">
         <form id="ticket" novalidate>
-          <div class="field"><label for="t-symbol">Symbol</label><select id="t-symbol">${PAIRS.map((p) => `<option>${p}</option>`).join("")}</select></div>
+          <div class="field"><label for="t-symbol">Symbol</label><select id="t-symbol">${[...symbols.keys()].map((p) => `<option>${p}</option>`).join("")}</select></div>
           <div class="field"><label for="t-volume">Volume (lots)</label><input id="t-volume" class="num" value="0.10" inputmode="decimal" />
             <div class="error" data-err="volume"></div></div>
           <div class="two">
@@ -640,8 +643,8 @@ async function funds(kind: "deposit" | "withdraw") {
 function conversion(sym: string): { sym: string; mul: boolean } | null {
   const q = sym.slice(3);
   if (q === "USD") return null;
-  if (PAIRS.includes(`${q}USD`)) return { sym: `${q}USD`, mul: true };
-  if (PAIRS.includes(`USD${q}`)) return { sym: `USD${q}`, mul: false };
+  if (symbols.has(`${q}USD`)) return { sym: `${q}USD`, mul: true };
+  if (symbols.has(`USD${q}`)) return { sym: `USD${q}`, mul: false };
   return null;
 }
 
@@ -649,7 +652,9 @@ function profit(p: Position): number | null {
   const q = state.quotes.get(p.symbol);
   if (!q) return null;
   const close = p.action === "BUY" ? q.bid : q.ask;
-  const raw = (p.action === "BUY" ? close - p.open_price : p.open_price - close) * p.volume * CONTRACT;
+  const contract = symbols.get(p.symbol)?.contract_size;
+  if (contract == null) return null;
+  const raw = (p.action === "BUY" ? close - p.open_price : p.open_price - close) * p.volume * contract;
   const conv = conversion(p.symbol);
   if (!conv) return raw;
   const c = state.quotes.get(conv.sym);
@@ -817,7 +822,25 @@ const saved = sessionStorage.getItem("suho.session");
 if (saved) {
   try { state.session = JSON.parse(saved); } catch { state.session = null; }
 }
-if (state.session) { scheduleRefresh(); showDashboard(); } else showAuth();
+/** Loads the pairs traded here; retried until the server answers (nothing can be shown or
+ * sized without them). */
+async function loadSymbols(): Promise<void> {
+  for (let wait = 500; ; wait = Math.min(wait * 2, 5000)) {
+    try {
+      const r = await fetch("/api/symbols");
+      if (r.ok) {
+        const body = (await r.json()) as { symbols: SymbolSpec[] };
+        for (const spec of body.symbols) symbols.set(spec.symbol, spec);
+        return;
+      }
+    } catch { /* the server is not up yet */ }
+    await new Promise((done) => setTimeout(done, wait));
+  }
+}
+
+loadSymbols().then(() => {
+  if (state.session) { scheduleRefresh(); showDashboard(); } else showAuth();
+});
 
 // For the browser tests and for debugging from the console.
 (window as any).suho = {

@@ -12,7 +12,6 @@
 //!   `event_id`, executes a duplicate once.
 
 use rust_decimal::Decimal;
-use suho_domain::money::LOT_STEP;
 use suho_domain::{
     CommandMetadata, Direction, Order, Side, Signal, TradeCommand, UserId, UserSettings,
 };
@@ -68,12 +67,7 @@ pub fn side(direction: Direction) -> Option<Side> {
 /// less than one lot step.
 #[must_use]
 pub fn volume(requested: Decimal, max_volume: Decimal) -> Option<Decimal> {
-    let capped = requested.min(max_volume);
-    if capped < LOT_STEP {
-        return None;
-    }
-    let stepped = (capped - capped % LOT_STEP).normalize();
-    (stepped >= LOT_STEP).then_some(stepped)
+    suho_domain::money::floor_to_lot_step(requested.min(max_volume))
 }
 
 /// What `signal` makes for `user` with `settings`, stamped `now_ms`.

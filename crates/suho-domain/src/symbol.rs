@@ -215,6 +215,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn digits_and_pips() {
+        let s = |t: &str| Symbol::parse(t).expect("symbol");
+        assert_eq!(
+            (s("EURUSD").digits(), s("EURUSD").pip().to_string()),
+            (5, "0.0001".into())
+        );
+        assert_eq!(
+            (s("GBPJPY").digits(), s("GBPJPY").pip().to_string()),
+            (3, "0.01".into())
+        );
+    }
+
+    #[test]
     fn accepted_forms() {
         for s in [
             "EURUSD",

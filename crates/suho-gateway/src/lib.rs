@@ -21,6 +21,7 @@ mod keys;
 mod market;
 pub mod openapi;
 pub mod outbox;
+mod query;
 mod throttle;
 mod trade;
 mod user;
@@ -150,6 +151,7 @@ pub fn api() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(user::deposit))
         .routes(routes!(user::withdraw))
         .routes(routes!(user::account))
+        .routes(routes!(market::symbols))
         .routes(routes!(market::candles))
         .routes(routes!(ws::upgrade))
         .routes(routes!(health))
@@ -170,7 +172,8 @@ pub fn router_with_web(
     ws: Option<WsHub>,
     web_dir: Option<PathBuf>,
 ) -> Router {
-    let (router, _) = api().split_for_parts();
+    let (router, doc) = api().split_for_parts();
+    let known = Arc::new(query::KnownQueries::of(&doc));
     let router = match web_dir {
         Some(dir) => {
             let dir = Arc::new(dir);
@@ -182,7 +185,11 @@ pub fn router_with_web(
         None => router.fallback(|| async { ApiError::NotFound }),
     };
     let origins = state.cors_origins.clone();
-    let router = router.with_state(state);
+    let router = router
+        .layer(axum::middleware::from_fn(move |request, next| {
+            query::refuse_unknown(Arc::clone(&known), request, next)
+        }))
+        .with_state(state);
     let router = match ws {
         Some(hub) => router.layer(Extension(hub)),
         None => router,

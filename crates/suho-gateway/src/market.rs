@@ -1,6 +1,8 @@
-//! `GET /api/market/{SYM}/candles?tf=&from=&to=&limit=`: the stored, closed candles of one
-//! symbol and timeframe (written by the data bridge), oldest first, for the dashboard's chart.
-//! Market data is shared by every user, so this route needs no token.
+//! Market routes, shared by every user and so without a token: `GET /api/symbols` (the pairs
+//! traded here, with their digits, pip, contract size and volumes: what a client needs to
+//! show and size an order, from the server that enforces them) and
+//! `GET /api/market/{SYM}/candles?tf=&from=&to=&limit=` (the stored, closed candles of one
+//! symbol and timeframe, written by the data bridge, oldest first, for the dashboard's chart).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,8 +12,35 @@ use axum::Json;
 use suho_domain::{Candle, Timeframe};
 use suho_messaging::now_ms;
 
-use crate::openapi::{CandlesQuery, ErrorBody};
+use crate::openapi::{CandlesQuery, ErrorBody, SymbolSpec, Symbols};
 use crate::{ApiError, AppState};
+
+/// The pairs traded here.
+///
+/// Every pair this gateway accepts orders for, the majors first in their usual order, with
+/// the facts the server sizes and shows them by: price digits, one pip, the contract size of
+/// one lot, and the smallest, largest and step of an order's volume.
+#[utoipa::path(
+    get,
+    path = "/api/symbols",
+    tag = "market",
+    responses(
+        (status = 200, description = "The pairs.", body = Symbols),
+    )
+)]
+pub async fn symbols(State(state): State<Arc<AppState>>) -> Json<Symbols> {
+    let mut symbols: Vec<suho_domain::Symbol> = state.symbols.iter().copied().collect();
+    let rank = |s: &suho_domain::Symbol| {
+        suho_domain::MAJOR_FX
+            .iter()
+            .position(|m| *m == s.as_str())
+            .unwrap_or(usize::MAX)
+    };
+    symbols.sort_by_key(|s| (rank(s), *s));
+    Json(Symbols {
+        symbols: symbols.into_iter().map(SymbolSpec::of).collect(),
+    })
+}
 
 /// Candles returned when `limit` is not given.
 const DEFAULT_LIMIT: i64 = 500;

@@ -468,6 +468,75 @@ pub struct TradesQuery {
 
 // ---- market ----------------------------------------------------------------------------------
 
+/// The pairs traded here.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Symbols {
+    /// The majors first, in their usual order, then any other pair by name.
+    pub symbols: Vec<SymbolSpec>,
+}
+
+/// One pair, with the facts the server sizes and shows it by.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SymbolSpec {
+    /// Canonical form, e.g. `EURUSD`.
+    #[schema(example = "EURUSD")]
+    pub symbol: String,
+    /// Display form, e.g. `EUR/USD`.
+    #[schema(example = "EUR/USD")]
+    pub display: String,
+    /// Base currency.
+    #[schema(example = "EUR")]
+    pub base: String,
+    /// Quote currency (profit is made in it, then converted to the account's).
+    #[schema(example = "USD")]
+    pub quote: String,
+    /// Decimal places of a price.
+    #[schema(example = 5)]
+    pub digits: u32,
+    /// One pip, in price units (trailing stops and distances are counted in pips).
+    #[serde(with = "suho_domain::num")]
+    #[schema(example = 0.0001)]
+    pub pip: Decimal,
+    /// Units of the base currency in one lot.
+    #[serde(with = "suho_domain::num")]
+    #[schema(example = 100000.0)]
+    pub contract_size: Decimal,
+    /// The smallest order, lots.
+    #[serde(with = "suho_domain::num")]
+    #[schema(example = 0.01)]
+    pub min_volume: Decimal,
+    /// The largest order, lots.
+    #[serde(with = "suho_domain::num")]
+    #[schema(example = 100.0)]
+    pub max_volume: Decimal,
+    /// Every volume is a multiple of this, lots.
+    #[serde(with = "suho_domain::num")]
+    #[schema(example = 0.01)]
+    pub volume_step: Decimal,
+}
+
+impl SymbolSpec {
+    /// The facts of `symbol`, from their one home ([`suho_domain::money`], [`Symbol`]).
+    ///
+    /// [`Symbol`]: suho_domain::Symbol
+    #[must_use]
+    pub fn of(symbol: suho_domain::Symbol) -> SymbolSpec {
+        use suho_domain::money::{CONTRACT_SIZE, LOT_STEP, MAX_ORDER_VOLUME};
+        SymbolSpec {
+            symbol: symbol.to_string(),
+            display: symbol.display(),
+            base: symbol.base().to_owned(),
+            quote: symbol.quote().to_owned(),
+            digits: symbol.digits(),
+            pip: symbol.pip(),
+            contract_size: CONTRACT_SIZE,
+            min_volume: LOT_STEP,
+            max_volume: MAX_ORDER_VOLUME,
+            volume_step: LOT_STEP,
+        }
+    }
+}
+
 /// Query parameters of the candle history.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

@@ -201,7 +201,7 @@ fn parse_order(body: &Body, state: &AppState) -> Result<Order, ApiError> {
             format!("must be at most {MAX_ORDER_VOLUME} lots"),
         ));
     }
-    if !(volume % LOT_STEP).is_zero() {
+    if !suho_domain::money::on_lot_step(volume) {
         return Err(ApiError::invalid(
             "volume",
             format!("must be a multiple of the lot step {LOT_STEP}"),

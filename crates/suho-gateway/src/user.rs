@@ -262,7 +262,7 @@ async fn money(
     let body = Body::parse(body)?;
     body.only(&["amount"])?;
     let amount = body.decimal("amount")?;
-    if amount <= rust_decimal::Decimal::ZERO || amount.round_dp(2) != amount {
+    if !suho_domain::money::is_positive_cents(amount) {
         return Err(ApiError::invalid(
             "amount",
             "must be positive, in whole cents",

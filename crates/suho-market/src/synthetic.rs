@@ -48,29 +48,30 @@ struct PairProfile {
 }
 
 fn profile(symbol: Symbol) -> PairProfile {
-    let p = |start, digits, spread, volatility| PairProfile {
+    // The price digits are the symbol's own (one home: `Symbol::digits`).
+    let p = |start, spread, volatility| PairProfile {
         start,
-        digits,
+        digits: symbol.digits(),
         spread,
         volatility,
     };
     match symbol.as_str() {
-        "EURUSD" => p(108_500, 5, 10, 3.0),
-        "GBPUSD" => p(127_000, 5, 14, 4.0),
-        "USDJPY" => p(148_500, 3, 12, 4.0),
-        "USDCHF" => p(88_000, 5, 15, 3.0),
-        "AUDUSD" => p(66_000, 5, 12, 3.0),
-        "USDCAD" => p(135_000, 5, 16, 3.0),
-        "NZDUSD" => p(61_000, 5, 18, 3.0),
-        "EURGBP" => p(85_500, 5, 15, 2.0),
-        "EURJPY" => p(161_000, 3, 18, 5.0),
-        "GBPJPY" => p(188_500, 3, 25, 7.0),
-        "EURCHF" => p(95_500, 5, 20, 2.0),
-        "AUDJPY" => p(98_000, 3, 20, 4.0),
-        "EURAUD" => p(164_500, 5, 22, 5.0),
-        "GBPCHF" => p(112_000, 5, 25, 5.0),
-        _ if symbol.quote() == "JPY" => p(100_000, 3, 20, 4.0),
-        _ => p(100_000, 5, 20, 3.0),
+        "EURUSD" => p(108_500, 10, 3.0),
+        "GBPUSD" => p(127_000, 14, 4.0),
+        "USDJPY" => p(148_500, 12, 4.0),
+        "USDCHF" => p(88_000, 15, 3.0),
+        "AUDUSD" => p(66_000, 12, 3.0),
+        "USDCAD" => p(135_000, 16, 3.0),
+        "NZDUSD" => p(61_000, 18, 3.0),
+        "EURGBP" => p(85_500, 15, 2.0),
+        "EURJPY" => p(161_000, 18, 5.0),
+        "GBPJPY" => p(188_500, 25, 7.0),
+        "EURCHF" => p(95_500, 20, 2.0),
+        "AUDJPY" => p(98_000, 20, 4.0),
+        "EURAUD" => p(164_500, 22, 5.0),
+        "GBPCHF" => p(112_000, 25, 5.0),
+        _ if symbol.quote() == "JPY" => p(100_000, 20, 4.0),
+        _ => p(100_000, 20, 3.0),
     }
 }
 

@@ -458,6 +458,51 @@ async fn every_invalid_request_names_its_field_or_is_rejected_with_a_reason() {
         );
     }
 
+    // A field a route does not know is a 422 naming it, on every route of the document: an
+    // unknown body field where the route takes a body, an unknown query parameter on all.
+    let (status, doc) = p
+        .send_text(reqwest::Method::GET, "/api/openapi.json", &token, "")
+        .await;
+    assert_eq!(status, 200, "{doc}");
+    let mut walked = 0;
+    let mut failures = Vec::new();
+    for (template, item) in doc["paths"].as_object().expect("paths") {
+        let path = template
+            .replace("{user_id}", &user)
+            .replace("{symbol}", "EURUSD")
+            .replace("{key_id}", "key_none")
+            .replace("{command_id}", "cmd_none")
+            .replace("{order_id}", "ord_none");
+        assert!(
+            !path.contains('{'),
+            "a path parameter this test does not fill: {template}"
+        );
+        for (method, op) in item.as_object().expect("operations") {
+            let Ok(method) = method.to_uppercase().parse::<reqwest::Method>() else {
+                continue;
+            };
+            let mut tries = vec![(format!("{path}?zz_unknown=1"), String::new())];
+            if op["requestBody"]["content"]["application/json"].is_object() {
+                tries.push((path.clone(), json!({"zz_unknown": true}).to_string()));
+            }
+            for (target, body) in tries {
+                let (status, answer) = p.send_text(method.clone(), &target, &token, &body).await;
+                walked += 1;
+                let named = answer["field"].as_str().unwrap_or_default();
+                if status != 422 || named != "zz_unknown" {
+                    failures.push(format!(
+                        "{method} {target} {body} -> {status} {answer} (wanted 422 naming zz_unknown)"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        walked > 20,
+        "only {walked} requests: is the document served?"
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
     // Nothing was queued for the 4xx requests: the only commands are the judged ones.
     let commands = read_to_end(&p.env, UserTopic::Commands).await;
     let mine: Vec<&Value> = commands
