@@ -459,17 +459,19 @@ impl UserEvent for TradeCommand {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::event::Side;
     use serde_json::json;
     use std::str::FromStr;
 
-    fn dec(s: &str) -> Decimal {
+    /// A decimal from its text.
+    pub(crate) fn dec(s: &str) -> Decimal {
         Decimal::from_str(s).expect("test decimal")
     }
 
-    fn order() -> Order {
+    /// A 0.1-lot EURUSD buy.
+    pub(crate) fn order() -> Order {
         Order {
             symbol: Symbol::parse("EURUSD").expect("sym"),
             side: Side::Buy,

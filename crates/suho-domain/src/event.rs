@@ -563,22 +563,8 @@ user_event!(SettingsEvent, UserTopic::Settings);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::command::tests::{dec, order};
     use serde_json::json;
-    use std::str::FromStr;
-
-    fn dec(s: &str) -> Decimal {
-        Decimal::from_str(s).expect("test decimal")
-    }
-
-    fn order() -> Order {
-        Order {
-            symbol: Symbol::parse("EURUSD").expect("sym"),
-            side: Side::Buy,
-            volume: dec("0.1"),
-            stop_loss: None,
-            take_profit: None,
-        }
-    }
 
     #[test]
     fn event_ids() {
