@@ -496,6 +496,9 @@ function applyTrade(e: Json, live: boolean) {
     });
   } else if (t === "TRADE_CLOSED" && e.trade_id) {
     state.positions.delete(e.trade_id);
+  } else if (t === "TRADE_PARTIALLY_CLOSED" && e.trade_id) {
+    const p = state.positions.get(e.trade_id);
+    if (p) p.volume = +e.remaining_volume;
   } else if (t === "TRADE_MODIFIED" && e.trade_id) {
     const p = state.positions.get(e.trade_id);
     if (p) { p.stop_loss = e.stop_loss; p.take_profit = e.take_profit; }
@@ -531,6 +534,9 @@ function report(e: Json) {
   }
   else if (t === "TRADE_EXECUTED") { st.className = "status ok"; st.textContent = `Filled ${e.action} ${e.volume} ${e.symbol} @ ${px(e.symbol, +e.execution_price)}`; }
   else if (t === "TRADE_CLOSED") { st.className = "status ok"; st.textContent = `Closed ${short(e.trade_id)} @ ${px(e.symbol, +e.close_price)} · P/L ${money(e.profit)}`; }
+  else if (t === "TRADE_PARTIALLY_CLOSED") { st.className = "status ok"; st.textContent = `Closed ${e.volume} of ${short(e.trade_id)} @ ${px(e.symbol, +e.close_price)} · P/L ${money(e.profit)} · ${e.remaining_volume} open`; }
+  else if (t === "ORDER_PLACED") { st.className = "status ok"; st.textContent = `Placed ${e.side} ${e.order_type} ${e.volume} ${e.symbol} @ ${px(e.symbol, +(e.limit_price ?? e.stop_price))} · ${e.time_in_force}`; }
+  else if (t === "ORDER_CANCELLED" || t === "ORDER_REPLACED") { st.className = "status ok"; st.textContent = `${t === "ORDER_CANCELLED" ? "Cancelled" : "Replaced"} ${e.order_id}`; }
 }
 
 /** Waits for the outcome of `commandId` (which may already be known). */

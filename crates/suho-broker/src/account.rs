@@ -33,10 +33,12 @@ use crate::reject::RejectReason;
 
 pub mod margin;
 pub mod money;
+pub mod orders;
 pub mod positions;
 #[cfg(test)]
 mod tests;
 
+pub use orders::{order_id, PendingOrder};
 pub use positions::{trade_id, Position};
 
 /// The largest balance a deposit may create: 10^15 units of the account currency.
@@ -57,6 +59,8 @@ pub struct AccountConfig {
     pub volume_step: Decimal,
     /// Open-position limit (default 200); reaching it is a user-limit breach.
     pub max_open_positions: usize,
+    /// Pending-order limit (default 200).
+    pub max_pending_orders: usize,
     /// Tradable symbols; `None` allows any (default: the fourteen majors).
     pub allowed_symbols: Option<BTreeSet<Symbol>>,
     /// Margin level, percent, at or below which a `MARGIN_CALL` is raised (default 100).
@@ -74,6 +78,7 @@ impl Default for AccountConfig {
             max_volume: MAX_ORDER_VOLUME,
             volume_step: LOT_STEP,
             max_open_positions: 200,
+            max_pending_orders: 200,
             allowed_symbols: Some(major_fx().into_iter().collect()),
             margin_call_level: Decimal::ONE_HUNDRED,
             stop_out_level: Decimal::new(50, 0),
@@ -222,6 +227,14 @@ pub enum ApplyError {
         /// The position.
         trade_id: String,
     },
+    /// An order event about an order that is not pending.
+    #[error("event {event_id} refers to order {order_id}, which is not pending")]
+    UnknownOrder {
+        /// The event.
+        event_id: String,
+        /// The order.
+        order_id: String,
+    },
     /// The balance would leave `Decimal`'s range.
     #[error("event {event_id} would overflow the balance")]
     Overflow {
@@ -243,8 +256,10 @@ pub struct Outcome<T> {
 /// What a tick did: broker-initiated closes and alerts to publish, and valuation problems.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TickOutcome {
-    /// `TRADE_CLOSED` events (stop loss, take profit, stop out), in order.
-    pub closed: Vec<TradeEvent>,
+    /// Trade events, in the order they happened: pending orders expired, triggered, filled
+    /// (`TRADE_EXECUTED`) or refused at the fill; positions closed at a stop loss, take
+    /// profit or stop-out (`TRADE_CLOSED`).
+    pub trades: Vec<TradeEvent>,
     /// `MARGIN_CALL` / `STOP_OUT` alerts.
     pub alerts: Vec<RiskAlert>,
     /// Positions or checks skipped because a price or conversion rate is missing (typically
@@ -281,6 +296,7 @@ pub struct PaperAccount {
     config: AccountConfig,
     balance: Decimal,
     positions: BTreeMap<String, Position>,
+    orders: BTreeMap<String, PendingOrder>,
     quotes: Quotes,
     journal: HashMap<String, AccountEvent>,
     margin_call_armed: bool,
@@ -317,6 +333,7 @@ impl PaperAccount {
             config,
             balance,
             positions: BTreeMap::new(),
+            orders: BTreeMap::new(),
             quotes: Quotes::new(),
             journal: HashMap::new(),
             margin_call_armed: true,
@@ -443,8 +460,23 @@ impl PaperAccount {
                     TradeEventType::TradeRejected => return Ok(Applied::Ignored),
                     TradeEventType::TradeExecuted => {
                         let pos = Position::from_event(e)?;
+                        if let Some(order) = &e.order_id {
+                            // The fill of a pending order: it leaves the book.
+                            self.orders
+                                .remove(order)
+                                .ok_or_else(|| ApplyError::UnknownOrder {
+                                    event_id: event_id.clone(),
+                                    order_id: order.clone(),
+                                })?;
+                        }
                         self.positions.insert(pos.id.clone(), pos);
                     }
+                    TradeEventType::OrderPlaced
+                    | TradeEventType::OrderReplaced
+                    | TradeEventType::OrderCancelled
+                    | TradeEventType::OrderExpired
+                    | TradeEventType::OrderTriggered
+                    | TradeEventType::OrderRejected => self.apply_order(e)?,
                     TradeEventType::TradeModified => {
                         let id = trade_id()?;
                         let pos = self.positions.get_mut(&id).ok_or_else(|| unknown(id))?;
@@ -462,6 +494,21 @@ impl PaperAccount {
                         }
                         self.balance = self.balance.checked_add(profit).ok_or_else(overflow)?;
                         self.positions.remove(&id);
+                    }
+                    TradeEventType::TradePartiallyClosed => {
+                        let id = trade_id()?;
+                        let missing = |field| ApplyError::Missing {
+                            event_id: event_id.clone(),
+                            field,
+                        };
+                        let profit = e.profit.ok_or_else(|| missing("profit"))?;
+                        let remaining = e
+                            .remaining_volume
+                            .ok_or_else(|| missing("remaining_volume"))?;
+                        let balance = self.balance.checked_add(profit).ok_or_else(overflow)?;
+                        let pos = self.positions.get_mut(&id).ok_or_else(|| unknown(id))?;
+                        pos.volume = remaining;
+                        self.balance = balance;
                     }
                 }
             }

@@ -6,8 +6,8 @@ use std::sync::{Mutex, PoisonError};
 
 use rust_decimal::Decimal;
 use suho_domain::{
-    AccountStatus, CloseTrade, CommandHead, ModifyTrade, OpenTrade, Symbol, Tick, TradeEvent,
-    Transaction, UserId,
+    AccountStatus, CancelOrder, CloseTrade, CommandHead, ModifyTrade, OpenTrade, ReplaceOrder,
+    Symbol, Tick, TradeEvent, Transaction, UserId,
 };
 
 use crate::account::{
@@ -128,6 +128,32 @@ pub trait BrokerAdapter: Send + Sync {
         tick: &Tick,
         now_ms: i64,
     ) -> impl Future<Output = BrokerResult<Outcome<TradeEvent>>> + Send;
+
+    /// Cancels a pending order for a `CANCEL_ORDER` command; `ORDER_CANCELLED`.
+    fn cancel(
+        &self,
+        command: &CommandHead,
+        cancel: &CancelOrder,
+        now_ms: i64,
+    ) -> impl Future<Output = BrokerResult<Outcome<TradeEvent>>> + Send;
+
+    /// Changes a pending order for a `REPLACE_ORDER` command, checked against `tick` (of the
+    /// order's symbol); `ORDER_REPLACED`.
+    fn replace(
+        &self,
+        command: &CommandHead,
+        replace: &ReplaceOrder,
+        tick: &Tick,
+        now_ms: i64,
+    ) -> impl Future<Output = BrokerResult<Outcome<TradeEvent>>> + Send;
+
+    /// The symbol the command `command` on pending order `order_id` must be priced in (to
+    /// replace it); `Ok(None)` when no such order is pending (the command is rejected).
+    fn order_symbol(
+        &self,
+        command: &CommandHead,
+        order_id: &str,
+    ) -> impl Future<Output = BrokerResult<Option<Symbol>>> + Send;
 
     /// The symbol the command `command` on position `trade_id` must be priced in (to close or
     /// modify it); `Ok(None)` when no such position is open (the command is rejected).
@@ -364,7 +390,7 @@ impl PaperBroker {
                     continue;
                 }
                 let mut out = account.on_tick(tick, now_ms);
-                all.closed.append(&mut out.closed);
+                all.trades.append(&mut out.trades);
                 all.alerts.append(&mut out.alerts);
                 all.errors.append(&mut out.errors);
             }
@@ -429,6 +455,36 @@ impl BrokerAdapter for PaperBroker {
         now_ms: i64,
     ) -> impl Future<Output = BrokerResult<Outcome<TradeEvent>>> + Send {
         ready(self.trade(command, |a| a.modify(command, modify, tick, now_ms)))
+    }
+
+    fn cancel(
+        &self,
+        command: &CommandHead,
+        cancel: &CancelOrder,
+        now_ms: i64,
+    ) -> impl Future<Output = BrokerResult<Outcome<TradeEvent>>> + Send {
+        ready(self.trade(command, |a| a.cancel(command, cancel, now_ms)))
+    }
+
+    fn replace(
+        &self,
+        command: &CommandHead,
+        replace: &ReplaceOrder,
+        tick: &Tick,
+        now_ms: i64,
+    ) -> impl Future<Output = BrokerResult<Outcome<TradeEvent>>> + Send {
+        ready(self.trade(command, |a| a.replace(command, replace, tick, now_ms)))
+    }
+
+    fn order_symbol(
+        &self,
+        command: &CommandHead,
+        order_id: &str,
+    ) -> impl Future<Output = BrokerResult<Option<Symbol>>> + Send {
+        let key = AccountKey::of(command);
+        ready(Ok(
+            self.with_account(&key, |a| a.order_symbol(command, order_id))
+        ))
     }
 
     fn position_symbol(
@@ -551,10 +607,7 @@ mod tests {
             mt5_account: k.mt5_account.clone(),
             ..CommandHead::new(k.user_id.clone(), 0)
         };
-        let open = OpenTrade {
-            order,
-            client_order_id: None,
-        };
+        let open = OpenTrade::market(order, None);
         (head, open)
     }
 
@@ -654,10 +707,10 @@ mod tests {
         }
         let out =
             now(b.on_tick(&tick("EURGBP", "0.8399", "0.8400", 3), 3, &acts_on_all)).expect("tick");
-        let who: Vec<_> = out.closed.iter().map(|e| e.user_id.as_str()).collect();
+        let who: Vec<_> = out.trades.iter().map(|e| e.user_id.as_str()).collect();
         assert_eq!(who, ["u1", "u2"]);
         // (0.8399 - 0.8501) × 100,000 = -1,020 GBP × 1.2501 = -1,275.102 -> -1,275.10.
-        assert_eq!(out.closed[0].profit, Some(d("-1275.10")));
+        assert_eq!(out.trades[0].profit, Some(d("-1275.10")));
     }
 
     #[test]
@@ -725,7 +778,7 @@ mod tests {
         }
         let low = tick("EURUSD", "1.0899", "1.0901", 2);
         let out = b.on_tick_where(&low, 2, |k| k.user_id.as_str() == "u2");
-        let who: Vec<_> = out.closed.iter().map(|e| e.user_id.as_str()).collect();
+        let who: Vec<_> = out.trades.iter().map(|e| e.user_id.as_str()).collect();
         assert_eq!(who, ["u2"]);
         // u1's account saw the quote but did not act on it.
         assert_eq!(now(b.status(&k1, 3)).expect("status").open_positions, 1);

@@ -98,6 +98,63 @@ pub enum RejectReason {
         /// Account currency.
         currency: String,
     },
+    /// A pending order's price on the wrong side of the market (it would fill at once).
+    #[error(
+        "a {side} {order_type} order's {field} {price} must be {relation} the {reference} {market}"
+    )]
+    PendingPrice {
+        /// Its side.
+        side: Side,
+        /// Its type.
+        order_type: suho_domain::OrderType,
+        /// `limit_price` or `stop_price`.
+        field: &'static str,
+        /// The price given.
+        price: Decimal,
+        /// `below` or `above`.
+        relation: &'static str,
+        /// `ask` or `bid`.
+        reference: &'static str,
+        /// The market price it is checked against.
+        market: Decimal,
+    },
+    /// A stop-limit's limit on the wrong side of its stop.
+    #[error("a {side} STOP_LIMIT order's limit_price {limit} must be {} its stop_price {stop}", if *.side == Side::Buy { "at or below" } else { "at or above" })]
+    StopLimitInverted {
+        /// Its side.
+        side: Side,
+        /// The limit price.
+        limit: Decimal,
+        /// The stop price.
+        stop: Decimal,
+    },
+    /// An expiry that has already passed.
+    #[error("expires_at {at} has passed (now {now})")]
+    ExpiryPassed {
+        /// The expiry, epoch ms.
+        at: i64,
+        /// Now, epoch ms.
+        now: i64,
+    },
+    /// The pending-order limit is reached.
+    #[error("{open} orders are pending, the limit is {max}")]
+    TooManyOrders {
+        /// Pending now.
+        open: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A partial close of more than is open.
+    #[error("cannot close {volume} lots: the position is {open} lots")]
+    CloseAboveVolume {
+        /// Asked to close.
+        volume: Decimal,
+        /// Open.
+        open: Decimal,
+    },
+    /// A cancel or replace of an order that is not pending.
+    #[error("order {0} is not pending")]
+    UnknownOrder(String),
     /// The venue itself refused the command (an MT5 return code such as "market closed" or
     /// "trade disabled", in the venue's words).
     #[error("the venue refused the order: {0}")]

@@ -11,7 +11,10 @@
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::event::{new_event_id, CommandType, TradeEvent, UserEvent, UserId, SCHEMA_VERSION};
+use crate::event::{
+    new_event_id, CommandType, OrderType, TimeInForce, TradeEvent, UserEvent, UserId,
+    SCHEMA_VERSION,
+};
 use crate::money;
 use crate::symbol::Symbol;
 use crate::topic::UserTopic;
@@ -84,6 +87,14 @@ pub enum CommandError {
         /// The value.
         value: Decimal,
     },
+    /// A field that does not go with the rest of the command.
+    #[error("`{field}` {reason}")]
+    NotAllowed {
+        /// Field name.
+        field: &'static str,
+        /// Why, e.g. "is not allowed with a MARKET order".
+        reason: String,
+    },
 }
 
 /// What every command carries, whatever its kind.
@@ -121,21 +132,137 @@ impl CommandHead {
     }
 }
 
-/// `OPEN_TRADE`: open a position at market.
+/// `OPEN_TRADE`: open a position at market, or place a pending order that opens one when the
+/// price comes (`order_type` and its prices and time in force sit beside `order`, so a market
+/// order is the seed's command unchanged).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OpenTrade {
     /// The order.
     pub order: Order,
+    /// How it enters the market (default `MARKET`).
+    #[serde(default, skip_serializing_if = "is_market")]
+    pub order_type: OrderType,
+    /// The limit price (LIMIT, STOP_LIMIT).
+    #[serde(
+        default,
+        with = "crate::num::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub limit_price: Option<Decimal>,
+    /// The stop price (STOP, STOP_LIMIT).
+    #[serde(
+        default,
+        with = "crate::num::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stop_price: Option<Decimal>,
+    /// How long it works (default `GTC` for a pending order, `IOC` for a market one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_in_force: Option<TimeInForce>,
+    /// When a `GTD` order expires, epoch ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
     /// The client's own id for de-duplication (claimed by the gateway).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_order_id: Option<String>,
 }
 
-/// `CLOSE_TRADE`: close a position.
+fn is_market(t: &OrderType) -> bool {
+    *t == OrderType::Market
+}
+
+impl OpenTrade {
+    /// A market order.
+    #[must_use]
+    pub fn market(order: Order, client_order_id: Option<String>) -> OpenTrade {
+        OpenTrade {
+            order,
+            order_type: OrderType::Market,
+            limit_price: None,
+            stop_price: None,
+            time_in_force: None,
+            expires_at: None,
+            client_order_id,
+        }
+    }
+
+    /// The time in force, its default filled in: `GTC` for a pending order, `IOC` for a
+    /// market one.
+    #[must_use]
+    pub fn tif(&self) -> TimeInForce {
+        self.time_in_force
+            .unwrap_or(if self.order_type == OrderType::Market {
+                TimeInForce::Ioc
+            } else {
+                TimeInForce::Gtc
+            })
+    }
+}
+
+/// `CANCEL_ORDER`: cancel a pending order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelOrder {
+    /// The order.
+    pub order_id: String,
+}
+
+/// `REPLACE_ORDER`: change a pending order; what is absent keeps its value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplaceOrder {
+    /// The order.
+    pub order_id: String,
+    /// New volume, lots.
+    #[serde(
+        default,
+        with = "crate::num::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub volume: Option<Decimal>,
+    /// New limit price.
+    #[serde(
+        default,
+        with = "crate::num::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub limit_price: Option<Decimal>,
+    /// New stop price.
+    #[serde(
+        default,
+        with = "crate::num::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stop_price: Option<Decimal>,
+    /// New stop loss of the position it will open.
+    #[serde(
+        default,
+        with = "crate::num::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stop_loss: Option<Decimal>,
+    /// New take profit of the position it will open.
+    #[serde(
+        default,
+        with = "crate::num::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub take_profit: Option<Decimal>,
+    /// New expiry (a `GTD` order), epoch ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+}
+
+/// `CLOSE_TRADE`: close a position, or part of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CloseTrade {
     /// The position.
     pub trade_id: String,
+    /// Lots to close; below the position's volume, a partial close (default: all of it).
+    #[serde(
+        default,
+        with = "crate::num::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub volume: Option<Decimal>,
 }
 
 /// `MODIFY_TRADE`: change a position's stops (an absent one keeps its value).
@@ -188,6 +315,12 @@ pub enum CommandKind {
     /// `user.transactions`.
     #[serde(rename = "WITHDRAWAL")]
     Withdrawal(Money),
+    /// Cancel a pending order.
+    #[serde(rename = "CANCEL_ORDER")]
+    CancelOrder(CancelOrder),
+    /// Change a pending order.
+    #[serde(rename = "REPLACE_ORDER")]
+    ReplaceOrder(ReplaceOrder),
 }
 
 impl CommandKind {
@@ -200,6 +333,8 @@ impl CommandKind {
             CommandKind::ModifyTrade(_) => CommandType::ModifyTrade,
             CommandKind::Deposit(_) => CommandType::Deposit,
             CommandKind::Withdrawal(_) => CommandType::Withdrawal,
+            CommandKind::CancelOrder(_) => CommandType::CancelOrder,
+            CommandKind::ReplaceOrder(_) => CommandType::ReplaceOrder,
         }
     }
 
@@ -232,9 +367,14 @@ impl CommandKind {
     pub fn validate(&self) -> Result<(), CommandError> {
         match self {
             CommandKind::OpenTrade(o) => o.validate(),
-            CommandKind::CloseTrade(_) => Ok(()),
+            CommandKind::CloseTrade(c) => match c.volume {
+                Some(v) if v <= Decimal::ZERO => Err(CommandError::NonPositiveVolume(v)),
+                _ => Ok(()),
+            },
             CommandKind::ModifyTrade(m) => m.validate(),
             CommandKind::Deposit(m) | CommandKind::Withdrawal(m) => m.validate(),
+            CommandKind::CancelOrder(_) => Ok(()),
+            CommandKind::ReplaceOrder(r) => r.validate(),
         }
     }
 }
@@ -247,16 +387,101 @@ fn positive(field: &'static str, value: Option<Decimal>) -> Result<(), CommandEr
 }
 
 impl OpenTrade {
-    /// A positive volume; stops, when given, positive.
+    /// A positive volume; stops and prices, when given, positive; the prices its
+    /// `order_type` needs and no other (`limit_price` for LIMIT and STOP_LIMIT, `stop_price`
+    /// for STOP and STOP_LIMIT); a time in force that fits (IOC or FOK for a market order;
+    /// GTC, DAY or GTD for a pending one); `expires_at` with GTD and only then.
     ///
     /// # Errors
     /// The first [`CommandError`] found.
     pub fn validate(&self) -> Result<(), CommandError> {
+        let not_allowed = |field, reason: String| Err(CommandError::NotAllowed { field, reason });
+        let missing = |field| {
+            Err(CommandError::Missing {
+                event_type: CommandType::OpenTrade,
+                field,
+            })
+        };
         if self.order.volume <= Decimal::ZERO {
             return Err(CommandError::NonPositiveVolume(self.order.volume));
         }
         positive("stop_loss", self.order.stop_loss)?;
-        positive("take_profit", self.order.take_profit)
+        positive("take_profit", self.order.take_profit)?;
+        positive("limit_price", self.limit_price)?;
+        positive("stop_price", self.stop_price)?;
+        let t = self.order_type;
+        let (needs_limit, needs_stop) = match t {
+            OrderType::Market => (false, false),
+            OrderType::Limit => (true, false),
+            OrderType::Stop => (false, true),
+            OrderType::StopLimit => (true, true),
+        };
+        for (field, needed, given) in [
+            ("limit_price", needs_limit, self.limit_price.is_some()),
+            ("stop_price", needs_stop, self.stop_price.is_some()),
+        ] {
+            match (needed, given) {
+                (true, false) => return missing(field),
+                (false, true) => {
+                    return not_allowed(field, format!("is not allowed with a {t} order"))
+                }
+                _ => {}
+            }
+        }
+        let tif = self.tif();
+        let fits = match t {
+            OrderType::Market => matches!(tif, TimeInForce::Ioc | TimeInForce::Fok),
+            _ => matches!(tif, TimeInForce::Gtc | TimeInForce::Day | TimeInForce::Gtd),
+        };
+        if !fits {
+            let allowed = if t == OrderType::Market {
+                "IOC or FOK"
+            } else {
+                "GTC, DAY or GTD"
+            };
+            return not_allowed(
+                "time_in_force",
+                format!("{tif} does not fit a {t} order (use {allowed})"),
+            );
+        }
+        match (tif, self.expires_at) {
+            (TimeInForce::Gtd, None) => missing("expires_at"),
+            (TimeInForce::Gtd, Some(_)) | (_, None) => Ok(()),
+            (_, Some(_)) => not_allowed("expires_at", format!("is only for GTD orders, not {tif}")),
+        }
+    }
+}
+
+impl ReplaceOrder {
+    /// Something to change; a positive volume and positive prices.
+    ///
+    /// # Errors
+    /// The first [`CommandError`] found.
+    pub fn validate(&self) -> Result<(), CommandError> {
+        let r = self;
+        if [
+            r.volume,
+            r.limit_price,
+            r.stop_price,
+            r.stop_loss,
+            r.take_profit,
+        ]
+        .iter()
+        .all(Option::is_none)
+            && r.expires_at.is_none()
+        {
+            return Err(CommandError::Missing {
+                event_type: CommandType::ReplaceOrder,
+                field: "volume, limit_price, stop_price, stop_loss, take_profit or expires_at",
+            });
+        }
+        if let Some(v) = r.volume.filter(|v| *v <= Decimal::ZERO) {
+            return Err(CommandError::NonPositiveVolume(v));
+        }
+        positive("limit_price", r.limit_price)?;
+        positive("stop_price", r.stop_price)?;
+        positive("stop_loss", r.stop_loss)?;
+        positive("take_profit", r.take_profit)
     }
 }
 
@@ -307,12 +532,21 @@ impl DescribesTrade for OpenTrade {
         event.volume = Some(o.volume);
         event.stop_loss = o.stop_loss;
         event.take_profit = o.take_profit;
+        if self.order_type != OrderType::Market {
+            event.order_type = Some(self.order_type);
+            event.side = Some(o.side);
+            event.limit_price = self.limit_price;
+            event.stop_price = self.stop_price;
+            event.time_in_force = Some(self.tif());
+            event.expires_at = self.expires_at;
+        }
     }
 }
 
 impl DescribesTrade for CloseTrade {
     fn describe(&self, event: &mut TradeEvent) {
         event.trade_id = Some(self.trade_id.clone());
+        event.volume = self.volume;
     }
 }
 
@@ -328,6 +562,24 @@ impl DescribesTrade for Money {
     fn describe(&self, _: &mut TradeEvent) {}
 }
 
+impl DescribesTrade for CancelOrder {
+    fn describe(&self, event: &mut TradeEvent) {
+        event.order_id = Some(self.order_id.clone());
+    }
+}
+
+impl DescribesTrade for ReplaceOrder {
+    fn describe(&self, event: &mut TradeEvent) {
+        event.order_id = Some(self.order_id.clone());
+        event.volume = self.volume;
+        event.limit_price = self.limit_price;
+        event.stop_price = self.stop_price;
+        event.stop_loss = self.stop_loss;
+        event.take_profit = self.take_profit;
+        event.expires_at = self.expires_at;
+    }
+}
+
 impl DescribesTrade for CommandKind {
     fn describe(&self, event: &mut TradeEvent) {
         match self {
@@ -335,6 +587,8 @@ impl DescribesTrade for CommandKind {
             CommandKind::CloseTrade(c) => c.describe(event),
             CommandKind::ModifyTrade(m) => m.describe(event),
             CommandKind::Deposit(m) | CommandKind::Withdrawal(m) => m.describe(event),
+            CommandKind::CancelOrder(c) => c.describe(event),
+            CommandKind::ReplaceOrder(r) => r.describe(event),
         }
     }
 }
@@ -377,10 +631,7 @@ impl TradeCommand {
         client_order_id: Option<String>,
         now_ms: i64,
     ) -> TradeCommand {
-        let open = OpenTrade {
-            order,
-            client_order_id,
-        };
+        let open = OpenTrade::market(order, client_order_id);
         TradeCommand::new(user_id, CommandKind::OpenTrade(open), now_ms)
     }
 
@@ -389,6 +640,7 @@ impl TradeCommand {
     pub fn close(user_id: UserId, trade_id: impl Into<String>, now_ms: i64) -> TradeCommand {
         let close = CloseTrade {
             trade_id: trade_id.into(),
+            volume: None,
         };
         TradeCommand::new(user_id, CommandKind::CloseTrade(close), now_ms)
     }

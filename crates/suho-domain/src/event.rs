@@ -171,23 +171,62 @@ wire_enum! {
     /// extension of the contract's command types, answered on `user.transactions`.
     Deposit => "DEPOSIT", /// Debit the user's paper account (`amount`, at most the free
     /// margin); answered on `user.transactions`.
-    Withdrawal => "WITHDRAWAL" }
+    Withdrawal => "WITHDRAWAL", /// Cancel a pending order.
+    CancelOrder => "CANCEL_ORDER", /// Change a pending order.
+    ReplaceOrder => "REPLACE_ORDER" }
+}
+
+wire_enum! {
+    /// How an `OPEN_TRADE` enters the market.
+    #[derive(Default)]
+    OrderType { /// At once, at the current price.
+    #[default]
+    Market => "MARKET", /// Rests until the price reaches `limit_price`; fills there or
+    /// better.
+    Limit => "LIMIT", /// Rests until the price touches `stop_price`; then fills at market.
+    Stop => "STOP", /// Rests until the price touches `stop_price`; then rests as a limit
+    /// order at `limit_price`.
+    StopLimit => "STOP_LIMIT" }
+}
+
+wire_enum! {
+    /// How long an order stays working.
+    TimeInForce { /// Until cancelled.
+    Gtc => "GTC", /// Until the FX day ends, at the 17:00 New York rollover.
+    Day => "DAY", /// Until `expires_at`.
+    Gtd => "GTD", /// Market orders: fill what can be filled at once, cancel the rest.
+    Ioc => "IOC", /// Market orders: fill all at once or nothing.
+    Fok => "FOK" }
 }
 
 wire_enum! {
     /// `event_type` of a [`TradeEvent`].
     TradeEventType { /// A position was opened.
     TradeExecuted => "TRADE_EXECUTED", /// A position was closed.
-    TradeClosed => "TRADE_CLOSED", /// Stops were changed.
+    TradeClosed => "TRADE_CLOSED", /// Part of a position was closed (`volume` closed,
+    /// `remaining_volume` still open, `profit` realised).
+    TradePartiallyClosed => "TRADE_PARTIALLY_CLOSED", /// Stops were changed.
     TradeModified => "TRADE_MODIFIED", /// The command was not executed.
-    TradeRejected => "TRADE_REJECTED" }
+    TradeRejected => "TRADE_REJECTED", /// A pending order rests in the book.
+    OrderPlaced => "ORDER_PLACED", /// A pending order was changed.
+    OrderReplaced => "ORDER_REPLACED", /// A pending order was cancelled by its user.
+    OrderCancelled => "ORDER_CANCELLED", /// A pending order's time ran out.
+    OrderExpired => "ORDER_EXPIRED", /// A stop-limit order's stop was touched: it rests as a
+    /// limit order now.
+    OrderTriggered => "ORDER_TRIGGERED", /// A pending order could not be filled when its
+    /// price came (see `reason`); it is gone.
+    OrderRejected => "ORDER_REJECTED" }
 }
 
 wire_enum! {
-    /// Outcome carried by a [`TradeEvent`].
+    /// Outcome carried by a [`TradeEvent`] (of an order event: the order's state after it).
     TradeStatus { /// Done.
     Success => "SUCCESS", /// Not done; see `reason`.
-    Rejected => "REJECTED" }
+    Rejected => "REJECTED", /// A pending order, working.
+    Pending => "PENDING", /// A pending order that was filled.
+    Filled => "FILLED", /// A pending order cancelled by its user.
+    Cancelled => "CANCELLED", /// A pending order whose time ran out.
+    Expired => "EXPIRED" }
 }
 
 wire_enum! {
@@ -250,6 +289,35 @@ pub struct TradeEvent {
     /// The position.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trade_id: Option<String>,
+    /// The pending order (order events, and the fill of a pending order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<String>,
+    /// How the order enters the market (order events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_type: Option<OrderType>,
+    /// The order's side (order events; `action` carries it too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub side: Option<Side>,
+    /// The limit price (LIMIT, STOP_LIMIT).
+    #[serde(
+        default,
+        with = "crate::num::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub limit_price: Option<Decimal>,
+    /// The stop price (STOP, STOP_LIMIT).
+    #[serde(
+        default,
+        with = "crate::num::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stop_price: Option<Decimal>,
+    /// How long the order works.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_in_force: Option<TimeInForce>,
+    /// When a GTD or DAY order expires, epoch ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
     /// The pair (canonical form).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub symbol: Option<Symbol>,
@@ -263,6 +331,13 @@ pub struct TradeEvent {
         skip_serializing_if = "Option::is_none"
     )]
     pub volume: Option<Decimal>,
+    /// What stays open after a partial close, lots.
+    #[serde(
+        default,
+        with = "crate::num::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub remaining_volume: Option<Decimal>,
     /// Opening price.
     #[serde(
         default,
@@ -343,9 +418,17 @@ impl TradeEvent {
             user_id: head.user_id.clone(),
             mt5_account: head.mt5_account.clone(),
             trade_id: None,
+            order_id: None,
+            order_type: None,
+            side: None,
+            limit_price: None,
+            stop_price: None,
+            time_in_force: None,
+            expires_at: None,
             symbol: None,
             action: None,
             volume: None,
+            remaining_volume: None,
             open_price: None,
             execution_price: None,
             close_price: None,

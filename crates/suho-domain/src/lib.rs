@@ -14,6 +14,7 @@
 //! - [`command`]: commands on `user.commands`, a head and a kind tagged by `event_type`.
 //! - [`event`]: Kafka user/trading events.
 //! - [`money`]: whole cents, the contract size and the lot step.
+//! - [`session`]: the FX day and its 17:00 New York rollover.
 //! - [`envelope`]: the `{subject, data}` and `{topic, key, partition, value}` envelopes.
 //!
 //! With the `openapi` feature, the types the HTTP API sends implement `utoipa::ToSchema`.
@@ -24,20 +25,22 @@ pub mod event;
 pub mod market;
 pub mod money;
 pub mod num;
+pub mod session;
 pub mod settings;
 pub mod subject;
 pub mod symbol;
 pub mod topic;
 
 pub use command::{
-    CloseTrade, CommandError, CommandHead, CommandKind, CommandMetadata, DescribesTrade,
-    ModifyTrade, Money, OpenTrade, Order, TradeCommand,
+    CancelOrder, CloseTrade, CommandError, CommandHead, CommandKind, CommandMetadata,
+    DescribesTrade, ModifyTrade, Money, OpenTrade, Order, ReplaceOrder, TradeCommand,
 };
 pub use envelope::{KafkaEnvelope, NatsEnvelope};
 pub use event::{
     new_event_id, AccountStatus, AccountStatusType, AuthEvent, AuthEventType, CommandType,
-    RiskAlert, RiskAlertType, SettingsEvent, SettingsEventType, Side, TradeEvent, TradeEventType,
-    TradeStatus, Transaction, TransactionType, UserEvent, UserId, SCHEMA_VERSION,
+    OrderType, RiskAlert, RiskAlertType, SettingsEvent, SettingsEventType, Side, TimeInForce,
+    TradeEvent, TradeEventType, TradeStatus, Transaction, TransactionType, UserEvent, UserId,
+    SCHEMA_VERSION,
 };
 pub use market::{
     Candle, Direction, HealthStatus, Heartbeat, IndicatorValue, MarketAlert, MarketError,

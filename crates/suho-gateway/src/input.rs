@@ -158,6 +158,52 @@ impl Body {
             .map_err(|_| ApiError::invalid(field, "must be a number"))
     }
 
+    /// An optional time, epoch milliseconds, `0..=`[`MAX_MILLIS`].
+    ///
+    /// # Errors
+    /// Present but not such an integer.
+    pub fn opt_millis(&self, field: &'static str) -> Result<Option<i64>, ApiError> {
+        match self.get(field) {
+            None => Ok(None),
+            // JSON Schema's integer includes `5.0`: read the number's text exactly.
+            Some(Value::Number(n)) => suho_domain::num::parse_decimal(&n.to_string())
+                .ok()
+                .filter(|d| d.fract().is_zero())
+                .and_then(|d| i64::try_from(d).ok())
+                .filter(|t| (0..=MAX_MILLIS).contains(t))
+                .map(Some)
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        field,
+                        format!("must be epoch milliseconds, 0 to {MAX_MILLIS}"),
+                    )
+                }),
+            Some(_) => Err(ApiError::invalid(field, "must be an integer")),
+        }
+    }
+
+    /// An optional value of a wire enum, one of `allowed` (its wire strings).
+    ///
+    /// # Errors
+    /// Present but not one of them.
+    pub fn opt_choice<T: Copy>(
+        &self,
+        field: &'static str,
+        allowed: &[(&'static str, T)],
+    ) -> Result<Option<T>, ApiError> {
+        let Some(s) = self.opt_string(field)? else {
+            return Ok(None);
+        };
+        allowed
+            .iter()
+            .find(|(wire, _)| *wire == s)
+            .map(|(_, v)| Some(*v))
+            .ok_or_else(|| {
+                let names: Vec<&str> = allowed.iter().map(|(w, _)| *w).collect();
+                ApiError::invalid(field, format!("must be one of {}", names.join(", ")))
+            })
+    }
+
     /// A required exact decimal.
     ///
     /// # Errors

@@ -145,6 +145,8 @@ pub fn api() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(trade::open))
         .routes(routes!(trade::close))
         .routes(routes!(trade::modify))
+        .routes(routes!(trade::cancel))
+        .routes(routes!(trade::replace))
         .routes(routes!(user::get_settings, user::put_settings))
         .routes(routes!(user::link_mt5))
         .routes(routes!(user::trades))

@@ -277,7 +277,7 @@ pub enum TokenType {
 
 // ---- trading ---------------------------------------------------------------------------------
 
-/// `OPEN_TRADE`: a market order. Unknown fields are refused.
+/// `OPEN_TRADE`: a market order, or a pending one (`order_type`). Unknown fields are refused.
 ///
 /// With both stops, `stop_loss` must be below `take_profit` for a BUY and above it for a
 /// SELL (a rule between two fields, which JSON Schema cannot state): else `422` on
@@ -309,6 +309,27 @@ pub struct OpenTradeRequest {
     /// queued.
     #[schema(min_length = 1, max_length = 64)]
     pub client_order_id: Option<String>,
+    /// How the order enters the market (default `MARKET`). A LIMIT needs `limit_price`, a
+    /// STOP `stop_price`, a STOP_LIMIT both; a pending order's price must rest on the right
+    /// side of the market (a BUY LIMIT below the ask, a BUY STOP above it, and the reverse
+    /// for a SELL). The engine judges these against the market: a breach is answered with
+    /// `TRADE_REJECTED` and a reason naming the field.
+    pub order_type: Option<suho_domain::OrderType>,
+    /// The limit price (LIMIT, STOP_LIMIT; a price: the bounds and step are in the schema).
+    #[serde(default, with = "suho_domain::num::option")]
+    #[schema(example = 1.08)]
+    pub limit_price: Option<Decimal>,
+    /// The stop price (STOP, STOP_LIMIT).
+    #[serde(default, with = "suho_domain::num::option")]
+    #[schema(example = 1.09)]
+    pub stop_price: Option<Decimal>,
+    /// How long the order works: GTC (the default of a pending order), DAY (until the 17:00
+    /// New York rollover), GTD (until `expires_at`); IOC or FOK (the default of a market
+    /// order: filled whole at once, or rejected).
+    pub time_in_force: Option<suho_domain::TimeInForce>,
+    /// When a GTD order expires, epoch ms (with GTD only).
+    #[schema(minimum = 0)]
+    pub expires_at: Option<i64>,
 }
 
 /// An order side.
@@ -329,6 +350,48 @@ pub struct CloseTradeRequest {
     /// character.
     #[schema(min_length = 1, max_length = 128)]
     pub trade_id: String,
+    /// Lots to close (default: the whole position); below the position's volume, a partial
+    /// close. More than is open is answered `TRADE_REJECTED`.
+    #[serde(default, with = "suho_domain::num::option")]
+    #[schema(example = 0.05)]
+    pub volume: Option<Decimal>,
+}
+
+/// `CANCEL_ORDER`: cancel one pending order.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelOrderRequest {
+    /// The order's id (from its `ORDER_PLACED`), 1 to 128 characters, no control character.
+    #[schema(min_length = 1, max_length = 128)]
+    pub order_id: String,
+}
+
+/// `REPLACE_ORDER`: change one pending order; what is left out keeps its value. At least one
+/// field besides `order_id` is required (not `null`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplaceOrderRequest {
+    /// The order's id, 1 to 128 characters, no control character.
+    #[schema(min_length = 1, max_length = 128)]
+    pub order_id: String,
+    /// New volume, lots.
+    #[serde(default, with = "suho_domain::num::option")]
+    pub volume: Option<Decimal>,
+    /// New limit price (LIMIT, STOP_LIMIT).
+    #[serde(default, with = "suho_domain::num::option")]
+    pub limit_price: Option<Decimal>,
+    /// New stop price (STOP, STOP_LIMIT).
+    #[serde(default, with = "suho_domain::num::option")]
+    pub stop_price: Option<Decimal>,
+    /// New stop loss of the position it will open.
+    #[serde(default, with = "suho_domain::num::option")]
+    pub stop_loss: Option<Decimal>,
+    /// New take profit of the position it will open.
+    #[serde(default, with = "suho_domain::num::option")]
+    pub take_profit: Option<Decimal>,
+    /// New expiry of a GTD order, epoch ms.
+    #[schema(minimum = 0)]
+    pub expires_at: Option<i64>,
 }
 
 /// `MODIFY_TRADE`: change a position's stops. At least one of `stop_loss` and
@@ -652,12 +715,26 @@ pub fn served(
     merge("RiskSettingsPatch", "max_volume", &lots);
     merge("AutoTradingPatch", "volume", &lots);
     merge("OpenTradeRequest", "client_order_id", &printable);
-    for schema in ["OpenTradeRequest", "ModifyTradeRequest"] {
+    merge("ReplaceOrderRequest", "volume", &lots);
+    merge("CloseTradeRequest", "volume", &lots);
+    for schema in [
+        "OpenTradeRequest",
+        "ModifyTradeRequest",
+        "ReplaceOrderRequest",
+    ] {
         merge(schema, "stop_loss", &price);
         merge(schema, "take_profit", &price);
     }
+    for schema in ["OpenTradeRequest", "ReplaceOrderRequest"] {
+        merge(schema, "limit_price", &price);
+        merge(schema, "stop_price", &price);
+        merge(schema, "expires_at", &json!({"maximum": MAX_MILLIS}));
+    }
     for schema in ["CloseTradeRequest", "ModifyTradeRequest"] {
         merge(schema, "trade_id", &printable);
+    }
+    for schema in ["CancelOrderRequest", "ReplaceOrderRequest"] {
+        merge(schema, "order_id", &printable);
     }
     let symbol = &mut schemas["OpenTradeRequest"]["properties"]["symbol"];
     *symbol =
@@ -678,6 +755,19 @@ pub fn served(
         "properties": entries,
         "additionalProperties": false,
     });
+    // Something to change, and not `null`.
+    let changes = [
+        "volume",
+        "limit_price",
+        "stop_price",
+        "stop_loss",
+        "take_profit",
+    ]
+    .iter()
+    .map(|f| json!({"required": [f], "properties": {*f: {"type": "number"}}}))
+    .chain([json!({"required": ["expires_at"], "properties": {"expires_at": {"type": "integer"}}})])
+    .collect::<Vec<_>>();
+    schemas["ReplaceOrderRequest"]["anyOf"] = Value::Array(changes);
     // At least one stop, and not `null`.
     schemas["ModifyTradeRequest"]["anyOf"] = json!([
         {"required": ["stop_loss"], "properties": {"stop_loss": {"type": "number"}}},

@@ -12,7 +12,10 @@ use axum::response::IntoResponse;
 use axum::Json;
 use rust_decimal::Decimal;
 use suho_domain::money::{LOT_STEP, MAX_ORDER_VOLUME};
-use suho_domain::{Order, Side, TradeCommand};
+use suho_domain::{
+    CancelOrder, CommandKind, OpenTrade, Order, OrderType, ReplaceOrder, Side, TimeInForce,
+    TradeCommand,
+};
 use suho_messaging::now_ms;
 
 use suho_accounts::ClientOrder;
@@ -20,8 +23,8 @@ use suho_accounts::ClientOrder;
 use crate::auth::AuthUser;
 use crate::input::Body;
 use crate::openapi::{
-    BodyErrors, CloseTradeRequest, ErrorBody, ModifyTradeRequest, OpenTradeRequest, Queued,
-    QueuedStatus, Unauthorized,
+    BodyErrors, CancelOrderRequest, CloseTradeRequest, ErrorBody, ModifyTradeRequest,
+    OpenTradeRequest, Queued, QueuedStatus, ReplaceOrderRequest, Unauthorized,
 };
 use crate::{ApiError, AppState};
 
@@ -33,14 +36,45 @@ const OPEN_FIELDS: &[&str] = &[
     "stop_loss",
     "take_profit",
     "client_order_id",
+    "order_type",
+    "limit_price",
+    "stop_price",
+    "time_in_force",
+    "expires_at",
 ];
-const CLOSE_FIELDS: &[&str] = &["trade_id"];
+const CLOSE_FIELDS: &[&str] = &["trade_id", "volume"];
+const CANCEL_FIELDS: &[&str] = &["order_id"];
+const REPLACE_FIELDS: &[&str] = &[
+    "order_id",
+    "volume",
+    "limit_price",
+    "stop_price",
+    "stop_loss",
+    "take_profit",
+    "expires_at",
+];
+const ORDER_TYPES: &[(&str, OrderType)] = &[
+    ("MARKET", OrderType::Market),
+    ("LIMIT", OrderType::Limit),
+    ("STOP", OrderType::Stop),
+    ("STOP_LIMIT", OrderType::StopLimit),
+];
+const TIMES_IN_FORCE: &[(&str, TimeInForce)] = &[
+    ("GTC", TimeInForce::Gtc),
+    ("DAY", TimeInForce::Day),
+    ("GTD", TimeInForce::Gtd),
+    ("IOC", TimeInForce::Ioc),
+    ("FOK", TimeInForce::Fok),
+];
 const MODIFY_FIELDS: &[&str] = &["trade_id", "stop_loss", "take_profit"];
 
-/// Opens a position (a market order).
+/// Opens a position: a market order, or a pending one (limit, stop, stop-limit).
 ///
 /// Queues an `OPEN_TRADE` command on `user.commands`, keyed by the caller. A repeated
-/// `client_order_id` is answered with the first order's `command_id` and queues nothing.
+/// `client_order_id` is answered with the first order's `command_id` and queues nothing. A
+/// pending order is answered `ORDER_PLACED` when it rests, `TRADE_EXECUTED` (with its
+/// `order_id`) when it fills; the rules between its fields and against the market are the
+/// engine's, and a breach is a `TRADE_REJECTED` whose reason names the field.
 #[utoipa::path(
     post,
     path = "/api/trade/open",
@@ -66,7 +100,17 @@ pub async fn open(
     let order = parse_order(&body, &state)?;
     let client_order_id = body.opt_text("client_order_id", 1, 64)?.map(str::to_string);
     let user_id = claims.user_id();
-    let command = TradeCommand::open(user_id.clone(), order, client_order_id.clone(), now_ms());
+    let open = OpenTrade {
+        order_type: body
+            .opt_choice("order_type", ORDER_TYPES)?
+            .unwrap_or_default(),
+        limit_price: body.opt_price("limit_price")?,
+        stop_price: body.opt_price("stop_price")?,
+        time_in_force: body.opt_choice("time_in_force", TIMES_IN_FORCE)?,
+        expires_at: body.opt_millis("expires_at")?,
+        ..OpenTrade::market(order, client_order_id.clone())
+    };
+    let command = TradeCommand::new(user_id.clone(), CommandKind::OpenTrade(open), now_ms());
     if let Some(coid) = &client_order_id {
         // A retried request: answer with the first command, queue nothing.
         if let ClientOrder::Existing(first) = state
@@ -111,9 +155,10 @@ fn trade_id(body: &Body) -> Result<String, ApiError> {
     Ok(body.text("trade_id", 1, 128)?.to_string())
 }
 
-/// Closes a position.
+/// Closes a position, or part of it.
 ///
-/// Queues a `CLOSE_TRADE` command for one of the caller's positions.
+/// Queues a `CLOSE_TRADE` command for one of the caller's positions; with a `volume` below
+/// the position's, that much of it closes (`TRADE_PARTIALLY_CLOSED`).
 #[utoipa::path(
     post,
     path = "/api/trade/close",
@@ -124,7 +169,7 @@ fn trade_id(body: &Body) -> Result<String, ApiError> {
         (status = 202, description = "Queued; an unknown position is answered by the engine with `TRADE_REJECTED`.", body = Queued),
         BodyErrors,
         Unauthorized,
-        (status = 422, description = "`invalid_field`: `trade_id` is missing or not 1 to 128 characters.", body = ErrorBody),
+        (status = 422, description = "`invalid_field`: `trade_id` is missing or not 1 to 128 characters, or `volume` is not a volume (positive, at most 100, on the 0.01 step).", body = ErrorBody),
         (status = 503, description = "`unavailable`: Kafka did not acknowledge the command; retry.", body = ErrorBody),
     )
 )]
@@ -136,9 +181,101 @@ pub async fn close(
     crate::auth::need(&claims, crate::auth::Need::Trade)?;
     let body = Body::parse(&body)?;
     body.only(CLOSE_FIELDS)?;
-    let command = TradeCommand::close(claims.user_id(), trade_id(&body)?, now_ms());
+    let close = suho_domain::CloseTrade {
+        trade_id: trade_id(&body)?,
+        volume: body.opt_decimal("volume")?.map(lots).transpose()?,
+    };
+    let command = TradeCommand::new(claims.user_id(), CommandKind::CloseTrade(close), now_ms());
     state.producer.send(&command).await?;
     tracing::info!(user_id = %command.head.user_id, command_id = %command.head.event_id, "CLOSE_TRADE queued");
+    Ok(queued(&command.head.event_id))
+}
+
+/// Cancels a pending order.
+///
+/// Queues a `CANCEL_ORDER` command for one of the caller's pending orders; it is answered
+/// `ORDER_CANCELLED`, or `TRADE_REJECTED` when the order is no longer pending (filled,
+/// expired or cancelled before).
+#[utoipa::path(
+    post,
+    path = "/api/trade/cancel",
+    tag = "trading",
+    security(("bearer" = [])),
+    request_body = CancelOrderRequest,
+    responses(
+        (status = 202, description = "Queued.", body = Queued),
+        BodyErrors,
+        Unauthorized,
+        (status = 422, description = "`invalid_field`: `order_id` is missing or not 1 to 128 characters.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: Kafka did not acknowledge the command; retry.", body = ErrorBody),
+    )
+)]
+pub async fn cancel(
+    State(state): State<Arc<AppState>>,
+    AuthUser(claims): AuthUser,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    crate::auth::need(&claims, crate::auth::Need::Trade)?;
+    let body = Body::parse(&body)?;
+    body.only(CANCEL_FIELDS)?;
+    let cancel = CancelOrder {
+        order_id: body.text("order_id", 1, 128)?.to_string(),
+    };
+    let command = TradeCommand::new(claims.user_id(), CommandKind::CancelOrder(cancel), now_ms());
+    state.producer.send(&command).await?;
+    tracing::info!(user_id = %command.head.user_id, command_id = %command.head.event_id, "CANCEL_ORDER queued");
+    Ok(queued(&command.head.event_id))
+}
+
+/// Changes a pending order.
+///
+/// Queues a `REPLACE_ORDER` command: a new volume, price, stops or expiry for one of the
+/// caller's pending orders, checked by the engine against the market as a new order is;
+/// answered `ORDER_REPLACED` with the order as it now is, or `TRADE_REJECTED`.
+#[utoipa::path(
+    post,
+    path = "/api/trade/replace",
+    tag = "trading",
+    security(("bearer" = [])),
+    request_body = ReplaceOrderRequest,
+    responses(
+        (status = 202, description = "Queued.", body = Queued),
+        BodyErrors,
+        Unauthorized,
+        (status = 422, description = "`invalid_field`: `order_id`, a volume or price out of its bounds, an `expires_at` that is not epoch milliseconds, or nothing to change.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: Kafka did not acknowledge the command; retry.", body = ErrorBody),
+    )
+)]
+pub async fn replace(
+    State(state): State<Arc<AppState>>,
+    AuthUser(claims): AuthUser,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    crate::auth::need(&claims, crate::auth::Need::Trade)?;
+    let body = Body::parse(&body)?;
+    body.only(REPLACE_FIELDS)?;
+    let replace = ReplaceOrder {
+        order_id: body.text("order_id", 1, 128)?.to_string(),
+        volume: body.opt_decimal("volume")?.map(lots).transpose()?,
+        limit_price: body.opt_price("limit_price")?,
+        stop_price: body.opt_price("stop_price")?,
+        stop_loss: body.opt_price("stop_loss")?,
+        take_profit: body.opt_price("take_profit")?,
+        expires_at: body.opt_millis("expires_at")?,
+    };
+    if replace.validate().is_err() {
+        return Err(ApiError::invalid(
+            "order_id",
+            "nothing to change: give volume, limit_price, stop_price, stop_loss, take_profit or expires_at",
+        ));
+    }
+    let command = TradeCommand::new(
+        claims.user_id(),
+        CommandKind::ReplaceOrder(replace),
+        now_ms(),
+    );
+    state.producer.send(&command).await?;
+    tracing::info!(user_id = %command.head.user_id, command_id = %command.head.event_id, "REPLACE_ORDER queued");
     Ok(queued(&command.head.event_id))
 }
 
@@ -184,14 +321,8 @@ pub async fn modify(
     Ok(queued(&command.head.event_id))
 }
 
-fn parse_order(body: &Body, state: &AppState) -> Result<Order, ApiError> {
-    let symbol = crate::input::traded_symbol("symbol", body.string("symbol")?, &state.symbols)?;
-    let side = match body.string("type")? {
-        "BUY" => Side::Buy,
-        "SELL" => Side::Sell,
-        _ => return Err(ApiError::invalid("type", "must be BUY or SELL")),
-    };
-    let volume = body.decimal("volume")?;
+/// A volume in lots: positive, at most the largest order, on the lot step.
+fn lots(volume: Decimal) -> Result<Decimal, ApiError> {
     if volume <= Decimal::ZERO {
         return Err(ApiError::invalid("volume", "must be positive"));
     }
@@ -207,6 +338,17 @@ fn parse_order(body: &Body, state: &AppState) -> Result<Order, ApiError> {
             format!("must be a multiple of the lot step {LOT_STEP}"),
         ));
     }
+    Ok(volume)
+}
+
+fn parse_order(body: &Body, state: &AppState) -> Result<Order, ApiError> {
+    let symbol = crate::input::traded_symbol("symbol", body.string("symbol")?, &state.symbols)?;
+    let side = match body.string("type")? {
+        "BUY" => Side::Buy,
+        "SELL" => Side::Sell,
+        _ => return Err(ApiError::invalid("type", "must be BUY or SELL")),
+    };
+    let volume = lots(body.decimal("volume")?)?;
     let stop_loss = body.opt_price("stop_loss")?;
     let take_profit = body.opt_price("take_profit")?;
     if let (Some(sl), Some(tp)) = (stop_loss, take_profit) {

@@ -162,9 +162,53 @@ fn the_trade_open_request_names_its_required_fields() {
             "volume",
             "stop_loss",
             "take_profit",
-            "client_order_id"
+            "client_order_id",
+            "order_type",
+            "limit_price",
+            "stop_price",
+            "time_in_force",
+            "expires_at"
         ])
     );
+    // The order types and times in force of the contract's "Orders" section.
+    assert_eq!(
+        schema(&doc, "OrderType")["enum"],
+        serde_json::json!(["MARKET", "LIMIT", "STOP", "STOP_LIMIT"])
+    );
+    assert_eq!(
+        schema(&doc, "TimeInForce")["enum"],
+        serde_json::json!(["GTC", "DAY", "GTD", "IOC", "FOK"])
+    );
+    for (path, name, fields) in [
+        ("/api/trade/cancel", "CancelOrderRequest", vec!["order_id"]),
+        (
+            "/api/trade/replace",
+            "ReplaceOrderRequest",
+            vec![
+                "order_id",
+                "volume",
+                "limit_price",
+                "stop_price",
+                "stop_loss",
+                "take_profit",
+                "expires_at",
+            ],
+        ),
+    ] {
+        let body = &doc["paths"][path]["post"]["requestBody"];
+        assert_eq!(
+            body["content"]["application/json"]["schema"]["$ref"],
+            format!("#/components/schemas/{name}"),
+            "{path}"
+        );
+        let keys: BTreeSet<&str> = schema(&doc, name)["properties"]
+            .as_object()
+            .expect("properties")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(keys, fields.into_iter().collect::<BTreeSet<_>>(), "{name}");
+    }
     let side = open["properties"]["type"]["$ref"]
         .as_str()
         .and_then(|r| r.rsplit('/').next())

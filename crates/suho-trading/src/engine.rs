@@ -694,7 +694,7 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
             for e in &outcome.errors {
                 tracing::debug!(error = %e, "the venue could not value an account on a tick");
             }
-            for event in &outcome.closed {
+            for event in &outcome.trades {
                 self.touched();
                 touched.push(ledger::trade_key(event));
                 if let Attempt::Retry(why) = self.queue(event, sends)? {
@@ -846,6 +846,30 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
                 let outcome = self.broker.modify(head, modify, &tick, now_ms()).await;
                 self.answer(head, modify, outcome, sends).await
             }
+            Plan::Cancel { head, cancel } => {
+                let outcome = self.broker.cancel(head, cancel, now).await;
+                self.answer(head, cancel, outcome, sends).await
+            }
+            Plan::Replace { head, replace } => {
+                let symbol = match self.broker.order_symbol(head, &replace.order_id).await {
+                    Ok(Some(symbol)) => symbol,
+                    Ok(None) => {
+                        let reason =
+                            suho_broker::RejectReason::UnknownOrder(replace.order_id.clone());
+                        return self.queue(&reason.rejected_event(head, replace, now), sends);
+                    }
+                    Err(e) => return Ok(Attempt::Retry(format!("venue: {e}"))),
+                };
+                let tick = match self.priced(symbol, prices).await? {
+                    Priced::Tick(t) => t,
+                    Priced::Reject(reason) => {
+                        return self.queue(&TradeEvent::rejected(head, replace, reason, now), sends)
+                    }
+                    Priced::Retry(reason) => return Ok(Attempt::Retry(reason)),
+                };
+                let outcome = self.broker.replace(head, replace, &tick, now_ms()).await;
+                self.answer(head, replace, outcome, sends).await
+            }
             Plan::Deposit { head, money } => {
                 let key = AccountKey::of(head);
                 let outcome = self
@@ -904,10 +928,17 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
                 Plan::Open { open, .. } => Some(open.order.symbol),
                 Plan::Close { head, close } => self.symbol_of(head, &close.trade_id).await,
                 Plan::Modify { head, modify } => self.symbol_of(head, &modify.trade_id).await,
+                Plan::Replace { head, replace } => self
+                    .broker
+                    .order_symbol(head, &replace.order_id)
+                    .await
+                    .ok()
+                    .flatten(),
                 Plan::DeadLetter { .. }
                 | Plan::Reject { .. }
                 | Plan::Deposit { .. }
-                | Plan::Withdraw { .. } => None,
+                | Plan::Withdraw { .. }
+                | Plan::Cancel { .. } => None,
             };
             symbols.extend(symbol);
         }

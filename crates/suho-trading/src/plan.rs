@@ -7,8 +7,8 @@
 //! way. Ids of outcome events are derived from the command's `event_id` for the same reason.
 
 use suho_domain::{
-    CloseTrade, CommandHead, CommandKind, ModifyTrade, Money, OpenTrade, PriceErrorKind,
-    PriceReply, TradeCommand, SCHEMA_VERSION,
+    CancelOrder, CloseTrade, CommandHead, CommandKind, ModifyTrade, Money, OpenTrade,
+    PriceErrorKind, PriceReply, ReplaceOrder, TradeCommand, SCHEMA_VERSION,
 };
 
 /// The reason given when a record's key is not the command's `user_id`.
@@ -33,7 +33,7 @@ pub enum Plan {
         /// Human-readable reason (the event's `reason`).
         reason: String,
     },
-    /// A valid `OPEN_TRADE`: price its symbol, then fill it.
+    /// A valid `OPEN_TRADE`: price its symbol, then fill it (market) or rest it (pending).
     Open {
         /// The command's head.
         head: CommandHead,
@@ -68,6 +68,20 @@ pub enum Plan {
         /// The amount.
         money: Money,
     },
+    /// A valid `CANCEL_ORDER`: take the pending order out of the book.
+    Cancel {
+        /// The command's head.
+        head: CommandHead,
+        /// The order.
+        cancel: CancelOrder,
+    },
+    /// A valid `REPLACE_ORDER`: price the order's symbol, then change it.
+    Replace {
+        /// The command's head.
+        head: CommandHead,
+        /// The order and what changes.
+        replace: ReplaceOrder,
+    },
 }
 
 impl Plan {
@@ -81,7 +95,9 @@ impl Plan {
             | Plan::Close { head, .. }
             | Plan::Modify { head, .. }
             | Plan::Deposit { head, .. }
-            | Plan::Withdraw { head, .. } => Some(head),
+            | Plan::Withdraw { head, .. }
+            | Plan::Cancel { head, .. }
+            | Plan::Replace { head, .. } => Some(head),
         }
     }
 
@@ -189,6 +205,8 @@ pub fn plan(key: Option<&[u8]>, payload: Option<&[u8]>) -> Plan {
         CommandKind::ModifyTrade(modify) => Plan::Modify { head, modify },
         CommandKind::Deposit(money) => Plan::Deposit { head, money },
         CommandKind::Withdrawal(money) => Plan::Withdraw { head, money },
+        CommandKind::CancelOrder(cancel) => Plan::Cancel { head, cancel },
+        CommandKind::ReplaceOrder(replace) => Plan::Replace { head, replace },
     }
 }
 

@@ -567,3 +567,72 @@ async fn a_users_command_rate_is_limited() {
     );
     stop_engine(&shutdown, engine).await;
 }
+
+/// Publishes one EURUSD quote as the feed does, and gives the engine and the price service
+/// time to see it.
+async fn quote(feed: &suho_messaging::MarketBus, prefix: &str, bid: &str, ask: &str) {
+    let tick = Tick::new(
+        sym("EURUSD"),
+        bid.parse().unwrap(),
+        ask.parse().unwrap(),
+        now_ms(),
+        "test",
+    )
+    .unwrap();
+    feed.publish(suho_domain::subject::tick(prefix, sym("EURUSD")), &tick)
+        .await
+        .unwrap();
+    feed.client().flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+/// A buy limit below the market rests (`ORDER_PLACED`), fills exactly once when the ask
+/// reaches it, at that ask (the limit or better), in the engine's own transaction on the
+/// tick, and nothing more on later ticks.
+#[tokio::test]
+async fn a_buy_limit_rests_then_fills_once_when_the_ask_reaches_it() {
+    let env = TestEnv::new().await;
+    let shutdown = CancellationToken::new();
+    let out = reader(&env, UserTopic::Trades);
+    let _market = start_market(&env, &shutdown, false).await;
+    let feed = env.bus(Identity::Feed).await;
+    quote(&feed, &env.prefix, "1.10000", "1.10020").await;
+    let engine = start_engine(&env, &shutdown).await;
+    let mut cmd = open("lima", "EURUSD", Side::Buy);
+    if let suho_domain::CommandKind::OpenTrade(o) = &mut cmd.kind {
+        o.order_type = suho_domain::OrderType::Limit;
+        o.limit_price = Some("1.09500".parse().unwrap());
+    }
+    UserEventProducer::new(&env.kafka(Identity::Gateway))
+        .unwrap()
+        .send(&cmd)
+        .await
+        .unwrap();
+    let placed = trades(&out, 1).await;
+    let (key, placed) = &placed[0];
+    assert_eq!(key, "lima");
+    assert_eq!(placed.event_type, TradeEventType::OrderPlaced, "{placed:?}");
+    assert_eq!(placed.status, Some(TradeStatus::Pending));
+    let order_id = placed.order_id.clone().expect("an order id");
+
+    // Above the limit: nothing. Then the ask gaps through it: one fill, at that ask.
+    quote(&feed, &env.prefix, "1.09600", "1.09620").await;
+    assert!(next_record(&out, Duration::from_millis(700))
+        .await
+        .is_none());
+    quote(&feed, &env.prefix, "1.09400", "1.09420").await;
+    let filled = trades(&out, 1).await;
+    let (_, fill) = &filled[0];
+    assert_eq!(fill.event_type, TradeEventType::TradeExecuted, "{fill:?}");
+    assert_eq!(fill.order_id.as_deref(), Some(order_id.as_str()));
+    assert_eq!(fill.command_id.as_deref(), Some(cmd.head.event_id.as_str()));
+    assert_eq!(fill.execution_price, Some("1.09420".parse().unwrap()));
+    quote(&feed, &env.prefix, "1.09300", "1.09320").await;
+    assert!(
+        next_record(&out, Duration::from_millis(1_000))
+            .await
+            .is_none(),
+        "filled exactly once"
+    );
+    stop_engine(&shutdown, engine).await;
+}

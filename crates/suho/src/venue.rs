@@ -20,8 +20,8 @@ use suho_broker::{
 };
 use suho_config::{Config, ScriptedVenueConfig};
 use suho_domain::{
-    AccountStatus, CloseTrade, CommandHead, ModifyTrade, OpenTrade, Symbol, Tick, TradeEvent,
-    Transaction, UserId,
+    AccountStatus, CancelOrder, CloseTrade, CommandHead, ModifyTrade, OpenTrade, ReplaceOrder,
+    Symbol, Tick, TradeEvent, Transaction, UserId,
 };
 
 /// The venue `trading.venue` names.
@@ -174,6 +174,35 @@ impl BrokerAdapter for ScriptedVenue {
         self.books.modify(command, modify, tick, now_ms).await
     }
 
+    async fn cancel(
+        &self,
+        command: &CommandHead,
+        cancel: &CancelOrder,
+        now_ms: i64,
+    ) -> BrokerResult<Outcome<TradeEvent>> {
+        self.before(command)?;
+        self.books.cancel(command, cancel, now_ms).await
+    }
+
+    async fn replace(
+        &self,
+        command: &CommandHead,
+        replace: &ReplaceOrder,
+        tick: &Tick,
+        now_ms: i64,
+    ) -> BrokerResult<Outcome<TradeEvent>> {
+        self.before(command)?;
+        self.books.replace(command, replace, tick, now_ms).await
+    }
+
+    fn order_symbol(
+        &self,
+        command: &CommandHead,
+        order_id: &str,
+    ) -> impl Future<Output = BrokerResult<Option<Symbol>>> + Send {
+        self.books.order_symbol(command, order_id)
+    }
+
     fn position_symbol(
         &self,
         command: &CommandHead,
@@ -273,6 +302,33 @@ impl BrokerAdapter for Venue {
         each!(self, v => v.modify(command, modify, tick, now_ms))
     }
 
+    fn cancel(
+        &self,
+        command: &CommandHead,
+        cancel: &CancelOrder,
+        now_ms: i64,
+    ) -> impl Future<Output = BrokerResult<Outcome<TradeEvent>>> + Send {
+        each!(self, v => v.cancel(command, cancel, now_ms))
+    }
+
+    fn replace(
+        &self,
+        command: &CommandHead,
+        replace: &ReplaceOrder,
+        tick: &Tick,
+        now_ms: i64,
+    ) -> impl Future<Output = BrokerResult<Outcome<TradeEvent>>> + Send {
+        each!(self, v => v.replace(command, replace, tick, now_ms))
+    }
+
+    fn order_symbol(
+        &self,
+        command: &CommandHead,
+        order_id: &str,
+    ) -> impl Future<Output = BrokerResult<Option<Symbol>>> + Send {
+        each!(self, v => v.order_symbol(command, order_id))
+    }
+
     fn position_symbol(
         &self,
         command: &CommandHead,
@@ -362,13 +418,7 @@ mod tests {
             stop_loss: None,
             take_profit: None,
         };
-        (
-            head,
-            OpenTrade {
-                order,
-                client_order_id: None,
-            },
-        )
+        (head, OpenTrade::market(order, None))
     }
 
     #[test]

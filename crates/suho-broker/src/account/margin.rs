@@ -98,7 +98,9 @@ impl PaperAccount {
         })
     }
 
-    /// Records a tick, then: closes the tick symbol's positions whose stop loss or take profit
+    /// Records a tick, then: works the pending orders ([`PaperAccount::work_orders`]: expiries
+    /// at `now_ms`, then the tick symbol's triggers and fills); closes the tick symbol's
+    /// positions whose stop loss or take profit
     /// it reaches (BUY: `bid <= SL` / `bid >= TP`, SELL: `ask >= SL` / `ask <= TP`), **filled
     /// at the tick's exit price, not at the stop price**, so a gap past the stop realises the
     /// gap; then checks margin on the latest quotes. At or below `margin_call_level` one
@@ -112,6 +114,7 @@ impl PaperAccount {
         if !self.quotes.update(tick) {
             return out;
         }
+        out.trades = self.work_orders(tick, now_ms);
         let hits: Vec<(Position, CloseKind)> = self
             .positions
             .values()
@@ -120,7 +123,7 @@ impl PaperAccount {
             .collect();
         for (pos, kind) in hits {
             match self.auto_close(&pos, pos.exit_price(tick), kind, "", now_ms) {
-                Ok(event) => out.closed.push(event),
+                Ok(event) => out.trades.push(event),
                 Err(e) => out.errors.push(e),
             }
         }
@@ -202,7 +205,7 @@ impl PaperAccount {
                 break;
             };
             let detail = format!("margin level {}% <= {stop_out}%", round_cents(level));
-            out.closed
+            out.trades
                 .push(self.auto_close(&pos, price, CloseKind::StopOut, &detail, now_ms)?);
             closed.push(pos.id);
             current = self.metrics()?.margin_level;

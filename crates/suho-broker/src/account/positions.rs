@@ -5,8 +5,8 @@
 use rust_decimal::Decimal;
 use suho_domain::money::{round_cents, CONTRACT_SIZE};
 use suho_domain::{
-    CloseTrade, CommandHead, ModifyTrade, OpenTrade, Side, Symbol, Tick, TradeEvent,
-    TradeEventType, TradeStatus, SCHEMA_VERSION,
+    CloseTrade, CommandHead, ModifyTrade, OpenTrade, Order, OrderType, Side, Symbol, Tick,
+    TradeEvent, TradeEventType, TradeStatus, SCHEMA_VERSION,
 };
 
 use super::{add, AccountEvent, ApplyError, Outcome, PaperAccount};
@@ -121,7 +121,7 @@ pub fn trade_id(command_id: &str) -> String {
     )
 }
 
-fn check_stops(
+pub(super) fn check_stops(
     side: Side,
     price: Decimal,
     stop_loss: Option<Decimal>,
@@ -149,7 +149,15 @@ fn check_stops(
     Ok(())
 }
 
-fn expect_tick(expected: Symbol, tick: &Tick) -> Result<(), RejectReason> {
+/// The price an order of `side` enters at on `tick`: a BUY at the ask, a SELL at the bid.
+pub(super) fn entry_price(side: Side, tick: &Tick) -> Decimal {
+    match side {
+        Side::Buy => tick.ask,
+        Side::Sell => tick.bid,
+    }
+}
+
+pub(super) fn expect_tick(expected: Symbol, tick: &Tick) -> Result<(), RejectReason> {
     if tick.symbol == expected {
         Ok(())
     } else {
@@ -186,7 +194,7 @@ impl PaperAccount {
     }
 
     /// A success event about `pos`, answering `command` when there is one.
-    fn trade_event(
+    pub(super) fn trade_event(
         &self,
         event_type: TradeEventType,
         event_id: String,
@@ -201,9 +209,17 @@ impl PaperAccount {
             user_id: self.user_id.clone(),
             mt5_account: self.mt5_account.clone(),
             trade_id: Some(pos.id.clone()),
+            order_id: None,
+            order_type: None,
+            side: None,
+            limit_price: None,
+            stop_price: None,
+            time_in_force: None,
+            expires_at: None,
             symbol: Some(pos.symbol),
             action: Some(pos.side),
             volume: Some(pos.volume),
+            remaining_volume: None,
             open_price: Some(pos.open_price),
             execution_price: None,
             close_price: None,
@@ -219,30 +235,9 @@ impl PaperAccount {
         }
     }
 
-    /// Opens a position for an `OPEN_TRADE` command: a BUY fills at `tick.ask`, a SELL at
-    /// `tick.bid`. Checks, in order: command shape, tick symbol, allowed symbol, volume (min,
-    /// max, step), stops on the right side of the fill (BUY `SL < price < TP`, SELL
-    /// `TP < price < SL`), open-position limit, conversion paths, then free margin: the
-    /// current free margin must cover the new position's margin.
-    ///
-    /// # Errors
-    /// The first failed check as a [`RejectReason`].
-    pub fn open(
-        &mut self,
-        command: &CommandHead,
-        open: &OpenTrade,
-        tick: &Tick,
-        now_ms: i64,
-    ) -> Result<Outcome<TradeEvent>, RejectReason> {
-        let event_id = format!("exec_{}", command.event_id);
-        if let Some(done) = self.replay_trade(&event_id) {
-            return Ok(done);
-        }
-        self.expect_account(command)?;
-        open.validate()?;
-        let order = &open.order;
-        expect_tick(order.symbol, tick)?;
-        self.quotes.update(tick);
+    /// The rules an order must meet whatever its type: a tradable symbol and a volume within
+    /// the account's minimum, maximum and step.
+    pub(super) fn check_order(&self, order: &Order) -> Result<(), RejectReason> {
         let c = &self.config;
         if c.allowed_symbols
             .as_ref()
@@ -266,16 +261,28 @@ impl PaperAccount {
             let step = c.volume_step;
             return Err(RejectReason::VolumeOffStep { volume, step });
         }
-        let price = match order.side {
-            Side::Buy => tick.ask,
-            Side::Sell => tick.bid,
-        };
+        Ok(())
+    }
+
+    /// The position `order` opens at `price`, if the account can take it now: stops on the
+    /// right side of the price (BUY `SL < price < TP`, SELL `TP < price < SL`), the
+    /// open-position limit, the conversion paths, then free margin (the current free margin
+    /// must cover the new position's margin).
+    pub(super) fn fillable(
+        &self,
+        id: String,
+        command_id: &str,
+        order: &Order,
+        price: Decimal,
+        now_ms: i64,
+    ) -> Result<Position, RejectReason> {
         check_stops(order.side, price, order.stop_loss, order.take_profit)?;
+        let c = &self.config;
         if self.positions.len() >= c.max_open_positions {
             let (open, max) = (self.positions.len(), c.max_open_positions);
             return Err(RejectReason::TooManyPositions { open, max });
         }
-        let required = self.margin_of(order.symbol, volume)?;
+        let required = self.margin_of(order.symbol, order.volume)?;
         self.quotes
             .convert(Decimal::ZERO, order.symbol.quote(), &self.config.currency)?;
         let free = self.metrics()?.free_margin;
@@ -286,17 +293,54 @@ impl PaperAccount {
                 currency: self.config.currency.clone(),
             });
         }
-        let pos = Position {
-            id: trade_id(&command.event_id),
+        Ok(Position {
+            id,
             symbol: order.symbol,
             side: order.side,
-            volume,
+            volume: order.volume,
             open_price: price,
             stop_loss: order.stop_loss,
             take_profit: order.take_profit,
             open_time: now_ms,
-            command_id: Some(command.event_id.clone()),
-        };
+            command_id: Some(command_id.to_owned()),
+        })
+    }
+
+    /// Carries out an `OPEN_TRADE`: a market order fills at once (a BUY at `tick.ask`, a SELL
+    /// at `tick.bid`); any other type rests as a pending order ([`PaperAccount::place`]).
+    /// Checks, in order: command shape, tick symbol, [`PaperAccount::check_order`], then
+    /// [`PaperAccount::fillable`] at the fill price.
+    ///
+    /// # Errors
+    /// The first failed check as a [`RejectReason`].
+    pub fn open(
+        &mut self,
+        command: &CommandHead,
+        open: &OpenTrade,
+        tick: &Tick,
+        now_ms: i64,
+    ) -> Result<Outcome<TradeEvent>, RejectReason> {
+        if open.order_type != OrderType::Market {
+            return self.place(command, open, tick, now_ms);
+        }
+        let event_id = format!("exec_{}", command.event_id);
+        if let Some(done) = self.replay_trade(&event_id) {
+            return Ok(done);
+        }
+        self.expect_account(command)?;
+        open.validate()?;
+        let order = &open.order;
+        expect_tick(order.symbol, tick)?;
+        self.quotes.update(tick);
+        self.check_order(order)?;
+        let price = entry_price(order.side, tick);
+        let pos = self.fillable(
+            trade_id(&command.event_id),
+            &command.event_id,
+            order,
+            price,
+            now_ms,
+        )?;
         let mut event = self.trade_event(
             TradeEventType::TradeExecuted,
             event_id,
@@ -311,7 +355,10 @@ impl PaperAccount {
         })
     }
 
-    /// Closes the position named by a `CLOSE_TRADE` command: a BUY at `tick.bid`, a SELL at
+    /// Closes the position named by a `CLOSE_TRADE` command (with a `volume` below the
+    /// position's, that much of it: `TRADE_PARTIALLY_CLOSED` with the closed `volume`, the
+    /// `remaining_volume` and the closed part's profit; the position keeps its id, price and
+    /// stops): a BUY at `tick.bid`, a SELL at
     /// `tick.ask`. Profit is converted at the latest quotes and rounded to cents.
     ///
     /// # Errors
@@ -330,7 +377,38 @@ impl PaperAccount {
         }
         let pos = self.commanded_position(command, &close.trade_id, tick)?;
         let price = pos.exit_price(tick);
-        let event = self.close_event(&pos, price, event_id, Some(command), None, now_ms)?;
+        let event = match close.volume.filter(|v| *v != pos.volume) {
+            None => self.close_event(&pos, price, event_id, Some(command), None, now_ms)?,
+            Some(volume) => {
+                let c = &self.config;
+                if volume <= Decimal::ZERO {
+                    return Err(suho_domain::CommandError::NonPositiveVolume(volume).into());
+                }
+                if volume > pos.volume {
+                    return Err(RejectReason::CloseAboveVolume {
+                        volume,
+                        open: pos.volume,
+                    });
+                }
+                if !volume
+                    .checked_rem(c.volume_step)
+                    .is_some_and(|r| r.is_zero())
+                {
+                    let step = c.volume_step;
+                    return Err(RejectReason::VolumeOffStep { volume, step });
+                }
+                // The closed part is valued as a position of that volume.
+                let part = Position {
+                    volume,
+                    ..pos.clone()
+                };
+                let mut event =
+                    self.close_event(&part, price, event_id, Some(command), None, now_ms)?;
+                event.event_type = TradeEventType::TradePartiallyClosed;
+                event.remaining_volume = Some(pos.volume - volume);
+                event
+            }
+        };
         Ok(Outcome {
             event: self.commit(event)?,
             replayed: false,

@@ -67,18 +67,13 @@ fn open_cmd(
         stop_loss: sl.map(d),
         take_profit: tp.map(d),
     };
-    command(
-        id,
-        CommandKind::OpenTrade(OpenTrade {
-            order,
-            client_order_id: None,
-        }),
-    )
+    command(id, CommandKind::OpenTrade(OpenTrade::market(order, None)))
 }
 
 fn close_cmd(id: &str, trade: &str) -> TradeCommand {
     let close = CloseTrade {
         trade_id: trade.into(),
+        volume: None,
     };
     command(id, CommandKind::CloseTrade(close))
 }
@@ -157,8 +152,8 @@ fn worked_example_stop_loss_by_hand() {
     // An id without the `cmd_` prefix keeps all of it.
     assert_eq!(crate::trade_id("abc"), "trd_abc");
     let out = a.on_tick(&tick("EURUSD", "1.09480", "1.09500", 2), 2);
-    assert_eq!(out.closed.len(), 1);
-    let closed = &out.closed[0];
+    assert_eq!(out.trades.len(), 1);
+    let closed = &out.trades[0];
     assert_eq!(closed.event_type, TradeEventType::TradeClosed);
     assert_eq!(closed.event_id, "sl_trd_w1");
     assert_eq!(closed.close_price, Some(d("1.09480")));
@@ -375,12 +370,12 @@ fn stops_trigger_on_both_sides_at_the_tick_price() {
     // Nothing reached: BUY TP needs bid >= 1.10100, SELL SL ask >= 1.10100.
     assert!(a
         .on_tick(&tick("EURUSD", "1.10080", "1.10099", 2), 2)
-        .closed
+        .trades
         .is_empty());
     // bid 1.10100 hits the BUY take profit; ask 1.10120 hits the SELL stop loss.
     let out = a.on_tick(&tick("EURUSD", "1.10100", "1.10120", 3), 3);
     let ids: Vec<_> = out
-        .closed
+        .trades
         .iter()
         .map(|e| (e.event_id.as_str(), e.close_price))
         .collect();
@@ -393,8 +388,8 @@ fn stops_trigger_on_both_sides_at_the_tick_price() {
     );
     // SELL take profit: ask 1.09890 <= 1.09900, filled at the ask 1.09890, +11.00 (0.1 lot).
     let out = a.on_tick(&tick("EURUSD", "1.09870", "1.09890", 4), 4);
-    assert_eq!(out.closed[0].event_id, "tp_trd_stp");
-    assert_eq!(out.closed[0].profit, Some(d("11.00")));
+    assert_eq!(out.trades[0].event_id, "tp_trd_stp");
+    assert_eq!(out.trades[0].profit, Some(d("11.00")));
     assert_eq!(a.positions().count(), 0);
 }
 
@@ -420,9 +415,9 @@ fn stop_out_closes_the_biggest_loser_first_and_stops_above_the_level() {
     // level 48.71% <= 50. Closing zz (-1,220) leaves margin 1,088.10: level 97.42% > 50.
     let mut a = two_losers();
     let out = a.on_tick(&tick("EURUSD", "1.08800", "1.08820", 3), 3);
-    assert_eq!(out.closed.len(), 1);
+    assert_eq!(out.trades.len(), 1);
     assert_eq!(
-        (out.closed[0].event_id.as_str(), out.closed[0].profit),
+        (out.trades[0].event_id.as_str(), out.trades[0].profit),
         ("so_trd_zz", Some(d("-1220.00")))
     );
     let kinds: Vec<_> = out.alerts.iter().map(|x| x.event_type).collect();
@@ -440,7 +435,7 @@ fn stop_out_repeats_until_nothing_is_open() {
     // is still <= 50, so aa goes too. Balance 3,000 - 1,520 - 1,020 = 460.00.
     let mut a = two_losers();
     let out = a.on_tick(&tick("EURUSD", "1.08500", "1.08520", 3), 3);
-    let ids: Vec<_> = out.closed.iter().map(|e| e.event_id.as_str()).collect();
+    let ids: Vec<_> = out.trades.iter().map(|e| e.event_id.as_str()).collect();
     assert_eq!(ids, ["so_trd_zz", "so_trd_aa"]);
     assert_eq!(
         out.alerts.last().map(|x| x.trade_ids.clone()),
@@ -470,7 +465,7 @@ fn margin_call_fires_once_per_crossing() {
     {
         let ts = 10 + i64::try_from(i).expect("small");
         let out = a.on_tick(&tick("EURUSD", bid, ask, ts), ts);
-        assert!(out.closed.is_empty());
+        assert!(out.trades.is_empty());
         calls.extend(out.alerts.into_iter().map(|x| (x.event_id, x.margin_level)));
     }
     assert_eq!(
@@ -718,7 +713,7 @@ fn scenario() -> (PaperAccount, Vec<AccountEvent>) {
     );
     log.extend(
         a.on_tick(&tick("EURUSD", "1.09480", "1.09500", 6), 6)
-            .closed
+            .trades
             .into_iter()
             .map(Into::into),
     );
@@ -857,4 +852,506 @@ fn config_is_validated() {
         ConfigError::Levels { .. }
     ));
     assert_eq!(MAX_BALANCE, d("1000000000000000"));
+}
+
+// ---- pending orders ----------------------------------------------------------------------
+
+#[allow(clippy::too_many_arguments)]
+fn pending_cmd(
+    id: &str,
+    side: Side,
+    vol: &str,
+    order_type: suho_domain::OrderType,
+    limit: Option<&str>,
+    stop: Option<&str>,
+    tif: Option<suho_domain::TimeInForce>,
+    expires_at: Option<i64>,
+) -> TradeCommand {
+    let mut c = open_cmd(id, "EURUSD", side, vol, None, None);
+    if let CommandKind::OpenTrade(o) = &mut c.kind {
+        o.order_type = order_type;
+        o.limit_price = limit.map(d);
+        o.stop_price = stop.map(d);
+        o.time_in_force = tif;
+        o.expires_at = expires_at;
+    }
+    c
+}
+
+fn place(a: &mut PaperAccount, c: &TradeCommand, t: &Tick, now: i64) -> TradeEvent {
+    a.exec(c, t, now).expect("placed").event
+}
+
+fn kinds(events: &[TradeEvent]) -> Vec<&'static str> {
+    events.iter().map(|e| e.event_type.as_str()).collect()
+}
+
+use suho_domain::{OrderType, TimeInForce};
+
+#[test]
+fn a_buy_limit_below_the_market_rests_then_fills_once_at_the_limit_or_better() {
+    let mut a = funded("10000");
+    let t = tick("EURUSD", "1.10000", "1.10020", 1);
+    let c = pending_cmd(
+        "l1",
+        Side::Buy,
+        "1",
+        OrderType::Limit,
+        Some("1.09500"),
+        None,
+        None,
+        None,
+    );
+    let placed = place(&mut a, &c, &t, 1);
+    assert_eq!(placed.event_type, TradeEventType::OrderPlaced);
+    assert_eq!(placed.event_id, "plc_cmd_l1");
+    assert_eq!(placed.order_id.as_deref(), Some("ord_l1"));
+    assert_eq!(placed.status, Some(TradeStatus::Pending));
+    assert_eq!(placed.time_in_force, Some(TimeInForce::Gtc));
+    // A retry answers with the same event and places nothing twice.
+    assert!(a.exec(&c, &t, 2).expect("retry").replayed);
+    assert_eq!(a.orders().count(), 1);
+    // Not yet: the ask is above the limit.
+    assert!(a
+        .on_tick(&tick("EURUSD", "1.09600", "1.09620", 2), 2)
+        .trades
+        .is_empty());
+    // The ask gaps below the limit: filled at that ask, better than the limit.
+    let out = a.on_tick(&tick("EURUSD", "1.09400", "1.09420", 3), 3);
+    assert_eq!(kinds(&out.trades), ["TRADE_EXECUTED"]);
+    let fill = &out.trades[0];
+    assert_eq!(fill.event_id, "exec_ord_l1");
+    assert_eq!(fill.trade_id.as_deref(), Some("trd_l1"));
+    assert_eq!(fill.command_id.as_deref(), Some("cmd_l1"));
+    assert_eq!(fill.order_id.as_deref(), Some("ord_l1"));
+    assert_eq!(fill.execution_price, Some(d("1.09420")));
+    assert_eq!(a.orders().count(), 0);
+    assert_eq!(a.positions().count(), 1);
+    // Once: later ticks below the limit fill nothing more.
+    assert!(a
+        .on_tick(&tick("EURUSD", "1.09300", "1.09320", 4), 4)
+        .trades
+        .is_empty());
+}
+
+#[test]
+fn a_pending_price_on_the_wrong_side_of_the_market_is_refused() {
+    let mut a = funded("10000");
+    let t = tick("EURUSD", "1.10000", "1.10020", 1);
+    let cases = [
+        (
+            Side::Buy,
+            OrderType::Limit,
+            Some("1.10020"),
+            None,
+            "a BUY LIMIT order's limit_price 1.10020 must be below the ask 1.10020",
+        ),
+        (
+            Side::Sell,
+            OrderType::Limit,
+            Some("1.09"),
+            None,
+            "a SELL LIMIT order's limit_price 1.09 must be above the bid 1.10000",
+        ),
+        (
+            Side::Buy,
+            OrderType::Stop,
+            None,
+            Some("1.1"),
+            "a BUY STOP order's stop_price 1.1 must be above the ask 1.10020",
+        ),
+        (
+            Side::Sell,
+            OrderType::Stop,
+            None,
+            Some("1.2"),
+            "a SELL STOP order's stop_price 1.2 must be below the bid 1.10000",
+        ),
+        (
+            Side::Buy,
+            OrderType::StopLimit,
+            Some("1.12"),
+            Some("1.11"),
+            "a BUY STOP_LIMIT order's limit_price 1.12 must be at or below its stop_price 1.11",
+        ),
+        (
+            Side::Buy,
+            OrderType::Limit,
+            None,
+            None,
+            "OPEN_TRADE command is missing `limit_price`",
+        ),
+        (
+            Side::Buy,
+            OrderType::Limit,
+            Some("1.09"),
+            Some("1.2"),
+            "`stop_price` is not allowed with a LIMIT order",
+        ),
+    ];
+    for (side, ty, limit, stop, want) in cases {
+        let c = pending_cmd("w", side, "1", ty, limit, stop, None, None);
+        let err = a.exec(&c, &t, 1).expect_err("refused");
+        assert_eq!(err.to_string(), want);
+    }
+    let ioc = pending_cmd(
+        "w",
+        Side::Buy,
+        "1",
+        OrderType::Limit,
+        Some("1.09"),
+        None,
+        Some(TimeInForce::Ioc),
+        None,
+    );
+    assert_eq!(
+        a.exec(&ioc, &t, 1).expect_err("tif").to_string(),
+        "`time_in_force` IOC does not fit a LIMIT order (use GTC, DAY or GTD)"
+    );
+    let past = pending_cmd(
+        "w",
+        Side::Buy,
+        "1",
+        OrderType::Limit,
+        Some("1.09"),
+        None,
+        Some(TimeInForce::Gtd),
+        Some(1),
+    );
+    assert_eq!(
+        a.exec(&past, &t, 5).expect_err("past").to_string(),
+        "expires_at 1 has passed (now 5)"
+    );
+    assert_eq!(a.orders().count(), 0);
+}
+
+#[test]
+fn a_stop_triggers_on_touch_and_fills_at_market() {
+    let mut a = funded("10000");
+    let t = tick("EURUSD", "1.10000", "1.10020", 1);
+    let c = pending_cmd(
+        "s1",
+        Side::Sell,
+        "1",
+        OrderType::Stop,
+        None,
+        Some("1.09900"),
+        None,
+        None,
+    );
+    place(&mut a, &c, &t, 1);
+    assert!(a
+        .on_tick(&tick("EURUSD", "1.09910", "1.09930", 2), 2)
+        .trades
+        .is_empty());
+    let out = a.on_tick(&tick("EURUSD", "1.09850", "1.09870", 3), 3);
+    assert_eq!(kinds(&out.trades), ["TRADE_EXECUTED"]);
+    assert_eq!(out.trades[0].execution_price, Some(d("1.09850")));
+    assert_eq!(out.trades[0].action, Some(Side::Sell));
+}
+
+#[test]
+fn a_stop_limit_becomes_a_limit_when_touched() {
+    let mut a = funded("10000");
+    let t = tick("EURUSD", "1.10000", "1.10020", 1);
+    // BUY STOP LIMIT: stop 1.10100, limit 1.10080.
+    let c = pending_cmd(
+        "sl",
+        Side::Buy,
+        "1",
+        OrderType::StopLimit,
+        Some("1.10080"),
+        Some("1.10100"),
+        None,
+        None,
+    );
+    place(&mut a, &c, &t, 1);
+    // The ask jumps to 1.10120: the stop is touched, the limit is not reached.
+    let out = a.on_tick(&tick("EURUSD", "1.10100", "1.10120", 2), 2);
+    assert_eq!(kinds(&out.trades), ["ORDER_TRIGGERED"]);
+    assert!(a.orders().all(|o| o.triggered));
+    // Back to 1.10070: at or below the limit, filled.
+    let out = a.on_tick(&tick("EURUSD", "1.10050", "1.10070", 3), 3);
+    assert_eq!(kinds(&out.trades), ["TRADE_EXECUTED"]);
+    assert_eq!(out.trades[0].execution_price, Some(d("1.10070")));
+}
+
+#[test]
+fn gtd_expires_at_its_time_and_day_at_the_rollover() {
+    let mut a = funded("10000");
+    let t = tick("EURUSD", "1.10000", "1.10020", 1);
+    let gtd = pending_cmd(
+        "g",
+        Side::Buy,
+        "1",
+        OrderType::Limit,
+        Some("1.09"),
+        None,
+        Some(TimeInForce::Gtd),
+        Some(1_000),
+    );
+    place(&mut a, &gtd, &t, 1);
+    // 2026-12-04 12:00 UTC: the rollover is 22:00 UTC (17:00 New York, winter).
+    let noon = 1_796_385_600_000;
+    let day = pending_cmd(
+        "dy",
+        Side::Buy,
+        "1",
+        OrderType::Limit,
+        Some("1.09"),
+        None,
+        Some(TimeInForce::Day),
+        None,
+    );
+    let placed = place(&mut a, &day, &t, noon);
+    assert_eq!(placed.expires_at, Some(noon + 10 * 3_600_000));
+    // GTD's time has passed at the next tick (whatever its symbol), DAY's has not.
+    let out = a.on_tick(&tick("GBPUSD", "1.25", "1.2502", 2), noon);
+    assert_eq!(kinds(&out.trades), ["ORDER_EXPIRED"]);
+    assert_eq!(out.trades[0].event_id, "exp_ord_g");
+    assert_eq!(out.trades[0].status, Some(TradeStatus::Expired));
+    let out = a.on_tick(&tick("GBPUSD", "1.25", "1.2503", 3), noon + 10 * 3_600_000);
+    assert_eq!(kinds(&out.trades), ["ORDER_EXPIRED"]);
+    assert_eq!(a.orders().count(), 0);
+}
+
+#[test]
+fn cancel_and_replace_win_or_lose_against_a_fill_never_both() {
+    let mut a = funded("10000");
+    let t = tick("EURUSD", "1.10000", "1.10020", 1);
+    let c = pending_cmd(
+        "r1",
+        Side::Buy,
+        "1",
+        OrderType::Limit,
+        Some("1.09500"),
+        None,
+        None,
+        None,
+    );
+    place(&mut a, &c, &t, 1);
+    // Replace the limit up; the next tick reaches the new limit, not the old.
+    let rpl = command(
+        "rp",
+        CommandKind::ReplaceOrder(suho_domain::ReplaceOrder {
+            order_id: "ord_r1".into(),
+            volume: Some(d("0.5")),
+            limit_price: Some(d("1.09800")),
+            stop_price: None,
+            stop_loss: None,
+            take_profit: None,
+            expires_at: None,
+        }),
+    );
+    let CommandKind::ReplaceOrder(r) = &rpl.kind else {
+        unreachable!()
+    };
+    let replaced = a.replace(&rpl.head, r, &t, 2).expect("replaced").event;
+    assert_eq!(replaced.event_type, TradeEventType::OrderReplaced);
+    assert_eq!(
+        (replaced.limit_price, replaced.volume),
+        (Some(d("1.09800")), Some(d("0.5")))
+    );
+    let out = a.on_tick(&tick("EURUSD", "1.09770", "1.09790", 3), 3);
+    assert_eq!(kinds(&out.trades), ["TRADE_EXECUTED"]);
+    assert_eq!(out.trades[0].volume, Some(d("0.5")));
+    // The fill won: a cancel after it is refused, and places nothing.
+    let can = command(
+        "cn",
+        CommandKind::CancelOrder(suho_domain::CancelOrder {
+            order_id: "ord_r1".into(),
+        }),
+    );
+    let CommandKind::CancelOrder(x) = &can.kind else {
+        unreachable!()
+    };
+    assert_eq!(
+        a.cancel(&can.head, x, 4).expect_err("filled").to_string(),
+        "order ord_r1 is not pending"
+    );
+    // A cancel before the price comes wins: nothing fills afterwards.
+    let c2 = pending_cmd(
+        "r2",
+        Side::Buy,
+        "1",
+        OrderType::Limit,
+        Some("1.09000"),
+        None,
+        None,
+        None,
+    );
+    place(&mut a, &c2, &t, 5);
+    let can2 = command(
+        "cn2",
+        CommandKind::CancelOrder(suho_domain::CancelOrder {
+            order_id: "ord_r2".into(),
+        }),
+    );
+    let CommandKind::CancelOrder(x2) = &can2.kind else {
+        unreachable!()
+    };
+    let cancelled = a.cancel(&can2.head, x2, 6).expect("cancelled").event;
+    assert_eq!(cancelled.status, Some(TradeStatus::Cancelled));
+    assert!(a
+        .on_tick(&tick("EURUSD", "1.08000", "1.08020", 7), 7)
+        .trades
+        .is_empty());
+}
+
+#[test]
+fn margin_is_checked_at_the_fill_and_a_fill_it_cannot_carry_is_refused() {
+    // 1,000 USD at 1:100 carries 1,000 / 1,100 of a lot of EURUSD: a 1-lot order rests
+    // (nothing is reserved) but is refused when its price comes.
+    let mut a = funded("1000");
+    let t = tick("EURUSD", "1.10000", "1.10020", 1);
+    let c = pending_cmd(
+        "m1",
+        Side::Buy,
+        "1",
+        OrderType::Limit,
+        Some("1.09900"),
+        None,
+        None,
+        None,
+    );
+    place(&mut a, &c, &t, 1);
+    let out = a.on_tick(&tick("EURUSD", "1.09880", "1.09890", 2), 2);
+    assert_eq!(kinds(&out.trades), ["ORDER_REJECTED"]);
+    let reason = out.trades[0].reason.clone().unwrap_or_default();
+    assert!(
+        reason.starts_with("not filled at 1.09890: not enough free margin"),
+        "{reason}"
+    );
+    assert_eq!((a.orders().count(), a.positions().count()), (0, 0));
+}
+
+#[test]
+fn the_book_is_rebuilt_from_its_events() {
+    let mut a = funded("10000");
+    let t = tick("EURUSD", "1.10000", "1.10020", 1);
+    let mut log: Vec<AccountEvent> = vec![a
+        .deposit("init", d("0.01"), 0)
+        .map(|o| o.event.into())
+        .expect("deposit")];
+    let c = pending_cmd(
+        "b1",
+        Side::Buy,
+        "1",
+        OrderType::StopLimit,
+        Some("1.10080"),
+        Some("1.10100"),
+        None,
+        None,
+    );
+    log.push(place(&mut a, &c, &t, 1).into());
+    let c2 = pending_cmd(
+        "b2",
+        Side::Sell,
+        "0.3",
+        OrderType::Limit,
+        Some("1.11"),
+        None,
+        None,
+        None,
+    );
+    log.push(place(&mut a, &c2, &t, 1).into());
+    log.extend(
+        a.on_tick(&tick("EURUSD", "1.10100", "1.10120", 2), 2)
+            .trades
+            .into_iter()
+            .map(AccountEvent::from),
+    );
+    let mut b = account();
+    b.apply(&a.journal["dep_init"]).expect("deposit");
+    for e in &log[1..] {
+        b.apply(e).expect("applies");
+    }
+    assert_eq!(
+        b.orders().cloned().collect::<Vec<_>>(),
+        a.orders().cloned().collect::<Vec<_>>()
+    );
+    // The rebuilt book behaves as the original: the triggered stop-limit fills as a limit.
+    let low = tick("EURUSD", "1.10050", "1.10070", 3);
+    assert_eq!(
+        kinds(&b.on_tick(&low, 3).trades),
+        kinds(&a.on_tick(&low, 3).trades)
+    );
+}
+
+// ---- partial closes ----------------------------------------------------------------------
+
+fn close_part(id: &str, trade: &str, volume: &str) -> TradeCommand {
+    let mut c = close_cmd(id, trade);
+    if let CommandKind::CloseTrade(x) = &mut c.kind {
+        x.volume = Some(d(volume));
+    }
+    c
+}
+
+#[test]
+fn a_partial_close_leaves_the_remainder_and_realises_the_part_to_the_cent() {
+    // BUY 1.00 EURUSD at the ask 1.10020; close 0.30 at the bid 1.10500:
+    // (1.10500 - 1.10020) × 0.30 × 100,000 = 144.00 USD; 0.70 lots stay open.
+    let mut a = funded("10000.00");
+    buy(
+        &mut a,
+        "p1",
+        "EURUSD",
+        "1.00",
+        &tick("EURUSD", "1.10000", "1.10020", 1),
+    );
+    let t = tick("EURUSD", "1.10500", "1.10520", 2);
+    let part = a
+        .exec(&close_part("c1", "trd_p1", "0.30"), &t, 2)
+        .expect("partial")
+        .event;
+    assert_eq!(part.event_type, TradeEventType::TradePartiallyClosed);
+    assert_eq!(part.event_id, "cls_cmd_c1");
+    assert_eq!(
+        (part.volume, part.remaining_volume),
+        (Some(d("0.30")), Some(d("0.70")))
+    );
+    assert_eq!(part.profit, Some(d("144.00")));
+    assert_eq!(a.balance(), d("10144.00"));
+    assert_eq!(a.position("trd_p1").map(|p| p.volume), Some(d("0.70")));
+    // A retry answers with the same event and closes nothing more.
+    assert!(
+        a.exec(&close_part("c1", "trd_p1", "0.30"), &t, 3)
+            .expect("retry")
+            .replayed
+    );
+    assert_eq!(a.balance(), d("10144.00"));
+    // More than is open is refused; off the step too; the whole rest closes as TRADE_CLOSED.
+    let too_much = a
+        .exec(&close_part("c2", "trd_p1", "0.71"), &t, 3)
+        .expect_err("too much");
+    assert_eq!(
+        too_much.to_string(),
+        "cannot close 0.71 lots: the position is 0.70 lots"
+    );
+    let off = a
+        .exec(&close_part("c3", "trd_p1", "0.005"), &t, 3)
+        .expect_err("off step");
+    assert!(off.to_string().contains("lot step"), "{off}");
+    let rest = a
+        .exec(&close_part("c4", "trd_p1", "0.70"), &t, 4)
+        .expect("rest")
+        .event;
+    assert_eq!(rest.event_type, TradeEventType::TradeClosed);
+    // 0.70 × 480 pips of 10 USD = 336.00.
+    assert_eq!(rest.profit, Some(d("336.00")));
+    assert_eq!(a.balance(), d("10480.00"));
+    // Rebuilt from its events, the account is the same.
+    let mut b = account();
+    let mut ids: Vec<&str> = a.applied_ids().collect();
+    ids.sort_unstable();
+    let mut events: Vec<&AccountEvent> = ids.iter().map(|id| &a.journal[*id]).collect();
+    events.sort_by_key(|e| match e {
+        AccountEvent::Trade(t) => t.timestamp,
+        AccountEvent::Transaction(t) => t.timestamp,
+    });
+    for e in events {
+        b.apply(e).expect("applies");
+    }
+    assert_eq!((b.balance(), b.positions().count()), (a.balance(), 0));
 }

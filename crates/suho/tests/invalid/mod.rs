@@ -223,6 +223,55 @@ async fn every_invalid_request_names_its_field_or_is_rejected_with_a_reason() {
             json!({"auto_trading": {"no_such_strategy": {"enabled": true, "volume": 0.1}}}),
             "auto_trading.no_such_strategy",
         ),
+        // The new order fields, each on its own.
+        (
+            post.clone(),
+            "/api/trade/open".into(),
+            json!({"symbol": "EURUSD", "type": "BUY", "volume": 0.1, "order_type": "ICEBERG"}),
+            "order_type",
+        ),
+        (
+            post.clone(),
+            "/api/trade/open".into(),
+            json!({"symbol": "EURUSD", "type": "BUY", "volume": 0.1, "time_in_force": "gtc"}),
+            "time_in_force",
+        ),
+        (
+            post.clone(),
+            "/api/trade/open".into(),
+            json!({"symbol": "EURUSD", "type": "BUY", "volume": 0.1, "expires_at": "tomorrow"}),
+            "expires_at",
+        ),
+        (
+            post.clone(),
+            "/api/trade/open".into(),
+            json!({"symbol": "EURUSD", "type": "BUY", "volume": 0.1, "limit_price": -1}),
+            "limit_price",
+        ),
+        (
+            post.clone(),
+            "/api/trade/open".into(),
+            json!({"symbol": "EURUSD", "type": "BUY", "volume": 0.1, "trailing_stop_pips": 10}),
+            "trailing_stop_pips",
+        ),
+        (
+            post.clone(),
+            "/api/trade/cancel".into(),
+            json!({}),
+            "order_id",
+        ),
+        (
+            post.clone(),
+            "/api/trade/replace".into(),
+            json!({"order_id": "ord_x"}),
+            "order_id",
+        ),
+        (
+            post.clone(),
+            "/api/trade/replace".into(),
+            json!({"order_id": "ord_x", "volume": 0.015}),
+            "volume",
+        ),
         // What the OpenAPI document forbids is refused: unknown fields (even `null`), numbers
         // as strings, a side in lower case, text around a symbol or an address, control
         // characters in stored text, off-step prices.
@@ -407,6 +456,36 @@ async fn every_invalid_request_names_its_field_or_is_rejected_with_a_reason() {
             "/api/trade/close".into(),
             json!({"trade_id": "trd_nothing"}),
             "is not open",
+        ),
+        (
+            "a LIMIT without its price",
+            "/api/trade/open".into(),
+            json!({"symbol": "EURUSD", "type": "BUY", "volume": 0.1, "order_type": "LIMIT"}),
+            "missing `limit_price`",
+        ),
+        (
+            "a BUY LIMIT above the market",
+            "/api/trade/open".into(),
+            json!({"symbol": "EURUSD", "type": "BUY", "volume": 0.1, "order_type": "LIMIT", "limit_price": 50}),
+            "limit_price 50 must be below the ask",
+        ),
+        (
+            "a market order good till a date",
+            "/api/trade/open".into(),
+            json!({"symbol": "EURUSD", "type": "BUY", "volume": 0.1, "time_in_force": "GTD", "expires_at": 1}),
+            "`time_in_force` GTD does not fit a MARKET order",
+        ),
+        (
+            "cancel of no order",
+            "/api/trade/cancel".into(),
+            json!({"order_id": "ord_nothing"}),
+            "order ord_nothing is not pending",
+        ),
+        (
+            "replace of no order",
+            "/api/trade/replace".into(),
+            json!({"order_id": "ord_nothing", "limit_price": 1.0}),
+            "order ord_nothing is not pending",
         ),
         (
             "modify of no position",
