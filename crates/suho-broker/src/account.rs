@@ -482,6 +482,7 @@ impl PaperAccount {
                         let pos = self.positions.get_mut(&id).ok_or_else(|| unknown(id))?;
                         pos.stop_loss = e.stop_loss;
                         pos.take_profit = e.take_profit;
+                        pos.trailing_stop_pips = e.trailing_stop_pips;
                     }
                     TradeEventType::TradeClosed => {
                         let id = trade_id()?;

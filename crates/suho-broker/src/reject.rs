@@ -144,6 +144,9 @@ pub enum RejectReason {
         /// The limit.
         max: usize,
     },
+    /// A trailing distance that would put the stop loss at or below zero.
+    #[error("a trailing stop of {0} pips would put the stop loss below zero")]
+    TrailingTooWide(Decimal),
     /// A partial close of more than is open.
     #[error("cannot close {volume} lots: the position is {open} lots")]
     CloseAboveVolume {

@@ -162,6 +162,14 @@ pub struct OpenTrade {
     /// When a `GTD` order expires, epoch ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<i64>,
+    /// A trailing stop this many pips behind the price (the position's stop loss follows
+    /// the price in the position's favour, never back).
+    #[serde(
+        default,
+        with = "crate::num::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub trailing_stop_pips: Option<Decimal>,
     /// The client's own id for de-duplication (claimed by the gateway).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_order_id: Option<String>,
@@ -182,6 +190,7 @@ impl OpenTrade {
             stop_price: None,
             time_in_force: None,
             expires_at: None,
+            trailing_stop_pips: None,
             client_order_id,
         }
     }
@@ -409,6 +418,7 @@ impl OpenTrade {
         positive("take_profit", self.order.take_profit)?;
         positive("limit_price", self.limit_price)?;
         positive("stop_price", self.stop_price)?;
+        positive("trailing_stop_pips", self.trailing_stop_pips)?;
         let t = self.order_type;
         let (needs_limit, needs_stop) = match t {
             OrderType::Market => (false, false),
@@ -532,6 +542,7 @@ impl DescribesTrade for OpenTrade {
         event.volume = Some(o.volume);
         event.stop_loss = o.stop_loss;
         event.take_profit = o.take_profit;
+        event.trailing_stop_pips = self.trailing_stop_pips;
         if self.order_type != OrderType::Market {
             event.order_type = Some(self.order_type);
             event.side = Some(o.side);

@@ -380,6 +380,14 @@ pub struct TradeEvent {
         skip_serializing_if = "Option::is_none"
     )]
     pub take_profit: Option<Decimal>,
+    /// The trailing stop's distance, pips (a position's, or the one a pending order's
+    /// position gets).
+    #[serde(
+        default,
+        with = "crate::num::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub trailing_stop_pips: Option<Decimal>,
     /// Success or rejection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<TradeStatus>,
@@ -435,6 +443,7 @@ impl TradeEvent {
             profit: None,
             stop_loss: None,
             take_profit: None,
+            trailing_stop_pips: None,
             status: Some(TradeStatus::Success),
             reason: None,
             timestamp: now_ms,

@@ -330,6 +330,17 @@ pub struct OpenTradeRequest {
     /// When a GTD order expires, epoch ms (with GTD only).
     #[schema(minimum = 0)]
     pub expires_at: Option<i64>,
+    /// A trailing stop this many pips behind the price: the position's stop loss follows the
+    /// price in its favour, in steps of at least a pip, never back; without a `stop_loss` it
+    /// starts this far from the fill.
+    #[serde(default, with = "suho_domain::num::option")]
+    #[schema(
+        exclusive_minimum = 0,
+        maximum = 10_000,
+        multiple_of = 0.1,
+        example = 15.0
+    )]
+    pub trailing_stop_pips: Option<Decimal>,
 }
 
 /// An order side.

@@ -41,6 +41,7 @@ const OPEN_FIELDS: &[&str] = &[
     "stop_price",
     "time_in_force",
     "expires_at",
+    "trailing_stop_pips",
 ];
 const CLOSE_FIELDS: &[&str] = &["trade_id", "volume"];
 const CANCEL_FIELDS: &[&str] = &["order_id"];
@@ -108,6 +109,7 @@ pub async fn open(
         stop_price: body.opt_price("stop_price")?,
         time_in_force: body.opt_choice("time_in_force", TIMES_IN_FORCE)?,
         expires_at: body.opt_millis("expires_at")?,
+        trailing_stop_pips: trailing_pips(&body)?,
         ..OpenTrade::market(order, client_order_id.clone())
     };
     let command = TradeCommand::new(user_id.clone(), CommandKind::OpenTrade(open), now_ms());
@@ -319,6 +321,27 @@ pub async fn modify(
     state.producer.send(&command).await?;
     tracing::info!(user_id = %command.head.user_id, command_id = %command.head.event_id, "MODIFY_TRADE queued");
     Ok(queued(&command.head.event_id))
+}
+
+/// The largest trailing distance the API takes, pips.
+pub(crate) const MAX_TRAILING_PIPS: Decimal = Decimal::from_parts(10_000, 0, 0, false, 0);
+/// The step of a trailing distance, pips.
+pub(crate) const TRAILING_STEP: Decimal = Decimal::from_parts(1, 0, 0, false, 1);
+
+/// `trailing_stop_pips`: positive, at most [`MAX_TRAILING_PIPS`], on [`TRAILING_STEP`].
+fn trailing_pips(body: &Body) -> Result<Option<Decimal>, ApiError> {
+    let Some(p) = body.opt_decimal("trailing_stop_pips")? else {
+        return Ok(None);
+    };
+    if p <= Decimal::ZERO || p > MAX_TRAILING_PIPS || !(p % TRAILING_STEP).is_zero() {
+        return Err(ApiError::invalid(
+            "trailing_stop_pips",
+            format!(
+                "must be positive, at most {MAX_TRAILING_PIPS} pips, on the step {TRAILING_STEP}"
+            ),
+        ));
+    }
+    Ok(Some(p))
 }
 
 /// A volume in lots: positive, at most the largest order, on the lot step.

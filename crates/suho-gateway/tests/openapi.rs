@@ -167,7 +167,8 @@ fn the_trade_open_request_names_its_required_fields() {
             "limit_price",
             "stop_price",
             "time_in_force",
-            "expires_at"
+            "expires_at",
+            "trailing_stop_pips"
         ])
     );
     // The order types and times in force of the contract's "Orders" section.

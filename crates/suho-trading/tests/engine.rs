@@ -636,3 +636,40 @@ async fn a_buy_limit_rests_then_fills_once_when_the_ask_reaches_it() {
     );
     stop_engine(&shutdown, engine).await;
 }
+
+/// A trailing stop follows the bid up in the engine's tick transactions (`TRADE_MODIFIED`)
+/// and closes the position when the bid comes back to it (`TRADE_CLOSED`), each once.
+#[tokio::test]
+async fn a_trailing_stop_follows_the_price_and_closes_once() {
+    let env = TestEnv::new().await;
+    let shutdown = CancellationToken::new();
+    let out = reader(&env, UserTopic::Trades);
+    let _market = start_market(&env, &shutdown, false).await;
+    let feed = env.bus(Identity::Feed).await;
+    quote(&feed, &env.prefix, "1.10000", "1.10020").await;
+    let engine = start_engine(&env, &shutdown).await;
+    let mut cmd = open("trail", "EURUSD", Side::Buy);
+    if let suho_domain::CommandKind::OpenTrade(o) = &mut cmd.kind {
+        o.trailing_stop_pips = Some("20".parse().unwrap());
+    }
+    UserEventProducer::new(&env.kafka(Identity::Gateway))
+        .unwrap()
+        .send(&cmd)
+        .await
+        .unwrap();
+    let opened = trades(&out, 1).await;
+    assert_eq!(opened[0].1.event_type, TradeEventType::TradeExecuted);
+    assert_eq!(opened[0].1.stop_loss, Some("1.09820".parse().unwrap()));
+    quote(&feed, &env.prefix, "1.10300", "1.10320").await;
+    let moved = trades(&out, 1).await;
+    assert_eq!(moved[0].1.event_type, TradeEventType::TradeModified);
+    assert_eq!(moved[0].1.stop_loss, Some("1.10100".parse().unwrap()));
+    quote(&feed, &env.prefix, "1.10090", "1.10110").await;
+    let closed = trades(&out, 1).await;
+    assert_eq!(closed[0].1.event_type, TradeEventType::TradeClosed);
+    assert_eq!(closed[0].1.close_price, Some("1.10090".parse().unwrap()));
+    assert!(next_record(&out, Duration::from_millis(1_000))
+        .await
+        .is_none());
+    stop_engine(&shutdown, engine).await;
+}

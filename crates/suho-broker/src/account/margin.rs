@@ -115,6 +115,7 @@ impl PaperAccount {
             return out;
         }
         out.trades = self.work_orders(tick, now_ms);
+        self.trail(tick, now_ms, &mut out.trades);
         let hits: Vec<(Position, CloseKind)> = self
             .positions
             .values()

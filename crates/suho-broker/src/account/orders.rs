@@ -67,6 +67,8 @@ pub struct PendingOrder {
     pub placed_at: i64,
     /// A stop-limit whose stop was touched: it now works as a limit.
     pub triggered: bool,
+    /// The trailing stop its position gets, pips.
+    pub trailing_stop_pips: Option<Decimal>,
     /// Strategy / signal provenance of the command that placed it.
     pub metadata: Option<CommandMetadata>,
 }
@@ -136,6 +138,7 @@ impl PendingOrder {
             expires_at: e.expires_at,
             placed_at: e.timestamp,
             triggered: false,
+            trailing_stop_pips: e.trailing_stop_pips,
             metadata: e.metadata.clone(),
         })
     }
@@ -254,6 +257,7 @@ impl PaperAccount {
             expires_at,
             placed_at: now_ms,
             triggered: false,
+            trailing_stop_pips: open.trailing_stop_pips,
             metadata: command.metadata.clone(),
         };
         self.check_pending(&pending, tick)?;
@@ -459,7 +463,15 @@ impl PaperAccount {
     /// cannot take the position now.
     fn fill_event(&self, pending: &PendingOrder, price: Decimal, now_ms: i64) -> TradeEvent {
         let id = trade_id(&pending.command_id);
-        match self.fillable(id, &pending.command_id, &pending.order, price, now_ms) {
+        let trailing = pending.trailing_stop_pips;
+        match self.fillable(
+            id,
+            &pending.command_id,
+            &pending.order,
+            trailing,
+            price,
+            now_ms,
+        ) {
             Ok(pos) => {
                 let mut event = self.trade_event(
                     TradeEventType::TradeExecuted,
@@ -537,6 +549,7 @@ impl PaperAccount {
             profit: None,
             stop_loss: o.stop_loss,
             take_profit: o.take_profit,
+            trailing_stop_pips: pending.trailing_stop_pips,
             status: Some(status),
             reason: None,
             timestamp: now_ms,

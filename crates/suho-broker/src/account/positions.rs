@@ -30,6 +30,9 @@ pub struct Position {
     pub stop_loss: Option<Decimal>,
     /// Take profit.
     pub take_profit: Option<Decimal>,
+    /// A trailing stop's distance, pips: the stop loss follows the price in the position's
+    /// favour.
+    pub trailing_stop_pips: Option<Decimal>,
     /// Opening time, epoch ms.
     pub open_time: i64,
     /// The `OPEN_TRADE` command that opened it.
@@ -97,9 +100,33 @@ impl Position {
             open_price: e.open_price.ok_or_else(|| missing("open_price"))?,
             stop_loss: e.stop_loss,
             take_profit: e.take_profit,
+            trailing_stop_pips: e.trailing_stop_pips,
             open_time: e.timestamp,
             command_id: e.command_id.clone(),
         })
+    }
+
+    /// Where the trailing stop would put the stop loss on `tick`: the exit price less the
+    /// distance for a BUY, plus it for a SELL; `Some` only when that is at least one pip
+    /// better for the position than the stop loss it has (a trailing stop never moves back,
+    /// and moves in whole pips' steps so a jittering price does not send an event per tick).
+    #[must_use]
+    pub fn trailed_stop(&self, tick: &Tick) -> Option<Decimal> {
+        let pips = self.trailing_stop_pips?;
+        let pip = self.symbol.pip();
+        let distance = pips.checked_mul(pip)?;
+        let price = self.exit_price(tick);
+        let (candidate, better) = match self.side {
+            Side::Buy => {
+                let c = price.checked_sub(distance)?;
+                (c, self.stop_loss.is_none_or(|sl| c >= sl + pip))
+            }
+            Side::Sell => {
+                let c = price.checked_add(distance)?;
+                (c, self.stop_loss.is_none_or(|sl| c <= sl - pip))
+            }
+        };
+        (better && candidate > Decimal::ZERO).then_some(candidate)
     }
 }
 
@@ -226,6 +253,7 @@ impl PaperAccount {
             profit: None,
             stop_loss: pos.stop_loss,
             take_profit: pos.take_profit,
+            trailing_stop_pips: pos.trailing_stop_pips,
             status: Some(TradeStatus::Success),
             reason: None,
             timestamp: now_ms,
@@ -273,6 +301,7 @@ impl PaperAccount {
         id: String,
         command_id: &str,
         order: &Order,
+        trailing_stop_pips: Option<Decimal>,
         price: Decimal,
         now_ms: i64,
     ) -> Result<Position, RejectReason> {
@@ -293,7 +322,7 @@ impl PaperAccount {
                 currency: self.config.currency.clone(),
             });
         }
-        Ok(Position {
+        let mut pos = Position {
             id,
             symbol: order.symbol,
             side: order.side,
@@ -301,9 +330,24 @@ impl PaperAccount {
             open_price: price,
             stop_loss: order.stop_loss,
             take_profit: order.take_profit,
+            trailing_stop_pips,
             open_time: now_ms,
             command_id: Some(command_id.to_owned()),
-        })
+        };
+        // A trailing stop without a stop loss starts its distance behind the fill.
+        if pos.stop_loss.is_none() {
+            if let Some(pips) = trailing_stop_pips {
+                let distance = pips * order.symbol.pip();
+                pos.stop_loss = Some(match order.side {
+                    Side::Buy => price - distance,
+                    Side::Sell => price + distance,
+                });
+                if pos.stop_loss.is_some_and(|sl| sl <= Decimal::ZERO) {
+                    return Err(RejectReason::TrailingTooWide(pips));
+                }
+            }
+        }
+        Ok(pos)
     }
 
     /// Carries out an `OPEN_TRADE`: a market order fills at once (a BUY at `tick.ask`, a SELL
@@ -338,6 +382,7 @@ impl PaperAccount {
             trade_id(&command.event_id),
             &command.event_id,
             order,
+            open.trailing_stop_pips,
             price,
             now_ms,
         )?;
@@ -491,6 +536,32 @@ impl PaperAccount {
         event.profit = Some(profit);
         event.reason = reason;
         Ok(event)
+    }
+
+    /// Moves the trailing stops of the tick symbol's positions that `tick` carries at least a
+    /// pip further in their favour ([`Position::trailed_stop`]): `TRADE_MODIFIED` with the
+    /// new stop loss (id `trl_{trd}_{tick ms}`), applied and added to `out`.
+    pub(super) fn trail(&mut self, tick: &Tick, now_ms: i64, out: &mut Vec<TradeEvent>) {
+        let moves: Vec<(Position, Decimal)> = self
+            .positions
+            .values()
+            .filter(|p| p.symbol == tick.symbol)
+            .filter_map(|p| p.trailed_stop(tick).map(|sl| (p.clone(), sl)))
+            .collect();
+        for (mut pos, stop_loss) in moves {
+            pos.stop_loss = Some(stop_loss);
+            let mut event = self.trade_event(
+                TradeEventType::TradeModified,
+                format!("trl_{}_{}", pos.id, tick.timestamp),
+                None,
+                &pos,
+                now_ms,
+            );
+            event.reason = Some(format!("trailing stop moved to {stop_loss}"));
+            if self.apply(&AccountEvent::Trade(event.clone())).is_ok() {
+                out.push(event);
+            }
+        }
     }
 
     /// Closes `pos` on the broker's initiative at `price` and applies the event.

@@ -1355,3 +1355,73 @@ fn a_partial_close_leaves_the_remainder_and_realises_the_part_to_the_cent() {
     }
     assert_eq!((b.balance(), b.positions().count()), (a.balance(), 0));
 }
+
+// ---- trailing stops ----------------------------------------------------------------------
+
+#[test]
+fn a_trailing_stop_only_moves_in_favour_and_closes_at_the_right_tick() {
+    let mut a = funded("10000");
+    let mut c = open_cmd("tr", "EURUSD", Side::Buy, "1", None, None);
+    if let CommandKind::OpenTrade(o) = &mut c.kind {
+        o.trailing_stop_pips = Some(d("20"));
+    }
+    // Filled at the ask 1.10020; the stop starts 20 pips behind: 1.09820.
+    let exec = a
+        .exec(&c, &tick("EURUSD", "1.10000", "1.10020", 1), 1)
+        .expect("open")
+        .event;
+    assert_eq!(exec.stop_loss, Some(d("1.09820")));
+    assert_eq!(exec.trailing_stop_pips, Some(d("20")));
+    let sl = |a: &PaperAccount| a.position("trd_tr").and_then(|p| p.stop_loss);
+    // The bid rises to 1.10300: the stop follows to 1.10100 (bid - 20 pips).
+    let out = a.on_tick(&tick("EURUSD", "1.10300", "1.10320", 2), 2);
+    assert_eq!(kinds(&out.trades), ["TRADE_MODIFIED"]);
+    assert_eq!(out.trades[0].event_id, "trl_trd_tr_2");
+    assert_eq!(sl(&a), Some(d("1.10100")));
+    // Less than a pip higher: no move. Lower: never back.
+    assert!(a
+        .on_tick(&tick("EURUSD", "1.10305", "1.10325", 3), 3)
+        .trades
+        .is_empty());
+    assert!(a
+        .on_tick(&tick("EURUSD", "1.10150", "1.10170", 4), 4)
+        .trades
+        .is_empty());
+    assert_eq!(sl(&a), Some(d("1.10100")));
+    // The bid falls to the stop: closed there, at the tick's bid, with the profit of the move.
+    let out = a.on_tick(&tick("EURUSD", "1.10090", "1.10110", 5), 5);
+    assert_eq!(kinds(&out.trades), ["TRADE_CLOSED"]);
+    assert_eq!(out.trades[0].event_id, "sl_trd_tr");
+    // (1.10090 - 1.10020) × 100,000 = 70.00 USD.
+    assert_eq!(out.trades[0].profit, Some(d("70.00")));
+}
+
+#[test]
+fn a_sells_trailing_stop_follows_the_ask_down_and_survives_a_rebuild() {
+    let mut a = funded("10000");
+    let mut c = open_cmd("ts", "USDJPY", Side::Sell, "0.5", Some("151.000"), None);
+    if let CommandKind::OpenTrade(o) = &mut c.kind {
+        o.trailing_stop_pips = Some(d("30"));
+    }
+    let mut log: Vec<AccountEvent> = Vec::new();
+    log.push(
+        a.exec(&c, &tick("USDJPY", "150.000", "150.020", 1), 1)
+            .expect("open")
+            .event
+            .into(),
+    );
+    // The ask falls to 149.500: the stop moves down to 149.800 (ask + 30 pips of 0.01).
+    let out = a.on_tick(&tick("USDJPY", "149.480", "149.500", 2), 2);
+    assert_eq!(out.trades[0].stop_loss, Some(d("149.800")));
+    log.extend(out.trades.into_iter().map(AccountEvent::from));
+    let mut b = account();
+    b.deposit("init", d("10000"), 0).expect("deposit");
+    for e in &log {
+        b.apply(e).expect("applies");
+    }
+    let p = b.position("trd_ts").expect("rebuilt");
+    assert_eq!(
+        (p.stop_loss, p.trailing_stop_pips),
+        (Some(d("149.800")), Some(d("30")))
+    );
+}

@@ -251,7 +251,7 @@ async fn every_invalid_request_names_its_field_or_is_rejected_with_a_reason() {
         (
             post.clone(),
             "/api/trade/open".into(),
-            json!({"symbol": "EURUSD", "type": "BUY", "volume": 0.1, "trailing_stop_pips": 10}),
+            json!({"symbol": "EURUSD", "type": "BUY", "volume": 0.1, "trailing_stop_pips": 0.05}),
             "trailing_stop_pips",
         ),
         (
