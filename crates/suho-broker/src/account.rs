@@ -63,6 +63,8 @@ pub struct AccountConfig {
     pub max_pending_orders: usize,
     /// Tradable symbols; `None` allows any (default: the fourteen majors).
     pub allowed_symbols: Option<BTreeSet<Symbol>>,
+    /// Commission and swap rates (default none).
+    pub costs: Costs,
     /// Margin level, percent, at or below which a `MARGIN_CALL` is raised (default 100).
     pub margin_call_level: Decimal,
     /// Margin level, percent, at or below which positions are closed (default 50).
@@ -80,9 +82,41 @@ impl Default for AccountConfig {
             max_open_positions: 200,
             max_pending_orders: 200,
             allowed_symbols: Some(major_fx().into_iter().collect()),
+            costs: Costs::default(),
             margin_call_level: Decimal::ONE_HUNDRED,
             stop_out_level: Decimal::new(50, 0),
         }
+    }
+}
+
+/// What trading costs: a commission per lot on every fill (opening and closing), and a swap
+/// per lot for every night a position is held, by symbol and side (three nights' worth at
+/// Wednesday's rollover, none at the weekend's). Money in the account currency; a negative
+/// swap rate is a charge, a positive one a credit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Costs {
+    /// Commission per lot and fill (positive: charged).
+    pub commission_per_lot: Decimal,
+    /// Swap per lot and night: `(long, short)` by symbol; a symbol not listed has none.
+    pub swaps: BTreeMap<Symbol, (Decimal, Decimal)>,
+}
+
+impl Costs {
+    /// The commission of a fill of `volume` lots: negative, whole cents.
+    #[must_use]
+    pub fn commission(&self, volume: Decimal) -> Decimal {
+        suho_domain::money::round_cents(-(volume * self.commission_per_lot))
+    }
+
+    /// One night's swap of `volume` lots of `symbol` held on `side`, unrounded.
+    #[must_use]
+    pub fn swap(&self, symbol: Symbol, side: suho_domain::Side, volume: Decimal) -> Decimal {
+        let (long, short) = self.swaps.get(&symbol).copied().unwrap_or_default();
+        volume
+            * match side {
+                suho_domain::Side::Buy => long,
+                suho_domain::Side::Sell => short,
+            }
     }
 }
 
@@ -460,6 +494,8 @@ impl PaperAccount {
                     TradeEventType::TradeRejected => return Ok(Applied::Ignored),
                     TradeEventType::TradeExecuted => {
                         let pos = Position::from_event(e)?;
+                        let cost = e.commission.unwrap_or_default();
+                        self.balance = self.balance.checked_add(cost).ok_or_else(overflow)?;
                         if let Some(order) = &e.order_id {
                             // The fill of a pending order: it leaves the book.
                             self.orders
@@ -493,7 +529,9 @@ impl PaperAccount {
                         if !self.positions.contains_key(&id) {
                             return Err(unknown(id));
                         }
-                        self.balance = self.balance.checked_add(profit).ok_or_else(overflow)?;
+                        let net =
+                            profit + e.commission.unwrap_or_default() + e.swap.unwrap_or_default();
+                        self.balance = self.balance.checked_add(net).ok_or_else(overflow)?;
                         self.positions.remove(&id);
                     }
                     TradeEventType::TradePartiallyClosed => {
@@ -506,10 +544,23 @@ impl PaperAccount {
                         let remaining = e
                             .remaining_volume
                             .ok_or_else(|| missing("remaining_volume"))?;
-                        let balance = self.balance.checked_add(profit).ok_or_else(overflow)?;
+                        let swap = e.swap.unwrap_or_default();
+                        let net = profit + e.commission.unwrap_or_default() + swap;
+                        let balance = self.balance.checked_add(net).ok_or_else(overflow)?;
                         let pos = self.positions.get_mut(&id).ok_or_else(|| unknown(id))?;
                         pos.volume = remaining;
+                        pos.swap -= swap;
                         self.balance = balance;
+                    }
+                    TradeEventType::SwapCharged => {
+                        let id = trade_id()?;
+                        let swap = e.swap.ok_or_else(|| ApplyError::Missing {
+                            event_id: event_id.clone(),
+                            field: "swap",
+                        })?;
+                        let pos = self.positions.get_mut(&id).ok_or_else(|| unknown(id))?;
+                        pos.swap += swap;
+                        pos.swap_through = pos.swap_through.max(e.timestamp);
                     }
                 }
             }

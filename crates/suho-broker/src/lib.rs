@@ -26,7 +26,7 @@ pub mod quotes;
 pub mod reject;
 
 pub use account::{
-    trade_id, AccountConfig, AccountEvent, AccountMetrics, Applied, ApplyError, ConfigError,
+    trade_id, AccountConfig, AccountEvent, AccountMetrics, Applied, ApplyError, ConfigError, Costs,
     Outcome, PaperAccount, Position, TickOutcome, UserLimits, MAX_BALANCE,
 };
 pub use broker::{

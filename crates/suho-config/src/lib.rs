@@ -520,10 +520,59 @@ pub struct TradingConfig {
     /// (`SUHO__TRADING__INSTANCE_ID=2`).
     #[serde(deserialize_with = "string_or_number")]
     pub instance_id: String,
+    /// What trading costs on the paper venue (default: nothing).
+    pub costs: CostsConfig,
     /// The venue commands execute on.
     pub venue: Venue,
     /// How the scripted venue misbehaves (read only with `venue = "scripted"`).
     pub scripted: ScriptedVenueConfig,
+}
+
+/// Trading costs, in the account currency: a commission per lot on every fill (opening and
+/// closing), and per symbol a swap per lot for each night a position is held
+/// (`[trading.costs.swaps.EURUSD] long = -7.2, short = 2.1`; negative is a charge), three
+/// nights' worth at Wednesday's rollover. Every engine must use the same values (they are
+/// not events: a rebuild recomputes nothing, but new charges follow them).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct CostsConfig {
+    /// Commission per lot and fill.
+    #[serde(deserialize_with = "decimal")]
+    pub commission_per_lot: rust_decimal::Decimal,
+    /// Swap rates by symbol.
+    pub swaps: std::collections::BTreeMap<String, SwapRates>,
+}
+
+/// One symbol's swap per lot and night.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct SwapRates {
+    /// Of a long (BUY) position.
+    #[serde(deserialize_with = "decimal")]
+    pub long: rust_decimal::Decimal,
+    /// Of a short (SELL) position.
+    #[serde(deserialize_with = "decimal")]
+    pub short: rust_decimal::Decimal,
+}
+
+/// An exact decimal from a number (read through its shortest text, as written) or a string
+/// (environment overrides arrive as text).
+fn decimal<'de, D: serde::Deserializer<'de>>(d: D) -> Result<rust_decimal::Decimal, D::Error> {
+    use std::str::FromStr;
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Text(String),
+        Whole(i64),
+        Float(f64),
+    }
+    let text = match Raw::deserialize(d)? {
+        Raw::Text(s) => s,
+        Raw::Whole(n) => n.to_string(),
+        Raw::Float(f) => f.to_string(),
+    };
+    rust_decimal::Decimal::from_str(text.trim())
+        .map_err(|e| serde::de::Error::custom(format!("{text:?} is not a decimal number: {e}")))
 }
 
 /// The venue behind the trading engine's broker port.
@@ -591,6 +640,7 @@ impl Default for TradingConfig {
             paper_leverage: 100,
             max_commands_per_second: 50,
             instance_id: "1".into(),
+            costs: CostsConfig::default(),
             venue: Venue::Paper,
             scripted: ScriptedVenueConfig::default(),
         }
@@ -904,6 +954,24 @@ mod tests {
         )
         .expect("loads");
         assert_eq!(c.security.transport, Transport::Secured);
+    }
+
+    #[test]
+    fn trading_costs_are_exact_decimals_from_the_file_or_the_environment() {
+        let c = load(
+            "[trading.costs]\ncommission_per_lot = 3.5\n[trading.costs.swaps.EURUSD]\nlong = -7.2\nshort = 2.1\n",
+            &[("SUHO__TRADING__COSTS__SWAPS__GBPUSD__LONG", "-0.07")],
+        )
+        .expect("loads");
+        let costs = &c.trading.costs;
+        assert_eq!(costs.commission_per_lot.to_string(), "3.5");
+        assert_eq!(costs.swaps["EURUSD"].long.to_string(), "-7.2");
+        assert_eq!(costs.swaps["EURUSD"].short.to_string(), "2.1");
+        // Environment keys arrive in lower case; the venue reads a symbol in any case.
+        assert_eq!(costs.swaps["gbpusd"].long.to_string(), "-0.07");
+        let err =
+            load("[trading.costs]\ncommission_per_lot = \"lots\"\n", &[]).expect_err("refused");
+        assert!(err.to_string().contains("lots"), "{err}");
     }
 
     #[test]

@@ -205,7 +205,9 @@ wire_enum! {
     TradeExecuted => "TRADE_EXECUTED", /// A position was closed.
     TradeClosed => "TRADE_CLOSED", /// Part of a position was closed (`volume` closed,
     /// `remaining_volume` still open, `profit` realised).
-    TradePartiallyClosed => "TRADE_PARTIALLY_CLOSED", /// Stops were changed.
+    TradePartiallyClosed => "TRADE_PARTIALLY_CLOSED", /// An open position was charged (or
+    /// credited) its swap at a daily rollover (`swap`; three days' worth on Wednesday).
+    SwapCharged => "SWAP_CHARGED", /// Stops were changed.
     TradeModified => "TRADE_MODIFIED", /// The command was not executed.
     TradeRejected => "TRADE_REJECTED", /// A pending order rests in the book.
     OrderPlaced => "ORDER_PLACED", /// A pending order was changed.
@@ -359,13 +361,29 @@ pub struct TradeEvent {
         skip_serializing_if = "Option::is_none"
     )]
     pub close_price: Option<Decimal>,
-    /// Realised profit, account currency.
+    /// Realised profit of the price move, account currency (costs are `commission` and
+    /// `swap`, beside it: what the balance gains is their sum).
     #[serde(
         default,
         with = "crate::num::option",
         skip_serializing_if = "Option::is_none"
     )]
     pub profit: Option<Decimal>,
+    /// Commission of this fill, account currency, negative when charged.
+    #[serde(
+        default,
+        with = "crate::num::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub commission: Option<Decimal>,
+    /// Swap: a rollover's charge (`SWAP_CHARGED`), or what a close realises of the position's
+    /// accrued swap; account currency, negative when charged.
+    #[serde(
+        default,
+        with = "crate::num::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub swap: Option<Decimal>,
     /// Stop loss.
     #[serde(
         default,
@@ -441,6 +459,8 @@ impl TradeEvent {
             execution_price: None,
             close_price: None,
             profit: None,
+            commission: None,
+            swap: None,
             stop_loss: None,
             take_profit: None,
             trailing_stop_pips: None,

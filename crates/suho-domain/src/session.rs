@@ -62,6 +62,13 @@ pub fn rollover_after(ms: i64) -> i64 {
         .unwrap_or_else(|| rollover_of(today + 1))
 }
 
+/// The day of the week of the New York date a rollover ends, 0 = Sunday ... 6 = Saturday.
+#[must_use]
+pub fn rollover_weekday(rollover_ms: i64) -> u8 {
+    // A rollover is at 21:00 or 22:00 UTC, on the UTC date of the New York date it ends.
+    u8::try_from(weekday(rollover_ms.div_euclid(DAY_MS))).unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -39,8 +39,11 @@ pub enum Venue {
 /// `trading.paper_leverage` is 0.
 pub fn venue(config: &Config) -> anyhow::Result<Venue> {
     let t = &config.trading;
-    let paper = PaperBroker::for_platform(t.paper_leverage, t.paper_opening_balance)
-        .context("trading.paper_*")?;
+    let mut books =
+        suho_broker::PaperBrokerConfig::platform(t.paper_leverage, t.paper_opening_balance)
+            .context("trading.paper_*")?;
+    books.account.costs = costs(&t.costs)?;
+    let paper = PaperBroker::new(books).context("trading.paper_*")?;
     Ok(match t.venue {
         suho_config::Venue::Paper => Venue::Paper(paper),
         suho_config::Venue::Scripted => {
@@ -53,6 +56,23 @@ pub fn venue(config: &Config) -> anyhow::Result<Venue> {
             Venue::Scripted(ScriptedVenue::new(paper, t.scripted.clone()))
         }
     })
+}
+
+/// The paper venue's costs, from `trading.costs`.
+///
+/// # Errors
+/// A key of `trading.costs.swaps` that is not a symbol.
+pub fn costs(config: &suho_config::CostsConfig) -> anyhow::Result<suho_broker::Costs> {
+    let mut costs = suho_broker::Costs {
+        commission_per_lot: config.commission_per_lot,
+        ..suho_broker::Costs::default()
+    };
+    for (symbol, rates) in &config.swaps {
+        let parsed = Symbol::parse(symbol)
+            .with_context(|| format!("trading.costs.swaps.{symbol}: not a symbol"))?;
+        costs.swaps.insert(parsed, (rates.long, rates.short));
+    }
+    Ok(costs)
 }
 
 /// The paper broker's books behind a venue that misbehaves on a script, deterministic in
@@ -419,6 +439,30 @@ mod tests {
             take_profit: None,
         };
         (head, OpenTrade::market(order, None))
+    }
+
+    #[test]
+    fn costs_come_from_the_configuration_and_a_bad_symbol_is_named() {
+        let mut config = suho_config::CostsConfig {
+            commission_per_lot: Decimal::new(35, 1),
+            ..Default::default()
+        };
+        config.swaps.insert(
+            "eurusd".into(),
+            suho_config::SwapRates {
+                long: Decimal::new(-72, 1),
+                short: Decimal::new(21, 1),
+            },
+        );
+        let c = costs(&config).expect("costs");
+        let eur = Symbol::parse("EURUSD").expect("symbol");
+        assert_eq!(c.swaps[&eur], (Decimal::new(-72, 1), Decimal::new(21, 1)));
+        assert_eq!(c.commission(Decimal::new(5, 1)), Decimal::new(-175, 2));
+        config
+            .swaps
+            .insert("EURO".into(), suho_config::SwapRates::default());
+        let err = costs(&config).expect_err("refused").to_string();
+        assert!(err.contains("trading.costs.swaps.EURO"), "{err}");
     }
 
     #[test]

@@ -5,7 +5,8 @@
 use rust_decimal::Decimal;
 use suho_domain::money::{round_cents, CONTRACT_SIZE};
 use suho_domain::{
-    AccountStatus, AccountStatusType, RiskAlert, RiskAlertType, Symbol, Tick, SCHEMA_VERSION,
+    AccountStatus, AccountStatusType, RiskAlert, RiskAlertType, Symbol, Tick, TradeEvent,
+    SCHEMA_VERSION,
 };
 
 use super::positions::{CloseKind, Position};
@@ -13,6 +14,61 @@ use super::{add, AccountMetrics, PaperAccount, TickOutcome};
 use crate::quotes::ValuationError;
 
 impl PaperAccount {
+    /// Charges every position its swap for each rollover that passed since the last one it
+    /// was charged for (`SWAP_CHARGED`, its timestamp the rollover's, id
+    /// `swp_{trd}_{rollover ms}`): one night's worth at the rollovers ending Monday, Tuesday,
+    /// Thursday and Friday, three at Wednesday's (the weekend's settlement), none at the
+    /// weekend's. Accrued on the position (in equity), realised into the balance when it
+    /// closes.
+    pub(super) fn charge_swaps(&mut self, now_ms: i64, out: &mut Vec<TradeEvent>) {
+        use suho_domain::session::{rollover_after, rollover_weekday};
+        if self.config.costs.swaps.is_empty() {
+            return;
+        }
+        let mut due: Vec<(Position, i64, Decimal)> = Vec::new();
+        for pos in self.positions.values() {
+            let mut at = rollover_after(pos.swap_through);
+            while at <= now_ms {
+                let nights = match rollover_weekday(at) {
+                    3 => Decimal::from(3),
+                    1 | 2 | 4 | 5 => Decimal::ONE,
+                    _ => Decimal::ZERO,
+                };
+                let swap = suho_domain::money::round_cents(
+                    self.config.costs.swap(pos.symbol, pos.side, pos.volume) * nights,
+                );
+                if !swap.is_zero() {
+                    due.push((pos.clone(), at, swap));
+                }
+                at = rollover_after(at);
+            }
+        }
+        for (pos, at, swap) in due {
+            let mut event = self.trade_event(
+                suho_domain::TradeEventType::SwapCharged,
+                format!("swp_{}_{at}", pos.id),
+                None,
+                &pos,
+                at,
+            );
+            event.swap = Some(swap);
+            event.reason = Some(format!(
+                "swap at the rollover of {at}{}",
+                if rollover_weekday(at) == 3 {
+                    " (three nights, Wednesday)"
+                } else {
+                    ""
+                }
+            ));
+            if self
+                .apply(&super::AccountEvent::Trade(event.clone()))
+                .is_ok()
+            {
+                out.push(event);
+            }
+        }
+    }
+
     pub(super) fn margin_of(
         &self,
         symbol: Symbol,
@@ -52,7 +108,8 @@ impl PaperAccount {
     pub fn metrics(&self) -> Result<AccountMetrics, ValuationError> {
         let (mut equity, mut margin) = (self.balance, Decimal::ZERO);
         for pos in self.positions.values() {
-            equity = add(equity, self.floating(pos)?.1)?;
+            // Accrued swap is the position's until it closes: in equity, not yet in balance.
+            equity = add(equity, self.floating(pos)?.1 + pos.swap)?;
             margin = add(margin, self.margin_of(pos.symbol, pos.volume)?)?;
         }
         let free_margin = equity
@@ -115,6 +172,7 @@ impl PaperAccount {
             return out;
         }
         out.trades = self.work_orders(tick, now_ms);
+        self.charge_swaps(now_ms, &mut out.trades);
         self.trail(tick, now_ms, &mut out.trades);
         let hits: Vec<(Position, CloseKind)> = self
             .positions

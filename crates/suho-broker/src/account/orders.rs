@@ -486,6 +486,7 @@ impl PaperAccount {
                 event.limit_price = pending.limit_price;
                 event.stop_price = pending.stop_price;
                 event.execution_price = Some(price);
+                event.commission = Some(pos.commission).filter(|c| !c.is_zero());
                 event.metadata = pending.metadata.clone();
                 event
             }
@@ -547,6 +548,8 @@ impl PaperAccount {
             execution_price: None,
             close_price: None,
             profit: None,
+            commission: None,
+            swap: None,
             stop_loss: o.stop_loss,
             take_profit: o.take_profit,
             trailing_stop_pips: pending.trailing_stop_pips,

@@ -37,6 +37,12 @@ pub struct Position {
     pub open_time: i64,
     /// The `OPEN_TRADE` command that opened it.
     pub command_id: Option<String>,
+    /// Commission paid on opening (negative).
+    pub commission: Decimal,
+    /// Swap accrued and not yet realised (negative: owed).
+    pub swap: Decimal,
+    /// The last rollover its swap was charged for (its opening time before the first).
+    pub swap_through: i64,
 }
 
 impl Position {
@@ -103,6 +109,9 @@ impl Position {
             trailing_stop_pips: e.trailing_stop_pips,
             open_time: e.timestamp,
             command_id: e.command_id.clone(),
+            commission: e.commission.unwrap_or_default(),
+            swap: Decimal::ZERO,
+            swap_through: e.timestamp,
         })
     }
 
@@ -251,6 +260,8 @@ impl PaperAccount {
             execution_price: None,
             close_price: None,
             profit: None,
+            commission: None,
+            swap: None,
             stop_loss: pos.stop_loss,
             take_profit: pos.take_profit,
             trailing_stop_pips: pos.trailing_stop_pips,
@@ -333,6 +344,9 @@ impl PaperAccount {
             trailing_stop_pips,
             open_time: now_ms,
             command_id: Some(command_id.to_owned()),
+            commission: c.costs.commission(order.volume),
+            swap: Decimal::ZERO,
+            swap_through: now_ms,
         };
         // A trailing stop without a stop loss starts its distance behind the fill.
         if pos.stop_loss.is_none() {
@@ -394,6 +408,7 @@ impl PaperAccount {
             now_ms,
         );
         event.execution_price = Some(price);
+        event.commission = Some(pos.commission).filter(|c| !c.is_zero());
         Ok(Outcome {
             event: self.commit(event)?,
             replayed: false,
@@ -442,9 +457,11 @@ impl PaperAccount {
                     let step = c.volume_step;
                     return Err(RejectReason::VolumeOffStep { volume, step });
                 }
-                // The closed part is valued as a position of that volume.
+                // The closed part is valued as a position of that volume, and realises its
+                // share of the accrued swap.
                 let part = Position {
                     volume,
+                    swap: round_cents(pos.swap * volume / pos.volume),
                     ..pos.clone()
                 };
                 let mut event =
@@ -528,12 +545,15 @@ impl PaperAccount {
         now_ms: i64,
     ) -> Result<TradeEvent, ValuationError> {
         let profit = round_cents(self.profit_at(pos, price)?);
-        add(self.balance, profit)?;
+        let commission = self.config.costs.commission(pos.volume);
+        add(self.balance, profit + commission + pos.swap)?;
         let mut event =
             self.trade_event(TradeEventType::TradeClosed, event_id, command, pos, now_ms);
         event.execution_price = Some(price);
         event.close_price = Some(price);
         event.profit = Some(profit);
+        event.commission = Some(commission).filter(|c| !c.is_zero());
+        event.swap = Some(pos.swap).filter(|s| !s.is_zero());
         event.reason = reason;
         Ok(event)
     }

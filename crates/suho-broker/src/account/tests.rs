@@ -1425,3 +1425,105 @@ fn a_sells_trailing_stop_follows_the_ask_down_and_survives_a_rebuild() {
         (Some(d("149.800")), Some(d("30")))
     );
 }
+
+// ---- costs -------------------------------------------------------------------------------
+
+fn costly() -> PaperAccount {
+    let mut costs = Costs {
+        commission_per_lot: d("3.50"),
+        ..Costs::default()
+    };
+    costs.swaps.insert(sym("EURUSD"), (d("-7.20"), d("2.10")));
+    let config = AccountConfig {
+        costs,
+        ..AccountConfig::default()
+    };
+    let mut a = PaperAccount::new(UserId::new("u1"), Some("mt1".into()), config).expect("config");
+    a.deposit("init", d("10000.00"), 0).expect("deposit");
+    a
+}
+
+#[test]
+fn commission_is_charged_on_each_fill_and_shown_beside_the_profit() {
+    let mut a = costly();
+    let t = tick("EURUSD", "1.10000", "1.10020", 1);
+    let exec = a
+        .exec(&open_cmd("k1", "EURUSD", Side::Buy, "1", None, None), &t, 1)
+        .expect("open")
+        .event;
+    assert_eq!(exec.commission, Some(d("-3.50")));
+    assert_eq!(a.balance(), d("9996.50"));
+    let closed = close(
+        &mut a,
+        "kc",
+        "trd_k1",
+        &tick("EURUSD", "1.10500", "1.10520", 2),
+    );
+    // Profit of the move 480.00, the closing side's commission 3.50.
+    assert_eq!(
+        (closed.profit, closed.commission),
+        (Some(d("480.00")), Some(d("-3.50")))
+    );
+    assert_eq!(a.balance(), d("10473.00"));
+}
+
+#[test]
+fn swaps_accrue_at_each_rollover_triple_on_wednesday_none_at_the_weekend() {
+    const DAY: i64 = 86_400_000;
+    const HOUR: i64 = 3_600_000;
+    // Monday 30 November 2026, noon UTC; the rollover is at 22:00 UTC (17:00 New York).
+    let monday = 20_787 * DAY + 12 * HOUR;
+    let mut a = costly();
+    let t = |ts: i64| tick("EURUSD", "1.10000", "1.10020", ts);
+    a.exec(
+        &open_cmd("w1", "EURUSD", Side::Buy, "1", None, None),
+        &t(monday),
+        monday,
+    )
+    .expect("open");
+    let mut log: Vec<AccountEvent> = Vec::new();
+    // Tuesday noon: Monday's night.
+    let out = a.on_tick(&t(monday + DAY), monday + DAY);
+    assert_eq!(kinds(&out.trades), ["SWAP_CHARGED"]);
+    assert_eq!(out.trades[0].swap, Some(d("-7.20")));
+    assert_eq!(out.trades[0].timestamp, monday + 10 * HOUR);
+    log.extend(out.trades.into_iter().map(AccountEvent::from));
+    // Thursday noon: Tuesday's night, then Wednesday's three.
+    let out = a.on_tick(&t(monday + 3 * DAY), monday + 3 * DAY);
+    let swaps: Vec<_> = out.trades.iter().map(|e| e.swap).collect();
+    assert_eq!(swaps, [Some(d("-7.20")), Some(d("-21.60"))]);
+    log.extend(out.trades.into_iter().map(AccountEvent::from));
+    // The next Monday noon: Thursday's and Friday's nights; the weekend's charge nothing.
+    let out = a.on_tick(&t(monday + 7 * DAY), monday + 7 * DAY);
+    assert_eq!(out.trades.len(), 2);
+    log.extend(out.trades.into_iter().map(AccountEvent::from));
+    // Accrued, not booked: in equity, not in balance (10,000 - 3.50 commission).
+    let accrued = d("-50.40");
+    assert_eq!(a.position("trd_w1").map(|p| p.swap), Some(accrued));
+    assert_eq!(a.balance(), d("9996.50"));
+    let m = a.metrics().expect("metrics");
+    assert_eq!(
+        m.equity,
+        a.balance() + d("-20.00") + accrued,
+        "bid 1.10000 - ask 1.10020"
+    );
+    // Realised at the close, beside profit and commission.
+    let closed = close(&mut a, "wc", "trd_w1", &t(monday + 7 * DAY + 1));
+    assert_eq!(closed.swap, Some(accrued));
+    assert_eq!(
+        a.balance(),
+        d("9996.50") + d("-20.00") + d("-3.50") + accrued
+    );
+    // A rebuild from the events charges nothing twice.
+    let mut b = costly();
+    let opened = a.journal["exec_cmd_w1"].clone();
+    b.apply(&opened).expect("open");
+    for e in &log {
+        b.apply(e).expect("swap");
+    }
+    assert_eq!(b.position("trd_w1").map(|p| p.swap), Some(accrued));
+    assert!(b
+        .on_tick(&t(monday + 7 * DAY), monday + 7 * DAY)
+        .trades
+        .is_empty());
+}
