@@ -543,6 +543,12 @@ pub struct AccountStatus {
     pub currency: String,
     /// Number of open positions.
     pub open_positions: u32,
+    /// The open positions, valued at the status's time.
+    #[serde(default)]
+    pub positions: Vec<PositionView>,
+    /// The pending orders.
+    #[serde(default)]
+    pub orders: Vec<OrderView>,
     /// Epoch ms.
     pub timestamp: i64,
     /// Schema version (1 when absent).
@@ -551,6 +557,87 @@ pub struct AccountStatus {
 }
 
 user_event!(AccountStatus, UserTopic::Mt5Status);
+
+/// An open position as a status and the positions query show it (contract "Orders").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PositionView {
+    /// The position.
+    pub trade_id: String,
+    /// The pair.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "EURUSD"))]
+    pub symbol: Symbol,
+    /// Buy or sell.
+    pub side: Side,
+    /// Lots.
+    #[serde(with = "crate::num")]
+    pub volume: Decimal,
+    /// Fill price.
+    #[serde(with = "crate::num")]
+    pub open_price: Decimal,
+    /// The price it would close at now (a BUY's bid, a SELL's ask).
+    #[serde(with = "crate::num")]
+    pub current_price: Decimal,
+    /// Stop loss.
+    #[serde(default, with = "crate::num::option")]
+    pub stop_loss: Option<Decimal>,
+    /// Take profit.
+    #[serde(default, with = "crate::num::option")]
+    pub take_profit: Option<Decimal>,
+    /// Trailing stop distance, pips.
+    #[serde(default, with = "crate::num::option")]
+    pub trailing_stop_pips: Option<Decimal>,
+    /// Floating profit of the price move at `current_price`, account currency.
+    #[serde(with = "crate::num")]
+    pub profit: Decimal,
+    /// Swap accrued so far (negative: charged).
+    #[serde(with = "crate::num")]
+    pub swap: Decimal,
+    /// Commission paid on opening (negative).
+    #[serde(with = "crate::num")]
+    pub commission: Decimal,
+    /// Epoch ms.
+    pub opened_at: i64,
+}
+
+/// A pending order as a status and the orders query show it (contract "Orders").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct OrderView {
+    /// The order.
+    pub order_id: String,
+    /// The pair.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "EURUSD"))]
+    pub symbol: Symbol,
+    /// LIMIT, STOP or STOP_LIMIT.
+    pub order_type: OrderType,
+    /// Buy or sell.
+    pub side: Side,
+    /// Lots.
+    #[serde(with = "crate::num")]
+    pub volume: Decimal,
+    /// Limit price.
+    #[serde(default, with = "crate::num::option")]
+    pub limit_price: Option<Decimal>,
+    /// Stop price.
+    #[serde(default, with = "crate::num::option")]
+    pub stop_price: Option<Decimal>,
+    /// The stop loss its position gets.
+    #[serde(default, with = "crate::num::option")]
+    pub stop_loss: Option<Decimal>,
+    /// The take profit its position gets.
+    #[serde(default, with = "crate::num::option")]
+    pub take_profit: Option<Decimal>,
+    /// GTC, DAY or GTD.
+    pub time_in_force: TimeInForce,
+    /// When it expires, epoch ms.
+    #[serde(default)]
+    pub expires_at: Option<i64>,
+    /// `PENDING`, `FILLED`, `CANCELLED`, `EXPIRED` or `REJECTED`.
+    pub status: TradeStatus,
+    /// Epoch ms.
+    pub placed_at: i64,
+}
 
 /// A risk alert on `user.risk_alerts`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -709,7 +796,7 @@ mod tests {
         let cases = [
             json!({"event_id":"a1","event_type":"ACCOUNT_STATUS","user_id":"u","mt5_account":"1",
                 "balance":10000.5,"equity":10010.25,"margin":100.0,"free_margin":9910.25,
-                "margin_level":10010.25,"currency":"USD","open_positions":2,"timestamp":1,"schema_version":1}),
+                "margin_level":10010.25,"currency":"USD","open_positions":2,"positions":[],"orders":[],"timestamp":1,"schema_version":1}),
             json!({"event_id":"r1","event_type":"MARGIN_CALL","user_id":"u","margin_level":80.5,
                 "message":"low","trade_ids":["t1"],"timestamp":1,"schema_version":1}),
             json!({"event_id":"x1","event_type":"WITHDRAWAL","user_id":"u","amount":250.75,

@@ -38,9 +38,9 @@ pub use command::{
 pub use envelope::{KafkaEnvelope, NatsEnvelope};
 pub use event::{
     new_event_id, AccountStatus, AccountStatusType, AuthEvent, AuthEventType, CommandType,
-    OrderType, RiskAlert, RiskAlertType, SettingsEvent, SettingsEventType, Side, TimeInForce,
-    TradeEvent, TradeEventType, TradeStatus, Transaction, TransactionType, UserEvent, UserId,
-    SCHEMA_VERSION,
+    OrderType, OrderView, PositionView, RiskAlert, RiskAlertType, SettingsEvent, SettingsEventType,
+    Side, TimeInForce, TradeEvent, TradeEventType, TradeStatus, Transaction, TransactionType,
+    UserEvent, UserId, SCHEMA_VERSION,
 };
 pub use market::{
     Candle, Direction, HealthStatus, Heartbeat, IndicatorValue, MarketAlert, MarketError,

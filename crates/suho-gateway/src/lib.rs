@@ -21,6 +21,7 @@ mod keys;
 mod market;
 pub mod openapi;
 pub mod outbox;
+mod queries;
 mod query;
 mod throttle;
 mod trade;
@@ -153,6 +154,9 @@ pub fn api() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(user::deposit))
         .routes(routes!(user::withdraw))
         .routes(routes!(user::account))
+        .routes(routes!(queries::positions))
+        .routes(routes!(queries::orders))
+        .routes(routes!(queries::command))
         .routes(routes!(market::symbols))
         .routes(routes!(market::candles))
         .routes(routes!(ws::upgrade))

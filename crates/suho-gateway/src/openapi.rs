@@ -540,6 +540,70 @@ pub struct TradesQuery {
     pub to: Option<i64>,
 }
 
+// ---- queries ---------------------------------------------------------------------------------
+
+/// The caller's open positions.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PositionsAnswer {
+    /// Each open position, valued at `as_of`.
+    pub positions: Vec<suho_domain::PositionView>,
+    /// When they were valued (the latest `ACCOUNT_STATUS`), epoch ms; `null` before the first.
+    pub as_of: Option<i64>,
+}
+
+/// Which orders `GET .../orders` lists.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OrderFilter {
+    /// The pending ones.
+    Open,
+    /// Every order ever placed.
+    All,
+}
+
+/// Query parameters of the orders query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct OrdersQuery {
+    /// `open` (default) or `all`.
+    #[param(inline)]
+    pub status: Option<OrderFilter>,
+}
+
+/// The caller's orders.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrdersAnswer {
+    /// The orders.
+    pub orders: Vec<suho_domain::OrderView>,
+}
+
+/// What became of a command.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CommandState {
+    /// Waiting for the engine.
+    Queued,
+    /// Carried out.
+    Executed,
+    /// Refused; see `reason`.
+    Rejected,
+}
+
+/// A command's state and the events answering it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CommandAnswer {
+    /// The command.
+    pub command_id: String,
+    /// Its state.
+    pub status: CommandState,
+    /// Why it was rejected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Every event answering it, oldest first, as published.
+    #[schema(value_type = Vec<Object>)]
+    pub events: Vec<serde_json::Value>,
+}
+
 // ---- market ----------------------------------------------------------------------------------
 
 /// The pairs traded here.

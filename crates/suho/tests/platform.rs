@@ -21,6 +21,8 @@ mod crash;
 mod fuzz;
 /// Every kind of invalid request (in `tests/invalid/`).
 mod invalid;
+/// Pending orders, positions, partial closes and command queries (in `tests/orders/`).
+mod orders;
 /// The Polygon feed and backfill (in `tests/polygon/`).
 mod polygon;
 /// Settings, MT5 links, client order ids, close and modify (in `tests/profile/`).

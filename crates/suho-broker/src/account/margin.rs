@@ -132,6 +132,59 @@ impl PaperAccount {
         })
     }
 
+    /// The open positions valued at the latest quotes, by id.
+    ///
+    /// # Errors
+    /// A position's symbol or a conversion rate is not quoted.
+    pub fn position_views(&self) -> Result<Vec<suho_domain::PositionView>, ValuationError> {
+        self.positions
+            .values()
+            .map(|p| {
+                let (price, profit) = self.floating(p)?;
+                Ok(suho_domain::PositionView {
+                    trade_id: p.id.clone(),
+                    symbol: p.symbol,
+                    side: p.side,
+                    volume: p.volume,
+                    open_price: p.open_price,
+                    current_price: price,
+                    stop_loss: p.stop_loss,
+                    take_profit: p.take_profit,
+                    trailing_stop_pips: p.trailing_stop_pips,
+                    profit: round_cents(profit),
+                    swap: p.swap,
+                    commission: p.commission,
+                    opened_at: p.open_time,
+                })
+            })
+            .collect()
+    }
+
+    /// The pending orders, oldest first.
+    #[must_use]
+    pub fn order_views(&self) -> Vec<suho_domain::OrderView> {
+        let mut orders: Vec<_> = self.orders().collect();
+        orders.sort_by(|a, b| (a.placed_at, &a.id).cmp(&(b.placed_at, &b.id)));
+        orders
+            .into_iter()
+            .map(|o| suho_domain::OrderView {
+                order_id: o.id.clone(),
+                symbol: o.order.symbol,
+                order_type: o.order_type,
+                side: o.order.side,
+                volume: o.order.volume,
+                limit_price: o.limit_price,
+                stop_price: o.stop_price,
+                stop_loss: o.order.stop_loss,
+                take_profit: o.order.take_profit,
+                time_in_force: o.time_in_force,
+                expires_at: o.expires_at,
+                status: suho_domain::TradeStatus::Pending,
+                placed_at: o.placed_at,
+            })
+            .collect()
+    }
+
     /// The `ACCOUNT_STATUS` snapshot: money rounded to cents, margin level to 2 dp.
     ///
     /// # Errors
@@ -150,6 +203,8 @@ impl PaperAccount {
             margin_level: m.margin_level.map(round_cents),
             currency: self.config.currency.clone(),
             open_positions: u32::try_from(self.positions.len()).unwrap_or(u32::MAX),
+            positions: self.position_views()?,
+            orders: self.order_views(),
             timestamp: now_ms,
             schema_version: SCHEMA_VERSION,
         })

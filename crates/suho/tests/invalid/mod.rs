@@ -314,7 +314,7 @@ async fn every_invalid_request_names_its_field_or_is_rejected_with_a_reason() {
         (
             post.clone(),
             "/api/trade/close".into(),
-            json!({"trade_id": "trd_x", "volume": 1}),
+            json!({"trade_id": "trd_x", "volume": 0.015}),
             "volume",
         ),
         (

@@ -1,0 +1,198 @@
+//! Orders a trader expects, through the HTTP API of the whole platform: a pending order rests
+//! and shows in `GET .../orders`, a cancel takes it out (and `status=all` remembers it), a
+//! market order shows in `GET .../positions` with its live figures, a partial close leaves
+//! the remainder, and `GET .../commands/{id}` tells what became of each command.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::Running;
+
+/// GETs `path` until `done` holds for the answer (the audit store follows the log within
+/// moments), failing after 30 s.
+async fn until(p: &Running, token: &str, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = p.send_text(reqwest::Method::GET, path, token, "").await;
+        if status == 200 && done(&body) {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "GET {path} never got there: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test]
+async fn pending_orders_positions_and_commands_can_be_asked_for() {
+    let p = Running::start().await;
+    let (user, token) = p.user("orders@example.com").await;
+    let (other, _) = p.user("someone-else@example.com").await;
+    let me = |tail: &str| format!("/api/user/{user}/{tail}");
+
+    // A BUY LIMIT far below the market rests.
+    let (s, body) = p
+        .post(
+            "/api/trade/open",
+            Some(&token),
+            json!({"symbol": "EURUSD", "type": "BUY", "volume": 0.1,
+                   "order_type": "LIMIT", "limit_price": 0.5, "time_in_force": "GTC"}),
+        )
+        .await;
+    assert_eq!(s, 202, "{body}");
+    let placing = body["command_id"].as_str().unwrap().to_string();
+    let open = until(&p, &token, &me("orders?status=open"), |b| {
+        b["orders"].as_array().is_some_and(|o| o.len() == 1)
+    })
+    .await;
+    let order = &open["orders"][0];
+    assert_eq!(
+        (
+            order["order_type"].as_str(),
+            order["side"].as_str(),
+            order["status"].as_str()
+        ),
+        (Some("LIMIT"), Some("BUY"), Some("PENDING")),
+        "{order}"
+    );
+    assert_eq!(order["limit_price"], 0.5);
+    let order_id = order["order_id"].as_str().unwrap().to_string();
+    let placed = until(&p, &token, &me(&format!("commands/{placing}")), |b| {
+        b["status"] == "executed"
+    })
+    .await;
+    assert_eq!(
+        placed["events"][0]["event_type"], "ORDER_PLACED",
+        "{placed}"
+    );
+
+    // Cancelled: gone from the open orders, remembered by `status=all`.
+    let (s, body) = p
+        .post(
+            "/api/trade/cancel",
+            Some(&token),
+            json!({"order_id": order_id}),
+        )
+        .await;
+    assert_eq!(s, 202, "{body}");
+    until(&p, &token, &me("orders?status=open"), |b| {
+        b["orders"].as_array().is_some_and(Vec::is_empty)
+    })
+    .await;
+    let all = until(&p, &token, &me("orders?status=all"), |b| {
+        b["orders"][0]["status"] == "CANCELLED"
+    })
+    .await;
+    assert_eq!(all["orders"][0]["order_id"], order_id.as_str());
+    // A second cancel of it is rejected with a reason.
+    let (_, body) = p
+        .post(
+            "/api/trade/cancel",
+            Some(&token),
+            json!({"order_id": order_id}),
+        )
+        .await;
+    let again = body["command_id"].as_str().unwrap().to_string();
+    let rejected = until(&p, &token, &me(&format!("commands/{again}")), |b| {
+        b["status"] == "rejected"
+    })
+    .await;
+    assert!(
+        rejected["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("is not pending"),
+        "{rejected}"
+    );
+
+    // A market order shows in the positions with its figures; half of it is closed.
+    let (s, body) = p
+        .post(
+            "/api/trade/open",
+            Some(&token),
+            json!({"symbol": "EURUSD", "type": "BUY", "volume": 0.1, "trailing_stop_pips": 50}),
+        )
+        .await;
+    assert_eq!(s, 202, "{body}");
+    let positions = until(&p, &token, &me("positions"), |b| {
+        b["positions"].as_array().is_some_and(|o| o.len() == 1)
+    })
+    .await;
+    let pos = &positions["positions"][0];
+    for field in [
+        "trade_id",
+        "symbol",
+        "side",
+        "volume",
+        "open_price",
+        "current_price",
+        "stop_loss",
+        "profit",
+        "swap",
+        "commission",
+        "opened_at",
+    ] {
+        assert!(!pos[field].is_null(), "{field} in {pos}");
+    }
+    assert_eq!(pos["trailing_stop_pips"], 50.0);
+    assert!(positions["as_of"].is_i64(), "{positions}");
+    let trade_id = pos["trade_id"].as_str().unwrap().to_string();
+    let (s, body) = p
+        .post(
+            "/api/trade/close",
+            Some(&token),
+            json!({"trade_id": trade_id, "volume": 0.05}),
+        )
+        .await;
+    assert_eq!(s, 202, "{body}");
+    let closing = body["command_id"].as_str().unwrap().to_string();
+    let partial = until(&p, &token, &me(&format!("commands/{closing}")), |b| {
+        b["status"] == "executed"
+    })
+    .await;
+    let event = &partial["events"][0];
+    assert_eq!(event["event_type"], "TRADE_PARTIALLY_CLOSED", "{event}");
+    assert_eq!(
+        (event["volume"].as_f64(), event["remaining_volume"].as_f64()),
+        (Some(0.05), Some(0.05))
+    );
+    until(&p, &token, &me("positions"), |b| {
+        b["positions"][0]["volume"] == 0.05
+    })
+    .await;
+
+    // Another user's queries are refused; an unknown command is a 404.
+    for tail in ["positions", "orders", &format!("commands/{placing}")] {
+        let (s, _) = p
+            .send_text(
+                reqwest::Method::GET,
+                &format!("/api/user/{other}/{tail}"),
+                &token,
+                "",
+            )
+            .await;
+        assert_eq!(s, 403, "{tail}");
+    }
+    let (s, _) = p
+        .send_text(
+            reqwest::Method::GET,
+            &me("commands/cmd_nothing"),
+            &token,
+            "",
+        )
+        .await;
+    assert_eq!(s, 404);
+    let (s, body) = p
+        .send_text(
+            reqwest::Method::GET,
+            &me("orders?status=closed"),
+            &token,
+            "",
+        )
+        .await;
+    assert_eq!((s, body["field"].as_str()), (422, Some("status")), "{body}");
+    p.stop().await;
+}
