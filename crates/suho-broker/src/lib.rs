@@ -9,7 +9,9 @@
 //! - [`quotes`]: the latest ticks and currency conversion (mid of `XA` or `AX`).
 //! - [`reject`]: [`RejectReason`], the permanent refusals that become `TRADE_REJECTED`.
 //! - [`account`]: [`PaperAccount`], its rules and events, and [`PaperAccount::apply`] for
-//!   rebuilding from them; `account::positions` (open, close, modify, stops),
+//!   rebuilding from them; `account::positions` (open, close, partial close, modify, stops,
+//!   trailing stops), `account::orders` (the pending-order book: limits, stops, stop-limits,
+//!   time in force, one-cancels-other),
 //!   `account::margin` (valuation, margin call, stop-out, [`PaperAccount::on_tick`]) and
 //!   `account::money` (deposits, withdrawals).
 //! - [`broker`]: [`BrokerAdapter`], [`BrokerError`] and [`PaperBroker`].

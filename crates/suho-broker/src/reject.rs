@@ -155,6 +155,9 @@ pub enum RejectReason {
         /// Open.
         open: Decimal,
     },
+    /// A one-cancels-other pair that cannot be made.
+    #[error("oco_with: {0}")]
+    Oco(String),
     /// A cancel or replace of an order that is not pending.
     #[error("order {0} is not pending")]
     UnknownOrder(String),

@@ -170,6 +170,10 @@ pub struct OpenTrade {
         skip_serializing_if = "Option::is_none"
     )]
     pub trailing_stop_pips: Option<Decimal>,
+    /// One-cancels-other: the id of a pending order of the same symbol this one is paired
+    /// with; when either fills, the other is cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oco_with: Option<String>,
     /// The client's own id for de-duplication (claimed by the gateway).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_order_id: Option<String>,
@@ -191,6 +195,7 @@ impl OpenTrade {
             time_in_force: None,
             expires_at: None,
             trailing_stop_pips: None,
+            oco_with: None,
             client_order_id,
         }
     }
@@ -438,6 +443,12 @@ impl OpenTrade {
                 _ => {}
             }
         }
+        if self.oco_with.is_some() && t == OrderType::Market {
+            return not_allowed(
+                "oco_with",
+                "is for pending orders, not MARKET ones".to_owned(),
+            );
+        }
         let tif = self.tif();
         let fits = match t {
             OrderType::Market => matches!(tif, TimeInForce::Ioc | TimeInForce::Fok),
@@ -543,6 +554,7 @@ impl DescribesTrade for OpenTrade {
         event.stop_loss = o.stop_loss;
         event.take_profit = o.take_profit;
         event.trailing_stop_pips = self.trailing_stop_pips;
+        event.oco_with.clone_from(&self.oco_with);
         if self.order_type != OrderType::Market {
             event.order_type = Some(self.order_type);
             event.side = Some(o.side);

@@ -320,6 +320,9 @@ pub struct TradeEvent {
     /// When a GTD or DAY order expires, epoch ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<i64>,
+    /// The pending order this one is paired with, one-cancels-other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oco_with: Option<String>,
     /// The pair (canonical form).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub symbol: Option<Symbol>,
@@ -451,6 +454,7 @@ impl TradeEvent {
             stop_price: None,
             time_in_force: None,
             expires_at: None,
+            oco_with: None,
             symbol: None,
             action: None,
             volume: None,

@@ -341,6 +341,11 @@ pub struct OpenTradeRequest {
         example = 15.0
     )]
     pub trailing_stop_pips: Option<Decimal>,
+    /// One-cancels-other: the `order_id` of one of the caller's pending orders of the same
+    /// symbol, not yet paired; when either fills, the other is cancelled (a pending order
+    /// only; the engine answers a pair it cannot make with `TRADE_REJECTED`).
+    #[schema(min_length = 1, max_length = 128)]
+    pub oco_with: Option<String>,
 }
 
 /// An order side.
@@ -811,6 +816,7 @@ pub fn served(
     for schema in ["CancelOrderRequest", "ReplaceOrderRequest"] {
         merge(schema, "order_id", &printable);
     }
+    merge("OpenTradeRequest", "oco_with", &printable);
     let symbol = &mut schemas["OpenTradeRequest"]["properties"]["symbol"];
     *symbol =
         json!({"$ref": "#/components/schemas/TradedSymbol", "description": symbol["description"]});

@@ -42,6 +42,7 @@ const OPEN_FIELDS: &[&str] = &[
     "time_in_force",
     "expires_at",
     "trailing_stop_pips",
+    "oco_with",
 ];
 const CLOSE_FIELDS: &[&str] = &["trade_id", "volume"];
 const CANCEL_FIELDS: &[&str] = &["order_id"];
@@ -110,6 +111,7 @@ pub async fn open(
         time_in_force: body.opt_choice("time_in_force", TIMES_IN_FORCE)?,
         expires_at: body.opt_millis("expires_at")?,
         trailing_stop_pips: trailing_pips(&body)?,
+        oco_with: body.opt_text("oco_with", 1, 128)?.map(str::to_string),
         ..OpenTrade::market(order, client_order_id.clone())
     };
     let command = TradeCommand::new(user_id.clone(), CommandKind::OpenTrade(open), now_ms());

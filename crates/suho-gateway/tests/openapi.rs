@@ -168,7 +168,8 @@ fn the_trade_open_request_names_its_required_fields() {
             "stop_price",
             "time_in_force",
             "expires_at",
-            "trailing_stop_pips"
+            "trailing_stop_pips",
+            "oco_with"
         ])
     );
     // The order types and times in force of the contract's "Orders" section.

@@ -20,6 +20,11 @@
 //!   and the stops are checked at the fill price too.
 //! - Expiry: at the first tick after `expires_at`, `ORDER_EXPIRED`.
 //!
+//! One-cancels-other: an order placed with `oco_with` (a pending order of the same symbol,
+//! not yet paired) is paired with it both ways; when either fills, the other is cancelled on
+//! the same tick (`ORDER_CANCELLED`, id `oco_{order}`, with the reason); when either leaves
+//! the book otherwise (cancelled, expired, refused), the other stays, unpaired.
+//!
 //! Ids: order `ord_{command id without "cmd_"}`; events `plc_{cmd}` (placed), `rpl_{cmd}`
 //! (replaced), `can_{cmd}` (cancelled), `trg_{order}` (triggered), `exp_{order}` (expired),
 //! `orej_{order}` (refused at fill), and the fill `exec_{order}`, which opens the position
@@ -69,6 +74,8 @@ pub struct PendingOrder {
     pub triggered: bool,
     /// The trailing stop its position gets, pips.
     pub trailing_stop_pips: Option<Decimal>,
+    /// The order it is paired with, one-cancels-other.
+    pub oco_with: Option<String>,
     /// Strategy / signal provenance of the command that placed it.
     pub metadata: Option<CommandMetadata>,
 }
@@ -139,6 +146,7 @@ impl PendingOrder {
             placed_at: e.timestamp,
             triggered: false,
             trailing_stop_pips: e.trailing_stop_pips,
+            oco_with: e.oco_with.clone(),
             metadata: e.metadata.clone(),
         })
     }
@@ -258,8 +266,26 @@ impl PaperAccount {
             placed_at: now_ms,
             triggered: false,
             trailing_stop_pips: open.trailing_stop_pips,
+            oco_with: open.oco_with.clone(),
             metadata: command.metadata.clone(),
         };
+        if let Some(other) = &pending.oco_with {
+            match self.orders.get(other) {
+                None => return Err(RejectReason::UnknownOrder(other.clone())),
+                Some(o) if o.oco_with.is_some() => {
+                    return Err(RejectReason::Oco(format!(
+                        "order {other} is already paired"
+                    )))
+                }
+                Some(o) if o.order.symbol != order.symbol => {
+                    return Err(RejectReason::Oco(format!(
+                        "order {other} is on {}, not {}",
+                        o.order.symbol, order.symbol
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
         self.check_pending(&pending, tick)?;
         let event = self.order_event(
             TradeEventType::OrderPlaced,
@@ -434,6 +460,10 @@ impl PaperAccount {
             .collect();
         due.sort_by(|a, b| (a.placed_at, &a.id).cmp(&(b.placed_at, &b.id)));
         for pending in due {
+            // An order its pair's fill cancelled earlier on this tick is gone.
+            let Some(pending) = self.orders.get(&pending.id).cloned() else {
+                continue;
+            };
             let fill = match pending.touched_by(tick) {
                 None => continue,
                 Some(Touch::Fill(price)) => price,
@@ -454,7 +484,25 @@ impl PaperAccount {
                 }
             };
             let event = self.fill_event(&pending, fill, now_ms);
+            let filled = event.event_type == TradeEventType::TradeExecuted;
             self.record(event, &mut out);
+            let pair = pending
+                .oco_with
+                .as_ref()
+                .and_then(|o| self.orders.get(o))
+                .cloned();
+            if let (true, Some(pair)) = (filled, pair) {
+                let mut event = self.order_event(
+                    TradeEventType::OrderCancelled,
+                    format!("oco_{}", pair.id),
+                    None,
+                    &pair,
+                    TradeStatus::Cancelled,
+                    now_ms,
+                );
+                event.reason = Some(format!("one-cancels-other: order {} filled", pending.id));
+                self.record(event, &mut out);
+            }
         }
         out
     }
@@ -540,6 +588,7 @@ impl PaperAccount {
             stop_price: pending.stop_price,
             time_in_force: Some(pending.time_in_force),
             expires_at: pending.expires_at,
+            oco_with: pending.oco_with.clone(),
             symbol: Some(o.symbol),
             action: Some(o.side),
             volume: Some(o.volume),
@@ -579,6 +628,13 @@ impl PaperAccount {
         match e.event_type {
             TradeEventType::OrderPlaced => {
                 let pending = PendingOrder::from_event(e)?;
+                if let Some(pair) = pending
+                    .oco_with
+                    .as_ref()
+                    .and_then(|o| self.orders.get_mut(o))
+                {
+                    pair.oco_with = Some(pending.id.clone());
+                }
                 self.orders.insert(pending.id.clone(), pending);
             }
             TradeEventType::OrderReplaced => {
@@ -600,9 +656,17 @@ impl PaperAccount {
             }
             _ => {
                 let id = id()?;
-                self.orders.remove(&id).ok_or_else(|| unknown(id.clone()))?;
+                let gone = self.orders.remove(&id).ok_or_else(|| unknown(id.clone()))?;
+                self.unpair(&gone);
             }
         }
         Ok(())
+    }
+
+    /// An order left the book: its pair, if still pending, stands alone now.
+    pub(super) fn unpair(&mut self, gone: &PendingOrder) {
+        if let Some(pair) = gone.oco_with.as_ref().and_then(|o| self.orders.get_mut(o)) {
+            pair.oco_with = None;
+        }
     }
 }

@@ -252,6 +252,7 @@ impl PaperAccount {
             stop_price: None,
             time_in_force: None,
             expires_at: None,
+            oco_with: None,
             symbol: Some(pos.symbol),
             action: Some(pos.side),
             volume: Some(pos.volume),

@@ -1527,3 +1527,117 @@ fn swaps_accrue_at_each_rollover_triple_on_wednesday_none_at_the_weekend() {
         .trades
         .is_empty());
 }
+
+// ---- one-cancels-other -------------------------------------------------------------------
+
+#[test]
+fn an_oco_pair_cancels_the_other_when_one_fills_and_survives_a_rebuild() {
+    let mut a = funded("10000");
+    let t = tick("EURUSD", "1.10000", "1.10020", 1);
+    // A breakout pair: BUY STOP above, SELL STOP below.
+    let up = pending_cmd(
+        "up",
+        Side::Buy,
+        "1",
+        OrderType::Stop,
+        None,
+        Some("1.10300"),
+        None,
+        None,
+    );
+    let mut log: Vec<AccountEvent> = vec![place(&mut a, &up, &t, 1).into()];
+    let mut down = pending_cmd(
+        "dn",
+        Side::Sell,
+        "1",
+        OrderType::Stop,
+        None,
+        Some("1.09700"),
+        None,
+        None,
+    );
+    if let CommandKind::OpenTrade(o) = &mut down.kind {
+        o.oco_with = Some("ord_up".into());
+    }
+    let placed = place(&mut a, &down, &t, 2);
+    assert_eq!(placed.oco_with.as_deref(), Some("ord_up"));
+    log.push(placed.into());
+    // A third order cannot pair with a paired one.
+    let mut third = pending_cmd(
+        "x",
+        Side::Sell,
+        "1",
+        OrderType::Limit,
+        Some("1.2"),
+        None,
+        None,
+        None,
+    );
+    if let CommandKind::OpenTrade(o) = &mut third.kind {
+        o.oco_with = Some("ord_up".into());
+    }
+    assert_eq!(
+        a.exec(&third, &t, 3).expect_err("paired").to_string(),
+        "oco_with: order ord_up is already paired"
+    );
+    // The price breaks down: the SELL STOP fills, the BUY STOP is cancelled on the same tick.
+    let out = a.on_tick(&tick("EURUSD", "1.09650", "1.09670", 4), 4);
+    assert_eq!(kinds(&out.trades), ["TRADE_EXECUTED", "ORDER_CANCELLED"]);
+    assert_eq!(out.trades[1].event_id, "oco_ord_up");
+    assert_eq!(out.trades[1].order_id.as_deref(), Some("ord_up"));
+    assert_eq!(a.orders().count(), 0);
+    log.extend(out.trades.into_iter().map(AccountEvent::from));
+    let mut b = funded("10000");
+    for e in &log {
+        b.apply(e).expect("applies");
+    }
+    assert_eq!((b.orders().count(), b.positions().count()), (0, 1));
+}
+
+#[test]
+fn when_one_of_a_pair_is_cancelled_the_other_stands_alone() {
+    let mut a = funded("10000");
+    let t = tick("EURUSD", "1.10000", "1.10020", 1);
+    let l = pending_cmd(
+        "l",
+        Side::Buy,
+        "1",
+        OrderType::Limit,
+        Some("1.09"),
+        None,
+        None,
+        None,
+    );
+    place(&mut a, &l, &t, 1);
+    let mut s = pending_cmd(
+        "s",
+        Side::Buy,
+        "1",
+        OrderType::Stop,
+        None,
+        Some("1.11"),
+        None,
+        None,
+    );
+    if let CommandKind::OpenTrade(o) = &mut s.kind {
+        o.oco_with = Some("ord_l".into());
+    }
+    place(&mut a, &s, &t, 2);
+    let can = command(
+        "c",
+        CommandKind::CancelOrder(suho_domain::CancelOrder {
+            order_id: "ord_l".into(),
+        }),
+    );
+    let CommandKind::CancelOrder(x) = &can.kind else {
+        unreachable!()
+    };
+    a.cancel(&can.head, x, 3).expect("cancelled");
+    let left: Vec<_> = a
+        .orders()
+        .map(|o| (o.id.clone(), o.oco_with.clone()))
+        .collect();
+    assert_eq!(left, [("ord_s".to_string(), None)]);
+    let out = a.on_tick(&tick("EURUSD", "1.11000", "1.11020", 4), 4);
+    assert_eq!(kinds(&out.trades), ["TRADE_EXECUTED"]);
+}
