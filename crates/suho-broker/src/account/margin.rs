@@ -210,7 +210,7 @@ impl PaperAccount {
         })
     }
 
-    /// Records a tick, then: works the pending orders ([`PaperAccount::work_orders`]: expiries
+    /// Records a tick, then: works the pending orders (`work_orders`: expiries
     /// at `now_ms`, then the tick symbol's triggers and fills); closes the tick symbol's
     /// positions whose stop loss or take profit
     /// it reaches (BUY: `bid <= SL` / `bid >= TP`, SELL: `ask >= SL` / `ask <= TP`), **filled

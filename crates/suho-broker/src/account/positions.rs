@@ -366,9 +366,9 @@ impl PaperAccount {
     }
 
     /// Carries out an `OPEN_TRADE`: a market order fills at once (a BUY at `tick.ask`, a SELL
-    /// at `tick.bid`); any other type rests as a pending order ([`PaperAccount::place`]).
-    /// Checks, in order: command shape, tick symbol, [`PaperAccount::check_order`], then
-    /// [`PaperAccount::fillable`] at the fill price.
+    /// at `tick.bid`); any other type rests as a pending order (`place`).
+    /// Checks, in order: command shape, tick symbol, `check_order`, then
+    /// `fillable` at the fill price.
     ///
     /// # Errors
     /// The first failed check as a [`RejectReason`].
