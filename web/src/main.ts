@@ -785,7 +785,9 @@ function render() {
     setHtml($("#blotter-head"), `<tr><th>Time</th><th>Event</th><th>Symbol</th><th>Side</th><th class="r">Volume</th><th class="r">Price</th><th class="r">Profit</th><th>Details</th></tr>`);
     const rows = state.history.slice(0, 200).map((e) => {
       const price = e.close_price ?? e.execution_price ?? e.open_price;
-      const detail = e.reason ?? e.message ?? (e.amount != null ? `${money(e.amount)} ${esc(e.currency)}` : (e.trade_id ? short(e.trade_id) : ""));
+      const costs = [e.commission != null ? `commission ${money(e.commission)}` : "", e.swap != null ? `swap ${money(e.swap)}` : ""].filter(Boolean).join(" · ");
+      const what = e.reason ?? e.message ?? (e.amount != null ? `${money(e.amount)} ${esc(e.currency)}` : (e.trade_id ? short(e.trade_id) : e.order_id ?? ""));
+      const detail = [what, costs].filter(Boolean).join(" · ");
       return `<tr data-testid="history-row"><td class="num">${time(e.timestamp)}</td><td>${esc(e.event_type)}</td><td>${esc(e.symbol ?? "")}</td>
         <td>${e.action ? `<span class="badge ${esc(e.action)}">${esc(e.action)}</span>` : ""}</td><td class="r num">${e.volume ?? ""}</td>
         <td class="r num">${price != null && e.symbol ? px(e.symbol, +price) : ""}</td><td class="r num ${cls(+(e.profit ?? 0))}">${e.profit != null ? money(e.profit) : ""}</td>
