@@ -440,7 +440,7 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
             if !self.rate.allows(&head.user_id, t.at, in_batch) {
                 return Cow::Owned(Plan::Reject {
                     head: head.clone(),
-                    kind: None,
+                    kind: t.plan.kind(),
                     reason: suho_broker::RejectReason::RateLimited(self.rate.limit).to_string(),
                 });
             }

@@ -101,6 +101,23 @@ impl Plan {
         }
     }
 
+    /// The kind of the command this plan carries out, as read (for a rejection that should
+    /// still describe it).
+    #[must_use]
+    pub fn kind(&self) -> Option<CommandKind> {
+        Some(match self {
+            Plan::DeadLetter { .. } => return None,
+            Plan::Reject { kind, .. } => return kind.clone(),
+            Plan::Open { open, .. } => CommandKind::OpenTrade(open.clone()),
+            Plan::Close { close, .. } => CommandKind::CloseTrade(close.clone()),
+            Plan::Modify { modify, .. } => CommandKind::ModifyTrade(modify.clone()),
+            Plan::Deposit { money, .. } => CommandKind::Deposit(money.clone()),
+            Plan::Withdraw { money, .. } => CommandKind::Withdrawal(money.clone()),
+            Plan::Cancel { cancel, .. } => CommandKind::CancelOrder(cancel.clone()),
+            Plan::Replace { replace, .. } => CommandKind::ReplaceOrder(replace.clone()),
+        })
+    }
+
     /// Whether the plan executes something on the account (and so counts against the
     /// user's command rate).
     #[must_use]
@@ -344,6 +361,7 @@ mod tests {
             };
             assert_eq!(got, want);
             assert_eq!(planned.head(), Some(&cmd.head));
+            assert_eq!(planned.kind(), Some(cmd.kind.clone()));
             assert!(planned.executes());
         }
     }
