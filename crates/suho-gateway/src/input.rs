@@ -292,3 +292,26 @@ pub fn traded_symbol(
     }
     Ok(symbol)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (schemathesis, `POST /api/trade/modify`): a price a hair above the maximum
+    /// was read as the maximum, because JSON floats were parsed to the nearest double only
+    /// approximately; serde_json's `float_roundtrip` reads them exactly.
+    #[test]
+    fn a_price_just_above_the_maximum_is_refused() {
+        let body = Body::parse(&Bytes::from_static(br#"{"take_profit": 1000000.0000000001}"#))
+            .expect("json");
+        assert!(matches!(
+            body.opt_price("take_profit"),
+            Err(ApiError::Invalid { ref field, .. }) if field == "take_profit"
+        ));
+        let ok = Body::parse(&Bytes::from_static(br#"{"take_profit": 1.08515}"#)).expect("json");
+        assert_eq!(
+            ok.opt_price("take_profit").expect("a price"),
+            Some(Decimal::new(108_515, 5))
+        );
+    }
+}

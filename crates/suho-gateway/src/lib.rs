@@ -157,6 +157,7 @@ pub fn api() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(queries::positions))
         .routes(routes!(queries::orders))
         .routes(routes!(queries::command))
+        .routes(routes!(queries::activities))
         .routes(routes!(market::symbols))
         .routes(routes!(market::candles))
         .routes(routes!(ws::upgrade))

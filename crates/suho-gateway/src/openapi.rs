@@ -582,6 +582,41 @@ pub struct OrdersAnswer {
     pub orders: Vec<suho_domain::OrderView>,
 }
 
+/// Query parameters of the activities query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ActivitiesQuery {
+    /// First Kafka record time, epoch ms, inclusive (default: the beginning).
+    pub from: Option<i64>,
+    /// End, epoch ms, exclusive (default: now).
+    pub to: Option<i64>,
+    /// Comma-separated kinds: `deal`, `deposit`, `withdrawal`, `swap`, `commission` (default:
+    /// the first four).
+    #[serde(rename = "type")]
+    #[param(
+        rename = "type",
+        pattern = "^(deal|deposit|withdrawal|swap|commission)(,(deal|deposit|withdrawal|swap|commission))*$"
+    )]
+    pub kind: Option<String>,
+    /// Only this pair's (`TradedSymbol`).
+    pub symbol: Option<String>,
+    /// The `next_cursor` of the page before.
+    pub cursor: Option<String>,
+    /// At most this many (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+}
+
+/// A page of activities.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ActivitiesAnswer {
+    /// The events, oldest first, as published.
+    #[schema(value_type = Vec<Object>)]
+    pub activities: Vec<serde_json::Value>,
+    /// The next page's `cursor`, or `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
 /// What became of a command.
 #[derive(Debug, Clone, Copy, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -871,6 +906,11 @@ pub fn served(
                         (Some("path"), Some("user_id")) => user_id.clone(),
                         (Some("path"), Some("symbol")) => traded.clone(),
                         (Some("query"), Some("from" | "to")) => millis.clone(),
+                        (Some("query"), Some("symbol")) => traded.clone(),
+                        (Some("query"), Some("cursor")) => json!({
+                            "type": "string",
+                            "pattern": "^[0-9]{1,15}:[0-9]{1,9}:[0-9]{1,18}:.+$",
+                        }),
                         (Some("query"), Some("resume")) => json!({
                             "type": "string",
                             "pattern": crate::ws::protocol::Position::list_pattern(),

@@ -16,8 +16,8 @@ use suho_messaging::now_ms;
 
 use crate::auth::{AuthUser, Need};
 use crate::openapi::{
-    CommandAnswer, CommandState, ErrorBody, NotYours, OrderFilter, OrdersAnswer, OrdersQuery,
-    PositionsAnswer, Unauthorized,
+    ActivitiesAnswer, ActivitiesQuery, CommandAnswer, CommandState, ErrorBody, NotYours,
+    OrderFilter, OrdersAnswer, OrdersQuery, PositionsAnswer, Unauthorized,
 };
 use crate::user::own;
 use crate::{ApiError, AppState};
@@ -257,6 +257,190 @@ pub async fn command(
     }))
 }
 
+/// The activities a page holds at most, and by default.
+const MAX_ACTIVITIES: usize = 1_000;
+const DEFAULT_ACTIVITIES: usize = 100;
+
+/// An activity kind of `type=`, and the events it takes in.
+fn activity_kind(event: &Value, kind: &str) -> bool {
+    let t = event["event_type"].as_str().unwrap_or_default();
+    match kind {
+        "deal" => matches!(
+            t,
+            "TRADE_EXECUTED" | "TRADE_CLOSED" | "TRADE_PARTIALLY_CLOSED"
+        ),
+        "deposit" => t == "DEPOSIT",
+        "withdrawal" => t == "WITHDRAWAL",
+        "swap" => t == "SWAP_CHARGED",
+        "commission" => event["commission"].as_f64().is_some_and(|c| c != 0.0),
+        _ => false,
+    }
+}
+
+const ACTIVITY_KINDS: [&str; 5] = ["deal", "deposit", "withdrawal", "swap", "commission"];
+
+/// The caller's account activities.
+///
+/// Deals (fills, closes, partial closes, each with its commission and swap), deposits,
+/// withdrawals and swap charges, oldest first, in `[from, to)` (Kafka time; default: all),
+/// filtered by `type` (comma-separated: `deal`, `deposit`, `withdrawal`, `swap`,
+/// `commission`: the deals that paid one) and `symbol`, at most `limit` (100; 1 to 1000) a
+/// page; `next_cursor` (or `null` on the last page) gives the next page as `cursor`.
+#[utoipa::path(
+    get,
+    path = "/api/user/{user_id}/activities",
+    tag = "user",
+    security(("bearer" = [])),
+    params(("user_id" = String, Path, description = "The caller's own id (the token's subject)."), ActivitiesQuery),
+    responses(
+        (status = 200, description = "A page of activities.", body = ActivitiesAnswer),
+        Unauthorized,
+        NotYours,
+        (status = 422, description = "`invalid_field`: `from`, `to`, `type`, `symbol`, `cursor` or `limit`.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the audit store is down.", body = ErrorBody),
+    )
+)]
+pub async fn activities(
+    State(state): State<Arc<AppState>>,
+    AuthUser(claims): AuthUser,
+    Path(user_id): Path<String>,
+    Query(params): Query<std::collections::HashMap<String, String>>,
+) -> Result<Json<ActivitiesAnswer>, ApiError> {
+    let user_id = own(&claims, &user_id, Need::Read)?;
+    let millis = |field: &'static str| crate::input::query_millis(&params, field);
+    let to = millis("to")?.unwrap_or_else(|| now_ms() + 1);
+    let from = millis("from")?.unwrap_or(0);
+    let kinds: Vec<&str> = match params.get("type") {
+        None => ACTIVITY_KINDS[..4].to_vec(),
+        Some(list) => list
+            .split(',')
+            .map(|k| {
+                ACTIVITY_KINDS
+                    .iter()
+                    .find(|known| **known == k)
+                    .copied()
+                    .ok_or_else(|| {
+                        ApiError::invalid(
+                            "type",
+                            format!(
+                                "must be a comma-separated list of {}",
+                                ACTIVITY_KINDS.join(", ")
+                            ),
+                        )
+                    })
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let symbol = params
+        .get("symbol")
+        .map(|s| crate::input::traded_symbol("symbol", s, &state.symbols))
+        .transpose()?;
+    let limit = match params.get("limit") {
+        None => DEFAULT_ACTIVITIES,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_ACTIVITIES).contains(n))
+            .ok_or_else(|| {
+                ApiError::invalid("limit", format!("must be between 1 and {MAX_ACTIVITIES}"))
+            })?,
+    };
+    let after = params.get("cursor").map(|c| Cursor::parse(c)).transpose()?;
+    if from >= to {
+        return Ok(Json(ActivitiesAnswer {
+            activities: Vec::new(),
+            next_cursor: None,
+        }));
+    }
+    let names: Vec<String> = [UserTopic::Trades, UserTopic::Transactions]
+        .iter()
+        .map(|t| t.full_name(&state.topic_prefix))
+        .collect();
+    let records =
+        suho_audit::user_events(state.accounts.pool(), &names, user_id.as_str(), from, to)
+            .await
+            .map_err(store_down)?;
+    let mut page = Vec::new();
+    let mut next_cursor = None;
+    for r in records {
+        let at = Cursor {
+            ts: r.kafka_ts,
+            topic: r.topic.clone(),
+            partition: r.partition,
+            offset: r.offset,
+        };
+        if after.as_ref().is_some_and(|a| at.key() <= a.key()) {
+            continue;
+        }
+        let Some(event) = r.payload else { continue };
+        if !kinds.iter().any(|k| activity_kind(&event, k)) {
+            continue;
+        }
+        if symbol.is_some_and(|s| event["symbol"] != s.as_str()) {
+            continue;
+        }
+        if page.len() == limit {
+            next_cursor = page_end(&page);
+            break;
+        }
+        page.push((at, event));
+    }
+    Ok(Json(ActivitiesAnswer {
+        activities: page.into_iter().map(|(_, e)| e).collect(),
+        next_cursor,
+    }))
+}
+
+/// The cursor after the last activity of a full page.
+fn page_end(page: &[(Cursor, Value)]) -> Option<String> {
+    page.last().map(|(c, _)| c.to_string())
+}
+
+/// Where a page ended: a record's Kafka time, topic, partition and offset (the audit store's
+/// order), written `{ts}:{partition}:{offset}:{topic}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Cursor {
+    ts: i64,
+    topic: String,
+    partition: i32,
+    offset: i64,
+}
+
+impl Cursor {
+    fn key(&self) -> (i64, &str, i32, i64) {
+        (self.ts, self.topic.as_str(), self.partition, self.offset)
+    }
+
+    fn parse(text: &str) -> Result<Cursor, ApiError> {
+        let bad = || ApiError::invalid("cursor", "must be a next_cursor this route gave");
+        let mut parts = text.splitn(4, ':');
+        let mut next = || parts.next().ok_or_else(bad);
+        let ts = next()?.parse().map_err(|_| bad())?;
+        let partition = next()?.parse().map_err(|_| bad())?;
+        let offset = next()?.parse().map_err(|_| bad())?;
+        let topic = next()?.to_owned();
+        if topic.is_empty() {
+            return Err(bad());
+        }
+        Ok(Cursor {
+            ts,
+            topic,
+            partition,
+            offset,
+        })
+    }
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}:{}",
+            self.ts, self.partition, self.offset, self.topic
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,5 +481,28 @@ mod tests {
             ]
         );
         assert_eq!(all[2].volume.to_string(), "0.5");
+    }
+
+    #[test]
+    fn a_cursor_reads_back_what_it_wrote_and_a_bad_one_names_the_field() {
+        let c = Cursor {
+            ts: 17,
+            topic: "t1.user.trades".into(),
+            partition: 3,
+            offset: 42,
+        };
+        assert_eq!(Cursor::parse(&c.to_string()).expect("parses"), c);
+        for bad in ["", "1:2:3", "x:2:3:t", "1:2:3:"] {
+            assert!(
+                matches!(Cursor::parse(bad), Err(ApiError::Invalid { ref field, .. }) if field == "cursor"),
+                "{bad}"
+            );
+        }
+        let deal = json!({"event_type": "TRADE_CLOSED", "commission": -3.5});
+        assert!(activity_kind(&deal, "deal") && activity_kind(&deal, "commission"));
+        assert!(!activity_kind(
+            &json!({"event_type": "ORDER_PLACED"}),
+            "deal"
+        ));
     }
 }

@@ -1,7 +1,8 @@
 //! Orders a trader expects, through the HTTP API of the whole platform: a pending order rests
 //! and shows in `GET .../orders`, a cancel takes it out (and `status=all` remembers it), a
 //! market order shows in `GET .../positions` with its live figures, a partial close leaves
-//! the remainder, and `GET .../commands/{id}` tells what became of each command.
+//! the remainder, `GET .../commands/{id}` tells what became of each command, and
+//! `GET .../activities` pages through the deals.
 
 use std::time::Duration;
 
@@ -163,6 +164,42 @@ async fn pending_orders_positions_and_commands_can_be_asked_for() {
         b["positions"][0]["volume"] == 0.05
     })
     .await;
+
+    // The deals, a page at a time: the fill, then the partial close.
+    let first = until(
+        &p,
+        &token,
+        &me("activities?type=deal&symbol=EURUSD&limit=1"),
+        |b| b["next_cursor"].is_string(),
+    )
+    .await;
+    assert_eq!(
+        first["activities"][0]["event_type"], "TRADE_EXECUTED",
+        "{first}"
+    );
+    let cursor = first["next_cursor"].as_str().unwrap().to_string();
+    let (s, second) = p
+        .send_text(
+            reqwest::Method::GET,
+            &me(&format!("activities?type=deal&limit=1&cursor={cursor}")),
+            &token,
+            "",
+        )
+        .await;
+    assert_eq!(s, 200, "{second}");
+    assert_eq!(
+        second["activities"][0]["event_type"], "TRADE_PARTIALLY_CLOSED",
+        "{second}"
+    );
+    let (s, body) = p
+        .send_text(
+            reqwest::Method::GET,
+            &me("activities?type=fills"),
+            &token,
+            "",
+        )
+        .await;
+    assert_eq!((s, body["field"].as_str()), (422, Some("type")), "{body}");
 
     // Another user's queries are refused; an unknown command is a 404.
     for tail in ["positions", "orders", &format!("commands/{placing}")] {
