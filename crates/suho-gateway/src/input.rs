@@ -302,8 +302,10 @@ mod tests {
     /// approximately; serde_json's `float_roundtrip` reads them exactly.
     #[test]
     fn a_price_just_above_the_maximum_is_refused() {
-        let body = Body::parse(&Bytes::from_static(br#"{"take_profit": 1000000.0000000001}"#))
-            .expect("json");
+        let body = Body::parse(&Bytes::from_static(
+            br#"{"take_profit": 1000000.0000000001}"#,
+        ))
+        .expect("json");
         assert!(matches!(
             body.opt_price("take_profit"),
             Err(ApiError::Invalid { ref field, .. }) if field == "take_profit"
