@@ -43,6 +43,9 @@ enum Command {
     },
     /// Print the effective configuration (secrets redacted).
     Config,
+    /// Print the HTTP API's OpenAPI document (the one `/api/openapi.json` serves), e.g. for
+    /// generating the dashboard's types.
+    Openapi,
     /// Download historical bars from Polygon.io's REST API into the candle store (and publish
     /// each on `market.{SYM}.{tf}`); a rerun resumes after the last stored bar of the range.
     Backfill {
@@ -478,6 +481,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }),
         Command::Config => {
             say!("{config:#?}");
+            Ok(())
+        }
+        Command::Openapi => {
+            let doc = suho_gateway::openapi()
+                .to_pretty_json()
+                .context("writing the OpenAPI document")?;
+            say!("{doc}");
             Ok(())
         }
         Command::Engine => stoppable("suho engine", |token, dog| async move {
