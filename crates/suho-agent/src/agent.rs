@@ -208,19 +208,17 @@ async fn trade_signals(
 /// The commands `signal` makes, leaving out those already sent.
 fn plan_signal(signal: &Signal, book: &SettingsBook, recent: &RecentSet) -> Vec<TradeCommand> {
     let strategy = signal.strategy.as_str();
-    if plan::side(signal.direction).is_none() {
-        tracing::debug!(signal_id = %signal.signal_id, "a FLAT signal opens nothing");
-        return Vec::new();
-    }
     let now = now_ms();
     let mut commands = Vec::new();
     for (user, settings) in book.opted_in(strategy) {
         match plan::decide(signal, &user, &settings, now) {
-            Decision::Open(command) if recent.contains(&command.head.event_id) => {
+            Decision::Open(command) | Decision::Close(command)
+                if recent.contains(&command.head.event_id) =>
+            {
                 tracing::debug!(user_id = %user, signal_id = %signal.signal_id, "signal already traded for this user");
                 count(strategy, "duplicate");
             }
-            Decision::Open(command) => commands.push(*command),
+            Decision::Open(command) | Decision::Close(command) => commands.push(*command),
             Decision::TooSmall {
                 requested,
                 max_volume,
@@ -228,8 +226,8 @@ fn plan_signal(signal: &Signal, book: &SettingsBook, recent: &RecentSet) -> Vec<
                 tracing::info!(user_id = %user, signal_id = %signal.signal_id, %requested, %max_volume, "auto-trading volume capped by risk.max_volume is below the lot step; no command");
                 count(strategy, "skipped");
             }
-            // FLAT was handled above; the book only returns opted-in users.
-            Decision::Flat | Decision::NotOptedIn => {}
+            // The book only returns opted-in users.
+            Decision::NotOptedIn => {}
         }
     }
     commands

@@ -2,10 +2,12 @@
 //! signals into trade commands for every user who opted in to the strategy.
 //!
 //! Data flow: `signals.{strategy}.{SYM}` (NATS, every strategy and symbol) -> [`Agent`] -> for
-//! a `BUY` / `SELL` signal and each user with `auto_trading.{strategy}.enabled`, one
-//! `OPEN_TRADE` on `user.commands` (Kafka, keyed by the user, through the idempotent
-//! `acks=all` [`suho_messaging::UserEventProducer`]) with `order {symbol, side, volume}` and
-//! `metadata {strategy, signal_id}` -> the trading engine executes it like any command. Who
+//! each user with `auto_trading.{strategy}.enabled`, one command on `user.commands` (Kafka,
+//! keyed by the user, through the idempotent `acks=all` [`suho_messaging::UserEventProducer`])
+//! with `metadata {strategy, signal_id}`: for a `BUY` / `SELL` signal an `OPEN_TRADE` with
+//! `order {symbol, side, volume}` and the user's exits in pips (the engine closes the
+//! strategy's opposite positions first), for a `FLAT` one a `CLOSE_POSITIONS {symbol,
+//! strategy}` -> the trading engine executes it like any command. Who
 //! opted in comes from `user.settings` (Kafka, compacted), read from the beginning at start
 //! and followed live (`suho_messaging::settings`).
 //!
@@ -15,8 +17,8 @@
 //! sends once.
 //!
 //! Map:
-//! - [`plan`]: the decisions, pure functions with no I/O (side, volume, command id; `FLAT`
-//!   opens nothing).
+//! - [`plan`]: the decisions, pure functions with no I/O (side, volume, exits, command
+//!   id; `FLAT` closes).
 //! - [`recent`]: the bounded set of (user, signal) pairs already sent.
 //! - [`agent`]: the subscribe, decide, send-with-retry loop around them.
 //!

@@ -1,9 +1,13 @@
 //! The agent's decisions, pure functions with no I/O: whether a signal trades for a user,
 //! at what volume, and under which command id.
 //!
-//! - Only `BUY` and `SELL` signals trade. A `FLAT` signal ("stay out / flatten") opens
-//!   nothing; closing the positions a strategy opened would need the agent to track them, which
-//!   is later work, so a `FLAT` signal is ignored.
+//! - A `BUY` or `SELL` signal opens a market position carrying the user's exits for the
+//!   strategy (`auto_trading.{strategy}.stop_loss_pips`, `take_profit_pips`,
+//!   `trailing_stop_pips`, pips from the fill) and `metadata.strategy`: the engine first closes
+//!   that strategy's opposite positions on the symbol, in the same step, so the strategy is
+//!   long or short, never both (no hedged pile-up).
+//! - A `FLAT` signal ("flatten") sends `CLOSE_POSITIONS`: the engine closes every position
+//!   the strategy opened on the symbol (none open is a rejection, visible to the user).
 //! - The volume is the user's `auto_trading.{strategy}.volume`, capped at `risk.max_volume` and
 //!   rounded down to the lot step (never more than the user asked for); below one lot step the
 //!   user is skipped.
@@ -13,7 +17,8 @@
 
 use rust_decimal::Decimal;
 use suho_domain::{
-    CommandMetadata, Direction, Order, Side, Signal, TradeCommand, UserId, UserSettings,
+    ClosePositions, CommandKind, CommandMetadata, Direction, OpenTrade, Order, Side, Signal,
+    TradeCommand, UserId, UserSettings,
 };
 
 /// The namespace of the agent's UUID v5 command ids (a fixed random UUID: changing it would
@@ -38,8 +43,6 @@ pub fn command_id(user: &UserId, signal_id: &str) -> String {
 /// What a signal means for one user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    /// A `FLAT` signal: nothing to open.
-    Flat,
     /// The user has not enabled auto-trading for the signal's strategy.
     NotOptedIn,
     /// Opted in, but the volume (capped by `risk.max_volume`) is below one lot step.
@@ -49,8 +52,21 @@ pub enum Decision {
         /// Their `risk.max_volume`.
         max_volume: Decimal,
     },
-    /// The `OPEN_TRADE` command to send.
+    /// The `OPEN_TRADE` command to send (a `BUY` or `SELL` signal).
     Open(Box<TradeCommand>),
+    /// The `CLOSE_POSITIONS` command to send (a `FLAT` signal).
+    Close(Box<TradeCommand>),
+}
+
+impl Decision {
+    /// The command to send, if any.
+    #[must_use]
+    pub fn command(self) -> Option<TradeCommand> {
+        match self {
+            Decision::Open(c) | Decision::Close(c) => Some(*c),
+            Decision::NotOptedIn | Decision::TooSmall { .. } => None,
+        }
+    }
 }
 
 /// The order side of a signal's direction; `None` for `FLAT`.
@@ -73,15 +89,27 @@ pub fn volume(requested: Decimal, max_volume: Decimal) -> Option<Decimal> {
 /// What `signal` makes for `user` with `settings`, stamped `now_ms`.
 #[must_use]
 pub fn decide(signal: &Signal, user: &UserId, settings: &UserSettings, now_ms: i64) -> Decision {
-    let Some(side) = side(signal.direction) else {
-        return Decision::Flat;
-    };
     let Some(auto) = settings
         .auto_trading
         .get(&signal.strategy)
         .filter(|a| a.enabled)
     else {
         return Decision::NotOptedIn;
+    };
+    let metadata = Some(CommandMetadata {
+        strategy: Some(signal.strategy.clone()),
+        signal_id: Some(signal.signal_id.clone()),
+    });
+    let Some(side) = side(signal.direction) else {
+        let close = ClosePositions {
+            symbol: signal.symbol,
+            strategy: signal.strategy.clone(),
+        };
+        let mut command =
+            TradeCommand::new(user.clone(), CommandKind::ClosePositions(close), now_ms);
+        command.head.event_id = command_id(user, &signal.signal_id);
+        command.head.metadata = metadata;
+        return Decision::Close(Box::new(command));
     };
     let Some(volume) = volume(auto.volume, settings.risk.max_volume) else {
         return Decision::TooSmall {
@@ -96,12 +124,15 @@ pub fn decide(signal: &Signal, user: &UserId, settings: &UserSettings, now_ms: i
         stop_loss: None,
         take_profit: None,
     };
-    let mut command = TradeCommand::open(user.clone(), order, None, now_ms);
+    let open = OpenTrade {
+        stop_loss_pips: auto.stop_loss_pips,
+        take_profit_pips: auto.take_profit_pips,
+        trailing_stop_pips: auto.trailing_stop_pips,
+        ..OpenTrade::market(order, None)
+    };
+    let mut command = TradeCommand::new(user.clone(), CommandKind::OpenTrade(open), now_ms);
     command.head.event_id = command_id(user, &signal.signal_id);
-    command.head.metadata = Some(CommandMetadata {
-        strategy: Some(signal.strategy.clone()),
-        signal_id: Some(signal.signal_id.clone()),
-    });
+    command.head.metadata = metadata;
     Decision::Open(Box::new(command))
 }
 
@@ -160,6 +191,9 @@ mod tests {
                 AutoTrading {
                     enabled,
                     volume: dec(volume),
+                    stop_loss_pips: None,
+                    take_profit_pips: None,
+                    trailing_stop_pips: None,
                 },
             )]),
         }
@@ -202,13 +236,57 @@ mod tests {
     }
 
     #[test]
-    fn flat_disabled_and_other_strategies_trade_nothing() {
+    fn an_auto_trade_carries_the_users_exits() {
+        let user = UserId::new("usr_a");
+        let mut on = settings("scalping", true, "0.1", "10");
+        let auto = on.auto_trading.get_mut("scalping").unwrap();
+        auto.stop_loss_pips = Some(dec("20"));
+        auto.take_profit_pips = Some(dec("40"));
+        auto.trailing_stop_pips = Some(dec("15"));
+        let Decision::Open(cmd) = decide(&signal(Direction::Buy), &user, &on, 1) else {
+            panic!("expected an open");
+        };
+        let CommandKind::OpenTrade(open) = &cmd.kind else {
+            panic!("expected OPEN_TRADE");
+        };
+        assert_eq!(open.stop_loss_pips, Some(dec("20")));
+        assert_eq!(open.take_profit_pips, Some(dec("40")));
+        assert_eq!(open.trailing_stop_pips, Some(dec("15")));
+        assert_eq!(
+            open.order.stop_loss, None,
+            "the engine prices them from the fill"
+        );
+        cmd.validate().unwrap();
+    }
+
+    #[test]
+    fn flat_closes_the_strategys_positions() {
         let user = UserId::new("usr_a");
         let on = settings("scalping", true, "0.1", "10");
+        let s = signal(Direction::Flat);
+        let Decision::Close(cmd) = decide(&s, &user, &on, 1) else {
+            panic!("expected a close");
+        };
+        assert_eq!(cmd.command_type(), CommandType::ClosePositions);
+        assert_eq!(cmd.head.event_id, command_id(&user, &s.signal_id));
+        let CommandKind::ClosePositions(close) = &cmd.kind else {
+            panic!("expected CLOSE_POSITIONS");
+        };
+        assert_eq!(close.symbol, s.symbol);
+        assert_eq!(close.strategy, "scalping");
         assert_eq!(
-            decide(&signal(Direction::Flat), &user, &on, 1),
-            Decision::Flat
+            cmd.head.metadata.as_ref().unwrap().signal_id.as_deref(),
+            Some(s.signal_id.as_str())
         );
+        cmd.validate().unwrap();
+        // Below the lot step or not: a close needs no volume.
+        let tiny = settings("scalping", true, "1", "0.005");
+        assert!(matches!(decide(&s, &user, &tiny, 1), Decision::Close(_)));
+    }
+
+    #[test]
+    fn disabled_and_other_strategies_trade_nothing() {
+        let user = UserId::new("usr_a");
         let off = settings("scalping", false, "0.1", "10");
         assert_eq!(
             decide(&signal(Direction::Buy), &user, &off, 1),
@@ -221,6 +299,10 @@ mod tests {
         );
         assert_eq!(
             decide(&signal(Direction::Buy), &user, &UserSettings::default(), 1),
+            Decision::NotOptedIn
+        );
+        assert_eq!(
+            decide(&signal(Direction::Flat), &user, &off, 1),
             Decision::NotOptedIn
         );
     }

@@ -284,7 +284,7 @@ async fn an_opted_in_user_gets_one_open_trade_per_signal_even_when_it_comes_twic
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn users_not_opted_in_to_the_strategy_get_nothing_and_flat_opens_nothing() {
+async fn users_not_opted_in_to_the_strategy_get_nothing_and_flat_closes() {
     let env = TestEnv::new().await;
     let producer = UserEventProducer::new(&env.kafka(Identity::Gateway)).unwrap();
     put_settings(&producer, "usr_alice", auto("scalping", true, 0.1, 10.0)).await;
@@ -326,8 +326,28 @@ async fn users_not_opted_in_to_the_strategy_get_nothing_and_flat_opens_nothing()
     }
     assert_eq!(
         by_user.get("usr_alice"),
-        Some(&vec!["sig_buy".to_string(), "sig_fence".to_string()]),
-        "scalping signals only, and no FLAT: {by_user:?}"
+        Some(&vec![
+            "sig_flat".to_string(),
+            "sig_buy".to_string(),
+            "sig_fence".to_string()
+        ]),
+        "scalping signals only, FLAT as a close: {by_user:?}"
+    );
+    let flat = commands
+        .of("usr_alice")
+        .into_iter()
+        .find(|c| {
+            c.head
+                .metadata
+                .as_ref()
+                .and_then(|m| m.signal_id.as_deref())
+                == Some("sig_flat")
+        })
+        .expect("the FLAT's command");
+    assert_eq!(
+        flat.command_type(),
+        suho_domain::CommandType::ClosePositions,
+        "{flat:?}"
     );
     assert_eq!(
         by_user.get("usr_carol"),

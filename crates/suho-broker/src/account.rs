@@ -281,10 +281,36 @@ pub enum ApplyError {
 /// already executed: `event` is then the original event, to publish again (same id).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome<T> {
+    /// Positions the command closed before its own `event` (a strategy's order closing
+    /// that strategy's opposite positions, a `CLOSE_POSITIONS`'s closes but the last):
+    /// `TRADE_CLOSED` events, published first, in order.
+    pub closes: Vec<TradeEvent>,
     /// The event to publish.
     pub event: T,
     /// A retry of an executed command: nothing changed.
     pub replayed: bool,
+}
+
+impl<T> Outcome<T> {
+    /// A new event, with no closes before it.
+    #[must_use]
+    pub fn done(event: T) -> Outcome<T> {
+        Outcome {
+            closes: Vec::new(),
+            event,
+            replayed: false,
+        }
+    }
+
+    /// The event a retried command already produced.
+    #[must_use]
+    pub fn replayed(event: T) -> Outcome<T> {
+        Outcome {
+            closes: Vec::new(),
+            event,
+            replayed: true,
+        }
+    }
 }
 
 /// What a tick did: broker-initiated closes and alerts to publish, and valuation problems.
@@ -440,10 +466,7 @@ impl PaperAccount {
 
     fn replay_trade(&self, event_id: &str) -> Option<Outcome<TradeEvent>> {
         match self.journal.get(event_id) {
-            Some(AccountEvent::Trade(e)) => Some(Outcome {
-                event: e.clone(),
-                replayed: true,
-            }),
+            Some(AccountEvent::Trade(e)) => Some(Outcome::replayed(e.clone())),
             _ => None,
         }
     }

@@ -6,8 +6,8 @@ use std::sync::{Mutex, PoisonError};
 
 use rust_decimal::Decimal;
 use suho_domain::{
-    AccountStatus, CancelOrder, CloseTrade, CommandHead, ModifyTrade, OpenTrade, ReplaceOrder,
-    Symbol, Tick, TradeEvent, Transaction, UserId,
+    AccountStatus, CancelOrder, ClosePositions, CloseTrade, CommandHead, ModifyTrade, OpenTrade,
+    ReplaceOrder, Symbol, Tick, TradeEvent, Transaction, UserId,
 };
 
 use crate::account::{
@@ -116,6 +116,17 @@ pub trait BrokerAdapter: Send + Sync {
         &self,
         command: &CommandHead,
         close: &CloseTrade,
+        tick: &Tick,
+        now_ms: i64,
+    ) -> impl Future<Output = BrokerResult<Outcome<TradeEvent>>> + Send;
+
+    /// Closes every position a strategy opened on a symbol for a `CLOSE_POSITIONS`
+    /// command, priced by `tick` (of that symbol): one `TRADE_CLOSED` each (the outcome's
+    /// `closes`, then its `event`); rejected when there is none.
+    fn close_positions(
+        &self,
+        command: &CommandHead,
+        close: &ClosePositions,
         tick: &Tick,
         now_ms: i64,
     ) -> impl Future<Output = BrokerResult<Outcome<TradeEvent>>> + Send;
@@ -455,6 +466,16 @@ impl BrokerAdapter for PaperBroker {
         now_ms: i64,
     ) -> impl Future<Output = BrokerResult<Outcome<TradeEvent>>> + Send {
         ready(self.trade(command, |a| a.modify(command, modify, tick, now_ms)))
+    }
+
+    fn close_positions(
+        &self,
+        command: &CommandHead,
+        close: &ClosePositions,
+        tick: &Tick,
+        now_ms: i64,
+    ) -> impl Future<Output = BrokerResult<Outcome<TradeEvent>>> + Send {
+        ready(self.trade(command, |a| a.close_positions(command, close, tick, now_ms)))
     }
 
     fn cancel(

@@ -171,6 +171,14 @@ pub enum RejectReason {
     /// No open position has this id.
     #[error("position {0} is not open")]
     UnknownPosition(String),
+    /// A `CLOSE_POSITIONS` for a strategy that holds nothing on the symbol.
+    #[error("strategy {strategy} has no open position on {symbol}")]
+    NothingToClose {
+        /// The strategy.
+        strategy: String,
+        /// The pair.
+        symbol: Symbol,
+    },
     /// A deposit or withdrawal amount that is not positive or has sub-cent digits.
     #[error("amount {0} must be positive and in whole cents")]
     InvalidAmount(Decimal),

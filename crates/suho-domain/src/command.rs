@@ -170,6 +170,22 @@ pub struct OpenTrade {
         skip_serializing_if = "Option::is_none"
     )]
     pub trailing_stop_pips: Option<Decimal>,
+    /// A stop loss this many pips from the fill price (a market order's, instead of an
+    /// absolute `order.stop_loss`: the sender does not know the fill price).
+    #[serde(
+        default,
+        with = "crate::num::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stop_loss_pips: Option<Decimal>,
+    /// A take profit this many pips from the fill price (market orders only, instead of
+    /// `order.take_profit`).
+    #[serde(
+        default,
+        with = "crate::num::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub take_profit_pips: Option<Decimal>,
     /// One-cancels-other: the id of a pending order of the same symbol this one is paired
     /// with; when either fills, the other is cancelled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -195,6 +211,8 @@ impl OpenTrade {
             time_in_force: None,
             expires_at: None,
             trailing_stop_pips: None,
+            stop_loss_pips: None,
+            take_profit_pips: None,
             oco_with: None,
             client_order_id,
         }
@@ -263,6 +281,17 @@ pub struct ReplaceOrder {
     /// New expiry (a `GTD` order), epoch ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<i64>,
+}
+
+/// `CLOSE_POSITIONS`: close every open position that `strategy` opened on `symbol` (each
+/// answered by its own `TRADE_CLOSED`; none open is a rejection).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClosePositions {
+    /// The pair.
+    pub symbol: Symbol,
+    /// The strategy whose positions close (the `metadata.strategy` of the orders that
+    /// opened them).
+    pub strategy: String,
 }
 
 /// `CLOSE_TRADE`: close a position, or part of it.
@@ -335,6 +364,9 @@ pub enum CommandKind {
     /// Change a pending order.
     #[serde(rename = "REPLACE_ORDER")]
     ReplaceOrder(ReplaceOrder),
+    /// Close a strategy's positions on a symbol.
+    #[serde(rename = "CLOSE_POSITIONS")]
+    ClosePositions(ClosePositions),
 }
 
 impl CommandKind {
@@ -349,6 +381,7 @@ impl CommandKind {
             CommandKind::Withdrawal(_) => CommandType::Withdrawal,
             CommandKind::CancelOrder(_) => CommandType::CancelOrder,
             CommandKind::ReplaceOrder(_) => CommandType::ReplaceOrder,
+            CommandKind::ClosePositions(_) => CommandType::ClosePositions,
         }
     }
 
@@ -389,6 +422,13 @@ impl CommandKind {
             CommandKind::Deposit(m) | CommandKind::Withdrawal(m) => m.validate(),
             CommandKind::CancelOrder(_) => Ok(()),
             CommandKind::ReplaceOrder(r) => r.validate(),
+            CommandKind::ClosePositions(c) if c.strategy.trim().is_empty() => {
+                Err(CommandError::Missing {
+                    event_type: CommandType::ClosePositions,
+                    field: "strategy",
+                })
+            }
+            CommandKind::ClosePositions(_) => Ok(()),
         }
     }
 }
@@ -424,7 +464,33 @@ impl OpenTrade {
         positive("limit_price", self.limit_price)?;
         positive("stop_price", self.stop_price)?;
         positive("trailing_stop_pips", self.trailing_stop_pips)?;
+        positive("stop_loss_pips", self.stop_loss_pips)?;
+        positive("take_profit_pips", self.take_profit_pips)?;
         let t = self.order_type;
+        for (field, pips, absolute, price) in [
+            (
+                "stop_loss_pips",
+                self.stop_loss_pips,
+                self.order.stop_loss,
+                "stop_loss",
+            ),
+            (
+                "take_profit_pips",
+                self.take_profit_pips,
+                self.order.take_profit,
+                "take_profit",
+            ),
+        ] {
+            if pips.is_none() {
+                continue;
+            }
+            if t != OrderType::Market {
+                return not_allowed(field, format!("is for MARKET orders, not {t} ones"));
+            }
+            if absolute.is_some() {
+                return not_allowed(field, format!("is not allowed with `order.{price}`"));
+            }
+        }
         let (needs_limit, needs_stop) = match t {
             OrderType::Market => (false, false),
             OrderType::Limit => (true, false),
@@ -566,6 +632,12 @@ impl DescribesTrade for OpenTrade {
     }
 }
 
+impl DescribesTrade for ClosePositions {
+    fn describe(&self, event: &mut TradeEvent) {
+        event.symbol = Some(self.symbol);
+    }
+}
+
 impl DescribesTrade for CloseTrade {
     fn describe(&self, event: &mut TradeEvent) {
         event.trade_id = Some(self.trade_id.clone());
@@ -612,6 +684,7 @@ impl DescribesTrade for CommandKind {
             CommandKind::Deposit(m) | CommandKind::Withdrawal(m) => m.describe(event),
             CommandKind::CancelOrder(c) => c.describe(event),
             CommandKind::ReplaceOrder(r) => r.describe(event),
+            CommandKind::ClosePositions(c) => c.describe(event),
         }
     }
 }
@@ -785,6 +858,11 @@ pub(crate) mod tests {
                 "timestamp":1,"schema_version":1}),
             json!({"event_id":"c4","event_type":"WITHDRAWAL","user_id":"u","amount":0.3,
                 "timestamp":1,"metadata":{"strategy":"s"},"schema_version":1}),
+            json!({"event_id":"c5","event_type":"CLOSE_POSITIONS","user_id":"u","symbol":"EURUSD",
+                "strategy":"scalping","timestamp":1,"schema_version":1}),
+            json!({"event_id":"c6","event_type":"OPEN_TRADE","user_id":"u",
+                "order":{"symbol":"EURUSD","type":"SELL","volume":0.1},"stop_loss_pips":20.0,
+                "take_profit_pips":35.5,"timestamp":1,"schema_version":1}),
         ];
         for case in cases {
             let c: TradeCommand = serde_json::from_value(case.clone()).expect("read");
@@ -810,6 +888,55 @@ pub(crate) mod tests {
             // The head alone still reads, so the engine can answer the user.
             serde_json::from_value::<CommandHead>(bad).expect("head");
         }
+    }
+
+    #[test]
+    fn pip_exits_are_for_market_orders_without_absolute_stops() {
+        let with = |f: &dyn Fn(&mut OpenTrade)| {
+            let mut o = OpenTrade::market(order(), None);
+            f(&mut o);
+            o.validate()
+        };
+        with(&|o| {
+            o.stop_loss_pips = Some(dec("20"));
+            o.take_profit_pips = Some(dec("40"));
+        })
+        .expect("valid");
+        let field = |r: Result<(), CommandError>| match r {
+            Err(CommandError::NotAllowed { field, .. })
+            | Err(CommandError::NonPositivePrice { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            field(with(&|o| o.stop_loss_pips = Some(dec("0")))),
+            "stop_loss_pips"
+        );
+        assert_eq!(
+            field(with(&|o| {
+                o.take_profit_pips = Some(dec("5"));
+                o.order.take_profit = Some(dec("2"));
+            })),
+            "take_profit_pips"
+        );
+        assert_eq!(
+            field(with(&|o| {
+                o.stop_loss_pips = Some(dec("5"));
+                o.order_type = OrderType::Limit;
+                o.limit_price = Some(dec("1"));
+            })),
+            "stop_loss_pips"
+        );
+        let blank = CommandKind::ClosePositions(ClosePositions {
+            symbol: order().symbol,
+            strategy: " ".into(),
+        });
+        assert!(matches!(
+            blank.validate(),
+            Err(CommandError::Missing {
+                field: "strategy",
+                ..
+            })
+        ));
     }
 
     #[test]

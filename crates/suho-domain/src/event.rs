@@ -173,7 +173,9 @@ wire_enum! {
     /// margin); answered on `user.transactions`.
     Withdrawal => "WITHDRAWAL", /// Cancel a pending order.
     CancelOrder => "CANCEL_ORDER", /// Change a pending order.
-    ReplaceOrder => "REPLACE_ORDER" }
+    ReplaceOrder => "REPLACE_ORDER", /// Close every position a strategy holds on a symbol
+    /// (the auto-trading agent's answer to a `FLAT` signal).
+    ClosePositions => "CLOSE_POSITIONS" }
 }
 
 wire_enum! {

@@ -32,8 +32,9 @@ pub mod symbol;
 pub mod topic;
 
 pub use command::{
-    CancelOrder, CloseTrade, CommandError, CommandHead, CommandKind, CommandMetadata,
-    DescribesTrade, ModifyTrade, Money, OpenTrade, Order, ReplaceOrder, TradeCommand,
+    CancelOrder, ClosePositions, CloseTrade, CommandError, CommandHead, CommandKind,
+    CommandMetadata, DescribesTrade, ModifyTrade, Money, OpenTrade, Order, ReplaceOrder,
+    TradeCommand,
 };
 pub use envelope::{KafkaEnvelope, NatsEnvelope};
 pub use event::{

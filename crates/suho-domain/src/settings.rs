@@ -47,7 +47,32 @@ pub struct AutoTrading {
     /// Lots per trade the agent opens (within `risk.max_volume`).
     #[serde(with = "crate::num")]
     pub volume: Decimal,
+    /// The stop loss of each auto-trade, pips from its fill.
+    #[serde(
+        default,
+        with = "crate::num::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stop_loss_pips: Option<Decimal>,
+    /// The take profit of each auto-trade, pips from its fill.
+    #[serde(
+        default,
+        with = "crate::num::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub take_profit_pips: Option<Decimal>,
+    /// A trailing stop on each auto-trade, this many pips behind the price.
+    #[serde(
+        default,
+        with = "crate::num::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub trailing_stop_pips: Option<Decimal>,
 }
+
+/// The most pips an auto-trade's stop or target may sit from its fill (10,000 pips: a
+/// whole unit of a four-digit quote).
+pub const MAX_EXIT_PIPS: u32 = 10_000;
 
 /// Everything a user can set.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -85,7 +110,13 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> SettingsErro
 /// The settings' own keys, each level's: a patch naming any other is refused.
 const TOP_KEYS: &[&str] = &["risk", "watchlist", "auto_trading"];
 const RISK_KEYS: &[&str] = &["leverage", "max_volume", "max_open_positions"];
-const AUTO_KEYS: &[&str] = &["enabled", "volume"];
+const AUTO_KEYS: &[&str] = &[
+    "enabled",
+    "volume",
+    "stop_loss_pips",
+    "take_profit_pips",
+    "trailing_stop_pips",
+];
 
 /// Refuses a key the settings do not have, at any depth, before the patch is merged: in the
 /// merge a `null` for an unknown key would vanish unseen.
@@ -229,6 +260,22 @@ impl UserSettings {
                     ),
                 ));
             }
+            for (key, pips) in [
+                ("stop_loss_pips", auto.stop_loss_pips),
+                ("take_profit_pips", auto.take_profit_pips),
+                ("trailing_stop_pips", auto.trailing_stop_pips),
+            ] {
+                if pips.is_some_and(|p| {
+                    p <= Decimal::ZERO
+                        || p > Decimal::from(MAX_EXIT_PIPS)
+                        || p.normalize().scale() > 1
+                }) {
+                    return Err(invalid(
+                        format!("auto_trading.{name}.{key}"),
+                        format!("must be positive, a multiple of 0.1 and at most {MAX_EXIT_PIPS}"),
+                    ));
+                }
+            }
             if auto.volume > r.max_volume {
                 return Err(SettingsError {
                     conflict: true,
@@ -306,7 +353,22 @@ fn from_value(value: &Value) -> Result<UserSettings, SettingsError> {
                     Some(v) => decimal(v)
                         .ok_or_else(|| invalid(field("volume"), "must be a number of lots"))?,
                 };
-                Ok((name.clone(), AutoTrading { enabled, volume }))
+                let pips = |key: &str| match o.get(key) {
+                    None | Some(Value::Null) => Ok(None),
+                    Some(v) => decimal(v)
+                        .map(Some)
+                        .ok_or_else(|| invalid(field(key), "must be a number of pips")),
+                };
+                Ok((
+                    name.clone(),
+                    AutoTrading {
+                        enabled,
+                        volume,
+                        stop_loss_pips: pips("stop_loss_pips")?,
+                        take_profit_pips: pips("take_profit_pips")?,
+                        trailing_stop_pips: pips("trailing_stop_pips")?,
+                    },
+                ))
             })
             .collect::<Result<BTreeMap<_, _>, _>>()?,
         Some(_) => return Err(invalid("auto_trading", "must be an object")),
@@ -380,6 +442,38 @@ mod tests {
     }
 
     #[test]
+    fn auto_trading_exits_are_set_and_cleared_by_patch() {
+        let s = UserSettings::default()
+            .patched(
+                &json!({"auto_trading":{"scalping":{"enabled":true,"volume":0.1,
+                    "stop_loss_pips":20,"take_profit_pips":40.5}}}),
+                &symbols(),
+                STRATEGIES,
+            )
+            .expect("valid");
+        let auto = &s.auto_trading["scalping"];
+        assert_eq!(auto.stop_loss_pips, Some(Decimal::from(20)));
+        assert_eq!(auto.take_profit_pips, Some(Decimal::new(405, 1)));
+        assert_eq!(auto.trailing_stop_pips, None);
+        let cleared = s
+            .patched(
+                &json!({"auto_trading":{"scalping":{"stop_loss_pips":null,"trailing_stop_pips":15}}}),
+                &symbols(),
+                STRATEGIES,
+            )
+            .expect("valid");
+        let auto = &cleared.auto_trading["scalping"];
+        assert_eq!(auto.stop_loss_pips, None);
+        assert_eq!(auto.take_profit_pips, Some(Decimal::new(405, 1)));
+        assert_eq!(auto.trailing_stop_pips, Some(Decimal::from(15)));
+        let round = serde_json::to_value(&cleared).expect("write");
+        assert_eq!(
+            round["auto_trading"]["scalping"],
+            json!({"enabled":true,"volume":0.1,"take_profit_pips":40.5,"trailing_stop_pips":15.0})
+        );
+    }
+
+    #[test]
     fn every_bad_field_is_named() {
         let base = UserSettings::default();
         let cases = [
@@ -410,6 +504,26 @@ mod tests {
             (
                 json!({"auto_trading":{"scalping":{"enabled":true,"volume":50}}}),
                 "auto_trading.scalping.volume",
+            ),
+            (
+                json!({"auto_trading":{"scalping":{"enabled":true,"stop_loss_pips":0}}}),
+                "auto_trading.scalping.stop_loss_pips",
+            ),
+            (
+                json!({"auto_trading":{"scalping":{"enabled":true,"take_profit_pips":"40"}}}),
+                "auto_trading.scalping.take_profit_pips",
+            ),
+            (
+                json!({"auto_trading":{"scalping":{"enabled":true,"trailing_stop_pips":0.25}}}),
+                "auto_trading.scalping.trailing_stop_pips",
+            ),
+            (
+                json!({"auto_trading":{"scalping":{"enabled":true,"stop_loss_pips":10001}}}),
+                "auto_trading.scalping.stop_loss_pips",
+            ),
+            (
+                json!({"auto_trading":{"scalping":{"stop_distance":5}}}),
+                "auto_trading.scalping.stop_distance",
             ),
         ];
         for (patch, field) in cases {

@@ -503,6 +503,33 @@ pub struct AutoTradingPatch {
     /// `risk.max_volume` (the stored one, or the patch's) it is a `409`.
     #[serde(default, with = "suho_domain::num::option")]
     pub volume: Option<Decimal>,
+    /// Each auto-trade's stop loss, pips from its fill (`null`: none, the default).
+    #[serde(default, with = "suho_domain::num::option")]
+    #[schema(
+        exclusive_minimum = 0,
+        maximum = 10_000,
+        multiple_of = 0.1,
+        example = 20.0
+    )]
+    pub stop_loss_pips: Option<Decimal>,
+    /// Each auto-trade's take profit, pips from its fill (`null`: none, the default).
+    #[serde(default, with = "suho_domain::num::option")]
+    #[schema(
+        exclusive_minimum = 0,
+        maximum = 10_000,
+        multiple_of = 0.1,
+        example = 40.0
+    )]
+    pub take_profit_pips: Option<Decimal>,
+    /// A trailing stop on each auto-trade, this many pips behind the price (`null`: none).
+    #[serde(default, with = "suho_domain::num::option")]
+    #[schema(
+        exclusive_minimum = 0,
+        maximum = 10_000,
+        multiple_of = 0.1,
+        example = 15.0
+    )]
+    pub trailing_stop_pips: Option<Decimal>,
 }
 
 /// `{mt5_account, password}`: link (or re-link with a new password) an MT5 account.

@@ -835,6 +835,20 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
                 let outcome = self.broker.close(head, close, &tick, now_ms()).await;
                 self.answer(head, close, outcome, sends).await
             }
+            Plan::ClosePositions { head, close } => {
+                let tick = match self.priced(close.symbol, prices).await? {
+                    Priced::Tick(t) => t,
+                    Priced::Reject(reason) => {
+                        return self.queue(&TradeEvent::rejected(head, close, reason, now), sends)
+                    }
+                    Priced::Retry(reason) => return Ok(Attempt::Retry(reason)),
+                };
+                let outcome = self
+                    .broker
+                    .close_positions(head, close, &tick, now_ms())
+                    .await;
+                self.answer(head, close, outcome, sends).await
+            }
             Plan::Modify { head, modify } => {
                 let tick = match self.position_priced(head, &modify.trade_id, prices).await? {
                     Priced::Tick(t) => t,
@@ -926,6 +940,7 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
         for t in batch {
             let symbol = match &t.plan {
                 Plan::Open { open, .. } => Some(open.order.symbol),
+                Plan::ClosePositions { close, .. } => Some(close.symbol),
                 Plan::Close { head, close } => self.symbol_of(head, &close.trade_id).await,
                 Plan::Modify { head, modify } => self.symbol_of(head, &modify.trade_id).await,
                 Plan::Replace { head, replace } => self
@@ -990,6 +1005,11 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
         let sent = match outcome {
             Ok(done) => {
                 self.touched();
+                for close in &done.closes {
+                    if let Attempt::Retry(why) = self.queue(close, sends)? {
+                        return Ok(Attempt::Retry(why));
+                    }
+                }
                 self.queue(&done.event, sends)?
             }
             Err(BrokerError::Rejected(reason)) => {

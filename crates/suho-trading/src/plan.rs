@@ -7,8 +7,8 @@
 //! way. Ids of outcome events are derived from the command's `event_id` for the same reason.
 
 use suho_domain::{
-    CancelOrder, CloseTrade, CommandHead, CommandKind, ModifyTrade, Money, OpenTrade,
-    PriceErrorKind, PriceReply, ReplaceOrder, TradeCommand, SCHEMA_VERSION,
+    CancelOrder, ClosePositions, CloseTrade, CommandHead, CommandKind, ModifyTrade, Money,
+    OpenTrade, PriceErrorKind, PriceReply, ReplaceOrder, TradeCommand, SCHEMA_VERSION,
 };
 
 /// The reason given when a record's key is not the command's `user_id`.
@@ -46,6 +46,13 @@ pub enum Plan {
         head: CommandHead,
         /// The position.
         close: CloseTrade,
+    },
+    /// A valid `CLOSE_POSITIONS`: price its symbol, then close the strategy's positions.
+    ClosePositions {
+        /// The command's head.
+        head: CommandHead,
+        /// The strategy and symbol.
+        close: ClosePositions,
     },
     /// A valid `MODIFY_TRADE`: price the position's symbol, then change its stops.
     Modify {
@@ -93,6 +100,7 @@ impl Plan {
             Plan::Reject { head, .. }
             | Plan::Open { head, .. }
             | Plan::Close { head, .. }
+            | Plan::ClosePositions { head, .. }
             | Plan::Modify { head, .. }
             | Plan::Deposit { head, .. }
             | Plan::Withdraw { head, .. }
@@ -110,6 +118,7 @@ impl Plan {
             Plan::Reject { kind, .. } => return kind.clone(),
             Plan::Open { open, .. } => CommandKind::OpenTrade(open.clone()),
             Plan::Close { close, .. } => CommandKind::CloseTrade(close.clone()),
+            Plan::ClosePositions { close, .. } => CommandKind::ClosePositions(close.clone()),
             Plan::Modify { modify, .. } => CommandKind::ModifyTrade(modify.clone()),
             Plan::Deposit { money, .. } => CommandKind::Deposit(money.clone()),
             Plan::Withdraw { money, .. } => CommandKind::Withdrawal(money.clone()),
@@ -219,6 +228,7 @@ pub fn plan(key: Option<&[u8]>, payload: Option<&[u8]>) -> Plan {
     match kind {
         CommandKind::OpenTrade(open) => Plan::Open { head, open },
         CommandKind::CloseTrade(close) => Plan::Close { head, close },
+        CommandKind::ClosePositions(close) => Plan::ClosePositions { head, close },
         CommandKind::ModifyTrade(modify) => Plan::Modify { head, modify },
         CommandKind::Deposit(money) => Plan::Deposit { head, money },
         CommandKind::Withdrawal(money) => Plan::Withdraw { head, money },

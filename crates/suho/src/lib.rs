@@ -245,10 +245,7 @@ impl Application {
                 accounts,
                 producer,
                 symbols.iter().copied().collect(),
-                suho_signals::StrategyKind::ALL
-                    .iter()
-                    .map(|k| k.name().to_string())
-                    .collect(),
+                strategy_names(),
                 config.kafka.topic_prefix.clone(),
             )
             .with_trusted_proxies(config.http.trusted_proxies.clone())
@@ -391,6 +388,28 @@ type FeedTask = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Resul
 /// # Errors
 /// The chosen feed's settings are unusable (a replay file that does not load, a missing
 /// `polygon.api_key`...), each naming its field.
+/// The strategies this platform runs, by name (the only keys of `auto_trading`).
+fn strategy_names() -> Vec<String> {
+    suho_signals::StrategyKind::ALL
+        .iter()
+        .map(|k| k.name().to_string())
+        .collect()
+}
+
+/// The OpenAPI document a gateway of `config` serves at `/api/openapi.json` (with its traded
+/// symbols and strategies), without running anything: what the dashboard's types are
+/// generated from.
+///
+/// # Errors
+/// The configured symbols are invalid.
+pub fn openapi_document(config: &Config) -> anyhow::Result<serde_json::Value> {
+    let symbols = configured_symbols(&config.market)?;
+    Ok(suho_gateway::openapi::served(
+        &symbols.iter().copied().collect(),
+        &strategy_names(),
+    ))
+}
+
 /// Closed 1m candles the strategies are warmed up with after a restart, per symbol.
 const WARM_UP_CANDLES: usize = 200;
 /// Only candles this recent warm the strategies up (older ones describe another market).

@@ -484,8 +484,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Openapi => {
-            let doc = suho_gateway::openapi()
-                .to_pretty_json()
+            let doc = serde_json::to_string_pretty(&suho::openapi_document(&config)?)
                 .context("writing the OpenAPI document")?;
             say!("{doc}");
             Ok(())

@@ -20,8 +20,8 @@ use suho_broker::{
 };
 use suho_config::{Config, ScriptedVenueConfig};
 use suho_domain::{
-    AccountStatus, CancelOrder, CloseTrade, CommandHead, ModifyTrade, OpenTrade, ReplaceOrder,
-    Symbol, Tick, TradeEvent, Transaction, UserId,
+    AccountStatus, CancelOrder, ClosePositions, CloseTrade, CommandHead, ModifyTrade, OpenTrade,
+    ReplaceOrder, Symbol, Tick, TradeEvent, Transaction, UserId,
 };
 
 /// The venue `trading.venue` names.
@@ -194,6 +194,20 @@ impl BrokerAdapter for ScriptedVenue {
         self.books.modify(command, modify, tick, now_ms).await
     }
 
+    async fn close_positions(
+        &self,
+        command: &CommandHead,
+        close: &ClosePositions,
+        tick: &Tick,
+        now_ms: i64,
+    ) -> BrokerResult<Outcome<TradeEvent>> {
+        self.before(command)?;
+        self.hold().await;
+        self.books
+            .close_positions(command, close, tick, now_ms)
+            .await
+    }
+
     async fn cancel(
         &self,
         command: &CommandHead,
@@ -320,6 +334,16 @@ impl BrokerAdapter for Venue {
         now_ms: i64,
     ) -> impl Future<Output = BrokerResult<Outcome<TradeEvent>>> + Send {
         each!(self, v => v.modify(command, modify, tick, now_ms))
+    }
+
+    fn close_positions(
+        &self,
+        command: &CommandHead,
+        close: &ClosePositions,
+        tick: &Tick,
+        now_ms: i64,
+    ) -> impl Future<Output = BrokerResult<Outcome<TradeEvent>>> + Send {
+        each!(self, v => v.close_positions(command, close, tick, now_ms))
     }
 
     fn cancel(

@@ -51,10 +51,7 @@ impl PaperAccount {
         };
         let event_id = format!("{prefix}_{request_id}");
         if let Some(AccountEvent::Transaction(t)) = self.journal.get(&event_id) {
-            return Ok(Outcome {
-                event: t.clone(),
-                replayed: true,
-            });
+            return Ok(Outcome::replayed(t.clone()));
         }
         if !is_positive_cents(amount) {
             return Err(RejectReason::InvalidAmount(amount));
@@ -90,9 +87,6 @@ impl PaperAccount {
             timestamp: now_ms,
             schema_version: SCHEMA_VERSION,
         };
-        Ok(Outcome {
-            event: self.commit(event)?,
-            replayed: false,
-        })
+        Ok(Outcome::done(self.commit(event)?))
     }
 }

@@ -295,10 +295,7 @@ impl PaperAccount {
             TradeStatus::Pending,
             now_ms,
         );
-        Ok(Outcome {
-            event: self.commit(event)?,
-            replayed: false,
-        })
+        Ok(Outcome::done(self.commit(event)?))
     }
 
     /// Where `pending` rests against `tick`, and its stops against its own price.
@@ -348,10 +345,7 @@ impl PaperAccount {
             TradeStatus::Cancelled,
             now_ms,
         );
-        Ok(Outcome {
-            event: self.commit(event)?,
-            replayed: false,
-        })
+        Ok(Outcome::done(self.commit(event)?))
     }
 
     /// Changes a pending order (what the command leaves out keeps its value) and checks the
@@ -423,10 +417,7 @@ impl PaperAccount {
             TradeStatus::Pending,
             now_ms,
         );
-        Ok(Outcome {
-            event: self.commit(event)?,
-            replayed: false,
-        })
+        Ok(Outcome::done(self.commit(event)?))
     }
 
     /// What `tick` (and the clock, `now_ms`) does to the book, applied and returned in order:

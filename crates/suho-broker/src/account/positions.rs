@@ -5,8 +5,8 @@
 use rust_decimal::Decimal;
 use suho_domain::money::{round_cents, CONTRACT_SIZE};
 use suho_domain::{
-    CloseTrade, CommandHead, ModifyTrade, OpenTrade, Order, OrderType, Side, Symbol, Tick,
-    TradeEvent, TradeEventType, TradeStatus, SCHEMA_VERSION,
+    ClosePositions, CloseTrade, CommandError, CommandHead, ModifyTrade, OpenTrade, Order,
+    OrderType, Side, Symbol, Tick, TradeEvent, TradeEventType, TradeStatus, SCHEMA_VERSION,
 };
 
 use super::{add, AccountEvent, ApplyError, Outcome, PaperAccount};
@@ -43,6 +43,8 @@ pub struct Position {
     pub swap: Decimal,
     /// The last rollover its swap was charged for (its opening time before the first).
     pub swap_through: i64,
+    /// The strategy whose order opened it (`metadata.strategy` of a market order), if any.
+    pub strategy: Option<String>,
 }
 
 impl Position {
@@ -112,6 +114,7 @@ impl Position {
             commission: e.commission.unwrap_or_default(),
             swap: Decimal::ZERO,
             swap_through: e.timestamp,
+            strategy: e.metadata.as_ref().and_then(|m| m.strategy.clone()),
         })
     }
 
@@ -155,6 +158,45 @@ pub fn trade_id(command_id: &str) -> String {
         "trd_{}",
         command_id.strip_prefix("cmd_").unwrap_or(command_id)
     )
+}
+
+/// `open`'s order with its pip distances (`stop_loss_pips`, `take_profit_pips`) made
+/// prices from the fill `price`: a BUY's stop loss below it and take profit above, a SELL's
+/// the reverse.
+fn with_pip_exits(open: &OpenTrade, price: Decimal) -> Result<Order, RejectReason> {
+    let mut order = open.order.clone();
+    let pip = order.symbol.pip();
+    let sign = match order.side {
+        Side::Buy => Decimal::ONE,
+        Side::Sell => Decimal::NEGATIVE_ONE,
+    };
+    for (field, pips, toward, level) in [
+        (
+            "stop_loss_pips",
+            open.stop_loss_pips,
+            -sign,
+            &mut order.stop_loss,
+        ),
+        (
+            "take_profit_pips",
+            open.take_profit_pips,
+            sign,
+            &mut order.take_profit,
+        ),
+    ] {
+        let Some(pips) = pips else { continue };
+        let at = pips
+            .checked_mul(pip)
+            .and_then(|d| d.checked_mul(toward))
+            .and_then(|d| price.checked_add(d))
+            .filter(|p| *p > Decimal::ZERO)
+            .ok_or_else(|| CommandError::NotAllowed {
+                field,
+                reason: format!("{pips} pips from {price} is not a price"),
+            })?;
+        *level = Some(at);
+    }
+    Ok(order)
 }
 
 pub(super) fn check_stops(
@@ -348,6 +390,7 @@ impl PaperAccount {
             commission: c.costs.commission(order.volume),
             swap: Decimal::ZERO,
             swap_through: now_ms,
+            strategy: None,
         };
         // A trailing stop without a stop loss starts its distance behind the fill.
         if pos.stop_loss.is_none() {
@@ -383,7 +426,8 @@ impl PaperAccount {
             return self.place(command, open, tick, now_ms);
         }
         let event_id = format!("exec_{}", command.event_id);
-        if let Some(done) = self.replay_trade(&event_id) {
+        if let Some(mut done) = self.replay_trade(&event_id) {
+            done.closes = self.replayed_closes(&command.event_id);
             return Ok(done);
         }
         self.expect_account(command)?;
@@ -392,18 +436,56 @@ impl PaperAccount {
         expect_tick(order.symbol, tick)?;
         self.quotes.update(tick);
         self.check_order(order)?;
-        let price = entry_price(order.side, tick);
-        let pos = self.fillable(
+        let strategy = command
+            .metadata
+            .as_ref()
+            .and_then(|m| m.strategy.as_deref());
+        let opposite: Vec<Position> = strategy
+            .map(|s| {
+                self.strategy_positions(s, order.symbol)
+                    .filter(|p| p.side != order.side)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        if opposite.is_empty() {
+            return self.fill_market(command, open, tick, Vec::new(), now_ms);
+        }
+        // A strategy is long or short, never both: its opposite positions close first, in
+        // the same step; should the open then be refused, so are the closes.
+        let before = self.clone();
+        let result = self
+            .close_all(command, &opposite, tick, now_ms)
+            .and_then(|closes| self.fill_market(command, open, tick, closes, now_ms));
+        if result.is_err() {
+            *self = before;
+        }
+        result
+    }
+
+    /// Fills a checked market order at `tick` (after `closes`, already applied).
+    fn fill_market(
+        &mut self,
+        command: &CommandHead,
+        open: &OpenTrade,
+        tick: &Tick,
+        closes: Vec<TradeEvent>,
+        now_ms: i64,
+    ) -> Result<Outcome<TradeEvent>, RejectReason> {
+        let price = entry_price(open.order.side, tick);
+        let order = with_pip_exits(open, price)?;
+        let mut pos = self.fillable(
             trade_id(&command.event_id),
             &command.event_id,
-            order,
+            &order,
             open.trailing_stop_pips,
             price,
             now_ms,
         )?;
+        pos.strategy = command.metadata.as_ref().and_then(|m| m.strategy.clone());
         let mut event = self.trade_event(
             TradeEventType::TradeExecuted,
-            event_id,
+            format!("exec_{}", command.event_id),
             Some(command),
             &pos,
             now_ms,
@@ -411,9 +493,112 @@ impl PaperAccount {
         event.execution_price = Some(price);
         event.commission = Some(pos.commission).filter(|c| !c.is_zero());
         Ok(Outcome {
-            event: self.commit(event)?,
-            replayed: false,
+            closes,
+            ..Outcome::done(self.commit(event)?)
         })
+    }
+
+    /// The open positions `strategy` opened on `symbol`, by id.
+    fn strategy_positions<'a>(
+        &'a self,
+        strategy: &'a str,
+        symbol: Symbol,
+    ) -> impl Iterator<Item = &'a Position> + 'a {
+        self.positions
+            .values()
+            .filter(move |p| p.symbol == symbol && p.strategy.as_deref() == Some(strategy))
+    }
+
+    /// Closes `positions` for `command` at `tick` (`TRADE_CLOSED`, ids
+    /// `cls_{command_id}_{trade_id}`), each applied. On an error some may be applied: the
+    /// caller restores the account.
+    fn close_all(
+        &mut self,
+        command: &CommandHead,
+        positions: &[Position],
+        tick: &Tick,
+        now_ms: i64,
+    ) -> Result<Vec<TradeEvent>, RejectReason> {
+        let mut closes = Vec::with_capacity(positions.len());
+        for pos in positions {
+            let event_id = format!("cls_{}_{}", command.event_id, pos.id);
+            let event = self.close_event(
+                pos,
+                pos.exit_price(tick),
+                event_id,
+                Some(command),
+                None,
+                now_ms,
+            )?;
+            closes.push(self.commit(event)?);
+        }
+        Ok(closes)
+    }
+
+    /// The closes command `command_id` already made ([`PaperAccount::close_all`]), by id.
+    fn replayed_closes(&self, command_id: &str) -> Vec<TradeEvent> {
+        let prefix = format!("cls_{command_id}_");
+        let mut closes: Vec<TradeEvent> = self
+            .journal
+            .iter()
+            .filter(|(id, _)| id.starts_with(&prefix))
+            .filter_map(|(_, e)| match e {
+                AccountEvent::Trade(e) => Some(e.clone()),
+                AccountEvent::Transaction(_) => None,
+            })
+            .collect();
+        closes.sort_by(|a, b| a.event_id.cmp(&b.event_id));
+        closes
+    }
+
+    /// Closes every position `strategy` opened on `symbol` for a `CLOSE_POSITIONS`
+    /// command, at `tick` (a BUY at the bid, a SELL at the ask): one `TRADE_CLOSED` each
+    /// (the last is the outcome's `event`, the others its `closes`), all or none.
+    ///
+    /// # Errors
+    /// [`RejectReason::NothingToClose`] when the strategy holds nothing there; command
+    /// shape, tick symbol or valuation errors.
+    pub fn close_positions(
+        &mut self,
+        command: &CommandHead,
+        close: &ClosePositions,
+        tick: &Tick,
+        now_ms: i64,
+    ) -> Result<Outcome<TradeEvent>, RejectReason> {
+        let mut closes = self.replayed_closes(&command.event_id);
+        if let Some(event) = closes.pop() {
+            return Ok(Outcome {
+                closes,
+                ..Outcome::replayed(event)
+            });
+        }
+        self.expect_account(command)?;
+        expect_tick(close.symbol, tick)?;
+        self.quotes.update(tick);
+        let held: Vec<Position> = self
+            .strategy_positions(&close.strategy, close.symbol)
+            .cloned()
+            .collect();
+        if held.is_empty() {
+            return Err(RejectReason::NothingToClose {
+                strategy: close.strategy.clone(),
+                symbol: close.symbol,
+            });
+        }
+        let before = self.clone();
+        match self.close_all(command, &held, tick, now_ms) {
+            Ok(mut closes) => {
+                let event = closes.pop().expect("at least one position closed");
+                Ok(Outcome {
+                    closes,
+                    ..Outcome::done(event)
+                })
+            }
+            Err(e) => {
+                *self = before;
+                Err(e)
+            }
+        }
     }
 
     /// Closes the position named by a `CLOSE_TRADE` command (with a `volume` below the
@@ -472,10 +657,7 @@ impl PaperAccount {
                 event
             }
         };
-        Ok(Outcome {
-            event: self.commit(event)?,
-            replayed: false,
-        })
+        Ok(Outcome::done(self.commit(event)?))
     }
 
     /// Changes the stops of the position named by a `MODIFY_TRADE` command; an absent stop
@@ -513,10 +695,7 @@ impl PaperAccount {
             &pos,
             now_ms,
         );
-        Ok(Outcome {
-            event: self.commit(event)?,
-            replayed: false,
-        })
+        Ok(Outcome::done(self.commit(event)?))
     }
 
     fn commanded_position(

@@ -1641,3 +1641,177 @@ fn when_one_of_a_pair_is_cancelled_the_other_stands_alone() {
     let out = a.on_tick(&tick("EURUSD", "1.11000", "1.11020", 4), 4);
     assert_eq!(kinds(&out.trades), ["TRADE_EXECUTED"]);
 }
+
+fn strategy_open(id: &str, side: Side, vol: &str, strategy: &str) -> TradeCommand {
+    let mut c = open_cmd(id, "EURUSD", side, vol, None, None);
+    c.head.metadata = Some(suho_domain::CommandMetadata {
+        strategy: Some(strategy.into()),
+        signal_id: Some(format!("sig_{id}")),
+    });
+    c
+}
+
+fn close_strategy(id: &str, strategy: &str) -> (CommandHead, suho_domain::ClosePositions) {
+    (
+        head(id),
+        suho_domain::ClosePositions {
+            symbol: sym("EURUSD"),
+            strategy: strategy.into(),
+        },
+    )
+}
+
+#[test]
+fn a_strategys_opposite_order_closes_its_positions_first_and_only_its_own() {
+    let mut a = funded("10000");
+    let t = tick("EURUSD", "1.10000", "1.10020", 1);
+    a.exec(&strategy_open("a", Side::Buy, "0.5", "scalping"), &t, 1)
+        .expect("buy");
+    a.exec(&strategy_open("b", Side::Buy, "0.2", "scalping"), &t, 1)
+        .expect("buy");
+    // Another strategy's and a manual position on the same symbol stay.
+    a.exec(
+        &strategy_open("c", Side::Buy, "0.1", "mean_reversion"),
+        &t,
+        1,
+    )
+    .expect("buy");
+    buy(&mut a, "m", "EURUSD", "0.1", &t);
+    let up = tick("EURUSD", "1.10100", "1.10120", 2);
+    let sell = strategy_open("s", Side::Sell, "0.3", "scalping");
+    let out = a.exec(&sell, &up, 2).expect("sell");
+    // Closed at the bid 1.10100: (1.10100 - 1.10020) × 0.5 × 100,000 = 40.00 and × 0.2 = 16.00.
+    let closed: Vec<(Option<String>, Option<Decimal>)> = out
+        .closes
+        .iter()
+        .map(|e| (e.trade_id.clone(), e.profit))
+        .collect();
+    assert_eq!(
+        closed,
+        vec![
+            (Some("trd_a".into()), Some(d("40.00"))),
+            (Some("trd_b".into()), Some(d("16.00")))
+        ]
+    );
+    assert!(out
+        .closes
+        .iter()
+        .all(|e| e.event_type == TradeEventType::TradeClosed
+            && e.command_id.as_deref() == Some("cmd_s")
+            && e.event_id.starts_with("cls_cmd_s_")));
+    assert_eq!(out.event.event_type, TradeEventType::TradeExecuted);
+    let mut open: Vec<&str> = a.positions().map(|p| p.id.as_str()).collect();
+    open.sort_unstable();
+    assert_eq!(open, vec!["trd_c", "trd_m", "trd_s"]);
+    assert_eq!(a.balance(), d("10056.00"));
+    assert_eq!(
+        a.position("trd_s").and_then(|p| p.strategy.as_deref()),
+        Some("scalping")
+    );
+    // A retry answers the same events and changes nothing.
+    let again = a.exec(&sell, &up, 3).expect("retry");
+    assert!(again.replayed);
+    assert_eq!(again.closes, out.closes);
+    assert_eq!(again.event, out.event);
+    assert_eq!(a.balance(), d("10056.00"));
+    // Same side: nothing closes.
+    let more = a
+        .exec(&strategy_open("s2", Side::Sell, "0.1", "scalping"), &up, 3)
+        .expect("sell");
+    assert!(more.closes.is_empty());
+}
+
+#[test]
+fn a_refused_open_undoes_its_closes() {
+    let mut a = funded("1000");
+    let t = tick("EURUSD", "1.10000", "1.10020", 1);
+    a.exec(&strategy_open("a", Side::Buy, "0.5", "scalping"), &t, 1)
+        .expect("buy");
+    let before = (a.balance(), a.positions().count());
+    // 5 lots need 5,500.00 of margin at 1:100: more than the account has after the close.
+    let err = a
+        .exec(&strategy_open("s", Side::Sell, "5", "scalping"), &t, 2)
+        .expect_err("refused");
+    assert!(
+        matches!(err, RejectReason::InsufficientMargin { .. }),
+        "{err}"
+    );
+    assert_eq!((a.balance(), a.positions().count()), before);
+    assert!(a.position("trd_a").is_some(), "the close was undone");
+    assert!(!a.applied_ids().any(|id| id.starts_with("cls_cmd_s")));
+}
+
+#[test]
+fn close_positions_closes_all_of_a_strategys_positions_once() {
+    let mut a = funded("10000");
+    let t = tick("EURUSD", "1.10000", "1.10020", 1);
+    a.exec(&strategy_open("a", Side::Buy, "0.5", "scalping"), &t, 1)
+        .expect("buy");
+    a.exec(&strategy_open("b", Side::Buy, "0.2", "scalping"), &t, 1)
+        .expect("buy");
+    a.exec(
+        &strategy_open("c", Side::Sell, "0.1", "mean_reversion"),
+        &t,
+        1,
+    )
+    .expect("sell");
+    let (h, cp) = close_strategy("f", "scalping");
+    let out = a.close_positions(&h, &cp, &t, 2).expect("closes");
+    assert!(!out.replayed);
+    let ids: Vec<&str> = out
+        .closes
+        .iter()
+        .chain([&out.event])
+        .map(|e| e.event_id.as_str())
+        .collect();
+    assert_eq!(ids, vec!["cls_cmd_f_trd_a", "cls_cmd_f_trd_b"]);
+    assert_eq!(
+        a.positions().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+        vec!["trd_c"]
+    );
+    let again = a.close_positions(&h, &cp, &t, 3).expect("retry");
+    assert!(again.replayed);
+    assert_eq!((again.closes, again.event), (out.closes, out.event));
+    // Nothing left: a rejection that says so.
+    let (h2, cp2) = close_strategy("g", "scalping");
+    let err = a.close_positions(&h2, &cp2, &t, 3).expect_err("nothing");
+    assert_eq!(
+        err.to_string(),
+        "strategy scalping has no open position on EURUSD"
+    );
+    // The wrong tick is refused before anything closes.
+    let (h3, cp3) = close_strategy("h", "mean_reversion");
+    assert!(matches!(
+        a.close_positions(&h3, &cp3, &tick("GBPUSD", "1.2", "1.2002", 3), 3),
+        Err(RejectReason::WrongTick { .. })
+    ));
+    assert!(a.position("trd_c").is_some());
+}
+
+#[test]
+fn pip_exits_are_priced_from_the_fill_and_the_strategy_survives_a_rebuild() {
+    let mut a = funded("10000");
+    let t = tick("EURUSD", "1.10000", "1.10020", 1);
+    let mut c = strategy_open("a", Side::Sell, "0.1", "scalping");
+    if let CommandKind::OpenTrade(o) = &mut c.kind {
+        o.stop_loss_pips = Some(d("20"));
+        o.take_profit_pips = Some(d("35.5"));
+    }
+    let e = a.exec(&c, &t, 1).expect("sell").event;
+    // A SELL fills at the bid 1.10000: SL 20 pips above, TP 35.5 pips below.
+    assert_eq!(e.stop_loss, Some(d("1.10200")));
+    assert_eq!(e.take_profit, Some(d("1.09645")));
+    let mut b = funded("10000");
+    b.apply(&AccountEvent::Trade(e)).expect("applies");
+    assert_eq!(
+        b.position("trd_a").and_then(|p| p.strategy.as_deref()),
+        Some("scalping")
+    );
+    // Pips that would put a stop below zero are refused, naming the field.
+    let mut wide = strategy_open("w", Side::Buy, "0.1", "scalping");
+    if let CommandKind::OpenTrade(o) = &mut wide.kind {
+        o.stop_loss_pips = Some(d("20000"));
+    }
+    let err = a.exec(&wide, &t, 1).expect_err("refused");
+    assert!(err.to_string().contains("stop_loss_pips"), "{err}");
+}

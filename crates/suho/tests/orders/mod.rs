@@ -233,3 +233,139 @@ async fn pending_orders_positions_and_commands_can_be_asked_for() {
     assert_eq!((s, body["field"].as_str()), (422, Some("status")), "{body}");
     p.stop().await;
 }
+
+/// Publishes a `scalping` signal on EURUSD as the signals service would.
+async fn signal(bus: &suho_messaging::MarketBus, id: &str, direction: suho_domain::Direction) {
+    let signal = suho_domain::Signal {
+        signal_id: id.to_string(),
+        strategy: "scalping".into(),
+        symbol: suho_domain::Symbol::parse("EURUSD").unwrap(),
+        direction,
+        confidence: 0.8,
+        price: rust_decimal::Decimal::new(108_512, 5),
+        timestamp: suho_messaging::now_ms(),
+        model: "test@1".into(),
+    };
+    let subject = suho_domain::subject::signal(bus.prefix(), &signal.strategy, signal.symbol);
+    bus.publish(subject, &signal).await.unwrap();
+    bus.client().flush().await.unwrap();
+}
+
+/// The `(side, stop_loss, take_profit, open_price)` of each open position.
+fn sides(body: &Value) -> Vec<(String, f64, f64, f64)> {
+    body["positions"]
+        .as_array()
+        .map(|ps| {
+            ps.iter()
+                .map(|p| {
+                    (
+                        p["side"].as_str().unwrap_or_default().to_string(),
+                        p["stop_loss"].as_f64().unwrap_or_default(),
+                        p["take_profit"].as_f64().unwrap_or_default(),
+                        p["open_price"].as_f64().unwrap_or_default(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn the_agent_exits_what_it_opened_and_never_holds_both_sides() {
+    use suho_domain::Direction;
+    let p = Running::start().await;
+    let (user, token) = p.user("agent-exits@example.com").await;
+    let me = |tail: &str| format!("/api/user/{user}/{tail}");
+    let (s, body) = p
+        .send_text(
+            reqwest::Method::PUT,
+            &me("settings"),
+            &token,
+            &json!({"auto_trading": {"scalping": {"enabled": true, "volume": 0.1,
+                "stop_loss_pips": 30, "take_profit_pips": 60}}})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["auto_trading"]["scalping"]["stop_loss_pips"], 30.0);
+    let bus = p.env.bus(suho_security::Identity::Signals).await;
+
+    // The agent follows `user.settings`: signal until it has the opt-in (a signal it saw
+    // before then traded nothing, so at most one of these opens).
+    let mut opened = false;
+    for n in 0..12 {
+        signal(&bus, &format!("sig_buy_{n}"), Direction::Buy).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tokio::time::Instant::now() < deadline {
+            let (_, b) = p
+                .send_text(reqwest::Method::GET, &me("positions"), &token, "")
+                .await;
+            if !sides(&b).is_empty() {
+                opened = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if opened {
+            break;
+        }
+    }
+    assert!(opened, "the agent never traded the BUY signals");
+    let long = until(&p, &token, &me("positions"), |b| sides(b).len() == 1).await;
+    let (side, sl, tp, open) = sides(&long)[0].clone();
+    assert_eq!(side, "BUY", "{long}");
+    // 30 and 60 pips from the fill (EURUSD: a pip is 0.0001).
+    assert!(((open - sl) - 0.0030).abs() < 1e-9, "{long}");
+    assert!(((tp - open) - 0.0060).abs() < 1e-9, "{long}");
+
+    // FLAT closes it.
+    signal(&bus, "sig_flat", Direction::Flat).await;
+    until(&p, &token, &me("positions"), |b| sides(b).is_empty()).await;
+    let flat = suho_agent::command_id(&suho_domain::UserId::new(user.clone()), "sig_flat");
+    let closed = until(&p, &token, &me(&format!("commands/{flat}")), |b| {
+        b["status"] == "executed"
+    })
+    .await;
+    assert_eq!(
+        closed["events"][0]["event_type"], "TRADE_CLOSED",
+        "{closed}"
+    );
+
+    // BUY, then SELL: the SELL closes the long before it opens, so one short remains.
+    signal(&bus, "sig_buy_again", Direction::Buy).await;
+    until(&p, &token, &me("positions"), |b| {
+        sides(b).first().is_some_and(|s| s.0 == "BUY")
+    })
+    .await;
+    signal(&bus, "sig_sell", Direction::Sell).await;
+    let short = until(&p, &token, &me("positions"), |b| {
+        sides(b).first().is_some_and(|s| s.0 == "SELL")
+    })
+    .await;
+    let held = sides(&short);
+    assert_eq!(held.len(), 1, "never two opposing positions: {short}");
+    let (_, sl, tp, open) = held[0].clone();
+    assert!(((sl - open) - 0.0030).abs() < 1e-9, "{short}");
+    assert!(((open - tp) - 0.0060).abs() < 1e-9, "{short}");
+    let sell = suho_agent::command_id(&suho_domain::UserId::new(user.clone()), "sig_sell");
+    let answer = until(&p, &token, &me(&format!("commands/{sell}")), |b| {
+        b["events"].as_array().is_some_and(|e| e.len() >= 2)
+    })
+    .await;
+    let kinds: Vec<&str> = answer["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["event_type"].as_str())
+        .collect();
+    assert_eq!(kinds, vec!["TRADE_CLOSED", "TRADE_EXECUTED"], "{answer}");
+
+    // The same signal again changes nothing: once per (user, signal).
+    signal(&bus, "sig_sell", Direction::Sell).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, after) = p
+        .send_text(reqwest::Method::GET, &me("positions"), &token, "")
+        .await;
+    assert_eq!(sides(&after), held, "{after}");
+    p.stop().await;
+}
