@@ -24,8 +24,8 @@ use std::num::NonZeroU32;
 use rust_decimal::Decimal;
 use suho_domain::money::{LOT_STEP, MAX_ORDER_VOLUME};
 use suho_domain::{
-    major_fx, RiskAlert, Symbol, Tick, TradeEvent, TradeEventType, Transaction, TransactionType,
-    UserId,
+    major_fx, PositionMode, RiskAlert, Symbol, Tick, TradeEvent, TradeEventType, Transaction,
+    TransactionType, UserId,
 };
 
 use crate::quotes::{Quotes, ValuationError};
@@ -69,6 +69,8 @@ pub struct AccountConfig {
     pub margin_call_level: Decimal,
     /// Margin level, percent, at or below which positions are closed (default 50).
     pub stop_out_level: Decimal,
+    /// Hedging (default) or netting.
+    pub position_mode: PositionMode,
 }
 
 impl Default for AccountConfig {
@@ -85,6 +87,7 @@ impl Default for AccountConfig {
             costs: Costs::default(),
             margin_call_level: Decimal::ONE_HUNDRED,
             stop_out_level: Decimal::new(50, 0),
+            position_mode: PositionMode::Hedging,
         }
     }
 }
@@ -129,6 +132,8 @@ pub struct UserLimits {
     pub max_volume: Decimal,
     /// Open-position limit.
     pub max_open_positions: usize,
+    /// Hedging or netting.
+    pub position_mode: PositionMode,
 }
 
 /// An [`AccountConfig`] (or broker config) that cannot work.
@@ -425,6 +430,7 @@ impl PaperAccount {
         self.config.leverage = limits.leverage;
         self.config.max_volume = limits.max_volume;
         self.config.max_open_positions = limits.max_open_positions;
+        self.config.position_mode = limits.position_mode;
     }
 
     /// Balance, account currency (always whole cents).
@@ -469,6 +475,19 @@ impl PaperAccount {
             Some(AccountEvent::Trade(e)) => Some(Outcome::replayed(e.clone())),
             _ => None,
         }
+    }
+
+    /// Takes the pending order a deal filled (`order_id` on its event) out of the book.
+    fn leave_book(&mut self, e: &TradeEvent) -> Result<(), ApplyError> {
+        if let Some(order) = &e.order_id {
+            self.orders
+                .remove(order)
+                .ok_or_else(|| ApplyError::UnknownOrder {
+                    event_id: e.event_id.clone(),
+                    order_id: order.clone(),
+                })?;
+        }
+        Ok(())
     }
 
     /// Applies an event this account just built; it is complete and addressed to us, and its
@@ -516,18 +535,21 @@ impl PaperAccount {
                 match e.event_type {
                     TradeEventType::TradeRejected => return Ok(Applied::Ignored),
                     TradeEventType::TradeExecuted => {
-                        let pos = Position::from_event(e)?;
                         let cost = e.commission.unwrap_or_default();
-                        self.balance = self.balance.checked_add(cost).ok_or_else(overflow)?;
-                        if let Some(order) = &e.order_id {
-                            // The fill of a pending order: it leaves the book.
-                            self.orders
-                                .remove(order)
-                                .ok_or_else(|| ApplyError::UnknownOrder {
-                                    event_id: event_id.clone(),
-                                    order_id: order.clone(),
-                                })?;
-                        }
+                        let balance = self.balance.checked_add(cost).ok_or_else(overflow)?;
+                        let merged = match e.trade_id.as_ref().and_then(|id| self.positions.get(id))
+                        {
+                            // A netting deal that adds to the open position: its new volume
+                            // and average price.
+                            Some(open) => Some(open.merged(e)?),
+                            None => None,
+                        };
+                        let pos = match merged {
+                            Some(pos) => pos,
+                            None => Position::from_event(e)?,
+                        };
+                        self.leave_book(e)?;
+                        self.balance = balance;
                         self.positions.insert(pos.id.clone(), pos);
                     }
                     TradeEventType::OrderPlaced
@@ -554,7 +576,9 @@ impl PaperAccount {
                         }
                         let net =
                             profit + e.commission.unwrap_or_default() + e.swap.unwrap_or_default();
-                        self.balance = self.balance.checked_add(net).ok_or_else(overflow)?;
+                        let balance = self.balance.checked_add(net).ok_or_else(overflow)?;
+                        self.leave_book(e)?;
+                        self.balance = balance;
                         self.positions.remove(&id);
                     }
                     TradeEventType::TradePartiallyClosed => {
@@ -570,6 +594,10 @@ impl PaperAccount {
                         let swap = e.swap.unwrap_or_default();
                         let net = profit + e.commission.unwrap_or_default() + swap;
                         let balance = self.balance.checked_add(net).ok_or_else(overflow)?;
+                        if !self.positions.contains_key(&id) {
+                            return Err(unknown(id));
+                        }
+                        self.leave_book(e)?;
                         let pos = self.positions.get_mut(&id).ok_or_else(|| unknown(id))?;
                         pos.volume = remaining;
                         pos.swap -= swap;

@@ -351,6 +351,7 @@ impl PaperBroker {
             leverage: self.config.account.leverage,
             max_volume: self.config.account.max_volume,
             max_open_positions: self.config.account.max_open_positions,
+            position_mode: self.config.account.position_mode,
         };
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         for (key, account) in &mut state.accounts {
@@ -762,6 +763,7 @@ mod tests {
                 leverage: std::num::NonZeroU32::new(50).expect("nonzero"),
                 max_volume: d("0.2"),
                 max_open_positions: 1,
+                position_mode: suho_domain::PositionMode::Hedging,
             }),
         );
         // Margin follows the new leverage: 0.5 × 100,000 EUR at the mid 1.1001, / 50.

@@ -549,6 +549,9 @@ pub struct AccountStatus {
     pub currency: String,
     /// Number of open positions.
     pub open_positions: u32,
+    /// How the account holds positions (`hedging` when absent).
+    #[serde(default)]
+    pub position_mode: crate::settings::PositionMode,
     /// The open positions, valued at the status's time.
     #[serde(default)]
     pub positions: Vec<PositionView>,
@@ -802,7 +805,8 @@ mod tests {
         let cases = [
             json!({"event_id":"a1","event_type":"ACCOUNT_STATUS","user_id":"u","mt5_account":"1",
                 "balance":10000.5,"equity":10010.25,"margin":100.0,"free_margin":9910.25,
-                "margin_level":10010.25,"currency":"USD","open_positions":2,"positions":[],"orders":[],"timestamp":1,"schema_version":1}),
+                "margin_level":10010.25,"currency":"USD","open_positions":2,"position_mode":"hedging",
+                "positions":[],"orders":[],"timestamp":1,"schema_version":1}),
             json!({"event_id":"r1","event_type":"MARGIN_CALL","user_id":"u","margin_level":80.5,
                 "message":"low","trade_ids":["t1"],"timestamp":1,"schema_version":1}),
             json!({"event_id":"x1","event_type":"WITHDRAWAL","user_id":"u","amount":250.75,

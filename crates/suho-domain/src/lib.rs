@@ -47,6 +47,6 @@ pub use market::{
     Candle, Direction, HealthStatus, Heartbeat, IndicatorValue, MarketAlert, MarketError,
     PriceError, PriceErrorKind, PriceQuote, PriceReply, Signal, Tick, Timeframe, TimeframeError,
 };
-pub use settings::{AutoTrading, RiskSettings, SettingsError, UserSettings};
+pub use settings::{AutoTrading, PositionMode, RiskSettings, SettingsError, UserSettings};
 pub use symbol::{major_fx, Symbol, SymbolError, MAJOR_FX};
 pub use topic::UserTopic;

@@ -26,6 +26,9 @@ pub struct RiskSettings {
     pub max_volume: Decimal,
     /// Most positions open at once, `1..=200`.
     pub max_open_positions: u32,
+    /// How the account holds positions (default `hedging`).
+    #[serde(default)]
+    pub position_mode: PositionMode,
 }
 
 impl Default for RiskSettings {
@@ -34,6 +37,31 @@ impl Default for RiskSettings {
             leverage: 100,
             max_volume: Decimal::from(10),
             max_open_positions: 20,
+            position_mode: PositionMode::Hedging,
+        }
+    }
+}
+
+/// How an account holds positions, as MetaTrader 5's two account modes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum PositionMode {
+    /// Any number of positions per symbol, each with its own id, side and stops.
+    #[default]
+    Hedging,
+    /// One position per symbol: an order on the same side adds to it (at the volume-weighted
+    /// average price), one on the other side reduces, closes or reverses it.
+    Netting,
+}
+
+impl PositionMode {
+    /// The wire name.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PositionMode::Hedging => "hedging",
+            PositionMode::Netting => "netting",
         }
     }
 }
@@ -109,7 +137,12 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> SettingsErro
 
 /// The settings' own keys, each level's: a patch naming any other is refused.
 const TOP_KEYS: &[&str] = &["risk", "watchlist", "auto_trading"];
-const RISK_KEYS: &[&str] = &["leverage", "max_volume", "max_open_positions"];
+const RISK_KEYS: &[&str] = &[
+    "leverage",
+    "max_volume",
+    "max_open_positions",
+    "position_mode",
+];
 const AUTO_KEYS: &[&str] = &[
     "enabled",
     "volume",
@@ -317,6 +350,12 @@ fn from_value(value: &Value) -> Result<UserSettings, SettingsError> {
                         .ok_or_else(|| invalid("risk.max_volume", "must be a number of lots"))?,
                 },
                 max_open_positions: int("max_open_positions", defaults.risk.max_open_positions)?,
+                position_mode: match r.get("position_mode") {
+                    None => defaults.risk.position_mode,
+                    Some(v) => serde_json::from_value(v.clone()).map_err(|_| {
+                        invalid("risk.position_mode", "must be \"hedging\" or \"netting\"")
+                    })?,
+                },
             }
         }
         Some(_) => return Err(invalid("risk", "must be an object")),
@@ -410,8 +449,8 @@ mod tests {
         let v = serde_json::to_value(&s).expect("json");
         assert_eq!(
             v,
-            json!({"risk":{"leverage":100,"max_volume":10.0,"max_open_positions":20},
-                   "watchlist":[],"auto_trading":{}})
+            json!({"risk":{"leverage":100,"max_volume":10.0,"max_open_positions":20,
+                   "position_mode":"hedging"},"watchlist":[],"auto_trading":{}})
         );
         assert_eq!(from_value(&v).expect("reads back"), s);
     }
@@ -474,6 +513,30 @@ mod tests {
     }
 
     #[test]
+    fn the_position_mode_is_set_and_reset() {
+        let s = UserSettings::default()
+            .patched(
+                &json!({"risk":{"position_mode":"netting"}}),
+                &symbols(),
+                STRATEGIES,
+            )
+            .expect("valid");
+        assert_eq!(s.risk.position_mode, PositionMode::Netting);
+        assert_eq!(
+            serde_json::to_value(&s).expect("write")["risk"]["position_mode"],
+            "netting"
+        );
+        let reset = s
+            .patched(
+                &json!({"risk":{"position_mode":null}}),
+                &symbols(),
+                STRATEGIES,
+            )
+            .expect("valid");
+        assert_eq!(reset.risk.position_mode, PositionMode::Hedging);
+    }
+
+    #[test]
     fn every_bad_field_is_named() {
         let base = UserSettings::default();
         let cases = [
@@ -490,6 +553,11 @@ mod tests {
                 "risk.max_open_positions",
             ),
             (json!({"risk":{"margin":1}}), "risk.margin"),
+            (
+                json!({"risk":{"position_mode":"fifo"}}),
+                "risk.position_mode",
+            ),
+            (json!({"risk":{"position_mode":1}}), "risk.position_mode"),
             (json!({"watchlist":"EURUSD"}), "watchlist"),
             (json!({"watchlist":["XYZABC"]}), "watchlist"),
             (json!({"watchlist":["EURXYZ1"]}), "watchlist"),

@@ -491,6 +491,10 @@ pub struct RiskSettingsPatch {
     /// Most positions open at once, 1 to 200.
     #[schema(minimum = 1, maximum = 200)]
     pub max_open_positions: Option<u32>,
+    /// How the account holds positions: `hedging` (the default: any number per symbol) or
+    /// `netting` (one per symbol, MT5's netting mode: an order on the same side adds to it at
+    /// the average price, one on the other side reduces, closes or reverses it).
+    pub position_mode: Option<suho_domain::PositionMode>,
 }
 
 /// One strategy's opt-in in a `SettingsPatch`.

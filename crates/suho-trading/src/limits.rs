@@ -30,6 +30,7 @@ pub fn user_limits(risk: &RiskSettings) -> UserLimits {
         leverage: NonZeroU32::new(risk.leverage).unwrap_or(NonZeroU32::MIN),
         max_volume: risk.max_volume,
         max_open_positions: usize::try_from(risk.max_open_positions).unwrap_or(usize::MAX),
+        position_mode: risk.position_mode,
     }
 }
 
@@ -105,6 +106,7 @@ mod tests {
             leverage: NonZeroU32::new(30).expect("nonzero"),
             max_volume: Decimal::new(5, 1),
             max_open_positions: 3,
+            position_mode: suho_domain::PositionMode::Hedging,
         };
         let seen = seen.lock().expect("lock").clone();
         let calls: Vec<_> = seen.iter().map(|(u, l)| (u.as_str(), l.clone())).collect();

@@ -203,6 +203,7 @@ impl PaperAccount {
             margin_level: m.margin_level.map(round_cents),
             currency: self.config.currency.clone(),
             open_positions: u32::try_from(self.positions.len()).unwrap_or(u32::MAX),
+            position_mode: self.config.position_mode,
             positions: self.position_views()?,
             orders: self.order_views(),
             timestamp: now_ms,

@@ -36,7 +36,7 @@ use suho_domain::{
     Symbol, Tick, TimeInForce, TradeEvent, TradeEventType, TradeStatus, SCHEMA_VERSION,
 };
 
-use super::positions::{check_stops, entry_price, expect_tick, trade_id};
+use super::positions::{check_stops, entry_price, expect_tick, trade_id, Deal};
 use super::{AccountEvent, ApplyError, Outcome, PaperAccount};
 use crate::reject::RejectReason;
 
@@ -474,9 +474,14 @@ impl PaperAccount {
                     }
                 }
             };
-            let event = self.fill_event(&pending, fill, now_ms);
-            let filled = event.event_type == TradeEventType::TradeExecuted;
-            self.record(event, &mut out);
+            let filled = if self.nets(pending.order.symbol) {
+                self.net_fill(&pending, fill, now_ms, &mut out)
+            } else {
+                let event = self.fill_event(&pending, fill, now_ms);
+                let filled = event.event_type == TradeEventType::TradeExecuted;
+                self.record(event, &mut out);
+                filled
+            };
             let pair = pending
                 .oco_with
                 .as_ref()
@@ -529,19 +534,69 @@ impl PaperAccount {
                 event.metadata = pending.metadata.clone();
                 event
             }
+            Err(reason) => self.refused_fill(pending, price, &reason, now_ms),
+        }
+    }
+
+    /// The fill of `pending` at `price` on a netting account that holds its symbol
+    /// ([`PaperAccount::net`]): its events go to `out`, the last one carrying the order.
+    /// Refused, nothing changes but the `ORDER_REJECTED`. Whether it filled.
+    fn net_fill(
+        &mut self,
+        pending: &PendingOrder,
+        price: Decimal,
+        now_ms: i64,
+        out: &mut Vec<TradeEvent>,
+    ) -> bool {
+        let deal = Deal {
+            id: format!("exec_{}", pending.id),
+            close_prefix: format!("cls_{}_", pending.id),
+            new_trade: trade_id(&pending.command_id),
+            command_id: &pending.command_id,
+            command: None,
+        };
+        let finish = |e: &mut TradeEvent| {
+            e.order_id = Some(pending.id.clone());
+            e.order_type = Some(pending.order_type);
+            e.limit_price = pending.limit_price;
+            e.stop_price = pending.stop_price;
+            e.metadata.clone_from(&pending.metadata);
+        };
+        let before = self.clone();
+        let trailing = pending.trailing_stop_pips;
+        match self.net(&deal, &pending.order, trailing, price, now_ms, finish) {
+            Ok((closes, event)) => {
+                out.extend(closes);
+                out.push(event);
+                true
+            }
             Err(reason) => {
-                let mut event = self.order_event(
-                    TradeEventType::OrderRejected,
-                    format!("orej_{}", pending.id),
-                    None,
-                    pending,
-                    TradeStatus::Rejected,
-                    now_ms,
-                );
-                event.reason = Some(format!("not filled at {price}: {reason}"));
-                event
+                *self = before;
+                let event = self.refused_fill(pending, price, &reason, now_ms);
+                self.record(event, out);
+                false
             }
         }
+    }
+
+    /// `ORDER_REJECTED`: `pending` could not fill at `price`.
+    fn refused_fill(
+        &self,
+        pending: &PendingOrder,
+        price: Decimal,
+        reason: &RejectReason,
+        now_ms: i64,
+    ) -> TradeEvent {
+        let mut event = self.order_event(
+            TradeEventType::OrderRejected,
+            format!("orej_{}", pending.id),
+            None,
+            pending,
+            TradeStatus::Rejected,
+            now_ms,
+        );
+        event.reason = Some(format!("not filled at {price}: {reason}"));
+        event
     }
 
     /// Applies an event the book produced on its own and adds it to `out`; one that cannot

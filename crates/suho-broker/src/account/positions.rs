@@ -6,7 +6,8 @@ use rust_decimal::Decimal;
 use suho_domain::money::{round_cents, CONTRACT_SIZE};
 use suho_domain::{
     ClosePositions, CloseTrade, CommandError, CommandHead, ModifyTrade, OpenTrade, Order,
-    OrderType, Side, Symbol, Tick, TradeEvent, TradeEventType, TradeStatus, SCHEMA_VERSION,
+    OrderType, PositionMode, Side, Symbol, Tick, TradeEvent, TradeEventType, TradeStatus,
+    SCHEMA_VERSION,
 };
 
 use super::{add, AccountEvent, ApplyError, Outcome, PaperAccount};
@@ -118,6 +119,27 @@ impl Position {
         })
     }
 
+    /// This position after the netting deal `e` (a `TRADE_EXECUTED` naming it) added to it:
+    /// the event's `remaining_volume` (the new total), `open_price` (the new average) and
+    /// stops, and the deal's commission.
+    pub(super) fn merged(&self, e: &TradeEvent) -> Result<Position, ApplyError> {
+        let missing = |field| ApplyError::Missing {
+            event_id: e.event_id.clone(),
+            field,
+        };
+        Ok(Position {
+            volume: e
+                .remaining_volume
+                .ok_or_else(|| missing("remaining_volume"))?,
+            open_price: e.open_price.ok_or_else(|| missing("open_price"))?,
+            stop_loss: e.stop_loss,
+            take_profit: e.take_profit,
+            trailing_stop_pips: e.trailing_stop_pips,
+            commission: self.commission + e.commission.unwrap_or_default(),
+            ..self.clone()
+        })
+    }
+
     /// Where the trailing stop would put the stop loss on `tick`: the exit price less the
     /// distance for a BUY, plus it for a SELL; `Some` only when that is at least one pip
     /// better for the position than the stop loss it has (a trailing stop never moves back,
@@ -158,6 +180,20 @@ pub fn trade_id(command_id: &str) -> String {
         "trd_{}",
         command_id.strip_prefix("cmd_").unwrap_or(command_id)
     )
+}
+
+/// Decimal places of a netted position's average open price (exact enough that no profit
+/// moves by a cent on any volume the account allows).
+const AVERAGE_PRICE_DP: u32 = 10;
+
+/// The ids of one deal's events: its outcome (`id`), the closes before it
+/// (`close_prefix` + the position), and a position it opens (`new_trade`).
+pub(super) struct Deal<'a> {
+    pub(super) id: String,
+    pub(super) close_prefix: String,
+    pub(super) new_trade: String,
+    pub(super) command_id: &'a str,
+    pub(super) command: Option<&'a CommandHead>,
 }
 
 /// `open`'s order with its pip distances (`stop_loss_pips`, `take_profit_pips`) made
@@ -474,6 +510,37 @@ impl PaperAccount {
     ) -> Result<Outcome<TradeEvent>, RejectReason> {
         let price = entry_price(open.order.side, tick);
         let order = with_pip_exits(open, price)?;
+        if self.nets(order.symbol) {
+            let deal = Deal {
+                id: format!("exec_{}", command.event_id),
+                close_prefix: format!("cls_{}_", command.event_id),
+                new_trade: trade_id(&command.event_id),
+                command_id: &command.event_id,
+                command: Some(command),
+            };
+            let before = self.clone();
+            return match self.net(
+                &deal,
+                &order,
+                open.trailing_stop_pips,
+                price,
+                now_ms,
+                |_| {},
+            ) {
+                Ok((mut more, event)) => {
+                    let mut all = closes;
+                    all.append(&mut more);
+                    Ok(Outcome {
+                        closes: all,
+                        ..Outcome::done(event)
+                    })
+                }
+                Err(e) => {
+                    *self = before;
+                    Err(e)
+                }
+            };
+        }
         let mut pos = self.fillable(
             trade_id(&command.event_id),
             &command.event_id,
@@ -496,6 +563,162 @@ impl PaperAccount {
             closes,
             ..Outcome::done(self.commit(event)?)
         })
+    }
+
+    /// Whether a fill on `symbol` nets: the account is in netting mode and holds a position
+    /// there.
+    pub(super) fn nets(&self, symbol: Symbol) -> bool {
+        self.config.position_mode == PositionMode::Netting
+            && self.positions.values().any(|p| p.symbol == symbol)
+    }
+
+    /// A netting-mode deal of `order` at `price` against the symbol's positions, as MT5 does
+    /// it: the order first reduces positions of the other side (oldest first: closed whole,
+    /// the last one partly: `TRADE_CLOSED` / `TRADE_PARTIALLY_CLOSED` at `price`); what is
+    /// left adds to the position of its own side (`TRADE_EXECUTED` naming that position,
+    /// with the deal's `volume`, the new total as `remaining_volume`, the volume-weighted
+    /// average `open_price`, and the order's stops where it gives them) or, with none, opens
+    /// one. So a larger opposite order reverses the position. Every event is applied; the
+    /// last one, the deal's outcome, has id `deal.id` and is passed through `finish` first.
+    /// On an error some may be applied: the caller restores the account.
+    pub(super) fn net(
+        &mut self,
+        deal: &Deal<'_>,
+        order: &Order,
+        trailing_stop_pips: Option<Decimal>,
+        price: Decimal,
+        now_ms: i64,
+        finish: impl Fn(&mut TradeEvent),
+    ) -> Result<(Vec<TradeEvent>, TradeEvent), RejectReason> {
+        let mut held: Vec<Position> = self
+            .positions
+            .values()
+            .filter(|p| p.symbol == order.symbol)
+            .cloned()
+            .collect();
+        held.sort_by(|a, b| (a.open_time, &a.id).cmp(&(b.open_time, &b.id)));
+        let mut left = order.volume;
+        let mut events = Vec::new();
+        let reason = || Some(format!("netted by a {} of {}", order.side, order.volume));
+        for pos in held.iter().filter(|p| p.side != order.side) {
+            if left.is_zero() {
+                break;
+            }
+            let closing = left.min(pos.volume);
+            left -= closing;
+            let id = if left.is_zero() {
+                deal.id.clone()
+            } else {
+                format!("{}{}", deal.close_prefix, pos.id)
+            };
+            let mut event = if closing == pos.volume {
+                self.close_event(pos, price, id, deal.command, reason(), now_ms)?
+            } else {
+                let part = Position {
+                    volume: closing,
+                    swap: round_cents(pos.swap * closing / pos.volume),
+                    ..pos.clone()
+                };
+                let mut e = self.close_event(&part, price, id, deal.command, reason(), now_ms)?;
+                e.event_type = TradeEventType::TradePartiallyClosed;
+                e.remaining_volume = Some(pos.volume - closing);
+                e
+            };
+            event
+                .command_id
+                .get_or_insert_with(|| deal.command_id.to_owned());
+            if left.is_zero() {
+                finish(&mut event);
+            }
+            events.push(self.commit(event)?);
+        }
+        if !left.is_zero() {
+            let rest = Order {
+                volume: left,
+                ..order.clone()
+            };
+            let mut event = match held.iter().find(|p| p.side == order.side) {
+                Some(pos) => {
+                    self.merge_event(deal, pos, &rest, trailing_stop_pips, price, now_ms)?
+                }
+                None => {
+                    let pos = self.fillable(
+                        deal.new_trade.clone(),
+                        deal.command_id,
+                        &rest,
+                        trailing_stop_pips,
+                        price,
+                        now_ms,
+                    )?;
+                    let mut e = self.trade_event(
+                        TradeEventType::TradeExecuted,
+                        deal.id.clone(),
+                        deal.command,
+                        &pos,
+                        now_ms,
+                    );
+                    e.execution_price = Some(price);
+                    e.commission = Some(pos.commission).filter(|c| !c.is_zero());
+                    e
+                }
+            };
+            event
+                .command_id
+                .get_or_insert_with(|| deal.command_id.to_owned());
+            finish(&mut event);
+            events.push(self.commit(event)?);
+        }
+        let last = events.pop().expect("a deal makes at least one event");
+        Ok((events, last))
+    }
+
+    /// The `TRADE_EXECUTED` that adds `order` (its volume, filled at `price`) to `pos`: the
+    /// free margin must cover the added volume, and the stops (the order's where it gives
+    /// them, else the position's) must sit on the right side of the price.
+    fn merge_event(
+        &self,
+        deal: &Deal<'_>,
+        pos: &Position,
+        order: &Order,
+        trailing_stop_pips: Option<Decimal>,
+        price: Decimal,
+        now_ms: i64,
+    ) -> Result<TradeEvent, RejectReason> {
+        let total = pos.volume + order.volume;
+        let average = ((pos.open_price * pos.volume + price * order.volume) / total)
+            .round_dp(AVERAGE_PRICE_DP)
+            .normalize();
+        let merged = Position {
+            volume: total,
+            open_price: average,
+            stop_loss: order.stop_loss.or(pos.stop_loss),
+            take_profit: order.take_profit.or(pos.take_profit),
+            trailing_stop_pips: trailing_stop_pips.or(pos.trailing_stop_pips),
+            ..pos.clone()
+        };
+        check_stops(pos.side, price, merged.stop_loss, merged.take_profit)?;
+        let required = self.margin_of(order.symbol, order.volume)?;
+        let free = self.metrics()?.free_margin;
+        if free < required {
+            return Err(RejectReason::InsufficientMargin {
+                required: round_cents(required),
+                free: round_cents(free),
+                currency: self.config.currency.clone(),
+            });
+        }
+        let commission = self.config.costs.commission(order.volume);
+        let mut e = self.trade_event(
+            TradeEventType::TradeExecuted,
+            deal.id.clone(),
+            deal.command,
+            &merged,
+            now_ms,
+        );
+        e.volume = Some(order.volume);
+        e.remaining_volume = Some(total);
+        e.execution_price = Some(price);
+        e.commission = Some(commission).filter(|c| !c.is_zero());
+        Ok(e)
     }
 
     /// The open positions `strategy` opened on `symbol`, by id.

@@ -1815,3 +1815,197 @@ fn pip_exits_are_priced_from_the_fill_and_the_strategy_survives_a_rebuild() {
     let err = a.exec(&wide, &t, 1).expect_err("refused");
     assert!(err.to_string().contains("stop_loss_pips"), "{err}");
 }
+
+fn netting(amount: &str) -> PaperAccount {
+    let mut a = funded(amount);
+    a.config.position_mode = suho_domain::PositionMode::Netting;
+    a
+}
+
+/// A fresh netting account with `log` applied (a rebuild).
+fn rebuilt(a: &PaperAccount, log: &[AccountEvent]) -> PaperAccount {
+    let mut b = account();
+    b.config.position_mode = suho_domain::PositionMode::Netting;
+    b.apply(&a.journal["dep_init"]).expect("deposit");
+    for e in log {
+        b.apply(e).expect("applies");
+    }
+    b
+}
+
+fn trade_log(out: &Outcome<TradeEvent>) -> Vec<AccountEvent> {
+    out.closes
+        .iter()
+        .chain([&out.event])
+        .cloned()
+        .map(AccountEvent::from)
+        .collect()
+}
+
+#[test]
+fn netting_merges_same_side_orders_at_the_average_price_and_reduces_on_the_other_side() {
+    let mut a = netting("10000");
+    let mut log = Vec::new();
+    let t = tick("EURUSD", "1.10000", "1.10020", 1);
+    log.push(buy(&mut a, "a", "EURUSD", "0.5", &t).into());
+    // BUY 0.3 more at the ask 1.10100: one position of 0.8 at
+    // (1.10020 × 0.5 + 1.10100 × 0.3) / 0.8 = 1.10050.
+    let up = tick("EURUSD", "1.10080", "1.10100", 2);
+    let add = buy(&mut a, "b", "EURUSD", "0.3", &up);
+    assert_eq!(
+        (
+            add.event_type,
+            add.trade_id.as_deref(),
+            add.volume,
+            add.remaining_volume,
+            add.open_price,
+            add.execution_price
+        ),
+        (
+            TradeEventType::TradeExecuted,
+            Some("trd_a"),
+            Some(d("0.3")),
+            Some(d("0.8")),
+            Some(d("1.1005")),
+            Some(d("1.10100"))
+        )
+    );
+    log.push(add.into());
+    assert_eq!(a.positions().count(), 1);
+    assert_eq!(a.position("trd_a").map(|p| p.volume), Some(d("0.8")));
+    // SELL 0.2 at the bid 1.10200: a partial close of 0.2 at (1.10200 - 1.10050) × 0.2 ×
+    // 100,000 = 30.00.
+    let high = tick("EURUSD", "1.10200", "1.10220", 3);
+    let cut = sell(&mut a, "c", "EURUSD", "0.2", &high);
+    assert_eq!(
+        (
+            cut.event_type,
+            cut.trade_id.as_deref(),
+            cut.volume,
+            cut.remaining_volume,
+            cut.profit,
+            cut.command_id.as_deref()
+        ),
+        (
+            TradeEventType::TradePartiallyClosed,
+            Some("trd_a"),
+            Some(d("0.2")),
+            Some(d("0.6")),
+            Some(d("30.00")),
+            Some("cmd_c")
+        )
+    );
+    log.push(cut.into());
+    // SELL 0.6 at the bid 1.10050: closed, flat, no profit.
+    let back = tick("EURUSD", "1.10050", "1.10070", 4);
+    let shut = sell(&mut a, "d", "EURUSD", "0.6", &back);
+    assert_eq!(
+        (shut.event_type, shut.profit),
+        (TradeEventType::TradeClosed, Some(d("0.00")))
+    );
+    log.push(shut.into());
+    assert_eq!(a.positions().count(), 0);
+    assert_eq!(a.balance(), d("10030.00"));
+    let b = rebuilt(&a, &log);
+    assert_eq!(b.balance(), a.balance());
+    assert_eq!(b.positions().count(), 0);
+}
+
+#[test]
+fn netting_reverses_a_position_with_a_larger_opposite_order_exactly_once() {
+    let mut a = netting("10000");
+    let t = tick("EURUSD", "1.10000", "1.10020", 1);
+    let mut log: Vec<AccountEvent> = vec![buy(&mut a, "a", "EURUSD", "1", &t).into()];
+    // SELL 1.5 at the bid 1.10000: the long closes at (1.10000 - 1.10020) × 100,000 = -20.00,
+    // and a short of 0.5 opens at 1.10000.
+    let c = open_cmd("r", "EURUSD", Side::Sell, "1.5", None, None);
+    let out = a.exec(&c, &t, 2).expect("reversed");
+    assert_eq!(kinds(&out.closes), vec!["TRADE_CLOSED"]);
+    assert_eq!(out.closes[0].profit, Some(d("-20.00")));
+    assert_eq!(out.closes[0].event_id, "cls_cmd_r_trd_a");
+    let e = &out.event;
+    assert_eq!(
+        (
+            e.event_type,
+            e.trade_id.as_deref(),
+            e.action,
+            e.volume,
+            e.open_price
+        ),
+        (
+            TradeEventType::TradeExecuted,
+            Some("trd_r"),
+            Some(Side::Sell),
+            Some(d("0.5")),
+            Some(d("1.10000"))
+        )
+    );
+    let again = a.exec(&c, &t, 3).expect("retry");
+    assert!(again.replayed);
+    assert_eq!((&again.closes, &again.event), (&out.closes, &out.event));
+    log.extend(trade_log(&out));
+    let b = rebuilt(&a, &log);
+    assert_eq!(b.balance(), d("9980.00"));
+    assert_eq!(
+        b.positions().cloned().collect::<Vec<_>>(),
+        a.positions().cloned().collect::<Vec<_>>()
+    );
+    // A reversal whose new side the account cannot carry is refused whole.
+    let mut poor = netting("500");
+    buy(&mut poor, "p", "EURUSD", "0.1", &t);
+    let err = poor
+        .exec(
+            &open_cmd("q", "EURUSD", Side::Sell, "5.1", None, None),
+            &t,
+            2,
+        )
+        .expect_err("no margin for 5 lots");
+    assert!(
+        matches!(err, RejectReason::InsufficientMargin { .. }),
+        "{err}"
+    );
+    assert_eq!(poor.position("trd_p").map(|p| p.volume), Some(d("0.1")));
+    assert_eq!(poor.balance(), d("500"));
+    // Hedging accounts keep both sides.
+    let mut h = funded("10000");
+    buy(&mut h, "a", "EURUSD", "1", &t);
+    sell(&mut h, "b", "EURUSD", "1.5", &t);
+    assert_eq!(h.positions().count(), 2);
+}
+
+#[test]
+fn a_pending_order_nets_when_it_fills_and_leaves_the_book() {
+    let mut a = netting("10000");
+    let t = tick("EURUSD", "1.10000", "1.10020", 1);
+    let mut log: Vec<AccountEvent> = vec![buy(&mut a, "a", "EURUSD", "1", &t).into()];
+    let c = pending_cmd(
+        "tp",
+        Side::Sell,
+        "0.4",
+        OrderType::Limit,
+        Some("1.10100"),
+        None,
+        None,
+        None,
+    );
+    log.push(place(&mut a, &c, &t, 1).into());
+    let out = a.on_tick(&tick("EURUSD", "1.10100", "1.10120", 2), 2);
+    assert_eq!(kinds(&out.trades), vec!["TRADE_PARTIALLY_CLOSED"]);
+    let e = &out.trades[0];
+    // (1.10100 - 1.10020) × 0.4 × 100,000 = 32.00.
+    assert_eq!(
+        (
+            e.profit,
+            e.remaining_volume,
+            e.order_id.is_some(),
+            e.command_id.as_deref()
+        ),
+        (Some(d("32.00")), Some(d("0.6")), true, Some("cmd_tp"))
+    );
+    assert_eq!(a.orders().count(), 0, "the order left the book");
+    log.extend(out.trades.into_iter().map(AccountEvent::from));
+    let b = rebuilt(&a, &log);
+    assert_eq!(b.orders().count(), 0);
+    assert_eq!(b.position("trd_a").map(|p| p.volume), Some(d("0.6")));
+    assert_eq!(b.balance(), a.balance());
+}

@@ -369,3 +369,68 @@ async fn the_agent_exits_what_it_opened_and_never_holds_both_sides() {
     assert_eq!(sides(&after), held, "{after}");
     p.stop().await;
 }
+
+#[tokio::test]
+async fn a_netting_account_holds_one_position_per_symbol() {
+    let p = Running::start().await;
+    let (user, token) = p.user("netting@example.com").await;
+    let me = |tail: &str| format!("/api/user/{user}/{tail}");
+    let (s, body) = p
+        .send_text(
+            reqwest::Method::PUT,
+            &me("settings"),
+            &token,
+            &json!({"risk": {"position_mode": "netting"}}).to_string(),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["risk"]["position_mode"], "netting");
+    // The engine follows `user.settings`; the account's status says when it has the mode.
+    let (s, body) = p
+        .post(&me("deposit"), Some(&token), json!({"amount": 100.0}))
+        .await;
+    assert_eq!(s, 202, "{body}");
+    until(&p, &token, &me("account"), |b| {
+        b["position_mode"] == "netting"
+    })
+    .await;
+
+    let order =
+        |side: &str, volume: f64| json!({"symbol": "EURUSD", "type": side, "volume": volume});
+    for _ in 0..2 {
+        let (s, body) = p
+            .post("/api/trade/open", Some(&token), order("BUY", 0.1))
+            .await;
+        assert_eq!(s, 202, "{body}");
+    }
+    let merged = until(&p, &token, &me("positions"), |b| {
+        b["positions"][0]["volume"] == 0.2
+    })
+    .await;
+    assert_eq!(sides(&merged).len(), 1, "one position: {merged}");
+    let (s, body) = p
+        .post("/api/trade/open", Some(&token), order("SELL", 0.3))
+        .await;
+    assert_eq!(s, 202, "{body}");
+    let reversing = body["command_id"].as_str().unwrap().to_string();
+    let reversed = until(&p, &token, &me("positions"), |b| {
+        b["positions"][0]["side"] == "SELL"
+    })
+    .await;
+    assert_eq!(sides(&reversed).len(), 1, "{reversed}");
+    let pos = &reversed["positions"][0];
+    assert_eq!(pos["volume"], 0.1, "{pos}");
+    let answer = until(&p, &token, &me(&format!("commands/{reversing}")), |b| {
+        b["status"] == "executed"
+    })
+    .await;
+    let kinds: Vec<&str> = answer["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["event_type"].as_str())
+        .collect();
+    assert_eq!(kinds, vec!["TRADE_CLOSED", "TRADE_EXECUTED"], "{answer}");
+    assert_eq!(answer["events"][0]["volume"], 0.2, "{answer}");
+    p.stop().await;
+}
