@@ -3,8 +3,12 @@
 //! playwright-core, against the whole platform serving the built dashboard. Register, log in,
 //! prices moving, a rejected and a filled order, the position and its live profit, a dropped
 //! stream that resumes (a fill made while it was down arrives), the closes and the balance,
-//! and a second user who never sees the first one's trades and gets a risk alert banner of
-//! their own. Screenshots go to `target/browser-artifacts/`.
+//! a second user who never sees the first one's trades and gets a risk alert banner of their
+//! own, and a third one's pending orders (a buy limit that rests, is moved to the market and
+//! fills; a GTD sell limit cancelled), a partial close leaving the remainder and trailing
+//! stops that follow the synthetic feed's prices. First it checks that the dashboard's types
+//! (`web/src/api.gen.ts`) are what `npm run gen:api` makes of this server's
+//! `/api/openapi.json`. Screenshots go to `target/browser-artifacts/`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -87,9 +91,9 @@ async fn the_dashboard_trades_in_headless_chromium() {
         .current_dir(&root)
         .kill_on_drop(true)
         .output();
-    let out = tokio::time::timeout(Duration::from_secs(150), run)
+    let out = tokio::time::timeout(Duration::from_secs(360), run)
         .await
-        .expect("the browser tests finish within 150 s")
+        .expect("the browser tests finish within 360 s")
         .expect("running node web/tests/browser.mjs");
     let report = format!(
         "{}\n{}",
