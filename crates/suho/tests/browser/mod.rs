@@ -6,9 +6,9 @@
 //! a second user who never sees the first one's trades and gets a risk alert banner of their
 //! own, and a third one's pending orders (a buy limit that rests, is moved to the market and
 //! fills; a GTD sell limit cancelled), a partial close leaving the remainder and trailing
-//! stops that follow the synthetic feed's prices. First it checks that the dashboard's types
-//! (`web/src/api.gen.ts`) are what `npm run gen:api` makes of this server's
-//! `/api/openapi.json`. Screenshots go to `target/browser-artifacts/`.
+//! stops that follow the synthetic feed's prices. First the dashboard is type-checked
+//! (`npm run check`) and its types (`web/src/api.gen.ts`) are checked to be what
+//! `npm run gen:api` makes of this server's `/api/openapi.json`. Screenshots go to `target/browser-artifacts/`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -22,6 +22,22 @@ fn repo_root() -> PathBuf {
         .join("../..")
         .canonicalize()
         .expect("the repository root")
+}
+
+/// `npm run check` in `web/`: the dashboard type-checks (the build does not: Vite only strips
+/// the types) and its generated API types are those of its saved OpenAPI document.
+fn type_check(root: &Path) {
+    let out = std::process::Command::new("npm")
+        .args(["run", "check"])
+        .current_dir(root.join("web"))
+        .output()
+        .expect("running npm run check in web/");
+    assert!(
+        out.status.success(),
+        "npm run check failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The browser's path, installing Debian's `chromium` first if it is missing.
@@ -47,6 +63,7 @@ async fn the_dashboard_trades_in_headless_chromium() {
         let root = root.clone();
         move || {
             let built = suho::web::ensure_built(&dist).expect("the dashboard builds (npm)");
+            type_check(&root);
             (built, chromium(&root))
         }
     })
