@@ -251,7 +251,7 @@ function readTicket(side: Side): OpenTradeRequest | null {
   if (tif === "GTD") {
     const raw = $<HTMLInputElement>("#t-expires").value;
     expires = raw ? Date.parse(`${raw}:00Z`) : undefined;
-    if (expires === undefined || !Number.isFinite(expires)) { fieldError(form, "expires_at", "expires_at: a GTD order needs an expiry"); expires = undefined; return null; }
+    if (expires === undefined || !Number.isFinite(expires)) { fieldError(form, "expires_at", "expires_at: a GTD order needs an expiry"); return null; }
   }
   if (volume === undefined) fieldError(form, "volume", "volume is required");
   const values = [volume, limit, stop, sl, tp, trail];
@@ -613,13 +613,15 @@ function renderHistory(body: HTMLElement): void {
     }
     const sym = e.symbol ?? "";
     const at = e.close_price ?? e.execution_price ?? e.open_price;
+    // A deal without a commission or swap field paid none.
+    const cost = (v: number | null | undefined) => (v != null ? money(v) : e.event_type === "SWAP_CHARGED" ? "" : money(0));
     const volume = e.event_type === "TRADE_PARTIALLY_CLOSED" && e.remaining_volume != null
       ? `${lots(e.volume)} <span class="muted">of ${lots((e.volume ?? 0) + e.remaining_volume)}</span>` : e.volume != null ? lots(e.volume) : "";
     const detail = [e.trade_id ? short(e.trade_id) : "", e.order_id ? `order ${short(e.order_id)}` : "", e.reason ?? ""].filter(Boolean).join(" · ");
     return `<tr data-testid="history-row" data-event="${esc(e.event_type)}"><td class="num">${time(e.timestamp)}</td><td>${esc(e.event_type)}</td><td>${esc(sym)}</td>
       <td>${badge(e.action)}</td><td class="r num">${volume}</td>
       <td class="r num">${at != null && sym ? px(sym, at) : ""}</td><td class="r num ${sign(e.profit)}">${e.profit != null ? money(e.profit) : ""}</td>
-      <td class="r num muted" data-testid="commission">${e.commission != null ? money(e.commission) : ""}</td><td class="r num muted" data-testid="swap">${e.swap != null ? money(e.swap) : ""}</td>
+      <td class="r num muted" data-testid="commission">${cost(e.commission)}</td><td class="r num muted" data-testid="swap">${cost(e.swap)}</td>
       <td class="muted">${esc(detail)}</td></tr>`;
   });
   setHtml(body, rows.join("") || `<tr><td colspan="10" class="empty">No trades yet</td></tr>`);
