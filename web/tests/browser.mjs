@@ -5,9 +5,15 @@
 //
 // The browser is $SUHO_CHROMIUM, else /usr/bin/chromium. Screenshots go to the artifacts
 // directory (default target/browser-artifacts). Exit status 0 when every scenario passed.
+//
+// Prices come from the platform's synthetic feed (a seeded random walk, 30 ticks a second per
+// pair): nothing here sets them, so what needs the market to come to a price either moves
+// the price to the market (a limit replaced a pipette under the ask) or waits for either of
+// two chances (a trailing stop on each side of the market).
 import { chromium } from "playwright-core";
-import { mkdirSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { GENERATED, SAVED, generate, serialize } from "../scripts/gen-api.mjs";
 
 const base = process.argv[2];
 const artifacts = process.argv[3] ?? "target/browser-artifacts";
@@ -65,12 +71,30 @@ async function ticketOutcome(page, pattern) {
   return page.textContent('[data-testid="ticket-status"]');
 }
 
+// The dashboard's types cannot drift from the API: the checked-in src/api.gen.ts and
+// openapi.json are what `npm run gen:api` makes of this server's document.
+let failed = false;
+{
+  const served = await (await fetch(`${base}/api/openapi.json`)).json();
+  const want = await generate(served);
+  const typesOk = readFileSync(GENERATED, "utf8") === want;
+  const docOk = readFileSync(SAVED, "utf8") === serialize(served);
+  if (typesOk && docOk) log("web/src/api.gen.ts and web/openapi.json match the served /api/openapi.json");
+  else {
+    failed = true;
+    const at = join(artifacts, "openapi.json");
+    writeFileSync(at, serialize(served));
+    writeFileSync(join(artifacts, "api.gen.ts"), want);
+    console.error(`FAIL: ${typesOk ? "" : "web/src/api.gen.ts "}${docOk ? "" : "web/openapi.json "}differ from what the server's /api/openapi.json gives; `
+      + `regenerate with: (cd web && npm run gen:api -- --from ${at})`);
+  }
+}
+
 const browser = await chromium.launch({
   executablePath,
   headless: true,
   args: ["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"],
 });
-let failed = false;
 const pages = [];
 try {
   // ------------------------------------------------------------ user A: a whole trade
@@ -254,7 +278,170 @@ try {
   assert(/RISK_LIMIT_BREACH/.test(banner), "the banner names the alert");
   await shot(b, "risk-alert-b");
   assert(await a.$eval('[data-testid="risk-banner"]', (e) => e.classList.contains("hidden")), "A sees no alert of B's");
-  log("PASS: every browser scenario");
+
+  // ------------------------------------------------------------ user C: pending orders, partial close, trailing stops
+  const ctxC = await browser.newContext({ viewport: { width: 1600, height: 1000 } });
+  const c = await ctxC.newPage();
+  pages.push(["c", c]);
+  c.on("pageerror", (e) => { log("page error (C):", e.message); failed = true; });
+  c.on("console", (m) => { if (/Content.Security.Policy/i.test(m.text())) { log("CSP violation (C):", m.text()); failed = true; } });
+  await signIn(c, `browser-c-${stamp}@example.com`);
+  await c.waitForFunction(() => /\d\.\d{5}/.test(document.querySelector("#buy-px")?.textContent ?? ""), null, { timeout: T });
+  const ask = async () => num(await c.textContent("#buy-px"));
+  const bidC = async () => num(await c.textContent("#sell-px"));
+  const count = (sel) => c.evaluate((sel) => document.querySelectorAll(sel).length, sel);
+
+  // The ticket offers the pending kinds: a limit shows its price field, and the times in
+  // force of a pending order (a market order's are IOC and FOK).
+  assert(JSON.stringify(await c.$$eval('[data-testid="time-in-force"] option', (o) => o.map((x) => x.value))) === '["IOC","FOK"]', "a market order's times in force");
+  await c.selectOption('[data-testid="order-type"]', "LIMIT");
+  assert(await c.isVisible('[data-testid="limit-price"]') && !(await c.isVisible('[data-testid="stop-price"]')), "a limit shows its limit price only");
+  assert(JSON.stringify(await c.$$eval('[data-testid="time-in-force"] option', (o) => o.map((x) => x.value))) === '["GTC","DAY","GTD"]', "a pending order's times in force");
+
+  // A BUY LIMIT above the ask would fill at once: the engine refuses it, and the reason shows
+  // on the limit price.
+  await c.fill("#t-volume", "0.10");
+  await c.fill('[data-testid="limit-price"]', ((await ask()) + 0.005).toFixed(5));
+  await c.click('[data-testid="buy"]');
+  const refusedLimit = await ticketOutcome(c, /Placed/);
+  log("buy limit above the ask:", refusedLimit);
+  assert(/Rejected: .*limit_price/.test(refusedLimit), `the limit is refused naming limit_price, got: ${refusedLimit}`);
+  assert(await c.$eval('[data-testid="limit-price"]', (e) => e.classList.contains("invalid")), "the limit price is marked");
+
+  // A GTD SELL LIMIT far above the market rests with its expiry, is listed under Orders, and
+  // is cancelled; the order history remembers it.
+  await c.selectOption('[data-testid="time-in-force"]', "GTD");
+  assert(await c.isVisible('[data-testid="expires"]'), "a GTD order shows its expiry");
+  const expires = new Date(Date.now() + 2 * 3_600_000).toISOString().slice(0, 16);
+  await c.fill('[data-testid="expires"]', expires);
+  await c.fill('[data-testid="limit-price"]', ((await bidC()) + 0.005).toFixed(5));
+  await c.click('[data-testid="sell"]');
+  const placedSell = await ticketOutcome(c, /Placed SELL LIMIT/);
+  log("GTD sell limit:", placedSell);
+  assert(/Placed SELL LIMIT 0.1 EURUSD @ [\d.]+ · GTD/.test(placedSell), `the sell limit rests, got: ${placedSell}`);
+  await c.click('[data-testid="tab-orders"]');
+  await c.waitForSelector('[data-testid="order"]', { timeout: T });
+  const sellRow = await c.textContent('[data-testid="order"]');
+  assert(/SELL/.test(sellRow) && /Limit/.test(sellRow) && sellRow.includes(`GTD to ${expires.slice(5).replace("T", " ")}`), `the order row: ${sellRow}`);
+  await c.click('[data-testid="order"] [data-testid="order-cancel"]');
+  const cancelled = await ticketOutcome(c, /Cancelled/);
+  log("cancel:", cancelled);
+  assert(/Cancelled order/.test(cancelled), `the cancel is confirmed, got: ${cancelled}`);
+  await c.waitForFunction(() => document.querySelectorAll('[data-testid="order"]').length === 0, null, { timeout: T });
+  await c.click("#tab-order-history");
+  await c.waitForFunction(() => /CANCELLED/.test(document.querySelector('[data-testid="order-history-row"]')?.textContent ?? ""), null, { timeout: T });
+  log("the order history shows it CANCELLED");
+
+  // A BUY LIMIT 20 pips under the ask rests; it is then moved (replace) a pipette under the
+  // ask, which the feed soon reaches: it fills and opens a position. A move the market
+  // overtook first is refused (the limit must rest under the ask): moved again.
+  await c.selectOption('[data-testid="time-in-force"]', "GTC");
+  await c.fill('[data-testid="limit-price"]', ((await ask()) - 0.002).toFixed(5));
+  await c.click('[data-testid="buy"]');
+  const placedBuy = await ticketOutcome(c, /Placed BUY LIMIT/);
+  log("buy limit:", placedBuy);
+  assert(/Placed BUY LIMIT 0.1 EURUSD @ [\d.]+ · GTC/.test(placedBuy), `the buy limit rests, got: ${placedBuy}`);
+  await c.click('[data-testid="tab-orders"]');
+  await c.waitForSelector('[data-testid="order"]', { timeout: T });
+  await c.waitForTimeout(1000);
+  assert((await count('[data-testid="order"]')) === 1 && (await count('[data-testid="position"]')) === 0, "the limit rests, no position yet");
+  const orderId = await c.getAttribute('[data-testid="order"]', "data-order");
+  let filledAt = null;
+  for (let attempt = 1; attempt <= 8 && !filledAt; attempt++) {
+    if (await c.isVisible('[data-testid="order"] [data-testid="order-modify"]')) await c.click('[data-testid="order"] [data-testid="order-modify"]');
+    await c.waitForSelector('[data-testid="edit-order-limit_price"]', { timeout: T });
+    const to = ((await ask()) - 0.00001).toFixed(5);
+    await c.fill('[data-testid="edit-order-limit_price"]', to);
+    await c.click('[data-testid="order"] [data-testid="order-save"]');
+    const moved = await ticketOutcome(c, /Replaced|filled/);
+    log(`replace ${attempt} to ${to}:`, moved);
+    if (/Rejected/.test(moved)) { assert(/limit_price/.test(moved), `a refused move names limit_price: ${moved}`); continue; }
+    filledAt = await c.waitForFunction(
+      (id) => !window.suho.state.orders.has(id) && window.suho.state.positions.size === 1 && document.querySelector('[data-testid="ticket-status"]').textContent,
+      orderId,
+      { timeout: 10_000 },
+    ).then((h) => h.jsonValue()).catch(() => null);
+  }
+  assert(filledAt, "the buy limit filled");
+  log("limit filled:", filledAt);
+  await c.waitForFunction(() => document.querySelectorAll('[data-testid="order"]').length === 0, null, { timeout: T });
+  await c.click("#tab-positions");
+  await c.waitForSelector('[data-testid="position"]', { timeout: T });
+  const limitTrade = await c.getAttribute('[data-testid="position"]', "data-trade");
+  const row = (id) => `[data-testid="position"][data-trade="${id}"]`;
+
+  // A partial close: 0.04 of the 0.10 closes, 0.06 stays open under the same ticket.
+  await c.fill(`${row(limitTrade)} [data-testid="close-volume"]`, "0.04");
+  await c.click(`${row(limitTrade)} [data-testid="close"]`);
+  const partial = await ticketOutcome(c, /Closed/);
+  log("partial close:", partial);
+  assert(/Closed 0.04 of .* 0.06 open/.test(partial), `the partial close is confirmed, got: ${partial}`);
+  await c.waitForFunction((sel) => document.querySelector(sel)?.textContent === "0.06", `${row(limitTrade)} [data-testid="volume"]`, { timeout: T });
+  assert((await count('[data-testid="position"]')) === 1, "the remainder is the one position");
+  await c.click("#tab-history");
+  await c.waitForSelector('[data-testid="history-row"][data-event="TRADE_PARTIALLY_CLOSED"]', { timeout: T });
+  const heads = await c.$$eval("#blotter-head th", (t) => t.map((x) => x.textContent));
+  assert(heads.includes("Commission") && heads.includes("Swap"), `the history shows commission and swap: ${heads}`);
+  await c.click("#tab-positions");
+
+  // Trailing stops on both sides of two markets: whichever way a price goes first, a stop
+  // loss follows it, a pip at a time, in its position's favour.
+  await c.selectOption('[data-testid="order-type"]', "MARKET");
+  await c.fill("#t-volume", "0.05");
+  await c.fill('[data-testid="trailing"]', "10");
+  const trailed = [];
+  for (const sym of ["EURUSD", "GBPUSD"]) {
+    await c.selectOption("#t-symbol", sym);
+    await c.waitForFunction(() => /\d\.\d{5}/.test(document.querySelector("#buy-px")?.textContent ?? ""), null, { timeout: T });
+    for (const side of ["buy", "sell"]) {
+      const before = await c.evaluate(() => [...window.suho.state.positions.keys()]);
+      await c.click(`[data-testid="${side}"]`);
+      const f = await ticketOutcome(c, /Filled/);
+      assert(/Filled/.test(f), `the trailing ${side} on ${sym} fills, got: ${f}`);
+      const id = await c.waitForFunction(
+        (before) => [...window.suho.state.positions.keys()].find((k) => !before.includes(k)),
+        before,
+        { timeout: T },
+      ).then((h) => h.jsonValue());
+      trailed.push(id);
+    }
+  }
+  await c.fill('[data-testid="trailing"]', "");
+  await c.selectOption("#t-symbol", "EURUSD");
+  const stopsNow = () => c.evaluate((ids) => ids.map((id) => {
+    const tr = document.querySelector(`[data-testid="position"][data-trade="${id}"]`);
+    return tr && { id, side: tr.querySelector(".badge")?.textContent, sl: Number(tr.querySelector('[data-testid="sl"]')?.textContent), trail: tr.querySelector('[data-testid="trail"]')?.textContent };
+  }), trailed);
+  await c.waitForFunction((ids) => ids.every((id) => /\d/.test(document.querySelector(`[data-testid="position"][data-trade="${id}"] [data-testid="sl"]`)?.textContent ?? "")), trailed, { timeout: T });
+  const startStops = await stopsNow();
+  log("trailing stops start at:", JSON.stringify(startStops));
+  assert(startStops.every((p) => p && p.trail === "trail 10.0" && Number.isFinite(p.sl)), "each trailing position shows its stop and its distance");
+  const trailMoved = await c.waitForFunction((start) => {
+    for (const p of start) {
+      const sl = Number(document.querySelector(`[data-testid="position"][data-trade="${p.id}"] [data-testid="sl"]`)?.textContent);
+      if (Number.isFinite(sl) && (p.side === "BUY" ? sl > p.sl : sl < p.sl)) return { ...p, now: sl };
+    }
+    return false;
+  }, startStops, { timeout: 120_000, polling: 250 }).then((h) => h.jsonValue());
+  log("a trailing stop moved:", JSON.stringify(trailMoved));
+
+  // One source for the figures: the floating P/L is the equity less the balance, and the
+  // positions' profits and swaps (from the same status) add up to it.
+  await c.waitForFunction(() => [...document.querySelectorAll('[data-testid="position"] [data-testid="profit"]')].every((e) => /\d/.test(e.textContent)), null, { timeout: T });
+  const fig = await c.evaluate(() => {
+    const n = (s) => Number(String(s).replace(/[^0-9.\-]/g, ""));
+    const t = (id) => n(document.querySelector(`[data-testid="${id}"]`)?.textContent);
+    const rows = [...document.querySelectorAll('[data-testid="position"]')].map((tr) => ({
+      profit: n(tr.querySelector('[data-testid="profit"]').textContent), swap: n(tr.querySelector('[data-testid="swap"]').textContent),
+    }));
+    return { balance: t("balance"), equity: t("equity"), floating: t("floating-pl"), rows };
+  });
+  const sum = fig.rows.reduce((s, r) => s + r.profit + r.swap, 0);
+  log("figures:", JSON.stringify(fig), "sum of the positions", sum.toFixed(2));
+  assert(Math.abs(fig.equity - fig.balance - fig.floating) < 0.011, "floating P/L = equity - balance");
+  assert(Math.abs(sum - fig.floating) <= 0.005 * fig.rows.length + 0.011, `the positions add up to the floating P/L (${sum} vs ${fig.floating})`);
+  await shot(c, "orders-c");
+  if (!failed) log("PASS: every browser scenario");
 } catch (e) {
   failed = true;
   console.error("FAIL:", e?.stack ?? e);

@@ -3,8 +3,12 @@
 //! playwright-core, against the whole platform serving the built dashboard. Register, log in,
 //! prices moving, a rejected and a filled order, the position and its live profit, a dropped
 //! stream that resumes (a fill made while it was down arrives), the closes and the balance,
-//! and a second user who never sees the first one's trades and gets a risk alert banner of
-//! their own. Screenshots go to `target/browser-artifacts/`.
+//! a second user who never sees the first one's trades and gets a risk alert banner of their
+//! own, and a third one's pending orders (a buy limit that rests, is moved to the market and
+//! fills; a GTD sell limit cancelled), a partial close leaving the remainder and trailing
+//! stops that follow the synthetic feed's prices. First the dashboard is type-checked
+//! (`npm run check`) and its types (`web/src/api.gen.ts`) are checked to be what
+//! `npm run gen:api` makes of this server's `/api/openapi.json`. Screenshots go to `target/browser-artifacts/`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -18,6 +22,22 @@ fn repo_root() -> PathBuf {
         .join("../..")
         .canonicalize()
         .expect("the repository root")
+}
+
+/// `npm run check` in `web/`: the dashboard type-checks (the build does not: Vite only strips
+/// the types) and its generated API types are those of its saved OpenAPI document.
+fn type_check(root: &Path) {
+    let out = std::process::Command::new("npm")
+        .args(["run", "check"])
+        .current_dir(root.join("web"))
+        .output()
+        .expect("running npm run check in web/");
+    assert!(
+        out.status.success(),
+        "npm run check failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The browser's path, installing Debian's `chromium` first if it is missing.
@@ -43,6 +63,7 @@ async fn the_dashboard_trades_in_headless_chromium() {
         let root = root.clone();
         move || {
             let built = suho::web::ensure_built(&dist).expect("the dashboard builds (npm)");
+            type_check(&root);
             (built, chromium(&root))
         }
     })
@@ -87,9 +108,9 @@ async fn the_dashboard_trades_in_headless_chromium() {
         .current_dir(&root)
         .kill_on_drop(true)
         .output();
-    let out = tokio::time::timeout(Duration::from_secs(150), run)
+    let out = tokio::time::timeout(Duration::from_secs(360), run)
         .await
-        .expect("the browser tests finish within 150 s")
+        .expect("the browser tests finish within 360 s")
         .expect("running node web/tests/browser.mjs");
     let report = format!(
         "{}\n{}",
