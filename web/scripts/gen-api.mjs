@@ -4,8 +4,9 @@
 //   node scripts/gen-api.mjs                   from openapi.json (the saved served document)
 //   node scripts/gen-api.mjs --from URL|FILE   from a running server's /api/openapi.json or a
 //                                              file, saving it as openapi.json too
-//   node scripts/gen-api.mjs --from-cli        from `../target/debug/suho openapi` (the bare
-//                                              document: see README, without the served rules)
+//   node scripts/gen-api.mjs --from-cli        from `../target/debug/suho openapi` (the document
+//                                              a gateway of the default configuration serves),
+//                                              saving it as openapi.json too
 //   node scripts/gen-api.mjs --check [...]     compare instead of write; exit 1 on a difference
 //
 // The served document (GET /api/openapi.json) is the source of record: it adds what lives in
@@ -35,7 +36,7 @@ async function load(args) {
   const at = args.indexOf("--from");
   if (args.includes("--from-cli")) {
     const out = execFileSync(join(web, "../target/debug/suho"), ["openapi"], { encoding: "utf8", maxBuffer: 64 << 20 });
-    return { doc: JSON.parse(out), save: false };
+    return { doc: JSON.parse(out), save: true };
   }
   if (at >= 0) {
     const src = args[at + 1];

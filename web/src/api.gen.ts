@@ -632,6 +632,8 @@ export interface components {
             open_positions: number;
             /** @description The pending orders. */
             orders?: components["schemas"]["OrderView"][];
+            /** @description How the account holds positions (`hedging` when absent). */
+            position_mode?: components["schemas"]["PositionMode"];
             /** @description The open positions, valued at the status's time. */
             positions?: components["schemas"]["PositionView"][];
             /**
@@ -665,6 +667,21 @@ export interface components {
             enabled: boolean;
             /**
              * Format: double
+             * @description The stop loss of each auto-trade, pips from its fill.
+             */
+            stop_loss_pips?: number | null;
+            /**
+             * Format: double
+             * @description The take profit of each auto-trade, pips from its fill.
+             */
+            take_profit_pips?: number | null;
+            /**
+             * Format: double
+             * @description A trailing stop on each auto-trade, this many pips behind the price.
+             */
+            trailing_stop_pips?: number | null;
+            /**
+             * Format: double
              * @description Lots per trade the agent opens (within `risk.max_volume`).
              */
             volume: number;
@@ -673,6 +690,24 @@ export interface components {
         AutoTradingPatch: {
             /** @description Whether the agent trades the strategy's signals for the user (default false). */
             enabled?: boolean | null;
+            /**
+             * Format: double
+             * @description Each auto-trade's stop loss, pips from its fill (`null`: none, the default).
+             * @example 20
+             */
+            stop_loss_pips?: number | null;
+            /**
+             * Format: double
+             * @description Each auto-trade's take profit, pips from its fill (`null`: none, the default).
+             * @example 40
+             */
+            take_profit_pips?: number | null;
+            /**
+             * Format: double
+             * @description A trailing stop on each auto-trade, this many pips behind the price (`null`: none).
+             * @example 15
+             */
+            trailing_stop_pips?: number | null;
             /**
              * Format: double
              * @description Lots per trade (default 0.1): positive, on the lot step 0.01, at most 100. Above
@@ -1099,6 +1134,11 @@ export interface components {
             /** @description The orders. */
             orders: components["schemas"]["OrderView"][];
         };
+        /**
+         * @description How an account holds positions, as MetaTrader 5's two account modes.
+         * @enum {string}
+         */
+        PositionMode: "hedging" | "netting";
         /** @description An open position as a status and the positions query show it (contract "Orders"). */
         PositionView: {
             /**
@@ -1293,6 +1333,8 @@ export interface components {
              * @description Largest volume of one order, lots (on the lot step, at most 100).
              */
             max_volume: number;
+            /** @description How the account holds positions (default `hedging`). */
+            position_mode?: components["schemas"]["PositionMode"];
         };
         /** @description The risk part of a `SettingsPatch`. */
         RiskSettingsPatch: {
@@ -1311,6 +1353,7 @@ export interface components {
              * @description Largest volume of one order, lots: positive, at most 100, on the lot step 0.01.
              */
             max_volume?: number | null;
+            position_mode?: null | components["schemas"]["PositionMode"];
         };
         /**
          * @description A JSON merge patch (RFC 7386) onto the caller's settings: objects merge field by field,
