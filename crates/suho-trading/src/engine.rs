@@ -40,7 +40,7 @@ use suho_broker::{AccountKey, BrokerAdapter, BrokerError};
 use suho_domain::{
     CommandHead, DescribesTrade, PriceReply, TradeEvent, UserEvent, UserId, UserTopic,
 };
-use suho_messaging::kafka::{self, Assignment, Queued, UserConsumer};
+use suho_messaging::kafka::{self, Assignment, Outgoing, Queued, UserConsumer};
 use suho_messaging::{now_ms, MarketBus, UserEventProducer};
 use tokio_util::sync::CancellationToken;
 
@@ -58,10 +58,12 @@ pub struct Engine<B> {
     backoff: Backoff,
     broker: Arc<B>,
     kafka: suho_config::KafkaConfig,
-    /// The transactional producer every command's outcome and offset go through (set by
-    /// [`Engine::run`]).
-    tx: std::sync::OnceLock<UserEventProducer>,
-    /// Its `transactional.id`.
+    /// The transactional producers every command's outcome and offset go through, taken in
+    /// turn, one transaction each (set by [`Engine::run`]; see [`TX_PRODUCERS`]).
+    tx: std::sync::OnceLock<Vec<UserEventProducer>>,
+    /// Which of them the open (or next) transaction is on.
+    turn: std::sync::atomic::AtomicUsize,
+    /// The `transactional.id` they are numbered under (`{id}-0`, `{id}-1`, ...).
     transactional_id: String,
     /// The broker changed an account in the open transaction: an abort must rebuild.
     dirty: std::sync::atomic::AtomicBool,
@@ -168,6 +170,13 @@ type Prices = HashMap<suho_domain::Symbol, Priced>;
 /// The least time between two transactions of ticks alone.
 const TICK_ROUND_EVERY: Duration = Duration::from_millis(50);
 
+/// How many transactional producers the engine takes in turn. A transaction begun on the
+/// producer that has just committed meets `CONCURRENT_TRANSACTIONS` until the coordinator
+/// has written the previous one's markers, and librdkafka retries that after a fixed 20 ms
+/// (`rdkafka_txnmgr.c`); on the next producer in turn the previous transaction is long
+/// complete. Transactions stay one at a time, in order.
+const TX_PRODUCERS: usize = 3;
+
 /// The most records one transaction carries.
 const MAX_BATCH: usize = 500;
 
@@ -179,6 +188,53 @@ struct Taken {
     at: i64,
     /// The assignment change it was received under.
     epoch: u64,
+}
+
+/// Where one try at a batch spent its time, logged at `debug` (`suho_trading::engine`): the
+/// figures that explain the command -> fill latency (see docs/benchmarks.md).
+struct BatchTimes {
+    last: std::time::Instant,
+    /// Begin, ticks, prices, execute, commit (the records handed over, the offsets, the
+    /// end: its flush waits for the acknowledgements), the acknowledgements read after it.
+    spans: [Duration; 6],
+    next: usize,
+}
+
+impl BatchTimes {
+    fn new(began: std::time::Instant) -> BatchTimes {
+        let mut t = BatchTimes {
+            last: began,
+            spans: [Duration::ZERO; 6],
+            next: 0,
+        };
+        t.mark();
+        t
+    }
+
+    /// Ends the current span.
+    fn mark(&mut self) {
+        let now = std::time::Instant::now();
+        if let Some(s) = self.spans.get_mut(self.next) {
+            *s = now - self.last;
+        }
+        self.last = now;
+        self.next += 1;
+    }
+
+    fn log(&self, records: usize, sends: usize) {
+        let us = |i: usize| self.spans[i].as_micros();
+        tracing::debug!(
+            records,
+            sends,
+            begin_us = us(0),
+            ticks_us = us(1),
+            prices_us = us(2),
+            execute_us = us(3),
+            commit_us = us(4),
+            acks_us = us(5),
+            "batch committed"
+        );
+    }
 }
 
 /// What one try at a batch did.
@@ -231,6 +287,7 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
             backoff: Backoff::new(&config.trading),
             broker: Arc::new(broker),
             tx: std::sync::OnceLock::new(),
+            turn: std::sync::atomic::AtomicUsize::new(0),
             transactional_id: format!(
                 "{}{GROUP}-{}",
                 kafka.group_prefix, config.trading.instance_id
@@ -290,11 +347,17 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
             }
         };
         let ownership = ledger::Ownership::new(self.assignment.clone(), commands, partitions);
-        // The transactional producer: its initialisation also aborts what a previous engine
-        // with the same transactional id left open.
+        // The transactional producers: their initialisation also aborts what a previous engine
+        // with the same transactional ids left open.
         let mut delay = self.backoff.initial;
         loop {
-            match UserEventProducer::transactional(&self.kafka, &self.transactional_id).await {
+            let kafka = &self.kafka;
+            let started = futures::future::try_join_all((0..TX_PRODUCERS).map(|k| {
+                let id = format!("{}-{k}", self.transactional_id);
+                async move { UserEventProducer::transactional(kafka, &id).await }
+            }))
+            .await;
+            match started {
                 Ok(tx) => {
                     let _ = self.tx.set(tx);
                     break;
@@ -502,9 +565,10 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
         let mut tries: u32 = 1;
         while let Some(head) = batch.front() {
             let (partition, offset) = (head.msg.partition(), head.msg.offset());
-            let reason = match self.out().begin().await {
+            let began = std::time::Instant::now();
+            let reason = match self.begin().await {
                 Err(e) => format!("beginning a transaction: {e}"),
-                Ok(()) => match self.try_batch(batch).await {
+                Ok(()) => match self.try_batch(batch, began).await {
                     Err(e) => {
                         self.abort().await;
                         return Err(e);
@@ -546,14 +610,17 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
     /// One try in the open transaction: carries out the batch's records in order until one
     /// must wait, then waits for every record sent and commits them with their offsets, and
     /// removes them from the batch. A failure of the whole try aborts it.
-    async fn try_batch(&self, batch: &mut VecDeque<Taken>) -> Result<Tried, EngineError> {
-        let mut sends: Vec<Queued> = Vec::new();
-        let ticked = self.apply_ticks(&mut sends).await?;
-        if let Err(reason) = ticked {
-            self.abort().await;
-            return Ok(Tried::failed(reason));
-        }
+    async fn try_batch(
+        &self,
+        batch: &mut VecDeque<Taken>,
+        began: std::time::Instant,
+    ) -> Result<Tried, EngineError> {
+        let mut times = BatchTimes::new(began);
+        let mut sends: Vec<Outgoing> = Vec::new();
+        self.apply_ticks(&mut sends).await?;
+        times.mark();
         let mut prices = self.prefetch(batch).await;
+        times.mark();
         let mut counted: Vec<(UserId, i64)> = Vec::new();
         let mut done = 0;
         let mut stop = None;
@@ -583,23 +650,40 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
             self.abort().await;
             return Ok(Tried::failed(stop.unwrap_or_default()));
         }
-        for q in sends {
-            if let Err(e) = q.delivered().await {
-                self.abort().await;
-                if e.is_retryable() {
-                    return Ok(Tried::failed(format!("publishing an outcome: {e}")));
-                }
-                return Err(e.into());
+        times.mark();
+        let sent = sends.len();
+        // Every outcome goes to the producer at once, and the records' offsets join the
+        // transaction while the outcomes are being acknowledged.
+        let published = async {
+            let queued = self.out().enqueue_all(sends)?;
+            acknowledged(queued).await
+        };
+        let (published, offsets) =
+            tokio::join!(published, self.send_offsets(batch.iter().take(done)));
+        times.mark();
+        if let Err(e) = published {
+            self.abort().await;
+            if e.is_retryable() {
+                return Ok(Tried::failed(format!("publishing an outcome: {e}")));
             }
+            return Err(e.into());
+        }
+        if let Err(e) = offsets {
+            self.abort().await;
+            return Ok(Tried::failed(format!(
+                "adding the offsets to the transaction: {e}"
+            )));
         }
         if done > 0 {
             crate::failpoint::hit("engine.before_commit");
         }
-        if let Err(e) = self.commit_in_transaction(batch.iter().take(done)).await {
+        if let Err(e) = self.out().commit().await {
             self.abort().await;
             return Ok(Tried::failed(format!("committing the transaction: {e}")));
         }
         self.dirty.store(false, Ordering::SeqCst);
+        times.mark();
+        times.log(done, sent);
         for (user, at) in &counted {
             self.rate.record(user, *at);
         }
@@ -610,16 +694,24 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
         })
     }
 
-    /// The producer outcomes go through: the transactional one once [`Engine::run`] set it up.
+    /// The producer outcomes go through: the open transaction's once [`Engine::run`] set
+    /// them up.
     fn out(&self) -> &UserEventProducer {
-        self.tx.get().unwrap_or(&self.producer)
+        self.tx
+            .get()
+            .and_then(|tx| tx.get(self.turn.load(Ordering::SeqCst) % tx.len()))
+            .unwrap_or(&self.producer)
     }
 
-    /// Adds the records' next offsets to the open transaction and commits it.
-    async fn commit_in_transaction(
-        &self,
-        records: impl Iterator<Item = &Taken>,
-    ) -> Result<(), EngineError> {
+    /// Begins a transaction on the next producer in turn.
+    async fn begin(&self) -> Result<(), suho_messaging::MessagingError> {
+        self.turn.fetch_add(1, Ordering::SeqCst);
+        self.out().begin().await
+    }
+
+    /// Adds the records' next offsets to the open transaction (nothing when there are none:
+    /// a transaction of ticks alone).
+    async fn send_offsets(&self, records: impl Iterator<Item = &Taken>) -> Result<(), EngineError> {
         let mut next: HashMap<(String, i32), i64> = HashMap::new();
         for t in records {
             let e = next
@@ -628,7 +720,6 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
             *e = (*e).max(t.msg.offset() + 1);
         }
         if next.is_empty() {
-            self.out().commit().await?;
             return Ok(());
         }
         let mut offsets = rdkafka::TopicPartitionList::new();
@@ -639,7 +730,7 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
             .consumer
             .group_metadata()
             .ok_or_else(|| EngineError::Rebuild("the consumer has no group metadata".into()))?;
-        self.out().commit_with_offsets(offsets, group).await?;
+        self.out().send_offsets(offsets, group).await?;
         Ok(())
     }
 
@@ -671,15 +762,10 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
     /// Applies the ticks that arrived since the last time to the accounts this engine owns,
     /// queueing what the broker did (closes at stop loss or take profit, stop-outs, margin
     /// calls, and the statuses of the accounts concerned) in the open transaction; and every
-    /// [`ledger::STATUS_EVERY`] the status of every owned account. `Err(reason)` when an
-    /// applied close could not be queued: the transaction must be aborted (and the accounts
-    /// rebuilt).
-    async fn apply_ticks(
-        &self,
-        sends: &mut Vec<Queued>,
-    ) -> Result<Result<(), String>, EngineError> {
+    /// [`ledger::STATUS_EVERY`] the status of every owned account.
+    async fn apply_ticks(&self, sends: &mut Vec<Outgoing>) -> Result<(), EngineError> {
         let Some(own) = self.ownership.get() else {
-            return Ok(Ok(()));
+            return Ok(());
         };
         let mut touched: Vec<AccountKey> = Vec::new();
         for tick in self.ticks.take() {
@@ -697,18 +783,14 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
             for event in &outcome.trades {
                 self.touched();
                 touched.push(ledger::trade_key(event));
-                if let Attempt::Retry(why) = self.queue(event, sends)? {
-                    return Ok(Err(why));
-                }
+                self.queue(event, sends)?;
             }
             for alert in &outcome.alerts {
                 touched.push(AccountKey {
                     user_id: alert.user_id.clone(),
                     mt5_account: alert.mt5_account.clone(),
                 });
-                if let Attempt::Retry(why) = self.queue(alert, sends)? {
-                    return Ok(Err(why));
-                }
+                self.queue(alert, sends)?;
             }
         }
         let all_due = {
@@ -735,55 +817,43 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
         for key in &touched {
             self.queue_status(key, sends).await;
         }
-        Ok(Ok(()))
+        Ok(())
     }
 
     /// One transaction of ticks (and due statuses) alone, while no command waits. A failure
     /// is logged and aborted: the next ticks come soon.
     async fn tick_round(&self) -> Result<(), EngineError> {
-        if let Err(e) = self.out().begin().await {
+        if let Err(e) = self.begin().await {
             tracing::warn!(error = %e, "beginning a tick transaction failed");
             return Ok(());
         }
         let mut sends = Vec::new();
-        let reason = match self.apply_ticks(&mut sends).await {
-            Err(e) => {
-                self.abort().await;
-                return Err(e);
-            }
-            Ok(Err(reason)) => Some(reason),
-            Ok(Ok(())) if sends.is_empty() => {
-                self.abort().await;
-                return Ok(());
-            }
-            Ok(Ok(())) => None,
+        if let Err(e) = self.apply_ticks(&mut sends).await {
+            self.abort().await;
+            return Err(e);
+        }
+        if sends.is_empty() {
+            self.abort().await;
+            return Ok(());
+        }
+        let published = match self.out().enqueue_all(sends) {
+            Ok(queued) => acknowledged(queued).await,
+            Err(e) => Err(e),
         };
-        let reason = match reason {
-            Some(r) => Some(r),
-            None => {
-                let mut failed = None;
-                for q in sends {
-                    if let Err(e) = q.delivered().await {
-                        if !e.is_retryable() {
-                            self.abort().await;
-                            return Err(e.into());
-                        }
-                        failed = Some(format!("publishing a tick's outcome: {e}"));
-                        break;
-                    }
-                }
-                match failed {
-                    Some(f) => Some(f),
-                    None => self
-                        .out()
-                        .commit()
-                        .await
-                        .err()
-                        .map(|e| format!("committing a tick transaction: {e}")),
-                }
+        let failed = match published {
+            Err(e) if !e.is_retryable() => {
+                self.abort().await;
+                return Err(e.into());
             }
+            Err(e) => Some(format!("publishing a tick's outcome: {e}")),
+            Ok(()) => self
+                .out()
+                .commit()
+                .await
+                .err()
+                .map(|e| format!("committing a tick transaction: {e}")),
         };
-        match reason {
+        match failed {
             None => self.dirty.store(false, Ordering::SeqCst),
             Some(reason) => {
                 tracing::warn!(reason = %reason, "a tick transaction failed; aborted");
@@ -804,7 +874,7 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
         msg: &OwnedMessage,
         plan: &Plan,
         prices: &mut Prices,
-        sends: &mut Vec<Queued>,
+        sends: &mut Vec<Outgoing>,
     ) -> Result<Attempt, EngineError> {
         let now = now_ms();
         match plan {
@@ -1000,23 +1070,19 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
         head: &CommandHead,
         what: &impl DescribesTrade,
         outcome: suho_broker::BrokerResult<suho_broker::Outcome<TradeEvent>>,
-        sends: &mut Vec<Queued>,
+        sends: &mut Vec<Outgoing>,
     ) -> Result<Attempt, EngineError> {
         let sent = match outcome {
             Ok(done) => {
                 self.touched();
                 for close in &done.closes {
-                    if let Attempt::Retry(why) = self.queue(close, sends)? {
-                        return Ok(Attempt::Retry(why));
-                    }
+                    self.queue(close, sends)?;
                 }
                 self.queue(&done.event, sends)?
             }
             Err(BrokerError::Rejected(reason)) => {
                 if let Some(alert) = reason.breach_alert(head, now_ms()) {
-                    if let Attempt::Retry(why) = self.queue(&alert, sends)? {
-                        return Ok(Attempt::Retry(why));
-                    }
+                    self.queue(&alert, sends)?;
                 }
                 self.queue(&reason.rejected_event(head, what, now_ms()), sends)?
             }
@@ -1036,7 +1102,7 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
         what: &impl DescribesTrade,
         key: &AccountKey,
         outcome: suho_broker::BrokerResult<suho_broker::Outcome<suho_domain::Transaction>>,
-        sends: &mut Vec<Queued>,
+        sends: &mut Vec<Outgoing>,
     ) -> Result<Attempt, EngineError> {
         match outcome {
             Ok(done) => {
@@ -1056,7 +1122,7 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
 
     /// Queues the account's status (skipped, at debug, while a conversion rate is missing:
     /// the next change or the periodic round sends it).
-    async fn queue_status(&self, key: &AccountKey, sends: &mut Vec<Queued>) {
+    async fn queue_status(&self, key: &AccountKey, sends: &mut Vec<Outgoing>) {
         match self.broker.status(key, now_ms()).await {
             Ok(status) => {
                 if let Err(e) = self.queue(&status, sends) {
@@ -1067,30 +1133,21 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
         }
     }
 
-    /// Queues an outcome in the open transaction (its acknowledgement is awaited before the
-    /// commit) and logs it.
+    /// Adds an outcome to what the open transaction sends (handed to the producer once the
+    /// batch is decided; see [`Outgoing`]) and logs it.
     fn queue<E: UserEvent + serde::Serialize>(
         &self,
         event: &E,
-        sends: &mut Vec<Queued>,
+        sends: &mut Vec<Outgoing>,
     ) -> Result<Attempt, EngineError> {
-        match self.out().enqueue(event) {
-            Ok(q) => {
-                sends.push(q);
-                tracing::info!(
-                    user_id = %event.user_id(),
-                    event_type = event.event_type_str(),
-                    event_id = event.event_id(),
-                    "command answered"
-                );
-                Ok(Attempt::Done)
-            }
-            Err(e) if e.is_retryable() => Ok(Attempt::Retry(format!(
-                "publishing {}: {e}",
-                event.event_type_str()
-            ))),
-            Err(e) => Err(e.into()),
-        }
+        sends.push(Outgoing::event(event)?);
+        tracing::info!(
+            user_id = %event.user_id(),
+            event_type = event.event_type_str(),
+            event_id = event.event_id(),
+            "command answered"
+        );
+        Ok(Attempt::Done)
     }
 
     /// Queues the record, byte for byte and with its own headers, for `user.commands.dlq`
@@ -1100,7 +1157,7 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
         &self,
         msg: &OwnedMessage,
         reason: &str,
-        sends: &mut Vec<Queued>,
+        sends: &mut Vec<Outgoing>,
     ) -> Result<Attempt, EngineError> {
         let key = msg
             .key()
@@ -1127,33 +1184,37 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
                 value: Some(v),
             });
         }
-        let queued = self.out().enqueue_raw(
+        sends.push(Outgoing::raw(
             UserTopic::CommandsDlq,
             &key,
             msg.payload().unwrap_or_default(),
             Some(headers),
+        ));
+        metrics::counter!(
+            suho_telemetry::names::KAFKA_DEAD_LETTERS,
+            "topic" => UserTopic::Commands.name()
+        )
+        .increment(1);
+        tracing::warn!(
+            key = %key,
+            partition = msg.partition(),
+            offset = msg.offset(),
+            reason,
+            "unreadable command record dead-lettered"
         );
-        match queued {
-            Ok(q) => {
-                sends.push(q);
-                metrics::counter!(
-                    suho_telemetry::names::KAFKA_DEAD_LETTERS,
-                    "topic" => UserTopic::Commands.name()
-                )
-                .increment(1);
-                tracing::warn!(
-                    key = %key,
-                    partition = msg.partition(),
-                    offset = msg.offset(),
-                    reason,
-                    "unreadable command record dead-lettered"
-                );
-                Ok(Attempt::Done)
-            }
-            Err(e) if e.is_retryable() => Ok(Attempt::Retry(format!("dead-lettering: {e}"))),
-            Err(e) => Err(e.into()),
+        Ok(Attempt::Done)
+    }
+}
+
+/// Waits for every record's acknowledgement; the first failure, if any.
+async fn acknowledged(queued: Vec<Queued>) -> Result<(), suho_messaging::MessagingError> {
+    let mut failure = None;
+    for q in queued {
+        if let Err(e) = q.delivered().await {
+            failure.get_or_insert(e);
         }
     }
+    failure.map_or(Ok(()), Err)
 }
 
 /// When the record was written (its Kafka timestamp), epoch ms; now if it has none.
