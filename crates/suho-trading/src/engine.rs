@@ -194,8 +194,8 @@ struct Taken {
 /// figures that explain the command -> fill latency (see docs/benchmarks.md).
 struct BatchTimes {
     last: std::time::Instant,
-    /// Begin, ticks, prices, execute, commit (the records handed over, the offsets, the
-    /// end: its flush waits for the acknowledgements), the acknowledgements read after it.
+    /// Begin, ticks, prices, execute, publish (the records handed over and acknowledged,
+    /// then the offsets added), commit.
     spans: [Duration; 6],
     next: usize,
 }
@@ -230,8 +230,8 @@ impl BatchTimes {
             ticks_us = us(1),
             prices_us = us(2),
             execute_us = us(3),
-            commit_us = us(4),
-            acks_us = us(5),
+            publish_us = us(4),
+            commit_us = us(5),
             "batch committed"
         );
     }
@@ -652,15 +652,12 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
         }
         times.mark();
         let sent = sends.len();
-        // Every outcome goes to the producer at once, and the records' offsets join the
-        // transaction while the outcomes are being acknowledged.
-        let published = async {
-            let queued = self.out().enqueue_all(sends)?;
-            acknowledged(queued).await
+        // Every outcome goes to the producer at once; the records' offsets join the
+        // transaction once the outcomes are acknowledged (see `UserEventProducer`).
+        let published = match self.out().enqueue_all(sends) {
+            Ok(queued) => acknowledged(queued).await,
+            Err(e) => Err(e),
         };
-        let (published, offsets) =
-            tokio::join!(published, self.send_offsets(batch.iter().take(done)));
-        times.mark();
         if let Err(e) = published {
             self.abort().await;
             if e.is_retryable() {
@@ -668,6 +665,8 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
             }
             return Err(e.into());
         }
+        let offsets = self.send_offsets(batch.iter().take(done)).await;
+        times.mark();
         if let Err(e) = offsets {
             self.abort().await;
             return Ok(Tried::failed(format!(
