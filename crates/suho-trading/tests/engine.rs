@@ -586,6 +586,32 @@ async fn quote(feed: &suho_messaging::MarketBus, prefix: &str, bid: &str, ask: &
     tokio::time::sleep(Duration::from_millis(300)).await;
 }
 
+/// Publishes an EURUSD quote every 300 ms until the guard is dropped, so the first command
+/// finds a quote younger than the price service's age limit however long the engine took to
+/// start (a loaded machine can take longer than that limit).
+fn keep_quoting(
+    feed: &suho_messaging::MarketBus,
+    prefix: &str,
+    bid: &'static str,
+    ask: &'static str,
+) -> Quoting {
+    let (feed, prefix) = (feed.clone(), prefix.to_owned());
+    Quoting(tokio::spawn(async move {
+        loop {
+            quote(&feed, &prefix, bid, ask).await;
+        }
+    }))
+}
+
+/// Stops [`keep_quoting`]'s task when dropped.
+struct Quoting(JoinHandle<()>);
+
+impl Drop for Quoting {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A buy limit below the market rests (`ORDER_PLACED`), fills exactly once when the ask
 /// reaches it, at that ask (the limit or better), in the engine's own transaction on the
 /// tick, and nothing more on later ticks.
@@ -596,8 +622,8 @@ async fn a_buy_limit_rests_then_fills_once_when_the_ask_reaches_it() {
     let out = reader(&env, UserTopic::Trades);
     let _market = start_market(&env, &shutdown, false).await;
     let feed = env.bus(Identity::Feed).await;
-    quote(&feed, &env.prefix, "1.10000", "1.10020").await;
     let engine = start_engine(&env, &shutdown).await;
+    let quoting = keep_quoting(&feed, &env.prefix, "1.10000", "1.10020");
     let mut cmd = open("lima", "EURUSD", Side::Buy);
     if let suho_domain::CommandKind::OpenTrade(o) = &mut cmd.kind {
         o.order_type = suho_domain::OrderType::Limit;
@@ -609,6 +635,7 @@ async fn a_buy_limit_rests_then_fills_once_when_the_ask_reaches_it() {
         .await
         .unwrap();
     let placed = trades(&out, 1).await;
+    drop(quoting);
     let (key, placed) = &placed[0];
     assert_eq!(key, "lima");
     assert_eq!(placed.event_type, TradeEventType::OrderPlaced, "{placed:?}");
@@ -646,8 +673,8 @@ async fn a_trailing_stop_follows_the_price_and_closes_once() {
     let out = reader(&env, UserTopic::Trades);
     let _market = start_market(&env, &shutdown, false).await;
     let feed = env.bus(Identity::Feed).await;
-    quote(&feed, &env.prefix, "1.10000", "1.10020").await;
     let engine = start_engine(&env, &shutdown).await;
+    let quoting = keep_quoting(&feed, &env.prefix, "1.10000", "1.10020");
     let mut cmd = open("trail", "EURUSD", Side::Buy);
     if let suho_domain::CommandKind::OpenTrade(o) = &mut cmd.kind {
         o.trailing_stop_pips = Some("20".parse().unwrap());
@@ -658,6 +685,7 @@ async fn a_trailing_stop_follows_the_price_and_closes_once() {
         .await
         .unwrap();
     let opened = trades(&out, 1).await;
+    drop(quoting);
     assert_eq!(opened[0].1.event_type, TradeEventType::TradeExecuted);
     assert_eq!(opened[0].1.stop_loss, Some("1.09820".parse().unwrap()));
     quote(&feed, &env.prefix, "1.10300", "1.10320").await;
