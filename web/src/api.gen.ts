@@ -81,7 +81,10 @@ export interface paths {
         put?: never;
         /**
          * Creates an account.
-         * @description Publishes `USER_REGISTERED` on `user.auth`.
+         * @description Publishes `USER_REGISTERED` on `user.auth`, and an `OPEN_ACCOUNT` command on
+         *     `user.commands`: the trading engine opens the user's paper account with its opening
+         *     balance (`ACCOUNT_OPENED` on `user.transactions`, then its `ACCOUNT_STATUS`), so
+         *     `GET /api/user/{user_id}/account` answers within moments, before any trade.
          */
         post: operations["register"];
         delete?: never;
@@ -273,7 +276,8 @@ export interface paths {
         };
         /**
          * The caller's account status.
-         * @description The latest `ACCOUNT_STATUS` (from the audit store), or 404 before the first one.
+         * @description The latest `ACCOUNT_STATUS` (from the audit store), or 404 before the first one: the
+         *     engine sends it when it opens the account, within moments of the registration.
          */
         get: operations["account"];
         put?: never;
@@ -293,9 +297,10 @@ export interface paths {
         };
         /**
          * The caller's account activities.
-         * @description Deals (fills, closes, partial closes, each with its commission and swap), deposits,
-         *     withdrawals and swap charges, oldest first, in `[from, to)` (Kafka time; default: all),
-         *     filtered by `type` (comma-separated: `deal`, `deposit`, `withdrawal`, `swap`,
+         * @description Deals (fills, closes, partial closes, each with its commission and swap), deposits (and
+         *     the account's opening, `ACCOUNT_OPENED` with its opening balance), withdrawals and swap
+         *     charges, oldest first, in `[from, to)` (Kafka time; default: all), filtered by `type`
+         *     (comma-separated: `deal`, `deposit` (with `ACCOUNT_OPENED`), `withdrawal`, `swap`,
          *     `commission`: the deals that paid one) and `symbol`, at most `limit` (100; 1 to 1000) a
          *     page; `next_cursor` (or `null` on the last page) gives the next page as `cursor`.
          */
@@ -359,8 +364,9 @@ export interface paths {
         /**
          * What became of one of the caller's commands.
          * @description `queued` while it waits for the engine; `executed` once it was carried out (its
-         *     outcome events follow: a fill, a close, a placed order, a deposit...); `rejected` with the
-         *     engine's `reason`. `events` are every event answering it, oldest first.
+         *     outcome events follow: a fill, a close, a placed order, a deposit, the account's
+         *     opening...); `rejected` with the engine's `reason`. `events` are every event answering it
+         *     (a transaction names its command as its `reference`), oldest first.
          */
         get: operations["command"];
         put?: never;
@@ -2354,7 +2360,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description `not_found`: no account status yet (before the first command is executed). */
+            /** @description `not_found`: no account status yet (in the moments between the registration and the account's opening). */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2382,8 +2388,8 @@ export interface operations {
                 /** @description End, epoch ms, exclusive (default: now). */
                 to?: number;
                 /**
-                 * @description Comma-separated kinds: `deal`, `deposit`, `withdrawal`, `swap`, `commission` (default:
-                 *     the first four).
+                 * @description Comma-separated kinds: `deal`, `deposit` (with the account's opening,
+                 *     `ACCOUNT_OPENED`), `withdrawal`, `swap`, `commission` (default: the first four).
                  */
                 type?: string;
                 /** @description Only this pair's (`TradedSymbol`). */

@@ -70,6 +70,8 @@ function describe(e: Activity): ["ok" | "error" | "muted", string] {
     case "DEPOSIT":
     case "WITHDRAWAL":
       return ["ok", `${e.event_type === "DEPOSIT" ? "Deposited" : "Withdrew"} ${money(e.amount)} ${e.currency}${e.balance_after != null ? ` · balance ${money(e.balance_after)}` : ""}`];
+    case "ACCOUNT_OPENED":
+      return ["ok", `Account opened with ${money(e.amount)} ${e.currency}`];
     case "TRADE_REJECTED":
     case "ORDER_REJECTED":
       return ["error", `Rejected: ${e.reason ?? "no reason given"}`];

@@ -39,7 +39,7 @@ export interface Figures {
   marginLevel: number | null; currency: string; openPositions: number; asOf: number;
 }
 
-const HISTORY_KINDS = new Set<string>(["TRADE_EXECUTED", "TRADE_CLOSED", "TRADE_PARTIALLY_CLOSED", "SWAP_CHARGED", "DEPOSIT", "WITHDRAWAL"]);
+const HISTORY_KINDS = new Set<string>(["TRADE_EXECUTED", "TRADE_CLOSED", "TRADE_PARTIALLY_CLOSED", "SWAP_CHARGED", "DEPOSIT", "WITHDRAWAL", "ACCOUNT_OPENED"]);
 
 export const state = {
   session: null as Session | null,
@@ -266,9 +266,9 @@ export function addHistory(...items: Activity[]): void {
   state.history = [...fresh, ...state.history].sort((a, b) => b.timestamp - a.timestamp);
 }
 
-/** Whether an activity is money in or out (else it is a deal). */
+/** Whether an activity is money in or out, or the account's opening (else it is a deal). */
 export function isTransaction(e: Activity): e is Transaction {
-  return e.event_type === "DEPOSIT" || e.event_type === "WITHDRAWAL";
+  return e.event_type === "DEPOSIT" || e.event_type === "WITHDRAWAL" || e.event_type === "ACCOUNT_OPENED";
 }
 
 /** The command an outcome answers: a trade event's `command_id`, a transaction's `reference`. */

@@ -12,9 +12,10 @@ export interface Signal {
   signal_id: string; strategy: string; symbol: string; direction: "BUY" | "SELL" | "FLAT";
   confidence: number; price: number; timestamp: number; model?: string;
 }
-/** A `DEPOSIT` or `WITHDRAWAL` on `user.transactions` (`reference`: its command's id). */
+/** A `DEPOSIT`, `WITHDRAWAL` or `ACCOUNT_OPENED` (the opening balance, sent at registration)
+ * on `user.transactions` (`reference`: its command's id). */
 export interface Transaction {
-  event_id: string; event_type: "DEPOSIT" | "WITHDRAWAL"; user_id: string; amount: number;
+  event_id: string; event_type: "DEPOSIT" | "WITHDRAWAL" | "ACCOUNT_OPENED"; user_id: string; amount: number;
   currency: string; balance_after?: number; reference?: string; timestamp: number;
 }
 /** A `MARGIN_CALL`, `STOP_OUT` or `RISK_LIMIT_BREACH` on `user.risk_alerts`. */

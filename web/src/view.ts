@@ -523,7 +523,7 @@ function renderAccount(): void {
       + line("Free margin", money(f.freeMargin), "free-margin")
       + line("Margin level", f.marginLevel == null ? "—" : `${money(f.marginLevel)}%`, "margin-level", f.marginLevel != null && f.marginLevel < 200 ? "down" : "")
       + line("Open positions", String(f.openPositions), "open-positions")
-    : `<dt>Balance</dt><dd data-testid="balance">—</dd><dt class="muted" style="grid-column:1/3">The paper account opens with your first order.</dt>`);
+    : `<dt>Balance</dt><dd data-testid="balance">—</dd><dt class="muted" style="grid-column:1/3">The paper account opens moments after registration.</dt>`);
   $("#as-of").textContent = f ? `as of ${time(f.asOf)}` : "";
   $("#as-of").title = "The engine's valuation: it comes after every command and every few seconds";
   setHtml($("#floating"), f && f.openPositions ? `<span class="${sign(f.floating)}" title="floating P/L as of ${time(f.asOf)}">${money(f.floating)}</span>` : "");
@@ -608,7 +608,7 @@ function renderHistory(body: HTMLElement): void {
     if (isTransaction(e)) {
       const after = e.balance_after != null ? ` · balance ${money(e.balance_after)}` : "";
       return `<tr data-testid="history-row"><td class="num">${time(e.timestamp)}</td><td>${esc(e.event_type)}</td><td></td><td></td><td></td><td></td>
-        <td class="r num ${e.event_type === "DEPOSIT" ? "up" : "down"}">${money(e.event_type === "DEPOSIT" ? e.amount : -e.amount)}</td><td></td><td></td>
+        <td class="r num ${e.event_type === "WITHDRAWAL" ? "down" : "up"}">${money(e.event_type === "WITHDRAWAL" ? -e.amount : e.amount)}</td><td></td><td></td>
         <td class="muted">${esc(`${money(e.amount)} ${e.currency}${after}`)}</td></tr>`;
     }
     const sym = e.symbol ?? "";

@@ -105,6 +105,9 @@ try {
   a.on("console", (m) => { if (/Content.Security.Policy/i.test(m.text())) { log("CSP violation (A):", m.text()); failed = true; } });
   const stamp = Date.now();
   await signIn(a, `browser-a-${stamp}@example.com`);
+  // The account is there from registration, before any order, with its opening balance.
+  await a.waitForFunction(() => /10,000\.00/.test(document.querySelector('[data-testid="balance"]')?.textContent ?? ""), null, { timeout: T });
+  log("opening balance:", await a.textContent('[data-testid="balance"]'));
 
   // Prices move: EURUSD's bid shows a price, then another.
   await a.waitForFunction(() => /\d\.\d{5}/.test(document.querySelector('[data-testid="bid-EURUSD"]')?.textContent ?? ""), null, { timeout: T });
@@ -253,13 +256,24 @@ try {
   await a.waitForSelector('[data-testid="position"]', { timeout: T });
   // Give B's stream every chance to (wrongly) show it.
   await b.waitForTimeout(2000);
+  // B's own account opened at its registration: its history is that opening, its status
+  // its own, nothing of A's.
   const bState = await b.evaluate(() => ({
+    me: window.suho.state.session?.userId,
     positions: window.suho.state.positions.size,
-    history: window.suho.state.history.length,
-    account: window.suho.state.account,
+    history: window.suho.state.history.map((e) => [e.user_id, e.event_type]),
+    account: window.suho.state.account && {
+      user_id: window.suho.state.account.user_id,
+      open_positions: window.suho.state.account.open_positions,
+    },
   }));
   log("B sees:", JSON.stringify(bState));
-  assert(bState.positions === 0 && bState.history === 0 && bState.account === null, "B sees none of A's events");
+  assert(
+    bState.positions === 0
+      && bState.history.every(([user, type]) => user === bState.me && type === "ACCOUNT_OPENED")
+      && (bState.account === null || (bState.account.user_id === bState.me && bState.account.open_positions === 0)),
+    "B sees none of A's events",
+  );
   assert((await b.$$('[data-testid="position"]')).length === 0, "no position rows for B");
   assert(/\d\.\d{5}/.test(await bid(b, "EURUSD")), "B sees the market");
   await shot(a, "two-users-a");

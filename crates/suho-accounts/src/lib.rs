@@ -212,17 +212,18 @@ impl Accounts {
         )
     }
 
-    /// Registers a user. `event` gets the new user and returns the event announcing it (or
-    /// `None`), stored in the outbox in the same transaction as the user.
+    /// Registers a user. `events` gets the new user and returns the events announcing it (an
+    /// `Option` or a `Vec`: none, one or several), stored in the outbox, in that order, in the
+    /// same transaction as the user.
     ///
     /// # Errors
     /// An invalid address, a weak password, a taken address, `event`'s error, or a database
     /// failure.
-    pub async fn register(
+    pub async fn register<E: IntoIterator<Item = OutboxEvent>>(
         &self,
         email: &str,
         password: &SecretString,
-        event: impl FnOnce(&User) -> Result<Option<OutboxEvent>, AccountError>,
+        events: impl FnOnce(&User) -> Result<E, AccountError>,
     ) -> Result<User, AccountError> {
         let email = validate_email(email)?;
         validate_password(password.expose_secret())?;
@@ -244,7 +245,7 @@ impl Accounts {
             Err(e) => return Err(e.into()),
         }
         let user = User { user_id, email };
-        if let Some(event) = event(&user)? {
+        for event in events(&user)? {
             outbox::insert(&mut tx, &event).await?;
         }
         tx.commit().await?;

@@ -171,9 +171,11 @@ async fn one_relay_round_at_a_time_each_within_its_limit() {
 async fn a_registration_and_a_logout_store_their_events_with_them() {
     let (a, _) = accounts_and_user().await;
     let password = SecretString::from("correct horse".to_string());
+    // A registration's several events (the gateway's `USER_REGISTERED` and `OPEN_ACCOUNT`)
+    // are stored with it, in their order.
     let user = a
         .register("second@example.com", &password, |u| {
-            Ok(Some(event(&u.user_id, 1)))
+            Ok(vec![event(&u.user_id, 1), event(&u.user_id, 2)])
         })
         .await
         .unwrap()
@@ -181,7 +183,7 @@ async fn a_registration_and_a_logout_store_their_events_with_them() {
     // A taken address stores neither a user nor an event.
     let taken = a
         .register("SECOND@example.com", &password, |u| {
-            Ok(Some(event(&u.user_id, 2)))
+            Ok(Some(event(&u.user_id, 9)))
         })
         .await;
     assert!(
@@ -204,5 +206,5 @@ async fn a_registration_and_a_logout_store_their_events_with_them() {
     })
     .await
     .unwrap();
-    assert_eq!(numbers(&relayed), [1, 3, 4]);
+    assert_eq!(numbers(&relayed), [1, 2, 3, 4]);
 }

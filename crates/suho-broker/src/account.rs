@@ -11,12 +11,13 @@
 //! position `trd_{command id without "cmd_"}` (the engine's rule), `exec_{cmd}`, `cls_{cmd}`,
 //! `mod_{cmd}`, `rej_{cmd}`, `breach_{cmd}`; broker-initiated closes `sl_{trd}`, `tp_{trd}`,
 //! `so_{trd}`; alerts `stopout_{first closed trd}` and `margincall_{user}_{account}_{tick ms}`;
-//! transactions `dep_{request}` / `wd_{request}`; snapshots `sts_{user}_{account}_{now}`.
+//! transactions `dep_{request}` / `wd_{request}`, the opening `opn_{request}`; snapshots
+//! `sts_{user}_{account}_{now}`.
 //!
 //! Map: this module holds the account, its rules ([`AccountConfig`]), its events and
 //! [`PaperAccount::apply`]; [`positions`] opens, closes and modifies positions (and closes them
 //! at their stops); [`margin`] values the account and acts on margin calls and stop-outs;
-//! [`money`] is deposits and withdrawals.
+//! [`money`] is deposits, withdrawals and the account's opening.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::num::NonZeroU32;
@@ -499,7 +500,8 @@ impl PaperAccount {
 
     /// Applies one event this account emitted (or its rebuild reads back): `TRADE_EXECUTED`
     /// adds the position, `TRADE_MODIFIED` sets its stops, `TRADE_CLOSED` removes it and adds
-    /// its `profit` to the balance, `DEPOSIT` / `WITHDRAWAL` add / subtract `amount`.
+    /// its `profit` to the balance, `DEPOSIT` / `WITHDRAWAL` add / subtract `amount`,
+    /// `ACCOUNT_OPENED` moves nothing (the opening balance is the account's from its start).
     /// `TRADE_REJECTED` is ignored. An event id seen before is a no-op. Quotes and the
     /// margin-call arming are not events: after a rebuild, feed ticks before trading.
     ///
@@ -622,6 +624,9 @@ impl PaperAccount {
                 let delta = match t.event_type {
                     TransactionType::Deposit => t.amount,
                     TransactionType::Withdrawal => -t.amount,
+                    // The account holds its opening balance from its start: the event only
+                    // records (in the journal) that it was opened.
+                    TransactionType::AccountOpened => Decimal::ZERO,
                 };
                 self.balance = self.balance.checked_add(delta).ok_or_else(overflow)?;
             }

@@ -98,7 +98,8 @@ pub type ActsOn<'a> = &'a (dyn Fn(&AccountKey) -> bool + Sync);
 ///   transient ones (requote, price off, timeout, no connection); network errors are
 ///   `Unavailable`.
 /// - `deposit` / `withdraw` are balance operations of the broker's manager API (usually not
-///   available to a terminal: reject them).
+///   available to a terminal: reject them); `open_account` answers with the linked account's
+///   balance.
 /// - `status` reads `account_info`; `on_tick` polls deal history for server-side closes (stop
 ///   loss, take profit, stop out are enforced by the MT5 server) and reports them as events.
 pub trait BrokerAdapter: Send + Sync {
@@ -189,6 +190,17 @@ pub trait BrokerAdapter: Send + Sync {
         account: &AccountKey,
         request_id: &str,
         amount: Decimal,
+        now_ms: i64,
+    ) -> impl Future<Output = BrokerResult<Outcome<Transaction>>> + Send;
+
+    /// Opens an account for an `OPEN_ACCOUNT` command: `ACCOUNT_OPENED` with its opening
+    /// balance (`amount`, `balance_after`); `request_id` is the idempotency key (a repeated
+    /// one answers the same event). An account that already has a history is not opened
+    /// again ([`RejectReason::AlreadyOpen`]).
+    fn open_account(
+        &self,
+        account: &AccountKey,
+        request_id: &str,
         now_ms: i64,
     ) -> impl Future<Output = BrokerResult<Outcome<Transaction>>> + Send;
 
@@ -542,6 +554,16 @@ impl BrokerAdapter for PaperBroker {
         ready(r.map_err(BrokerError::from))
     }
 
+    fn open_account(
+        &self,
+        account: &AccountKey,
+        request_id: &str,
+        now_ms: i64,
+    ) -> impl Future<Output = BrokerResult<Outcome<Transaction>>> + Send {
+        let r = self.with_account(account, |a| a.open_account(request_id, now_ms));
+        ready(r.map_err(BrokerError::from))
+    }
+
     /// A missing rate (e.g. right after a rebuild) is [`BrokerError::Unavailable`].
     fn status(
         &self,
@@ -733,6 +755,30 @@ mod tests {
         assert_eq!(who, ["u1", "u2"]);
         // (0.8399 - 0.8501) × 100,000 = -1,020 GBP × 1.2501 = -1,275.102 -> -1,275.10.
         assert_eq!(out.trades[0].profit, Some(d("-1275.10")));
+    }
+
+    #[test]
+    fn an_account_opens_with_the_configured_balance_and_a_rebuild_keeps_it() {
+        let b = PaperBroker::for_platform(100, 10_000).expect("config");
+        let k = AccountKey {
+            user_id: UserId::new("u1"),
+            mt5_account: None,
+        };
+        let opened = now(b.open_account(&k, "cmd_1", 3)).expect("open");
+        let e = opened.event.clone();
+        assert_eq!(
+            (e.event_id.as_str(), e.amount, e.balance_after),
+            ("opn_cmd_1", d("10000"), Some(d("10000")))
+        );
+        assert_eq!(now(b.status(&k, 4)).expect("status").balance, d("10000"));
+        let done = b.rebuild(&[(k.clone(), AccountEvent::from(e.clone()))]);
+        assert_eq!((done.applied, done.refused.len()), (1, 0));
+        assert_eq!(now(b.status(&k, 5)).expect("status").balance, d("10000"));
+        let again = now(b.open_account(&k, "cmd_1", 6)).expect("replay");
+        assert_eq!((again.event, again.replayed), (e, true));
+        let err = now(b.open_account(&k, "cmd_2", 6)).expect_err("open already");
+        assert_eq!(err, BrokerError::Rejected(RejectReason::AlreadyOpen));
+        assert!(!err.is_retryable());
     }
 
     #[test]

@@ -195,6 +195,10 @@ pub enum RejectReason {
         /// Account currency.
         currency: String,
     },
+    /// An `OPEN_ACCOUNT` for an account that has already recorded events (it was opened, or
+    /// has traded, before).
+    #[error("the account is already open")]
+    AlreadyOpen,
     /// The user sent more commands in one second than the platform executes for one user.
     #[error("rate limit: more than {0} commands in one second")]
     RateLimited(u32),

@@ -367,6 +367,11 @@ pub enum CommandKind {
     /// Close a strategy's positions on a symbol.
     #[serde(rename = "CLOSE_POSITIONS")]
     ClosePositions(ClosePositions),
+    /// Open the user's paper account with its opening balance (the gateway sends it at
+    /// registration); answered on `user.transactions` with `ACCOUNT_OPENED`. It has no
+    /// fields of its own.
+    #[serde(rename = "OPEN_ACCOUNT")]
+    OpenAccount,
 }
 
 impl CommandKind {
@@ -382,6 +387,7 @@ impl CommandKind {
             CommandKind::CancelOrder(_) => CommandType::CancelOrder,
             CommandKind::ReplaceOrder(_) => CommandType::ReplaceOrder,
             CommandKind::ClosePositions(_) => CommandType::ClosePositions,
+            CommandKind::OpenAccount => CommandType::OpenAccount,
         }
     }
 
@@ -428,7 +434,7 @@ impl CommandKind {
                     field: "strategy",
                 })
             }
-            CommandKind::ClosePositions(_) => Ok(()),
+            CommandKind::ClosePositions(_) | CommandKind::OpenAccount => Ok(()),
         }
     }
 }
@@ -685,6 +691,7 @@ impl DescribesTrade for CommandKind {
             CommandKind::CancelOrder(c) => c.describe(event),
             CommandKind::ReplaceOrder(r) => r.describe(event),
             CommandKind::ClosePositions(c) => c.describe(event),
+            CommandKind::OpenAccount => {}
         }
     }
 }
@@ -768,6 +775,12 @@ impl TradeCommand {
             CommandKind::Deposit(money)
         };
         TradeCommand::new(user_id, kind, now_ms)
+    }
+
+    /// A new `OPEN_ACCOUNT` command with a fresh `cmd_` id: open `user_id`'s paper account.
+    #[must_use]
+    pub fn open_account(user_id: UserId, now_ms: i64) -> TradeCommand {
+        TradeCommand::new(user_id, CommandKind::OpenAccount, now_ms)
     }
 
     /// The `event_type`.
@@ -860,6 +873,8 @@ pub(crate) mod tests {
                 "timestamp":1,"metadata":{"strategy":"s"},"schema_version":1}),
             json!({"event_id":"c5","event_type":"CLOSE_POSITIONS","user_id":"u","symbol":"EURUSD",
                 "strategy":"scalping","timestamp":1,"schema_version":1}),
+            json!({"event_id":"c7","event_type":"OPEN_ACCOUNT","user_id":"u","timestamp":1,
+                "schema_version":1}),
             json!({"event_id":"c6","event_type":"OPEN_TRADE","user_id":"u",
                 "order":{"symbol":"EURUSD","type":"SELL","volume":0.1},"stop_loss_pips":20.0,
                 "take_profit_pips":35.5,"timestamp":1,"schema_version":1}),
@@ -873,6 +888,28 @@ pub(crate) mod tests {
         .expect("read");
         assert_eq!(c.kind, CommandKind::Deposit(Money { amount: dec("0.1") }));
         assert_eq!(c.head.schema_version, 1);
+    }
+
+    #[test]
+    fn open_account_is_a_command_with_no_fields_of_its_own() {
+        let cmd = TradeCommand::open_account(UserId::new("u1"), 10);
+        assert!(cmd.head.event_id.starts_with("cmd_"));
+        cmd.validate().expect("valid");
+        assert_eq!(cmd.command_type(), CommandType::OpenAccount);
+        assert_eq!(cmd.topic(), UserTopic::Commands);
+        let v = serde_json::to_value(&cmd).expect("write");
+        assert_eq!(
+            v,
+            json!({"event_id": cmd.head.event_id, "event_type":"OPEN_ACCOUNT","user_id":"u1",
+                "timestamp":10,"schema_version":1})
+        );
+        let back: TradeCommand = serde_json::from_value(v).expect("read");
+        assert_eq!(back, cmd);
+        // Another kind's fields beside it are ignored, as for every kind.
+        let with_amount: TradeCommand = serde_json::from_value(json!({"event_id":"c",
+            "event_type":"OPEN_ACCOUNT","user_id":"u1","amount":5,"timestamp":1}))
+        .expect("read");
+        assert_eq!(with_amount.kind, CommandKind::OpenAccount);
     }
 
     #[test]

@@ -175,7 +175,10 @@ wire_enum! {
     CancelOrder => "CANCEL_ORDER", /// Change a pending order.
     ReplaceOrder => "REPLACE_ORDER", /// Close every position a strategy holds on a symbol
     /// (the auto-trading agent's answer to a `FLAT` signal).
-    ClosePositions => "CLOSE_POSITIONS" }
+    ClosePositions => "CLOSE_POSITIONS", /// Open the user's paper account with its opening
+    /// balance (sent by the gateway at registration); answered on `user.transactions` with
+    /// `ACCOUNT_OPENED`.
+    OpenAccount => "OPEN_ACCOUNT" }
 }
 
 wire_enum! {
@@ -251,7 +254,9 @@ wire_enum! {
     /// `event_type` of a [`Transaction`].
     TransactionType { /// Money in.
     Deposit => "DEPOSIT", /// Money out.
-    Withdrawal => "WITHDRAWAL" }
+    Withdrawal => "WITHDRAWAL", /// The account was opened (`amount` and `balance_after`: its
+    /// opening balance, which it holds from its start: applying the event moves no money).
+    AccountOpened => "ACCOUNT_OPENED" }
 }
 
 wire_enum! {
@@ -681,16 +686,16 @@ pub struct RiskAlert {
 
 user_event!(RiskAlert, UserTopic::RiskAlerts);
 
-/// A deposit or withdrawal on `user.transactions`.
+/// A deposit, withdrawal or account opening on `user.transactions`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Transaction {
     /// Unique id.
     pub event_id: String,
-    /// Deposit or withdrawal.
+    /// Deposit, withdrawal or account opening.
     pub event_type: TransactionType,
     /// The user.
     pub user_id: UserId,
-    /// Amount (positive).
+    /// Amount (positive; an `ACCOUNT_OPENED`'s is the opening balance, which may be 0).
     #[serde(with = "crate::num")]
     pub amount: Decimal,
     /// Currency, e.g. `USD`.
@@ -839,6 +844,22 @@ mod tests {
                 UserTopic::Settings
             ]
         );
+    }
+
+    #[test]
+    fn an_account_opening_is_a_transaction() {
+        let v = json!({"event_id":"opn_cmd_1","event_type":"ACCOUNT_OPENED","user_id":"u",
+            "amount":10000.0,"currency":"USD","balance_after":10000.0,"reference":"cmd_1",
+            "timestamp":1,"schema_version":1});
+        let t: Transaction = serde_json::from_value(v.clone()).expect("tx");
+        assert_eq!(t.event_type, TransactionType::AccountOpened);
+        assert_eq!(t.event_type_str(), "ACCOUNT_OPENED");
+        assert_eq!(
+            (t.amount, t.balance_after),
+            (dec("10000"), Some(dec("10000")))
+        );
+        assert_eq!(t.topic(), UserTopic::Transactions);
+        assert_eq!(serde_json::to_value(&t).expect("w"), v);
     }
 
     #[test]

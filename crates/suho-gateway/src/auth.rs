@@ -1,6 +1,10 @@
 //! Register, login and logout, and the bearer-token extractor. Each publishes its
 //! `user.auth` event (ids, address, IP and user agent; never a password or token), stored
-//! first with the change it announces, through the outbox ([`crate::outbox`]).
+//! first with the change it announces, through the outbox ([`crate::outbox`]). A
+//! registration also stores an `OPEN_ACCOUNT` command for the new user (on `user.commands`,
+//! keyed by the user like every command), in the same transaction, so the engine opens the
+//! paper account with its opening balance before any trade: the account exists from
+//! registration, with its `ACCOUNT_OPENED` and `ACCOUNT_STATUS`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -13,7 +17,7 @@ use axum::response::IntoResponse;
 use axum::Json;
 use secrecy::{ExposeSecret, SecretString};
 use suho_accounts::{AccountError, ApiScope, Claims};
-use suho_domain::{new_event_id, AuthEvent, AuthEventType, UserId, SCHEMA_VERSION};
+use suho_domain::{new_event_id, AuthEvent, AuthEventType, TradeCommand, UserId, SCHEMA_VERSION};
 use suho_messaging::now_ms;
 
 use crate::input::Body;
@@ -134,7 +138,10 @@ fn credentials(body: &Body) -> Result<(&str, SecretString), ApiError> {
 
 /// Creates an account.
 ///
-/// Publishes `USER_REGISTERED` on `user.auth`.
+/// Publishes `USER_REGISTERED` on `user.auth`, and an `OPEN_ACCOUNT` command on
+/// `user.commands`: the trading engine opens the user's paper account with its opening
+/// balance (`ACCOUNT_OPENED` on `user.transactions`, then its `ACCOUNT_STATUS`), so
+/// `GET /api/user/{user_id}/account` answers within moments, before any trade.
 #[utoipa::path(
     post,
     path = "/api/auth/register",
@@ -158,7 +165,7 @@ pub async fn register(
     let body = Body::parse(&body)?;
     let (email, password) = credentials(&body)?;
     let ip = state.client_ip(addr, &headers);
-    let event = |user: &suho_accounts::User| {
+    let events = |user: &suho_accounts::User| {
         let event = auth_event(
             AuthEventType::UserRegistered,
             user.user_id.clone(),
@@ -166,9 +173,10 @@ pub async fn register(
             ip,
             &headers,
         );
-        outbox::stored(&event).map(Some)
+        let open = TradeCommand::open_account(user.user_id.clone(), event.timestamp);
+        Ok(vec![outbox::stored(&event)?, outbox::stored(&open)?])
     };
-    let user = state.accounts.register(email, &password, event).await?;
+    let user = state.accounts.register(email, &password, events).await?;
     outbox::publish_now(&state).await;
     tracing::info!(user_id = %user.user_id, "user registered");
     Ok((

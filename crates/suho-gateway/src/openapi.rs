@@ -621,8 +621,8 @@ pub struct ActivitiesQuery {
     pub from: Option<i64>,
     /// End, epoch ms, exclusive (default: now).
     pub to: Option<i64>,
-    /// Comma-separated kinds: `deal`, `deposit`, `withdrawal`, `swap`, `commission` (default:
-    /// the first four).
+    /// Comma-separated kinds: `deal`, `deposit` (with the account's opening,
+    /// `ACCOUNT_OPENED`), `withdrawal`, `swap`, `commission` (default: the first four).
     #[serde(rename = "type")]
     #[param(
         rename = "type",

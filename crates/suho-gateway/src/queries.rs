@@ -193,8 +193,9 @@ fn every_order<'v>(events: impl Iterator<Item = &'v Value>) -> Vec<OrderView> {
 /// What became of one of the caller's commands.
 ///
 /// `queued` while it waits for the engine; `executed` once it was carried out (its
-/// outcome events follow: a fill, a close, a placed order, a deposit...); `rejected` with the
-/// engine's `reason`. `events` are every event answering it, oldest first.
+/// outcome events follow: a fill, a close, a placed order, a deposit, the account's
+/// opening...); `rejected` with the engine's `reason`. `events` are every event answering it
+/// (a transaction names its command as its `reference`), oldest first.
 #[utoipa::path(
     get,
     path = "/api/user/{user_id}/commands/{command_id}",
@@ -226,12 +227,16 @@ pub async fn command(
     ];
     let events = history(&state, user_id.as_str(), &topics).await?;
     let commands = UserTopic::Commands.full_name(&state.topic_prefix);
+    let transactions = UserTopic::Transactions.full_name(&state.topic_prefix);
     let mut known = false;
     let mut answers = Vec::new();
     for (topic, v) in events {
         if topic == commands {
             known |= v["event_id"] == command_id.as_str();
-        } else if v["command_id"] == command_id.as_str() {
+        } else if v["command_id"] == command_id.as_str()
+            // A transaction names its command as its `reference`.
+            || (topic == transactions && v["reference"] == command_id.as_str())
+        {
             answers.push(v);
         }
     }
@@ -269,7 +274,8 @@ fn activity_kind(event: &Value, kind: &str) -> bool {
             t,
             "TRADE_EXECUTED" | "TRADE_CLOSED" | "TRADE_PARTIALLY_CLOSED"
         ),
-        "deposit" => t == "DEPOSIT",
+        // The opening balance is the account's first money in.
+        "deposit" => matches!(t, "DEPOSIT" | "ACCOUNT_OPENED"),
         "withdrawal" => t == "WITHDRAWAL",
         "swap" => t == "SWAP_CHARGED",
         "commission" => event["commission"].as_f64().is_some_and(|c| c != 0.0),
@@ -281,9 +287,10 @@ const ACTIVITY_KINDS: [&str; 5] = ["deal", "deposit", "withdrawal", "swap", "com
 
 /// The caller's account activities.
 ///
-/// Deals (fills, closes, partial closes, each with its commission and swap), deposits,
-/// withdrawals and swap charges, oldest first, in `[from, to)` (Kafka time; default: all),
-/// filtered by `type` (comma-separated: `deal`, `deposit`, `withdrawal`, `swap`,
+/// Deals (fills, closes, partial closes, each with its commission and swap), deposits (and
+/// the account's opening, `ACCOUNT_OPENED` with its opening balance), withdrawals and swap
+/// charges, oldest first, in `[from, to)` (Kafka time; default: all), filtered by `type`
+/// (comma-separated: `deal`, `deposit` (with `ACCOUNT_OPENED`), `withdrawal`, `swap`,
 /// `commission`: the deals that paid one) and `symbol`, at most `limit` (100; 1 to 1000) a
 /// page; `next_cursor` (or `null` on the last page) gives the next page as `cursor`.
 #[utoipa::path(
@@ -504,5 +511,8 @@ mod tests {
             &json!({"event_type": "ORDER_PLACED"}),
             "deal"
         ));
+        let opened = json!({"event_type": "ACCOUNT_OPENED", "amount": 10000.0});
+        assert!(activity_kind(&opened, "deposit"));
+        assert!(!activity_kind(&opened, "withdrawal") && !activity_kind(&opened, "deal"));
     }
 }

@@ -336,7 +336,8 @@ pub async fn withdraw(
 
 /// The caller's account status.
 ///
-/// The latest `ACCOUNT_STATUS` (from the audit store), or 404 before the first one.
+/// The latest `ACCOUNT_STATUS` (from the audit store), or 404 before the first one: the
+/// engine sends it when it opens the account, within moments of the registration.
 #[utoipa::path(
     get,
     path = "/api/user/{user_id}/account",
@@ -347,7 +348,7 @@ pub async fn withdraw(
         (status = 200, description = "The latest `ACCOUNT_STATUS` from `user.mt5_status`, as stored.", body = AccountStatus),
         Unauthorized,
         NotYours,
-        (status = 404, description = "`not_found`: no account status yet (before the first command is executed).", body = ErrorBody),
+        (status = 404, description = "`not_found`: no account status yet (in the moments between the registration and the account's opening).", body = ErrorBody),
         (status = 503, description = "`unavailable`: the audit store is down.", body = ErrorBody),
     )
 )]

@@ -969,6 +969,12 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
                     .await;
                 self.transacted(head, money, &key, outcome, sends).await
             }
+            Plan::OpenAccount { head } => {
+                let key = AccountKey::of(head);
+                let outcome = self.broker.open_account(&key, &head.event_id, now).await;
+                let kind = suho_domain::CommandKind::OpenAccount;
+                self.transacted(head, &kind, &key, outcome, sends).await
+            }
         }
     }
 
@@ -1022,6 +1028,7 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
                 | Plan::Reject { .. }
                 | Plan::Deposit { .. }
                 | Plan::Withdraw { .. }
+                | Plan::OpenAccount { .. }
                 | Plan::Cancel { .. } => None,
             };
             symbols.extend(symbol);
@@ -1093,8 +1100,8 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
         Ok(sent)
     }
 
-    /// Queues the venue's answer to a deposit or withdrawal (its transaction, or a
-    /// rejection), then the account's status.
+    /// Queues the venue's answer to a deposit, withdrawal or account opening (its
+    /// transaction, or a rejection), then the account's status.
     async fn transacted(
         &self,
         head: &CommandHead,

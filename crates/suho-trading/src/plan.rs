@@ -75,6 +75,11 @@ pub enum Plan {
         /// The amount.
         money: Money,
     },
+    /// An `OPEN_ACCOUNT`: open the account with its opening balance.
+    OpenAccount {
+        /// The command's head.
+        head: CommandHead,
+    },
     /// A valid `CANCEL_ORDER`: take the pending order out of the book.
     Cancel {
         /// The command's head.
@@ -104,6 +109,7 @@ impl Plan {
             | Plan::Modify { head, .. }
             | Plan::Deposit { head, .. }
             | Plan::Withdraw { head, .. }
+            | Plan::OpenAccount { head }
             | Plan::Cancel { head, .. }
             | Plan::Replace { head, .. } => Some(head),
         }
@@ -122,6 +128,7 @@ impl Plan {
             Plan::Modify { modify, .. } => CommandKind::ModifyTrade(modify.clone()),
             Plan::Deposit { money, .. } => CommandKind::Deposit(money.clone()),
             Plan::Withdraw { money, .. } => CommandKind::Withdrawal(money.clone()),
+            Plan::OpenAccount { .. } => CommandKind::OpenAccount,
             Plan::Cancel { cancel, .. } => CommandKind::CancelOrder(cancel.clone()),
             Plan::Replace { replace, .. } => CommandKind::ReplaceOrder(replace.clone()),
         })
@@ -234,6 +241,7 @@ pub fn plan(key: Option<&[u8]>, payload: Option<&[u8]>) -> Plan {
         CommandKind::Withdrawal(money) => Plan::Withdraw { head, money },
         CommandKind::CancelOrder(cancel) => Plan::Cancel { head, cancel },
         CommandKind::ReplaceOrder(replace) => Plan::Replace { head, replace },
+        CommandKind::OpenAccount => Plan::OpenAccount { head },
     }
 }
 
@@ -358,6 +366,7 @@ mod tests {
                 TradeCommand::money(u(), Decimal::new(5_000, 2), true, 1),
                 "withdraw",
             ),
+            (TradeCommand::open_account(u(), 1), "open account"),
         ];
         for (cmd, want) in cases {
             let planned = plan(Some(b"u1"), Some(&bytes(&cmd)));
@@ -367,6 +376,7 @@ mod tests {
                 Plan::Modify { .. } => "modify",
                 Plan::Deposit { .. } => "deposit",
                 Plan::Withdraw { .. } => "withdraw",
+                Plan::OpenAccount { .. } => "open account",
                 other => panic!("{other:?}"),
             };
             assert_eq!(got, want);

@@ -701,3 +701,79 @@ async fn a_trailing_stop_follows_the_price_and_closes_once() {
         .is_none());
     stop_engine(&shutdown, engine).await;
 }
+
+/// The next record of `consumer` as JSON, failing after [`WAIT`].
+async fn next_json(consumer: &StreamConsumer, what: &str) -> serde_json::Value {
+    let r = next_record(consumer, WAIT)
+        .await
+        .unwrap_or_else(|| panic!("no {what} within {WAIT:?}"));
+    serde_json::from_slice(&r.value).unwrap()
+}
+
+/// An `OPEN_ACCOUNT` opens the account with its opening balance (`ACCOUNT_OPENED`, then the
+/// status), with no price needed; after a restart (the accounts rebuilt from the log) the
+/// same command redelivered is answered with the same event and the balance is not counted
+/// twice, and another opening of the open account is rejected.
+#[tokio::test]
+async fn an_account_opens_once_with_its_opening_balance() {
+    let env = TestEnv::new().await;
+    let txs = reader(&env, UserTopic::Transactions);
+    let statuses = reader(&env, UserTopic::Mt5Status);
+    let rejections = reader(&env, UserTopic::Trades);
+    let producer = UserEventProducer::new(&env.kafka(Identity::Gateway)).unwrap();
+    let cmd = TradeCommand::open_account(UserId::new("olga"), now_ms());
+    producer.send(&cmd).await.unwrap();
+
+    let first = CancellationToken::new();
+    let engine = start_engine(&env, &first).await;
+    let opened = next_json(&txs, "ACCOUNT_OPENED").await;
+    assert_eq!(opened["event_type"], "ACCOUNT_OPENED", "{opened}");
+    assert_eq!(
+        opened["event_id"],
+        format!("opn_{}", cmd.head.event_id),
+        "{opened}"
+    );
+    assert_eq!(opened["reference"], cmd.head.event_id.as_str());
+    assert_eq!(
+        (&opened["amount"], &opened["balance_after"]),
+        (&10000.0.into(), &10000.0.into())
+    );
+    let status = next_json(&statuses, "ACCOUNT_STATUS").await;
+    assert_eq!(
+        (&status["user_id"], &status["balance"]),
+        (&"olga".into(), &10000.0.into())
+    );
+    stop_engine(&first, engine).await;
+
+    // Redelivered, and a second opening: the same event again, and a rejection.
+    let again = TradeCommand::open_account(UserId::new("olga"), now_ms());
+    producer.send(&cmd).await.unwrap();
+    producer.send(&again).await.unwrap();
+    let second = CancellationToken::new();
+    let engine = start_engine(&env, &second).await;
+    let replayed = next_json(&txs, "the replayed ACCOUNT_OPENED").await;
+    assert_eq!(replayed, opened, "the same event, again");
+    let rejected = next_json(&rejections, "TRADE_REJECTED").await;
+    assert_eq!(
+        (
+            &rejected["event_type"],
+            &rejected["command_id"],
+            &rejected["reason"]
+        ),
+        (
+            &"TRADE_REJECTED".into(),
+            &again.head.event_id.as_str().into(),
+            &"the account is already open".into()
+        ),
+        "{rejected}"
+    );
+    let status = next_json(&statuses, "ACCOUNT_STATUS").await;
+    assert_eq!(status["balance"], 10000.0, "{status}");
+    assert!(
+        next_record(&txs, Duration::from_millis(500))
+            .await
+            .is_none(),
+        "no other transaction"
+    );
+    stop_engine(&second, engine).await;
+}

@@ -79,8 +79,8 @@ pub fn costs(config: &suho_config::CostsConfig) -> anyhow::Result<suho_broker::C
 /// each command's id: it refuses one command in `reject_every` ([`refuses`]), answers the
 /// first try of one trade command in `unavailable_every` [`BrokerError::Unavailable`]
 /// ([`unavailable`]; tries counted in this process, so a restarted engine meets the failure
-/// again), and holds every fill `fill_delay_ms`. Deposits, withdrawals, statuses and ticks go
-/// straight to the books.
+/// again), and holds every fill `fill_delay_ms`. Deposits, withdrawals, account openings,
+/// statuses and ticks go straight to the books.
 #[derive(Debug)]
 pub struct ScriptedVenue {
     books: PaperBroker,
@@ -265,6 +265,15 @@ impl BrokerAdapter for ScriptedVenue {
         self.books.withdraw(account, request_id, amount, now_ms)
     }
 
+    fn open_account(
+        &self,
+        account: &AccountKey,
+        request_id: &str,
+        now_ms: i64,
+    ) -> impl Future<Output = BrokerResult<Outcome<Transaction>>> + Send {
+        self.books.open_account(account, request_id, now_ms)
+    }
+
     fn status(
         &self,
         account: &AccountKey,
@@ -399,6 +408,15 @@ impl BrokerAdapter for Venue {
         now_ms: i64,
     ) -> impl Future<Output = BrokerResult<Outcome<Transaction>>> + Send {
         each!(self, v => v.withdraw(account, request_id, amount, now_ms))
+    }
+
+    fn open_account(
+        &self,
+        account: &AccountKey,
+        request_id: &str,
+        now_ms: i64,
+    ) -> impl Future<Output = BrokerResult<Outcome<Transaction>>> + Send {
+        each!(self, v => v.open_account(account, request_id, now_ms))
     }
 
     fn status(

@@ -21,6 +21,8 @@ mod crash;
 mod fuzz;
 /// Every kind of invalid request (in `tests/invalid/`).
 mod invalid;
+/// A new account's opening balance from registration (in `tests/opening/`).
+mod opening;
 /// Pending orders, positions, partial closes and command queries (in `tests/orders/`).
 mod orders;
 /// The Polygon feed and backfill (in `tests/polygon/`).
@@ -326,7 +328,8 @@ async fn one_users_commands_land_in_one_partition_in_order() {
     .await;
     sent.extend(results);
 
-    let total = users * per_user;
+    // Each user's registration queued an OPEN_ACCOUNT before their commands.
+    let total = users * (per_user + 1);
     let records = consume(&p.env, UserTopic::Commands, Duration::from_secs(30), |s| {
         s.len() >= total
     })
@@ -337,6 +340,13 @@ async fn one_users_commands_land_in_one_partition_in_order() {
         assert_eq!(v["user_id"].as_str().unwrap(), key, "key = user_id");
         let entry = by_user.entry(key).or_default();
         entry.0.push(partition);
+        if entry.0.len() == 1 {
+            assert_eq!(
+                v["event_type"], "OPEN_ACCOUNT",
+                "registration comes first: {v}"
+            );
+            continue;
+        }
         entry.1.push(v["event_id"].as_str().unwrap().to_string());
     }
     let mut partitions_used = std::collections::HashSet::new();
@@ -401,6 +411,7 @@ async fn no_market_data_ever_appears_in_kafka() {
         "OPEN_TRADE",
         "CLOSE_TRADE",
         "MODIFY_TRADE",
+        "OPEN_ACCOUNT",
         "TRADE_EXECUTED",
         "TRADE_CLOSED",
         "TRADE_MODIFIED",
@@ -411,6 +422,7 @@ async fn no_market_data_ever_appears_in_kafka() {
         "RISK_LIMIT_BREACH",
         "DEPOSIT",
         "WITHDRAWAL",
+        "ACCOUNT_OPENED",
         "SETTINGS_UPDATED",
         "MT5_ACCOUNT_LINKED",
         "MT5_ACCOUNT_UNLINKED",
@@ -459,7 +471,7 @@ async fn async_nats_sub(env: &TestEnv) -> impl std::future::Future<Output = usiz
 #[tokio::test]
 async fn bad_requests_name_the_field_and_queue_nothing() {
     let p = Running::start().await;
-    let (_, token) = p.user("carol@example.com").await;
+    let (carol, token) = p.user("carol@example.com").await;
     let cases = [
         (
             json!({"symbol": "EURUSD", "type": "BUY", "volume": 0}),
@@ -567,9 +579,15 @@ async fn bad_requests_name_the_field_and_queue_nothing() {
         .await;
     assert_eq!(status, 401);
 
+    // The registration's OPEN_ACCOUNT (published before the 201) is the only command.
     let commands = read_to_end(&p.env, UserTopic::Commands).await;
-    assert!(
-        commands.is_empty(),
+    let types: Vec<(&str, &str)> = commands
+        .iter()
+        .map(|(k, _, v)| (k.as_str(), v["event_type"].as_str().unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        types,
+        [(carol.as_str(), "OPEN_ACCOUNT")],
         "nothing is queued for invalid requests: {commands:?}"
     );
     p.stop().await;

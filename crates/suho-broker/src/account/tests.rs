@@ -661,6 +661,90 @@ fn retried_commands_return_the_same_events() {
     assert_eq!(a.balance(), d("4980.00"));
 }
 
+/// A new account holding `opening` from its start, as the broker makes them.
+fn opening(opening: &str) -> PaperAccount {
+    PaperAccount::with_valid_config(
+        UserId::new("u1"),
+        Some("mt1".into()),
+        AccountConfig::default(),
+        d(opening),
+    )
+}
+
+#[test]
+fn an_account_opens_once_with_its_opening_balance() {
+    let mut a = opening("10000");
+    let opened = a.open_account("cmd_o", 5).expect("open");
+    assert!(!opened.replayed);
+    let e = &opened.event;
+    assert_eq!(
+        (
+            e.event_id.as_str(),
+            e.event_type,
+            e.amount,
+            e.balance_after,
+            e.reference.as_deref(),
+            e.timestamp
+        ),
+        (
+            "opn_cmd_o",
+            TransactionType::AccountOpened,
+            d("10000"),
+            Some(d("10000")),
+            Some("cmd_o"),
+            5
+        )
+    );
+    assert_eq!(e.currency, "USD");
+    // Opening moves no money: the account held its opening balance already.
+    assert_eq!(a.balance(), d("10000"));
+    // A redelivered command answers the same event, even after the account has traded.
+    a.deposit("d", d("5"), 6).expect("deposit");
+    let again = a.open_account("cmd_o", 9).expect("replay");
+    assert_eq!((&again.event, again.replayed), (e, true));
+    // Another opening of an account with a history is refused, and changes nothing.
+    let err = a.open_account("cmd_o2", 9).expect_err("already open");
+    assert_eq!(err, RejectReason::AlreadyOpen);
+    assert_eq!(err.to_string(), "the account is already open");
+    let mut traded = opening("10000");
+    buy(
+        &mut traded,
+        "t",
+        "EURUSD",
+        "0.1",
+        &tick("EURUSD", "1.1", "1.1002", 1),
+    );
+    assert_eq!(
+        traded.open_account("cmd_late", 2),
+        Err(RejectReason::AlreadyOpen)
+    );
+    assert_eq!(a.balance(), d("10005"));
+}
+
+#[test]
+fn a_rebuilt_account_keeps_its_balance_and_answers_the_same_opening() {
+    let mut live = opening("10000");
+    let opened = live.open_account("cmd_o", 1).expect("open").event;
+    let dep = live.deposit("d", d("250.50"), 2).expect("deposit").event;
+    let log = [AccountEvent::from(dep), AccountEvent::from(opened.clone())];
+    // Either order: the topics interleave as they will on a rebuild.
+    for order in [[0, 1], [1, 0]] {
+        let mut rebuilt = opening("10000");
+        for i in order {
+            assert_eq!(rebuilt.apply(&log[i]), Ok(Applied::Applied));
+        }
+        assert_eq!(rebuilt.apply(&log[1]), Ok(Applied::Duplicate));
+        same_state(&live, &rebuilt);
+        assert_eq!(rebuilt.balance(), d("10250.50"));
+        let again = rebuilt.open_account("cmd_o", 7).expect("replay");
+        assert_eq!((again.event, again.replayed), (opened.clone(), true));
+        assert_eq!(
+            rebuilt.open_account("cmd_x", 7),
+            Err(RejectReason::AlreadyOpen)
+        );
+    }
+}
+
 /// A scenario touching every event kind; returns the account and what it published.
 fn scenario() -> (PaperAccount, Vec<AccountEvent>) {
     let mut a = account();

@@ -582,13 +582,21 @@ async fn every_invalid_request_names_its_field_or_is_rejected_with_a_reason() {
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 
-    // Nothing was queued for the 4xx requests: the only commands are the judged ones.
+    // Nothing was queued for the 4xx requests: the only commands are the registration's
+    // OPEN_ACCOUNT and the judged ones.
     let commands = read_to_end(&p.env, UserTopic::Commands).await;
     let mine: Vec<&Value> = commands
         .iter()
         .filter(|(k, _, _)| k == &user)
         .map(|(_, _, v)| v)
         .collect();
-    assert_eq!(mine.len(), judged.len(), "{mine:?}");
+    assert_eq!(mine.len(), judged.len() + 1, "{mine:?}");
+    assert_eq!(mine[0]["event_type"], "OPEN_ACCOUNT", "{mine:?}");
+    assert!(
+        mine[1..].iter().all(|v| v["event_id"]
+            .as_str()
+            .is_some_and(|id| queued.contains_key(id))),
+        "{mine:?}"
+    );
     p.stop().await;
 }

@@ -12,7 +12,12 @@ use super::Running;
 
 /// GETs `path` until `done` holds for the answer (the audit store follows the log within
 /// moments), failing after 30 s.
-async fn until(p: &Running, token: &str, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+pub(crate) async fn until(
+    p: &Running,
+    token: &str,
+    path: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let (status, body) = p.send_text(reqwest::Method::GET, path, token, "").await;

@@ -287,7 +287,8 @@ async fn deposit_trade_stop_loss_close_and_the_balance_to_the_cent() {
     })
     .await;
     let mut env = polygon_env(&fake.url, KEY).await;
-    // Money arrives by deposit only, so the figures are the deposit's.
+    // Money arrives by deposit only (the account opens with 0), so the figures are the
+    // deposit's.
     env.config.trading.paper_opening_balance = 0;
     let p = super::Running::with(env).await;
     let (user, token) = p.user("walker@example.com").await;
@@ -311,11 +312,17 @@ async fn deposit_trade_stop_loss_close_and_the_balance_to_the_cent() {
         &p.env,
         UserTopic::Transactions,
         Duration::from_secs(30),
-        |s| !s.is_empty(),
+        |s| s.len() >= 2,
     )
     .await;
-    let (_, _, deposit) = deposits.first().expect("a DEPOSIT within 30 s");
-    assert_eq!(deposit["event_type"], "DEPOSIT", "{deposit}");
+    let types: Vec<&str> = deposits
+        .iter()
+        .map(|(_, _, v)| v["event_type"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(types, ["ACCOUNT_OPENED", "DEPOSIT"], "{deposits:?}");
+    let (_, _, opened) = &deposits[0];
+    assert_eq!(dec(&opened["balance_after"]), d("0"), "{opened}");
+    let (_, _, deposit) = &deposits[1];
     assert_eq!(dec(&deposit["balance_after"]), d("10000.00"));
 
     let (s, body) = p

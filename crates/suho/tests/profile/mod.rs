@@ -193,10 +193,11 @@ async fn a_repeated_client_order_id_returns_the_first_command_and_close_modify_q
     let (s, bad) = p.post("/api/trade/close", Some(&token), json!({})).await;
     assert_eq!((s, bad["field"].as_str()), (422, Some("trade_id")), "{bad}");
 
-    // user.commands holds this user's three commands once each: one user's records keep
-    // their order in one partition, so a queued repeat would sit between OPEN and CLOSE.
+    // user.commands holds this user's three commands once each, after the registration's
+    // OPEN_ACCOUNT: one user's records keep their order in one partition, so a queued repeat
+    // would sit between OPEN and CLOSE.
     let commands = consume(&p.env, UserTopic::Commands, Duration::from_secs(20), |s| {
-        s.iter().filter(|(k, _, _)| k == &user).count() >= 3
+        s.iter().filter(|(k, _, _)| k == &user).count() >= 4
     })
     .await;
     let mine: Vec<&Value> = commands
@@ -210,13 +211,13 @@ async fn a_repeated_client_order_id_returns_the_first_command_and_close_modify_q
         .collect();
     assert_eq!(
         types,
-        ["OPEN_TRADE", "CLOSE_TRADE", "MODIFY_TRADE"],
+        ["OPEN_ACCOUNT", "OPEN_TRADE", "CLOSE_TRADE", "MODIFY_TRADE"],
         "{mine:?}"
     );
-    assert_eq!(mine[0]["event_id"], first["command_id"]);
-    assert_eq!(mine[0]["client_order_id"], "abc-1");
-    assert_eq!(mine[1]["trade_id"], "trd_x");
-    assert_eq!(mine[2]["stop_loss"], 1.05);
+    assert_eq!(mine[1]["event_id"], first["command_id"]);
+    assert_eq!(mine[1]["client_order_id"], "abc-1");
+    assert_eq!(mine[2]["trade_id"], "trd_x");
+    assert_eq!(mine[3]["stop_loss"], 1.05);
     p.stop().await;
 }
 
