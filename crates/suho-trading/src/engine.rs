@@ -194,9 +194,9 @@ struct Taken {
 /// figures that explain the command -> fill latency (see docs/benchmarks.md).
 struct BatchTimes {
     last: std::time::Instant,
-    /// Begin, ticks, prices, execute, publish (the records handed over and acknowledged,
-    /// then the offsets added), commit.
-    spans: [Duration; 6],
+    /// Begin, ticks, prices, execute, publish (the records handed over and acknowledged),
+    /// offsets (added to the transaction), commit.
+    spans: [Duration; 7],
     next: usize,
 }
 
@@ -204,7 +204,7 @@ impl BatchTimes {
     fn new(began: std::time::Instant) -> BatchTimes {
         let mut t = BatchTimes {
             last: began,
-            spans: [Duration::ZERO; 6],
+            spans: [Duration::ZERO; 7],
             next: 0,
         };
         t.mark();
@@ -231,7 +231,8 @@ impl BatchTimes {
             prices_us = us(2),
             execute_us = us(3),
             publish_us = us(4),
-            commit_us = us(5),
+            offsets_us = us(5),
+            commit_us = us(6),
             "batch committed"
         );
     }
@@ -665,6 +666,7 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
             }
             return Err(e.into());
         }
+        times.mark();
         let offsets = self.send_offsets(batch.iter().take(done)).await;
         times.mark();
         if let Err(e) = offsets {
