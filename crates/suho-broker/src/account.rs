@@ -39,7 +39,8 @@ pub mod positions;
 #[cfg(test)]
 mod tests;
 
-pub use orders::{order_id, PendingOrder};
+pub use orders::{order_id, PendingOrder, Trigger};
+pub(crate) use positions::entry_price;
 pub use positions::{trade_id, Position};
 
 /// The largest balance a deposit may create: 10^15 units of the account currency.
@@ -465,6 +466,11 @@ impl PaperAccount {
     /// Records a quote without any checks (for seeding rates, e.g. after a rebuild).
     pub fn update_quote(&mut self, tick: &Tick) -> bool {
         self.quotes.update(tick)
+    }
+
+    /// Takes the quotes of `latest` this account has not seen (see [`Quotes::catch_up`]).
+    pub fn catch_up_quotes(&mut self, latest: &Quotes) {
+        self.quotes.catch_up(latest);
     }
 
     fn account_tag(&self) -> &str {

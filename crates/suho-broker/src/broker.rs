@@ -14,6 +14,7 @@ use crate::account::{
     AccountConfig, AccountEvent, Applied, ApplyError, ConfigError, Outcome, PaperAccount,
     TickOutcome, UserLimits, MAX_BALANCE,
 };
+use crate::book::Book;
 use crate::quotes::Quotes;
 use crate::reject::RejectReason;
 
@@ -266,8 +267,11 @@ impl PaperBrokerConfig {
 
 #[derive(Debug, Default)]
 struct State {
+    /// The latest quotes; an account catches up with them whenever it is used.
     quotes: Quotes,
     accounts: HashMap<AccountKey, PaperAccount>,
+    /// What a tick can act on in which account.
+    book: Book,
     /// Users' own limits, applied to each of their accounts (kept across a reset: they come
     /// from the users' settings, not from the accounts' events).
     limits: HashMap<UserId, UserLimits>,
@@ -317,19 +321,26 @@ impl PaperBroker {
         PaperBroker::new(PaperBrokerConfig::platform(leverage, opening_balance)?)
     }
 
-    /// Runs `f` on the account `key`, created if new.
+    /// Runs `f` on the account `key`, created if new (with the latest quotes).
     pub fn with_account<R>(&self, key: &AccountKey, f: impl FnOnce(&mut PaperAccount) -> R) -> R {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        f(self.account(&mut state, key))
+        let r = f(self.account(&mut state, key));
+        let State { accounts, book, .. } = &mut *state;
+        if let Some(account) = accounts.get(key) {
+            book.update(key, account);
+        }
+        r
     }
 
+    /// The account `key`, created if new, caught up with the latest quotes.
     fn account<'s>(&self, state: &'s mut State, key: &AccountKey) -> &'s mut PaperAccount {
         let State {
             quotes,
             accounts,
             limits,
+            ..
         } = state;
-        accounts.entry(key.clone()).or_insert_with(|| {
+        let account = accounts.entry(key.clone()).or_insert_with(|| {
             let mut a = PaperAccount::with_valid_config(
                 key.user_id.clone(),
                 key.mt5_account.clone(),
@@ -339,11 +350,10 @@ impl PaperBroker {
             if let Some(l) = limits.get(&key.user_id) {
                 a.set_limits(l);
             }
-            quotes.iter().for_each(|t| {
-                a.update_quote(t);
-            });
             a
-        })
+        });
+        account.catch_up_quotes(quotes);
+        account
     }
 
     /// Sets `user`'s own limits on every account of theirs, now and when one is created.
@@ -389,12 +399,18 @@ impl PaperBroker {
                 Err(e) => done.refused.push((event.event_id().to_owned(), e)),
             }
         }
+        let State { accounts, book, .. } = &mut *state;
+        book.clear();
+        for (key, account) in accounts.iter() {
+            book.update(key, account);
+        }
         done
     }
 
-    /// A market tick seen by every account (for its conversion rates), acted on (stop
-    /// loss, take profit, margin call, stop-out) only for the accounts `acts_on` accepts;
-    /// outcomes in account-key order.
+    /// A market tick, acted on (fills, expiries, stop loss, take profit, trailing stops,
+    /// swaps, margin call, stop-out) in the accounts it can change that `acts_on` accepts
+    /// (the book names them: see [`crate::book`]); outcomes in account-key order. Every other
+    /// account catches up with the tick when it is next used.
     pub fn on_tick_where(
         &self,
         tick: &Tick,
@@ -402,23 +418,29 @@ impl PaperBroker {
         acts_on: impl Fn(&AccountKey) -> bool,
     ) -> TickOutcome {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.quotes.update(tick);
-        let mut keys: Vec<AccountKey> = state.accounts.keys().cloned().collect();
-        keys.sort();
+        let State {
+            quotes,
+            accounts,
+            book,
+            ..
+        } = &mut *state;
         let mut all = TickOutcome::default();
-        for key in keys {
-            let acts = acts_on(&key);
-            if let Some(account) = state.accounts.get_mut(&key) {
-                if !acts {
-                    account.update_quote(tick);
-                    continue;
-                }
-                let mut out = account.on_tick(tick, now_ms);
-                all.trades.append(&mut out.trades);
-                all.alerts.append(&mut out.alerts);
-                all.errors.append(&mut out.errors);
+        for key in book.touched_by(tick, now_ms) {
+            if !acts_on(&key) {
+                continue;
             }
+            let Some(account) = accounts.get_mut(&key) else {
+                continue;
+            };
+            // The quotes before this tick, then the tick itself.
+            account.catch_up_quotes(quotes);
+            let mut out = account.on_tick(tick, now_ms);
+            all.trades.append(&mut out.trades);
+            all.alerts.append(&mut out.alerts);
+            all.errors.append(&mut out.errors);
+            book.update(&key, account);
         }
+        quotes.update(tick);
         all
     }
 
@@ -851,5 +873,169 @@ mod tests {
         assert_eq!(who, ["u2"]);
         // u1's account saw the quote but did not act on it.
         assert_eq!(now(b.status(&k1, 3)).expect("status").open_positions, 1);
+    }
+
+    /// A deterministic stream of pseudo-random numbers (no dependency, same every run).
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn next(&mut self, n: u64) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (self.0 >> 33) % n
+        }
+    }
+
+    /// A mid price of `symbol` moved by `steps` pips, as a tick one pip wide.
+    fn moved(symbol: &str, steps: i64, ts: i64) -> Tick {
+        let s = Symbol::parse(symbol).expect("symbol");
+        let base = match symbol {
+            "USDJPY" => d("150.000"),
+            "EURGBP" => d("0.85000"),
+            "GBPUSD" => d("1.27000"),
+            "AUDUSD" => d("0.66000"),
+            _ => d("1.10000"),
+        };
+        let bid = base + s.pip() * Decimal::from(steps);
+        Tick::new(s, bid, bid + s.pip(), ts, "test").expect("tick")
+    }
+
+    const SYMBOLS: [&str; 5] = ["EURUSD", "GBPUSD", "USDJPY", "EURGBP", "AUDUSD"];
+
+    /// A broker with `n` accounts holding market positions with stops and resting limits and
+    /// stops (some with an expiry) on several symbols, priced on every symbol.
+    fn busy_broker(n: usize, rng: &mut Lcg) -> (PaperBroker, Vec<AccountKey>) {
+        let b = PaperBroker::new(PaperBrokerConfig {
+            initial_balance: d("100000"),
+            ..PaperBrokerConfig::default()
+        })
+        .expect("config");
+        for s in SYMBOLS {
+            b.on_tick_where(&moved(s, 0, 1), 1, acts_on_all);
+        }
+        let mut keys = Vec::new();
+        for i in 0..n {
+            let k = key(&format!("u{i:03}"), "a");
+            for j in 0..3 {
+                let symbol = SYMBOLS[usize::try_from(rng.next(5)).expect("small")];
+                let t = moved(symbol, 0, 1);
+                let pip = t.symbol.pip();
+                let away = |p: u64| pip * Decimal::from(p);
+                let (mut head, mut open) = buy(&k, &format!("{i}_{j}"), symbol, "0.1", None);
+                let side = if rng.next(2) == 0 {
+                    Side::Buy
+                } else {
+                    Side::Sell
+                };
+                open.order.side = side;
+                let dist = away(5 + rng.next(40));
+                match rng.next(4) {
+                    0 => {
+                        // A market position with a stop loss.
+                        open.order.stop_loss = Some(match side {
+                            Side::Buy => t.bid - dist,
+                            Side::Sell => t.ask + dist,
+                        });
+                    }
+                    1 => {
+                        open.order_type = suho_domain::OrderType::Limit;
+                        open.limit_price = Some(match side {
+                            Side::Buy => t.ask - dist,
+                            Side::Sell => t.bid + dist,
+                        });
+                    }
+                    2 => {
+                        open.order_type = suho_domain::OrderType::Stop;
+                        open.stop_price = Some(match side {
+                            Side::Buy => t.ask + dist,
+                            Side::Sell => t.bid - dist,
+                        });
+                    }
+                    _ => {
+                        open.order_type = suho_domain::OrderType::Limit;
+                        open.limit_price = Some(match side {
+                            Side::Buy => t.ask - dist,
+                            Side::Sell => t.bid + dist,
+                        });
+                        open.time_in_force = Some(suho_domain::TimeInForce::Gtd);
+                        open.expires_at = Some(100 + i64::try_from(rng.next(200)).expect("small"));
+                    }
+                }
+                head.timestamp = 1;
+                now(b.open(&head, &open, &t, 1)).expect("accepted");
+            }
+            keys.push(k);
+        }
+        (b, keys)
+    }
+
+    /// The book changes nothing but the work: every tick gives the same events, in the same
+    /// order, as visiting every account did.
+    #[test]
+    fn a_tick_through_the_book_acts_as_a_visit_of_every_account() {
+        let mut rng = Lcg(7);
+        let (b, keys) = busy_broker(60, &mut rng);
+        let mut reference: Vec<(AccountKey, PaperAccount)> = keys
+            .iter()
+            .map(|k| (k.clone(), b.with_account(k, |a| a.clone())))
+            .collect();
+        let mut walk = [0i64; 5];
+        let mut events = 0;
+        for ts in 2..400 {
+            let i = usize::try_from(rng.next(5)).expect("small");
+            walk[i] += i64::try_from(rng.next(9)).expect("small") - 4;
+            let t = moved(SYMBOLS[i], walk[i], ts);
+            let got = b.on_tick_where(&t, ts, acts_on_all);
+            let mut want = TickOutcome::default();
+            for (_, a) in &mut reference {
+                let mut out = a.on_tick(&t, ts);
+                want.trades.append(&mut out.trades);
+                want.alerts.append(&mut out.alerts);
+                want.errors.append(&mut out.errors);
+            }
+            assert_eq!(got.trades, want.trades, "tick {ts}: {t:?}");
+            assert_eq!(got.alerts, want.alerts, "tick {ts}");
+            assert_eq!(got.errors, want.errors, "tick {ts}");
+            events += got.trades.len();
+        }
+        assert!(
+            events > 50,
+            "the walk filled, expired and stopped things: {events}"
+        );
+        for (k, a) in &reference {
+            let ours = now(b.status(k, 500)).expect("status");
+            assert_eq!(Ok(ours), a.status(500).map_err(|e| e.to_string()), "{k:?}");
+        }
+    }
+
+    /// A tick visits the accounts whose orders it reaches or whose positions it moves, not
+    /// the whole book.
+    #[test]
+    fn a_tick_visits_only_what_it_can_change() {
+        let mut rng = Lcg(11);
+        let (b, _) = busy_broker(300, &mut rng);
+        let far = key("far", "a");
+        let t = moved("EURUSD", 0, 1);
+        let (mut head, mut open) = buy(&far, "far", "EURUSD", "0.1", None);
+        open.order_type = suho_domain::OrderType::Limit;
+        open.limit_price = Some(d("1.05000"));
+        head.timestamp = 1;
+        now(b.open(&head, &open, &t, 1)).expect("placed");
+        let state = b.state.lock().expect("lock");
+        let (accounts, orders) = state.book.size();
+        assert!(
+            accounts > 290 && orders > 200,
+            "{accounts} accounts, {orders} orders"
+        );
+        // An AUDUSD tick at the first price reaches no order and moves only AUDUSD and
+        // USD-quoted positions: never the far EURUSD limit.
+        let visited = state.book.touched_by(&moved("AUDUSD", 0, 2), 2);
+        assert!(!visited.contains(&far));
+        assert!(visited.len() < accounts, "{} of {accounts}", visited.len());
+        // The far limit is visited once the ask reaches it.
+        let low = moved("EURUSD", -5_001, 3);
+        assert!(state.book.touched_by(&low, 3).contains(&far));
     }
 }

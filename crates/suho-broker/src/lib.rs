@@ -23,13 +23,14 @@
 #![warn(missing_docs)]
 
 pub mod account;
+mod book;
 pub mod broker;
 pub mod quotes;
 pub mod reject;
 
 pub use account::{
     trade_id, AccountConfig, AccountEvent, AccountMetrics, Applied, ApplyError, ConfigError, Costs,
-    Outcome, PaperAccount, Position, TickOutcome, UserLimits, MAX_BALANCE,
+    Outcome, PaperAccount, PendingOrder, Position, TickOutcome, Trigger, UserLimits, MAX_BALANCE,
 };
 pub use broker::{
     AccountKey, ActsOn, BrokerAdapter, BrokerError, BrokerResult, PaperBroker, PaperBrokerConfig,

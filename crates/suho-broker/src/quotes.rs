@@ -55,6 +55,20 @@ impl Quotes {
         }
     }
 
+    /// Takes every tick of `latest` this one lacks: of a symbol not held, or other than the
+    /// one held and not older.
+    pub fn catch_up(&mut self, latest: &Quotes) {
+        for t in latest.iter() {
+            let stale = self
+                .latest
+                .get(&t.symbol)
+                .is_none_or(|held| held != t && held.timestamp <= t.timestamp);
+            if stale {
+                self.latest.insert(t.symbol, t.clone());
+            }
+        }
+    }
+
     /// The latest tick of `symbol`.
     #[must_use]
     pub fn get(&self, symbol: Symbol) -> Option<&Tick> {
@@ -80,12 +94,7 @@ impl Quotes {
         if from == to {
             return Ok(amount);
         }
-        let quoted = |a: &str, b: &str| {
-            Symbol::parse(&format!("{a}{b}"))
-                .ok()
-                .and_then(|s| self.get(s))
-                .map(|t| t.mid)
-        };
+        let quoted = |a: &str, b: &str| pair(a, b).and_then(|s| self.get(s)).map(|t| t.mid);
         let overflow = ValuationError::Overflow("converting currency");
         if let Some(mid) = quoted(from, to) {
             amount.checked_mul(mid).ok_or(overflow)
@@ -98,6 +107,17 @@ impl Quotes {
             })
         }
     }
+}
+
+/// The symbols a conversion between currencies `a` and `b` reads: the pairs `ab` and `ba`,
+/// whichever is quoted (see [`Quotes::convert`]).
+pub fn pairs(a: &str, b: &str) -> impl Iterator<Item = Symbol> {
+    [pair(a, b), pair(b, a)].into_iter().flatten()
+}
+
+/// The symbol `ab`, if there is one.
+fn pair(a: &str, b: &str) -> Option<Symbol> {
+    Symbol::parse(&format!("{a}{b}")).ok()
 }
 
 #[cfg(test)]
@@ -126,6 +146,13 @@ mod tests {
             err.to_string(),
             "no conversion from GBP to USD: neither GBPUSD nor USDGBP is quoted"
         );
+    }
+
+    #[test]
+    fn a_conversion_reads_the_direct_and_the_inverse_pair() {
+        let names = |a, b| pairs(a, b).map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(names("GBP", "USD"), ["GBPUSD", "USDGBP"]);
+        assert_eq!(names("JPY", "USD"), ["JPYUSD", "USDJPY"]);
     }
 
     #[test]

@@ -69,6 +69,27 @@ impl PaperAccount {
         }
     }
 
+    /// The symbols whose ticks move this account's equity or margin: each position's own,
+    /// and the pairs its profit (in the quote currency, [`PaperAccount::profit_at`]) and its
+    /// margin (in the base currency, [`PaperAccount::margin_of`]) convert through.
+    #[must_use]
+    pub fn watched_symbols(&self) -> Vec<Symbol> {
+        let ccy = self.config.currency.as_str();
+        let mut out: Vec<Symbol> = self
+            .positions
+            .values()
+            .flat_map(|p| {
+                let s = p.symbol;
+                std::iter::once(s)
+                    .chain(crate::quotes::pairs(s.quote(), ccy))
+                    .chain(crate::quotes::pairs(s.base(), ccy))
+            })
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
     pub(super) fn margin_of(
         &self,
         symbol: Symbol,

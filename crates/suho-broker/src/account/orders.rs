@@ -80,6 +80,33 @@ pub struct PendingOrder {
     pub metadata: Option<CommandMetadata>,
 }
 
+/// When a tick reaches a resting order: the price it enters at (the ask for a buy, the bid
+/// for a sell) at or below `level` (a buy limit, a sell stop) or at or above it (a sell
+/// limit, a buy stop). The one home of that condition: the account fills by it, and the
+/// broker's book indexes orders by it so a tick visits only the orders it reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trigger {
+    /// The side whose entry price is watched.
+    pub side: Side,
+    /// The level.
+    pub level: Decimal,
+    /// Reached at or below `level` (else at or above).
+    pub at_or_below: bool,
+}
+
+impl Trigger {
+    /// Whether `tick` reaches it.
+    #[must_use]
+    pub fn reached_by(&self, tick: &Tick) -> bool {
+        let price = entry_price(self.side, tick);
+        if self.at_or_below {
+            price <= self.level
+        } else {
+            price >= self.level
+        }
+    }
+}
+
 /// What a tick does to one order.
 enum Touch {
     /// Fill at this price.
@@ -94,32 +121,49 @@ impl PendingOrder {
         self.limit_price.or(self.stop_price)
     }
 
+    /// The level a tick must reach to act on it (see [`Trigger`]): its limit (a limit, or a
+    /// stop-limit whose stop was touched), else its stop. `None` for a market order, which
+    /// never rests.
+    #[must_use]
+    pub fn trigger(&self) -> Option<Trigger> {
+        let buy = self.order.side == Side::Buy;
+        let limit = |level| Trigger {
+            side: self.order.side,
+            level,
+            at_or_below: buy,
+        };
+        let stop = |level| Trigger {
+            side: self.order.side,
+            level,
+            at_or_below: !buy,
+        };
+        match (self.order_type, self.triggered) {
+            (OrderType::Limit, _) | (OrderType::StopLimit, true) => self.limit_price.map(limit),
+            (OrderType::Stop, _) | (OrderType::StopLimit, false) => self.stop_price.map(stop),
+            (OrderType::Market, _) => None,
+        }
+    }
+
     /// Whether `tick` reaches it, and at what price it fills.
     fn touched_by(&self, tick: &Tick) -> Option<Touch> {
         let price = entry_price(self.order.side, tick);
-        let buy = self.order.side == Side::Buy;
-        let limit_reached = |limit: Decimal| if buy { price <= limit } else { price >= limit };
-        let stop_touched = |stop: Decimal| if buy { price >= stop } else { price <= stop };
-        match (self.order_type, self.triggered) {
-            (OrderType::Limit, _) | (OrderType::StopLimit, true) => self
-                .limit_price
-                .filter(|l| limit_reached(*l))
-                .map(|_| Touch::Fill(price)),
-            (OrderType::Stop, _) => self
-                .stop_price
-                .filter(|s| stop_touched(*s))
-                .map(|_| Touch::Fill(price)),
-            (OrderType::StopLimit, false) => {
-                self.stop_price.filter(|s| stop_touched(*s)).map(|_| {
-                    Touch::Trigger(
-                        self.limit_price
-                            .filter(|l| limit_reached(*l))
-                            .map(|_| price),
-                    )
-                })
-            }
-            (OrderType::Market, _) => Some(Touch::Fill(price)),
+        if self.order_type == OrderType::Market {
+            return Some(Touch::Fill(price));
         }
+        if !self.trigger()?.reached_by(tick) {
+            return None;
+        }
+        if self.order_type == OrderType::StopLimit && !self.triggered {
+            // The stop is touched: it works as a limit from now on, and fills at once if the
+            // same price already reaches the limit.
+            let limit = PendingOrder {
+                triggered: true,
+                ..self.clone()
+            };
+            let fills = limit.trigger().is_some_and(|t| t.reached_by(tick));
+            return Some(Touch::Trigger(fills.then_some(price)));
+        }
+        Some(Touch::Fill(price))
     }
 
     /// The order an `ORDER_PLACED` or `ORDER_REPLACED` event describes.

@@ -264,7 +264,7 @@ pub(super) fn check_stops(
 }
 
 /// The price an order of `side` enters at on `tick`: a BUY at the ask, a SELL at the bid.
-pub(super) fn entry_price(side: Side, tick: &Tick) -> Decimal {
+pub(crate) fn entry_price(side: Side, tick: &Tick) -> Decimal {
     match side {
         Side::Buy => tick.ask,
         Side::Sell => tick.bid,

@@ -231,6 +231,30 @@ fn usdjpy_margin_and_profit_convert_inversely() {
 }
 
 #[test]
+fn the_symbols_that_move_a_cross_position_are_its_own_and_its_conversions() {
+    let mut a = funded("5000");
+    assert!(a.watched_symbols().is_empty());
+    a.on_tick(&tick("EURUSD", "1.10000", "1.10020", 1), 1);
+    a.on_tick(&tick("GBPUSD", "1.25000", "1.25020", 1), 1);
+    let cross = tick("EURGBP", "0.85000", "0.85010", 1);
+    a.exec(
+        &open_cmd("x", "EURGBP", Side::Buy, "1", None, None),
+        &cross,
+        1,
+    )
+    .expect("opened");
+    let watched: Vec<String> = a
+        .watched_symbols()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    for s in ["EURGBP", "EURUSD", "GBPUSD"] {
+        assert!(watched.iter().any(|w| w == s), "{s} in {watched:?}");
+    }
+    assert!(!watched.iter().any(|w| w == "USDJPY"), "{watched:?}");
+}
+
+#[test]
 fn eurgbp_margin_via_eurusd_profit_via_gbpusd() {
     // Margin 1,000 EUR × mid(EURUSD) 1.10010 = 1,100.10 USD. BUY at 0.85010, closed at the bid
     // 0.85510: 500 GBP × mid(GBPUSD) 1.25010 = 625.05 USD.
