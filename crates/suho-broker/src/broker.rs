@@ -212,8 +212,8 @@ pub trait BrokerAdapter: Send + Sync {
         now_ms: i64,
     ) -> impl Future<Output = BrokerResult<AccountStatus>> + Send;
 
-    /// A market tick, seen by every account; broker-initiated closes and risk alerts of the
-    /// accounts `acts_on` accepts, to publish.
+    /// A market tick, which every account values with from now on; broker-initiated fills,
+    /// closes and risk alerts of the accounts `acts_on` accepts, to publish.
     fn on_tick(
         &self,
         tick: &Tick,
@@ -596,8 +596,8 @@ impl BrokerAdapter for PaperBroker {
         ready(r.map_err(|e| BrokerError::Unavailable(e.to_string())))
     }
 
-    /// Every account sees every tick (for conversion rates); outcomes are concatenated in
-    /// account-key order.
+    /// [`PaperBroker::on_tick_where`]: the accounts the tick can change act on it; outcomes
+    /// are concatenated in account-key order.
     fn on_tick(
         &self,
         tick: &Tick,
