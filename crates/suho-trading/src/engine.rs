@@ -40,7 +40,7 @@ use suho_broker::{AccountKey, BrokerAdapter, BrokerError};
 use suho_domain::{
     CommandHead, DescribesTrade, PriceReply, TradeEvent, UserEvent, UserId, UserTopic,
 };
-use suho_messaging::kafka::{self, Assignment, Outgoing, Queued, UserConsumer};
+use suho_messaging::kafka::{self, Assignment, Outgoing, UserConsumer};
 use suho_messaging::{now_ms, MarketBus, UserEventProducer};
 use tokio_util::sync::CancellationToken;
 
@@ -655,10 +655,7 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
         let sent = sends.len();
         // Every outcome goes to the producer at once; the records' offsets join the
         // transaction once the outcomes are acknowledged (see `UserEventProducer`).
-        let published = match self.out().enqueue_all(sends) {
-            Ok(queued) => acknowledged(queued).await,
-            Err(e) => Err(e),
-        };
+        let published = publish(self.out(), sends).await;
         if let Err(e) = published {
             self.abort().await;
             if e.is_retryable() {
@@ -837,10 +834,7 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
             self.abort().await;
             return Ok(());
         }
-        let published = match self.out().enqueue_all(sends) {
-            Ok(queued) => acknowledged(queued).await,
-            Err(e) => Err(e),
-        };
+        let published = publish(self.out(), sends).await;
         let failed = match published {
             Err(e) if !e.is_retryable() => {
                 self.abort().await;
@@ -1214,10 +1208,14 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
     }
 }
 
-/// Waits for every record's acknowledgement; the first failure, if any.
-async fn acknowledged(queued: Vec<Queued>) -> Result<(), suho_messaging::MessagingError> {
+/// Hands `sends` to the open transaction's producer at once and waits for every record's
+/// acknowledgement; the first failure, if any.
+async fn publish(
+    out: &UserEventProducer,
+    sends: Vec<Outgoing>,
+) -> Result<(), suho_messaging::MessagingError> {
     let mut failure = None;
-    for q in queued {
+    for q in out.enqueue_all(sends)? {
         if let Err(e) = q.delivered().await {
             failure.get_or_insert(e);
         }
