@@ -36,7 +36,7 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
@@ -315,7 +315,7 @@ async fn run_all(
         .unwrap_or(i64::MAX / 1024)
         .saturating_mul(1024)
         .max(64 << 20);
-    let batch_times = batch_recorder();
+    let batch_times = crate::recorder::histogram(suho_bridge::BATCH_SECONDS_METRIC);
     let run_id = std::process::id();
     let mut runs = Vec::new();
     let mut nats_version = String::new();
@@ -742,78 +742,6 @@ async fn ours_phase(
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// The histogram the bridge's `bridge_batch_seconds` lands in, through a process-wide
-/// `metrics` recorder installed on first use; `None` when another recorder was installed
-/// first (then our batch times are not reported).
-fn batch_recorder() -> Option<&'static Mutex<Histogram<u64>>> {
-    static TIMES: OnceLock<Option<Arc<Mutex<Histogram<u64>>>>> = OnceLock::new();
-    TIMES
-        .get_or_init(|| {
-            let hist = Arc::new(Mutex::new(new_histogram().ok()?));
-            let recorder = BatchRecorder(Arc::clone(&hist));
-            metrics::set_global_recorder(recorder).ok()?;
-            Some(hist)
-        })
-        .as_deref()
-}
-
-/// A `metrics` recorder that keeps [`suho_bridge::BATCH_SECONDS_METRIC`] and drops the rest.
-struct BatchRecorder(Arc<Mutex<Histogram<u64>>>);
-
-struct BatchSink(Arc<Mutex<Histogram<u64>>>);
-
-impl metrics::HistogramFn for BatchSink {
-    fn record(&self, seconds: f64) {
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let ns = (seconds * 1e9) as u64;
-        lock(&self.0).saturating_record(ns.clamp(1, MAX_LATENCY_NS));
-    }
-}
-
-impl metrics::Recorder for BatchRecorder {
-    fn describe_counter(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn describe_gauge(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn describe_histogram(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-
-    fn register_counter(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
-        metrics::Counter::noop()
-    }
-
-    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
-        metrics::Gauge::noop()
-    }
-
-    fn register_histogram(
-        &self,
-        key: &metrics::Key,
-        _: &metrics::Metadata<'_>,
-    ) -> metrics::Histogram {
-        if key.name() == suho_bridge::BATCH_SECONDS_METRIC {
-            metrics::Histogram::from_arc(Arc::new(BatchSink(Arc::clone(&self.0))))
-        } else {
-            metrics::Histogram::noop()
-        }
-    }
 }
 
 impl fmt::Display for BridgeBenchReport {

@@ -32,6 +32,7 @@
 mod bridge;
 mod gateway;
 mod phase;
+mod recorder;
 mod server;
 mod trading;
 
@@ -82,9 +83,9 @@ impl Security {
     }
 }
 pub use trading::{
-    bench_trading, TradingBenchOptions, TradingBenchReport, TradingPath, TradingPhaseResult,
-    TradingRateResult, TradingSecurityCost, TRADING_GOAL_RATIO, TRADING_KEPT_PACE,
-    TRADING_SECURITY_GOAL,
+    bench_trading, BookOptions, BookReport, BookStageResult, TradingBenchOptions,
+    TradingBenchReport, TradingPath, TradingPhaseResult, TradingRateResult, TradingSecurityCost,
+    TRADING_GOAL_RATIO, TRADING_KEPT_PACE, TRADING_P50_GOAL_RATIO, TRADING_SECURITY_GOAL,
 };
 
 use std::fmt;

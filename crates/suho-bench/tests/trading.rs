@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use suho_bench::{bench_trading, TradingBenchOptions, TradingPath};
+use suho_bench::{bench_trading, BookOptions, TradingBenchOptions, TradingPath};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tiny_trading_bench_answers_every_command_once() {
@@ -16,6 +16,14 @@ async fn a_tiny_trading_bench_answers_every_command_once() {
         // A debug build on a shared machine: only the counts are checked here.
         p99_bound: Duration::from_secs(30),
         platform: Some(env.config.clone()),
+        book: Some(BookOptions {
+            stages: vec![40, 80],
+            users: 8,
+            rounds: 3,
+            per_round: 2,
+            round_every: Duration::from_millis(200),
+            timeout: Duration::from_secs(120),
+        }),
         ..TradingBenchOptions::default()
     };
     let report = bench_trading(opts).await.expect("the bench runs");
@@ -52,8 +60,31 @@ async fn a_tiny_trading_bench_answers_every_command_once() {
             assert_eq!(p.fill_ns.len() + p.close_ns.len(), 20, "{:?}", p.path);
         }
     }
+    // The resting book: every order placed, and each one a round's tick reached filled
+    // exactly once.
+    let book = report.book.as_ref().expect("the resting-book phase ran");
+    let resting: Vec<u64> = book.stages.iter().map(|s| s.resting).collect();
+    assert_eq!(resting, [40, 80]);
+    for s in &book.stages {
+        assert_eq!(s.place_rejected, 0, "{s:?}");
+        assert_eq!(
+            (s.reached, s.filled, s.missing, s.duplicated),
+            (6, 6, 0, 0),
+            "{s:?}"
+        );
+        assert_eq!(s.fill_ns.len(), 6);
+    }
+    assert_eq!(book.stages[0].placed, 40);
+    assert_eq!(book.stages[1].placed, 40 + 6);
     let table = report.to_string();
-    for word in ["echo-tx", "http", "kafka", "ratio", "highest sustained"] {
+    for word in [
+        "echo-tx",
+        "http",
+        "kafka",
+        "ratio",
+        "highest sustained",
+        "resting book",
+    ] {
         assert!(table.contains(word), "{word} in\n{table}");
     }
 }
@@ -74,6 +105,7 @@ async fn a_tiny_trading_bench_on_a_plain_throwaway_stack_answers_every_command_o
         p99_bound: Duration::from_secs(30),
         stack,
         transport: suho_config::Transport::Plain,
+        book: None,
         ..TradingBenchOptions::default()
     };
     let report = bench_trading(opts).await.expect("the bench runs");

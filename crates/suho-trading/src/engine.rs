@@ -79,8 +79,45 @@ pub struct Engine<B> {
     ticks: Arc<ledger::TickInbox>,
     /// Which accounts this engine acts on between commands (set by [`Engine::run`]).
     ownership: std::sync::OnceLock<ledger::Ownership>,
-    /// When the owned accounts' statuses were last all published.
-    statuses_sent: Mutex<std::time::Instant>,
+    /// Where the periodic statuses have got to.
+    statuses: Mutex<StatusSweep>,
+}
+
+/// The periodic statuses' progress through the owned accounts, in key order.
+struct StatusSweep {
+    /// When the last slice went out.
+    since: std::time::Instant,
+    /// The first account of the next slice.
+    next: Option<AccountKey>,
+}
+
+impl StatusSweep {
+    /// The slice of `owned` (sorted) due now: as many accounts as the time since the last
+    /// slice is a share of [`ledger::STATUS_EVERY`] (rounded down, all at most), from where
+    /// the last slice ended; none before [`STATUS_SLICE_EVERY`].
+    fn due(&mut self, owned: &[AccountKey]) -> Vec<AccountKey> {
+        let elapsed = self.since.elapsed();
+        if elapsed < STATUS_SLICE_EVERY {
+            return Vec::new();
+        }
+        let wanted =
+            (owned.len() as u128 * elapsed.as_nanos()) / ledger::STATUS_EVERY.as_nanos().max(1);
+        let n = usize::try_from(wanted)
+            .unwrap_or(usize::MAX)
+            .min(owned.len());
+        if n == 0 {
+            // Not one account's worth yet: the time counts on.
+            return Vec::new();
+        }
+        self.since = std::time::Instant::now();
+        let start = self
+            .next
+            .as_ref()
+            .map_or(0, |k| owned.partition_point(|x| x < k) % owned.len());
+        let slice: Vec<AccountKey> = owned.iter().cycle().skip(start).take(n).cloned().collect();
+        self.next = owned.get((start + n) % owned.len()).cloned();
+        slice
+    }
 }
 
 /// At most `limit` executed commands per user in any second, by the records' timestamps
@@ -167,8 +204,15 @@ enum Attempt {
 /// The quotes asked for in one try at a batch.
 type Prices = HashMap<suho_domain::Symbol, Priced>;
 
-/// The least time between two transactions of ticks alone.
-const TICK_ROUND_EVERY: Duration = Duration::from_millis(50);
+/// The least time between two transactions of ticks alone: a tick that reaches a resting
+/// order waits at most this long for its round (a round whose ticks did nothing is aborted
+/// before it reaches the broker).
+const TICK_ROUND_EVERY: Duration = Duration::from_millis(10);
+
+/// The periodic statuses go out a slice of the owned accounts at a time, at most this often
+/// (every account once per [`ledger::STATUS_EVERY`]): ten thousand accounts' statuses in
+/// one transaction would hold up the fills behind it.
+const STATUS_SLICE_EVERY: Duration = Duration::from_millis(500);
 
 /// How many transactional producers the engine takes in turn. A transaction begun on the
 /// producer that has just committed meets `CONCURRENT_TRANSACTIONS` until the coordinator
@@ -301,7 +345,10 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
             rate: RateLimit::new(config.trading.max_commands_per_second),
             ticks: Arc::new(ledger::TickInbox::default()),
             ownership: std::sync::OnceLock::new(),
-            statuses_sent: Mutex::new(std::time::Instant::now()),
+            statuses: Mutex::new(StatusSweep {
+                since: std::time::Instant::now(),
+                next: None,
+            }),
         })
     }
 
@@ -416,7 +463,7 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
                 let tick_round = async {
                     tokio::select! {
                         () = self.ticks.arrived() => {}
-                        () = tokio::time::sleep(ledger::STATUS_EVERY) => {}
+                        () = tokio::time::sleep(STATUS_SLICE_EVERY) => {}
                     }
                     tokio::time::sleep_until(last_round + TICK_ROUND_EVERY).await;
                 };
@@ -759,8 +806,9 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
 
     /// Applies the ticks that arrived since the last time to the accounts this engine owns,
     /// queueing what the broker did (closes at stop loss or take profit, stop-outs, margin
-    /// calls, and the statuses of the accounts concerned) in the open transaction; and every
-    /// [`ledger::STATUS_EVERY`] the status of every owned account.
+    /// calls, and the statuses of the accounts concerned) in the open transaction; and the
+    /// periodic statuses due (every owned account once per [`ledger::STATUS_EVERY`], a
+    /// slice at a time).
     async fn apply_ticks(&self, sends: &mut Vec<Outgoing>) -> Result<(), EngineError> {
         let Some(own) = self.ownership.get() else {
             return Ok(());
@@ -768,7 +816,10 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
         let mut touched: Vec<AccountKey> = Vec::new();
         for tick in self.ticks.take() {
             let acts_on = |k: &AccountKey| own.owns(&k.user_id);
-            let outcome = match self.broker.on_tick(&tick, now_ms(), &acts_on).await {
+            let applying = std::time::Instant::now();
+            let applied = self.broker.on_tick(&tick, now_ms(), &acts_on).await;
+            metrics::histogram!(crate::TICK_SECONDS_METRIC).record(applying.elapsed());
+            let outcome = match applied {
                 Ok(o) => o,
                 Err(e) => {
                     tracing::warn!(symbol = %tick.symbol, error = %e, "the venue could not take a tick; the next one is tried");
@@ -791,25 +842,21 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
                 self.queue(alert, sends)?;
             }
         }
-        let all_due = {
-            let mut sent = self
-                .statuses_sent
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let due = sent.elapsed() >= ledger::STATUS_EVERY;
-            if due {
-                *sent = std::time::Instant::now();
+        let due = {
+            let mut sweep = self.statuses.lock().unwrap_or_else(PoisonError::into_inner);
+            if sweep.since.elapsed() >= STATUS_SLICE_EVERY {
+                let owned: Vec<AccountKey> = self
+                    .broker
+                    .accounts()
+                    .into_iter()
+                    .filter(|k| own.owns(&k.user_id))
+                    .collect();
+                sweep.due(&owned)
+            } else {
+                Vec::new()
             }
-            due
         };
-        if all_due {
-            touched = self
-                .broker
-                .accounts()
-                .into_iter()
-                .filter(|k| own.owns(&k.user_id))
-                .collect();
-        }
+        touched.extend(due);
         touched.sort();
         touched.dedup();
         for key in &touched {
@@ -1273,6 +1320,44 @@ mod tests {
             seen.push(millis(d));
         }
         assert_eq!(seen, [100, 200, 350, 350, 350]);
+    }
+
+    #[test]
+    fn the_periodic_statuses_go_round_every_account_a_slice_at_a_time() {
+        let key = |i: usize| AccountKey {
+            user_id: UserId::new(format!("u{i:02}")),
+            mt5_account: None,
+        };
+        let owned: Vec<AccountKey> = (0..20).map(key).collect();
+        let ago = |d: Duration| std::time::Instant::now() - d;
+        let mut sweep = StatusSweep {
+            since: ago(Duration::from_millis(100)),
+            next: None,
+        };
+        // Too soon for a slice.
+        assert!(sweep.due(&owned).is_empty());
+        // A tenth of the period: a tenth of the accounts (rounded up), in key order.
+        sweep.since = ago(ledger::STATUS_EVERY / 10);
+        assert_eq!(sweep.due(&owned), owned[..2]);
+        sweep.since = ago(ledger::STATUS_EVERY / 4);
+        assert_eq!(sweep.due(&owned), owned[2..7]);
+        // Past the end, round to the start; never more than every account.
+        sweep.since = ago(ledger::STATUS_EVERY * 3);
+        let all = sweep.due(&owned);
+        assert_eq!(all.len(), 20);
+        assert_eq!(all[0], owned[7]);
+        assert_eq!(all[19], owned[6]);
+        // An account gone from the list: the next slice starts at the one after it.
+        let fewer: Vec<AccountKey> = owned.iter().filter(|k| **k != owned[7]).cloned().collect();
+        // (A fifth of 19 accounts: three.)
+        sweep.since = ago(ledger::STATUS_EVERY / 5);
+        assert_eq!(sweep.due(&fewer), owned[8..11]);
+        // One account: its status once a period, the time adding up across calls.
+        let one = [owned[0].clone()];
+        sweep.since = ago(STATUS_SLICE_EVERY);
+        assert!(sweep.due(&one).is_empty());
+        sweep.since -= ledger::STATUS_EVERY;
+        assert_eq!(sweep.due(&one), one);
     }
 
     #[test]

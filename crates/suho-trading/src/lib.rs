@@ -52,6 +52,10 @@ pub use engine::Engine;
 use rdkafka::error::KafkaError;
 use suho_messaging::MessagingError;
 
+/// Histogram, seconds: what applying one market tick to the accounts this engine owns cost
+/// (the venue's `on_tick`: triggers, stops, valuations), the engine's per-tick cost.
+pub const TICK_SECONDS_METRIC: &str = "engine_tick_seconds";
+
 /// The engine's consumer group (the configured group prefix is prepended).
 pub const GROUP: &str = suho_security::kafka::names::ENGINE;
 

@@ -156,6 +156,14 @@ enum BenchTarget {
         /// plain run, then a secured one, and the secured / plain ratios.
         #[arg(long, default_value = "both", value_parser = security_arg)]
         security: suho_bench::Security,
+        /// After the sweep, the resting-book phase: pending orders resting at these book
+        /// sizes (comma-separated, increasing; default 1000,10000,100000), ticks reaching a
+        /// few of them; `0` skips it.
+        #[arg(long, value_delimiter = ',')]
+        book: Option<Vec<u64>>,
+        /// Users the resting book's orders come from.
+        #[arg(long, default_value_t = 10_000)]
+        book_users: usize,
     },
     /// Ticks fanned out through the real gateway's WebSocket /ws to many clients (and with a
     /// share of them not reading), against raw NATS fan-out to as many plain subscribers, at
@@ -406,6 +414,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     path,
                     p99_bound_ms,
                     security,
+                    book,
+                    book_users,
                 },
         } => stoppable_bench("suho bench trading", async {
             let defaults = suho_bench::TradingBenchOptions::default();
@@ -425,6 +435,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 p99_bound: std::time::Duration::from_millis(p99_bound_ms),
                 // The Kafka jars `suho stack up` downloaded, and its Kafka version and heap.
                 stack: suho_bench::StackOptions::from_config(&config),
+                book: match book {
+                    Some(sizes) if sizes == [0] => None,
+                    sizes => Some(suho_bench::BookOptions {
+                        stages: sizes.unwrap_or_else(|| suho_bench::BookOptions::default().stages),
+                        users: book_users,
+                        ..suho_bench::BookOptions::default()
+                    }),
+                },
                 ..defaults
             };
             let reports = each_run(security, |transport| {

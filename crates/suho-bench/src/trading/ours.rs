@@ -27,18 +27,19 @@ use super::{clients, due_offset, new_histogram, record, TradingPath, TradingPhas
 
 /// What an outcome event was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum OutcomeKind {
+pub(crate) enum OutcomeKind {
     Executed,
     Closed,
+    /// `TRADE_REJECTED` or `ORDER_REJECTED`.
     Rejected,
     Other,
 }
 
 /// One outcome of a command, as the reader saw it.
 #[derive(Debug, Clone, Copy)]
-struct Seen {
-    at: Instant,
-    kind: OutcomeKind,
+pub(crate) struct Seen {
+    pub(crate) at: Instant,
+    pub(crate) kind: OutcomeKind,
 }
 
 /// The fields of a `user.trades` record the bench reads.
@@ -71,7 +72,7 @@ impl Outcomes {
         let kind = match outcome.event_type.as_str() {
             "TRADE_EXECUTED" => OutcomeKind::Executed,
             "TRADE_CLOSED" => OutcomeKind::Closed,
-            "TRADE_REJECTED" => OutcomeKind::Rejected,
+            "TRADE_REJECTED" | "ORDER_REJECTED" => OutcomeKind::Rejected,
             _ => OutcomeKind::Other,
         };
         if kind == OutcomeKind::Executed {
@@ -96,12 +97,17 @@ impl Outcomes {
     }
 
     /// The user's oldest open trade, taken (no other command will close it).
-    fn take_open_trade(&self, user: &str) -> Option<String> {
+    pub(crate) fn take_open_trade(&self, user: &str) -> Option<String> {
         lock(&self.open_trades).get_mut(user)?.pop_front()
     }
 
+    /// `f` of every command's outcomes so far, by command id.
+    pub(crate) fn with_seen<R>(&self, f: impl FnOnce(&HashMap<String, Vec<Seen>>) -> R) -> R {
+        f(&lock(&self.by_command))
+    }
+
     /// How many of `ids` have been answered.
-    fn answered<'a>(&self, ids: impl Iterator<Item = &'a str>) -> usize {
+    pub(crate) fn answered<'a>(&self, ids: impl Iterator<Item = &'a str>) -> usize {
         let seen = lock(&self.by_command);
         ids.filter(|id| seen.contains_key(*id)).count()
     }

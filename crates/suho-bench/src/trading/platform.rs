@@ -38,6 +38,7 @@ pub(crate) struct Platform {
     /// The market bus, as the engine (which may ask the price service for quotes).
     pub(crate) bus: MarketBus,
     stop: CancellationToken,
+    feed_stop: CancellationToken,
     tasks: Tasks,
 }
 
@@ -91,14 +92,24 @@ impl Platform {
         tasks.spawn(async move { ("price-service", price.await.map_err(Into::into)) });
         let hours = TradingHours::from_name(&config.market.trading_hours)
             .context("market.trading_hours")?;
+        // The feed stops on its own token (the resting-book phase is its own feed), then
+        // waits for the others so that stopping it is not taken for a failure.
+        let feed_stop = stop.child_token();
         let feed = run_feed(
             as_identity(Identity::Feed).await?,
             SyntheticFeed::new(&symbols, config.market.seed).with_hours(hours),
             symbols.len(),
             config.market.ticks_per_second,
-            stop.clone(),
+            feed_stop.clone(),
         );
-        tasks.spawn(async move { ("market-feed", feed.await.map_err(Into::into)) });
+        let all = stop.clone();
+        tasks.spawn(async move {
+            let fed = feed.await;
+            if fed.is_ok() {
+                all.cancelled().await;
+            }
+            ("market-feed", fed.map_err(Into::into))
+        });
 
         // The trading engine.
         let t = &config.trading;
@@ -126,8 +137,15 @@ impl Platform {
             http_addr,
             bus,
             stop,
+            feed_stop,
             tasks,
         })
+    }
+
+    /// Stops the synthetic feed (the other services go on): from now on the bench's own
+    /// ticks are the market.
+    pub(crate) fn stop_feed(&self) {
+        self.feed_stop.cancel();
     }
 
     /// Fails if a service has stopped (they run until [`Platform::stop`]).
