@@ -209,6 +209,8 @@ pub struct TradingPhaseResult {
     pub accept_ns: Histogram<u64>,
     /// The first refusal, for the report.
     pub first_refusal: Option<String>,
+    /// The first rejected command's reason, if one was rejected.
+    pub first_rejection: Option<String>,
 }
 
 impl TradingPhaseResult {
@@ -231,6 +233,7 @@ impl TradingPhaseResult {
             close_ns: new_histogram()?,
             accept_ns: new_histogram()?,
             first_refusal: None,
+            first_rejection: None,
         })
     }
 
@@ -669,6 +672,14 @@ impl fmt::Display for TradingBenchReport {
                 )?;
             }
             for p in &r.phases {
+                if let Some(reason) = &p.first_rejection {
+                    writeln!(
+                        f,
+                        "{:>7}  {:<8} first rejection: {reason}",
+                        "",
+                        p.path.name()
+                    )?;
+                }
                 if let Some(refusal) = &p.first_refusal {
                     writeln!(
                         f,
@@ -923,6 +934,7 @@ mod tests {
             transport: suho_config::Transport::Secured,
             setup: Duration::ZERO,
             not_run: vec![],
+            book: None,
             elapsed: Duration::ZERO,
         }
     }

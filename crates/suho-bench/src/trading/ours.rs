@@ -42,6 +42,9 @@ pub(crate) struct Seen {
     pub(crate) kind: OutcomeKind,
 }
 
+/// A rejection's reason, kept for the report (the first of each phase).
+type Reasons = Mutex<HashMap<String, String>>;
+
 /// The fields of a `user.trades` record the bench reads.
 #[derive(Deserialize)]
 struct OutcomeRecord {
@@ -51,6 +54,8 @@ struct OutcomeRecord {
     user_id: String,
     #[serde(default)]
     trade_id: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
 }
 
 /// What the outcome reader has seen so far.
@@ -61,6 +66,8 @@ pub(crate) struct Outcomes {
     total: AtomicU64,
     /// Per user, the trades executed and not yet taken by a sender to close.
     open_trades: Mutex<HashMap<String, VecDeque<String>>>,
+    /// Rejections' reasons, by command id.
+    reasons: Reasons,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -82,6 +89,11 @@ impl Outcomes {
                     .or_default()
                     .push_back(trade);
             }
+        }
+        if let (OutcomeKind::Rejected, Some(command), Some(reason)) =
+            (kind, &outcome.command_id, outcome.reason)
+        {
+            lock(&self.reasons).insert(command.clone(), reason);
         }
         if let Some(command) = outcome.command_id {
             lock(&self.by_command)
@@ -457,7 +469,12 @@ pub(crate) async fn run(ctx: &Context, phase: &Phase) -> anyhow::Result<TradingP
             match (a.close, first.kind) {
                 (false, OutcomeKind::Executed) => record(&mut result.fill_ns, latency),
                 (true, OutcomeKind::Closed) => record(&mut result.close_ns, latency),
-                (_, OutcomeKind::Rejected) => result.rejected += 1,
+                (_, OutcomeKind::Rejected) => {
+                    result.rejected += 1;
+                    if result.first_rejection.is_none() {
+                        result.first_rejection = lock(&ctx.outcomes.reasons).get(&a.id).cloned();
+                    }
+                }
                 _ => result.unexpected += 1,
             }
         }
