@@ -87,6 +87,9 @@ pub enum TradingPath {
     Echo,
     /// The two-hop echo forwarding each poll's records in one Kafka transaction.
     EchoTx,
+    /// The two-hop echo writing each poll's records to a journal first, reading the journal
+    /// back, then forwarding them without a transaction (`--echo-journal`).
+    EchoJournal,
 }
 
 impl TradingPath {
@@ -98,6 +101,7 @@ impl TradingPath {
             TradingPath::Kafka => "kafka",
             TradingPath::Echo => "echo",
             TradingPath::EchoTx => "echo-tx",
+            TradingPath::EchoJournal => "echo-jnl",
         }
     }
 
@@ -143,6 +147,8 @@ pub struct TradingBenchOptions {
     pub transport: suho_config::Transport,
     /// After the sweep, the resting-book phase ([`BookOptions`]); `None` skips it.
     pub book: Option<BookOptions>,
+    /// Also the journaled echo ([`TradingPath::EchoJournal`]) at every rate.
+    pub echo_journal: bool,
 }
 
 impl Default for TradingBenchOptions {
@@ -167,6 +173,7 @@ impl Default for TradingBenchOptions {
             platform: None,
             transport: suho_config::Transport::Secured,
             book: Some(BookOptions::default()),
+            echo_journal: false,
         }
     }
 }
@@ -501,17 +508,22 @@ async fn sweep(
             continue;
         }
         let mut phases = Vec::new();
-        for transactional in [false, true] {
-            tracing::info!(rate, transactional, "bench trading: two-hop echo");
+        let modes = [(false, false), (true, false)]
+            .into_iter()
+            .chain(opts.echo_journal.then_some((false, true)));
+        for (transactional, journal) in modes {
+            tracing::info!(rate, transactional, journal, "bench trading: two-hop echo");
             let phase = echo::EchoPhase {
                 kafka: &config.kafka,
                 telemetry: &config.telemetry,
                 prefix: format!(
-                    "{}echo{n}{}.",
+                    "{}echo{n}{}{}.",
                     config.kafka.topic_prefix,
-                    u8::from(transactional)
+                    u8::from(transactional),
+                    u8::from(journal)
                 ),
                 transactional,
+                journal,
                 rate,
                 duration: opts.duration,
                 keys: &keys,
@@ -741,6 +753,7 @@ impl fmt::Display for TradingBenchReport {
             TradingPath::Kafka,
             TradingPath::Echo,
             TradingPath::EchoTx,
+            TradingPath::EchoJournal,
         ]
         .into_iter()
         .filter(|p| measured(*p))

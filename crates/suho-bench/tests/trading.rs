@@ -24,6 +24,7 @@ async fn a_tiny_trading_bench_answers_every_command_once() {
             round_every: Duration::from_millis(200),
             timeout: Duration::from_secs(120),
         }),
+        echo_journal: true,
         ..TradingBenchOptions::default()
     };
     let report = bench_trading(opts).await.expect("the bench runs");
@@ -35,6 +36,7 @@ async fn a_tiny_trading_bench_answers_every_command_once() {
         [
             TradingPath::Echo,
             TradingPath::EchoTx,
+            TradingPath::EchoJournal,
             TradingPath::Http,
             TradingPath::Kafka
         ]
@@ -79,6 +81,7 @@ async fn a_tiny_trading_bench_answers_every_command_once() {
     let table = report.to_string();
     for word in [
         "echo-tx",
+        "echo-jnl",
         "http",
         "kafka",
         "ratio",

@@ -164,6 +164,11 @@ enum BenchTarget {
         /// Users the resting book's orders come from.
         #[arg(long, default_value_t = 10_000)]
         book_users: usize,
+        /// Also the journaled echo baseline: each poll's records written to a journal topic,
+        /// read back, then forwarded without a transaction (the floor of an engine that
+        /// publishes without Kafka transactions).
+        #[arg(long)]
+        echo_journal: bool,
     },
     /// Ticks fanned out through the real gateway's WebSocket /ws to many clients (and with a
     /// share of them not reading), against raw NATS fan-out to as many plain subscribers, at
@@ -416,6 +421,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     security,
                     book,
                     book_users,
+                    echo_journal,
                 },
         } => stoppable_bench("suho bench trading", async {
             let defaults = suho_bench::TradingBenchOptions::default();
@@ -443,6 +449,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         ..suho_bench::BookOptions::default()
                     }),
                 },
+                echo_journal,
                 ..defaults
             };
             let reports = each_run(security, |transport| {

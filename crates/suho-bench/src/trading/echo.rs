@@ -9,6 +9,12 @@
 //! - **echo-tx**: whatever one poll returned (up to 1,000 records) is produced in one Kafka
 //!   transaction, committed with the consumed offsets (`send_offsets_to_transaction`); the
 //!   timing consumer (`read_committed`) sees the records at the commit.
+//! - **echo-jnl** (`--echo-journal`): whatever one poll returned is first written to a
+//!   journal topic J (one record per partition of A, to the same partition of J,
+//!   acknowledged), read back by the echo's own tail of J, and only then forwarded to B as
+//!   the plain echo does. That is the data path of an engine that publishes without Kafka
+//!   transactions: its journal is where a newer owner's fence would show before anything of
+//!   a zombie's becomes visible. The floor such an engine could reach.
 //!
 //! Each record carries its sequence number and due time in headers (`seq`, `t_ns`).
 
@@ -74,6 +80,8 @@ pub(crate) struct EchoPhase<'a> {
     /// Prefix of this phase's topics and groups (unique).
     pub(crate) prefix: String,
     pub(crate) transactional: bool,
+    /// The journaled echo instead (see [`journal_loop`]); not with `transactional`.
+    pub(crate) journal: bool,
     pub(crate) rate: u32,
     pub(crate) duration: Duration,
     /// Record keys, in turn (the users' ids).
@@ -136,45 +144,161 @@ impl Timing {
     }
 }
 
-/// Creates the phase's two topics (`user.commands`' and `user.trades`' partitions and
-/// settings) and waits until the broker lists them.
-async fn create_topics(kafka: &KafkaConfig, a: &str, b: &str) -> anyhow::Result<()> {
+/// Creates the phase's topics, each with the partitions and settings of the user topic it is
+/// like, and waits until the broker lists them.
+async fn create_topics(kafka: &KafkaConfig, topics: &[(&str, UserTopic)]) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> =
         suho_messaging::kafka::base_config(kafka).create()?;
     let desired = suho_messaging::topics::desired("");
-    let settings = |like: UserTopic| {
-        desired
-            .iter()
-            .find(|t| t.name == like.name())
-            .map(|t| t.configs.clone())
-            .unwrap_or_default()
-    };
-    let (a_configs, b_configs) = (settings(UserTopic::Commands), settings(UserTopic::Trades));
-    let topics = [
-        a_configs.iter().fold(
-            NewTopic::new(
-                a,
-                UserTopic::Commands.partitions(),
-                TopicReplication::Fixed(1),
-            ),
-            |t, (k, v)| t.set(k, v),
-        ),
-        b_configs.iter().fold(
-            NewTopic::new(
-                b,
-                UserTopic::Trades.partitions(),
-                TopicReplication::Fixed(1),
-            ),
-            |t, (k, v)| t.set(k, v),
-        ),
-    ];
+    let configs: Vec<Vec<(&str, String)>> = topics
+        .iter()
+        .map(|(_, like)| {
+            desired
+                .iter()
+                .find(|t| t.name == like.name())
+                .map(|t| t.configs.clone())
+                .unwrap_or_default()
+        })
+        .collect();
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .zip(&configs)
+        .map(|((name, like), configs)| {
+            configs.iter().fold(
+                NewTopic::new(name, like.partitions(), TopicReplication::Fixed(1)),
+                |t, (k, v)| t.set(k, v),
+            )
+        })
+        .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    for r in admin.create_topics(&topics, &opts).await? {
+    for r in admin.create_topics(&new, &opts).await? {
         if let Err((topic, code)) = r {
             bail!("creating {topic}: {code}");
         }
     }
-    clients::wait_for_topics(kafka, &[a.to_string(), b.to_string()]).await
+    let names: Vec<String> = topics.iter().map(|(n, _)| (*n).to_string()).collect();
+    clients::wait_for_topics(kafka, &names).await
+}
+
+/// The highest offset the journal's tail has read, per partition of J.
+#[derive(Default)]
+struct Tail {
+    read: Mutex<HashMap<i32, i64>>,
+    moved: tokio::sync::Notify,
+}
+
+impl Tail {
+    /// Resolves once the tail has read offset `offset` of partition `partition`.
+    async fn reached(&self, partition: i32, offset: i64) {
+        loop {
+            let moved = self.moved.notified();
+            tokio::pin!(moved);
+            moved.as_mut().enable();
+            let at = self
+                .read
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&partition)
+                .copied();
+            if at.is_some_and(|at| at >= offset) {
+                return;
+            }
+            moved.await;
+        }
+    }
+}
+
+/// Reads J from its end on, noting how far it got, until `stop`.
+async fn tail_loop(consumer: StreamConsumer, tail: Arc<Tail>, stop: CancellationToken) {
+    loop {
+        let m = tokio::select! {
+            () = stop.cancelled() => return,
+            m = consumer.recv() => m,
+        };
+        match m {
+            Ok(m) => {
+                tail.read
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(m.partition(), m.offset());
+                tail.moved.notify_waiters();
+            }
+            Err(e) => tracing::warn!(error = %e, "bench echo: reading the journal"),
+        }
+    }
+}
+
+/// The journaled echo: the design a non-transactional engine would take. Whatever one poll
+/// returned is written as one journal record per partition of A to the same partition of J
+/// (idempotent, `acks=all`, acknowledged), read back by the echo's own tail of J (where a
+/// newer owner's fence would show), and only then forwarded to B record by record, without a
+/// transaction; no offsets are committed.
+async fn journal_loop(
+    consumer: Arc<StreamConsumer>,
+    producer: FutureProducer,
+    topics: (String, String),
+    tail: Arc<Tail>,
+    errors: Arc<AtomicU64>,
+    stop: CancellationToken,
+) {
+    let (topic_j, topic_b) = topics;
+    loop {
+        let first = tokio::select! {
+            () = stop.cancelled() => return,
+            m = consumer.recv() => m,
+        };
+        let first = match first {
+            Ok(m) => m.detach(),
+            Err(e) => {
+                tracing::warn!(error = %e, "bench echo: reading topic A");
+                continue;
+            }
+        };
+        let mut batch = vec![first];
+        while batch.len() < TX_BATCH {
+            match consumer.recv().now_or_never() {
+                Some(Ok(m)) => batch.push(m.detach()),
+                _ => break,
+            }
+        }
+        let mut entries: HashMap<i32, Vec<u8>> = HashMap::new();
+        for m in &batch {
+            let e = entries.entry(m.partition()).or_default();
+            e.extend_from_slice(m.payload().unwrap_or_default());
+            e.push(b'\n');
+        }
+        let written = futures::future::join_all(entries.iter().map(|(partition, entry)| {
+            producer.send(
+                FutureRecord::<[u8], [u8]>::to(&topic_j)
+                    .partition(*partition)
+                    .payload(entry),
+                Timeout::After(Duration::from_secs(30)),
+            )
+        }))
+        .await;
+        let mut confirmed = true;
+        for w in written {
+            match w {
+                Ok(delivery) => tail.reached(delivery.partition, delivery.offset).await,
+                Err(_) => confirmed = false,
+            }
+        }
+        if !confirmed {
+            errors.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            continue;
+        }
+        for m in &batch {
+            let mut r = FutureRecord::to(&topic_b)
+                .key(m.key().unwrap_or_default())
+                .payload(m.payload().unwrap_or_default());
+            if let Some(h) = m.headers() {
+                r = r.headers(h.clone());
+            }
+            if producer.send_result(r).is_err() {
+                errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 /// The echo: reads A, writes B, until `stop`; counts failures in `errors`.
@@ -351,7 +475,9 @@ impl Sender {
 /// # Errors
 /// The topics or clients cannot be made, or the echo does not start.
 pub(crate) async fn run(phase: &EchoPhase<'_>) -> anyhow::Result<TradingPhaseResult> {
-    let path = if phase.transactional {
+    let path = if phase.journal {
+        TradingPath::EchoJournal
+    } else if phase.transactional {
         TradingPath::EchoTx
     } else {
         TradingPath::Echo
@@ -359,7 +485,16 @@ pub(crate) async fn run(phase: &EchoPhase<'_>) -> anyhow::Result<TradingPhaseRes
     let total = u64::from(phase.rate) * u64::try_from(phase.duration.as_millis())? / 1000;
     let mut result = TradingPhaseResult::new(path, phase.rate, total)?;
     let (topic_a, topic_b) = (format!("{}a", phase.prefix), format!("{}b", phase.prefix));
-    create_topics(phase.kafka, &topic_a, &topic_b).await?;
+    let topic_j = format!("{}j", phase.prefix);
+    let mut topics = vec![
+        (topic_a.as_str(), UserTopic::Commands),
+        (topic_b.as_str(), UserTopic::Trades),
+    ];
+    if phase.journal {
+        // The journal is partitioned as the commands are.
+        topics.push((topic_j.as_str(), UserTopic::Commands));
+    }
+    create_topics(phase.kafka, &topics).await?;
     let stop = CancellationToken::new();
     let epoch = Instant::now();
 
@@ -421,14 +556,38 @@ pub(crate) async fn run(phase: &EchoPhase<'_>) -> anyhow::Result<TradingPhaseRes
         clients::producer(phase.kafka).create()?
     };
     let echo_errors = Arc::new(AtomicU64::new(0));
-    let echo_task = tokio::spawn(echo_loop(
-        Arc::clone(&echo),
-        echo_producer,
-        topic_b.clone(),
-        phase.transactional,
-        Arc::clone(&echo_errors),
-        stop.clone(),
-    ));
+    let echo_task = if phase.journal {
+        let tail = Arc::new(Tail::default());
+        let tail_reader: StreamConsumer = clients::consumer(
+            phase.kafka,
+            phase.telemetry,
+            &format!("{}tail", phase.prefix),
+        )
+        .create()?;
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..UserTopic::Commands.partitions() {
+            tpl.add_partition_offset(&topic_j, p, Offset::End)?;
+        }
+        tail_reader.assign(&tpl)?;
+        tokio::spawn(tail_loop(tail_reader, Arc::clone(&tail), stop.clone()));
+        tokio::spawn(journal_loop(
+            Arc::clone(&echo),
+            echo_producer,
+            (topic_j, topic_b.clone()),
+            tail,
+            Arc::clone(&echo_errors),
+            stop.clone(),
+        ))
+    } else {
+        tokio::spawn(echo_loop(
+            Arc::clone(&echo),
+            echo_producer,
+            topic_b.clone(),
+            phase.transactional,
+            Arc::clone(&echo_errors),
+            stop.clone(),
+        ))
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     while echo.assignment().map_or(0, |a| a.count()) == 0 {
         if Instant::now() > deadline {
