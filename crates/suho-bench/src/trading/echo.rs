@@ -242,25 +242,8 @@ async fn journal_loop(
     stop: CancellationToken,
 ) {
     let (topic_j, topic_b) = topics;
-    loop {
-        let first = tokio::select! {
-            () = stop.cancelled() => return,
-            m = consumer.recv() => m,
-        };
-        let first = match first {
-            Ok(m) => m.detach(),
-            Err(e) => {
-                tracing::warn!(error = %e, "bench echo: reading topic A");
-                continue;
-            }
-        };
-        let mut batch = vec![first];
-        while batch.len() < TX_BATCH {
-            match consumer.recv().now_or_never() {
-                Some(Ok(m)) => batch.push(m.detach()),
-                _ => break,
-            }
-        }
+    while let Some(first) = next_record(&consumer, &stop).await {
+        let batch = with_what_has_arrived(&consumer, first);
         let mut entries: HashMap<i32, Vec<u8>> = HashMap::new();
         for m in &batch {
             let e = entries.entry(m.partition()).or_default();
@@ -288,16 +271,48 @@ async fn journal_loop(
             continue;
         }
         for m in &batch {
-            let mut r = FutureRecord::to(&topic_b)
-                .key(m.key().unwrap_or_default())
-                .payload(m.payload().unwrap_or_default());
-            if let Some(h) = m.headers() {
-                r = r.headers(h.clone());
-            }
-            if producer.send_result(r).is_err() {
-                errors.fetch_add(1, Ordering::Relaxed);
-            }
+            forward(&producer, &topic_b, m, &errors);
         }
+    }
+}
+
+/// The next record of A, or `None` once `stop` comes (a failed read is logged and skipped).
+async fn next_record(consumer: &StreamConsumer, stop: &CancellationToken) -> Option<OwnedMessage> {
+    loop {
+        let m = tokio::select! {
+            () = stop.cancelled() => return None,
+            m = consumer.recv() => m,
+        };
+        match m {
+            Ok(m) => return Some(m.detach()),
+            Err(e) => tracing::warn!(error = %e, "bench echo: reading topic A"),
+        }
+    }
+}
+
+/// `first` and whatever else has already arrived, up to [`TX_BATCH`] records.
+fn with_what_has_arrived(consumer: &StreamConsumer, first: OwnedMessage) -> Vec<OwnedMessage> {
+    let mut batch = vec![first];
+    while batch.len() < TX_BATCH {
+        match consumer.recv().now_or_never() {
+            Some(Ok(m)) => batch.push(m.detach()),
+            _ => break,
+        }
+    }
+    batch
+}
+
+/// Hands `m` to `producer` for `topic_b`, its key, payload and headers as they are. The
+/// acknowledgement is not waited for: a lost record shows up as missing.
+fn forward(producer: &FutureProducer, topic_b: &str, m: &OwnedMessage, errors: &AtomicU64) {
+    let mut r = FutureRecord::to(topic_b)
+        .key(m.key().unwrap_or_default())
+        .payload(m.payload().unwrap_or_default());
+    if let Some(h) = m.headers() {
+        r = r.headers(h.clone());
+    }
+    if producer.send_result(r).is_err() {
+        errors.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -310,41 +325,12 @@ async fn echo_loop(
     errors: Arc<AtomicU64>,
     stop: CancellationToken,
 ) {
-    let forward = |m: &OwnedMessage| {
-        let mut r = FutureRecord::to(&topic_b)
-            .key(m.key().unwrap_or_default())
-            .payload(m.payload().unwrap_or_default());
-        if let Some(h) = m.headers() {
-            r = r.headers(h.clone());
-        }
-        // The acknowledgement is not waited for: a lost record shows up as missing.
-        if producer.send_result(r).is_err() {
-            errors.fetch_add(1, Ordering::Relaxed);
-        }
-    };
-    loop {
-        let first = tokio::select! {
-            () = stop.cancelled() => return,
-            m = consumer.recv() => m,
-        };
-        let first = match first {
-            Ok(m) => m.detach(),
-            Err(e) => {
-                tracing::warn!(error = %e, "bench echo: reading topic A");
-                continue;
-            }
-        };
+    while let Some(first) = next_record(&consumer, &stop).await {
         if !transactional {
-            forward(&first);
+            forward(&producer, &topic_b, &first, &errors);
             continue;
         }
-        let mut batch = vec![first];
-        while batch.len() < TX_BATCH {
-            match consumer.recv().now_or_never() {
-                Some(Ok(m)) => batch.push(m.detach()),
-                _ => break,
-            }
-        }
+        let batch = with_what_has_arrived(&consumer, first);
         let mut next: HashMap<(String, i32), i64> = HashMap::new();
         for m in &batch {
             let e = next
@@ -365,7 +351,7 @@ async fn echo_loop(
             continue;
         }
         for m in &batch {
-            forward(m);
+            forward(&producer, &topic_b, m, &errors);
         }
         let p = producer.clone();
         let committed = tokio::task::spawn_blocking(move || {
