@@ -1336,7 +1336,7 @@ mod tests {
         };
         // Too soon for a slice.
         assert!(sweep.due(&owned).is_empty());
-        // A tenth of the period: a tenth of the accounts (rounded up), in key order.
+        // A tenth of the period: a tenth of the accounts, in key order.
         sweep.since = ago(ledger::STATUS_EVERY / 10);
         assert_eq!(sweep.due(&owned), owned[..2]);
         sweep.since = ago(ledger::STATUS_EVERY / 4);

@@ -232,6 +232,12 @@ impl Book<'_> {
                 "bench trading: the resting book needs stages, users, rounds and orders per round"
             );
         }
+        if opts.stages.windows(2).any(|w| w[0] >= w[1]) {
+            bail!(
+                "bench trading: the resting book's sizes must increase: {:?}",
+                opts.stages
+            );
+        }
         let market = self.baseline().await?;
         let feed = MarketBus::connect(self.config, suho_security::Identity::Feed)
             .await
