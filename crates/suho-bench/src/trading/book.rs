@@ -194,17 +194,6 @@ fn far_order(g: u64, user: &UserId, symbol: Symbol, bid: Decimal, ask: Decimal) 
     }
 }
 
-/// Produces every command (acknowledged), a few thousand at a time.
-async fn send_all(producer: &UserEventProducer, commands: &[TradeCommand]) -> anyhow::Result<()> {
-    for chunk in commands.chunks(4_000) {
-        let sent = futures::future::join_all(chunk.iter().map(|c| producer.send(c))).await;
-        for r in sent {
-            r.context("producing a book order")?;
-        }
-    }
-    Ok(())
-}
-
 /// A round's plan: the rung its tick moves the ask onto and the orders resting there.
 struct Rung {
     symbol: Symbol,
@@ -242,6 +231,7 @@ impl Book<'_> {
         let feed = MarketBus::connect(self.config, suho_security::Identity::Feed)
             .await
             .context("connecting to NATS as the feed")?;
+        // The bench's quotes stop however this ends.
         let stop = CancellationToken::new();
         let _stop_guard = stop.clone().drop_guard();
         tokio::spawn(keep_quoting(
@@ -325,7 +315,6 @@ impl Book<'_> {
             stage.placed_per_sec = placed_per_sec;
             stages.push(stage);
         }
-        stop.cancel();
         Ok(BookReport {
             stages,
             users: opts.users,
@@ -366,24 +355,14 @@ impl Book<'_> {
         timeout: Duration,
     ) -> anyhow::Result<(f64, u64)> {
         let began = Instant::now();
-        send_all(self.producer, commands).await?;
-        let deadline = began + timeout;
-        loop {
-            let answered = self
-                .outcomes
-                .answered(commands.iter().map(|c| c.head.event_id.as_str()));
-            if answered == commands.len() {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "bench trading: {} of {} book orders unanswered after {timeout:?}",
-                    commands.len() - answered,
-                    commands.len()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        super::ours::send_and_wait(
+            self.producer,
+            self.outcomes,
+            commands,
+            timeout,
+            "bench trading: the resting book",
+        )
+        .await?;
         let (last, rejected) = self.outcomes.with_seen(|seen| {
             let mut last = began;
             let mut rejected = 0;

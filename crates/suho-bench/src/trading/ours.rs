@@ -214,21 +214,36 @@ pub(crate) async fn warm_up(ctx: &Context, timeout: Duration) -> anyhow::Result<
         .enumerate()
         .map(|(i, u)| open_command(ctx.volume, u, ctx.symbols[i % ctx.symbols.len()]))
         .collect();
-    let sent = futures::future::join_all(commands.iter().map(|c| ctx.producer.send(c))).await;
-    for r in sent {
-        r.context("warm-up: queuing a command")?;
-    }
+    send_and_wait(&ctx.producer, &ctx.outcomes, &commands, timeout, "warm-up").await
+}
+
+/// Produces every one of `commands` (acknowledged, a few thousand at a time), then waits
+/// until `outcomes` has an answer to each, at most `timeout` from the start.
+///
+/// # Errors
+/// A command is not acknowledged, or not answered in time (named `what`).
+pub(crate) async fn send_and_wait(
+    producer: &UserEventProducer,
+    outcomes: &Outcomes,
+    commands: &[TradeCommand],
+    timeout: Duration,
+    what: &str,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
+    for chunk in commands.chunks(4_000) {
+        let sent = futures::future::join_all(chunk.iter().map(|c| producer.send(c))).await;
+        for r in sent {
+            r.with_context(|| format!("{what}: queuing a command"))?;
+        }
+    }
     loop {
-        let answered = ctx
-            .outcomes
-            .answered(commands.iter().map(|c| c.head.event_id.as_str()));
+        let answered = outcomes.answered(commands.iter().map(|c| c.head.event_id.as_str()));
         if answered == commands.len() {
             return Ok(());
         }
         if Instant::now() > deadline {
             bail!(
-                "warm-up: {} of {} commands unanswered after {timeout:?}",
+                "{what}: {} of {} commands unanswered after {timeout:?}",
                 commands.len() - answered,
                 commands.len()
             );
