@@ -346,9 +346,10 @@ try {
   await c.waitForFunction(() => /CANCELLED/.test(document.querySelector('[data-testid="order-history-row"]')?.textContent ?? ""), null, { timeout: T });
   log("the order history shows it CANCELLED");
 
-  // A BUY LIMIT 20 pips under the ask rests; it is then moved (replace) a pipette under the
-  // ask, which the feed soon reaches: it fills and opens a position. A move the market
-  // overtook first is refused (the limit must rest under the ask): moved again.
+  // A BUY LIMIT 20 pips under the ask rests. A move above the ask is refused naming
+  // limit_price, and the order keeps its price; it is then moved (replace) a pipette under
+  // the ask, which the feed soon reaches: it fills and opens a position. A move the market
+  // overtook first is refused the same way: moved again.
   await c.selectOption('[data-testid="time-in-force"]', "GTC");
   await c.fill('[data-testid="limit-price"]', ((await ask()) - 0.002).toFixed(5));
   await c.click('[data-testid="buy"]');
@@ -364,12 +365,18 @@ try {
   for (let attempt = 1; attempt <= 8 && !filledAt; attempt++) {
     if (await c.isVisible('[data-testid="order"] [data-testid="order-modify"]')) await c.click('[data-testid="order"] [data-testid="order-modify"]');
     await c.waitForSelector('[data-testid="edit-order-limit_price"]', { timeout: T });
-    const to = ((await ask()) - 0.00001).toFixed(5);
+    const to = ((await ask()) + (attempt === 1 ? 0.001 : -0.00001)).toFixed(5);
     await c.fill('[data-testid="edit-order-limit_price"]', to);
     await c.click('[data-testid="order"] [data-testid="order-save"]');
     const moved = await ticketOutcome(c, /Replaced|filled/);
     log(`replace ${attempt} to ${to}:`, moved);
-    if (/Rejected/.test(moved)) { assert(/limit_price/.test(moved), `a refused move names limit_price: ${moved}`); continue; }
+    if (/Rejected/.test(moved)) {
+      assert(/limit_price/.test(moved), `a refused move names limit_price: ${moved}`);
+      const kept = await c.evaluate((id) => window.suho.state.orders.get(id)?.limit_price, orderId);
+      assert(kept != null && kept < num(to), `the refused move left the order's price, got ${kept}`);
+      continue;
+    }
+    assert(attempt > 1, `a move above the ask is refused, got: ${moved}`);
     filledAt = await c.waitForFunction(
       (id) => !window.suho.state.orders.has(id) && window.suho.state.positions.size === 1 && document.querySelector('[data-testid="ticket-status"]').textContent,
       orderId,
@@ -460,6 +467,14 @@ try {
   failed = true;
   console.error("FAIL:", e?.stack ?? e);
   for (const [name, page] of pages) {
+    // What the page showed and waited for, for the reader of a failure.
+    const seen = await page.evaluate(() => ({
+      ticket: document.querySelector('[data-testid="ticket-status"]')?.textContent,
+      connection: document.querySelector('[data-testid="connection"]')?.dataset.state,
+      editing: window.suho?.state.editing,
+      pending: [...(window.suho?.state.pending.keys() ?? [])],
+    })).catch(() => undefined);
+    log(`page ${name} at the failure:`, JSON.stringify(seen));
     await shot(page, `failure-${name}`).catch(() => undefined);
   }
 } finally {
