@@ -27,11 +27,16 @@ pub enum UserTopic {
     Transactions,
     /// `user.commands.dlq`: command records that could not be parsed, with the reason.
     CommandsDlq,
+    /// `engine.journal`: the trading engines' own record of what each batch decided, written
+    /// before any of it is published (one partition per `user.commands` partition; read and
+    /// written by the engines alone, not part of the contract).
+    EngineJournal,
 }
 
 impl UserTopic {
-    /// All topics, in contract order, the dead-letter topic last.
-    pub const ALL: [UserTopic; 8] = [
+    /// All topics: the contract's, in contract order, then the dead-letter topic and the
+    /// engines' journal.
+    pub const ALL: [UserTopic; 9] = [
         UserTopic::Auth,
         UserTopic::Settings,
         UserTopic::Commands,
@@ -40,10 +45,11 @@ impl UserTopic {
         UserTopic::RiskAlerts,
         UserTopic::Transactions,
         UserTopic::CommandsDlq,
+        UserTopic::EngineJournal,
     ];
 
     /// The contract's seven topics, in contract order: [`UserTopic::ALL`] without the
-    /// dead-letter topic (what the audit keeps).
+    /// dead-letter topic and the journal (what the audit keeps).
     pub const CONTRACT: [UserTopic; 7] = {
         let mut out = [UserTopic::Auth; 7];
         let mut i = 0;
@@ -66,6 +72,7 @@ impl UserTopic {
             UserTopic::RiskAlerts => "user.risk_alerts",
             UserTopic::Transactions => "user.transactions",
             UserTopic::CommandsDlq => "user.commands.dlq",
+            UserTopic::EngineJournal => "engine.journal",
         }
     }
 
@@ -85,7 +92,11 @@ impl UserTopic {
     #[must_use]
     pub const fn partitions(&self) -> i32 {
         match self {
-            UserTopic::Commands | UserTopic::Trades | UserTopic::CommandsDlq => 6,
+            // The journal's partition p is user.commands' partition p.
+            UserTopic::Commands
+            | UserTopic::Trades
+            | UserTopic::CommandsDlq
+            | UserTopic::EngineJournal => 6,
             UserTopic::Auth
             | UserTopic::Settings
             | UserTopic::Mt5Status
@@ -105,6 +116,8 @@ impl UserTopic {
             UserTopic::RiskAlerts => 365 * DAY_MS,
             // Ten years of 365.25 days.
             UserTopic::Transactions => 3_652 * DAY_MS + DAY_MS / 2,
+            // A recovering engine reads back to its predecessor's last entry: days are plenty.
+            UserTopic::EngineJournal => 7 * DAY_MS,
         }
     }
 

@@ -232,6 +232,7 @@ fn topic_table() {
             ("user.risk_alerts", 3, 31_536_000_000, false),
             ("user.transactions", 3, 315_576_000_000, false),
             ("user.commands.dlq", 6, 220_903_200_000, false),
+            ("engine.journal", 6, 604_800_000, false),
         ]
     );
     assert_eq!(UserTopic::Trades.full_name("t123."), "t123.user.trades");

@@ -425,6 +425,28 @@ impl UserEventProducer {
         Ok(Queued { topic, future })
     }
 
+    /// Queues `payload` for one given partition of `topic`, with no key (the engines'
+    /// journal, whose partitions follow `user.commands`' rather than a key's hash).
+    ///
+    /// # Errors
+    /// The client's queue is full (retryable).
+    pub fn enqueue_to_partition(
+        &self,
+        topic: UserTopic,
+        partition: i32,
+        payload: &[u8],
+    ) -> Result<Queued, MessagingError> {
+        let name = self.topic_name(topic);
+        let record: FutureRecord<'_, (), [u8]> = FutureRecord::to(&name)
+            .partition(partition)
+            .payload(payload);
+        let future = self
+            .producer
+            .send_result(record)
+            .map_err(|(e, _)| MessagingError::Kafka(e))?;
+        Ok(Queued { topic, future })
+    }
+
     /// Queues every record of `records`, in order, without waiting (see [`Outgoing`]).
     ///
     /// # Errors
@@ -494,6 +516,30 @@ impl Outgoing {
             payload: serde_json::to_vec(event)?,
             headers: Some(type_header(event.event_type_str())),
         })
+    }
+
+    /// Its topic.
+    #[must_use]
+    pub fn topic(&self) -> UserTopic {
+        self.topic
+    }
+
+    /// Its key (the user id, for an event).
+    #[must_use]
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Its value.
+    #[must_use]
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+
+    /// Its headers, if any.
+    #[must_use]
+    pub fn headers(&self) -> Option<&OwnedHeaders> {
+        self.headers.as_ref()
     }
 
     /// Raw bytes for `topic` under `key` (the dead-letter path).

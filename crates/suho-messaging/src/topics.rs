@@ -31,7 +31,7 @@ pub struct DesiredTopic {
     pub configs: Vec<(&'static str, String)>,
 }
 
-/// The contract's topics (and the dead-letter topic) under `prefix`.
+/// The contract's topics (and the dead-letter topic and the engines' journal) under `prefix`.
 pub fn desired(prefix: &str) -> Vec<DesiredTopic> {
     UserTopic::ALL
         .into_iter()

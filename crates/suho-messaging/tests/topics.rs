@@ -44,6 +44,7 @@ async fn topics_exist_with_the_contracts_partitions_and_retention() {
         ("user.risk_alerts", 3, "31536000000", "delete"),
         ("user.transactions", 3, "315576000000", "delete"),
         ("user.commands.dlq", 6, "220903200000", "delete"),
+        ("engine.journal", 6, "604800000", "delete"),
     ];
     assert_eq!(expected.len(), UserTopic::ALL.len());
     for (name, partitions, retention, cleanup) in expected {

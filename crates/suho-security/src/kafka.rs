@@ -133,13 +133,20 @@ impl Identity {
         let mut g = KafkaGrants::default();
         match self {
             Identity::Engine => {
-                g.read = vec![T::Commands, T::Settings, T::Trades, T::Transactions];
+                g.read = vec![
+                    T::Commands,
+                    T::Settings,
+                    T::Trades,
+                    T::Transactions,
+                    T::EngineJournal,
+                ];
                 g.write = vec![
                     T::Trades,
                     T::Mt5Status,
                     T::RiskAlerts,
                     T::Transactions,
                     T::CommandsDlq,
+                    T::EngineJournal,
                 ];
                 g.groups = vec![
                     group(names::ENGINE),
@@ -374,9 +381,14 @@ mod tests {
             UserTopic::RiskAlerts,
             UserTopic::Transactions,
             UserTopic::CommandsDlq,
+            UserTopic::EngineJournal,
         ] {
             assert_eq!(writers(t), [Identity::Engine], "{t:?}");
         }
+        assert_eq!(
+            readers(UserTopic::EngineJournal),
+            [Identity::Engine, Identity::Operator]
+        );
         assert_eq!(writers(UserTopic::Auth), [Identity::Gateway]);
         assert_eq!(
             readers(UserTopic::Commands),

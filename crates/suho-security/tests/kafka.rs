@@ -21,7 +21,8 @@ use suho_security::{Identity, Secrets};
 use suho_testkit::TestEnv;
 
 use UserTopic::{
-    Auth, Commands, CommandsDlq, Mt5Status, RiskAlerts, Settings, Trades, Transactions,
+    Auth, Commands, CommandsDlq, EngineJournal, Mt5Status, RiskAlerts, Settings, Trades,
+    Transactions,
 };
 
 /// What each identity may produce to, by hand.
@@ -29,7 +30,15 @@ fn may_write(identity: Identity) -> BTreeSet<UserTopic> {
     match identity {
         Identity::Gateway => [Commands, Auth, Settings].into(),
         Identity::Agent => [Commands].into(),
-        Identity::Engine => [Trades, Mt5Status, RiskAlerts, Transactions, CommandsDlq].into(),
+        Identity::Engine => [
+            Trades,
+            Mt5Status,
+            RiskAlerts,
+            Transactions,
+            CommandsDlq,
+            EngineJournal,
+        ]
+        .into(),
         _ => BTreeSet::new(),
     }
 }
@@ -37,7 +46,7 @@ fn may_write(identity: Identity) -> BTreeSet<UserTopic> {
 /// What each identity may consume, by hand.
 fn may_read(identity: Identity) -> BTreeSet<UserTopic> {
     match identity {
-        Identity::Engine => [Commands, Settings, Trades, Transactions].into(),
+        Identity::Engine => [Commands, Settings, Trades, Transactions, EngineJournal].into(),
         Identity::Agent => [Settings].into(),
         Identity::Audit => [
             Auth,

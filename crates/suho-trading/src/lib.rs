@@ -43,6 +43,7 @@
 
 pub mod engine;
 pub mod failpoint;
+pub mod journal;
 pub mod ledger;
 pub mod limits;
 pub mod plan;
