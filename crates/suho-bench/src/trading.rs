@@ -149,6 +149,8 @@ pub struct TradingBenchOptions {
     pub book: Option<BookOptions>,
     /// Also the journaled echo ([`TradingPath::EchoJournal`]) at every rate.
     pub echo_journal: bool,
+    /// How the platform's engine publishes outcomes (`trading.delivery`).
+    pub delivery: suho_config::Delivery,
 }
 
 impl Default for TradingBenchOptions {
@@ -174,6 +176,7 @@ impl Default for TradingBenchOptions {
             transport: suho_config::Transport::Secured,
             book: Some(BookOptions::default()),
             echo_journal: false,
+            delivery: suho_config::Delivery::default(),
         }
     }
 }
@@ -325,6 +328,8 @@ pub struct TradingBenchReport {
     pub servers: String,
     /// Secured (TLS, a login per service, permissions) or plain.
     pub transport: suho_config::Transport,
+    /// How the engine published outcomes.
+    pub delivery: suho_config::Delivery,
     /// Starting the stack and the platform, registering the users, warming up.
     pub setup: Duration,
     /// Rates of the options that were not run: every path of ours had stopped (or a phase
@@ -437,6 +442,9 @@ async fn measure(
     run: &str,
     began: Instant,
 ) -> anyhow::Result<TradingBenchReport> {
+    let mut config = config.clone();
+    config.trading.delivery = opts.delivery;
+    let config = &config;
     let report = suho_messaging::topics::apply(&config.kafka, false)
         .await
         .context("creating the platform's topics")?;
@@ -597,6 +605,7 @@ async fn sweep(
             )
         },
         transport: config.security.transport,
+        delivery: config.trading.delivery,
         setup,
         not_run,
         book,
@@ -609,12 +618,16 @@ impl fmt::Display for TradingBenchReport {
         let bound_ms = self.p99_bound.as_secs_f64() * 1_000.0;
         writeln!(
             f,
-            "trading bench: open loop, {:.1} s per path and rate, {} users, {}-lot BUY opens alternating with closes, {} {}; setup {:.1} s, {:.1} s in all",
+            "trading bench: open loop, {:.1} s per path and rate, {} users, {}-lot BUY opens alternating with closes, {} {}, the engine's outcomes {}; setup {:.1} s, {:.1} s in all",
             self.duration.as_secs_f64(),
             self.users,
             self.volume,
             self.servers,
             transport_text(self.transport),
+            match self.delivery {
+                suho_config::Delivery::Transactions => "in transactions",
+                suho_config::Delivery::Journal => "journaled",
+            },
             self.setup.as_secs_f64(),
             self.elapsed.as_secs_f64(),
         )?;
@@ -945,6 +958,7 @@ mod tests {
             p99_bound: Duration::from_millis(500),
             servers: "throwaway Kafka 4.1.1 / NATS / PostgreSQL".into(),
             transport: suho_config::Transport::Secured,
+            delivery: suho_config::Delivery::Transactions,
             setup: Duration::ZERO,
             not_run: vec![],
             book: None,

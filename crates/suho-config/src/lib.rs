@@ -526,6 +526,23 @@ pub struct TradingConfig {
     pub venue: Venue,
     /// How the scripted venue misbehaves (read only with `venue = "scripted"`).
     pub scripted: ScriptedVenueConfig,
+    /// How the engine publishes outcomes exactly once.
+    pub delivery: Delivery,
+}
+
+/// How the trading engine publishes a batch's outcomes exactly once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Delivery {
+    /// In a Kafka transaction with the commands' offsets, one per batch: readers that read
+    /// committed see all of a batch or nothing. The default.
+    #[default]
+    Transactions,
+    /// Journaled first (`engine.journal`, an entry per batch, confirmed from the journal's
+    /// own tail so that an engine that lost its partitions publishes nothing), then published
+    /// plainly, the offsets committed after. A new owner publishes what its predecessor
+    /// journaled and had not published. Not yet the default: see `suho_trading::journal`.
+    Journal,
 }
 
 /// Trading costs, in the account currency: a commission per lot on every fill (opening and
@@ -643,6 +660,7 @@ impl Default for TradingConfig {
             costs: CostsConfig::default(),
             venue: Venue::Paper,
             scripted: ScriptedVenueConfig::default(),
+            delivery: Delivery::Transactions,
         }
     }
 }

@@ -496,7 +496,7 @@ impl UserEventProducer {
 /// record over at once and one `AddPartitionsToTxn` round trip registers all their
 /// partitions (records handed over one by one, with work between them, make librdkafka
 /// register the first partition alone and the rest in a second round trip).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Outgoing {
     topic: UserTopic,
     key: String,

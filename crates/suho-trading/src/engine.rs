@@ -18,6 +18,10 @@
 //! commands ordered; it also means one stuck record holds back every partition this instance
 //! owns (later work can split per-partition queues).
 //!
+//! A journaling engine (`trading.delivery = "journal"`) has no transactions: each batch is
+//! written to [`crate::journal`] and confirmed, then published plainly (see `deliver`); a
+//! take of partitions publishes what the journal holds and the log lacks (`take_up`).
+//!
 //! Several engines share the partitions. Whenever the group moves partitions, the engine
 //! rebuilds its accounts from the log before it handles another record: the previous owner
 //! committed (or aborted) its last transaction before it let the partition go, so the
@@ -81,6 +85,12 @@ pub struct Engine<B> {
     ownership: std::sync::OnceLock<ledger::Ownership>,
     /// Where the periodic statuses have got to.
     statuses: Mutex<StatusSweep>,
+    /// With `trading.delivery = "journal"`: the journal every batch is written to before its
+    /// outcomes go out plainly (no transactions then; see [`crate::journal`]).
+    journal: Option<crate::journal::Journal>,
+    /// Per owned partition, the first command offset not yet journaled when it was taken:
+    /// records before it were answered by a previous owner.
+    resume: Mutex<HashMap<i32, i64>>,
 }
 
 /// The periodic statuses' progress through the owned accounts, in key order.
@@ -280,6 +290,36 @@ impl BatchTimes {
             "batch committed"
         );
     }
+
+    /// [`BatchTimes::log`] for a journaling engine, whose spans after the execution are the
+    /// journal (entries appended and confirmed), the publication, and the offset commit.
+    fn log_journaled(&self, records: usize, sends: usize) {
+        let us = |i: usize| self.spans[i].as_micros();
+        tracing::debug!(
+            records,
+            sends,
+            ticks_us = us(1),
+            prices_us = us(2),
+            execute_us = us(3),
+            journal_us = us(4),
+            publish_us = us(5),
+            commit_us = us(6),
+            "batch journaled and published"
+        );
+    }
+}
+
+/// What became of a journaling engine's batch.
+enum Delivered {
+    /// Journaled and published.
+    Published,
+    /// Nothing went out; try again, for this reason.
+    Retry(String),
+    /// The journal may hold the batch: the partitions are to be taken again before
+    /// anything else ([`Engine::undecided`]).
+    Undecided,
+    /// Another engine took a partition of the batch: nothing went out, nor will.
+    Lost,
 }
 
 /// What one try at a batch did.
@@ -325,6 +365,13 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
         let producer = UserEventProducer::new(&kafka)?;
         let consumer = kafka::consumer(&kafka, &config.telemetry, GROUP, &[UserTopic::Commands])?;
         let assignment = consumer.context().assignment().clone();
+        let journal = match config.trading.delivery {
+            suho_config::Delivery::Transactions => None,
+            suho_config::Delivery::Journal => Some(crate::journal::Journal::new(
+                &kafka,
+                &config.trading.instance_id,
+            )?),
+        };
         Ok(Engine {
             consumer,
             bus,
@@ -349,6 +396,8 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
                 since: std::time::Instant::now(),
                 next: None,
             }),
+            journal,
+            resume: Mutex::new(HashMap::new()),
         })
     }
 
@@ -396,9 +445,9 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
         };
         let ownership = ledger::Ownership::new(self.assignment.clone(), commands, partitions);
         // The transactional producers: their initialisation also aborts what a previous engine
-        // with the same transactional ids left open.
+        // with the same transactional ids left open. A journaling engine has none.
         let mut delay = self.backoff.initial;
-        loop {
+        while self.journal.is_none() {
             let kafka = &self.kafka;
             let started = futures::future::try_join_all((0..TX_PRODUCERS).map(|k| {
                 let id = format!("{}-{k}", self.transactional_id);
@@ -509,7 +558,7 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
             // Records taken before the latest rebalance are delivered again from the
             // committed offsets (or to another engine): only the latest epoch's stay.
             let epoch = self.assignment.changes();
-            batch.retain(|t| t.epoch == epoch);
+            batch.retain(|t| t.epoch == epoch && !self.answered(&t.msg));
             if epoch != self.rebuilt_for.load(Ordering::SeqCst) {
                 continue;
             }
@@ -531,6 +580,14 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
             );
             return;
         }
+        if self.answered(msg) {
+            tracing::info!(
+                partition = msg.partition(),
+                offset = msg.offset(),
+                "a command the journal shows answered is skipped"
+            );
+            return;
+        }
         kafka::count_consumed(UserTopic::Commands, GROUP);
         batch.push_back(Taken {
             plan: plan::plan(msg.key(), msg.payload()),
@@ -538,6 +595,15 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
             epoch,
             msg: msg.detach(),
         });
+    }
+
+    /// Whether a journaling engine's take found `msg` answered by a previous owner.
+    fn answered(&self, msg: &impl Message) -> bool {
+        self.resume
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&msg.partition())
+            .is_some_and(|next| msg.offset() < *next)
     }
 
     /// The plan of `t`, or a rejection if it would take its user over the rate limit
@@ -576,7 +642,11 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
                 self.rebuilt_for.store(changes, Ordering::SeqCst);
                 return true;
             }
-            match ledger::rebuild(&*self.broker, &self.kafka).await {
+            let rebuilt = match &self.journal {
+                None => ledger::rebuild(&*self.broker, &self.kafka).await,
+                Some(journal) => self.take_up(journal, &owned).await,
+            };
+            match rebuilt {
                 Ok(applied) => {
                     self.rebuilt_for.store(changes, Ordering::SeqCst);
                     tracing::info!(
@@ -597,6 +667,56 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
         }
     }
 
+    /// A journaling engine's take of `owned`: a fence on each partition's journal, then what
+    /// the previous owners journaled and the log lacks is published (the journal holds no
+    /// statuses: fresh ones follow), the partitions' commands resume after the last
+    /// journaled one, and the accounts are restored from the log; the number of events
+    /// applied.
+    async fn take_up(
+        &self,
+        journal: &crate::journal::Journal,
+        owned: &std::collections::BTreeSet<i32>,
+    ) -> Result<usize, EngineError> {
+        let partitions: Vec<i32> = owned.iter().copied().collect();
+        let taken = journal.take(&partitions).await?;
+        let mut events = ledger::read_events(&self.kafka).await?;
+        let present: std::collections::HashSet<&str> =
+            events.iter().map(|(_, e)| e.event_id()).collect();
+        let mut missing = Vec::new();
+        for t in taken.values() {
+            for (_, outcomes) in &t.unpublished {
+                for o in outcomes {
+                    let record = o.record()?;
+                    let known = o.event_id().is_some_and(|id| present.contains(id.as_str()));
+                    if !known {
+                        missing.push(record);
+                    }
+                }
+            }
+        }
+        let republished = missing.len();
+        if republished > 0 {
+            publish(&self.producer, missing).await?;
+            tracing::info!(
+                records = republished,
+                "published what the previous owner journaled and had not published"
+            );
+            events = ledger::read_events(&self.kafka).await?;
+        }
+        let mut resume = self.resume.lock().unwrap_or_else(PoisonError::into_inner);
+        resume.clear();
+        for (p, t) in &taken {
+            journal.published(*p, t.fence);
+            if let Some(next) = t.next_command {
+                resume.insert(*p, next);
+            }
+        }
+        drop(resume);
+        let applied = ledger::restore(&*self.broker, &events);
+        self.dirty.store(false, Ordering::SeqCst);
+        Ok(applied)
+    }
+
     /// Carries out the batch's records in Kafka transactions with their offsets, retrying
     /// transient failures until all are done or shutdown comes. The records are tried in
     /// order in one transaction; when one meets a transient failure, those before it are
@@ -612,6 +732,10 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
         let mut delay = self.backoff.initial;
         let mut tries: u32 = 1;
         while let Some(head) = batch.front() {
+            if self.rebuilt_for.load(Ordering::SeqCst) != self.assignment.changes() {
+                // The partitions are to be taken again first (see `Engine::undecided`).
+                return Ok(Settled::Done);
+            }
             let (partition, offset) = (head.msg.partition(), head.msg.offset());
             let began = std::time::Instant::now();
             let reason = match self.begin().await {
@@ -672,11 +796,15 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
         let mut counted: Vec<(UserId, i64)> = Vec::new();
         let mut done = 0;
         let mut stop = None;
+        // Which partition's command each outcome answers (the ticks' belong to their users').
+        let mut answers: Vec<(i32, std::ops::Range<usize>)> = Vec::new();
         for t in batch.iter() {
             let changes = self.changes.load(Ordering::SeqCst);
             let plan = self.rate_checked(t, &counted);
+            let from = sends.len();
             match self.attempt(&t.msg, &plan, &mut prices, &mut sends).await? {
                 Attempt::Done => {
+                    answers.push((t.msg.partition(), from..sends.len()));
                     done += 1;
                     if let Some(head) = plan.head() {
                         counted.push((head.user_id.clone(), t.at));
@@ -700,6 +828,40 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
         }
         times.mark();
         let sent = sends.len();
+        if let Some(journal) = &self.journal {
+            let records: Vec<&Taken> = batch.iter().take(done).collect();
+            match self
+                .deliver(journal, sends, &records, &answers, &mut times)
+                .await?
+            {
+                Delivered::Published => {}
+                Delivered::Retry(reason) => return Ok(Tried::failed(reason)),
+                Delivered::Undecided => {
+                    return Ok(Tried {
+                        committed: 0,
+                        retry: None,
+                    })
+                }
+                Delivered::Lost => {
+                    // The records are the new owner's now; this engine hears of the
+                    // rebalance at its next poll.
+                    batch.clear();
+                    return Ok(Tried {
+                        committed: 0,
+                        retry: None,
+                    });
+                }
+            }
+            times.log_journaled(done, sent);
+            for (user, at) in &counted {
+                self.rate.record(user, *at);
+            }
+            batch.drain(..done);
+            return Ok(Tried {
+                committed: done,
+                retry: stop,
+            });
+        }
         // Every outcome goes to the producer at once; the records' offsets join the
         // transaction once the outcomes are acknowledged (see `UserEventProducer`).
         let published = publish(self.out(), sends).await;
@@ -748,8 +910,132 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
             .unwrap_or(&self.producer)
     }
 
-    /// Begins a transaction on the next producer in turn.
+    /// A journaling engine's delivery of a batch: its entries (one per partition concerned:
+    /// the outcomes of the partition's `records` and `answers`, the ticks' by their users'
+    /// partitions) are journaled and confirmed, then the outcomes published, until Kafka took
+    /// them all (the journal already holds them), and the records' offsets committed without
+    /// waiting (a new owner resumes after the journal's). When nothing went out (the batch
+    /// must be tried again, or another engine took a partition of it), the accounts are
+    /// rebuilt from the log if the venue had changed one.
+    async fn deliver(
+        &self,
+        journal: &crate::journal::Journal,
+        sends: Vec<Outgoing>,
+        records: &[&Taken],
+        answers: &[(i32, std::ops::Range<usize>)],
+        times: &mut BatchTimes,
+    ) -> Result<Delivered, EngineError> {
+        let Some(own) = self.ownership.get() else {
+            return Ok(Delivered::Retry("the engine has not started".into()));
+        };
+        let mut next: std::collections::BTreeMap<i32, i64> = std::collections::BTreeMap::new();
+        for t in records {
+            let n = next.entry(t.msg.partition()).or_insert(0);
+            *n = (*n).max(t.msg.offset() + 1);
+        }
+        let mut entries: std::collections::BTreeMap<
+            i32,
+            (Option<i64>, Vec<crate::journal::Outcome>),
+        > = next
+            .iter()
+            .map(|(p, n)| (*p, (Some(*n), Vec::new())))
+            .collect();
+        // Statuses are not journaled: they hold no state, and a new owner sends fresh ones.
+        for (i, record) in sends
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.topic() != UserTopic::Mt5Status)
+        {
+            let partition = answers
+                .iter()
+                .find(|(_, r)| r.contains(&i))
+                .map_or_else(|| own.partition(record.key()), |(p, _)| *p);
+            entries
+                .entry(partition)
+                .or_default()
+                .1
+                .push(crate::journal::Outcome::of(record));
+        }
+        if entries.is_empty() {
+            return Ok(Delivered::Published);
+        }
+        let entries = entries.into_iter().map(|(p, (n, o))| (p, n, o)).collect();
+        let written = match journal.append(entries).await {
+            Ok(w) => w,
+            Err(e) => return Ok(self.undecided(format!("journaling the batch: {e}"))),
+        };
+        match journal.confirm(&written).await {
+            Ok(Ok(())) => {}
+            Ok(Err(fenced)) => {
+                tracing::warn!(
+                    partition = fenced.partition,
+                    by = %fenced.by,
+                    "another engine took the partition: this batch is not published"
+                );
+                self.abort().await;
+                return Ok(Delivered::Lost);
+            }
+            Err(e) => return Ok(self.undecided(format!("confirming the journal: {e}"))),
+        }
+        times.mark();
+        if !records.is_empty() {
+            crate::failpoint::hit("engine.after_journal");
+        }
+        // Journaled: from here the batch is decided, and only publishing it remains. A retry
+        // may publish again what the failed try had got through: the same records with the
+        // same ids, of which readers keep the first.
+        let mut delay = self.backoff.initial;
+        loop {
+            match publish(&self.producer, sends.clone()).await {
+                Ok(()) => break,
+                Err(e) if !e.is_retryable() => return Err(e.into()),
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = millis(delay), "publishing a journaled batch failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = self.backoff.next(delay);
+                }
+            }
+        }
+        for (p, offset) in &written {
+            journal.published(*p, *offset);
+        }
+        times.mark();
+        if !records.is_empty() {
+            crate::failpoint::hit("engine.before_offsets");
+        }
+        let commands = UserTopic::Commands.full_name(&self.kafka.topic_prefix);
+        let mut offsets = rdkafka::TopicPartitionList::new();
+        for (p, n) in &next {
+            offsets.add_partition_offset(&commands, *p, rdkafka::Offset::Offset(*n))?;
+        }
+        if offsets.count() > 0 {
+            if let Err(e) = self
+                .consumer
+                .commit(&offsets, rdkafka::consumer::CommitMode::Async)
+            {
+                tracing::debug!(error = %e, "committing offsets (the journal has them)");
+            }
+        }
+        self.dirty.store(false, Ordering::SeqCst);
+        times.mark();
+        Ok(Delivered::Published)
+    }
+
+    /// The journal may or may not hold a batch (its entries' writing or confirmation
+    /// failed): executing it again could journal other outcomes for the same commands, so
+    /// the partitions are taken again first ([`Engine::take_up`]: whatever the journal holds
+    /// is published, and its commands skipped).
+    fn undecided(&self, reason: String) -> Delivered {
+        tracing::warn!(reason = %reason, "the journal may hold the batch: taking the partitions again");
+        self.rebuilt_for.store(u64::MAX, Ordering::SeqCst);
+        Delivered::Undecided
+    }
+
+    /// Begins a transaction on the next producer in turn (nothing for a journaling engine).
     async fn begin(&self) -> Result<(), suho_messaging::MessagingError> {
+        if self.journal.is_some() {
+            return Ok(());
+        }
         self.turn.fetch_add(1, Ordering::SeqCst);
         self.out().begin().await
     }
@@ -782,8 +1068,10 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
     /// Aborts the open transaction; if the broker changed an account in it, rebuilds the
     /// accounts from the log (until that works).
     async fn abort(&self) {
-        if let Err(e) = self.out().abort().await {
-            tracing::warn!(error = %e, "aborting the transaction failed");
+        if self.journal.is_none() {
+            if let Err(e) = self.out().abort().await {
+                tracing::warn!(error = %e, "aborting the transaction failed");
+            }
         }
         if self.dirty.swap(false, std::sync::atomic::Ordering::SeqCst) {
             loop {
@@ -868,6 +1156,20 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
     /// One transaction of ticks (and due statuses) alone, while no command waits. A failure
     /// is logged and aborted: the next ticks come soon.
     async fn tick_round(&self) -> Result<(), EngineError> {
+        if let Some(journal) = &self.journal {
+            let mut sends = Vec::new();
+            let mut times = BatchTimes::new(std::time::Instant::now());
+            if let Err(e) = self.apply_ticks(&mut sends).await {
+                self.abort().await;
+                return Err(e);
+            }
+            if let Delivered::Retry(reason) =
+                self.deliver(journal, sends, &[], &[], &mut times).await?
+            {
+                tracing::warn!(reason = %reason, "a tick round was not delivered");
+            }
+            return Ok(());
+        }
         if let Err(e) = self.begin().await {
             tracing::warn!(error = %e, "beginning a tick transaction failed");
             return Ok(());

@@ -5,7 +5,10 @@
 //! one cached lookup.
 //!
 //! Points: `engine.before_commit` (a command executed and its outcome sent in the open
-//! Kafka transaction, before the transaction and the offset commit); `up.stop_servers` (a
+//! Kafka transaction, before the transaction and the offset commit); a journaling engine's
+//! `engine.after_journal` (a batch with a command journaled and confirmed, nothing of it
+//! published) and `engine.before_offsets` (published, its offsets not committed);
+//! `up.stop_servers` (a
 //! stall: `suho up` about to stop the servers it started, so its watchdog must).
 
 use std::sync::OnceLock;

@@ -44,6 +44,9 @@ const CHUNK: i64 = 256;
 const POLL: Duration = Duration::from_millis(100);
 /// The longest a read of the journal may take before it is reported as a failure.
 const READ_DEADLINE: Duration = Duration::from_secs(60);
+/// The largest entry written: a batch's outcomes for one partition that would make a larger
+/// record (Kafka refuses records over 1 MiB by default) are split over several entries.
+const MAX_ENTRY_BYTES: usize = 512 * 1024;
 
 /// One record of the journal.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -308,8 +311,8 @@ impl Journal {
     }
 
     /// Appends one entry per partition (`next_command`: the partition's next command offset
-    /// after the batch, if the batch had commands of it) and waits for Kafka's
-    /// acknowledgements; the entries' offsets.
+    /// after the batch, if the batch had commands of it; more than one entry where the
+    /// outcomes are many) and waits for Kafka's acknowledgements; the entries' offsets.
     ///
     /// # Errors
     /// A partition is not held, or Kafka did not take an entry.
@@ -327,20 +330,13 @@ impl Journal {
                 if next_command.is_some() {
                     h.next_command = next_command;
                 }
-                let entry = Record::Entry {
-                    owner: h.owner.clone(),
-                    fence: h.fence,
-                    published_through: h.published_through,
-                    next_command: h.next_command,
-                    outcomes,
-                };
-                let bytes = serde_json::to_vec(&entry)
-                    .map_err(|e| EngineError::Rebuild(format!("encoding an entry: {e}")))?;
-                queued.push((
-                    p,
-                    self.producer
-                        .enqueue_to_partition(UserTopic::EngineJournal, p, &bytes)?,
-                ));
+                for bytes in encode(h, outcomes)? {
+                    queued.push((
+                        p,
+                        self.producer
+                            .enqueue_to_partition(UserTopic::EngineJournal, p, &bytes)?,
+                    ));
+                }
             }
         }
         let mut out = Vec::with_capacity(queued.len());
@@ -411,6 +407,34 @@ impl Journal {
             h.published_through = h.published_through.max(offset + 1);
         }
     }
+}
+
+/// `outcomes` as entries of `h`'s partition, each under [`MAX_ENTRY_BYTES`] unless a single
+/// outcome is larger.
+fn encode(h: &Held, outcomes: Vec<Outcome>) -> Result<Vec<Vec<u8>>, EngineError> {
+    let entry = |outcomes: Vec<Outcome>| Record::Entry {
+        owner: h.owner.clone(),
+        fence: h.fence,
+        published_through: h.published_through,
+        next_command: h.next_command,
+        outcomes,
+    };
+    let mut pending = vec![outcomes];
+    let mut out = Vec::new();
+    while let Some(mut part) = pending.pop() {
+        let n = part.len();
+        let bytes = serde_json::to_vec(&entry(part.clone()))
+            .map_err(|e| EngineError::Rebuild(format!("encoding an entry: {e}")))?;
+        if bytes.len() <= MAX_ENTRY_BYTES || n <= 1 {
+            out.push(bytes);
+            continue;
+        }
+        let rest = part.split_off(n / 2);
+        // The later half is popped after the earlier: the order stays the outcomes'.
+        pending.push(rest);
+        pending.push(part);
+    }
+    Ok(out)
 }
 
 /// A reader of the journal: no group, no commits, every record as written.
@@ -656,6 +680,43 @@ mod tests {
         assert_eq!(t.next_command, Some(7));
         // With only B's fence in reach, the start is not known yet.
         assert_eq!(start_point(&log[2..]), None);
+    }
+
+    #[test]
+    fn many_outcomes_are_split_over_entries_in_their_order() {
+        let h = Held {
+            owner: "e/1".into(),
+            fence: 4,
+            published_through: 5,
+            next_command: Some(9),
+        };
+        let outcomes: Vec<Outcome> = (0..200)
+            .map(|i| Outcome {
+                topic: "user.trades".into(),
+                key: format!("usr_{i}"),
+                headers: vec![],
+                payload: "x".repeat(10_000),
+            })
+            .collect();
+        let entries = encode(&h, outcomes.clone()).expect("encodes");
+        assert!(entries.len() > 1);
+        let mut back = Vec::new();
+        for bytes in &entries {
+            assert!(bytes.len() <= MAX_ENTRY_BYTES);
+            match serde_json::from_slice::<Record>(bytes).expect("decodes") {
+                Record::Entry {
+                    fence,
+                    next_command,
+                    outcomes,
+                    ..
+                } => {
+                    assert_eq!((fence, next_command), (4, Some(9)));
+                    back.extend(outcomes);
+                }
+                Record::Fence { .. } => panic!("an entry"),
+            }
+        }
+        assert_eq!(back, outcomes);
     }
 
     #[test]

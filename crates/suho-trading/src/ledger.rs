@@ -65,14 +65,21 @@ impl Ownership {
     /// Whether this engine acts on `user`'s accounts.
     #[must_use]
     pub fn owns(&self, user: &suho_domain::UserId) -> bool {
-        let p = partition_of(user.as_str().as_bytes(), self.partitions);
-        self.assignment.owns(&self.topic, p)
+        self.assignment
+            .owns(&self.topic, self.partition(user.as_str()))
+    }
+
+    /// The `user.commands` partition of the records keyed `key`.
+    #[must_use]
+    pub fn partition(&self, key: &str) -> i32 {
+        partition_of(key.as_bytes(), self.partitions)
     }
 }
 
 /// Every event of `user.trades` and `user.transactions` (from the beginning, committed only),
-/// with the account it belongs to, in log order per partition. Unreadable records are skipped
-/// with a warning.
+/// with the account it belongs to, in log order per partition, the first of each `event_id`
+/// only (an engine that took over from a frozen one may have published the same outcome it
+/// did: see [`crate::journal`]). Unreadable records are skipped with a warning.
 ///
 /// # Errors
 /// Kafka is unreachable.
@@ -92,7 +99,8 @@ pub async fn read_events(
         other => other,
     })?;
     let trades = UserTopic::Trades.full_name(&kafka.topic_prefix);
-    let mut out = Vec::with_capacity(records.len());
+    let mut out: Vec<(AccountKey, AccountEvent)> = Vec::with_capacity(records.len());
+    let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
     for r in records {
         let parsed = if r.topic == trades {
             serde_json::from_slice::<TradeEvent>(&r.payload)
@@ -102,7 +110,11 @@ pub async fn read_events(
                 .map(|t| (transaction_key(&t), AccountEvent::from(t)))
         };
         match parsed {
-            Ok(pair) => out.push(pair),
+            Ok(pair) => {
+                if seen.insert(pair.1.event_id().to_owned()) {
+                    out.push(pair);
+                }
+            }
             Err(e) => {
                 tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, error = %e, "skipping an unreadable account event on rebuild");
             }
@@ -121,11 +133,17 @@ pub async fn rebuild<B: BrokerAdapter>(
     kafka: &suho_config::KafkaConfig,
 ) -> Result<usize, EngineError> {
     let events = read_events(kafka).await?;
-    let done = broker.restore(&events);
+    Ok(restore(broker, &events))
+}
+
+/// Restores every account of `broker` from `events` (as [`read_events`] gives them); the
+/// number applied.
+pub fn restore<B: BrokerAdapter>(broker: &B, events: &[(AccountKey, AccountEvent)]) -> usize {
+    let done = broker.restore(events);
     for (event_id, e) in &done.refused {
         tracing::warn!(event_id, error = %e, "an account event could not be applied on rebuild");
     }
-    Ok(done.applied)
+    done.applied
 }
 
 /// One record read back by [`read_committed`].

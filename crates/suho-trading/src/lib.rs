@@ -28,7 +28,9 @@
 //! the same `transactional.id` aborts; the command is then executed again from the committed
 //! state, once. Outcome ids are derived from the command's `event_id` (`exec_`, `cls_`,
 //! `mod_`, `rej_`, `dep_`, `wd_`, `trd_`). Several engines share the partitions; a partition's
-//! new owner rebuilds the accounts from the log before its next command.
+//! new owner rebuilds the accounts from the log before its next command. With
+//! `trading.delivery = "journal"` the batch is journaled instead ([`journal`]) and published
+//! without a transaction.
 //!
 //! Map:
 //! - [`plan`]: the decisions, pure functions with no I/O.
@@ -36,6 +38,7 @@
 //! - [`ledger`]: restoring the venue's accounts from the log, ticks, statuses, and which
 //!   accounts this engine acts on.
 //! - [`limits`]: users' own risk limits from `user.settings`.
+//! - [`journal`]: `engine.journal`, a journaling engine's fences and entries.
 //! - [`failpoint`]: `SUHO_FAILPOINT`, for crash tests.
 //!
 //! Invariants: a command's offset is committed in the transaction of its outcome; a

@@ -356,7 +356,18 @@ async fn price_requests(sub: &mut async_nats::Subscriber, n: usize) {
 
 #[tokio::test]
 async fn a_command_without_a_price_waits_across_a_restart_and_executes_once() {
-    let env = TestEnv::new().await;
+    waits_across_a_restart(suho_config::Delivery::Transactions).await;
+}
+
+/// The same with the engine journaling (`trading.delivery = "journal"`).
+#[tokio::test]
+async fn journaled_a_command_without_a_price_waits_across_a_restart_and_executes_once() {
+    waits_across_a_restart(suho_config::Delivery::Journal).await;
+}
+
+async fn waits_across_a_restart(delivery: suho_config::Delivery) {
+    let mut env = TestEnv::new().await;
+    env.config.trading.delivery = delivery;
     let out = reader(&env, UserTopic::Trades);
     let producer = UserEventProducer::new(&env.kafka(Identity::Gateway)).unwrap();
     let cmd = open("frank", "EURUSD", Side::Sell);
@@ -716,7 +727,18 @@ async fn next_json(consumer: &StreamConsumer, what: &str) -> serde_json::Value {
 /// twice, and another opening of the open account is rejected.
 #[tokio::test]
 async fn an_account_opens_once_with_its_opening_balance() {
-    let env = TestEnv::new().await;
+    opens_once(suho_config::Delivery::Transactions).await;
+}
+
+/// The same with the engine journaling (`trading.delivery = "journal"`).
+#[tokio::test]
+async fn journaled_an_account_opens_once_with_its_opening_balance() {
+    opens_once(suho_config::Delivery::Journal).await;
+}
+
+async fn opens_once(delivery: suho_config::Delivery) {
+    let mut env = TestEnv::new().await;
+    env.config.trading.delivery = delivery;
     let txs = reader(&env, UserTopic::Transactions);
     let statuses = reader(&env, UserTopic::Mt5Status);
     let rejections = reader(&env, UserTopic::Trades);

@@ -169,6 +169,10 @@ enum BenchTarget {
         /// publishes without Kafka transactions).
         #[arg(long)]
         echo_journal: bool,
+        /// How the platform's engine publishes outcomes: `transactions` (the default: a Kafka
+        /// transaction per batch) or `journal` (journaled, then published plainly).
+        #[arg(long, default_value = "transactions", value_parser = delivery_arg)]
+        delivery: suho_config::Delivery,
     },
     /// Ticks fanned out through the real gateway's WebSocket /ws to many clients (and with a
     /// share of them not reading), against raw NATS fan-out to as many plain subscribers, at
@@ -310,6 +314,14 @@ fn security_arg(text: &str) -> Result<suho_bench::Security, String> {
     suho_bench::Security::parse(text).ok_or_else(|| "expected off, on or both".to_string())
 }
 
+fn delivery_arg(text: &str) -> Result<suho_config::Delivery, String> {
+    match text {
+        "transactions" => Ok(suho_config::Delivery::Transactions),
+        "journal" => Ok(suho_config::Delivery::Journal),
+        _ => Err("expected transactions or journal".to_string()),
+    }
+}
+
 /// Runs a bench once per transport `runs` names, printing each report as it comes.
 async fn each_run<R, F, Fut>(runs: suho_bench::Security, mut bench: F) -> anyhow::Result<Vec<R>>
 where
@@ -422,6 +434,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     book,
                     book_users,
                     echo_journal,
+                    delivery,
                 },
         } => stoppable_bench("suho bench trading", async {
             let defaults = suho_bench::TradingBenchOptions::default();
@@ -450,6 +463,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     }),
                 },
                 echo_journal,
+                delivery,
                 ..defaults
             };
             let reports = each_run(security, |transport| {

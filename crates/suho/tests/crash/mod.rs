@@ -6,7 +6,11 @@
 //!
 //! Each test runs twice: on the paper broker, and on the scripted venue (`trading.venue =
 //! "scripted"`: the engine behind the same port meets refusals, late fills and transient
-//! failures; which commands it refuses follows from their ids, `suho::venue::refuses`).
+//! failures; which commands it refuses follows from their ids, `suho::venue::refuses`). And
+//! with the engine journaling (`trading.delivery = "journal"`, on the paper broker): killed
+//! once its batch is journaled but before anything of it is published
+//! (`engine.after_journal`), and once it is published but before the offsets are committed
+//! (`engine.before_offsets`), and two journaling engines through a kill.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -22,6 +26,8 @@ use super::{consume, read_to_end, Running};
 enum On {
     Paper,
     Scripted,
+    /// The paper broker, the engine journaling rather than in transactions.
+    Journaled,
 }
 
 /// The scripted venue's settings in these tests: one command in `REFUSE_ONE_IN` refused, fills
@@ -66,6 +72,9 @@ fn engine_instance(
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
+    if on == On::Journaled {
+        cmd.env("SUHO__TRADING__DELIVERY", "journal");
+    }
     if on == On::Scripted {
         cmd.env("SUHO__TRADING__VENUE", "scripted")
             .env(
@@ -82,17 +91,32 @@ fn engine_instance(
     cmd.spawn().expect("starting `suho engine`")
 }
 
+/// The failpoint between a command's execution and its commit.
+const BEFORE_COMMIT: &str = "engine.before_commit";
+
 #[tokio::test]
 async fn an_engine_killed_between_execution_and_commit_executes_the_command_once() {
-    killed_between_execution_and_commit(On::Paper).await;
+    killed_between_execution_and_commit(On::Paper, BEFORE_COMMIT).await;
 }
 
 #[tokio::test]
 async fn on_the_scripted_venue_an_engine_killed_before_its_commit_answers_once() {
-    killed_between_execution_and_commit(On::Scripted).await;
+    killed_between_execution_and_commit(On::Scripted, BEFORE_COMMIT).await;
 }
 
-async fn killed_between_execution_and_commit(on: On) {
+/// The next engine publishes what the dead one journaled, and does not execute it again.
+#[tokio::test]
+async fn a_journaling_engine_killed_before_it_published_answers_once() {
+    killed_between_execution_and_commit(On::Journaled, "engine.after_journal").await;
+}
+
+/// The next engine resumes after the journal, not after the committed offsets.
+#[tokio::test]
+async fn a_journaling_engine_killed_before_its_offsets_answers_once() {
+    killed_between_execution_and_commit(On::Journaled, "engine.before_offsets").await;
+}
+
+async fn killed_between_execution_and_commit(on: On, failpoint: &str) {
     let mut env = TestEnv::new().await;
     // The platform without its engine: feed, price service, API.
     env.config.trading.engine_enabled = false;
@@ -109,7 +133,7 @@ async fn killed_between_execution_and_commit(on: On) {
     let command_id = body["command_id"].as_str().unwrap().to_string();
 
     // The first engine executes the command and dies before committing.
-    let mut first = engine_process(&p.env, on, Some("engine.before_commit"));
+    let mut first = engine_process(&p.env, on, Some(failpoint));
     let status = tokio::time::timeout(Duration::from_secs(90), first.wait())
         .await
         .expect("the engine reaches the failpoint within 90 s")
@@ -162,6 +186,11 @@ async fn two_engines_answer_every_command_once_and_in_order_through_a_kill_and_r
 #[tokio::test]
 async fn on_the_scripted_venue_two_engines_answer_every_command_once_through_a_kill() {
     two_engines_through_a_kill(On::Scripted).await;
+}
+
+#[tokio::test]
+async fn two_journaling_engines_answer_every_command_once_through_a_kill() {
+    two_engines_through_a_kill(On::Journaled).await;
 }
 
 async fn two_engines_through_a_kill(on: On) {
