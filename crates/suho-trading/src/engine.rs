@@ -91,6 +91,17 @@ pub struct Engine<B> {
     /// Per owned partition, the first command offset not yet journaled when it was taken:
     /// records before it were answered by a previous owner.
     resume: Mutex<HashMap<i32, i64>>,
+    /// A journaling engine's last batch, handed to the producer and not yet acknowledged.
+    in_flight: Mutex<Option<InFlight>>,
+}
+
+/// A journaled batch's records on their way to Kafka (see `Engine::land`).
+struct InFlight {
+    queued: Vec<suho_messaging::kafka::Queued>,
+    /// Its entries: partition and offset.
+    written: Vec<(i32, i64)>,
+    /// Its partitions' next command offsets.
+    next: std::collections::BTreeMap<i32, i64>,
 }
 
 /// The periodic statuses' progress through the owned accounts, in key order.
@@ -398,6 +409,7 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
             }),
             journal,
             resume: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(None),
         })
     }
 
@@ -677,6 +689,11 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
         journal: &crate::journal::Journal,
         owned: &std::collections::BTreeSet<i32>,
     ) -> Result<usize, EngineError> {
+        // The batch in flight lands first, or the take would find it unpublished and publish
+        // it again (if it cannot land, the take publishes it).
+        if let Err(e) = self.land(journal).await {
+            tracing::warn!(error = %e, "the last batch did not land; the journal has it");
+        }
         let partitions: Vec<i32> = owned.iter().copied().collect();
         let taken = journal.take(&partitions).await?;
         let mut events = ledger::read_events(&self.kafka).await?;
@@ -957,6 +974,10 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
                 .push(crate::journal::Outcome::of(record));
         }
         if entries.is_empty() {
+            // Nothing new: the batch in flight lands.
+            if let Err(e) = self.land(journal).await {
+                return Ok(self.undecided(format!("publishing the previous batch: {e}")));
+            }
             return Ok(Delivered::Published);
         }
         let entries = entries.into_iter().map(|(p, (n, o))| (p, n, o)).collect();
@@ -981,44 +1002,78 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
         if !records.is_empty() {
             crate::failpoint::hit("engine.after_journal");
         }
-        // Journaled: from here the batch is decided, and only publishing it remains. A retry
-        // may publish again what the failed try had got through: the same records with the
-        // same ids, of which readers keep the first.
-        let mut delay = self.backoff.initial;
-        loop {
-            match publish(&self.producer, sends.clone()).await {
-                Ok(()) => break,
-                Err(e) if !e.is_retryable() => return Err(e.into()),
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in_ms = millis(delay), "publishing a journaled batch failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = self.backoff.next(delay);
-                }
-            }
-        }
-        for (p, offset) in &written {
-            journal.published(*p, *offset);
+        // Journaled: from here the batch is decided, and only publishing it remains. The
+        // previous batch's acknowledgements are awaited only now, so that they overlapped this
+        // batch's execution and journal; its records were handed to the producer before this
+        // batch's, so each partition keeps their order.
+        if let Err(e) = self.land(journal).await {
+            return Ok(self.undecided(format!("publishing the previous batch: {e}")));
         }
         times.mark();
-        if !records.is_empty() {
-            crate::failpoint::hit("engine.before_offsets");
-        }
-        let commands = UserTopic::Commands.full_name(&self.kafka.topic_prefix);
-        let mut offsets = rdkafka::TopicPartitionList::new();
-        for (p, n) in &next {
-            offsets.add_partition_offset(&commands, *p, rdkafka::Offset::Offset(*n))?;
-        }
-        if offsets.count() > 0 {
-            if let Err(e) = self
-                .consumer
-                .commit(&offsets, rdkafka::consumer::CommitMode::Async)
-            {
-                tracing::debug!(error = %e, "committing offsets (the journal has them)");
-            }
-        }
+        let queued = match self.producer.enqueue_all(sends) {
+            Ok(q) => q,
+            Err(e) => return Ok(self.undecided(format!("publishing the batch: {e}"))),
+        };
+        *self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(InFlight {
+            queued,
+            written,
+            next,
+        });
         self.dirty.store(false, Ordering::SeqCst);
         times.mark();
         Ok(Delivered::Published)
+    }
+
+    /// Waits for the acknowledgements of the batch a journaling engine published last, then
+    /// marks its entries published and commits its offsets without waiting (a new owner
+    /// resumes after the journal's in any case).
+    ///
+    /// # Errors
+    /// Kafka did not take one of its records: the journal holds the batch, and the partitions
+    /// must be taken again ([`Engine::undecided`]) for it to be published.
+    async fn land(
+        &self,
+        journal: &crate::journal::Journal,
+    ) -> Result<(), suho_messaging::MessagingError> {
+        let Some(batch) = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        else {
+            return Ok(());
+        };
+        let mut failure = None;
+        for q in batch.queued {
+            if let Err(e) = q.delivered().await {
+                failure.get_or_insert(e);
+            }
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        for (p, offset) in &batch.written {
+            journal.published(*p, *offset);
+        }
+        if batch.next.is_empty() {
+            return Ok(());
+        }
+        crate::failpoint::hit("engine.before_offsets");
+        let commands = UserTopic::Commands.full_name(&self.kafka.topic_prefix);
+        let mut offsets = rdkafka::TopicPartitionList::new();
+        for (p, n) in &batch.next {
+            offsets.add_partition_offset(&commands, *p, rdkafka::Offset::Offset(*n))?;
+        }
+        if let Err(e) = self
+            .consumer
+            .commit(&offsets, rdkafka::consumer::CommitMode::Async)
+        {
+            tracing::debug!(error = %e, "committing offsets (the journal has them)");
+        }
+        Ok(())
     }
 
     /// The journal may or may not hold a batch (its entries' writing or confirmation
