@@ -929,11 +929,12 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
 
     /// A journaling engine's delivery of a batch: its entries (one per partition concerned:
     /// the outcomes of the partition's `records` and `answers`, the ticks' by their users'
-    /// partitions) are journaled and confirmed, then the outcomes published, until Kafka took
-    /// them all (the journal already holds them), and the records' offsets committed without
-    /// waiting (a new owner resumes after the journal's). When nothing went out (the batch
-    /// must be tried again, or another engine took a partition of it), the accounts are
-    /// rebuilt from the log if the venue had changed one.
+    /// partitions) are journaled and confirmed; then the previous batch lands
+    /// ([`Engine::land`]: its acknowledgements, then its offsets) and this one's outcomes are
+    /// handed to the producer, to land with the next. When the journal may hold the batch but
+    /// something failed, the partitions are taken again ([`Engine::undecided`]); when another
+    /// engine took a partition of it, nothing goes out and the accounts are rebuilt from the
+    /// log if the venue had changed one.
     async fn deliver(
         &self,
         journal: &crate::journal::Journal,
