@@ -958,21 +958,18 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
             .iter()
             .map(|(p, n)| (*p, (Some(*n), Vec::new())))
             .collect();
-        // Statuses are not journaled: they hold no state, and a new owner sends fresh ones.
-        for (i, record) in sends
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.topic() != UserTopic::Mt5Status)
-        {
+        for (i, record) in sends.iter().enumerate() {
             let partition = answers
                 .iter()
                 .find(|(_, r)| r.contains(&i))
                 .map_or_else(|| own.partition(record.key()), |(p, _)| *p);
-            entries
-                .entry(partition)
-                .or_default()
-                .1
-                .push(crate::journal::Outcome::of(record));
+            let entry = entries.entry(partition).or_default();
+            // A status is not journaled (it holds no state, and a new owner sends fresh ones),
+            // but its partition's entry is still written and confirmed: a thawed engine must
+            // not publish even a status.
+            if record.topic() != UserTopic::Mt5Status {
+                entry.1.push(crate::journal::Outcome::of(record));
+            }
         }
         if entries.is_empty() {
             // Nothing new: the batch in flight lands.

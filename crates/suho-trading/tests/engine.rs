@@ -799,3 +799,38 @@ async fn opens_once(delivery: suho_config::Delivery) {
     );
     stop_engine(&second, engine).await;
 }
+
+/// An account's status goes out every few seconds without any command (the dashboard's
+/// floating P/L follows it), whichever way the engine publishes.
+#[tokio::test]
+async fn statuses_keep_coming_without_commands() {
+    for delivery in [
+        suho_config::Delivery::Transactions,
+        suho_config::Delivery::Journal,
+    ] {
+        let mut env = TestEnv::new().await;
+        env.config.trading.delivery = delivery;
+        let shutdown = CancellationToken::new();
+        start_market(&env, &shutdown, true).await;
+        let engine = start_engine(&env, &shutdown).await;
+        let out = reader(&env, UserTopic::Trades);
+        let statuses = reader(&env, UserTopic::Mt5Status);
+        let producer = UserEventProducer::new(&env.kafka(Identity::Gateway)).unwrap();
+        let cmd = open("grace", "EURUSD", Side::Buy);
+        producer.send(&cmd).await.unwrap();
+        let answered = trades(&out, 1).await;
+        assert_eq!(answered.len(), 1, "{delivery:?}");
+        // The command's own status, then at least two of the periodic ones (every 5 s).
+        let mut seen = 0;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while seen < 3 && std::time::Instant::now() < deadline {
+            if let Some(r) = next_record(&statuses, Duration::from_secs(1)).await {
+                if r.key == "grace" {
+                    seen += 1;
+                }
+            }
+        }
+        assert!(seen >= 3, "{delivery:?}: only {seen} statuses in 20 s");
+        stop_engine(&shutdown, engine).await;
+    }
+}
