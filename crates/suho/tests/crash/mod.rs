@@ -10,7 +10,8 @@
 //! with the engine journaling (`trading.delivery = "journal"`, on the paper broker): killed
 //! once its batch is journaled but before anything of it is published
 //! (`engine.after_journal`), and once it is published but before the offsets are committed
-//! (`engine.before_offsets`), and two journaling engines through a kill.
+//! (`engine.before_offsets`), two journaling engines through a kill, and through a freeze
+//! (SIGSTOP past the session timeout, then SIGCONT).
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -193,7 +194,40 @@ async fn two_journaling_engines_answer_every_command_once_through_a_kill() {
     two_engines_through_a_kill(On::Journaled).await;
 }
 
+/// Engine a is frozen (SIGSTOP) past its session timeout while commands keep coming, so b
+/// takes its partitions, then thawed: a still holds the accounts as they were and acts on
+/// them (ticks, a batch it had taken), but the journal's fence stops it publishing anything,
+/// and every command is still answered once and in order.
+#[tokio::test]
+async fn a_frozen_journaling_engine_thawed_after_its_partitions_moved_publishes_nothing() {
+    two_engines_through(On::Journaled, Fault::Freeze).await;
+}
+
+/// What happens to engine a mid-run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// Killed outright, restarted three rounds later.
+    Kill,
+    /// Stopped (SIGSTOP) past the group's session timeout, resumed (SIGCONT) three rounds
+    /// later.
+    Freeze,
+}
+
+fn signal(child: &tokio::process::Child, signal: &str) {
+    let pid = child.id().expect("a running engine").to_string();
+    let ok = std::process::Command::new("kill")
+        .args([signal, pid.as_str()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill {signal} {pid}");
+}
+
 async fn two_engines_through_a_kill(on: On) {
+    two_engines_through(on, Fault::Kill).await;
+}
+
+async fn two_engines_through(on: On, fault: Fault) {
     const USERS: usize = 100;
     const ROUNDS: usize = 20;
     let mut env = TestEnv::new().await;
@@ -211,15 +245,25 @@ async fn two_engines_through_a_kill(on: On) {
     let mut sent: std::collections::HashMap<String, Vec<(String, &str)>> = Default::default();
     let mut restarted = None;
     for round in 0..ROUNDS {
-        match round {
-            6 => {
+        match (round, fault) {
+            (6, Fault::Kill) => {
                 a.start_kill().expect("killing engine a");
                 let _ = a.wait().await;
                 eprintln!("engine a killed after {} commands", round * USERS);
             }
-            9 => {
+            (9, Fault::Kill) => {
                 restarted = Some(engine_instance(&p.env, on, "a", None, log));
                 eprintln!("engine a restarted after {} commands", round * USERS);
+            }
+            (6, Fault::Freeze) => {
+                signal(&a, "-STOP");
+                eprintln!("engine a frozen after {} commands", round * USERS);
+                // Past the session timeout (10 s): b is given a's partitions.
+                tokio::time::sleep(Duration::from_secs(14)).await;
+            }
+            (9, Fault::Freeze) => {
+                signal(&a, "-CONT");
+                eprintln!("engine a thawed after {} commands", round * USERS);
             }
             _ => {}
         }
@@ -304,7 +348,11 @@ async fn two_engines_through_a_kill(on: On) {
             "{user}: every command answered once, in order, opens executed and closes closed"
         );
     }
-    for child in [Some(&mut b), restarted.as_mut()].into_iter().flatten() {
+    let frozen = (fault == Fault::Freeze).then_some(&mut a);
+    for child in [Some(&mut b), restarted.as_mut(), frozen]
+        .into_iter()
+        .flatten()
+    {
         let _ = child.start_kill();
         let _ = child.wait().await;
     }
