@@ -493,6 +493,20 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
         ));
         let result = self.consume(&shutdown).await;
         shutdown.cancel();
+        if let Some(journal) = &self.journal {
+            // The last batch lands before the group moves on, or the next owner may find it
+            // unpublished and publish it a second time (bounded: a stop must not wait on a
+            // broker that is away; the journal has the batch in any case).
+            match tokio::time::timeout(Duration::from_secs(5), self.land(journal)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "the last batch did not land; the journal has it");
+                }
+                Err(_) => {
+                    tracing::warn!("the last batch did not land within 5 s; the journal has it")
+                }
+            }
+        }
         if let Err(e) = settings.await {
             tracing::warn!(error = %e, "the settings reader panicked");
         }
