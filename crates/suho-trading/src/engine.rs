@@ -972,11 +972,16 @@ impl<B: BrokerAdapter + 'static> Engine<B> {
             .iter()
             .map(|(p, n)| (*p, (Some(*n), Vec::new())))
             .collect();
+        // `answers` are in order and do not overlap: one pass over both.
+        let mut answering = answers.iter().peekable();
         for (i, record) in sends.iter().enumerate() {
-            let partition = answers
-                .iter()
-                .find(|(_, r)| r.contains(&i))
-                .map_or_else(|| own.partition(record.key()), |(p, _)| *p);
+            while answering.peek().is_some_and(|(_, r)| r.end <= i) {
+                answering.next();
+            }
+            let partition = match answering.peek() {
+                Some((p, r)) if r.contains(&i) => *p,
+                _ => own.partition(record.key()),
+            };
             let entry = entries.entry(partition).or_default();
             // A status is not journaled (it holds no state, and a new owner sends fresh ones),
             // but its partition's entry is still written and confirmed: a thawed engine must
