@@ -154,6 +154,16 @@ impl Outcome {
     }
 }
 
+/// The `kind` of a [`Record::Fence`].
+const FENCE: &str = "fence";
+
+/// A record's kind and owner, all the tail reader needs of it.
+#[derive(Deserialize)]
+struct Head {
+    kind: String,
+    owner: String,
+}
+
 /// What taking a partition found in its journal.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Taken {
@@ -353,6 +363,7 @@ impl Journal {
     /// The tail could not be read in time.
     pub async fn confirm(&self, written: &[(i32, i64)]) -> Result<Result<(), Fenced>, EngineError> {
         let deadline = std::time::Instant::now() + READ_DEADLINE;
+        let held = self.held();
         loop {
             {
                 let mut guard = self
@@ -376,15 +387,15 @@ impl Journal {
                 {
                     return Ok(Ok(()));
                 }
-                // What has arrived, without blocking the runtime for long.
-                let held = self.held();
+                // What has arrived, without blocking the runtime for long. Only a record's kind
+                // and owner are read: the tail is mostly this engine's own entries.
                 while let Some(m) = tail.consumer.poll(Duration::ZERO) {
                     let m = m?;
                     tail.next.insert(m.partition(), m.offset() + 1);
-                    if let Ok(Record::Fence { owner, .. }) =
-                        serde_json::from_slice::<Record>(m.payload().unwrap_or_default())
+                    if let Ok(Head { kind, owner }) =
+                        serde_json::from_slice::<Head>(m.payload().unwrap_or_default())
                     {
-                        if held.get(&m.partition()) != Some(&owner) {
+                        if kind == FENCE && held.get(&m.partition()) != Some(&owner) {
                             tail.fenced
                                 .entry(m.partition())
                                 .or_insert((m.offset(), owner));
@@ -680,6 +691,19 @@ mod tests {
         assert_eq!(t.next_command, Some(7));
         // With only B's fence in reach, the start is not known yet.
         assert_eq!(start_point(&log[2..]), None);
+    }
+
+    #[test]
+    fn the_tail_reader_tells_a_fence_from_an_entry_by_its_head() {
+        let head = |r: &Record| {
+            let h: Head = serde_json::from_slice(&serde_json::to_vec(r).unwrap()).unwrap();
+            (h.kind == FENCE, h.owner)
+        };
+        assert_eq!(head(&fence("b/1")), (true, "b/1".to_owned()));
+        assert_eq!(
+            head(&entry("a/1", 0, 0, None, "x")),
+            (false, "a/1".to_owned())
+        );
     }
 
     #[test]
